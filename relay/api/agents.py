@@ -1,0 +1,514 @@
+"""``/v1/agents``: what answers a number, and how (the developer's webhook, or the hosted LLM)."""
+
+from __future__ import annotations
+
+import secrets
+from datetime import datetime, timedelta
+from typing import Any, Literal
+
+import jsonschema
+from pydantic import AnyHttpUrl, Field, TypeAdapter, field_validator, model_validator
+from sqlalchemy import select, update
+
+from relay.api.routing import Context, Router
+from relay.api.schema import (
+    APIModel,
+    Deleted,
+    OutModel,
+    Page,
+    PageQuery,
+    decode_cursor,
+    encode_cursor,
+)
+from relay.errors import NotFound, ValidationFailed, invalid_field
+from relay.ids import new_id
+from relay.store.models import Agent, Number, utcnow
+from relay.urls import check_webhook_url
+
+router = Router()
+TAG = "Agents"
+WEBHOOK_URL_REQUIRED = "webhookUrl is required when voiceMode is 'webhook'."
+SYSTEM_PROMPT_REQUIRED = "systemPrompt is required when voiceMode is 'hosted'."
+METADATA_TOO_BIG = "metadata may hold at most 50 keys."
+BUILTIN_TOOLS = ("end_call", "transfer_call")
+TOOL_URL_REQUIRED = "A tool needs a url, except the built-in end_call and transfer_call."
+TOOL_NAMES_UNIQUE = "Tool names must be unique."
+TOOL_PARAMETERS_OBJECT = "parameters must be a JSON schema of type 'object'."
+DESTINATIONS_ONLY_TRANSFER = "destinations apply to the built-in transfer_call only."
+
+VoiceMode = Literal["webhook", "hosted"]
+
+
+class PostCallExtraction(APIModel):
+    schema_: dict[str, Any] = Field(
+        alias="schema", description="JSON schema the result must match."
+    )
+    instructions: str | None = Field(default=None, max_length=4000)
+
+
+class PostCallEvaluation(APIModel):
+    criteria: list[str] = Field(min_length=1, max_length=20)
+
+
+class PostCallConfig(APIModel):
+    summary: bool = True
+    sentiment: bool = False
+    structured_extraction: PostCallExtraction | None = None
+    evaluation: PostCallEvaluation | None = None
+
+
+class AgentTool(APIModel):
+    """A function the hosted LLM may call: the relay POSTs a signed ``tool.call`` event to
+    ``url`` and gives the LLM the answer. ``end_call`` and ``transfer_call`` without a url
+    are built in."""
+
+    name: str = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_-]{0,63}$")
+    description: str | None = Field(default=None, max_length=1000)
+    parameters: dict[str, Any] | None = Field(
+        default=None, description="JSON schema (type object) of the arguments."
+    )
+    url: str | None = Field(default=None, max_length=2000, description="Gets tool.call.")
+    timeout_ms: int = Field(default=5000, ge=100, le=30000)
+    destinations: list[str] | None = Field(
+        default=None, max_length=20, description="transfer_call: the numbers it may dial."
+    )
+
+    @field_validator("url")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        return None if value is None else str(TypeAdapter(AnyHttpUrl).validate_python(value))
+
+    @field_validator("parameters")
+    @classmethod
+    def _schema(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        if value is not None:
+            if value.get("type") != "object":
+                raise ValueError(TOOL_PARAMETERS_OBJECT)
+            try:
+                jsonschema.validators.validator_for(value).check_schema(value)
+            except jsonschema.SchemaError as exc:
+                raise ValueError(f"parameters is not a valid JSON schema: {exc.message}") from exc
+        return value
+
+    @model_validator(mode="after")
+    def _kind(self) -> AgentTool:
+        if self.url is None and self.name not in BUILTIN_TOOLS:
+            raise ValueError(TOOL_URL_REQUIRED)
+        if self.destinations is not None and (self.url or self.name != "transfer_call"):
+            raise ValueError(DESTINATIONS_ONLY_TRANSFER)
+        return self
+
+
+class AgentToolOut(OutModel):
+    name: str
+    description: str | None = None
+    parameters: dict[str, Any] | None = None
+    url: str | None = None
+    timeout_ms: int = 5000
+    destinations: list[str] | None = None
+
+
+# Settings stored in the agent's JSON config column, with their defaults.
+CONFIG_DEFAULTS: dict[str, Any] = {
+    "system_prompt": None,
+    "greeting": None,
+    "first_speaker": "agent",
+    "voice": None,
+    "language": "en-US",
+    "model": None,
+    "temperature": None,
+    "interruptible": True,
+    "max_duration_seconds": 3000,
+    "inactivity_timeout_seconds": 30,
+    "inactivity_action": "reprompt",
+    "recording_enabled": False,
+    "post_call": None,
+    "metadata": {},
+    "stt": None,
+    "tts": None,
+    "fallback_text": None,
+    "filler_after_ms": None,
+    "filler_text": None,
+    "max_webhook_failures": 3,
+    "help_text": None,
+    "tools": None,
+}
+
+
+class AgentFields(APIModel):
+    """Fields shared by create and update; every one optional here, defaults applied on create."""
+
+    name: str | None = Field(default=None, min_length=1, max_length=200)
+    voice_mode: VoiceMode | None = None
+    webhook_url: AnyHttpUrl | None = Field(default=None, description="Where agent.message goes.")
+    webhook_timeout_ms: int | None = Field(default=None, ge=5000, le=120000)
+    system_prompt: str | None = Field(default=None, max_length=32000)
+    greeting: str | None = Field(default=None, max_length=2000)
+    first_speaker: Literal["agent", "user"] | None = None
+    voice: str | None = Field(default=None, max_length=100)
+    language: str | None = Field(default=None, min_length=2, max_length=35)
+    model: str | None = Field(default=None, max_length=200)
+    temperature: float | None = Field(default=None, ge=0, le=1)
+    interruptible: bool | None = None
+    max_duration_seconds: int | None = Field(default=None, ge=60, le=7200)
+    inactivity_timeout_seconds: int | None = Field(default=None, ge=10, le=300)
+    inactivity_action: Literal["reprompt", "hangup"] | None = None
+    recording_enabled: bool | None = None
+    post_call: PostCallConfig | None = None
+    metadata: dict[str, Any] | None = None
+    stt: Literal["whisper", "pocketsphinx"] | None = Field(
+        default=None, description="Speech-to-text engine; default from RELAY_STT."
+    )
+    tts: Literal["piper", "espeak"] | None = Field(
+        default=None, description="Text-to-speech engine; default from RELAY_TTS."
+    )
+    fallback_text: str | None = Field(
+        default=None, max_length=500, description="Spoken when the webhook fails a turn."
+    )
+    filler_after_ms: int | None = Field(
+        default=None,
+        ge=200,
+        le=10000,
+        description="Speak fillerText once if the first chunk is late.",
+    )
+    filler_text: str | None = Field(default=None, max_length=200)
+    max_webhook_failures: int | None = Field(
+        default=None, ge=1, le=20, description="Consecutive failed turns before the call ends."
+    )
+    help_text: str | None = Field(default=None, max_length=320, description="SMS HELP reply.")
+    tools: list[AgentTool] | None = Field(
+        default=None, max_length=32, description="Functions the hosted LLM may call."
+    )
+
+    @field_validator("tools")
+    @classmethod
+    def _unique_tools(cls, value: list[AgentTool] | None) -> list[AgentTool] | None:
+        if value is not None and len({t.name for t in value}) != len(value):
+            raise ValueError(TOOL_NAMES_UNIQUE)
+        return value
+
+    @field_validator("metadata")
+    @classmethod
+    def _metadata_size(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        if value is not None and len(value) > 50:
+            raise ValueError(METADATA_TOO_BIG)
+        return value
+
+
+class AgentCreate(AgentFields):
+    name: str = Field(min_length=1, max_length=200)
+
+
+class AgentUpdate(AgentFields):
+    """Send only what changes; ``null`` clears an optional field."""
+
+
+class AgentOut(OutModel):
+    id: str
+    object: Literal["agent"] = "agent"
+    name: str
+    voice_mode: VoiceMode
+    webhook_url: str | None
+    webhook_timeout_ms: int
+    system_prompt: str | None
+    greeting: str | None
+    first_speaker: str
+    voice: str | None
+    language: str
+    model: str | None
+    temperature: float | None
+    interruptible: bool
+    max_duration_seconds: int
+    inactivity_timeout_seconds: int
+    inactivity_action: str
+    recording_enabled: bool
+    post_call: dict[str, Any] | None
+    metadata: dict[str, Any]
+    stt: str | None
+    tts: str | None
+    fallback_text: str | None
+    filler_after_ms: int | None
+    filler_text: str | None
+    max_webhook_failures: int
+    help_text: str | None
+    tools: list[AgentToolOut] | None
+    number_ids: list[str]
+    created_at: datetime
+    updated_at: datetime
+
+
+class AgentWithSecret(AgentOut):
+    webhook_secret: str = Field(description="Shown only here and by the rotate endpoint.")
+
+
+class AgentQuery(PageQuery):
+    voice_mode: VoiceMode | None = None
+
+
+class RotateSecret(APIModel):
+    grace_seconds: int | None = Field(
+        default=None,
+        ge=0,
+        le=7 * 24 * 3600,
+        description="Seconds the old secret still signs (default: server setting).",
+    )
+
+
+class RotatedSecret(OutModel):
+    id: str
+    webhook_secret: str
+    previous_secret_expires_at: datetime | None
+
+
+def new_webhook_secret() -> str:
+    import base64
+
+    return "whsec_" + base64.b64encode(secrets.token_bytes(24)).decode()
+
+
+def _to_out(agent: Agent, number_ids: list[str], cls: type[AgentOut] = AgentOut) -> Any:
+    cfg = {**CONFIG_DEFAULTS, **agent.config}
+    extra = {"webhook_secret": agent.webhook_secret} if cls is AgentWithSecret else {}
+    return cls(
+        id=agent.id,
+        name=agent.name,
+        voice_mode=agent.voice_mode,
+        webhook_url=agent.webhook_url,
+        webhook_timeout_ms=agent.webhook_timeout_ms,
+        number_ids=number_ids,
+        created_at=agent.created_at,
+        updated_at=agent.updated_at,
+        **cfg,
+        **extra,
+    )
+
+
+def _check_mode(
+    ctx: Context,
+    mode: str,
+    webhook_url: str | None,
+    system_prompt: str | None,
+    tools: list[dict[str, Any]] | None = None,
+) -> None:
+    problems = []
+    if webhook_url is not None:
+        reason = check_webhook_url(
+            webhook_url, allow_private=ctx.state.settings.allow_private_webhooks
+        )
+        if reason:
+            problems.append(invalid_field("webhookUrl", reason, "invalid_webhook_url"))
+    if mode == "webhook" and not webhook_url:
+        problems.append(invalid_field("webhookUrl", WEBHOOK_URL_REQUIRED, "missing_field"))
+    if mode == "hosted" and not system_prompt:
+        problems.append(invalid_field("systemPrompt", SYSTEM_PROMPT_REQUIRED, "missing_field"))
+    for index, tool in enumerate(tools or ()):
+        reason = tool.get("url") and check_webhook_url(
+            tool["url"], allow_private=ctx.state.settings.allow_private_webhooks
+        )
+        if reason:
+            problems.append(invalid_field(f"tools.{index}.url", reason, "invalid_webhook_url"))
+    if problems:
+        first = problems[0]
+        details = [d for p in problems for d in (p.details or [])]
+        raise ValidationFailed(first.message, code=first.code, field=first.field, details=details)
+
+
+async def load_agent(ctx: Context, session: Any, agent_id: str) -> Agent:
+    agent: Agent | None = (
+        await session.execute(
+            select(Agent).where(
+                Agent.id == agent_id,
+                Agent.project_id == ctx.project_id,
+                Agent.deleted_at.is_(None),
+            )
+        )
+    ).scalar_one_or_none()
+    if agent is None:
+        raise NotFound(f"No agent {agent_id!r} in this project.", field="agentId")
+    return agent
+
+
+async def _number_ids(session: Any, agent_ids: list[str]) -> dict[str, list[str]]:
+    out: dict[str, list[str]] = {a: [] for a in agent_ids}
+    if agent_ids:
+        rows = await session.execute(
+            select(Number.agent_id, Number.id)
+            .where(Number.agent_id.in_(agent_ids), Number.released_at.is_(None))
+            .order_by(Number.id)
+        )
+        for agent_id, number_id in rows:
+            out[agent_id].append(number_id)
+    return out
+
+
+@router.route(
+    "POST",
+    "/v1/agents",
+    summary="Create an agent",
+    tag=TAG,
+    body=AgentCreate,
+    response=AgentWithSecret,
+    status=201,
+    errors=(400, 401, 403, 413, 415, 422, 429),
+)
+async def create_agent(ctx: Context, body: AgentCreate) -> AgentWithSecret:
+    """The response carries ``webhookSecret``: keep it, it is not shown again."""
+    given = body.model_dump(exclude_unset=True)
+    mode = body.voice_mode or "webhook"
+    url = str(body.webhook_url) if body.webhook_url else None
+    _check_mode(ctx, mode, url, body.system_prompt, given.get("tools"))
+    config = {k: given[k] for k in CONFIG_DEFAULTS if k in given and given[k] is not None}
+    now = utcnow()
+    agent = Agent(
+        id=new_id("agt"),
+        project_id=ctx.project_id,
+        name=body.name,
+        voice_mode=mode,
+        webhook_url=url,
+        webhook_secret=new_webhook_secret(),
+        webhook_timeout_ms=body.webhook_timeout_ms or 30000,
+        config=config,
+        created_at=now,
+        updated_at=now,
+    )
+    async with ctx.state.db.session() as session:
+        session.add(agent)
+    result: AgentWithSecret = _to_out(agent, [], AgentWithSecret)
+    return result
+
+
+@router.route(
+    "GET",
+    "/v1/agents",
+    summary="List agents",
+    tag=TAG,
+    query=AgentQuery,
+    response=Page[AgentOut],
+    errors=(401, 403, 422, 429),
+)
+async def list_agents(ctx: Context, query: AgentQuery) -> Page[AgentOut]:
+    """Newest first. Pass ``nextCursor`` back as ``cursor`` for the next page."""
+    stmt = select(Agent).where(Agent.project_id == ctx.project_id, Agent.deleted_at.is_(None))
+    if query.voice_mode:
+        stmt = stmt.where(Agent.voice_mode == query.voice_mode)
+    if query.cursor is not None:
+        after = decode_cursor(query.cursor)
+        if after is None:
+            raise invalid_field("cursor", "Not a cursor this API gave out.", "invalid_cursor")
+        stmt = stmt.where(Agent.id < after)
+    stmt = stmt.order_by(Agent.id.desc()).limit(query.limit + 1)
+    async with ctx.state.db.session() as session:
+        agents = list((await session.execute(stmt)).scalars())
+        more = len(agents) > query.limit
+        agents = agents[: query.limit]
+        numbers = await _number_ids(session, [a.id for a in agents])
+    return Page[AgentOut](
+        data=[_to_out(a, numbers[a.id]) for a in agents],
+        has_more=more,
+        next_cursor=encode_cursor(agents[-1].id) if more else None,
+    )
+
+
+@router.route(
+    "GET",
+    "/v1/agents/{agent_id}",
+    summary="Get an agent",
+    tag=TAG,
+    response=AgentOut,
+    errors=(401, 403, 404, 429),
+)
+async def get_agent(ctx: Context) -> AgentOut:
+    async with ctx.state.db.session() as session:
+        agent = await load_agent(ctx, session, ctx.path("agent_id"))
+        numbers = await _number_ids(session, [agent.id])
+    result: AgentOut = _to_out(agent, numbers[agent.id])
+    return result
+
+
+@router.route(
+    "PATCH",
+    "/v1/agents/{agent_id}",
+    summary="Update an agent",
+    tag=TAG,
+    body=AgentUpdate,
+    response=AgentOut,
+    errors=(400, 401, 403, 404, 413, 415, 422, 429),
+)
+async def update_agent(ctx: Context, body: AgentUpdate) -> AgentOut:
+    """Calls already in progress keep the settings they started with; new calls use these.
+    Switching ``voiceMode`` keeps every bound number bound."""
+    given = body.model_dump(exclude_unset=True)
+    if "name" in given and given["name"] is None:
+        raise invalid_field("name", "name cannot be null.")
+    async with ctx.state.db.session() as session:
+        agent = await load_agent(ctx, session, ctx.path("agent_id"))
+        config = {**agent.config}
+        for key in CONFIG_DEFAULTS:
+            if key in given:
+                if given[key] is None:
+                    config.pop(key, None)
+                else:
+                    config[key] = given[key]
+        mode = given.get("voice_mode") or agent.voice_mode
+        url = (
+            str(body.webhook_url)
+            if body.webhook_url
+            else (None if "webhook_url" in given else agent.webhook_url)
+        )
+        _check_mode(ctx, mode, url, config.get("system_prompt"), config.get("tools"))
+        agent.name = given.get("name") or agent.name
+        agent.voice_mode = mode
+        agent.webhook_url = url
+        if given.get("webhook_timeout_ms") is not None:
+            agent.webhook_timeout_ms = given["webhook_timeout_ms"]
+        agent.config = config
+        agent.updated_at = utcnow()
+        numbers = await _number_ids(session, [agent.id])
+    result: AgentOut = _to_out(agent, numbers[agent.id])
+    return result
+
+
+@router.route(
+    "DELETE",
+    "/v1/agents/{agent_id}",
+    summary="Delete an agent",
+    tag=TAG,
+    response=Deleted,
+    errors=(401, 403, 404, 429),
+)
+async def delete_agent(ctx: Context) -> Deleted:
+    """Its numbers stay in the project, unbound. Past calls keep their record of it."""
+    async with ctx.state.db.session() as session:
+        agent = await load_agent(ctx, session, ctx.path("agent_id"))
+        agent.deleted_at = utcnow()
+        await session.execute(
+            update(Number).where(Number.agent_id == agent.id).values(agent_id=None)
+        )
+    return Deleted(id=agent.id, object="agent")
+
+
+@router.route(
+    "POST",
+    "/v1/agents/{agent_id}/rotate-webhook-secret",
+    summary="Rotate the webhook signing secret",
+    tag=TAG,
+    body=RotateSecret,
+    response=RotatedSecret,
+    errors=(400, 401, 403, 404, 415, 422, 429),
+)
+async def rotate_secret(ctx: Context, body: RotateSecret) -> RotatedSecret:
+    """Returns the new secret. During the grace period each request is signed with BOTH
+    secrets (Standard Webhooks allows several signatures), so receivers can switch over."""
+    grace = body.grace_seconds
+    if grace is None:
+        grace = ctx.state.settings.webhook_secret_grace_seconds
+    async with ctx.state.db.session() as session:
+        agent = await load_agent(ctx, session, ctx.path("agent_id"))
+        expires = utcnow() + timedelta(seconds=grace) if grace > 0 else None
+        agent.previous_webhook_secret = agent.webhook_secret if expires else None
+        agent.previous_webhook_secret_expires_at = expires
+        agent.webhook_secret = new_webhook_secret()
+        agent.updated_at = utcnow()
+    return RotatedSecret(
+        id=agent.id, webhook_secret=agent.webhook_secret, previous_secret_expires_at=expires
+    )

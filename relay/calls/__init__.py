@@ -1,0 +1,1 @@
+"""Calls: the lifecycle state machine, the call's event log, transcripts and metrics."""

@@ -1,0 +1,296 @@
+"""Outbound phone calls: ``queued -> connecting -> ringing -> in_progress``, or ``failed``.
+
+The carrier seam is one method; a carrier that can place calls implements it:
+
+    class PlacesCalls(Protocol):
+        async def dial(self, request: DialRequest) -> OutboundLeg
+
+``dial`` returns once the carrier has accepted the call and the far end rings, or raises
+:class:`DialFailed` with a failure reason (``busy``, ``provider_error``...). The leg's
+``answered()`` returns once the far end picked up and the carrier opened the media socket
+(at ``request.media_url``, whose token names the call); from there the media transport runs
+the call exactly as it runs an inbound one. ``hangup()`` abandons the leg.
+
+The sim carrier places no calls yet: its outbound calls ring, nobody answers, and after
+``RELAY_OUTBOUND_RING_TIMEOUT_SECONDS`` they fail with ``no_answer``.
+
+A call is dialled by the node that holds its lease (:func:`relay.calls.recovery.hold_call`),
+so a call is never dialled twice; a queued call whose node died is dialled by another.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Awaitable
+from dataclasses import dataclass
+from typing import Any, Protocol, TypeVar, runtime_checkable
+
+from aiohttp import web
+
+from relay import tokens
+from relay.calls.lifecycle import LIVE, TRANSITIONS, log_event, transition
+from relay.calls.recovery import hold_call, lock_call, release_call
+from relay.carriers import CarrierError, CarrierRegistry
+from relay.events.writing import writing
+from relay.logs import get_logger
+from relay.store.db import Database
+from relay.store.models import Number
+
+log = get_logger("relay.calls.outbound")
+T = TypeVar("T")
+
+# The media tokens of calls (``relay.calls.inbound`` checks them with the same purpose).
+MEDIA_TOKEN_PURPOSE = "media"
+NO_DIALLER = "The {carrier} carrier cannot place calls from this relay yet."
+NO_ANSWER = "Nobody answered within {seconds:g} s."
+
+
+class DialFailed(Exception):
+    """The carrier could not connect the call; ``reason`` is a call failure reason."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
+@dataclass(frozen=True, slots=True)
+class DialRequest:
+    call_id: str
+    project_id: str
+    carrier: str
+    from_number: str
+    to_number: str
+    # Where the carrier streams the answered call's audio: ``wss://relay/media/...`` plus a
+    # token naming the call (the carrier picks the path of its own media protocol).
+    media_base_url: str
+    media_token: str
+    ring_timeout_seconds: float
+
+
+class OutboundLeg(Protocol):
+    carrier_call_id: str | None
+
+    async def answered(self) -> None:
+        """Return once the far end answered and its media socket is open."""
+
+    async def hangup(self) -> None: ...
+
+
+@runtime_checkable
+class PlacesCalls(Protocol):
+    async def dial(self, request: DialRequest) -> OutboundLeg: ...
+
+
+class _RingsForever:
+    def __init__(self, carrier_call_id: str) -> None:
+        self.carrier_call_id: str | None = carrier_call_id
+
+    async def answered(self) -> None:
+        await asyncio.Event().wait()
+
+    async def hangup(self) -> None:
+        return None
+
+
+class NobodyAnswers:
+    """The sim carrier's outbound side until it has a handset to ring."""
+
+    async def dial(self, request: DialRequest) -> OutboundLeg:
+        return _RingsForever("SIMOUT" + request.call_id.removeprefix("call_"))
+
+
+def media_base_url(public_url: str) -> str:
+    """``http(s)://host`` as ``ws(s)://host``."""
+    for http, ws in (("https://", "wss://"), ("http://", "ws://")):
+        if public_url.startswith(http):
+            return ws + public_url[len(http) :]
+    return public_url
+
+
+class _Stopped(Exception):
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+async def _unless_stopped(step: Awaitable[T], stop: asyncio.Future[str]) -> T:
+    """Await a carrier step, abandoning it (with :class:`_Stopped`) if a stop comes first."""
+    task = asyncio.ensure_future(step)
+    try:
+        waiters: list[asyncio.Future[Any]] = [task, stop]
+        await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+        if task.done():
+            return task.result()
+        raise _Stopped(stop.result())
+    finally:
+        if not task.done():
+            task.cancel()
+            with contextlib.suppress(BaseException):
+                await task
+
+
+class Dialler:
+    """Runs the dialling of outbound calls in this process, one task per call."""
+
+    def __init__(
+        self,
+        db: Database,
+        carriers: CarrierRegistry,
+        *,
+        node_id: str,
+        signing_key: bytes,
+        public_url: str,
+        ring_timeout: float,
+    ) -> None:
+        self.db = db
+        self.carriers = carriers
+        self.node_id = node_id
+        self.signing_key = signing_key
+        self.public_url = public_url
+        self.ring_timeout = ring_timeout
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+        # A stop request per call, resolved with the failure reason. Dialling is stopped
+        # between steps, never by cancelling a task that may be inside a transaction.
+        self._stops: dict[str, asyncio.Future[str]] = {}
+
+    def dial(self, call_id: str) -> None:
+        if call_id in self._tasks:
+            return
+        stop: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        task = asyncio.create_task(self._run(call_id, stop), name=f"dial:{call_id}")
+        self._tasks[call_id] = task
+        self._stops[call_id] = stop
+
+        def forget(_task: asyncio.Task[None]) -> None:
+            self._tasks.pop(call_id, None)
+            self._stops.pop(call_id, None)
+
+        task.add_done_callback(forget)
+
+    async def redial(self, call_ids: list[str]) -> None:
+        for call_id in call_ids:
+            self.dial(call_id)
+
+    def dialling(self, call_id: str) -> bool:
+        return call_id in self._tasks
+
+    async def cancel(self, call_id: str, reason: str = "canceled") -> bool:
+        """Stop dialling ``call_id`` (it fails with ``reason``); False if not dialling here."""
+        task = self._tasks.get(call_id)
+        stop = self._stops.get(call_id)
+        if task is None or stop is None:
+            return False
+        if not stop.done():
+            stop.set_result(reason)
+        try:
+            await task
+        except Exception as exc:  # recording the end failed; recovery closes it later
+            log.warning("dial_cancel_failed", call_id=call_id, error=repr(exc))
+        return True
+
+    async def stop(self) -> None:
+        await asyncio.gather(*(self.cancel(c, "relay_restart") for c in list(self._tasks)))
+
+    async def _run(self, call_id: str, stop: asyncio.Future[str]) -> None:
+        request = await self._claim(call_id)
+        if request is None:
+            return
+        leg: OutboundLeg | None = None
+        try:
+            carrier = self.carriers.get(request.carrier)
+            placer: PlacesCalls | None = carrier if isinstance(carrier, PlacesCalls) else None
+            if placer is None and request.carrier == "sim":
+                placer = NobodyAnswers()
+            if placer is None:
+                raise DialFailed("provider_error", NO_DIALLER.format(carrier=request.carrier))
+            leg = await _unless_stopped(placer.dial(request), stop)
+            if not await self._advance(call_id, "ringing", leg.carrier_call_id):
+                await leg.hangup()
+                return
+            try:
+                await asyncio.wait_for(_unless_stopped(leg.answered(), stop), self.ring_timeout)
+            except TimeoutError:
+                raise DialFailed("no_answer", NO_ANSWER.format(seconds=self.ring_timeout)) from None
+            await self._advance(call_id, "in_progress")
+        except _Stopped as exc:
+            await self._hangup(leg)
+            await self._fail(call_id, exc.reason, "Dialling was stopped.")
+        except DialFailed as exc:
+            await self._hangup(leg)
+            await self._fail(call_id, exc.reason, exc.detail)
+        except CarrierError as exc:
+            await self._hangup(leg)
+            await self._fail(call_id, "provider_error", str(exc))
+        except Exception as exc:
+            log.exception("dial_failed", call_id=call_id)
+            await self._hangup(leg)
+            await self._fail(call_id, "provider_error", f"{type(exc).__name__}: {exc}")
+
+    async def _claim(self, call_id: str) -> DialRequest | None:
+        async with writing(self.db) as session:
+            call = await lock_call(session, call_id)
+            if call is None or call.status != "queued":
+                return None
+            if not await hold_call(session, call_id, self.node_id):
+                return None
+            number = await session.get(Number, call.number_id) if call.number_id else None
+            await transition(session, call, "connecting")
+        token = tokens.issue(self.signing_key, call_id, MEDIA_TOKEN_PURPOSE, self.ring_timeout + 60)
+        log.info("dialling", call_id=call_id, carrier=number.provider if number else None)
+        return DialRequest(
+            call_id=call_id,
+            project_id=call.project_id,
+            carrier=number.provider if number is not None else "",
+            from_number=call.from_number or "",
+            to_number=call.to_number or "",
+            media_base_url=media_base_url(self.public_url),
+            media_token=token,
+            ring_timeout_seconds=self.ring_timeout,
+        )
+
+    async def _advance(self, call_id: str, status: str, carrier_call_id: str | None = None) -> bool:
+        """Move the call on unless it has moved there (or ended) already."""
+        async with writing(self.db) as session:
+            call = await lock_call(session, call_id)
+            if call is None:
+                return False
+            if carrier_call_id and not call.carrier_call_id:
+                call.carrier_call_id = carrier_call_id
+            if call.status == status:
+                return True
+            if status not in TRANSITIONS[call.status]:
+                return False
+            await transition(session, call, status)
+        return True
+
+    async def _fail(self, call_id: str, reason: str, detail: str) -> None:
+        async with writing(self.db) as session:
+            call = await lock_call(session, call_id)
+            if call is None or call.status not in LIVE or call.status == "in_progress":
+                return
+            await log_event(session, call_id, "telephony", detail, level="warning")
+            await transition(session, call, "failed", reason=reason)
+            await release_call(session, call_id)
+        log.info("dial_ended", call_id=call_id, reason=reason)
+
+    @staticmethod
+    async def _hangup(leg: OutboundLeg | None) -> None:
+        if leg is not None:
+            with contextlib.suppress(Exception):
+                await leg.hangup()
+
+
+DIALLER: web.AppKey[Dialler] = web.AppKey("relay_dialler", Dialler)
+
+__all__ = [
+    "DIALLER",
+    "DialFailed",
+    "DialRequest",
+    "Dialler",
+    "NobodyAnswers",
+    "OutboundLeg",
+    "PlacesCalls",
+    "media_base_url",
+]

@@ -1,0 +1,161 @@
+"""What the voice engine writes about a call: transcript, turn metrics, events, state, the end.
+
+The engine never waits on the database in its audio path: a :class:`CallRecorder` queues
+rows and one writer task per call stores them in order, several per transaction.
+:func:`end_call` is the one way to finish a call from the engine or a transport: it is
+idempotent, so whoever learns of the end first records it and the other is a no-op.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from relay.calls.lifecycle import LIVE, log_event, transition
+from relay.ids import new_id
+from relay.logs import get_logger
+from relay.store.db import Database
+from relay.store.models import Call, TranscriptSegment, TurnMetrics
+
+log = get_logger("relay.calls.records")
+
+Write = Callable[[AsyncSession], Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Segment:
+    seq: int
+    speaker: str  # agent | user | dtmf
+    text: str
+    start_ms: int
+    end_ms: int
+    interrupted: bool = False
+    data: dict[str, Any] | None = None
+
+
+async def end_call(
+    session: AsyncSession,
+    call_id: str,
+    status: str,
+    *,
+    reason: str | None = None,
+    event: str | None = None,
+    data: dict[str, Any] | None = None,
+) -> bool:
+    """End ``call_id`` as ``completed`` or ``failed`` (with ``reason``) in the caller's
+    transaction, with an engine event saying why. Returns False if the call had already
+    ended (nothing is written then)."""
+    call = await session.scalar(select(Call).where(Call.id == call_id).with_for_update())
+    if call is None or call.status not in LIVE:
+        return False
+    if event:
+        await log_event(
+            session,
+            call_id,
+            "engine",
+            event,
+            level="error" if status == "failed" else "info",
+            data=data,
+        )
+    if status == "completed" and call.status != "in_progress":
+        await transition(session, call, "in_progress")
+    await transition(session, call, status, reason=reason)
+    return True
+
+
+class CallRecorder:
+    """Ordered, batched, fire-and-forget writes for one call."""
+
+    def __init__(self, db: Database, call_id: str) -> None:
+        self.db = db
+        self.call_id = call_id
+        self._queue: asyncio.Queue[Write | None] = asyncio.Queue()
+        self._task: asyncio.Task[None] | None = None
+        self.failed_writes = 0
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.create_task(self._run(), name=f"recorder-{self.call_id}")
+
+    def _put(self, write: Write) -> None:
+        self._queue.put_nowait(write)
+        self.start()
+
+    def event(
+        self,
+        source: str,
+        message: str,
+        *,
+        level: str = "info",
+        data: dict[str, Any] | None = None,
+    ) -> None:
+        async def write(session: AsyncSession) -> None:
+            await log_event(session, self.call_id, source, message, level=level, data=data)
+
+        self._put(write)
+
+    def segment(self, seg: Segment) -> None:
+        async def write(session: AsyncSession) -> None:
+            session.add(
+                TranscriptSegment(
+                    id=new_id("seg"),
+                    call_id=self.call_id,
+                    seq=seg.seq,
+                    speaker=seg.speaker,
+                    text=seg.text,
+                    start_ms=seg.start_ms,
+                    end_ms=seg.end_ms,
+                    interrupted=seg.interrupted,
+                    data=seg.data,
+                )
+            )
+
+        self._put(write)
+
+    def turn_metrics(self, turn_id: str, values: dict[str, Any]) -> None:
+        async def write(session: AsyncSession) -> None:
+            session.add(
+                TurnMetrics(id=new_id("tm"), call_id=self.call_id, turn_id=turn_id, values=values)
+            )
+
+        self._put(write)
+
+    def conversation_state(self, state: dict[str, Any]) -> None:
+        async def write(session: AsyncSession) -> None:
+            call = await session.get(Call, self.call_id)
+            if call is not None:
+                call.conversation_state = state
+
+        self._put(write)
+
+    async def flush(self) -> None:
+        """Wait until everything queued so far is stored, and stop the writer."""
+        if self._task is None:
+            return
+        self._queue.put_nowait(None)
+        await self._task
+        self._task = None
+
+    async def _run(self) -> None:
+        stop = False
+        while not stop:
+            batch = [await self._queue.get()]
+            while not self._queue.empty() and len(batch) < 100:
+                batch.append(self._queue.get_nowait())
+            if None in batch:
+                stop = True
+            writes = [w for w in batch if w is not None]
+            if not writes:
+                continue
+            try:
+                async with self.db.session() as session:
+                    for write in writes:
+                        await write(session)
+            except Exception as exc:  # the call goes on even if its log cannot be written
+                self.failed_writes += len(writes)
+                log.error("call_record_failed", call_id=self.call_id, error=repr(exc))

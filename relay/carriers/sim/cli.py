@@ -1,0 +1,101 @@
+"""``relay phone call``: ring a number on the sim carrier and talk to its agent.
+
+    relay phone call +14155550142 --say "I'd like to book a table." --say "Tomorrow at seven."
+
+Each ``--say`` (spoken with Piper, or espeak with ``--voice espeak``), ``--wav`` (a 16-bit
+WAV file) and ``--dtmf`` (keys) is one turn, in the order given. The handset waits for the
+agent's answer before the next turn (or barges in ``--barge-in-after-ms`` into it), prints
+what it heard with the time from the end of your speech to the agent's first audio, and
+hangs up after the last answer. Exit status: 0 the call ran, 2 the relay refused it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+
+class _Turns(argparse.Action):
+    """Keeps --say, --wav and --dtmf in one list, in the order they were given."""
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: Any,
+        option_string: str | None = None,
+    ) -> None:
+        turns = list(getattr(namespace, "turns", None) or [])
+        turns.append((self.const, values))
+        namespace.turns = turns
+
+
+def add_phone_call_command(phone_sub: Any) -> None:
+    call = phone_sub.add_parser(
+        "call", help="call a number as a simulated handset and print what the agent says"
+    )
+    call.add_argument("number", help="the number to call, E.164 (+14155550142)")
+    call.add_argument("--say", action=_Turns, const="say", dest="turns", metavar="TEXT")
+    call.add_argument("--wav", action=_Turns, const="wav", dest="turns", metavar="FILE")
+    call.add_argument("--dtmf", action=_Turns, const="dtmf", dest="turns", metavar="KEYS")
+    call.add_argument(
+        "--barge-in-after-ms",
+        type=int,
+        metavar="N",
+        help="speak the next turn N ms after the agent starts answering",
+    )
+    call.add_argument("--relay", help="the relay's URL (default: RELAY_PUBLIC_URL or local)")
+    call.add_argument("--key", help="a secret API key of the number's project (or RELAY_KEY)")
+    call.add_argument("--from", dest="from_number", default="+15005550006", help="caller id")
+    call.add_argument("--voice", choices=("piper", "espeak"), default="piper")
+    call.add_argument("--no-listen", action="store_true", help="timings only, no transcripts")
+    call.add_argument("--json", action="store_true", help="print the call report as JSON")
+    call.set_defaults(func=cmd_phone_call, turns=[])
+
+
+def cmd_phone_call(args: argparse.Namespace) -> int:
+    from relay.carriers.sim.handset import Dtmf, HandsetError, Line, SimHandset
+    from relay.config import Settings
+
+    key = args.key or os.environ.get("RELAY_KEY")
+    if not key:
+        print("error: give --key or set RELAY_KEY (a secret key, sk_...)", file=sys.stderr)
+        return 2
+    relay_url = args.relay or Settings().effective_public_url()
+    lines: list[Line] = []
+    for kind, value in args.turns:
+        lines.append(Dtmf(value) if kind == "dtmf" else Path(value) if kind == "wav" else value)
+    handset = SimHandset(
+        relay_url,
+        key,
+        from_number=args.from_number,
+        voice=args.voice,
+        listen=not args.no_listen,
+    )
+    if not args.json:
+        print(f"calling {args.number} through {relay_url}", flush=True)
+    try:
+        report = asyncio.run(
+            handset.call(args.number, lines, barge_in_after_ms=args.barge_in_after_ms)
+        )
+    except HandsetError as exc:
+        print(f"error: {exc} ({exc.code})", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps(report.as_dict(), indent=2))
+        return 0
+    if report.greeting:
+        print(f"agent: {report.greeting}")
+    for turn in report.turns:
+        print(f"you:   {turn.said}")
+        timing = f"+{turn.latency_ms:.0f} ms" if turn.latency_ms is not None else "no answer"
+        cut = " (you barged in)" if turn.barged_in else ""
+        print(f"agent: [{timing}]{cut} {turn.heard}".rstrip())
+    ender = "the agent" if report.ended_by == "relay" else "you"
+    print(f"call {report.call_id} ended by {ender} after {report.duration_s:.1f} s")
+    return 0

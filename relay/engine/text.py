@@ -1,0 +1,72 @@
+"""Text to speak, cut where speech may start: at a sentence end, or when the stream pauses.
+
+livekit's default sentence tokenizer holds a finished sentence until more text (or the end)
+arrives; a webhook that streams one sentence and then thinks would leave the caller in
+silence. Here a segment is released the moment its sentence ends, and a fragment without a
+sentence end is released once the stream has been quiet for ``pause`` seconds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections.abc import AsyncIterable, AsyncIterator
+
+SENTENCE_END = re.compile(r"[.!?…]+[\"')\]]*(?:\s+|$)")
+MAX_SEGMENT = 240  # a run-on sentence is cut at a comma or space near here
+
+
+def join_chunk(previous: str, text: str) -> str:
+    """How a new chunk continues the text so far (chunks may be sentence fragments)."""
+    if previous and text and not previous[-1].isspace() and not text[0].isspace():
+        if previous[-1] in ".!?,;:…" and text[0].isalnum():
+            return " " + text
+    return text
+
+
+def split_ready(buffer: str) -> tuple[list[str], str]:
+    """Finished sentences at the front of ``buffer``, and the unfinished rest."""
+    out: list[str] = []
+    start = 0
+    for match in SENTENCE_END.finditer(buffer):
+        out.append(buffer[start : match.end()])
+        start = match.end()
+    rest = buffer[start:]
+    while len(rest) > MAX_SEGMENT:
+        cut = max(rest.rfind(", ", 0, MAX_SEGMENT), rest.rfind(" ", 0, MAX_SEGMENT))
+        cut = cut + 1 if cut > 0 else MAX_SEGMENT
+        out.append(rest[:cut])
+        rest = rest[cut:]
+    return out, rest
+
+
+async def segments(text: AsyncIterable[str], *, pause: float) -> AsyncIterator[str]:
+    """Yield speakable segments of ``text`` as early as the rules above allow."""
+    source = aiter(text)
+    buffer = ""
+    pending: asyncio.Task[str] | None = None
+    try:
+        while True:
+            if pending is None:
+                pending = asyncio.ensure_future(anext(source))
+            timeout = pause if buffer.strip() else None
+            done, _ = await asyncio.wait({pending}, timeout=timeout)
+            if not done:  # the stream paused with a fragment waiting
+                yield buffer
+                buffer = ""
+                continue
+            task, pending = pending, None
+            try:
+                piece = task.result()
+            except StopAsyncIteration:
+                break
+            buffer += piece
+            ready, buffer = split_ready(buffer)
+            for sentence in ready:
+                if sentence.strip():
+                    yield sentence
+        if buffer.strip():
+            yield buffer
+    finally:
+        if pending is not None and not pending.done():
+            pending.cancel()

@@ -1,0 +1,187 @@
+"""The webhook turn protocol: POST ``agent.message``, read the reply as it streams.
+
+A reply is ``application/json`` (one object) or ``application/x-ndjson`` (one object per
+line, each handed on the moment its line ends). Each object may carry ``text``, ``interim``,
+``hangup``, ``transfer``, ``dtmf``, ``state`` and ``interruptible``.
+
+    TurnError                        why a turn got no usable answer (``reason`` is stable)
+    ├── reason "connection_failed"   refused, DNS failure, reset before any byte
+    ├── reason "http_status"         a 4xx/5xx answer
+    ├── reason "timeout"             no first chunk within the agent's webhookTimeoutMs
+    ├── reason "invalid_line"        an NDJSON line that is not a JSON object
+    ├── reason "invalid_body"        a JSON body that is not JSON / not an object
+    └── reason "stream_broken"       the connection died mid-stream
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+
+from relay.signing import signature_headers
+
+MAX_LINE_BYTES = 256 * 1024
+MAX_BODY_BYTES = 1024 * 1024
+USER_AGENT = "conversation-relay/0.1"
+
+
+class TurnError(Exception):
+    def __init__(self, reason: str, detail: str, *, status: int | None = None) -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
+        self.status = status
+
+
+@dataclass(frozen=True, slots=True)
+class Chunk:
+    """One object of the webhook's reply."""
+
+    text: str = ""
+    interim: bool = False
+    hangup: bool = False
+    transfer: str | None = None
+    dtmf: str | None = None
+    state: dict[str, Any] | None = None
+    interruptible: bool | None = None
+
+    @classmethod
+    def parse(cls, obj: Any) -> Chunk:
+        if not isinstance(obj, dict):
+            raise ValueError("not a JSON object")
+        text = obj.get("text", "")
+        if not isinstance(text, str):
+            raise ValueError("'text' must be a string")
+        state = obj.get("state")
+        if state is not None and not isinstance(state, dict):
+            raise ValueError("'state' must be an object")
+        transfer = obj.get("transfer")
+        if transfer is not None and not isinstance(transfer, str):
+            raise ValueError("'transfer' must be a phone number string")
+        dtmf = obj.get("dtmf")
+        if dtmf is not None and (not isinstance(dtmf, str) or not _valid_dtmf(dtmf)):
+            raise ValueError("'dtmf' must be a string of 0-9, *, #, w")
+        interruptible = obj.get("interruptible")
+        return cls(
+            text=text,
+            interim=obj.get("interim") is True,
+            hangup=obj.get("hangup") is True,
+            transfer=transfer,
+            dtmf=dtmf,
+            state=state,
+            interruptible=interruptible if isinstance(interruptible, bool) else None,
+        )
+
+
+def _valid_dtmf(digits: str) -> bool:
+    return 0 < len(digits) <= 64 and all(c in "0123456789*#wW" for c in digits)
+
+
+@dataclass(slots=True)
+class TurnTiming:
+    sent_at: float = 0.0
+    first_chunk_at: float | None = None
+    done_at: float | None = None
+
+
+@dataclass(slots=True)
+class TurnRequest:
+    url: str
+    secrets: Sequence[str]
+    timeout_s: float
+    payload: dict[str, Any]
+    timing: TurnTiming = field(default_factory=TurnTiming)
+
+
+async def stream_turn(
+    session: aiohttp.ClientSession, turn: TurnRequest
+) -> AsyncGenerator[Chunk, None]:
+    """Yield the reply's chunks as they arrive. Raises :class:`TurnError` on any misbehaviour.
+
+    The timeout covers connecting and the first chunk; once chunks flow, each further line
+    must arrive within the same timeout (a stalled stream is as bad as a silent one).
+    Closing the generator (barge-in) aborts the HTTP request.
+    """
+    body = json.dumps(turn.payload, separators=(",", ":"), ensure_ascii=False)
+    headers = {
+        "Content-Type": "application/json",
+        "User-Agent": USER_AGENT,
+        **signature_headers(body, turn.secrets),
+    }
+    turn.timing.sent_at = time.perf_counter()
+    try:
+        async with asyncio.timeout(turn.timeout_s):
+            response = await session.post(
+                turn.url, data=body.encode(), headers=headers, allow_redirects=False
+            )
+    except TimeoutError as exc:
+        raise TurnError("timeout", f"no response within {turn.timeout_s:g} s") from exc
+    except aiohttp.ClientError as exc:
+        raise TurnError("connection_failed", f"{type(exc).__name__}: {exc}") from exc
+    async with response:
+        if response.status >= 300:
+            raise TurnError(
+                "http_status", f"webhook answered HTTP {response.status}", status=response.status
+            )
+        ctype = response.content_type
+        if ctype == "application/x-ndjson" or ctype == "application/jsonl":
+            async for chunk in _ndjson(response, turn):
+                yield chunk
+        else:
+            yield await _single(response, turn)
+    turn.timing.done_at = time.perf_counter()
+
+
+async def _single(response: aiohttp.ClientResponse, turn: TurnRequest) -> Chunk:
+    try:
+        async with asyncio.timeout(turn.timeout_s):
+            raw = await response.content.read(MAX_BODY_BYTES + 1)
+    except TimeoutError as exc:
+        raise TurnError("timeout", f"no body within {turn.timeout_s:g} s") from exc
+    except aiohttp.ClientError as exc:
+        raise TurnError("stream_broken", f"{type(exc).__name__}: {exc}") from exc
+    turn.timing.first_chunk_at = time.perf_counter()
+    if len(raw) > MAX_BODY_BYTES:
+        raise TurnError("invalid_body", "body larger than 1 MiB")
+    try:
+        return Chunk.parse(json.loads(raw))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise TurnError("invalid_body", "the body is not JSON") from exc
+    except ValueError as exc:
+        raise TurnError("invalid_body", str(exc)) from exc
+
+
+async def _ndjson(response: aiohttp.ClientResponse, turn: TurnRequest) -> AsyncIterator[Chunk]:
+    number = 0
+    while True:
+        try:
+            async with asyncio.timeout(turn.timeout_s):
+                line = await response.content.readline()
+        except TimeoutError as exc:
+            what = "first chunk" if number == 0 else f"line {number + 1}"
+            raise TurnError("timeout", f"no {what} within {turn.timeout_s:g} s") from exc
+        except ValueError as exc:  # aiohttp: line longer than its buffer limit
+            raise TurnError("invalid_line", f"line {number + 1} is too long") from exc
+        except aiohttp.ClientError as exc:
+            raise TurnError("stream_broken", f"{type(exc).__name__}: {exc}") from exc
+        if not line:
+            return
+        number += 1
+        stripped = line.strip()
+        if not stripped:
+            continue
+        if number == 1 or turn.timing.first_chunk_at is None:
+            turn.timing.first_chunk_at = time.perf_counter()
+        try:
+            chunk = Chunk.parse(json.loads(stripped))
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise TurnError("invalid_line", f"line {number} is not JSON") from exc
+        except ValueError as exc:
+            raise TurnError("invalid_line", f"line {number}: {exc}") from exc
+        yield chunk

@@ -1,0 +1,634 @@
+"""Lifecycle webhooks: the outbox, delivered signed, retried, in order, at least once.
+
+Fan-out happens where the event is written: a SQLAlchemy flush hook turns each new
+lifecycle event into one :class:`WebhookDelivery` per enabled endpoint of its project that
+wants that type, and marks the event dispatched, in the emitting transaction. (Events written
+some other way are fanned out by the worker.) So a state change commits together with its
+deliveries, and the commit wakes this process's worker.
+
+One worker loop per process. Each cycle is ONE short transaction that
+
+1. writes back the outcomes of the requests that finished since the last cycle,
+2. fans out lifecycle events still not dispatched,
+3. claims due deliveries: pending, ``next_attempt_at`` passed, endpoint enabled, and no
+   earlier delivery with the same ``ordering_key`` still pending for that endpoint (nor an
+   earlier event of that key not yet fanned out). The deliveries queued behind each one
+   (same endpoint and key) are claimed with it and sent right after it, in order, by one
+   task. A claim is a lease: ``next_attempt_at`` moves past the request timeout and
+   ``claimed_by`` names this node.
+
+Claimed deliveries are then sent concurrently, outside any transaction. A relay that dies
+between a send and its write-back sends the delivery again after restarting (or when the
+lease runs out, on another node), with the same ``webhook-id``: receivers deduplicate on it.
+
+On PostgreSQL the fan-out and the claim use ``FOR UPDATE SKIP LOCKED``, so several nodes
+share the work. On SQLite one relay process owns the database file. Work this process did
+not make (other nodes, expired leases) is found by polling every
+``RELAY_WEBHOOK_DELIVERY_POLL_SECONDS`` (due deliveries: at most once a second).
+
+Outcomes: a 2xx answer within the timeout delivers. 410 Gone disables the endpoint (its
+pending deliveries wait until it is enabled again). 429 and 503 honour ``Retry-After``.
+Anything else is retried on ``RELAY_WEBHOOK_RETRY_SCHEDULE`` with +-10% jitter; after the
+last attempt the delivery is ``failed`` and can be retried by hand.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import math
+import random
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from email.utils import parsedate_to_datetime
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+from sqlalchemy import and_, event, exists, or_, select, tuple_, update
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import Session, aliased
+
+from relay.config import Settings
+from relay.events.writing import writing
+from relay.ids import new_id
+from relay.logs import get_logger
+from relay.signing import signature_headers
+from relay.store.db import Database
+from relay.store.models import (
+    LifecycleEvent,
+    WebhookAttempt,
+    WebhookDelivery,
+    WebhookEndpoint,
+    utcnow,
+)
+
+log = get_logger("relay.events.delivery")
+
+USER_AGENT = "conversation-relay-webhooks/0.1"
+FANOUT_BATCH = 500
+MAX_RETRY_AFTER_SECONDS = 24 * 3600.0
+JITTER = 0.1
+ERROR_BODY_BYTES = 200
+STOP_GRACE_SECONDS = 5.0
+# How often a node looks for due deliveries nobody told it about (see ``cycle``).
+CLAIM_SWEEP_SECONDS = 1.0
+# Deliveries of one ordering key sent back to back by one task (see ``_followers``).
+MAX_CHAIN = 20
+
+PENDING, SUCCEEDED, FAILED = "pending", "succeeded", "failed"
+DELIVERY_STATUSES = (PENDING, SUCCEEDED, FAILED)
+
+
+# --- fan-out in the emitting transaction, and waking the worker on commit ----------------
+
+_wakers: dict[object, set[Callable[..., None]]] = {}
+_ADDED = "relay_lifecycle_event_added"
+_MADE = "relay_webhook_delivery_made"
+
+
+def _before_flush(session: Session, _context: Any, _instances: Any) -> None:
+    """Lifecycle events about to be written become their deliveries in the same flush: the
+    worker then only has to claim them (one transaction, not two, per state change)."""
+    events = [
+        obj for obj in session.new if isinstance(obj, LifecycleEvent) and obj.dispatched_at is None
+    ]
+    if not events:
+        return
+    session.info[_ADDED] = True
+    endpoints = session.execute(
+        select(WebhookEndpoint).where(
+            WebhookEndpoint.project_id.in_({e.project_id for e in events}),
+            WebhookEndpoint.enabled.is_(True),
+        )
+    ).scalars()
+    made = fan_out(session, events, list(endpoints), utcnow())
+    if made:
+        session.info[_MADE] = True
+
+
+def _after_commit(session: Session) -> None:
+    if session.info.pop(_ADDED, False):
+        claim = session.info.pop(_MADE, False)
+        for wake in _wakers.get(session.bind, ()):
+            wake(claim=claim)
+
+
+def _after_rollback(session: Session) -> None:
+    session.info.pop(_ADDED, None)
+    session.info.pop(_MADE, None)
+
+
+event.listen(Session, "before_flush", _before_flush)
+event.listen(Session, "after_commit", _after_commit)
+event.listen(Session, "after_rollback", _after_rollback)
+
+
+def fan_out(
+    session: Session | AsyncSession,
+    events: Sequence[LifecycleEvent],
+    endpoints: Sequence[WebhookEndpoint],
+    now: datetime,
+) -> int:
+    """Mark ``events`` dispatched and add a delivery per endpoint that wants each one."""
+    by_project: dict[str, list[WebhookEndpoint]] = {}
+    for endpoint in endpoints:
+        by_project.setdefault(endpoint.project_id, []).append(endpoint)
+    made = 0
+    for evt in events:
+        evt.dispatched_at = now
+        for endpoint in by_project.get(evt.project_id, ()):
+            if wants(endpoint, evt.type):
+                made += 1
+                session.add(
+                    WebhookDelivery(
+                        id=new_id("msg"),
+                        project_id=evt.project_id,
+                        endpoint_id=endpoint.id,
+                        event_id=evt.id,
+                        event_type=evt.type,
+                        ordering_key=evt.ordering_key,
+                        event_created_at=evt.created_at,
+                        status=PENDING,
+                        attempts=0,
+                        next_attempt_at=now,
+                        created_at=now,
+                    )
+                )
+    return made
+
+
+# --- the payload -------------------------------------------------------------------------
+
+
+def iso(moment: datetime) -> str:
+    return moment.astimezone(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
+
+
+def event_body(evt: LifecycleEvent) -> str:
+    """What a receiver gets: the same bytes on every attempt."""
+    return json.dumps(
+        {"type": evt.type, "id": evt.id, "timestamp": iso(evt.created_at), "data": evt.data},
+        separators=(",", ":"),
+        ensure_ascii=False,
+    )
+
+
+def wants(endpoint: WebhookEndpoint, event_type: str) -> bool:
+    return endpoint.events is None or event_type in endpoint.events
+
+
+# --- one request and its outcome ---------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Job:
+    delivery_id: str
+    endpoint_id: str
+    attempt: int
+    url: str
+    secret: str
+    body: str
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    job: Job
+    started_at: datetime
+    latency_ms: int
+    status_code: int | None
+    error: str | None
+    retry_after: float | None
+    sent: bool = True  # False: its chain stopped before it; it was never attempted
+
+    @property
+    def ok(self) -> bool:
+        return self.status_code is not None and 200 <= self.status_code < 300
+
+    @property
+    def gone(self) -> bool:
+        return self.status_code == 410
+
+
+def retry_after_seconds(value: str | None, *, now: float | None = None) -> float | None:
+    """``Retry-After`` as seconds from now: delta-seconds or an HTTP date; None if absent."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return min(float(value), MAX_RETRY_AFTER_SECONDS)
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    delta = when.timestamp() - (time.time() if now is None else now)
+    return min(max(delta, 0.0), MAX_RETRY_AFTER_SECONDS)
+
+
+def next_delay(schedule: Sequence[float], attempts: int, retry_after: float | None) -> float | None:
+    """Seconds until the next attempt after ``attempts`` tries, or None when none is left."""
+    if attempts >= len(schedule):
+        return None
+    if retry_after is not None:
+        return retry_after
+    base = schedule[attempts]
+    return base * random.uniform(1 - JITTER, 1 + JITTER)
+
+
+async def send(http: aiohttp.ClientSession, job: Job, limit_seconds: float) -> Outcome:
+    headers = signature_headers(job.body, [job.secret], msg_id=job.delivery_id)
+    headers["Content-Type"] = "application/json"
+    headers["User-Agent"] = USER_AGENT
+    started = utcnow()
+    t0 = time.perf_counter()
+    status: int | None = None
+    error: str | None = None
+    retry_after: float | None = None
+    try:
+        async with http.post(
+            job.url,
+            data=job.body.encode(),
+            headers=headers,
+            allow_redirects=False,
+            timeout=aiohttp.ClientTimeout(total=limit_seconds),
+        ) as resp:
+            status = resp.status
+            if not 200 <= status < 300:
+                snippet = (await resp.content.read(ERROR_BODY_BYTES)).decode("utf-8", "replace")
+                error = f"HTTP {status}" + (f": {snippet.strip()}" if snippet.strip() else "")
+                if status in (429, 503):
+                    retry_after = retry_after_seconds(resp.headers.get("Retry-After"))
+    except TimeoutError:
+        error = f"no answer within {limit_seconds:g} s"
+    except aiohttp.ClientError as exc:
+        error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+    except OSError as exc:
+        error = f"{type(exc).__name__}: {exc}"
+    latency = round((time.perf_counter() - t0) * 1000)
+    return Outcome(job, started, latency, status, error, retry_after)
+
+
+# --- the worker --------------------------------------------------------------------------
+
+
+class DeliveryWorker:
+    """The per-process delivery loop. ``start`` after migrations, ``stop`` on shutdown."""
+
+    def __init__(
+        self,
+        db: Database,
+        settings: Settings,
+        *,
+        node_id: str,
+        http: aiohttp.ClientSession | None = None,
+    ) -> None:
+        self.db = db
+        self.node_id = node_id
+        self.schedule = settings.retry_schedule()
+        self.timeout = settings.webhook_delivery_timeout_seconds
+        self.poll = settings.webhook_delivery_poll_seconds
+        self.concurrency = settings.webhook_delivery_concurrency
+        self.lease = timedelta(seconds=self.timeout * 2 + 5)
+        self._http = http
+        self._own_http = http is None
+        self._wake = asyncio.Event()
+        self._outcomes: list[Outcome] = []
+        self._sending: set[asyncio.Task[None]] = set()
+        self._loop: asyncio.Task[None] | None = None
+        self._stopping = False
+        self._claim_anyway = True  # the first cycle looks for everything that is due
+        self._next_due = math.inf  # the earliest retry this process scheduled (monotonic)
+        self._next_sweep = 0.0
+
+    def wake(self, *, claim: bool = False) -> None:
+        """Run a cycle now. ``claim``: look for due deliveries even if this process made
+        none due (a delivery retried by hand, an endpoint enabled again)."""
+        if claim:
+            self._claim_anyway = True
+        self._wake.set()
+
+    async def start(self) -> None:
+        if self._http is None:
+            self._http = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=self.concurrency, ttl_dns_cache=60)
+            )
+        _wakers.setdefault(self.db.engine.sync_engine, set()).add(self.wake)
+        self._loop = asyncio.create_task(self._run(), name="webhook-delivery")
+        log.info("delivery_worker_started", node_id=self.node_id, schedule=self.schedule)
+
+    async def stop(self, grace: float = STOP_GRACE_SECONDS) -> None:
+        """Deliver what is ready (for up to ``grace`` seconds: the calls ended by shutdown
+        have just emitted their events), record the outcomes, then stop. Whatever is left
+        stays in the outbox for the next start."""
+        _wakers.get(self.db.engine.sync_engine, set()).discard(self.wake)
+        if self._loop is not None:
+            # Never cancel a cycle half way through its transaction: ask the loop to stop.
+            self._stopping = True
+            self._wake.set()
+            await self._loop
+            self._loop = None
+        deadline = time.monotonic() + grace
+        with contextlib.suppress(Exception):
+            while (left := deadline - time.monotonic()) > 0:
+                chains, _busy = await self.cycle()
+                for chain in chains:
+                    self._spawn(chain)
+                if not self._sending:
+                    break
+                await asyncio.wait(list(self._sending), timeout=left)
+        for task in list(self._sending):
+            task.cancel()
+        with contextlib.suppress(Exception):
+            await self.cycle(claim=False)
+        if self._own_http and self._http is not None:
+            await self._http.close()
+        log.info("delivery_worker_stopped", node_id=self.node_id)
+
+    def _spawn(self, chain: list[Job]) -> None:
+        task = asyncio.create_task(self._deliver(chain), name=f"deliver:{chain[0].delivery_id}")
+        self._sending.add(task)
+        task.add_done_callback(self._sending.discard)
+
+    async def _run(self) -> None:
+        failures = 0
+        while True:
+            wait = min(self.poll, max(0.0, self._next_due - time.monotonic()))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), wait)
+            if self._stopping:
+                return
+            self._wake.clear()
+            try:
+                chains, busy = await self.cycle()
+                failures = 0
+            except Exception as exc:  # the loop must outlive a database hiccup
+                failures += 1
+                log.warning("delivery_cycle_failed", error=repr(exc), failures=failures)
+                await asyncio.sleep(min(0.05 * 2**failures, 5.0))
+                continue
+            for chain in chains:
+                self._spawn(chain)
+            if busy:
+                self._wake.set()
+
+    async def _deliver(self, chain: list[Job]) -> None:
+        """Send a chain (deliveries of one ordering key, in order) one after the other; the
+        first failure ends it, and the rest go back unattempted behind it."""
+        assert self._http is not None
+        for i, job in enumerate(chain):
+            outcome = await send(self._http, job, self.timeout)
+            self._outcomes.append(outcome)
+            self._wake.set()
+            if not outcome.ok:
+                log.info(
+                    "webhook_attempt_failed",
+                    delivery_id=job.delivery_id,
+                    endpoint_id=job.endpoint_id,
+                    attempt=job.attempt,
+                    status=outcome.status_code,
+                    error=outcome.error,
+                )
+                for rest in chain[i + 1 :]:
+                    self._outcomes.append(Outcome(rest, utcnow(), 0, None, None, None, False))
+                return
+
+    async def cycle(self, *, claim: bool = True) -> tuple[list[list[Job]], bool]:
+        """One transaction: record outcomes, fan out, claim. Returns the claimed chains and
+        whether more work is waiting right now."""
+        outcomes, self._outcomes = self._outcomes, []
+        # Looking for due deliveries is the expensive query. It is needed when this cycle
+        # creates or settles deliveries, when a retry this process scheduled falls due, and
+        # now and then for work that other nodes (or their expired leases) left due.
+        tick = time.monotonic()
+        sweep = self._claim_anyway or tick >= self._next_due or tick >= self._next_sweep
+        self._claim_anyway = False
+        try:
+            async with writing(self.db) as session:
+                now = utcnow()
+                await self._record(session, outcomes, now)
+                fanned, made = await self._fan_out(session, now) if claim else (0, 0)
+                room = self.concurrency - len(self._sending)
+                look = claim and room > 0 and (sweep or made > 0 or bool(outcomes))
+                chains = await self._claim(session, now, room) if look else []
+        except BaseException:
+            self._outcomes[:0] = outcomes  # not recorded: keep them for the next cycle
+            self._claim_anyway = self._claim_anyway or sweep
+            raise
+        if look:
+            if tick >= self._next_due:
+                self._next_due = math.inf
+            if sweep:
+                self._next_sweep = tick + CLAIM_SWEEP_SECONDS
+        return chains, fanned >= FANOUT_BATCH or (room > 0 and len(chains) >= room)
+
+    async def _record(self, session: AsyncSession, outcomes: list[Outcome], now: datetime) -> None:
+        if not outcomes:
+            return
+        rows = await session.execute(
+            select(WebhookDelivery, WebhookEndpoint)
+            .join(WebhookEndpoint, WebhookEndpoint.id == WebhookDelivery.endpoint_id)
+            .where(WebhookDelivery.id.in_([o.job.delivery_id for o in outcomes]))
+        )
+        found = {d.id: (d, e) for d, e in rows}
+        for o in outcomes:
+            if o.job.delivery_id not in found:
+                continue  # the endpoint was deleted meanwhile
+            delivery, endpoint = found[o.job.delivery_id]
+            if not o.sent:
+                if delivery.claimed_by == self.node_id and delivery.status == PENDING:
+                    delivery.attempts -= 1
+                    delivery.claimed_by = None
+                    delivery.next_attempt_at = now
+                continue
+            session.add(
+                WebhookAttempt(
+                    id=new_id("wha"),
+                    delivery_id=delivery.id,
+                    number=o.job.attempt,
+                    started_at=o.started_at,
+                    status_code=o.status_code,
+                    latency_ms=o.latency_ms,
+                    error=o.error,
+                )
+            )
+            delivery.last_status_code = o.status_code
+            delivery.last_error = o.error
+            if delivery.claimed_by != self.node_id or delivery.status != PENDING:
+                continue  # retried by hand or re-claimed after our lease ran out
+            delivery.claimed_by = None
+            if o.ok:
+                delivery.status = SUCCEEDED
+                delivery.delivered_at = now
+            elif o.gone:
+                delivery.status = FAILED
+                if endpoint.enabled:
+                    endpoint.enabled = False
+                    endpoint.disabled_reason = "The endpoint answered 410 Gone."
+                    endpoint.updated_at = now
+                    log.warning("webhook_endpoint_disabled", endpoint_id=endpoint.id)
+            else:
+                delay = next_delay(self.schedule, delivery.attempts, o.retry_after)
+                if delay is None:
+                    delivery.status = FAILED
+                else:
+                    delivery.next_attempt_at = now + timedelta(seconds=delay)
+                    self._next_due = min(self._next_due, time.monotonic() + delay)
+
+    async def _fan_out(self, session: AsyncSession, now: datetime) -> tuple[int, int]:
+        """Events fanned out, and deliveries made of them."""
+        events = list(
+            (
+                await session.execute(
+                    select(LifecycleEvent)
+                    .where(LifecycleEvent.dispatched_at.is_(None))
+                    .order_by(LifecycleEvent.created_at, LifecycleEvent.id)
+                    .limit(FANOUT_BATCH)
+                    .with_for_update(skip_locked=True)
+                )
+            ).scalars()
+        )
+        if not events:
+            return 0, 0
+        endpoints = (
+            await session.execute(
+                select(WebhookEndpoint).where(
+                    WebhookEndpoint.project_id.in_({e.project_id for e in events}),
+                    WebhookEndpoint.enabled.is_(True),
+                )
+            )
+        ).scalars()
+        made = fan_out(session, events, list(endpoints), now)
+        await session.flush()
+        return len(events), made
+
+    async def _claim(self, session: AsyncSession, now: datetime, limit: int) -> list[list[Job]]:
+        d = WebhookDelivery
+        earlier = aliased(WebhookDelivery)
+        earlier_pending = exists().where(
+            earlier.endpoint_id == d.endpoint_id,
+            earlier.ordering_key == d.ordering_key,
+            earlier.status == PENDING,
+            or_(
+                earlier.event_created_at < d.event_created_at,
+                and_(
+                    earlier.event_created_at == d.event_created_at,
+                    earlier.event_id < d.event_id,
+                ),
+            ),
+        )
+        conditions = [
+            d.status == PENDING,
+            d.next_attempt_at <= now,
+            WebhookEndpoint.enabled.is_(True),
+            ~earlier_pending,
+        ]
+        if not self.db.is_sqlite:
+            # Another node may not have fanned out an earlier event of this key yet. (On
+            # SQLite this one process fans out and claims in the same transaction.)
+            unsent = aliased(LifecycleEvent)
+            conditions.append(
+                ~exists().where(
+                    unsent.dispatched_at.is_(None),
+                    unsent.project_id == d.project_id,
+                    unsent.ordering_key == d.ordering_key,
+                    unsent.created_at < d.event_created_at,
+                )
+            )
+        heads = (
+            await session.execute(
+                select(d, WebhookEndpoint.url, WebhookEndpoint.secret, LifecycleEvent)
+                .join(WebhookEndpoint, WebhookEndpoint.id == d.endpoint_id)
+                .join(LifecycleEvent, LifecycleEvent.id == d.event_id)
+                .where(*conditions)
+                .order_by(d.next_attempt_at, d.event_created_at)
+                .limit(limit)
+                .with_for_update(skip_locked=True, of=d)
+            )
+        ).all()
+        followers = await self._followers(session, [h[0] for h in heads])
+        lease_until = now + self.lease
+        chains = []
+        for delivery, url, secret, evt in heads:
+            chain = []
+            for member, member_evt in [(delivery, evt), *followers.get(delivery.id, [])]:
+                if member is not delivery and (
+                    member.claimed_by is not None or member.next_attempt_at > now
+                ):
+                    break
+                member.attempts += 1
+                member.claimed_by = self.node_id
+                member.next_attempt_at = lease_until
+                chain.append(
+                    Job(
+                        member.id,
+                        member.endpoint_id,
+                        member.attempts,
+                        url,
+                        secret,
+                        event_body(member_evt),
+                    )
+                )
+            chains.append(chain)
+        return chains
+
+    async def _followers(
+        self, session: AsyncSession, heads: list[WebhookDelivery]
+    ) -> dict[str, list[tuple[WebhookDelivery, LifecycleEvent]]]:
+        """The pending deliveries behind each head (same endpoint and ordering key), in
+        order: sent right after it, not one cycle after another."""
+        keyed: dict[tuple[str, str | None], WebhookDelivery] = {
+            (h.endpoint_id, h.ordering_key): h for h in heads if h.ordering_key
+        }
+        if not keyed:
+            return {}
+        d = WebhookDelivery
+        rows = (
+            await session.execute(
+                select(d, LifecycleEvent)
+                .join(LifecycleEvent, LifecycleEvent.id == d.event_id)
+                .where(
+                    tuple_(d.endpoint_id, d.ordering_key).in_(list(keyed)),
+                    d.status == PENDING,
+                    d.id.not_in([h.id for h in heads]),
+                )
+                .order_by(d.event_created_at, d.event_id)
+                .with_for_update(of=d)
+            )
+        ).all()
+        out: dict[str, list[tuple[WebhookDelivery, LifecycleEvent]]] = {}
+        for member, evt in rows:
+            head = keyed[(member.endpoint_id, member.ordering_key)]
+            chain = out.setdefault(head.id, [])
+            if len(chain) < MAX_CHAIN - 1:
+                chain.append((member, evt))
+        return out
+
+
+async def release_leases(db: Database, node_id: str) -> int:
+    """Make deliveries leased by ``node_id`` (a previous life of this node) due now."""
+    async with db.session() as session:
+        result = await session.execute(
+            update(WebhookDelivery)
+            .where(WebhookDelivery.status == PENDING, WebhookDelivery.claimed_by == node_id)
+            .values(claimed_by=None, next_attempt_at=utcnow())
+        )
+    return int(getattr(result, "rowcount", 0) or 0)
+
+
+DELIVERY: web.AppKey[DeliveryWorker] = web.AppKey("relay_delivery", DeliveryWorker)
+
+__all__ = [
+    "DELIVERY",
+    "DELIVERY_STATUSES",
+    "DeliveryWorker",
+    "Outcome",
+    "event_body",
+    "next_delay",
+    "release_leases",
+    "retry_after_seconds",
+]

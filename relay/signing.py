@@ -1,0 +1,31 @@
+"""Standard Webhooks signatures (https://www.standardwebhooks.com) for everything we send.
+
+During a secret rotation a request carries one signature per valid secret, space-separated,
+as the spec allows; a receiver holding either secret verifies it.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from collections.abc import Sequence
+from datetime import UTC, datetime
+
+from standardwebhooks.webhooks import Webhook
+
+
+def new_message_id() -> str:
+    return "msg_" + secrets.token_hex(12)
+
+
+def signature_headers(
+    body: str, secrets_: Sequence[str], *, msg_id: str | None = None, now: float | None = None
+) -> dict[str, str]:
+    msg_id = msg_id or new_message_id()
+    ts = datetime.fromtimestamp(int(now if now is not None else time.time()), tz=UTC)
+    signatures = [Webhook(secret).sign(msg_id, ts, body) for secret in secrets_]
+    return {
+        "webhook-id": msg_id,
+        "webhook-timestamp": str(int(ts.timestamp())),
+        "webhook-signature": " ".join(signatures),
+    }

@@ -1,0 +1,413 @@
+"""The relay's tables. Every tenant-owned row carries ``project_id``; every query filters on it."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import JSON, DateTime, ForeignKey, Index, Integer, String, Text, text
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.types import TypeDecorator
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Timezone-aware on the way out on every backend (SQLite keeps no zone)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is not None and value.tzinfo is None:
+            raise ValueError("naive datetime")
+        return value
+
+    def process_result_value(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is not None and value.tzinfo is None:
+            return value.replace(tzinfo=UTC)
+        return value
+
+
+class Base(DeclarativeBase):
+    type_annotation_map = {datetime: UTCDateTime(), dict[str, Any]: JSON, list[Any]: JSON}
+
+
+class Project(Base):
+    __tablename__ = "projects"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    name: Mapped[str] = mapped_column(String(200), unique=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class ApiKey(Base):
+    __tablename__ = "api_keys"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    project_id: Mapped[str] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"))
+    kind: Mapped[str] = mapped_column(String(16))  # secret | publishable
+    key_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    hint: Mapped[str] = mapped_column(String(16))
+    name: Mapped[str | None] = mapped_column(String(200))
+    allowed_agents: Mapped[list[Any] | None] = mapped_column(JSON)
+    allowed_channels: Mapped[list[Any] | None] = mapped_column(JSON)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    revoked_at: Mapped[datetime | None] = mapped_column()
+
+
+class Agent(Base):
+    __tablename__ = "agents"
+    __table_args__ = (Index("ix_agents_project", "project_id", "id"),)
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    project_id: Mapped[str] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"))
+    name: Mapped[str] = mapped_column(String(200))
+    voice_mode: Mapped[str] = mapped_column(String(16), default="webhook")
+    webhook_url: Mapped[str | None] = mapped_column(Text)
+    webhook_secret: Mapped[str] = mapped_column(String(100))
+    previous_webhook_secret: Mapped[str | None] = mapped_column(String(100))
+    previous_webhook_secret_expires_at: Mapped[datetime | None] = mapped_column()
+    webhook_timeout_ms: Mapped[int] = mapped_column(Integer, default=30000)
+    config: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+    deleted_at: Mapped[datetime | None] = mapped_column()
+
+
+class Number(Base):
+    __tablename__ = "numbers"
+    __table_args__ = (
+        Index("ix_numbers_project", "project_id", "id"),
+        Index(
+            "uq_numbers_active_phone",
+            "phone_number",
+            unique=True,
+            sqlite_where=text("released_at IS NULL"),
+            postgresql_where=text("released_at IS NULL"),
+        ),
+        Index("ix_numbers_agent", "agent_id"),
+    )
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    project_id: Mapped[str] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"))
+    phone_number: Mapped[str] = mapped_column(String(20))
+    country: Mapped[str] = mapped_column(String(2))
+    provider: Mapped[str] = mapped_column(String(20))
+    source: Mapped[str] = mapped_column(String(20), default="provisioned")  # or imported
+    credentials_ref: Mapped[str | None] = mapped_column(String(200))
+    provider_sid: Mapped[str | None] = mapped_column(String(100))
+    agent_id: Mapped[str | None] = mapped_column(ForeignKey("agents.id", ondelete="SET NULL"))
+    capabilities: Mapped[list[Any]] = mapped_column(JSON, default=list)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    released_at: Mapped[datetime | None] = mapped_column()
+
+
+class Call(Base):
+    """One conversation on one channel. ``agent_snapshot`` freezes the agent at creation."""
+
+    __tablename__ = "calls"
+    __table_args__ = (
+        Index("ix_calls_project", "project_id", "id"),
+        Index("ix_calls_status", "status"),
+    )
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    project_id: Mapped[str] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"))
+    agent_id: Mapped[str | None] = mapped_column(ForeignKey("agents.id", ondelete="SET NULL"))
+    number_id: Mapped[str | None] = mapped_column(ForeignKey("numbers.id", ondelete="SET NULL"))
+    direction: Mapped[str] = mapped_column(String(10))  # inbound | outbound
+    connection_type: Mapped[str] = mapped_column(String(20))  # twilio | websocket | sim | ...
+    from_number: Mapped[str | None] = mapped_column(String(40))
+    to_number: Mapped[str | None] = mapped_column(String(40))
+    status: Mapped[str] = mapped_column(String(20), default="queued")
+    failure_reason: Mapped[str | None] = mapped_column(String(40))
+    voice_mode: Mapped[str] = mapped_column(String(16))
+    agent_snapshot: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    call_metadata: Mapped[dict[str, Any]] = mapped_column("metadata", JSON, default=dict)
+    conversation_state: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    carrier_call_id: Mapped[str | None] = mapped_column(String(100))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    started_at: Mapped[datetime | None] = mapped_column()
+    ended_at: Mapped[datetime | None] = mapped_column()
+
+
+class CallEvent(Base):
+    """The call's log: what happened, from which part, in order."""
+
+    __tablename__ = "call_events"
+    __table_args__ = (Index("ix_call_events_call", "call_id", "id"),)
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    call_id: Mapped[str] = mapped_column(ForeignKey("calls.id", ondelete="CASCADE"))
+    level: Mapped[str] = mapped_column(String(10))  # info | warning | error
+    source: Mapped[str] = mapped_column(String(20))  # lifecycle|webhook|telephony|engine|post_call
+    message: Mapped[str] = mapped_column(Text)
+    data: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class TranscriptSegment(Base):
+    __tablename__ = "transcript_segments"
+    __table_args__ = (Index("ix_segments_call", "call_id", "seq"),)
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    call_id: Mapped[str] = mapped_column(ForeignKey("calls.id", ondelete="CASCADE"))
+    seq: Mapped[int] = mapped_column(Integer)
+    speaker: Mapped[str] = mapped_column(String(10))  # agent | user | tool | dtmf
+    text: Mapped[str] = mapped_column(Text)
+    start_ms: Mapped[int] = mapped_column(Integer)
+    end_ms: Mapped[int] = mapped_column(Integer)
+    interrupted: Mapped[bool] = mapped_column(default=False)
+    data: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+
+
+class TurnMetrics(Base):
+    """Per-turn latency breakdown, milliseconds (``None`` where a stage did not run)."""
+
+    __tablename__ = "turn_metrics"
+    __table_args__ = (Index("ix_turn_metrics_call", "call_id"),)
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    call_id: Mapped[str] = mapped_column(ForeignKey("calls.id", ondelete="CASCADE"))
+    turn_id: Mapped[str] = mapped_column(String(40))
+    values: Mapped[dict[str, Any]] = mapped_column(JSON)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class CallAnalysis(Base):
+    """Post-call intelligence for one call: the job (``pending`` until done, leased through
+    ``next_attempt_at`` while a node works on it) and its results."""
+
+    __tablename__ = "call_analyses"
+    __table_args__ = (Index("ix_call_analyses_due", "status", "next_attempt_at"),)
+
+    call_id: Mapped[str] = mapped_column(
+        ForeignKey("calls.id", ondelete="CASCADE"), primary_key=True
+    )
+    project_id: Mapped[str] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"))
+    status: Mapped[str] = mapped_column(String(12))  # pending | completed | failed
+    config: Mapped[dict[str, Any]] = mapped_column(JSON)  # the effective postCall settings
+    summary: Mapped[str | None] = mapped_column(Text)
+    sentiment: Mapped[str | None] = mapped_column(String(10))  # positive | neutral | negative
+    extraction: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    evaluation: Mapped[list[Any] | None] = mapped_column(JSON)
+    errors: Mapped[list[Any] | None] = mapped_column(JSON)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime] = mapped_column()
+    claimed_by: Mapped[str | None] = mapped_column(String(100))
+    model: Mapped[str | None] = mapped_column(String(200))
+    duration_ms: Mapped[int | None] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+    completed_at: Mapped[datetime | None] = mapped_column()
+
+
+class LifecycleEvent(Base):
+    """A lifecycle event (``call.completed``, ``message.received``...), written in the SAME
+    transaction as the change it reports. The delivery worker fans each one out to the
+    project's webhook endpoints; ``ordering_key`` (a call or conversation id) keeps order."""
+
+    __tablename__ = "lifecycle_events"
+    __table_args__ = (
+        Index("ix_lifecycle_events_project", "project_id", "id"),
+        Index("ix_lifecycle_events_pending", "dispatched_at", "id"),
+    )
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    project_id: Mapped[str] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"))
+    type: Mapped[str] = mapped_column(String(40))
+    ordering_key: Mapped[str | None] = mapped_column(String(60))
+    data: Mapped[dict[str, Any]] = mapped_column(JSON)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    dispatched_at: Mapped[datetime | None] = mapped_column()
+
+
+class WebhookEndpoint(Base):
+    """Where a project's lifecycle events go. ``events`` is a filter (None: every type)."""
+
+    __tablename__ = "webhook_endpoints"
+    __table_args__ = (Index("ix_webhook_endpoints_project", "project_id", "id"),)
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    project_id: Mapped[str] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"))
+    url: Mapped[str] = mapped_column(Text)
+    description: Mapped[str | None] = mapped_column(String(500))
+    events: Mapped[list[Any] | None] = mapped_column(JSON)
+    secret: Mapped[str] = mapped_column(String(100))
+    enabled: Mapped[bool] = mapped_column(default=True)
+    disabled_reason: Mapped[str | None] = mapped_column(String(200))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class WebhookDelivery(Base):
+    """One lifecycle event for one endpoint. ``id`` is the ``webhook-id`` header: the same on
+    every attempt, so receivers can drop duplicates. While in flight a delivery stays
+    ``pending`` with ``next_attempt_at`` pushed out as a lease held by ``claimed_by``."""
+
+    __tablename__ = "webhook_deliveries"
+    __table_args__ = (
+        Index("ix_webhook_deliveries_due", "status", "next_attempt_at"),
+        Index("ix_webhook_deliveries_endpoint", "endpoint_id", "id"),
+        Index("ix_webhook_deliveries_order", "endpoint_id", "ordering_key", "status"),
+        Index("uq_webhook_deliveries_event", "endpoint_id", "event_id", unique=True),
+    )
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    project_id: Mapped[str] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"))
+    endpoint_id: Mapped[str] = mapped_column(ForeignKey("webhook_endpoints.id", ondelete="CASCADE"))
+    event_id: Mapped[str] = mapped_column(ForeignKey("lifecycle_events.id", ondelete="CASCADE"))
+    event_type: Mapped[str] = mapped_column(String(40))
+    ordering_key: Mapped[str | None] = mapped_column(String(60))
+    event_created_at: Mapped[datetime] = mapped_column()
+    status: Mapped[str] = mapped_column(String(12), default="pending")  # succeeded | failed
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime] = mapped_column()
+    claimed_by: Mapped[str | None] = mapped_column(String(100))
+    last_status_code: Mapped[int | None] = mapped_column(Integer)
+    last_error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    delivered_at: Mapped[datetime | None] = mapped_column()
+
+
+class WebhookAttempt(Base):
+    """One HTTP request of a delivery: what came back, how long it took, what went wrong."""
+
+    __tablename__ = "webhook_attempts"
+    __table_args__ = (Index("ix_webhook_attempts_delivery", "delivery_id", "number"),)
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    delivery_id: Mapped[str] = mapped_column(
+        ForeignKey("webhook_deliveries.id", ondelete="CASCADE")
+    )
+    number: Mapped[int] = mapped_column(Integer)
+    started_at: Mapped[datetime] = mapped_column()
+    status_code: Mapped[int | None] = mapped_column(Integer)
+    latency_ms: Mapped[int] = mapped_column(Integer)
+    error: Mapped[str | None] = mapped_column(Text)
+
+
+class RelayNode(Base):
+    """A running relay process, for crash recovery: a node whose heartbeat stopped is dead."""
+
+    __tablename__ = "relay_nodes"
+
+    id: Mapped[str] = mapped_column(String(100), primary_key=True)
+    started_at: Mapped[datetime] = mapped_column(default=utcnow)
+    heartbeat_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class CallLease(Base):
+    """Which node runs a live call. When that node dies, another closes the call."""
+
+    __tablename__ = "call_leases"
+    __table_args__ = (Index("ix_call_leases_node", "node_id"),)
+
+    call_id: Mapped[str] = mapped_column(
+        ForeignKey("calls.id", ondelete="CASCADE"), primary_key=True
+    )
+    node_id: Mapped[str] = mapped_column(String(100))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Conversation(Base):
+    """One project's number and one counterpart: the thread that texts AND calls between the
+    two share. Calls join it by their from/to numbers; ``state`` is what the webhook returned
+    as ``state`` last turn, echoed back as ``conversationState``."""
+
+    __tablename__ = "conversations"
+    __table_args__ = (
+        Index("uq_conversations_pair", "project_id", "our_number", "their_number", unique=True),
+        Index("ix_conversations_project", "project_id", "id"),
+    )
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    project_id: Mapped[str] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"))
+    number_id: Mapped[str | None] = mapped_column(ForeignKey("numbers.id", ondelete="SET NULL"))
+    agent_id: Mapped[str | None] = mapped_column(ForeignKey("agents.id", ondelete="SET NULL"))
+    our_number: Mapped[str] = mapped_column(String(20))
+    their_number: Mapped[str] = mapped_column(String(20))
+    state: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    message_count: Mapped[int] = mapped_column(Integer, default=0)
+    last_message_at: Mapped[datetime | None] = mapped_column()
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Message(Base):
+    """One text, either way. ``seq`` orders a conversation's messages as they arrived.
+
+    ``work`` is the durable to-do flag: ``pending`` (an inbound text not yet answered, an
+    outbound one not yet handed to its carrier), ``claimed`` (a worker is on it since
+    ``claimed_at``) or ``done``. A restart picks up what is not ``done``."""
+
+    __tablename__ = "messages"
+    __table_args__ = (
+        Index("ix_messages_project", "project_id", "id"),
+        Index("ix_messages_conversation", "conversation_id", "seq"),
+        Index("uq_messages_carrier_id", "provider", "carrier_message_id", unique=True),
+        Index("ix_messages_work", "work", "claimed_at"),
+    )
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    project_id: Mapped[str] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"))
+    conversation_id: Mapped[str] = mapped_column(ForeignKey("conversations.id", ondelete="CASCADE"))
+    seq: Mapped[int] = mapped_column(Integer)
+    agent_id: Mapped[str | None] = mapped_column(ForeignKey("agents.id", ondelete="SET NULL"))
+    number_id: Mapped[str | None] = mapped_column(ForeignKey("numbers.id", ondelete="SET NULL"))
+    direction: Mapped[str] = mapped_column(String(10))  # inbound | outbound
+    from_number: Mapped[str] = mapped_column(String(20))
+    to_number: Mapped[str] = mapped_column(String(20))
+    text: Mapped[str] = mapped_column(Text)
+    media: Mapped[list[Any] | None] = mapped_column(JSON)
+    status: Mapped[str] = mapped_column(String(12))  # received | queued | sent | delivered | failed
+    provider: Mapped[str] = mapped_column(String(20))
+    carrier_message_id: Mapped[str | None] = mapped_column(String(100))
+    in_reply_to: Mapped[str | None] = mapped_column(String(40))
+    # The carrier already answered this opt-out keyword itself (Twilio's Advanced Opt-Out).
+    keyword_handled: Mapped[bool] = mapped_column(default=False)
+    segments: Mapped[int] = mapped_column(Integer, default=1)
+    encoding: Mapped[str] = mapped_column(String(8), default="gsm7")  # gsm7 | ucs2
+    error_code: Mapped[str | None] = mapped_column(String(60))
+    error_message: Mapped[str | None] = mapped_column(Text)
+    work: Mapped[str] = mapped_column(String(10), default="done")  # pending | claimed | done
+    claimed_at: Mapped[datetime | None] = mapped_column()
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+    sent_at: Mapped[datetime | None] = mapped_column()
+    delivered_at: Mapped[datetime | None] = mapped_column()
+
+
+class MessageEvent(Base):
+    """A text's log: what the relay did with it and what went wrong (webhook failures,
+    keywords, fallbacks, carrier errors), in order."""
+
+    __tablename__ = "message_events"
+    __table_args__ = (Index("ix_message_events_message", "message_id", "id"),)
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    message_id: Mapped[str] = mapped_column(ForeignKey("messages.id", ondelete="CASCADE"))
+    level: Mapped[str] = mapped_column(String(10))  # info | warning | error
+    code: Mapped[str] = mapped_column(String(40))
+    message: Mapped[str] = mapped_column(Text)
+    data: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class OptOut(Base):
+    """A number that texted STOP (or another opt-out keyword) to one of the project's numbers.
+    While ``opted_in_at`` is empty, no text or call of the project may reach it."""
+
+    __tablename__ = "opt_outs"
+    __table_args__ = (Index("uq_opt_outs_number", "project_id", "phone_number", unique=True),)
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    project_id: Mapped[str] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"))
+    phone_number: Mapped[str] = mapped_column(String(20))
+    our_number: Mapped[str | None] = mapped_column(String(20))
+    keyword: Mapped[str] = mapped_column(String(20))
+    opted_out_at: Mapped[datetime] = mapped_column(default=utcnow)
+    opted_in_at: Mapped[datetime | None] = mapped_column()

@@ -1,0 +1,173 @@
+"""Twilio Media Streams transport: a call's audio over Twilio's bidirectional websocket.
+
+The media token arrives in the URL's query (``?token=``, checked before the upgrade) or, as
+Twilio recommends since it may drop query strings, as the ``token`` custom parameter of the
+``start`` frame. The sim carrier's handset speaks this same protocol.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+
+import numpy as np
+from aiohttp import WSCloseCode, WSMsgType, web
+
+from relay import tokens
+from relay.calls import inbound
+from relay.engine.codecs import ulaw_decode, ulaw_encode
+from relay.engine.ports import PCM, CallHandle
+from relay.logs import get_logger
+from relay.transports import twilio_protocol as tp
+from relay.transports.runner import BadFrames, CallerPump, MediaDeps, run_call
+
+log = get_logger("relay.transports.twilio")
+
+RATE = 8000
+FRAME_BYTES = RATE * 20 // 1000  # 160 mu-law bytes = 20 ms
+START_TIMEOUT_SECONDS = 10.0
+
+_DTMF_FREQS = {
+    "1": (697, 1209), "2": (697, 1336), "3": (697, 1477), "A": (697, 1633),
+    "4": (770, 1209), "5": (770, 1336), "6": (770, 1477), "B": (770, 1633),
+    "7": (852, 1209), "8": (852, 1336), "9": (852, 1477), "C": (852, 1633),
+    "*": (941, 1209), "0": (941, 1336), "#": (941, 1477), "D": (941, 1633),
+}  # fmt: skip
+
+
+def dtmf_tones(digits: str, rate: int = RATE, *, tone_ms: int = 100, gap_ms: int = 60) -> PCM:
+    """In-band DTMF (Media Streams has no out-of-band digits): tones and gaps; ``w`` waits
+    half a second."""
+    parts: list[PCM] = []
+    t = np.arange(rate * tone_ms // 1000) / rate
+    gap = np.zeros(rate * gap_ms // 1000, dtype=np.int16)
+    for digit in digits.upper():
+        if digit == "W":
+            parts.append(np.zeros(rate // 2, dtype=np.int16))
+            continue
+        low, high = _DTMF_FREQS[digit]
+        wave = 0.3 * (np.sin(2 * math.pi * low * t) + np.sin(2 * math.pi * high * t))
+        parts += [(wave * 32767).astype(np.int16), gap]
+    return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int16)
+
+
+class TwilioLine:
+    """The engine's way back to a Twilio caller (a :class:`~relay.engine.ports.CallerLine`)."""
+
+    sample_rate = RATE
+
+    def __init__(self, ws: web.WebSocketResponse, stream_sid: str, deps: MediaDeps, call_id: str):
+        self._ws = ws
+        self._sid = stream_sid
+        self._deps = deps
+        self._call_id = call_id
+
+    async def _send(self, text: str) -> None:
+        if not self._ws.closed:
+            await self._ws.send_str(text)
+
+    async def send_audio(self, pcm: PCM) -> None:
+        data = ulaw_encode(pcm)
+        for i in range(0, len(data), FRAME_BYTES):
+            await self._send(tp.media(self._sid, data[i : i + FRAME_BYTES]))
+
+    async def clear(self) -> None:
+        await self._send(tp.clear(self._sid))
+
+    async def send_dtmf(self, digits: str) -> None:
+        await self.send_audio(dtmf_tones(digits))
+
+    async def transfer(self, to: str) -> None:
+        """Recorded on the call; Twilio asks ``/carriers/twilio/voice/after`` once the stream
+        ends and is answered with a ``<Dial>`` to this number."""
+        await inbound.telephony_event(
+            self._deps.db, self._call_id, "transfer", level="info", data={"transfer": to}
+        )
+
+    async def hangup(self) -> None:
+        if not self._ws.closed:
+            await self._ws.close()
+
+
+async def _wait_for_start(ws: web.WebSocketResponse) -> tp.Start | None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + START_TIMEOUT_SECONDS
+    while (left := deadline - loop.time()) > 0:
+        try:
+            msg = await ws.receive(timeout=left)
+        except TimeoutError:
+            return None
+        if msg.type != WSMsgType.TEXT:
+            if msg.type in (WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED, WSMsgType.ERROR):
+                return None
+            continue
+        try:
+            event = tp.parse(msg.data)
+        except tp.ProtocolError:
+            continue
+        if isinstance(event, tp.Start):
+            return event
+    return None
+
+
+async def refuse(ws: web.WebSocketResponse, why: str) -> None:
+    log.info("media_socket_refused", transport="twilio", reason=why)
+    await ws.close(code=WSCloseCode.POLICY_VIOLATION, message=why.encode()[:120])
+
+
+async def serve(
+    ws: web.WebSocketResponse, deps: MediaDeps, signing_key: bytes, call_id: str | None
+) -> None:
+    """Run one Twilio media socket. ``call_id`` comes from a token already checked in the
+    URL; without one, the ``start`` frame's ``token`` parameter must carry it."""
+    start = await _wait_for_start(ws)
+    if start is None:
+        await refuse(ws, "no start frame")
+        return
+    if call_id is None:
+        try:
+            call_id = tokens.verify(
+                signing_key,
+                start.custom_parameters.get("token", ""),
+                inbound.MEDIA_TOKEN_PURPOSE,
+            )
+        except tokens.TokenError as exc:
+            await refuse(ws, f"media token: {exc}")
+            return
+    try:
+        setup = await inbound.begin(
+            deps.db,
+            call_id,
+            node_id=deps.node_id,
+            connection_types=("twilio", "sim"),
+            carrier_call_id=start.call_sid or None,
+        )
+    except inbound.CallUnavailable as exc:
+        await refuse(ws, exc.message)
+        return
+    line = TwilioLine(ws, start.stream_sid, deps, call_id)
+    await run_call(deps, setup, line, _pump(ws, deps, call_id))
+
+
+def _pump(ws: web.WebSocketResponse, deps: MediaDeps, call_id: str) -> CallerPump:
+    async def pump(handle: CallHandle) -> None:
+        bad = BadFrames(deps.db, call_id)
+        async for msg in ws:
+            if msg.type == WSMsgType.TEXT:
+                try:
+                    event = tp.parse(msg.data)
+                except tp.ProtocolError as exc:
+                    await bad.record(str(exc), msg.data)
+                    continue
+                if isinstance(event, tp.Media):
+                    handle.push_audio(ulaw_decode(event.payload), RATE)
+                elif isinstance(event, tp.Dtmf):
+                    handle.push_dtmf(event.digit)
+                elif isinstance(event, tp.Stop):
+                    log.info("carrier_stop", call_id=call_id)
+                    return
+            elif msg.type == WSMsgType.BINARY:
+                await bad.record("binary frame (Media Streams frames are JSON text)", msg.data)
+        log.info("carrier_socket_closed", call_id=call_id)
+
+    return pump

@@ -1,0 +1,293 @@
+"""``/v1/numbers``: provision from a carrier, import one you own, bind to an agent, release."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import Field, field_validator
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+
+from relay.api.agents import load_agent
+from relay.api.routing import Context, Router
+from relay.api.schema import (
+    APIModel,
+    Deleted,
+    OutModel,
+    Page,
+    PageQuery,
+    decode_cursor,
+    encode_cursor,
+)
+from relay.carriers import CarrierError, NoNumberAvailable, ProvisionRequest
+from relay.errors import APIError, Conflict, NotFound, invalid_field
+from relay.ids import new_id
+from relay.phone import region_of, to_e164
+from relay.store.models import Number, utcnow
+
+router = Router()
+TAG = "Numbers"
+NUMBER_TAKEN = "This number is already in use in the relay."
+UNKNOWN_CARRIER = "Unknown carrier {name!r}; this relay has: {names}."
+
+
+class NumberCreate(APIModel):
+    country: str = Field(default="US", min_length=2, max_length=2, description="ISO 3166 alpha-2.")
+    area_code: str | None = Field(default=None, pattern=r"^[0-9]{1,5}$")
+    provider: str = Field(default="sim", max_length=20, description="Carrier to provision from.")
+    agent_id: str | None = Field(default=None, max_length=60)
+
+    @field_validator("country")
+    @classmethod
+    def _upper(cls, value: str) -> str:
+        if not value.isalpha():
+            raise ValueError("country must be two letters, like US")
+        return value.upper()
+
+
+class NumberImport(APIModel):
+    provider: Literal["twilio", "telnyx", "plivo", "vonage", "sip"]
+    phone_number: str = Field(max_length=40)
+    credentials_ref: str = Field(
+        min_length=1,
+        max_length=200,
+        description="Name of the stored carrier credentials (never the credentials themselves).",
+    )
+    provider_sid: str | None = Field(default=None, max_length=100)
+    agent_id: str | None = Field(default=None, max_length=60)
+
+
+class NumberUpdate(APIModel):
+    agent_id: str | None = Field(description="Agent to bind; null unbinds.", max_length=60)
+
+
+class NumberOut(OutModel):
+    id: str
+    object: Literal["number"] = "number"
+    phone_number: str
+    country: str
+    provider: str
+    source: Literal["provisioned", "imported"]
+    agent_id: str | None
+    capabilities: list[str]
+    credentials_ref: str | None
+    created_at: datetime
+
+
+class NumberQuery(PageQuery):
+    agent_id: str | None = Field(default=None, max_length=60)
+
+
+def _out(n: Number) -> NumberOut:
+    return NumberOut(
+        id=n.id,
+        phone_number=n.phone_number,
+        country=n.country,
+        provider=n.provider,
+        source="imported" if n.source == "imported" else "provisioned",
+        agent_id=n.agent_id,
+        capabilities=list(n.capabilities),
+        credentials_ref=n.credentials_ref,
+        created_at=n.created_at,
+    )
+
+
+async def _load(ctx: Context, session: Any, number_id: str) -> Number:
+    n: Number | None = (
+        await session.execute(
+            select(Number).where(
+                Number.id == number_id,
+                Number.project_id == ctx.project_id,
+                Number.released_at.is_(None),
+            )
+        )
+    ).scalar_one_or_none()
+    if n is None:
+        raise NotFound(f"No number {number_id!r} in this project.")
+    return n
+
+
+async def _taken(ctx: Context) -> frozenset[str]:
+    async with ctx.state.db.session() as session:
+        rows = await session.execute(
+            select(Number.phone_number).where(Number.released_at.is_(None))
+        )
+        return frozenset(r[0] for r in rows)
+
+
+def _carrier_error(exc: CarrierError) -> APIError:
+    err = APIError(str(exc), code=exc.code)
+    err.status = 409 if isinstance(exc, NoNumberAvailable) else 502
+    return err
+
+
+@router.route(
+    "POST",
+    "/v1/numbers",
+    summary="Provision a number",
+    tag=TAG,
+    body=NumberCreate,
+    response=NumberOut,
+    status=201,
+    errors=(400, 401, 403, 404, 409, 415, 422, 429, 502),
+)
+async def create_number(ctx: Context, body: NumberCreate) -> NumberOut:
+    """Provisions from ``provider`` (default ``sim``, the embedded carrier, whose numbers lie
+    in ranges reserved for fiction). ``areaCode`` is honoured where the range allows."""
+    carrier = ctx.state.carriers.get(body.provider)
+    if carrier is None:
+        raise invalid_field(
+            "provider",
+            UNKNOWN_CARRIER.format(name=body.provider, names=", ".join(ctx.state.carriers.names)),
+            "unknown_provider",
+        )
+    if body.agent_id is not None:
+        async with ctx.state.db.session() as session:
+            await load_agent(ctx, session, body.agent_id)
+    for _attempt in range(5):
+        try:
+            got = await carrier.provision(
+                ProvisionRequest(body.country, body.area_code, await _taken(ctx))
+            )
+        except CarrierError as exc:
+            raise _carrier_error(exc) from exc
+        number = Number(
+            id=new_id("num"),
+            project_id=ctx.project_id,
+            phone_number=got.phone_number,
+            country=got.country,
+            provider=carrier.name,
+            source="provisioned",
+            provider_sid=got.provider_sid,
+            agent_id=body.agent_id,
+            capabilities=list(got.capabilities),
+            created_at=utcnow(),
+        )
+        try:
+            async with ctx.state.db.session() as session:
+                session.add(number)
+        except IntegrityError:
+            continue  # another request took the same number at the same moment: pick again
+        return _out(number)
+    raise Conflict("Could not reserve a free number; try again.", code="no_number_available")
+
+
+@router.route(
+    "POST",
+    "/v1/numbers/import",
+    summary="Import a number you own at a carrier",
+    tag=TAG,
+    body=NumberImport,
+    response=NumberOut,
+    status=201,
+    errors=(400, 401, 403, 404, 409, 415, 422, 429),
+)
+async def import_number(ctx: Context, body: NumberImport) -> NumberOut:
+    phone = to_e164(body.phone_number, field="phoneNumber")
+    number = Number(
+        id=new_id("num"),
+        project_id=ctx.project_id,
+        phone_number=phone,
+        country=region_of(phone),
+        provider=body.provider,
+        source="imported",
+        credentials_ref=body.credentials_ref,
+        provider_sid=body.provider_sid,
+        agent_id=body.agent_id,
+        capabilities=["voice", "sms"],
+        created_at=utcnow(),
+    )
+    try:
+        async with ctx.state.db.session() as session:
+            if body.agent_id is not None:
+                await load_agent(ctx, session, body.agent_id)
+            session.add(number)
+    except IntegrityError as exc:
+        raise Conflict(NUMBER_TAKEN, code="phone_number_taken", field="phoneNumber") from exc
+    return _out(number)
+
+
+@router.route(
+    "GET",
+    "/v1/numbers",
+    summary="List numbers",
+    tag=TAG,
+    query=NumberQuery,
+    response=Page[NumberOut],
+    errors=(401, 403, 422, 429),
+)
+async def list_numbers(ctx: Context, query: NumberQuery) -> Page[NumberOut]:
+    stmt = select(Number).where(Number.project_id == ctx.project_id, Number.released_at.is_(None))
+    if query.agent_id:
+        stmt = stmt.where(Number.agent_id == query.agent_id)
+    if query.cursor is not None:
+        after = decode_cursor(query.cursor)
+        if after is None:
+            raise invalid_field("cursor", "Not a cursor this API gave out.", "invalid_cursor")
+        stmt = stmt.where(Number.id < after)
+    stmt = stmt.order_by(Number.id.desc()).limit(query.limit + 1)
+    async with ctx.state.db.session() as session:
+        rows = list((await session.execute(stmt)).scalars())
+    more = len(rows) > query.limit
+    rows = rows[: query.limit]
+    return Page[NumberOut](
+        data=[_out(n) for n in rows],
+        has_more=more,
+        next_cursor=encode_cursor(rows[-1].id) if more else None,
+    )
+
+
+@router.route(
+    "GET",
+    "/v1/numbers/{number_id}",
+    summary="Get a number",
+    tag=TAG,
+    response=NumberOut,
+    errors=(401, 403, 404, 429),
+)
+async def get_number(ctx: Context) -> NumberOut:
+    async with ctx.state.db.session() as session:
+        return _out(await _load(ctx, session, ctx.path("number_id")))
+
+
+@router.route(
+    "PATCH",
+    "/v1/numbers/{number_id}",
+    summary="Bind or unbind an agent",
+    tag=TAG,
+    body=NumberUpdate,
+    response=NumberOut,
+    errors=(400, 401, 403, 404, 415, 422, 429),
+)
+async def update_number(ctx: Context, body: NumberUpdate) -> NumberOut:
+    """A number answers for at most one agent; binding it to another moves it."""
+    async with ctx.state.db.session() as session:
+        number = await _load(ctx, session, ctx.path("number_id"))
+        if body.agent_id is not None:
+            await load_agent(ctx, session, body.agent_id)
+        number.agent_id = body.agent_id
+        return _out(number)
+
+
+@router.route(
+    "DELETE",
+    "/v1/numbers/{number_id}",
+    summary="Release a number",
+    tag=TAG,
+    response=Deleted,
+    errors=(401, 403, 404, 429, 502),
+)
+async def release_number(ctx: Context) -> Deleted:
+    """Provisioned numbers go back to their carrier; imported ones are only forgotten."""
+    async with ctx.state.db.session() as session:
+        number = await _load(ctx, session, ctx.path("number_id"))
+        carrier = ctx.state.carriers.get(number.provider)
+        if number.source == "provisioned" and carrier is not None:
+            try:
+                await carrier.release(number.phone_number, number.provider_sid)
+            except CarrierError as exc:
+                raise _carrier_error(exc) from exc
+        number.released_at = utcnow()
+        number.agent_id = None
+    return Deleted(id=number.id, object="number")

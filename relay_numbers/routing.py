@@ -1,0 +1,21 @@
+"""Which agent answers a number: the lookup carriers' inbound webhooks make."""
+
+from __future__ import annotations
+
+from sqlalchemy import select
+
+from relay.store.db import Database
+from relay.store.models import Number
+
+
+async def number_for_inbound(db: Database, phone_number: str) -> Number | None:
+    """The active number with this E.164 value, whichever project owns it."""
+    async with db.session() as session:
+        row: Number | None = (
+            await session.execute(
+                select(Number).where(
+                    Number.phone_number == phone_number, Number.released_at.is_(None)
+                )
+            )
+        ).scalar_one_or_none()
+    return row

@@ -1,0 +1,122 @@
+"""Inbound texts: stored first, answered later.
+
+:func:`receive` is what every carrier's inbound webhook calls. In ONE transaction it finds
+(or starts) the conversation, takes the text's place in it, stores the text as pending work
+and emits ``message.received``; only then is the conversation's worker woken. The carrier
+gets its answer as soon as that commit is done: the webhook turn happens afterwards, so a
+slow agent never makes a carrier retry. A carrier's retry of a text already stored (same
+carrier message id) is recognised and changes nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+
+from relay.carriers.sms import IncomingText
+from relay.events import emit
+from relay.ids import new_id
+from relay.logs import get_logger
+from relay.store.models import Message, Number, utcnow
+from relay_numbers.routing import number_for_inbound
+from sms.outbound import message_payload
+from sms.segmentation import segment
+from sms.store import next_seq
+
+if TYPE_CHECKING:
+    from sms.service import SmsService
+
+log = get_logger("sms.inbound")
+
+
+@dataclass(frozen=True, slots=True)
+class Receipt:
+    """``message_id`` is None when no active number has the ``to`` value."""
+
+    message_id: str | None
+    conversation_id: str | None
+    duplicate: bool = False
+    replies: asyncio.Future[list[Message]] | None = None
+
+
+async def _stored(svc: SmsService, incoming: IncomingText) -> tuple[str, str] | None:
+    async with svc.db.session() as session:
+        row = (
+            await session.execute(
+                select(Message.id, Message.conversation_id).where(
+                    Message.provider == incoming.provider,
+                    Message.carrier_message_id == incoming.carrier_message_id,
+                )
+            )
+        ).first()
+    return (row[0], row[1]) if row else None
+
+
+async def receive(
+    svc: SmsService, incoming: IncomingText, *, number: Number | None = None, wait: bool = False
+) -> Receipt:
+    """Store ``incoming`` and queue its answer. ``wait``: the receipt carries a future that
+    resolves to the replies once they are handed to the carrier."""
+    number = number or await number_for_inbound(svc.db, incoming.to_number)
+    if number is None:
+        log.warning("sms_for_unknown_number", to=incoming.to_number, provider=incoming.provider)
+        return Receipt(None, None)
+    now = utcnow()
+    seg = segment(incoming.text)
+    msg = Message(
+        id=new_id("msg"),
+        project_id=number.project_id,
+        number_id=number.id,
+        agent_id=number.agent_id,
+        direction="inbound",
+        from_number=incoming.from_number,
+        to_number=number.phone_number,
+        text=incoming.text,
+        media=list(incoming.media) or None,
+        status="received",
+        provider=incoming.provider,
+        carrier_message_id=incoming.carrier_message_id,
+        keyword_handled=incoming.keyword_handled,
+        segments=seg.count,
+        encoding=seg.encoding,
+        work="claimed" if svc.claims_on_receipt else "pending",
+        claimed_at=now if svc.claims_on_receipt else None,
+        created_at=now,
+        updated_at=now,
+    )
+    try:
+        async with svc.writing() as session:
+            msg.conversation_id, msg.seq, _ = await next_seq(
+                session,
+                project_id=number.project_id,
+                our_number=number.phone_number,
+                their_number=incoming.from_number,
+                number_id=number.id,
+                agent_id=number.agent_id,
+                now=now,
+            )
+            session.add(msg)
+            await emit(
+                session,
+                project_id=msg.project_id,
+                type="message.received",
+                data=message_payload(msg),
+                ordering_key=msg.conversation_id,
+            )
+    except IntegrityError:
+        # The carrier delivered this text before (a retry): the unique carrier id refused it,
+        # and the rollback took the seq back too.
+        found = await _stored(svc, incoming)
+        if found is None:
+            raise
+        return Receipt(found[0], found[1], duplicate=True)
+    replies = svc.expect_replies(msg.id) if wait else None
+    if svc.claims_on_receipt:
+        svc.queues.push(msg.conversation_id, msg)
+    else:
+        svc.queues.notify(msg.conversation_id)
+    return Receipt(msg.id, msg.conversation_id, replies=replies)

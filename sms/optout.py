@@ -1,0 +1,103 @@
+"""Opt-out compliance: STOP and its synonyms, START to come back, HELP.
+
+A keyword counts when it is the whole text (any case, surrounding spaces and a final ``.`` or
+``!`` ignored), the way carriers match them. An opted-out number gets no text and no call
+from the project until it texts START or UNSTOP. :func:`is_opted_out` is the one check every
+outbound path (texts here, calls in the Calls API) makes before it contacts a number.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from sqlalchemy import Exists, Table, exists, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from relay.ids import new_id
+from relay.store.models import OptOut, utcnow
+from sms.store import upsert
+
+Keyword = Literal["stop", "start", "help"]
+
+STOP_WORDS = frozenset({"STOP", "STOPALL", "UNSUBSCRIBE", "CANCEL", "END", "QUIT"})
+START_WORDS = frozenset({"START", "UNSTOP"})
+HELP_WORDS = frozenset({"HELP"})
+
+STOP_CONFIRMATION = (
+    "You have been unsubscribed and will receive no more messages from this number. "
+    "Reply START to resubscribe."
+)
+START_CONFIRMATION = "You have been resubscribed. Reply STOP to unsubscribe."
+DEFAULT_HELP = "Reply STOP to unsubscribe, START to resubscribe. Msg & data rates may apply."
+OPTED_OUT = "{number} has opted out of messages from this project (it replied STOP)."
+COMPLIANCE_BLOCK = "compliance_block"
+REASON_OPTED_OUT = "opted_out"
+
+
+def keyword_of(text: str) -> Keyword | None:
+    word = text.strip().rstrip(".!").strip().upper()
+    if word in STOP_WORDS:
+        return "stop"
+    if word in START_WORDS:
+        return "start"
+    if word in HELP_WORDS:
+        return "help"
+    return None
+
+
+def opted_out(project_id: str, number: str) -> Exists:
+    """SQL: ``number`` has opted out of the project (to use inside a larger query)."""
+    return exists().where(
+        OptOut.project_id == project_id,
+        OptOut.phone_number == number,
+        OptOut.opted_in_at.is_(None),
+    )
+
+
+async def is_opted_out(session: AsyncSession, project_id: str, number: str) -> bool:
+    """Whether ``number`` (E.164) has opted out of the project's texts and calls."""
+    return bool((await session.execute(select(opted_out(project_id, number)))).scalar())
+
+
+async def opt_out(
+    session: AsyncSession, project_id: str, number: str, *, keyword: str, our_number: str | None
+) -> None:
+    now = utcnow()
+    table = OptOut.__table__
+    assert isinstance(table, Table)
+    changes = {"keyword": keyword, "our_number": our_number, "opted_out_at": now}
+    await session.execute(
+        upsert(
+            session,
+            table,
+            {"id": new_id("opt"), "project_id": project_id, "phone_number": number, **changes},
+            ["project_id", "phone_number"],
+            update_columns={**changes, "opted_in_at": None},
+        )
+    )
+
+
+async def opt_in(session: AsyncSession, project_id: str, number: str) -> None:
+    await session.execute(
+        update(OptOut)
+        .where(
+            OptOut.project_id == project_id,
+            OptOut.phone_number == number,
+            OptOut.opted_in_at.is_(None),
+        )
+        .values(opted_in_at=utcnow())
+    )
+
+
+__all__ = [
+    "COMPLIANCE_BLOCK",
+    "DEFAULT_HELP",
+    "REASON_OPTED_OUT",
+    "START_CONFIRMATION",
+    "STOP_CONFIRMATION",
+    "is_opted_out",
+    "keyword_of",
+    "opt_in",
+    "opt_out",
+    "opted_out",
+]

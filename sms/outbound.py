@@ -1,0 +1,207 @@
+"""Outbound texts: store one, hand it to its number's carrier, follow its delivery status.
+
+A text is stored ``queued`` before the carrier sees it (so a crash between the two loses
+nothing: the restart sends it), then moves forward only:
+
+    queued -> sent -> delivered
+        \\------\\---> failed
+
+Each step is one conditional UPDATE, so a carrier's status report racing our own update
+(Twilio can call back before ``create`` has returned) can neither move a text backwards nor
+emit an event twice. ``message.sent`` / ``.delivered`` / ``.failed`` are emitted in the same
+transaction as the step they report.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from relay.carriers import CarrierError
+from relay.carriers.sms import DeliveryStatus, OutgoingText
+from relay.events import emit
+from relay.ids import new_id
+from relay.logs import get_logger
+from relay.store.models import Message, MessageEvent, utcnow
+from sms.segmentation import segment
+
+if TYPE_CHECKING:
+    from sms.service import SmsService
+
+log = get_logger("sms.outbound")
+
+# The earlier statuses each status may be reached from, nearest first.
+STEPS: dict[str, tuple[str, ...]] = {
+    "sent": ("queued",),
+    "delivered": ("sent", "queued"),
+    "failed": ("sent", "queued"),
+}
+NO_CARRIER = "This relay has no SMS carrier {name!r}."
+
+
+def iso(value: datetime | None) -> str | None:
+    if value is None:
+        return None
+    return value.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def message_payload(msg: Message) -> dict[str, Any]:
+    """What lifecycle webhooks say about a text."""
+    return {
+        "messageId": msg.id,
+        "conversationId": msg.conversation_id,
+        "agentId": msg.agent_id,
+        "numberId": msg.number_id,
+        "direction": msg.direction,
+        "from": msg.from_number,
+        "to": msg.to_number,
+        "text": msg.text,
+        "media": msg.media,
+        "status": msg.status,
+        "segments": msg.segments,
+        "errorCode": msg.error_code,
+        "errorMessage": msg.error_message,
+        "inReplyTo": msg.in_reply_to,
+        "createdAt": iso(msg.created_at),
+    }
+
+
+def new_outbound(
+    *,
+    project_id: str,
+    conversation_id: str,
+    seq: int,
+    number_id: str | None,
+    agent_id: str | None,
+    provider: str,
+    from_number: str,
+    to_number: str,
+    text: str,
+    in_reply_to: str | None = None,
+) -> Message:
+    """A ``queued`` text, claimed by the caller (who delivers it right after committing)."""
+    now = utcnow()
+    seg = segment(text)
+    return Message(
+        id=new_id("msg"),
+        project_id=project_id,
+        conversation_id=conversation_id,
+        seq=seq,
+        agent_id=agent_id,
+        number_id=number_id,
+        direction="outbound",
+        from_number=from_number,
+        to_number=to_number,
+        text=text,
+        status="queued",
+        provider=provider,
+        in_reply_to=in_reply_to,
+        segments=seg.count,
+        encoding=seg.encoding,
+        work="claimed",
+        claimed_at=now,
+        created_at=now,
+        updated_at=now,
+    )
+
+
+async def set_status(
+    session: AsyncSession,
+    msg: Message,
+    status: DeliveryStatus,
+    **values: Any,
+) -> bool:
+    """Move ``msg`` forward to ``status`` (with ``values``) and emit what it passed through.
+    ``values`` are stored even when the status does not move. Returns whether it moved."""
+    now = utcnow()
+    stamps: dict[str, Any] = {"updated_at": now}
+    if status in ("sent", "delivered"):
+        stamps["sent_at"] = msg.sent_at or now
+    if status == "delivered":
+        stamps["delivered_at"] = now
+    for before in STEPS.get(status, ()):
+        moved = await session.execute(
+            update(Message)
+            .where(Message.id == msg.id, Message.status == before)
+            .values(status=status, **stamps, **values)
+        )
+        if getattr(moved, "rowcount", 0) != 1:
+            continue
+        passed = ["sent", status] if before == "queued" and status == "delivered" else [status]
+        for key, value in {**stamps, **values}.items():
+            setattr(msg, key, value)
+        for step in passed:
+            msg.status = step
+            await emit(
+                session,
+                project_id=msg.project_id,
+                type=f"message.{step}",
+                data=message_payload(msg),
+                ordering_key=msg.conversation_id,
+            )
+        return True
+    if values:
+        await session.execute(update(Message).where(Message.id == msg.id).values(**values))
+        for key, value in values.items():
+            setattr(msg, key, value)
+    return False
+
+
+def log_event(
+    session: AsyncSession,
+    msg_id: str,
+    code: str,
+    message: str,
+    *,
+    level: str = "info",
+    data: dict[str, Any] | None = None,
+) -> None:
+    session.add(
+        MessageEvent(
+            id=new_id("mev"),
+            message_id=msg_id,
+            level=level,
+            code=code,
+            message=message,
+            data=data,
+            created_at=utcnow(),
+        )
+    )
+
+
+async def deliver(svc: SmsService, msg: Message) -> Message:
+    """Hand a stored, claimed outbound text to its carrier and record the outcome."""
+    carrier = svc.carriers.get(msg.provider)
+    try:
+        if carrier is None:
+            raise CarrierError(NO_CARRIER.format(name=msg.provider))
+        sent = await carrier.send_sms(
+            OutgoingText(
+                message_id=msg.id,
+                from_number=msg.from_number,
+                to_number=msg.to_number,
+                text=msg.text,
+                status_callback_url=svc.status_callback_url(msg),
+            )
+        )
+    except CarrierError as exc:
+        log.warning("sms_carrier_refused", message_id=msg.id, code=exc.code, error=str(exc))
+        async with svc.writing() as session:
+            await set_status(
+                session,
+                msg,
+                "failed",
+                work="done",
+                error_code=exc.code,
+                error_message=str(exc),
+            )
+            log_event(session, msg.id, "carrier_failed", str(exc), level="error")
+        return msg
+    async with svc.writing() as session:
+        await set_status(
+            session, msg, sent.status, work="done", carrier_message_id=sent.carrier_message_id
+        )
+    return msg

@@ -1,0 +1,192 @@
+"""The SMS side of one relay process: its carriers, the webhook client, the conversation
+workers, and the sweeper that picks up work a crash or restart left behind.
+
+Recovery: work is ``pending`` until a worker claims it. At start-up every pending message is
+queued again, and so is every claimed one whose claim is older than
+:data:`CLAIM_TIMEOUT_SECONDS` (on SQLite, which one process owns, every claimed one: its
+claimer is gone). A clean shutdown puts unfinished claims back to ``pending`` itself. While
+running, the sweeper repeats this every :data:`SWEEP_SECONDS` for work other nodes left.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from datetime import timedelta
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+from sqlalchemy import select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from relay.carriers.sim.sms import SimSms
+from relay.carriers.sms import SmsCarrier
+from relay.carriers.twilio.sms import TwilioSms
+from relay.config import Settings
+from relay.logs import get_logger
+from relay.store.db import Database
+from relay.store.models import Message, utcnow
+from sms.queue import ConversationQueues
+from sms.worker import drain, release
+
+log = get_logger("sms.service")
+
+CLAIM_TIMEOUT_SECONDS = 300.0
+SWEEP_SECONDS = 30.0
+# Pending work younger than this belongs to the node that stored it, which is about to start.
+SWEEP_MIN_AGE_SECONDS = 30.0
+SHUTDOWN_GRACE_SECONDS = 10.0
+STATUS_CALLBACK_PATH = "/carriers/twilio/sms/status"
+
+
+class SmsService:
+    def __init__(
+        self,
+        settings: Settings,
+        db: Database,
+        carriers: dict[str, SmsCarrier] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.db = db
+        self.sim = SimSms()
+        self.twilio = TwilioSms(
+            settings.twilio_account_sid,
+            settings.twilio_auth_token,
+            api_base_url=settings.twilio_api_base_url,
+        )
+        self.carriers: dict[str, SmsCarrier] = carriers or {"sim": self.sim, "twilio": self.twilio}
+        self.queues: ConversationQueues[Message] = ConversationQueues(self._drain)
+        self._waiters: dict[str, asyncio.Future[list[Message]]] = {}
+        self._http: aiohttp.ClientSession | None = None
+        self._sweeper: asyncio.Task[None] | None = None
+        self.shutdown_grace = SHUTDOWN_GRACE_SECONDS
+        self._write_lock = asyncio.Lock() if db.is_sqlite else None
+
+    @asynccontextmanager
+    async def writing(self) -> AsyncIterator[AsyncSession]:
+        """A write transaction. SQLite takes one writer at a time; queueing for it here, in
+        order, beats its busy handler (sleep and retry: unfair, and it gives up after 5 s,
+        which concurrent conversations reach within seconds)."""
+        if self._write_lock is None:
+            async with self.db.session() as session:
+                yield session
+            return
+        async with self._write_lock, self.db.session() as session:
+            yield session
+
+    async def _drain(self, conversation_id: str, pushed: list[Message], look: bool) -> None:
+        await drain(self, conversation_id, pushed, look)
+
+    @property
+    def claims_on_receipt(self) -> bool:
+        """Whether a stored text is claimed in the same transaction and pushed to its worker.
+        On SQLite (one process, writes in lock order) commit order is push order, so the
+        worker skips a round trip to claim it. On PostgreSQL texts of one conversation can
+        commit in one order and reach the queue in another: the worker claims them from the
+        store, in ``seq`` order."""
+        return self.db.is_sqlite
+
+    def http_session(self) -> aiohttp.ClientSession:
+        """The client for agents' webhooks (made on first use, inside the event loop)."""
+        if self._http is None or self._http.closed:
+            self._http = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=0, ttl_dns_cache=300)
+            )
+        return self._http
+
+    def status_callback_url(self, msg: Message) -> str | None:
+        if msg.provider != "twilio":
+            return None
+        base = self.settings.effective_public_url()
+        return f"{base}{STATUS_CALLBACK_PATH}?messageId={msg.id}"
+
+    def expect_replies(self, message_id: str) -> asyncio.Future[list[Message]]:
+        future: asyncio.Future[list[Message]] = asyncio.get_running_loop().create_future()
+        self._waiters[message_id] = future
+        return future
+
+    def resolve_replies(self, message_id: str, replies: list[Message]) -> None:
+        future = self._waiters.pop(message_id, None)
+        if future is not None and not future.done():
+            future.set_result(replies)
+
+    def forget_replies(self, message_id: str) -> None:
+        self._waiters.pop(message_id, None)
+
+    async def recover(self, *, startup: bool = False) -> int:
+        """Queue again what nobody is working on. Returns how many conversations."""
+        now = utcnow()
+        stale = (
+            now if startup and self.db.is_sqlite else now - timedelta(seconds=CLAIM_TIMEOUT_SECONDS)
+        )
+        async with self.writing() as session:
+            await session.execute(
+                update(Message)
+                .where(Message.work == "claimed", Message.claimed_at <= stale)
+                .values(work="pending", claimed_at=None)
+            )
+            pending = select(Message.conversation_id).where(Message.work == "pending")
+            if not startup:
+                pending = pending.where(
+                    Message.created_at < now - timedelta(seconds=SWEEP_MIN_AGE_SECONDS)
+                )
+            conversations = list((await session.execute(pending.distinct())).scalars())
+        for conversation_id in conversations:
+            self.queues.notify(conversation_id)
+        if conversations:
+            log.info("sms_recovered", conversations=len(conversations), startup=startup)
+        return len(conversations)
+
+    async def _sweep(self) -> None:
+        while True:
+            await asyncio.sleep(SWEEP_SECONDS)
+            try:
+                await self.recover()
+            except Exception:  # a database hiccup: try again next round
+                log.exception("sms_sweep_failed")
+
+    async def start(self) -> None:
+        try:
+            await self.recover(startup=True)
+        except Exception:  # database unreachable or not migrated yet: the sweep retries
+            log.exception("sms_startup_recovery_deferred")
+        self._sweeper = asyncio.create_task(self._sweep(), name="sms:sweeper")
+
+    async def stop(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            await asyncio.gather(self._sweeper, return_exceptions=True)
+        left = await self.queues.close(self.shutdown_grace)
+        await release(self, [m.id for m in left])
+        for future in self._waiters.values():
+            future.cancel()
+        self._waiters.clear()
+
+    async def close(self) -> None:
+        if self._http is not None:
+            await self._http.close()
+        await self.twilio.close()
+
+
+SMS: web.AppKey[SmsService] = web.AppKey("sms", SmsService)
+
+
+def install(app: web.Application, settings: Settings, db: Database, **kwargs: Any) -> None:
+    """Add the SMS service to the app: call after the app's own start-up hook (migrations)."""
+    service = SmsService(settings, db, **kwargs)
+    app[SMS] = service
+
+    async def on_startup(app: web.Application) -> None:
+        await service.start()
+
+    async def on_shutdown(app: web.Application) -> None:
+        await service.stop()
+
+    async def on_cleanup(app: web.Application) -> None:
+        await service.close()
+
+    app.on_startup.append(on_startup)
+    app.on_shutdown.append(on_shutdown)
+    app.on_cleanup.append(on_cleanup)

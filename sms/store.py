@@ -1,0 +1,93 @@
+"""Statements the SMS code needs on both SQLite and PostgreSQL: upserts, counters, claims."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Table, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from relay.ids import new_id
+from relay.store.models import Conversation, utcnow
+
+
+def upsert(
+    session: AsyncSession,
+    table: Table,
+    values: dict[str, Any],
+    keys: list[str],
+    *,
+    update_columns: dict[str, Any] | None = None,
+) -> Any:
+    """``INSERT ... ON CONFLICT (keys) DO NOTHING`` (or ``DO UPDATE SET update_columns``)."""
+    dialect = session.get_bind().dialect.name
+    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    stmt = insert(table).values(**values)
+    if update_columns:
+        return stmt.on_conflict_do_update(index_elements=keys, set_=update_columns)
+    return stmt.on_conflict_do_nothing(index_elements=keys)
+
+
+async def next_seq(
+    session: AsyncSession,
+    *,
+    project_id: str,
+    our_number: str,
+    their_number: str,
+    number_id: str | None,
+    agent_id: str | None,
+    now: datetime | None = None,
+    count: int = 1,
+    changes: dict[str, Any] | None = None,
+) -> tuple[str, int, dict[str, Any] | None]:
+    """Find or start the conversation and take its next ``count`` message numbers (also
+    setting ``changes`` on it).
+
+    The UPDATE comes first on purpose: it takes the write lock at once, so the transaction
+    never has to upgrade a read lock (SQLite answers that with SQLITE_BUSY) and concurrent
+    texts in one conversation queue on the row lock (PostgreSQL) in commit order.
+    Returns (conversation id, the last seq taken, state)."""
+    now = now or utcnow()
+    stmt = (
+        update(Conversation)
+        .where(
+            Conversation.project_id == project_id,
+            Conversation.our_number == our_number,
+            Conversation.their_number == their_number,
+        )
+        .values(
+            message_count=Conversation.message_count + count,
+            last_message_at=now,
+            updated_at=now,
+            number_id=number_id,
+            **({"agent_id": agent_id} if agent_id else {}),
+            **(changes or {}),
+        )
+        .returning(Conversation.id, Conversation.message_count, Conversation.state)
+    )
+    row = (await session.execute(stmt)).first()
+    if row is None:
+        table = Conversation.__table__
+        assert isinstance(table, Table)
+        await session.execute(
+            upsert(
+                session,
+                table,
+                {
+                    "id": new_id("cnv"),
+                    "project_id": project_id,
+                    "our_number": our_number,
+                    "their_number": their_number,
+                    "number_id": number_id,
+                    "agent_id": agent_id,
+                    "message_count": 0,
+                    "created_at": now,
+                    "updated_at": now,
+                },
+                ["project_id", "our_number", "their_number"],
+            )
+        )
+        row = (await session.execute(stmt)).one()
+    return row[0], row[1], row[2]

@@ -1,0 +1,350 @@
+"""Answering texts: one conversation's pending work, in arrival order.
+
+``drain`` claims every pending message of a conversation in one UPDATE and works through
+them by ``seq``: an inbound text gets its answer (keyword, or a webhook turn), an outbound
+one (left over by a crash) is handed to its carrier. What an inbound text can lead to:
+
+    STOP / STOPALL / UNSUBSCRIBE / CANCEL / END / QUIT   opted out, confirmation, no webhook
+    START / UNSTOP                                       opted in, confirmation, no webhook
+    HELP                                                 the agent's helpText, no webhook
+    sender opted out                                     stored, logged, no webhook, no reply
+    number has no agent                                  stored, logged ``no_agent``
+    agent has no webhook (hosted mode)                   logged ``mode_not_available``;
+                                                         its fallbackText if it has one
+    webhook answers                                      its text (chunks joined) is the reply
+    webhook fails (any TurnError)                        logged ``webhook_failed``, fallback
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import and_, select, update
+
+from relay.calls.inbound import webhook_secrets
+from relay.engine.turns import TurnError, TurnRequest, stream_turn
+from relay.logs import get_logger
+from relay.store.models import Agent, Conversation, Message, utcnow
+from sms.history import recent_history
+from sms.optout import (
+    DEFAULT_HELP,
+    START_CONFIRMATION,
+    STOP_CONFIRMATION,
+    keyword_of,
+    opt_in,
+    opt_out,
+    opted_out,
+)
+from sms.outbound import deliver, iso, log_event, new_outbound
+from sms.segmentation import split_messages
+from sms.store import next_seq
+
+if TYPE_CHECKING:
+    from sms.service import SmsService
+
+log = get_logger("sms.worker")
+
+DEFAULT_FALLBACK = "Sorry, I can't reply right now. Please try again in a little while."
+# Claims older than the sweeper's timeout are taken over; a live worker renews long before.
+CLAIM_REFRESH = timedelta(seconds=60)
+SENTENCE_END = ".!?:;,"
+
+
+@dataclass(slots=True)
+class Outcome:
+    """What answering one inbound text decided."""
+
+    replies: list[str] = field(default_factory=list)
+    state: dict[str, Any] | None = None
+    set_state: bool = False
+    opt: str | None = None  # "out" | "in"
+    events: list[tuple[str, str, str, dict[str, Any] | None]] = field(default_factory=list)
+    error_code: str | None = None
+
+    def event(
+        self, code: str, message: str, *, level: str = "info", data: dict[str, Any] | None = None
+    ) -> Outcome:
+        self.events.append((level, code, message, data))
+        return self
+
+
+def join_text(parts: list[str]) -> str:
+    """Chunks' text as one message: as sent, plus a space where one chunk ends a sentence
+    and the next starts a word without one ("Sure." + "Tuesday?" -> "Sure. Tuesday?")."""
+    out = ""
+    for part in parts:
+        if out and part and out[-1] in SENTENCE_END and part[0].isalnum():
+            out += " "
+        out += part
+    return out.strip()
+
+
+async def drain(svc: SmsService, conversation_id: str, pushed: list[Message], look: bool) -> None:
+    """Work through ``pushed`` (claimed by their sender) and, if ``look``, whatever pending
+    work the store holds for the conversation, in ``seq`` order."""
+    batch = list(pushed)
+    if look:
+        async with svc.writing() as session:
+            batch += (
+                await session.execute(
+                    update(Message)
+                    .where(Message.conversation_id == conversation_id, Message.work == "pending")
+                    .values(work="claimed", claimed_at=utcnow())
+                    .returning(Message)
+                )
+            ).scalars()
+    # A pushed text whose claim went stale waiting (the sweeper put it back) is claimed
+    # again above: one copy of each.
+    batch = sorted({m.id: m for m in batch}.values(), key=lambda m: m.seq)
+    claimed_at = min((m.claimed_at or utcnow() for m in batch), default=utcnow())
+    for index, msg in enumerate(batch):
+        try:
+            if utcnow() - claimed_at > CLAIM_REFRESH:
+                claimed_at = await _refresh_claims(svc, conversation_id)
+            if msg.direction == "inbound":
+                await answer(svc, msg)
+            else:
+                await deliver(svc, msg)
+        except asyncio.CancelledError:
+            await release(svc, [m.id for m in batch[index:]])
+            raise
+        except Exception as exc:
+            log.exception("sms_processing_failed", message_id=msg.id)
+            await _give_up(svc, msg, exc)
+
+
+async def _refresh_claims(svc: SmsService, conversation_id: str) -> datetime:
+    """A long queue (slow webhook turns) keeps its claims fresh, so no sweep takes them."""
+    now = utcnow()
+    async with svc.writing() as session:
+        await session.execute(
+            update(Message)
+            .where(Message.conversation_id == conversation_id, Message.work == "claimed")
+            .values(claimed_at=now)
+        )
+    return now
+
+
+async def release(svc: SmsService, message_ids: list[str]) -> None:
+    """Put claimed work back (shutdown): the next start picks it up at once."""
+    if message_ids:
+        async with svc.writing() as session:
+            await session.execute(
+                update(Message)
+                .where(Message.id.in_(message_ids), Message.work == "claimed")
+                .values(work="pending", claimed_at=None)
+            )
+
+
+async def _give_up(svc: SmsService, msg: Message, exc: Exception) -> None:
+    svc.resolve_replies(msg.id, [])
+    async with svc.writing() as session:
+        await session.execute(
+            update(Message)
+            .where(Message.id == msg.id)
+            .values(work="done", error_code="internal_error", updated_at=utcnow())
+        )
+        log_event(
+            session,
+            msg.id,
+            "internal_error",
+            f"The relay failed while handling this text ({type(exc).__name__}); see its log.",
+            level="error",
+        )
+
+
+async def answer(svc: SmsService, msg: Message) -> list[Message]:
+    replies: list[Message] = []
+    try:
+        outcome = await decide(svc, msg)
+        replies = await _finish(svc, msg, outcome)
+        return replies
+    finally:
+        svc.resolve_replies(msg.id, replies)
+
+
+async def decide(svc: SmsService, msg: Message) -> Outcome:
+    keyword = keyword_of(msg.text)
+    async with svc.db.session() as session:
+        # One round trip for the agent, the conversation's state and the sender's opt-out.
+        row = (
+            await session.execute(
+                select(Agent, Conversation.state, opted_out(msg.project_id, msg.from_number))
+                .select_from(Conversation)
+                .outerjoin(
+                    Agent,
+                    and_(Agent.id == msg.agent_id, Agent.deleted_at.is_(None)),
+                )
+                .where(Conversation.id == msg.conversation_id)
+            )
+        ).one()
+        agent, state, sender_opted_out = row[0], row[1], bool(row[2])
+        if keyword is not None:
+            return _keyword(msg, keyword, agent)
+        if sender_opted_out:
+            return Outcome().event(
+                "sender_opted_out",
+                "The sender has opted out (STOP); the webhook was not called. "
+                "It can opt back in with START.",
+            )
+        if agent is None:
+            return Outcome().event(
+                "no_agent", "The number has no agent; nobody answered.", level="warning"
+            )
+        if not agent.webhook_url:
+            fallback = agent.config.get("fallback_text")
+            return Outcome(replies=[fallback] if fallback else []).event(
+                "mode_not_available",
+                "The agent is in hosted mode and has no webhookUrl; hosted answers to texts "
+                "are not available yet." + (" Sent its fallbackText." if fallback else ""),
+                level="warning",
+            )
+        history = await recent_history(
+            session,
+            project_id=msg.project_id,
+            conversation_id=msg.conversation_id,
+            our_number=msg.to_number,
+            their_number=msg.from_number,
+            before=msg.created_at,
+            before_seq=msg.seq,
+        )
+    payload = turn_payload(msg, agent, state, history)
+    return await _turn(svc, agent, payload)
+
+
+def _keyword(msg: Message, keyword: str, agent: Agent | None) -> Outcome:
+    word = msg.text.strip().rstrip(".!").strip().upper()
+    quiet = msg.keyword_handled  # the carrier has already answered it
+    if keyword == "stop":
+        return Outcome(replies=[] if quiet else [STOP_CONFIRMATION], opt="out").event(
+            "opted_out", f"{word}: the sender is opted out of texts and calls."
+        )
+    if keyword == "start":
+        return Outcome(replies=[] if quiet else [START_CONFIRMATION], opt="in").event(
+            "opted_in", f"{word}: the sender is opted back in."
+        )
+    help_text = (agent.config.get("help_text") if agent else None) or DEFAULT_HELP
+    return Outcome(replies=[] if quiet else [help_text]).event("help", "HELP: sent the help text.")
+
+
+def turn_payload(
+    msg: Message, agent: Agent, state: dict[str, Any] | None, history: list[dict[str, Any]]
+) -> dict[str, Any]:
+    data: dict[str, Any] = {
+        "messageId": msg.id,
+        "conversationId": msg.conversation_id,
+        "numberId": msg.number_id,
+        "from": msg.from_number,
+        "to": msg.to_number,
+        "direction": "inbound",
+        "text": msg.text,
+    }
+    if msg.media:
+        data["media"] = msg.media
+    return {
+        "event": "agent.message",
+        "channel": "sms",
+        "timestamp": iso(utcnow()),
+        "agentId": agent.id,
+        "data": data,
+        "conversationState": state or {},
+        "recentHistory": history,
+    }
+
+
+async def _turn(svc: SmsService, agent: Agent, payload: dict[str, Any]) -> Outcome:
+    assert agent.webhook_url is not None
+    turn = TurnRequest(
+        url=agent.webhook_url,
+        secrets=webhook_secrets(agent),
+        timeout_s=agent.webhook_timeout_ms / 1000,
+        payload=payload,
+    )
+    texts: list[str] = []
+    state: dict[str, Any] | None = None
+    has_state = False
+    try:
+        async for chunk in stream_turn(svc.http_session(), turn):
+            texts.append(chunk.text)
+            if chunk.state is not None:
+                state, has_state = chunk.state, True
+    except TurnError as exc:
+        fallback = agent.config.get("fallback_text") or DEFAULT_FALLBACK
+        data: dict[str, Any] = {"reason": exc.reason, "detail": exc.detail}
+        if exc.status is not None:
+            data["status"] = exc.status
+        return Outcome(replies=[fallback], error_code=f"webhook_{exc.reason}").event(
+            "webhook_failed",
+            f"The webhook failed ({exc.reason}: {exc.detail}); sent the fallback text.",
+            level="error",
+            data=data,
+        )
+    text = join_text(texts)
+    return Outcome(replies=split_messages(text) if text else [], state=state, set_state=has_state)
+
+
+async def _finish(svc: SmsService, msg: Message, outcome: Outcome) -> list[Message]:
+    """Store the outcome in one transaction (the text done, opt-out, state, replies
+    queued, events), then hand the replies to the carrier in order."""
+    out: list[Message] = []
+    now = utcnow()
+    async with svc.writing() as session:
+        # The conversation's row first, then its messages: the order receive() takes them in,
+        # or a carrier's retry of a text arriving now could deadlock with this (PostgreSQL).
+        changes: dict[str, Any] = {"state": outcome.state} if outcome.set_state else {}
+        if outcome.replies:
+            conversation_id, last, _ = await next_seq(
+                session,
+                project_id=msg.project_id,
+                our_number=msg.to_number,
+                their_number=msg.from_number,
+                number_id=msg.number_id,
+                agent_id=msg.agent_id,
+                now=now,
+                count=len(outcome.replies),
+                changes=changes,
+            )
+        else:
+            conversation_id, last = msg.conversation_id, 0
+        if changes and not outcome.replies:
+            await session.execute(
+                update(Conversation)
+                .where(Conversation.id == msg.conversation_id)
+                .values(updated_at=now, **changes)
+            )
+        await session.execute(
+            update(Message)
+            .where(Message.id == msg.id)
+            .values(work="done", updated_at=now, error_code=outcome.error_code)
+        )
+        if outcome.opt == "out":
+            word = msg.text.strip().rstrip(".!").strip().upper()[:20]
+            await opt_out(
+                session, msg.project_id, msg.from_number, keyword=word, our_number=msg.to_number
+            )
+        elif outcome.opt == "in":
+            await opt_in(session, msg.project_id, msg.from_number)
+        first = last - len(outcome.replies) + 1
+        for offset, text in enumerate(outcome.replies):
+            reply = new_outbound(
+                project_id=msg.project_id,
+                conversation_id=conversation_id,
+                seq=first + offset,
+                number_id=msg.number_id,
+                agent_id=msg.agent_id,
+                provider=msg.provider,
+                from_number=msg.to_number,
+                to_number=msg.from_number,
+                text=text,
+                in_reply_to=msg.id,
+            )
+            session.add(reply)
+            out.append(reply)
+        for level, code, message, data in outcome.events:
+            log_event(session, msg.id, code, message, level=level, data=data)
+    for reply in out:
+        await deliver(svc, reply)
+    return out

@@ -1,0 +1,115 @@
+"""Fixtures: every API test runs on SQLite AND on the PostgreSQL server of this machine."""
+
+from __future__ import annotations
+
+import os
+import secrets
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import asyncpg
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient
+
+from relay.app import create_app
+from relay.auth import create_key
+from relay.config import Settings
+from relay.store.db import Database
+
+PG_DSN = os.environ.get("RELAY_TEST_PG_DSN", "postgresql://postgres@127.0.0.1:5432/test")
+PG_URL = PG_DSN.replace("postgresql://", "postgresql+asyncpg://", 1)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+async def database(request: pytest.FixtureRequest, tmp_path: Any) -> AsyncIterator[Database]:
+    """A fresh, empty database: a SQLite file, or a PostgreSQL schema of its own."""
+    if request.param == "sqlite":
+        db = Database(f"sqlite+aiosqlite:///{tmp_path}/relay.db")
+        yield db
+        await db.close()
+        return
+    schema = "t_" + secrets.token_hex(6)
+    conn = await asyncpg.connect(PG_DSN)
+    await conn.execute(f"CREATE SCHEMA {schema}")
+    db = Database(PG_URL, connect_args={"server_settings": {"search_path": schema}})
+    try:
+        yield db
+    finally:
+        await db.close()
+        await conn.execute(f"DROP SCHEMA {schema} CASCADE")
+        await conn.close()
+
+
+@pytest.fixture
+def settings() -> Settings:
+    return Settings(allow_private_webhooks=True, rate_limit_per_second=1000, rate_limit_burst=1000)
+
+
+@pytest.fixture
+async def client(
+    aiohttp_client: Callable[..., Awaitable[TestClient[Any, Any]]],
+    database: Database,
+    settings: Settings,
+) -> TestClient[Any, Any]:
+    app = create_app(settings, db=database)
+    return await aiohttp_client(app)
+
+
+KeyMaker = Callable[..., Awaitable[dict[str, str]]]
+
+
+@pytest.fixture
+def make_key(database: Database, client: TestClient[Any, Any]) -> KeyMaker:
+    """Headers carrying a new key: ``await make_key("proj-a", kind="publishable", ...)``."""
+
+    async def make(project: str = "proj-a", **kwargs: Any) -> dict[str, str]:
+        async with database.session() as session:
+            raw, _ = await create_key(session, project, **kwargs)
+        return {"Authorization": f"Bearer {raw}"}
+
+    return make
+
+
+@pytest.fixture
+async def auth(make_key: KeyMaker) -> dict[str, str]:
+    return await make_key("proj-a")
+
+
+RawKeyMaker = Callable[..., Awaitable[str]]
+
+
+@pytest.fixture
+def raw_key(database: Database) -> RawKeyMaker:
+    """A new key in the clear: ``await raw_key("proj-b", kind="publishable", channels=[...])``.
+
+    The schema must exist first: start an app on ``database`` (``client``, ``app_client``)."""
+
+    async def make(project: str = "proj-a", **kwargs: Any) -> str:
+        async with database.session() as session:
+            raw, _ = await create_key(session, project, **kwargs)
+        return raw
+
+    return make
+
+
+ClientMaker = Callable[..., Awaitable[TestClient[Any, Any]]]
+
+
+@pytest.fixture
+def app_client(
+    aiohttp_client: Callable[..., Awaitable[TestClient[Any, Any]]], database: Database
+) -> ClientMaker:
+    """A test client for an app with its own settings, on the test's database:
+    ``await app_client(Settings(...), setup=lambda app: app.router.add_get(...))``."""
+
+    async def make(
+        settings: Settings | None = None,
+        setup: Callable[[web.Application], object] | None = None,
+    ) -> TestClient[Any, Any]:
+        app = create_app(settings or Settings(allow_private_webhooks=True), db=database)
+        if setup is not None:
+            setup(app)
+        return await aiohttp_client(app)
+
+    return make

@@ -1,0 +1,312 @@
+"""Hosted mode's brain (relay.engine.hosted) turn by turn: what the LLM is sent, what the
+caller is told, and tools end to end with signed ``tool.call`` requests."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import replace
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp import web
+
+from hosted_llm import OpenAIBackend
+from relay.engine.hosted import HostedBrain, phrase, with_templates
+from relay.engine.turns import Chunk, TurnError, TurnRequest
+from tests.engine.harness import call_setup
+from tests.hosted_llm.scripted_llm import ScriptedLLM, text
+from tests.hosted_llm.tools_server import ToolServer
+
+LOOKUP = {
+    "name": "lookup_order",
+    "description": "Look up an order by its id",
+    "parameters": {
+        "type": "object",
+        "properties": {"orderId": {"type": "string"}},
+        "required": ["orderId"],
+    },
+    "timeout_ms": 2000,
+}
+
+
+@pytest.fixture
+async def tool_server(aiohttp_server: Any) -> ToolServer:
+    server = ToolServer()
+    await server.start(aiohttp_server)
+    return server
+
+
+class Brain:
+    """A HostedBrain plus what a session would hand it and keep from it."""
+
+    def __init__(self, scripted: ScriptedLLM, http: aiohttp.ClientSession, **agent: Any) -> None:
+        agent.setdefault("system_prompt", "You are Ava from Acme.")
+        self.setup = replace(call_setup("call_test", "", **agent), voice_mode="hosted")
+        self.tools: list[tuple[str, dict[str, Any]]] = []
+        self.backend = OpenAIBackend(scripted.url, model="tiny", timeout_s=2)
+        self.brain = HostedBrain(
+            with_templates(self.setup),
+            self.backend,
+            http,
+            on_tool=lambda summary, start, end, data: self.tools.append((summary, data)),
+        )
+        self.number = 0
+
+    async def turn(
+        self, transcript: str = "", history: list[dict[str, Any]] | None = None, **data: Any
+    ) -> list[Chunk]:
+        self.number += 1
+        payload = {
+            "event": "agent.message",
+            "data": {"callId": "call_test", "turnId": f"turn_{self.number}", **data},
+            "recentHistory": history or [],
+        }
+        if transcript:
+            payload["data"]["transcript"] = transcript
+        request = TurnRequest(url="", secrets=(), timeout_s=5, payload=payload)
+        chunks = [c async for c in self.brain.reply(request)]
+        assert request.timing.sent_at > 0
+        return chunks
+
+
+def spoken(chunks: list[Chunk]) -> str:
+    return "".join(c.text for c in chunks)
+
+
+async def test_a_turn_sends_prompt_greeting_and_words_and_streams_the_reply(scripted, http):
+    scripted.add(text("We open", " at nine."))
+    brain = Brain(scripted, http, greeting="Hi, this is Ava.", first_speaker="agent")
+    chunks = await brain.turn("When do you open?")
+    assert spoken(chunks) == "We open at nine."
+    assert [c.text for c in chunks] == ["We open at nine."]  # whole clauses, not tokens
+    assert scripted.messages(0) == [
+        {"role": "system", "content": "You are Ava from Acme."},
+        {"role": "assistant", "content": "Hi, this is Ava."},
+        {"role": "user", "content": "When do you open?"},
+    ]
+    assert "tools" not in scripted.requests[0]
+    await brain.backend.aclose()
+
+
+async def test_templates_fill_the_prompt_and_greeting(scripted, http):
+    scripted.add(text("Sure."))
+    brain = Brain(
+        scripted,
+        http,
+        system_prompt="Caller {{call.from}} is {{variables.name}}; tier {{variables.tier}}.",
+        greeting="Hi {{variables.name}}!",
+        first_speaker="agent",
+        variables={"name": "Ana", "tier": "gold"},
+    )
+    await brain.turn("Hello")
+    assert scripted.messages(0)[:2] == [
+        {"role": "system", "content": "Caller +61412345678 is Ana; tier gold."},
+        {"role": "assistant", "content": "Hi Ana!"},
+    ]
+    await brain.backend.aclose()
+
+
+async def test_the_history_keeps_what_the_caller_heard(scripted, http):
+    scripted.add(text("Our store opens at nine and closes at five."), text("Yes."), text("Ok."))
+    brain = Brain(scripted, http)
+    await brain.turn("When do you open?")
+    heard = [
+        {"role": "user", "content": "When do you open?"},
+        {"role": "agent", "content": "Our store opens at", "interrupted": True},
+    ]
+    await brain.turn("Sorry, on Sunday?", heard)
+    assert scripted.messages(1)[2:] == [
+        {"role": "assistant", "content": "Our store opens at..."},
+        {"role": "user", "content": "Sorry, on Sunday?"},
+    ]
+    after_reprompt = [
+        {"role": "user", "content": "Sorry, on Sunday?"},
+        {"role": "agent", "content": "Yes."},
+        {"role": "agent", "content": "Are you still there?"},
+    ]
+    await brain.turn("Yes I am", after_reprompt)
+    assert scripted.messages(2)[-3:] == [
+        {"role": "assistant", "content": "Yes."},
+        {"role": "assistant", "content": "Are you still there?"},
+        {"role": "user", "content": "Yes I am"},
+    ]
+    await brain.backend.aclose()
+
+
+async def test_dtmf_and_an_open_turn(scripted, http):
+    scripted.add(text("Hello, Acme here."), text("Press received."))
+    brain = Brain(scripted, http)
+    assert spoken(await brain.turn()) == "Hello, Acme here."  # the agent opens the call
+    assert scripted.messages(0) == [{"role": "system", "content": "You are Ava from Acme."}]
+    await brain.turn(dtmf="42#")
+    assert scripted.messages(1)[-1] == {
+        "role": "user",
+        "content": "(The caller pressed 42# on the keypad.)",
+    }
+    await brain.backend.aclose()
+
+
+async def test_a_tool_call_is_signed_posted_and_its_result_fed_back(scripted, http, tool_server):
+    scripted.add(
+        [("text", "Let me check."), ("tool", "lookup_order", {"orderId": "A-17"})],
+        text("It has shipped."),
+    )
+    brain = Brain(scripted, http, tools=[{**LOOKUP, "url": tool_server.url}])
+    chunks = await brain.turn("Where is order A-17?")
+
+    assert spoken(chunks) == "Let me check.It has shipped."  # the session spaces chunks
+    assert tool_server.verified == [True]
+    event = tool_server.requests[0]
+    assert event["event"] == "tool.call" and event["agentId"] == "agt_test"
+    assert event["data"]["name"] == "lookup_order"
+    assert event["data"]["arguments"] == {"orderId": "A-17"}
+    assert event["data"]["callId"] == "call_test" and event["data"]["turnId"] == "turn_1"
+    assert event["data"]["toolCallId"] == "call_0"
+
+    offered = scripted.requests[0]["tools"]
+    assert offered == [
+        {
+            "type": "function",
+            "function": {
+                "name": "lookup_order",
+                "description": "Look up an order by its id",
+                "parameters": LOOKUP["parameters"],
+            },
+        }
+    ]
+    second = scripted.messages(1)
+    assert second[-2] == {
+        "role": "assistant",
+        "content": "Let me check.",
+        "tool_calls": [
+            {
+                "id": "call_0",
+                "type": "function",
+                "function": {"name": "lookup_order", "arguments": '{"orderId": "A-17"}'},
+            }
+        ],
+    }
+    assert second[-1] == {
+        "role": "tool",
+        "tool_call_id": "call_0",
+        "content": '{"status": "shipped"}',
+    }
+
+    ((summary, data),) = brain.tools
+    assert data["name"] == "lookup_order" and data["arguments"] == {"orderId": "A-17"}
+    assert data["result"] == {"status": "shipped"} and data["error"] is None
+    assert data["status"] == 200 and data["durationMs"] >= 0
+    assert summary.startswith("lookup_order(") and "shipped" in summary
+    await brain.backend.aclose()
+
+
+async def test_a_slow_tool_times_out_and_the_llm_hears_why(scripted, http, tool_server):
+    async def slow(body):
+        await asyncio.sleep(2)
+        return web.json_response({"result": "late"})
+
+    tool_server.reply = slow
+    scripted.add([("tool", "lookup_order", {"orderId": "B"})], text("Sorry, I can't check."))
+    brain = Brain(scripted, http, tools=[{**LOOKUP, "url": tool_server.url, "timeout_ms": 300}])
+    chunks = await brain.turn("Where is B?")
+    assert spoken(chunks) == "Sorry, I can't check."
+    assert scripted.messages(1)[-1]["content"] == (
+        "Error: lookup_order did not answer within 300 ms"
+    )
+    assert brain.tools[0][1]["error"] == "lookup_order did not answer within 300 ms"
+    await brain.backend.aclose()
+
+
+async def test_a_failing_tool_reports_its_status(scripted, http, tool_server):
+    tool_server.reply = lambda body: web.Response(status=503, text="down for maintenance")
+    scripted.add([("tool", "lookup_order", {"orderId": "C"})], text("It's down."))
+    brain = Brain(scripted, http, tools=[{**LOOKUP, "url": tool_server.url}])
+    await brain.turn("Where is C?")
+    assert scripted.messages(1)[-1]["content"] == (
+        "Error: lookup_order answered HTTP 503: down for maintenance"
+    )
+    await brain.backend.aclose()
+
+
+async def test_arguments_that_break_the_schema_never_reach_the_tool(scripted, http, tool_server):
+    scripted.add([("tool", "lookup_order", {"order": 5})], text("Which order?"))
+    brain = Brain(scripted, http, tools=[{**LOOKUP, "url": tool_server.url}])
+    assert spoken(await brain.turn("Where is it?")) == "Which order?"
+    assert tool_server.requests == []
+    assert scripted.messages(1)[-1]["content"] == (
+        "Error: invalid arguments for lookup_order: 'orderId' is a required property"
+    )
+    await brain.backend.aclose()
+
+
+async def test_an_unknown_tool_is_an_error_for_the_llm(scripted, http):
+    scripted.add([("tool", "refund_everything", {})], text("I can't do that."))
+    brain = Brain(scripted, http, tools=[{**LOOKUP, "url": "http://127.0.0.1:9/x"}])
+    await brain.turn("Refund me")
+    assert scripted.messages(1)[-1]["content"] == (
+        "Error: there is no tool named 'refund_everything'"
+    )
+    await brain.backend.aclose()
+
+
+async def test_end_call_hangs_up_after_the_goodbye(scripted, http):
+    scripted.add([("text", "Goodbye!"), ("tool", "end_call", {})])
+    brain = Brain(scripted, http, tools=[{"name": "end_call"}])
+    chunks = await brain.turn("That's all, bye")
+    assert chunks == [Chunk(text="Goodbye!"), Chunk(hangup=True)]
+    assert len(scripted.requests) == 1  # nothing more to say once the call is ending
+    assert scripted.requests[0]["tools"][0]["function"]["name"] == "end_call"
+    assert brain.tools[0][1]["name"] == "end_call"
+    await brain.backend.aclose()
+
+
+async def test_transfer_call_only_to_an_allowed_number(scripted, http):
+    allowed = ["+61255501999"]
+    scripted.add(
+        [("tool", "transfer_call", {"to": "+19005550000"})],
+        [("text", "Transferring you now."), ("tool", "transfer_call", {"to": allowed[0]})],
+    )
+    brain = Brain(scripted, http, tools=[{"name": "transfer_call", "destinations": allowed}])
+    chunks = await brain.turn("Get me a human")
+    assert chunks == [Chunk(text="Transferring you now."), Chunk(transfer=allowed[0])]
+    params = scripted.requests[0]["tools"][0]["function"]["parameters"]
+    assert params["properties"]["to"]["enum"] == allowed
+    assert scripted.messages(1)[-1]["content"] == (
+        "Error: invalid arguments for transfer_call: '+19005550000' is not one of ['+61255501999']"
+    )
+    await brain.backend.aclose()
+
+
+async def test_tool_rounds_are_bounded(scripted, http, tool_server):
+    loop = [("tool", "lookup_order", {"orderId": "X"})]
+    scripted.add(loop, loop, text("Let me answer without it."))
+    brain = Brain(scripted, http, tools=[{**LOOKUP, "url": tool_server.url}])
+    brain.brain.max_tool_rounds = 2
+    assert spoken(await brain.turn("Loop")) == "Let me answer without it."
+    assert "tools" not in scripted.requests[2]  # the last round must answer in words
+    await brain.backend.aclose()
+
+
+async def test_an_llm_failure_is_a_turn_error_the_session_can_fall_back_on(scripted, http):
+    scripted.add([("status", 500, "overloaded")])
+    brain = Brain(scripted, http)
+    with pytest.raises(TurnError) as caught:
+        await brain.turn("Hello?")
+    assert caught.value.reason == "http_status"
+    assert "hosted LLM (openai:tiny)" in caught.value.detail and "500" in caught.value.detail
+    await brain.backend.aclose()
+
+
+async def test_words_are_spoken_in_whole_clauses_as_soon_as_each_ends(scripted, http):
+    scripted.add(text("Sure", ",", " we", " open", " at", " nine", ".", " See", " you", "!"))
+    brain = Brain(scripted, http)
+    chunks = await brain.turn("Open tomorrow?")
+    assert [c.text for c in chunks] == ["Sure,", " we open at nine.", " See you!"]
+
+
+def test_phrase_splits_after_the_last_clause_only():
+    assert phrase("Sure, we open") == ("Sure,", " we open")
+    assert phrase("It costs 3.5 dollars") == ("", "It costs 3.5 dollars")
+    assert phrase("Yes. Okay. And") == ("Yes. Okay.", " And")
+    assert phrase(". ") == ("", ". ")

@@ -1,0 +1,211 @@
+"""Inbound texts through the sim carrier: agent.message out, the reply back as a text."""
+
+from __future__ import annotations
+
+import asyncio
+
+from sqlalchemy import select
+
+from relay.store.models import Conversation, Message
+from tests.sms.conftest import HANDSET, events_of, make_agent, ndjson, sim_text, sms_of
+
+
+async def test_text_becomes_a_signed_agent_message(client, auth, hook):
+    agent = await make_agent(client, auth, hook)
+    got = await sim_text(client, auth, agent.number, "Do you open on Sundays?")
+    assert hook.bad_signatures == 0
+    [payload] = hook.received
+    assert payload["event"] == "agent.message"
+    assert payload["channel"] == "sms"
+    assert payload["agentId"] == agent.id
+    assert payload["timestamp"].endswith("Z")
+    assert payload["data"] == {
+        "messageId": got["messageId"],
+        "conversationId": got["conversationId"],
+        "numberId": agent.number_id,
+        "from": HANDSET,
+        "to": agent.number,
+        "direction": "inbound",
+        "text": "Do you open on Sundays?",
+    }
+    assert payload["conversationState"] == {}
+    assert payload["recentHistory"] == []
+
+
+async def test_json_reply_is_texted_back_through_the_sim_carrier(client, auth, hook):
+    agent = await make_agent(client, auth, hook)
+    hook.reply = lambda p: {"text": "Yes, 10 to 4.", "state": {"asked": "hours"}}
+    got = await sim_text(client, auth, agent.number, "Open Sundays?")
+    [reply] = got["replies"]
+    assert reply["text"] == "Yes, 10 to 4."
+    assert reply["status"] == "delivered"
+    assert reply["from"] == agent.number and reply["to"] == HANDSET
+    assert reply["inReplyTo"] == got["messageId"]
+    inbox = sms_of(client).sim.inbox(HANDSET)
+    assert [t.text for t in inbox] == ["Yes, 10 to 4."]
+    assert inbox[0].from_number == agent.number
+
+
+async def test_ndjson_chunks_are_joined_into_one_text(client, auth, hook):
+    agent = await make_agent(client, auth, hook)
+    hook.reply = lambda p: ndjson(
+        {"text": "Let me check.", "interim": True},
+        {"text": "We open at ", "interim": True},
+        {"text": "10am.", "state": {"step": 2}},
+        pause=0.01,
+    )
+    got = await sim_text(client, auth, agent.number, "When do you open?")
+    assert [r["text"] for r in got["replies"]] == ["Let me check. We open at 10am."]
+
+
+async def test_state_is_stored_and_echoed_next_turn(client, auth, hook, database):
+    agent = await make_agent(client, auth, hook)
+    hook.reply = lambda p: {"text": "Noted.", "state": {"turns": len(hook.received)}}
+    await sim_text(client, auth, agent.number, "one")
+    await sim_text(client, auth, agent.number, "two")
+    assert hook.received[1]["conversationState"] == {"turns": 1}
+    async with database.session() as session:
+        conv = (await session.execute(select(Conversation))).scalar_one()
+    assert conv.state == {"turns": 2}
+    assert conv.message_count == 4
+
+
+async def test_recent_history_holds_the_earlier_texts_of_the_conversation(client, auth, hook):
+    agent = await make_agent(client, auth, hook)
+    hook.reply = lambda p: {"text": f"reply to {p['data']['text']}"}
+    await sim_text(client, auth, agent.number, "first")
+    await sim_text(client, auth, agent.number, "second")
+    history = hook.received[1]["recentHistory"]
+    assert [(h["role"], h["content"], h["channel"]) for h in history] == [
+        ("user", "first", "sms"),
+        ("agent", "reply to first", "sms"),
+    ]
+    assert all(h["at"].endswith("Z") for h in history)
+
+
+async def test_other_handsets_are_other_conversations(client, auth, hook):
+    agent = await make_agent(client, auth, hook)
+    a = await sim_text(client, auth, agent.number, "hi", frm="+12025550143")
+    b = await sim_text(client, auth, agent.number, "hi", frm="+12025550144")
+    assert a["conversationId"] != b["conversationId"]
+    assert hook.received[1]["recentHistory"] == []
+
+
+async def test_received_event_is_written_with_the_message(client, auth, hook, database):
+    agent = await make_agent(client, auth, hook)
+    got = await sim_text(client, auth, agent.number, "hello")
+    events = await events_of(database)
+    assert [e.type for e in events] == ["message.received", "message.sent", "message.delivered"]
+    assert events[0].data["messageId"] == got["messageId"]
+    assert events[0].ordering_key == got["conversationId"]
+    assert events[2].data["status"] == "delivered"
+
+
+async def test_long_reply_is_one_text_in_several_segments(client, auth, hook):
+    agent = await make_agent(client, auth, hook)
+    hook.reply = lambda p: {"text": "a" * 200}
+    got = await sim_text(client, auth, agent.number, "tell me a lot")
+    [reply] = got["replies"]
+    assert (reply["segments"], reply["encoding"]) == (2, "gsm7")
+
+
+async def test_reply_longer_than_ten_segments_goes_as_several_texts(client, auth, hook):
+    agent = await make_agent(client, auth, hook)
+    words = " ".join(["word"] * 500)  # 2,499 characters
+    hook.reply = lambda p: {"text": words}
+    got = await sim_text(client, auth, agent.number, "essay please")
+    texts = [r["text"] for r in got["replies"]]
+    assert len(texts) == 2
+    assert " ".join(texts) == words
+    assert all(r["segments"] <= 10 for r in got["replies"])
+    assert [t.text for t in sms_of(client).sim.inbox(HANDSET)] == texts
+
+
+async def test_empty_reply_sends_nothing(client, auth, hook, database):
+    agent = await make_agent(client, auth, hook)
+    hook.reply = lambda p: {"state": {"quiet": True}}
+    got = await sim_text(client, auth, agent.number, "ok thanks")
+    assert got["replies"] == []
+    assert sms_of(client).sim.outbox == type(sms_of(client).sim.outbox)()
+    async with database.session() as session:
+        msg = await session.get(Message, got["messageId"])
+        assert msg.work == "done"
+
+
+async def test_unknown_number_is_404(client, auth, hook):
+    await make_agent(client, auth, hook)
+    resp = await client.post(
+        "/carriers/sim/sms", json={"to": "+14155550199", "text": "hi"}, headers=auth
+    )
+    assert resp.status == 404
+    assert (await resp.json())["error"]["field"] == "to"
+
+
+async def test_another_projects_number_is_404(client, auth, hook, make_key):
+    agent = await make_agent(client, auth, hook)
+    other = await make_key("proj-b")
+    resp = await client.post(
+        "/carriers/sim/sms", json={"to": agent.number, "text": "hi"}, headers=other
+    )
+    assert resp.status == 404
+    assert hook.received == []
+
+
+async def test_number_without_agent_stores_the_text_and_logs_why(client, auth, hook):
+    agent = await make_agent(client, auth, hook)
+    await client.patch(f"/v1/numbers/{agent.number_id}", json={"agentId": None}, headers=auth)
+    got = await sim_text(client, auth, agent.number, "anyone there?")
+    assert got["replies"] == [] and hook.received == []
+    detail = await (await client.get(f"/v1/messages/{got['messageId']}", headers=auth)).json()
+    assert detail["text"] == "anyone there?"
+    assert [e["code"] for e in detail["events"]] == ["no_agent"]
+
+
+async def test_hosted_agent_records_mode_not_available(client, auth, hook):
+    agent = await make_agent(client, auth, None, voiceMode="hosted", systemPrompt="You are Ava.")
+    got = await sim_text(client, auth, agent.number, "hi")
+    assert got["replies"] == []
+    detail = await (await client.get(f"/v1/messages/{got['messageId']}", headers=auth)).json()
+    [event] = detail["events"]
+    assert event["code"] == "mode_not_available"
+    assert event["level"] == "warning"
+
+
+async def test_hosted_agent_with_fallback_text_sends_it(client, auth):
+    agent = await make_agent(
+        client,
+        auth,
+        None,
+        voiceMode="hosted",
+        systemPrompt="You are Ava.",
+        fallbackText="We'll call you back.",
+    )
+    got = await sim_text(client, auth, agent.number, "hi")
+    assert [r["text"] for r in got["replies"]] == ["We'll call you back."]
+
+
+async def test_sim_endpoint_needs_a_sim_number(client, auth, hook):
+    agent = await make_agent(client, auth, hook, provider="twilio", phone="+14155550123")
+    resp = await client.post(
+        "/carriers/sim/sms", json={"to": agent.number, "text": "hi"}, headers=auth
+    )
+    assert resp.status == 422
+    assert (await resp.json())["error"]["code"] == "not_a_sim_number"
+
+
+async def test_without_waiting_the_answer_comes_later(client, auth, hook):
+    agent = await make_agent(client, auth, hook)
+    got = await sim_text(client, auth, agent.number, "later", wait=0)
+    assert got["replies"] == [] and got["timedOut"] is False
+    await sms_of(client).queues.idle()
+    assert [t.text for t in sms_of(client).sim.outbox] == ["You said: later"]
+
+
+async def test_wait_gives_up_after_wait_seconds(client, auth, hook):
+    agent = await make_agent(client, auth, hook)
+    hook.delay = 0.5
+    got = await sim_text(client, auth, agent.number, "slow", wait=0.05)
+    assert got["timedOut"] is True and got["replies"] == []
+    await asyncio.sleep(0.6)
+    await sms_of(client).queues.idle()
+    assert [t.text for t in sms_of(client).sim.outbox] == ["You said: slow"]
