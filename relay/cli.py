@@ -98,9 +98,12 @@ def cmd_keys_create(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from relay.demo import run_demo
+    from relay.demo import DEFAULT_LINES, DemoOptions, run_demo
 
-    return run_demo(_settings(args))
+    options = DemoOptions(
+        lines=tuple(args.say or DEFAULT_LINES), serve=args.serve, hosted=args.hosted
+    )
+    return run_demo(_settings(args), options)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -117,8 +120,18 @@ def build_parser() -> argparse.ArgumentParser:
     common(serve, server=True)
     serve.set_defaults(func=cmd_serve)
 
-    demo = sub.add_parser("demo", help="run the relay with a demo project, key, agent and number")
+    demo = sub.add_parser(
+        "demo",
+        help="run the relay and the example webhook, place a sim call, print the conversation",
+    )
     common(demo, server=True)
+    demo.add_argument(
+        "--say", action="append", metavar="TEXT", help="a caller line (repeat; replaces the 3)"
+    )
+    demo.add_argument("--serve", action="store_true", help="keep the relay running afterwards")
+    demo.add_argument(
+        "--hosted", action="store_true", help="the built-in LLM answers instead of the webhook"
+    )
     demo.set_defaults(func=cmd_demo)
 
     migrate = sub.add_parser("migrate", help="bring the database schema up to date")
