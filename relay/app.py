@@ -11,9 +11,11 @@ from relay.api.agents import router as agents_router
 from relay.api.calls import router as calls_router
 from relay.api.intelligence import router as intelligence_router
 from relay.api.openapi import build as build_openapi
+from relay.api.project import router as project_router
+from relay.api.recordings import router as recordings_router
 from relay.api.routing import Router
 from relay.api.webhook_endpoints import router as webhook_endpoints_router
-from relay.calls import intelligence, recovery
+from relay.calls import intelligence, recordings, recovery
 from relay.carriers import CarrierRegistry
 from relay.carriers.sim import SimCarrier
 from relay.config import Settings
@@ -37,6 +39,8 @@ ROUTERS: tuple[Router, ...] = (
     calls_router,
     webhook_endpoints_router,
     intelligence_router,
+    recordings_router,
+    project_router,
 )
 
 
@@ -66,6 +70,7 @@ def create_app(settings: Settings | None = None, *, db: Database | None = None) 
     app.on_cleanup.append(_cleanup)
     install_sms(app, settings, database)  # after _startup: its recovery needs the schema
     intelligence.install(app)  # post-call worker; after _startup for the same reason
+    recordings.install(app)  # retention purge; the same
     sms_twilio.install(app)
     return app
 

@@ -109,6 +109,8 @@ class Settings(BaseSettings):
     # and how often a node looks for jobs that another node committed.
     post_call_retry_schedule: str = Field(default="0,10s,1m,5m", pattern=DURATIONS_PATTERN)
     post_call_poll_seconds: float = Field(default=1.0, gt=0, le=600)
+    # How often each node deletes recordings past their project's retention.
+    recording_purge_seconds: float = Field(default=3600.0, gt=0)
 
     def effective_public_url(self) -> str:
         """The base URL carriers and webhooks are given to reach this relay."""

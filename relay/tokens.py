@@ -17,6 +17,10 @@ class TokenError(Exception):
     pass
 
 
+class TokenExpired(TokenError):
+    """A good token whose time is up."""
+
+
 def _b64(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).decode().rstrip("=")
 
@@ -51,7 +55,7 @@ def verify(key: bytes, token: str, purpose: str, *, now: float | None = None) ->
     if claims.get("purpose") != purpose:
         raise TokenError("token is for another purpose")
     if float(claims.get("exp", 0)) < (time.time() if now is None else now):
-        raise TokenError("token expired")
+        raise TokenExpired("token expired")
     subject = claims.get("sub")
     if not isinstance(subject, str):
         raise TokenError("malformed token")

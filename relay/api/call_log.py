@@ -29,6 +29,11 @@ class SegmentOut(OutModel):
     start_ms: int
     end_ms: int
     interrupted: bool
+    data: dict[str, Any] | None = Field(
+        default=None,
+        description="tool: toolCallId, name, arguments, result, error, status, durationMs, "
+        "turnId; dtmf: digits.",
+    )
 
 
 class TranscriptOut(OutModel):
@@ -115,6 +120,7 @@ async def transcript(session: AsyncSession, call_id: str) -> TranscriptOut:
                 start_ms=s.start_ms,
                 end_ms=s.end_ms,
                 interrupted=s.interrupted,
+                data=s.data,
             )
             for s in segments
         ],

@@ -21,7 +21,7 @@ from sqlalchemy.sql import Select
 from hosted_llm.templates import render as render_template
 from relay import tokens
 from relay.api import call_log
-from relay.api.agents import CONFIG_DEFAULTS, load_agent, new_webhook_secret
+from relay.api.agents import CONFIG_DEFAULTS, PostCallConfig, load_agent, new_webhook_secret
 from relay.api.call_log import (
     CallEventOut,
     EventQuery,
@@ -30,6 +30,7 @@ from relay.api.call_log import (
     after_cursor,
     duration_seconds,
 )
+from relay.api.recordings import RecordingOut, recording_out
 from relay.api.routing import Context, Router
 from relay.api.schema import APIModel, OutModel, Page, PageQuery, encode_cursor
 from relay.calls.inbound import (
@@ -38,6 +39,7 @@ from relay.calls.inbound import (
     TRANSPORT_KEY,
     agent_snapshot,
 )
+from relay.calls.intelligence import OVERRIDE_KEY as POST_CALL_KEY
 from relay.calls.lifecycle import LIVE, STATUSES, call_payload, log_event, transition
 from relay.calls.outbound import DIALLER, media_base_url
 from relay.calls.recovery import lock_call
@@ -83,6 +85,10 @@ INLINE_NEEDS = "Send 'webhookUrl' (your webhook answers) or 'systemPrompt' (host
 NOT_SERVED = "This relay has no media socket for {kind!r} yet; it serves: {served}."
 ALREADY_ENDED = "The call has already ended ({status})."
 TOO_MANY_KEYS = "at most 50 keys"
+POST_CALL_OVERRIDE = (
+    "Overrides the agent's postCall for this call: the keys sent replace the agent's "
+    "(null turns that part off), the rest stay as the agent has them."
+)
 
 Scalar = str | int | float | bool | None
 
@@ -115,6 +121,7 @@ class CallCreate(APIModel):
     variables: dict[str, Scalar] | None = Field(
         default=None, description="Fill `{{variables.name}}` in the greeting and system prompt."
     )
+    post_call: PostCallConfig | None = Field(default=None, description=POST_CALL_OVERRIDE)
 
     _small_metadata = field_validator("metadata", "variables")(_small)
 
@@ -152,6 +159,9 @@ class InlineCallCreate(APIModel):
     sample_rate: Literal[8000, 16000, 24000, 48000] | None = None
     metadata: dict[str, Any] | None = None
     variables: dict[str, Scalar] | None = None
+    post_call: PostCallConfig | None = Field(
+        default=None, description="Post-call analysis of this call (summary, sentiment, ...)."
+    )
 
     _small_metadata = field_validator("metadata", "variables")(_small)
 
@@ -194,14 +204,10 @@ class CallCreated(CallOut):
     )
 
 
-class RecordingOut(OutModel):
-    status: Literal["disabled", "pending", "ready", "failed"]
-
-
 class CallDetail(CallOut):
     agent: dict[str, Any] = Field(description="The agent's settings as this call froze them.")
     transcript: TranscriptOut
-    recording: RecordingOut | None
+    recording: RecordingOut
     metrics: MetricsOut
     events: list[CallEventOut] = Field(description=f"The first {DETAIL_EVENTS} events.")
 
@@ -229,15 +235,23 @@ class CallQuery(CallFilters):
 # --- building calls ------------------------------------------------------------------------
 
 
-def snapshot(base: dict[str, Any], variables: dict[str, Any], sample_rate: int | None) -> Any:
+def snapshot(
+    base: dict[str, Any],
+    variables: dict[str, Any],
+    sample_rate: int | None,
+    post_call: PostCallConfig | None = None,
+) -> Any:
     """What the call freezes: ``base`` (the agent's settings) with ``{{variables.x}}``
-    filled in the greeting and system prompt, the variables, and the media's sample rate."""
+    filled in the greeting and system prompt, the variables, the media's sample rate, and
+    the call's own ``postCall`` override (only the keys it was sent with)."""
     out = dict(base)
     for key in TEMPLATED:
         out[key] = render_template(out.get(key), {"variables": variables})
     out["variables"] = dict(variables)
     if sample_rate is not None:
         out[TRANSPORT_KEY] = {"sample_rate": sample_rate}
+    if post_call is not None:
+        out[POST_CALL_KEY] = post_call.model_dump(exclude_unset=True)
     return out
 
 
@@ -372,7 +386,7 @@ async def create_call(ctx: Context, body: CallCreate) -> web.Response:
             from_number=number.phone_number,
             to_number=to,
             voice_mode=agent.voice_mode,
-            agent_snapshot=snapshot(agent_snapshot(agent), variables, None),
+            agent_snapshot=snapshot(agent_snapshot(agent), variables, None, body.post_call),
             call_metadata=body.metadata or {},
         )
         await open_call(session, call)
@@ -415,7 +429,9 @@ async def _create_byot(ctx: Context, body: CallCreate) -> web.Response:
             direction="inbound",
             connection_type=body.connection_type,
             voice_mode=agent.voice_mode,
-            agent_snapshot=snapshot(agent_snapshot(agent), body.variables or {}, rate),
+            agent_snapshot=snapshot(
+                agent_snapshot(agent), body.variables or {}, rate, body.post_call
+            ),
             call_metadata=body.metadata or {},
         )
         await open_call(session, call)
@@ -464,6 +480,7 @@ async def create_inline_call(ctx: Context, body: InlineCallCreate) -> web.Respon
         "inactivity_timeout_seconds": body.inactivity_timeout,
         "inactivity_action": body.inactivity_action,
         "recording_enabled": body.recording_enabled,
+        "post_call": body.post_call.model_dump(exclude_unset=True) if body.post_call else None,
     }
     rate = body.sample_rate or (16000 if body.connection_type == "websocket" else 8000)
     async with writing(ctx.state.db) as session:
@@ -578,7 +595,7 @@ async def list_number_calls(ctx: Context, query: CallFilters) -> Page[CallOut]:
 
 
 def _public_snapshot(call: Call) -> dict[str, Any]:
-    hidden = {"webhook_secret", "variables", TRANSPORT_KEY}
+    hidden = {"webhook_secret", "variables", TRANSPORT_KEY, POST_CALL_KEY}
     return {to_camel(k): v for k, v in (call.agent_snapshot or {}).items() if k not in hidden}
 
 
@@ -596,14 +613,13 @@ async def get_call(ctx: Context) -> CallDetail:
         spoken = await call_log.transcript(session, call.id)
         measured = await call_log.metrics(session, call)
         events = await call_log.first_events(session, call.id, DETAIL_EVENTS)
-    recording_enabled = bool((call.agent_snapshot or {}).get("recording_enabled"))
+        recording = await recording_out(ctx.state, session, call)
     detail: CallDetail = call_out(
         call,
         CallDetail,
         agent=_public_snapshot(call),
         transcript=spoken,
-        # Recordings arrive with the voice engine's recorder; until then there is none.
-        recording=None if recording_enabled else RecordingOut(status="disabled"),
+        recording=recording,
         metrics=measured,
         events=events,
     )

@@ -9,16 +9,26 @@ from pydantic import Field
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from relay.api.agents import PostCallConfig
 from relay.api.routing import Context, Router
-from relay.api.schema import OutModel
+from relay.api.schema import APIModel, OutModel
 from relay.calls import intelligence
 from relay.calls.recovery import lock_call
-from relay.errors import BadRequest, NotFound
+from relay.errors import BadRequest, NotFound, invalid_field
 from relay.store.models import Call, CallAnalysis
 
 router = Router()
 TAG = "Calls"
 NOT_COMPLETED = "Only a completed call can be analysed; this one is {status}."
+NOTHING_TO_DO = "This postCall asks for nothing: turn on at least one part."
+
+
+class ReprocessBody(APIModel):
+    post_call: PostCallConfig | None = Field(
+        default=None,
+        description="Run this configuration instead of the call's (it replaces it whole; "
+        "parts left out take their defaults: summary on, the rest off).",
+    )
 
 
 class Verdict(OutModel):
@@ -111,20 +121,30 @@ async def get_summary(ctx: Context) -> CallAnalysisOut:
     tag=TAG,
     response=CallAnalysisOut,
     status=202,
-    errors=(400, 401, 403, 404, 429),
+    body=ReprocessBody,
+    body_optional=True,
+    errors=(400, 401, 403, 404, 413, 415, 422, 429),
 )
-async def reprocess(ctx: Context) -> CallAnalysisOut:
-    """Queues the analysis again from the transcript (with the call's ``postCall``, or a
-    summary alone if it had none) and answers ``pending``. 400 ``call_not_completed`` unless
-    the call completed."""
+async def reprocess(ctx: Context, body: ReprocessBody | None) -> CallAnalysisOut:
+    """Queues the analysis again from the transcript and answers ``pending``: with the
+    body's ``postCall`` when one is sent, else with the call's (the agent's merged with the
+    call's override; a summary alone if it had none). 400 ``call_not_completed`` unless the
+    call completed; 422 ``empty_post_call`` for a ``postCall`` that asks for nothing."""
     call_id = ctx.path("call_id")
+    given = body.post_call if body is not None else None
+    config: dict[str, Any] | None = None
+    if given is not None:
+        config = given.model_dump()
+        if intelligence.Plan.from_config(config).empty:
+            raise invalid_field("postCall", NOTHING_TO_DO, "empty_post_call")
     async with ctx.state.db.session() as session:
         await _call(ctx, session, call_id)
         call = await lock_call(session, call_id, ctx.project_id)
         assert call is not None
         if call.status != "completed":
             raise BadRequest(NOT_COMPLETED.format(status=call.status), code="call_not_completed")
-        config = intelligence.effective_config(call.agent_snapshot or {}) or {"summary": True}
+        if config is None:
+            config = intelligence.effective_config(call.agent_snapshot or {}) or {"summary": True}
         row = await intelligence.schedule(session, call, config)
         out = analysis_out(call_id, row)
     worker = ctx.request.app.get(intelligence.INTELLIGENCE)

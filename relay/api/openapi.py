@@ -72,11 +72,16 @@ def build(endpoints: list[Endpoint], extra_paths: dict[str, Any] | None = None) 
             op["parameters"] = params
         if ep.body is not None:
             op["requestBody"] = {
-                "required": True,
+                "required": not ep.body_optional,
                 "content": {"application/json": {"schema": keys[(ep.body, "validation")]}},
             }
         for status in (ep.status, *ep.also):
-            if ep.response is not None:
+            if ep.media_type is not None:
+                op["responses"][str(status)] = {
+                    "description": STATUS_TEXT.get(status, "OK"),
+                    "content": {ep.media_type: {"schema": {"type": "string", "format": "binary"}}},
+                }
+            elif ep.response is not None:
                 op["responses"][str(status)] = {
                     "description": STATUS_TEXT.get(status, "OK"),
                     "content": {

@@ -59,6 +59,8 @@ class Endpoint:
     errors: tuple[int, ...]
     description: str = ""
     also: tuple[int, ...] = ()  # further success statuses the handler may answer with
+    body_optional: bool = False  # no body at all is fine too (the handler gets None)
+    media_type: str | None = None  # a non-JSON success response (the handler streams it)
 
 
 @dataclass
@@ -79,6 +81,8 @@ class Router:
         status: int = 200,
         errors: tuple[int, ...] = (),
         also: tuple[int, ...] = (),
+        body_optional: bool = False,
+        media_type: str | None = None,
     ) -> Callable[[Handler], Handler]:
         def register(fn: Handler) -> Handler:
             self.endpoints.append(
@@ -96,6 +100,8 @@ class Router:
                     errors,
                     description=(fn.__doc__ or "").strip(),
                     also=also,
+                    body_optional=body_optional,
+                    media_type=media_type,
                 )
             )
             return fn
@@ -154,7 +160,9 @@ def _aiohttp_handler(ep: Endpoint) -> Callable[[web.Request], Awaitable[web.Stre
         key = await authenticate(request, state, ep.auth) if ep.auth != "none" else None
         ctx = Context(request, state, key)
         kwargs: dict[str, Any] = {}
-        if ep.body is not None:
+        if ep.body is not None and ep.body_optional and not request.body_exists:
+            kwargs["body"] = None
+        elif ep.body is not None:
             data = await read_json(request)
             if not isinstance(data, dict):
                 raise BadRequest(NOT_AN_OBJECT)  # well-formed JSON: invalid_request

@@ -84,6 +84,7 @@ EVALUATION_SCHEMA: dict[str, Any] = {
     "additionalProperties": False,
 }
 NO_CONVERSATION = "No one spoke on this call."
+OVERRIDE_KEY = "post_call_override"  # the call's own postCall, in its agent snapshot
 
 
 # --------------------------------------------------------------------------------- the plan
@@ -120,7 +121,7 @@ def effective_config(snapshot: dict[str, Any]) -> dict[str, Any] | None:
     """The agent's ``post_call`` with the call's ``post_call_override`` merged over it (a key
     set to null in the override turns that part off)."""
     base = snapshot.get("post_call")
-    override = snapshot.get("post_call_override")
+    override = snapshot.get(OVERRIDE_KEY)
     if base is None and override is None:
         return None
     return {**(base or {}), **(override or {})}

@@ -86,6 +86,10 @@ class CallRecorder:
         self._queue.put_nowait(write)
         self.start()
 
+    def write(self, write: Write) -> None:
+        """Any other write, in order with the rest."""
+        self._put(write)
+
     def event(
         self,
         source: str,

@@ -10,6 +10,10 @@ Frames may carry ``userdata``: a ``text`` entry says which words the audio from 
 speaks (so an interrupted reply is cut to the words actually played, by their share of the
 audio); any other entries are a marker, reported with the time once the first 20 ms of its
 frame has been written to the line.
+
+Both carry an optional ``tap`` (the call recording): the input's sees each caller frame as
+it arrives, at the session rate; the output's sees each agent frame as it goes to the line,
+with the time it went, so a reply cut by a barge-in is tapped only as far as it was played.
 """
 
 from __future__ import annotations
@@ -46,6 +50,7 @@ class CallAudioInput(io.AudioInput):
         self._queue: asyncio.Queue[rtc.AudioFrame | object] = asyncio.Queue()
         self._resamplers: dict[int, Any] = {}
         self.last_push_at = 0.0
+        self.tap: Callable[[PCM, int, float], None] | None = None
 
     def push(self, pcm: PCM, rate: int) -> None:
         """Non-blocking; called by the transport for every frame it decodes."""
@@ -59,6 +64,8 @@ class CallAudioInput(io.AudioInput):
             if not len(pcm):
                 return
         data = np.ascontiguousarray(pcm, dtype=np.int16)
+        if self.tap is not None:
+            self.tap(data, self.sample_rate, self.last_push_at)
         self._queue.put_nowait(
             rtc.AudioFrame(
                 data=data.tobytes(),
@@ -148,6 +155,7 @@ class CallAudioOutput(io.AudioOutput):
         self._clear_task: asyncio.Task[None] | None = None
         self.frames_sent = 0
         self.last_frame_at = 0.0
+        self.tap: Callable[[PCM, int, float], None] | None = None
 
     @property
     def playing(self) -> bool:
@@ -232,11 +240,15 @@ class CallAudioOutput(io.AudioOutput):
                 seg.started = True
                 self.on_playback_started(created_at=time.time())
             pcm: PCM = np.frombuffer(chunk, dtype=np.int16)
+            playing_at = time.perf_counter()
             try:
                 await self.line.send_audio(pcm)
             except Exception as exc:
                 if self.on_line_error is not None:
                     self.on_line_error(exc)
+            else:
+                if self.tap is not None:
+                    self.tap(pcm, self.rate, playing_at)
             sent_at = time.perf_counter()
             if self.on_marker is not None:
                 for marker in markers:

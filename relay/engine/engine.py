@@ -6,6 +6,7 @@ import asyncio
 
 import aiohttp
 
+from relay.calls.recordings import RecordingJobs
 from relay.config import Settings
 from relay.engine import models
 from relay.engine.hosted import with_templates
@@ -24,6 +25,7 @@ class VoiceEngine:
         self.settings = settings or Settings()
         self.active: dict[str, CallHandle] = {}
         self._sessions: dict[str, CallSession] = {}
+        self.recordings = RecordingJobs()  # encodes that outlive their calls
         models.configure(inference_threads=self.settings.inference_threads)
 
     async def warm(self) -> None:
@@ -48,7 +50,7 @@ class VoiceEngine:
         if setup.voice_mode not in ("webhook", "hosted"):
             raise ValueError(f"unknown voice mode {setup.voice_mode!r}")
         setup = with_templates(setup)  # {{call.from}}, {{user.name}}... in prompt and greeting
-        session = CallSession(setup, line, db, http, self.settings)
+        session = CallSession(setup, line, db, http, self.settings, self.recordings)
         self.active[setup.call_id] = session
         self._sessions[setup.call_id] = session
         session._outcome.add_done_callback(lambda _: self._forget(setup.call_id))
@@ -67,6 +69,8 @@ class VoiceEngine:
         self._sessions.pop(call_id, None)
 
     async def close(self) -> None:
-        """End every live call (``failed`` / ``relay_restart``) and wait for them."""
+        """End every live call (``failed`` / ``relay_restart``) and wait for them, and for
+        their recordings to be encoded."""
         sessions = list(self._sessions.values())
         await asyncio.gather(*(s.end("relay_restart") for s in sessions), return_exceptions=True)
+        await self.recordings.drain()

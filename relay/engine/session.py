@@ -20,6 +20,9 @@ Choices where the protocol is silent:
   timeout; ``hangup`` ends at the first. Both end ``completed`` with an ``inactivity`` event.
 * ``maxDurationSeconds`` ends the call ``completed`` with a ``max_duration`` event: the call
   did not fail, it reached the limit its agent set.
+* ``recordingEnabled``: both sides are tapped into a :class:`StereoRecorder` on the call's
+  clock (the one transcript offsets use); the file is encoded after the call, in the
+  background (:func:`relay.calls.recordings.finish`), and the call's end never waits for it.
 """
 
 from __future__ import annotations
@@ -43,6 +46,7 @@ from livekit.agents.voice.events import (
 )
 from livekit.agents.voice.speech_handle import SpeechHandle
 
+from relay.calls import recordings as recording_store
 from relay.calls.records import CallRecorder, Segment, end_call
 from relay.config import Settings
 from relay.engine import models
@@ -50,6 +54,7 @@ from relay.engine.audio_io import CallAudioInput, CallAudioOutput, session_rate
 from relay.engine.codecs import PCM
 from relay.engine.hosted import HostedBrain, hosted_backend
 from relay.engine.ports import CallerLine, CallSetup
+from relay.engine.recording import StereoRecorder
 from relay.engine.speech import EarlySTT, UtteranceTiming, local_stt, local_tts
 from relay.engine.text import join_chunk, segments
 from relay.engine.turns import TurnError, TurnRequest, stream_turn
@@ -96,6 +101,7 @@ class CallSession:
         db: Database,
         http: aiohttp.ClientSession,
         settings: Settings,
+        jobs: recording_store.RecordingJobs | None = None,
     ) -> None:
         self.call_id = setup.call_id
         self.setup = setup
@@ -115,6 +121,8 @@ class CallSession:
         self.turns: list[TurnRecord] = []
         self.failures = 0
         self.started_at = time.time()
+        self._clock_origin = time.perf_counter()  # started_at on the monotonic clock
+        self.jobs = jobs or recording_store.RecordingJobs()
         self._plans: dict[str, ReplyPlan] = {}
         self._pending_input: tuple[str, str] | None = None
         self._last_utterance: UtteranceTiming | None = None
@@ -136,6 +144,9 @@ class CallSession:
         self.audio_out = CallAudioOutput(
             line, on_marker=self._on_marker, on_line_error=self._on_line_error
         )
+        self.recording: StereoRecorder | None = None
+        if agent.get("recording_enabled"):
+            self._open_recording(rate)
         self.tts: tts.TTS[Any] = local_tts(
             agent.get("tts") or settings.tts, sample_rate=line.sample_rate
         )
@@ -218,6 +229,15 @@ class CallSession:
         session.on("error", self._on_error)
         session.on("close", self._on_close)
         self.recorder.start()
+        if self.recording is not None:
+            rec = self.recording
+
+            async def pending_row(db_session: Any) -> None:
+                await recording_store.open_row(
+                    db_session, self.settings, self.call_id, self.setup.project_id, rec
+                )
+
+            self.recorder.write(pending_row)
         await session.start(agent=_RelayAgent(self), record=False)
         if self.hosted is not None:
             self.hosted.start()
@@ -234,6 +254,21 @@ class CallSession:
             else:
                 self._pending_input = ("open", "")
                 session.generate_reply()
+
+    def _open_recording(self, rate: int) -> None:
+        try:
+            self.recording = StereoRecorder(
+                recording_store.recordings_dir(self.settings, self.setup.project_id),
+                self.call_id,
+                rate=rate,
+                origin=self._clock_origin,
+            )
+        except (OSError, ValueError) as exc:  # the call goes on unrecorded
+            log.error("recording_not_started", call_id=self.call_id, error=repr(exc))
+            self.recorder.event("engine", f"the recording could not start: {exc}", level="error")
+            return
+        self.audio_in.tap = self.recording.caller
+        self.audio_out.tap = self.recording.agent
 
     # ------------------------------------------------------------------ turns
 
@@ -387,7 +422,7 @@ class CallSession:
             return
         self._dtmf_at = time.perf_counter()
         now = self._ms(time.time())
-        self._segment("dtmf", digits, now, now)
+        self._segment("dtmf", digits, now, now, data={"digits": digits})
         current = self.session.current_speech
         if current is not None and current.allow_interruptions:
             current.interrupt()
@@ -681,6 +716,9 @@ class CallSession:
             for turn in self.turns:
                 self._store_turn(turn)
             await self.recorder.flush()
+            if self.recording is not None:
+                self.recording.close()
+                self.jobs.spawn(recording_store.finish(self.db, self.call_id, self.recording))
             if by_engine:
                 try:
                     async with self.db.session() as session:

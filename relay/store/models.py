@@ -40,6 +40,10 @@ class Project(Base):
 
     id: Mapped[str] = mapped_column(String(40), primary_key=True)
     name: Mapped[str] = mapped_column(String(200), unique=True)
+    # Days a call recording is kept before the purge job deletes it (30-365).
+    recording_retention_days: Mapped[int] = mapped_column(
+        Integer, default=90, server_default=text("90")
+    )
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
@@ -175,6 +179,31 @@ class TurnMetrics(Base):
     turn_id: Mapped[str] = mapped_column(String(40))
     values: Mapped[dict[str, Any]] = mapped_column(JSON)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Recording(Base):
+    """A call's stereo recording (agent left, caller right; OGG/Opus under the data dir).
+
+    ``pending`` while the call runs and its audio is encoded, then ``ready`` or ``failed``;
+    ``expired`` once the retention purge has deleted the file. ``path`` is relative to
+    ``RELAY_DATA_DIR``."""
+
+    __tablename__ = "recordings"
+    __table_args__ = (Index("ix_recordings_due", "status", "created_at"),)
+
+    call_id: Mapped[str] = mapped_column(
+        ForeignKey("calls.id", ondelete="CASCADE"), primary_key=True
+    )
+    project_id: Mapped[str] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"))
+    status: Mapped[str] = mapped_column(String(12))  # pending | ready | failed | expired
+    path: Mapped[str] = mapped_column(Text)
+    sample_rate: Mapped[int] = mapped_column(Integer)
+    duration_ms: Mapped[int | None] = mapped_column(Integer)
+    size_bytes: Mapped[int | None] = mapped_column(Integer)
+    error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    ready_at: Mapped[datetime | None] = mapped_column()
+    purged_at: Mapped[datetime | None] = mapped_column()
 
 
 class CallAnalysis(Base):

@@ -320,7 +320,7 @@ async def test_inline_webhook_call_carries_the_whole_config(client, auth, databa
     assert agent["voice"] == "Sarah"
     assert agent["webhookUrl"] == HOOK
     assert "webhookSecret" not in agent  # the secret is shown once, on create
-    assert detail["recording"] is None  # enabled, and nothing recorded yet
+    assert detail["recording"]["status"] == "pending"  # enabled, the call not over yet
     async with database.session() as session:
         row = await session.get(Call, call["id"])
     assert row.agent_snapshot["webhook_secret"] == call["webhookSecret"]
@@ -642,7 +642,7 @@ async def test_call_detail_transcript_and_metrics(client, auth, database):
         "agent",
         "dtmf",
     ]
-    assert detail["recording"] == {"status": "disabled"}
+    assert detail["recording"]["status"] == "disabled" and detail["recording"]["url"] is None
     assert lifecycle_messages(detail) == [
         "status -> queued",
         "status -> connecting",
@@ -660,6 +660,7 @@ async def test_call_detail_transcript_and_metrics(client, auth, database):
         "startMs": 2000,
         "endMs": 2800,
         "interrupted": True,
+        "data": None,
     }
 
     resp = await client.get(f"/v1/calls/{call['id']}/metrics", headers=auth)
