@@ -65,7 +65,9 @@ class RecordingOut(OutModel):
 
 
 class DownloadQuery(APIModel):
-    token: str | None = Field(default=None, max_length=2000)
+    token: str | None = Field(
+        default=None, max_length=500, pattern=r"^[A-Za-z0-9_.-]*$", description="From `url`."
+    )
 
 
 def signed_url(state: AppState, call_id: str) -> tuple[str, datetime]:
