@@ -222,6 +222,9 @@ class CallAudioOutput(io.AudioOutput):
             if seg is None or (len(seg.buf) - seg.pos < size and not seg.flushed):
                 self._wake.clear()
                 await self._wake.wait()
+                # The audio ran out (TTS behind, or between replies): the schedule starts
+                # again from now. Catching up would send the next frames in a burst.
+                deadline = max(deadline, time.monotonic())
                 continue
             if seg.pos >= len(seg.buf):
                 self._segments.popleft()

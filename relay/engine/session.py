@@ -56,7 +56,7 @@ from relay.engine.hosted import HostedBrain, hosted_backend
 from relay.engine.ports import CallerLine, CallSetup
 from relay.engine.recording import StereoRecorder
 from relay.engine.speech import EarlySTT, UtteranceTiming, local_stt, local_tts
-from relay.engine.text import join_chunk, segments
+from relay.engine.text import join_chunk, segments, speakable
 from relay.engine.turns import TurnError, TurnRequest, stream_turn
 from relay.engine.webhook import Emit, ReplyPlan, TurnRecord, WebhookLLM, iso
 from relay.ids import new_id
@@ -435,10 +435,11 @@ class CallSession:
         """The session's tts_node: segments as early as possible, marked for the output."""
         speech = current_speech()
         offset = 0
-        async for segment in segments(text, pause=self.settings.text_pause_ms / 1000):
+        pause = self.settings.text_pause_ms / 1000
+        async for segment in segments(text, pause=pause, quick_start=True):
             start, offset = offset, offset + len(segment)
             words = segment.strip()
-            if not words:
+            if not speakable(words):
                 continue
             plan = self._plans.get(speech.id) if speech is not None else None
             marker: dict[str, Any] = {"text": segment}

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 from livekit import rtc
 from livekit.agents import DEFAULT_API_CONNECT_OPTIONS, APIConnectOptions, stt, tts, utils, vad
 from livekit.agents.language import LanguageCode
@@ -33,6 +34,14 @@ from relay.engine.codecs import PCM, resample
 
 MAX_UTTERANCE_S = 28.0  # Whisper sees 30 s at most
 PREFIX_S = 0.4  # audio kept from before the VAD noticed speech
+# Silero keeps saying "speech" for 100-200 ms after a voice has died away, which would add
+# as much to every turn. The end of speech is taken back to the last 20 ms louder than
+# SPEECH_FLOOR_DB below the utterance's loud level, at most END_LOOKBACK_S earlier than the
+# VAD's estimate. Over noise nothing is that quiet, and the VAD's estimate stands.
+SPEECH_FLOOR_DB = 30.0
+END_LOOKBACK_S = 0.3
+RESUME_GRACE_FRAMES = 8  # 20 ms each
+RESUME_WINDOW_FRAMES = 3  # the caller's last frames checked for speech starting again
 EN = LanguageCode("en")
 
 
@@ -145,6 +154,37 @@ class UtteranceTiming:
         return max(0.0, min(self.stt_done_at - self.stt_started_at, overlap)) * 1000
 
 
+def _levels(audio: PCM, rate: int) -> npt.NDArray[np.float64]:
+    """RMS of each 20 ms window of ``audio``, aligned to its end."""
+    window = max(1, rate // 50)
+    count = len(audio) // window
+    frames = audio[len(audio) - count * window :].reshape(count, window).astype(np.float64)
+    levels: npt.NDArray[np.float64] = np.sqrt(np.mean(frames**2, axis=1))
+    return levels
+
+
+def speech_floor(audio: PCM, rate: int) -> float:
+    """The level ``SPEECH_FLOOR_DB`` below the loud part of an utterance."""
+    levels = _levels(audio, rate)
+    return float(np.percentile(levels, 90)) * 10 ** (-SPEECH_FLOOR_DB / 20) if len(levels) else 0.0
+
+
+def acoustic_end(
+    audio: PCM, rate: int, floor: float, *, vad_end: float, audio_end: float
+) -> tuple[float, bool]:
+    """When the speech in ``audio`` (whose last sample arrived at ``audio_end``) died away,
+    and whether the sound has been under ``floor`` since: the VAD's estimate ``vad_end``,
+    or up to ``END_LOOKBACK_S`` earlier where the sound fell under ``floor``."""
+    levels = _levels(audio, rate)
+    loud = np.flatnonzero(levels > floor)
+    if not len(loud):
+        return vad_end, False
+    energy_end = audio_end - (len(levels) - 1 - int(loud[-1])) / 50
+    if energy_end >= vad_end:
+        return vad_end, False
+    return max(vad_end - END_LOOKBACK_S, energy_end), True
+
+
 class EarlySTT(stt.STT[Any]):
     """Streaming STT over a whole-utterance recognizer, with early start and endpointing.
 
@@ -195,6 +235,7 @@ class EarlySTT(stt.STT[Any]):
 @dataclass
 class _Utterance:
     rate: int = 0
+    floor: float | None = None  # quiet after the speech is under this (None: noisy line)
     frames: list[PCM] = field(default_factory=list)
     timing: UtteranceTiming = field(default_factory=UtteranceTiming)
     recognition: asyncio.Task[tuple[str, float]] | None = None
@@ -214,6 +255,7 @@ class _EarlyStream(stt.RecognizeStream):
         self._ring_samples = 0
         self._rate = 0
         self._current: _Utterance | None = None
+        self._last_frame_at = 0.0
 
     async def _run(self) -> None:
         vad_stream = self._owner._vad.stream()
@@ -246,6 +288,7 @@ class _EarlyStream(stt.RecognizeStream):
     def _keep(self, frame: rtc.AudioFrame) -> None:
         pcm = frame_pcm(frame)
         self._rate = frame.sample_rate
+        self._last_frame_at = time.perf_counter()
         if self._current is not None:
             self._current.frames.append(pcm)
             return
@@ -287,18 +330,38 @@ class _EarlyStream(stt.RecognizeStream):
             return
         now = time.perf_counter()
         timing = utt.timing
-        timing.speech_ended_at = now - ev.silence_duration - ev.inference_duration
-        timing.stt_started_at = now
         audio = utt.audio()
+        floor = speech_floor(audio, utt.rate)
+        timing.speech_ended_at, quiet = acoustic_end(
+            audio,
+            utt.rate,
+            floor,
+            vad_end=now - ev.silence_duration - ev.inference_duration,
+            audio_end=self._last_frame_at,
+        )
+        utt.floor = floor if quiet else None
+        timing.stt_started_at = now
         timing.audio_s = len(audio) / max(utt.rate, 1)
         utt.recognition = asyncio.create_task(self._owner.recognizer.transcribe(audio, utt.rate))
         utt.endpoint = asyncio.create_task(self._endpoint(utt))
+
+    def _resuming(self, utt: _Utterance) -> bool:
+        if utt.floor is None or not utt.frames:
+            return False
+        recent = np.concatenate(utt.frames[-RESUME_WINDOW_FRAMES:])
+        return bool(np.any(_levels(recent, utt.rate) > utt.floor))
 
     async def _endpoint(self, utt: _Utterance) -> None:
         timing = utt.timing
         wait = timing.speech_ended_at + self._owner.endpointing_delay - time.perf_counter()
         if wait > 0:
             await asyncio.sleep(wait)
+        # The VAD confirms that speech has started again ~0.1 s after it has: if the line
+        # is loud again, give it that long to say so (and cancel this endpoint).
+        for _ in range(RESUME_GRACE_FRAMES):
+            if not self._resuming(utt):
+                break
+            await asyncio.sleep(0.02)
         timing.endpoint_at = time.perf_counter()
         assert utt.recognition is not None
         try:

@@ -14,6 +14,13 @@ from collections.abc import AsyncIterable, AsyncIterator
 
 SENTENCE_END = re.compile(r"[.!?…]+[\"')\]]*(?:\s+|$)")
 MAX_SEGMENT = 240  # a run-on sentence is cut at a comma or space near here
+CLAUSE_END = re.compile(r"[,;:]\s+")
+
+
+def speakable(text: str) -> bool:
+    """Whether there is anything to say in ``text``: a segment of punctuation alone (".",
+    "...") gives a TTS no audio, which livekit takes for a failed synthesis and retries."""
+    return any(ch.isalnum() for ch in text)
 
 
 def join_chunk(previous: str, text: str) -> str:
@@ -40,8 +47,31 @@ def split_ready(buffer: str) -> tuple[list[str], str]:
     return out, rest
 
 
-async def segments(text: AsyncIterable[str], *, pause: float) -> AsyncIterator[str]:
-    """Yield speakable segments of ``text`` as early as the rules above allow."""
+def first_clause(segment: str) -> list[str]:
+    """``segment`` cut after its first clause ("Sure, " + "I can help with that."), when
+    at least two words follow: a TTS says the short piece first and the caller hears the
+    answer begin while the rest is synthesized."""
+    match = CLAUSE_END.search(segment)
+    if match is None or len(segment[match.end() :].split()) < 2:
+        return [segment]
+    return [segment[: match.end()], segment[match.end() :]]
+
+
+async def segments(
+    text: AsyncIterable[str], *, pause: float, quick_start: bool = False
+) -> AsyncIterator[str]:
+    """Yield speakable segments of ``text`` as early as the rules above allow; with
+    ``quick_start``, the first one is cut after its first clause."""
+    async for segment in _segments(text, pause=pause):
+        if quick_start:
+            quick_start = False
+            for piece in first_clause(segment):
+                yield piece
+        else:
+            yield segment
+
+
+async def _segments(text: AsyncIterable[str], *, pause: float) -> AsyncIterator[str]:
     source = aiter(text)
     buffer = ""
     pending: asyncio.Task[str] | None = None

@@ -38,6 +38,22 @@ async def test_frames_are_paced_in_real_time_without_drift():
     assert finished[0].interrupted is False and abs(finished[0].playback_position - 1.0) < 0.01
 
 
+async def test_audio_that_comes_late_is_not_sent_in_a_burst():
+    line = RecordingLine()
+    out = CallAudioOutput(line)
+    await out.capture_frame(frame(0.2))
+    await asyncio.sleep(0.35)  # 10 frames go out in 0.2 s, then 0.15 s with nothing to send
+    await out.capture_frame(frame(0.2))
+    out.flush()
+    await out.wait_for_playout()
+    await out.aclose()
+    times = [t for t, _ in line.frames]
+    assert len(times) == 20
+    after_stall = [b - a for a, b in zip(times[10:], times[11:], strict=False)]
+    # Catching up on the 0.15 s stall would send about 7 frames back to back.
+    assert sum(gap < 0.008 for gap in after_stall) <= 1, after_stall
+
+
 async def test_clear_buffer_stops_at_once_clears_the_line_and_reports_heard_words():
     line = RecordingLine()
     markers = []

@@ -316,3 +316,37 @@ async def test_uninterruptible_chunk_is_not_cut_by_caller_speech(
         segs = (await s.scalars(select(TranscriptSegment).order_by(TranscriptSegment.seq))).all()
     agent = [g for g in segs if g.speaker == "agent"]
     assert [(g.text, g.interrupted) for g in agent] == [(notice, False)]
+
+
+async def test_a_segment_with_nothing_to_say_is_skipped_without_a_pause(
+    aiohttp_server, engine, sqlite_db, http
+):
+    line = RecordingLine()
+
+    async def reply(request, payload):
+        resp = await ndjson_start(request)
+        await ndjson_line(resp, {"text": "Okay", "interim": True})
+        await asyncio.sleep(0.4)  # longer than the text pause: "Okay" goes out on its own
+        await ndjson_line(resp, {"text": ".", "interim": True})  # a segment with no words
+        await asyncio.sleep(0.4)
+        await ndjson_line(resp, {"text": " Your table is booked for Friday."})
+        await resp.write_eof()
+        return resp
+
+    hook = Hook(reply)
+    url = await start_hook(aiohttp_server, hook)
+    call_id = await make_call(sqlite_db)
+    handle = await engine.start_call(call_setup(call_id, url, tts="piper"), line, sqlite_db, http)
+    pressed = time.perf_counter()
+    await _dtmf(handle, "#")
+    await line.wait_audio(pressed)
+    await line.wait_quiet(1.5)
+    await handle.end()
+
+    times = [t for t, _ in line.frames]
+    longest_gap = max(b - a for a, b in zip(times, times[1:], strict=False))
+    assert longest_gap < 1.0  # no 2 s of retries of a synthesis of "."
+    heard = transcribe(line.audio(pressed)).lower()
+    assert "okay" in heard and "table" in heard and "friday" in heard
+    problems = [e for e in await _events(sqlite_db, call_id) if e[1] in ("warning", "error")]
+    assert problems == []

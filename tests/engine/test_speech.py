@@ -8,7 +8,14 @@ import numpy as np
 import pytest
 from sqlalchemy import select
 
-from relay.engine.speech import EspeakTTS, PiperTTS, PocketsphinxSTT, WhisperSTT
+from relay.engine.speech import (
+    EspeakTTS,
+    PiperTTS,
+    PocketsphinxSTT,
+    WhisperSTT,
+    acoustic_end,
+    speech_floor,
+)
 from relay.store.models import TurnMetrics
 from tests.engine.harness import (
     RATE,
@@ -31,6 +38,39 @@ async def test_recognizers_transcribe_phone_audio(recognizer, voice):
     assert 0 <= confidence <= 1
 
 
+async def test_whisper_hears_a_turn_without_encoding_a_30_s_window(voice):
+    from relay.engine import models
+    from relay.engine.codecs import resample
+
+    audio = resample(voice("Do you have a table for Tuesday?"), RATE, 16000)
+    fitted = models._whisper_short(audio.astype(np.float32) / 32768.0)
+    assert fitted is not None  # trusted, not redone the 30 s way
+    assert "table" in fitted[0].lower() and "tuesday" in fitted[0].lower()
+    assert models.whisper_transcribe(np.zeros(16000, np.int16))[0] == ""
+
+
+def _tone(seconds: float, level: float) -> np.ndarray:
+    t = np.arange(int(RATE * seconds)) / RATE
+    return (np.sin(2 * np.pi * 300 * t) * level * np.sqrt(2)).astype(np.int16)
+
+
+def test_end_of_speech_is_where_the_voice_died_away_not_where_the_vad_let_go():
+    audio = np.concatenate([_tone(1.0, 5000), _tone(0.3, 0)])  # speech, then 0.3 s quiet
+    floor = speech_floor(audio, RATE)
+    end = acoustic_end(audio, RATE, floor, vad_end=99.85, audio_end=100.0)  # VAD 150 ms late
+    assert end == (pytest.approx(99.7, abs=0.001), True)
+    # at most END_LOOKBACK_S (0.3 s) earlier than the VAD's estimate
+    assert acoustic_end(audio, RATE, floor, vad_end=100.05, audio_end=100.0)[0] == 99.75
+
+
+def test_end_of_speech_over_noise_is_the_vads():
+    rng = np.random.default_rng(7)
+    noise = rng.normal(0, 1500, int(RATE * 0.3))
+    audio = np.concatenate([_tone(1.0, 5000) + rng.normal(0, 1500, RATE), noise]).astype(np.int16)
+    floor = speech_floor(audio, RATE)
+    assert acoustic_end(audio, RATE, floor, vad_end=99.85, audio_end=100.0) == (99.85, False)
+
+
 @pytest.mark.parametrize("synth", [PiperTTS, EspeakTTS])
 async def test_synthesizers_speak_at_the_line_rate(synth, speech_models):
     tts = synth(sample_rate=16000)
@@ -43,7 +83,9 @@ async def test_synthesizers_speak_at_the_line_rate(synth, speech_models):
 async def test_caller_pausing_mid_sentence_is_one_turn_and_early_stt_is_redone(
     aiohttp_server, engine, sqlite_db, http, voice
 ):
-    pause = np.zeros(int(RATE * 0.3), np.int16)  # longer than the first silence, < endpointing
+    # Piper ends and starts its audio with ~0.24 s of quiet of its own: the caller is silent
+    # for ~0.39 s, longer than the first silence (0.15 s), shorter than endpointing (0.5 s).
+    pause = np.zeros(int(RATE * 0.15), np.int16)
     utterance = np.concatenate(
         [voice("I want to book a table."), pause, voice("For Friday evening.")]
     )

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 
-from relay.engine.text import join_chunk, segments, split_ready
+from relay.engine.text import first_clause, join_chunk, segments, speakable, split_ready
 from relay.engine.webhook import ReplyPlan, TurnRecord
 
 
@@ -53,6 +53,21 @@ async def test_segments_release_a_fragment_when_the_stream_pauses():
     assert 0.2 <= out[0][1] < 0.4
 
 
+async def test_quick_start_cuts_the_first_segment_after_its_first_clause():
+    parts = [(0, "Sure, I can help with that. "), (0, "Well, it is open.")]
+    out = [seg async for seg in segments(_stream(parts), pause=0.2, quick_start=True)]
+    assert out == ["Sure, ", "I can help with that. ", "Well, it is open."]
+
+
+def test_first_clause_leaves_short_tails_and_numbers_alone():
+    assert first_clause("Yes, sir.") == ["Yes, sir."]
+    assert first_clause("It costs 1,500 dollars in total.") == ["It costs 1,500 dollars in total."]
+    assert first_clause("Note: we close at nine tonight.") == [
+        "Note: ",
+        "we close at nine tonight.",
+    ]
+
+
 def test_plan_interruptible_by_text_range():
     plan = ReplyPlan(turn=TurnRecord("turn_1", "speech", 0.0), default_interruptible=True)
     plan.add_text("Hello. ", None)
@@ -62,3 +77,8 @@ def test_plan_interruptible_by_text_range():
     assert plan.interruptible(7, 21) is False
     assert plan.interruptible(0, 21) is False  # any uninterruptible text makes it so
     assert plan.interruptible(21, 35) is True
+
+
+def test_speakable_needs_a_letter_or_a_digit():
+    assert not any(speakable(t) for t in (".", " ... ", "?!", "", "—"))
+    assert all(speakable(t) for t in ("Okay.", "42", "Ça va?"))

@@ -90,9 +90,13 @@ class CallReport:
     clears: int = 0
     ended_by: Literal["caller", "relay"] = "caller"
     duration_s: float = 0.0
+    # When each media frame of the relay arrived (``time.perf_counter()``), for pacing
+    # figures; not part of :meth:`as_dict`.
+    frames_at: list[float] = field(default_factory=list, repr=False)
 
     def as_dict(self) -> dict[str, Any]:
         out = asdict(self)
+        out.pop("frames_at")
         for turn, raw in zip(self.turns, out["turns"], strict=True):
             raw["latencyMs"] = turn.latency_ms
             for key in ("end_of_speech_at", "first_agent_audio_at"):
@@ -316,6 +320,7 @@ class SimHandset:
                 await asyncio.gather(*tasks, return_exceptions=True)
         report.duration_s = round(time.perf_counter() - started, 2)
         report.clears = len(line.clears)
+        report.frames_at = [t for t, _ in line.received]
         await self._hearing(line, report, started)
         return report
 
