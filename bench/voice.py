@@ -1,0 +1,498 @@
+"""Voice benchmark: how soon a caller hears the agent, how steady its audio is, how many
+calls one relay holds, against a real ``relay serve`` subprocess with the real engines.
+
+A fresh database (a SQLite file by default; with ``--database-url postgresql://...`` a
+schema of its own, dropped afterwards) and a relay with the sim carrier enabled. A webhook
+agent whose webhook is *instant*: a local aiohttp server in this process that answers every
+``agent.message`` at once with two NDJSON chunks, so every millisecond measured is ours
+(VAD, endpointing, STT, TTS, the relay), none of it the developer's.
+
+Callers are :class:`relay.carriers.sim.handset.SimHandset` s: each places a sim call and
+speaks the Twilio Media Streams protocol, sending recorded human-like speech (Piper,
+synthesized once before the run) in real time, 20 ms mu-law frames. Per turn:
+
+* voice to voice: the caller's last loud frame sent -> the first loud frame of the answer
+  received, measured at the caller (p50/p90/p99);
+* its breakdown, as the engine stored it (``GET /v1/calls/{id}/metrics``): endpointing,
+  STT (and how long the turn waited for it after endpointing), webhook first chunk, TTS
+  first audio, relay overhead (everything else), and the engine's own end-to-end;
+* pacing: the gaps between the answer's 20 ms frames as they arrive at the caller,
+  ``|gap - 20 ms|`` p99 (stalls mid-answer count, silence between answers does not);
+* the relay process's CPU (100% = one core) and RSS.
+
+A step runs N calls at once, their starts spread over ``--stagger`` seconds (callers do not
+dial in lockstep). The capacity ramp runs steps of 1, 2, 4, 8, 12, 16... calls and stops at
+the first step that fails: capacity is the most calls whose voice-to-voice p90 stays within
+``--capacity-factor`` (1.5) x one call's, with no turn unanswered.
+
+    .venv/bin/python bench/voice.py                      # 4 calls x 4 turns, then the ramp
+    .venv/bin/python bench/voice.py --calls 8 --no-ramp
+    .venv/bin/python bench/voice.py --quick               # 1 call, 1 turn: a smoke run
+
+Prints a readable report, then one line of JSON with the same numbers. The callers run in
+this process and share the machine's cores with the relay.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import secrets
+import subprocess
+import sys
+import tempfile
+import time
+import wave
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import asyncpg
+from aiohttp import web
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+import api as harness  # noqa: E402  (bench/api.py: the relay subprocess, stats)
+
+from relay.carriers.sim.handset import CallReport, SimHandset, synthesize  # noqa: E402
+
+LINES = [
+    "Hi, I would like to book a table for two people tomorrow evening.",
+    "Do you have anything free at around seven o'clock?",
+    "Great, please put it under the name Johnson.",
+    "Is there parking close to the restaurant?",
+    "Thank you, that is everything for today.",
+]
+REPLY = [  # two NDJSON chunks: the first is spoken while the second is on its way
+    {"text": "Sure, I can help with that.", "interim": True},
+    {"text": " Is there anything else you need?"},
+]
+GREETING = "Thanks for calling. How can I help?"
+RAMP = [1, 2, 4, 8, 12, 16, 20, 24, 32]
+FRAME_MS = 20.0
+STAGES = [  # (label, key in the engine's per-turn metrics)
+    ("endpointing", "endpointingMs"),
+    ("STT", "sttMs"),
+    ("STT wait", "sttWaitMs"),
+    ("webhook 1st chunk", "webhookFirstChunkMs"),
+    ("TTS 1st audio", "ttsFirstAudioMs"),
+    ("relay overhead", "relayOverheadMs"),
+    ("engine e2e", "e2EMs"),  # the API camel-cases e2e_ms so
+]
+
+
+def pct(values: list[float], q: float) -> float | None:
+    """The ``q``-th percentile (nearest rank), ``None`` for no values."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    return round(harness._percentile(ordered, q), 1)
+
+
+# --- the instant webhook --------------------------------------------------------------
+
+
+class InstantWebhook:
+    """The developer's server at its fastest: every turn answered at once, streamed."""
+
+    def __init__(self) -> None:
+        self.url = ""
+        self.turns = 0
+        self.transcripts: list[str] = []
+        self._runner: web.AppRunner | None = None
+
+    async def start(self) -> None:
+        app = web.Application()
+        app.router.add_post("/hook", self._handle)
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        self.url = f"http://127.0.0.1:{self._runner.addresses[0][1]}/hook"
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+    async def _handle(self, request: web.Request) -> web.StreamResponse:
+        event = await request.json()
+        self.turns += 1
+        self.transcripts.append(event.get("data", {}).get("transcript") or "")
+        resp = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
+        await resp.prepare(request)
+        for chunk in REPLY:
+            await resp.write(json.dumps(chunk).encode() + b"\n")
+        await resp.write_eof()
+        return resp
+
+
+# --- results --------------------------------------------------------------------------
+
+
+@dataclass
+class Step:
+    calls: int
+    turns_per_call: int
+    turns: int = 0
+    unanswered: int = 0
+    failed_calls: int = 0
+    v2v_p50_ms: float | None = None
+    v2v_p90_ms: float | None = None
+    v2v_p99_ms: float | None = None
+    v2v_max_ms: float | None = None
+    stages_ms: dict[str, dict[str, float | None]] = field(default_factory=dict)
+    overhead_p99_ms: float | None = None
+    jitter_p99_ms: float | None = None
+    jitter_max_ms: float | None = None
+    frames: int = 0
+    relay_cpu_pct: float = 0.0
+    relay_rss_mib: float = 0.0
+    relay_peak_rss_mib: float = 0.0
+    seconds: float = 0.0
+    errors: list[str] = field(default_factory=list)
+    latencies_ms: list[float] = field(default_factory=list, repr=False)
+
+
+def pacing_gaps(report: CallReport) -> list[float]:
+    """Inter-arrival gaps (ms) of the relay's frames within each answer: frames between one
+    end of the caller's speech and the next (the greeting: before the first)."""
+    marks = [t.end_of_speech_at for t in report.turns] + [float("inf")]
+    gaps: list[float] = []
+    previous: float | None = None
+    window = 0
+    for at in report.frames_at:
+        while at >= marks[window]:
+            window += 1
+            previous = None
+        if previous is not None:
+            gaps.append((at - previous) * 1000)
+        previous = at
+    return gaps
+
+
+# --- one step: N calls at once --------------------------------------------------------
+
+
+class Bench:
+    def __init__(self, server: harness.Server, key: str, number: str, wavs: list[Path]) -> None:
+        self.server = server
+        self.key = key
+        self.number = number
+        self.wavs = wavs
+
+    async def _one_call(self, delay: float, turns: int, offset: int) -> CallReport:
+        await asyncio.sleep(delay)
+        lines: list[str | Path] = [self.wavs[(offset + i) % len(self.wavs)] for i in range(turns)]
+        handset = SimHandset(
+            self.server.base,
+            self.key,
+            listen=False,
+            answer_silence_ms=1000,
+            answer_timeout_s=10.0,
+            greeting_timeout_s=10.0,
+        )
+        return await handset.call(self.number, lines)
+
+    async def _metrics(self, http: aiohttp.ClientSession, call_id: str, turns: int) -> list[Any]:
+        """The engine's per-turn metrics of a call, once the call has stored them."""
+        rows: list[Any] = []
+        for _ in range(100):
+            async with http.get(f"/v1/calls/{call_id}/metrics") as resp:
+                if resp.status == 200:
+                    body = await resp.json()
+                    rows = [r for r in body.get("perTurn", []) if r.get("kind") == "speech"]
+                    if len(rows) >= turns:
+                        return rows
+            await asyncio.sleep(0.1)
+        return rows
+
+    async def step(self, calls: int, turns: int, stagger: float) -> Step:
+        result = Step(calls=calls, turns_per_call=turns)
+        pid = self.server.proc.pid
+        cpu0, wall0 = harness._cpu_seconds(pid), time.monotonic()
+        spread = stagger / calls if calls > 1 else 0.0
+        outcomes = await asyncio.gather(
+            *(self._one_call(i * spread, turns, i) for i in range(calls)),
+            return_exceptions=True,
+        )
+        result.seconds = round(time.monotonic() - wall0, 1)
+        result.relay_cpu_pct = round(100 * (harness._cpu_seconds(pid) - cpu0) / result.seconds, 1)
+        rss, peak = harness._rss_mib(pid)
+        result.relay_rss_mib, result.relay_peak_rss_mib = round(rss, 1), round(peak, 1)
+
+        reports = [r for r in outcomes if isinstance(r, CallReport)]
+        for failure in outcomes:
+            if isinstance(failure, BaseException):
+                result.failed_calls += 1
+                result.errors.append(repr(failure)[:200])
+        gaps: list[float] = []
+        engine_rows: list[dict[str, Any]] = []
+        headers = {"Authorization": f"Bearer {self.key}"}
+        async with aiohttp.ClientSession(base_url=self.server.base, headers=headers) as http:
+            for report in reports:
+                answered = [t.latency_ms for t in report.turns if t.latency_ms is not None]
+                result.turns += len(report.turns)
+                result.unanswered += len(report.turns) - len(answered)
+                result.unanswered += turns - len(report.turns)  # turns never reached
+                result.latencies_ms += answered
+                gaps += pacing_gaps(report)
+                result.frames += len(report.frames_at)
+                engine_rows += await self._metrics(http, report.call_id, len(report.turns))
+        lat = result.latencies_ms
+        result.v2v_p50_ms, result.v2v_p90_ms = pct(lat, 50), pct(lat, 90)
+        result.v2v_p99_ms, result.v2v_max_ms = pct(lat, 99), (max(lat) if lat else None)
+        for label, key in STAGES:
+            values = [float(r[key]) for r in engine_rows if isinstance(r.get(key), int | float)]
+            result.stages_ms[label] = {
+                "p50": pct(values, 50),
+                "p90": pct(values, 90),
+                "p99": pct(values, 99),
+            }
+        result.overhead_p99_ms = result.stages_ms["relay overhead"]["p99"]
+        jitter = [abs(g - FRAME_MS) for g in gaps]
+        result.jitter_p99_ms = pct(jitter, 99)
+        result.jitter_max_ms = round(max(jitter), 1) if jitter else None
+        return result
+
+
+# --- setup ----------------------------------------------------------------------------
+
+
+def caller_wavs(directory: Path) -> list[Path]:
+    """The callers' lines, spoken once with Piper at 8 kHz, as WAV files."""
+    paths = []
+    for i, text in enumerate(LINES):
+        pcm = synthesize(text)
+        path = directory / f"line{i}.wav"
+        with wave.open(str(path), "wb") as out:
+            out.setnchannels(1)
+            out.setsampwidth(2)
+            out.setframerate(8000)
+            out.writeframes(pcm.tobytes())
+        paths.append(path)
+    return paths
+
+
+@contextmanager
+def database(url: str | None) -> Iterator[tuple[str, str]]:
+    """(SQLAlchemy URL, schema): a fresh SQLite file, or a fresh schema on PostgreSQL."""
+    if not url or url.startswith("sqlite"):
+        if url:
+            yield url, ""
+            return
+        with harness._sqlite_database() as made:
+            yield made
+        return
+    dsn = url.replace("postgresql+asyncpg://", "postgresql://", 1)
+    schema = "bench_" + secrets.token_hex(6)
+
+    async def run(sql: str) -> None:
+        conn = await asyncpg.connect(dsn)
+        try:
+            await conn.execute(sql)
+        finally:
+            await conn.close()
+
+    asyncio.run(run(f"CREATE SCHEMA {schema}"))
+    try:
+        yield dsn.replace("postgresql://", "postgresql+asyncpg://", 1), schema
+    finally:
+        asyncio.run(run(f"DROP SCHEMA {schema} CASCADE"))
+
+
+async def provision(server: harness.Server, key: str, webhook_url: str) -> str:
+    """An agent on the instant webhook, bound to a sim number; returns the number."""
+    headers = {"Authorization": f"Bearer {key}"}
+    async with aiohttp.ClientSession(base_url=server.base, headers=headers) as http:
+        await server.wait_ready(http)
+        body = {"name": "bench agent", "webhookUrl": webhook_url, "greeting": GREETING}
+        async with http.post("/v1/agents", json=body) as resp:
+            if resp.status != 201:
+                raise RuntimeError(f"creating the agent: {resp.status} {await resp.text()}")
+            agent_id = (await resp.json())["id"]
+        async with http.post("/v1/numbers", json={"agentId": agent_id}) as resp:
+            if resp.status != 201:
+                raise RuntimeError(f"creating the number: {resp.status} {await resp.text()}")
+            number: str = (await resp.json())["phoneNumber"]
+            return number
+
+
+def relay_env(url: str, schema: str, port: int, args: argparse.Namespace) -> dict[str, str]:
+    env = harness._relay_env(url, schema, port)
+    env.update(
+        RELAY_ALLOW_PRIVATE_WEBHOOKS="true",
+        RELAY_SIM_ENABLED="true",
+        RELAY_ENDPOINTING_DELAY_MS=str(args.endpointing_ms),
+        RELAY_PUBLIC_URL=f"http://127.0.0.1:{port}",
+    )
+    return env
+
+
+async def run(server: harness.Server, key: str, args: argparse.Namespace) -> dict[str, Any]:
+    hook = InstantWebhook()
+    await hook.start()
+    try:
+        number = await provision(server, key, hook.url)
+        with tempfile.TemporaryDirectory(prefix="relay-voice-") as tmp:
+            wavs = await asyncio.get_running_loop().run_in_executor(None, caller_wavs, Path(tmp))
+            bench = Bench(server, key, number, wavs)
+            # The first call of a process loads and warms the models: not counted.
+            await bench.step(1, 1, 0.0)
+            print("  (warm-up call done)", flush=True)
+            main = await bench.step(args.calls, args.turns, args.stagger)
+            print_step("load", main, detail=True)
+            ramp: list[Step] = []
+            capacity = None
+            if args.ramp:
+                print(f"\n  capacity ramp ({args.turns} turns per call):", flush=True)
+                base: Step | None = None
+                for calls in [n for n in RAMP if n <= args.ramp_max]:
+                    step = main if calls == args.calls else None
+                    if step is None:
+                        step = await bench.step(calls, args.turns, args.stagger)
+                    ramp.append(step)
+                    base = base or step
+                    ok = passes(step, base, args.capacity_factor)
+                    print_step(f"{calls:>2} calls", step, verdict="pass" if ok else "FAIL")
+                    if not ok:
+                        break
+                    capacity = calls
+            transcripts = hook.transcripts[-3:]
+    finally:
+        await hook.stop()
+    return {
+        "benchmark": "voice",
+        "endpointing_ms": args.endpointing_ms,
+        "webhook_turns": hook.turns,
+        "sample_transcripts": transcripts,
+        "load": asdict(main),
+        "ramp": [asdict(s) for s in ramp],
+        "capacity_calls": capacity,
+    }
+
+
+def passes(step: Step, base: Step, factor: float) -> bool:
+    if step.unanswered or step.failed_calls or step.v2v_p90_ms is None:
+        return False
+    return base.v2v_p90_ms is not None and step.v2v_p90_ms <= factor * base.v2v_p90_ms
+
+
+# --- output ---------------------------------------------------------------------------
+
+
+def _ms(value: float | None) -> str:
+    return "   -  " if value is None else f"{value:6.0f}"
+
+
+def print_step(name: str, s: Step, *, detail: bool = False, verdict: str = "") -> None:
+    print(
+        f"  {name}: {s.calls} calls x {s.turns_per_call} turns: answered "
+        f"{s.turns - s.unanswered}/{s.calls * s.turns_per_call}; voice to voice ms p50 "
+        f"{_ms(s.v2v_p50_ms)} p90 {_ms(s.v2v_p90_ms)} p99 {_ms(s.v2v_p99_ms)}; overhead p99 "
+        f"{s.overhead_p99_ms} ms; jitter p99 {s.jitter_p99_ms} ms (max {s.jitter_max_ms}); "
+        f"relay CPU {s.relay_cpu_pct:.0f}%, RSS {s.relay_rss_mib:.0f} MiB"
+        + (f"  [{verdict}]" if verdict else ""),
+        flush=True,
+    )
+    if s.errors:
+        print(f"    errors: {s.errors}", flush=True)
+    if detail:
+        print("    breakdown (engine, ms)      p50     p90     p99")
+        for label, _ in STAGES:
+            st = s.stages_ms.get(label, {})
+            print(
+                f"    {label:<24} {_ms(st.get('p50'))}  {_ms(st.get('p90'))}  {_ms(st.get('p99'))}"
+            )
+        print(
+            f"    {s.frames} agent frames at the callers, {s.seconds:g} s, peak RSS "
+            f"{s.relay_peak_rss_mib:.0f} MiB",
+            flush=True,
+        )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--calls", type=int, default=4, help="simultaneous calls (4)")
+    parser.add_argument("--turns", type=int, default=4, help="caller turns per call (4)")
+    parser.add_argument(
+        "--ramp", action=argparse.BooleanOptionalAction, default=True, help="capacity ramp"
+    )
+    parser.add_argument("--ramp-max", type=int, default=24, help="largest ramp step (24)")
+    parser.add_argument("--capacity-factor", type=float, default=1.5)
+    parser.add_argument(
+        "--stagger", type=float, default=3.0, help="seconds over which a step's calls start"
+    )
+    parser.add_argument("--endpointing-ms", type=int, default=400)
+    parser.add_argument(
+        "--database-url",
+        default=os.environ.get("RELAY_BENCH_DATABASE_URL"),
+        help="default: a fresh SQLite file; postgresql://...: a fresh schema there",
+    )
+    parser.add_argument("--quick", action="store_true", help="1 call, 1 turn, no ramp")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.quick:
+        args.calls, args.turns, args.ramp = 1, 1, False
+    if args.calls < 1 or args.turns < 1 or args.stagger < 0:
+        print("error: --calls and --turns must be >= 1, --stagger >= 0", file=sys.stderr)
+        return 2
+    cores = os.cpu_count() or 1
+    load = os.getloadavg()[0]
+    print("relay voice benchmark")
+    print(
+        f"  {platform.python_implementation()} {platform.python_version()}, {platform.system()} "
+        f"{platform.release()}, {cores} CPU cores; load average at start {load:.1f}"
+    )
+    print(
+        f"  sim calls over Twilio Media Streams, Piper caller speech, instant NDJSON webhook; "
+        f"endpointing {args.endpointing_ms} ms; calls start over {args.stagger:g} s"
+    )
+    print("  CPU% is of one core; callers run in this process on the same cores.", flush=True)
+    with database(args.database_url) as (url, schema):
+        with tempfile.TemporaryDirectory(prefix="relay-bench-") as tmp:
+            workdir = Path(tmp)
+            port = harness._free_port()
+            env = relay_env(url, schema, port, args)
+            created = subprocess.run(
+                [*harness._relay_command(), "keys", "create", "--project", "bench"],
+                env=env,
+                cwd=workdir,
+                capture_output=True,
+                text=True,
+                check=False,
+            )
+            if created.returncode != 0:
+                raise RuntimeError(f"relay keys create failed:\n{created.stderr}")
+            key = created.stdout.strip().splitlines()[-1]
+            print(f"  database {url}" + (f" (schema {schema})" if schema else ""), flush=True)
+            server = harness.Server(env, port, workdir)
+            try:
+                summary = asyncio.run(run(server, key, args))
+            except BaseException:
+                print(server.log_tail(), file=sys.stderr)
+                raise
+            finally:
+                server.stop()
+    if summary["capacity_calls"] is not None:
+        print(f"\n  capacity: {summary['capacity_calls']} simultaneous calls")
+    for step in [summary["load"], *summary["ramp"]]:
+        step.pop("latencies_ms", None)
+    summary["load_average_end"] = round(os.getloadavg()[0], 2)
+    print(json.dumps(summary, separators=(",", ":")))
+    main_step = summary["load"]
+    return 1 if main_step["unanswered"] or main_step["failed_calls"] else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,40 @@
+"""``bench/voice.py --quick`` end to end, so the voice benchmark cannot rot: a real relay
+subprocess, a real sim call with real speech, on SQLite and on PostgreSQL."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import PG_DSN
+
+pytestmark = pytest.mark.slow
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.parametrize("database_url", ["", PG_DSN], ids=["sqlite", "postgresql"])
+def test_quick_run_measures_one_answered_turn(database_url):
+    command = [sys.executable, str(ROOT / "bench" / "voice.py"), "--quick"]
+    if database_url:
+        command += ["--database-url", database_url]
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    summary = json.loads(done.stdout.strip().splitlines()[-1])
+
+    load = summary["load"]
+    assert (load["calls"], load["turns"], load["unanswered"], load["failed_calls"]) == (1, 1, 0, 0)
+    assert 0 < load["v2v_p50_ms"] < 10_000
+    for stage in ("endpointing", "STT", "webhook 1st chunk", "TTS 1st audio", "relay overhead"):
+        assert load["stages_ms"][stage]["p50"] is not None, stage
+    assert load["stages_ms"]["endpointing"]["p50"] >= 300  # 400 ms endpointing, VAD-estimated
+    assert load["frames"] > 50 and load["jitter_p99_ms"] is not None
+    assert load["relay_cpu_pct"] > 0 and load["relay_rss_mib"] > 50
+    assert summary["ramp"] == [] and summary["capacity_calls"] is None
+    # the relay heard the caller: the first line books a table
+    assert any("table" in t.lower() for t in summary["sample_transcripts"])
+    assert "voice to voice ms p50" in done.stdout
