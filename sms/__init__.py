@@ -14,9 +14,9 @@ failure is :class:`relay.carriers.CarrierError`, recorded on the message as ``er
 The service of one process is ``app[sms.service.SMS]``.
 """
 
-from sms.optout import is_opted_out
+from sms.optout import is_opted_out, refuse_if_opted_out
 from sms.segmentation import Segments, segment
 
-# Kept light on purpose: the Calls API imports ``is_opted_out`` from here, and the service
+# Kept light on purpose: the Calls API imports ``refuse_if_opted_out`` from here, and the service
 # (``sms.service``) pulls in the carriers and the voice engine's turn client.
-__all__ = ["Segments", "is_opted_out", "segment"]
+__all__ = ["Segments", "is_opted_out", "refuse_if_opted_out", "segment"]

@@ -16,11 +16,11 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from relay.api.agents import load_agent
 from relay.api.routing import Context, Router
 from relay.api.schema import APIModel, OutModel, Page, PageQuery, decode_cursor, encode_cursor
-from relay.errors import Forbidden, NotFound, invalid_field
+from relay.errors import NotFound, invalid_field
 from relay.phone import to_e164
 from relay.store.models import Conversation, Message, MessageEvent, Number, OptOut
 from sms.history import recent_history
-from sms.optout import COMPLIANCE_BLOCK, OPTED_OUT, REASON_OPTED_OUT, is_opted_out
+from sms.optout import is_opted_out, refuse_if_opted_out
 from sms.outbound import deliver, new_outbound
 from sms.service import SMS
 from sms.store import next_seq
@@ -239,14 +239,7 @@ async def send_message(ctx: Context, body: MessageCreate) -> MessageOut:
         number = await _sender(ctx, session, body)
         if to == number.phone_number:
             raise invalid_field("to", SAME_NUMBER)
-        if await is_opted_out(session, ctx.project_id, to):
-            message = OPTED_OUT.format(number=to)
-            raise Forbidden(
-                message,
-                code=COMPLIANCE_BLOCK,
-                field="to",
-                details=[{"field": "to", "code": REASON_OPTED_OUT, "message": message}],
-            )
+        await refuse_if_opted_out(session, ctx.project_id, to)
     agent_id = body.agent_id or number.agent_id
     async with svc.writing() as session:
         conversation_id, seq, _ = await next_seq(

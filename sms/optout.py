@@ -13,6 +13,7 @@ from typing import Literal
 from sqlalchemy import Exists, Table, exists, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from relay.errors import Forbidden
 from relay.ids import new_id
 from relay.store.models import OptOut, utcnow
 from sms.store import upsert
@@ -29,7 +30,10 @@ STOP_CONFIRMATION = (
 )
 START_CONFIRMATION = "You have been resubscribed. Reply STOP to unsubscribe."
 DEFAULT_HELP = "Reply STOP to unsubscribe, START to resubscribe. Msg & data rates may apply."
-OPTED_OUT = "{number} has opted out of messages from this project (it replied STOP)."
+OPTED_OUT = (
+    "{number} has opted out of texts and calls from this project (it replied STOP); "
+    "it can opt back in by texting START."
+)
 COMPLIANCE_BLOCK = "compliance_block"
 REASON_OPTED_OUT = "opted_out"
 
@@ -57,6 +61,19 @@ def opted_out(project_id: str, number: str) -> Exists:
 async def is_opted_out(session: AsyncSession, project_id: str, number: str) -> bool:
     """Whether ``number`` (E.164) has opted out of the project's texts and calls."""
     return bool((await session.execute(select(opted_out(project_id, number)))).scalar())
+
+
+async def refuse_if_opted_out(session: AsyncSession, project_id: str, number: str) -> None:
+    """Raise ``403 compliance_block`` (reason ``opted_out``, field ``to``) if ``number`` has
+    opted out: what every outbound text and call checks before it contacts a number."""
+    if await is_opted_out(session, project_id, number):
+        message = OPTED_OUT.format(number=number)
+        raise Forbidden(
+            message,
+            code=COMPLIANCE_BLOCK,
+            field="to",
+            details=[{"field": "to", "code": REASON_OPTED_OUT, "message": message}],
+        )
 
 
 async def opt_out(
@@ -100,4 +117,5 @@ __all__ = [
     "opt_in",
     "opt_out",
     "opted_out",
+    "refuse_if_opted_out",
 ]

@@ -56,6 +56,7 @@ from relay.store.models import (
 )
 from relay.transports.runner import MEDIA, LiveCall
 from relay.urls import check_webhook_url
+from sms import refuse_if_opted_out
 
 router = Router()
 TAG = "Calls"
@@ -355,6 +356,7 @@ def _created(call: Call, status: int, **extra: Any) -> web.Response:
 async def create_call(ctx: Context, body: CallCreate) -> web.Response:
     """With ``to``: an outbound phone call from ``from`` (default: the agent's first number),
     answered 202 with status ``queued``; follow it by webhooks or ``GET /v1/calls/{id}``.
+    A number that texted STOP is refused with ``403 compliance_block`` (reason ``opted_out``).
 
     With ``connectionType``: a bring-your-own-telephony call, answered **201** with a
     ``joinUrl`` (good for 60 s) for your carrier's media stream (Twilio, Telnyx, Plivo) or
@@ -377,6 +379,7 @@ async def create_call(ctx: Context, body: CallCreate) -> web.Response:
     async with writing(ctx.state.db) as session:
         agent = await load_agent(ctx, session, body.agent_id)
         number = await _caller_number(ctx, session, agent, caller_id)
+        await refuse_if_opted_out(session, ctx.project_id, to)
         call = _new_call(
             ctx,
             agent_id=agent.id,

@@ -53,7 +53,36 @@ async def test_stop_word_opts_out_confirms_and_skips_the_webhook(client, auth, h
     assert error["details"][0]["code"] == "opted_out"
 
 
-async def test_is_opted_out_is_what_the_calls_api_checks(client, auth, hook, database):
+async def _call(client, auth, agent, to=HANDSET):
+    return await client.post("/v1/calls", json={"agentId": agent.id, "to": to}, headers=auth)
+
+
+@pytest.mark.parametrize("word", STOP_WORDS)
+async def test_stop_word_refuses_outbound_calls(client, auth, hook, word):
+    agent = await make_agent(client, auth, hook)
+    await sim_text(client, auth, agent.number, word)
+    resp = await _call(client, auth, agent)
+    assert resp.status == 403, await resp.text()
+    error = (await resp.json())["error"]
+    assert error["code"] == "compliance_block"
+    assert error["field"] == "to"
+    assert error["details"][0]["code"] == "opted_out"
+    calls = await (await client.get("/v1/calls", headers=auth)).json()
+    assert calls["data"] == []
+
+
+async def test_start_lets_calls_through_again(client, auth, hook):
+    agent = await make_agent(client, auth, hook)
+    await sim_text(client, auth, agent.number, "STOP")
+    assert (await _call(client, auth, agent)).status == 403
+    assert (await _call(client, auth, agent, to="+12025550199")).status == 202
+    await sim_text(client, auth, agent.number, "START")
+    resp = await _call(client, auth, agent)
+    assert resp.status == 202, await resp.text()
+    assert (await resp.json())["to"] == HANDSET
+
+
+async def test_is_opted_out_is_scoped_to_number_and_project(client, auth, hook, database):
     agent = await make_agent(client, auth, hook)
     await sim_text(client, auth, agent.number, "STOP")
     async with database.session() as session:
