@@ -19,7 +19,8 @@ from pathlib import Path
 from hosted_llm.errors import ModelChecksumMismatch, ModelUnavailable
 
 CHUNK = 4 * 1024 * 1024
-INSTALL_HINT = "install the optional extra: pip install -e '.[local-llm]'"
+EXTRA_HINT = "install the optional extra: pip install -e '.[{extra}]'"
+INSTALL_HINT = EXTRA_HINT.format(extra="local-llm")
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,6 +33,7 @@ class ModelSpec:
     version: str
     sha256: str
     n_ctx: int = 4096
+    extra: str = "local-llm"  # the pyproject extra that installs llama.cpp and these parts
 
 
 MODELS: dict[str, ModelSpec] = {
@@ -43,6 +45,7 @@ MODELS: dict[str, ModelSpec] = {
         parts=22,
         version="0.2.0",
         sha256="cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046",
+        extra="local-llm",
     ),
     "qwen-0.5b": ModelSpec(
         key="qwen-0.5b",
@@ -52,6 +55,7 @@ MODELS: dict[str, ModelSpec] = {
         parts=6,
         version="0.9.0",
         sha256="1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
+        extra="local-llm-small",
     ),
 }
 
@@ -71,7 +75,7 @@ def part_paths(spec: ModelSpec) -> list[Path]:
         except ImportError as exc:
             raise ModelUnavailable(
                 f"model {spec.key!r}: package {spec.package_prefix}{number}=={spec.version} "
-                f"is not installed ({INSTALL_HINT})"
+                f"is not installed ({EXTRA_HINT.format(extra=spec.extra)})"
             ) from exc
         path = Path(module.get_part_path())
         if not path.is_file():
