@@ -41,6 +41,7 @@ import json
 import os
 import platform
 import secrets
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -436,6 +437,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=os.environ.get("RELAY_BENCH_DATABASE_URL"),
         help="default: a fresh SQLite file; postgresql://...: a fresh schema there",
     )
+    parser.add_argument("--relay-log", type=Path, help="keep the relay's log in this file")
     parser.add_argument("--quick", action="store_true", help="1 call, 1 turn, no ramp")
     return parser
 
@@ -484,6 +486,8 @@ def main(argv: list[str] | None = None) -> int:
                 raise
             finally:
                 server.stop()
+                if args.relay_log:
+                    shutil.copyfile(server.log_path, args.relay_log)
     if summary["capacity_calls"] is not None:
         print(f"\n  capacity: {summary['capacity_calls']} simultaneous calls")
     for step in [summary["load"], *summary["ramp"]]:

@@ -1,9 +1,10 @@
 """Speech models, loaded once per process and shared by every call.
 
 Each model sits behind a lazy singleton; :func:`warm` loads them all at startup so the first
-call does not pay for it. Blocking inference runs in :data:`INFERENCE_POOL`, never on the event
-loop. The VAD runs its own tiny ONNX session per stream (livekit-plugins-silero does that in
-the default executor), so it is not in this pool.
+call does not pay for it. Blocking inference runs in :func:`inference_pool` threads (one
+pool for recognition, one for synthesis), at a lower priority than the event loop, never on
+it. The VAD runs its own tiny ONNX session per stream (livekit-plugins-silero does that in
+the default executor), so it is not in these pools.
 
 Why these settings: Piper's own loader builds an ONNX session with busy-spinning threads
 across all cores, which starves Whisper and the VAD on a small box, so we build the session
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import json
 import os
 import shutil
@@ -41,29 +43,49 @@ ESPEAK_RATE = 22050
 _lock = threading.Lock()
 _models: dict[str, Any] = {}
 _phonemize_lock = threading.Lock()
-_pool: concurrent.futures.ThreadPoolExecutor | None = None
+_pools: dict[str, concurrent.futures.ThreadPoolExecutor] = {}
 _pool_size = 2
+INFERENCE_NICENESS = 10
 
 
 def configure(*, inference_threads: int) -> None:
-    """Set the inference pool's size (before the first call uses it)."""
+    """Set the inference pools' size (before the first call uses them)."""
     global _pool_size
     _pool_size = inference_threads
 
 
-def inference_pool() -> concurrent.futures.ThreadPoolExecutor:
-    global _pool
+def inference_pool(kind: Literal["stt", "tts"] = "stt") -> concurrent.futures.ThreadPoolExecutor:
+    """The threads recognition (``stt``) or synthesis (``tts``) runs in. Two pools, so a
+    reply's first words (tens of ms of Piper) never queue behind other calls' Whisper runs
+    (hundreds of ms, one at a time in CTranslate2)."""
     with _lock:
-        if _pool is None:
-            _pool = concurrent.futures.ThreadPoolExecutor(
-                max_workers=_pool_size, thread_name_prefix="relay-infer"
+        pool = _pools.get(kind)
+        if pool is None:
+            pool = _pools[kind] = concurrent.futures.ThreadPoolExecutor(
+                max_workers=_pool_size,
+                thread_name_prefix=f"relay-{kind}",
+                initializer=_yield_to_the_event_loop,
             )
-        return _pool
+        return pool
+
+
+def _yield_to_the_event_loop() -> None:
+    """Inference threads run at a lower priority than the event loop, which paces every
+    call's audio and answers its webhooks: when the cores are busy, a 20 ms frame must not
+    wait behind a Whisper or Piper run. Threads the models start from here (CTranslate2's,
+    ONNX Runtime's) inherit it. Linux sets niceness per thread; elsewhere this does nothing."""
+    with contextlib.suppress(OSError, AttributeError):
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), INFERENCE_NICENESS)
 
 
 async def run_inference(fn: Callable[..., T], *args: Any) -> T:
-    """Run blocking model code in the inference pool."""
-    return await asyncio.get_running_loop().run_in_executor(inference_pool(), fn, *args)
+    """Run blocking model code (recognition, or anything else) in the inference pool."""
+    return await asyncio.get_running_loop().run_in_executor(inference_pool("stt"), fn, *args)
+
+
+async def run_synthesis(fn: Callable[..., T], *args: Any) -> T:
+    """Run blocking speech synthesis in its own pool."""
+    return await asyncio.get_running_loop().run_in_executor(inference_pool("tts"), fn, *args)
 
 
 def _singleton(key: str, factory: Callable[[], T]) -> T:

@@ -448,7 +448,7 @@ class PiperTTS(LocalTTS):
     name = "piper-en_US-joe-medium"
 
     async def render(self, text: str) -> PCM:
-        sentences = await models.run_inference(models.piper_sentences, text)
+        sentences = await models.run_synthesis(models.piper_sentences, text)
         if not sentences:
             return np.zeros(0, np.int16)
         gap = np.zeros(int(models.piper_rate() * 0.12), np.int16)

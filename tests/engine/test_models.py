@@ -1,0 +1,36 @@
+"""The inference pools: below the event loop's priority, synthesis apart from recognition."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+import threading
+
+import pytest
+
+from relay.engine import models
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="niceness is per thread on Linux only")
+def test_inference_threads_run_below_the_event_loop():
+    own = os.getpriority(os.PRIO_PROCESS, 0)
+    for kind in ("stt", "tts"):
+        tid = models.inference_pool(kind).submit(threading.get_native_id).result()
+        assert tid != threading.get_native_id()
+        assert os.getpriority(os.PRIO_PROCESS, tid) >= max(own, models.INFERENCE_NICENESS)
+
+
+async def test_synthesis_does_not_wait_for_busy_recognition():
+    release = threading.Event()
+    busy = [
+        asyncio.ensure_future(models.run_inference(release.wait, 10))
+        for _ in range(models._pool_size)
+    ]
+    try:
+        said = await asyncio.wait_for(models.run_synthesis(str.upper, "hello"), 2)
+        assert said == "HELLO"
+        assert not any(task.done() for task in busy)  # every recognition thread was taken
+    finally:
+        release.set()
+        await asyncio.gather(*busy)
