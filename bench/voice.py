@@ -79,6 +79,7 @@ REPLY = [  # two NDJSON chunks: the first is spoken while the second is on its w
 GREETING = "Thanks for calling. How can I help?"
 RAMP = [1, 2, 4, 8, 12, 16, 20, 24, 32]
 FRAME_MS = 20.0
+STALL_MS = 100.0
 STAGES = [  # (label, key in the engine's per-turn metrics)
     ("endpointing", "endpointingMs"),
     ("STT", "sttMs"),
@@ -153,6 +154,7 @@ class Step:
     overhead_p99_ms: float | None = None
     jitter_p99_ms: float | None = None
     jitter_max_ms: float | None = None
+    stalls: int = 0  # gaps of 100 ms or more inside an answer
     frames: int = 0
     relay_cpu_pct: float = 0.0
     relay_rss_mib: float = 0.0
@@ -261,6 +263,7 @@ class Bench:
         jitter = [abs(g - FRAME_MS) for g in gaps]
         result.jitter_p99_ms = pct(jitter, 99)
         result.jitter_max_ms = round(max(jitter), 1) if jitter else None
+        result.stalls = sum(g >= STALL_MS for g in gaps)
         return result
 
 
@@ -398,7 +401,8 @@ def print_step(name: str, s: Step, *, detail: bool = False, verdict: str = "") -
         f"  {name}: {s.calls} calls x {s.turns_per_call} turns: answered "
         f"{s.turns - s.unanswered}/{s.calls * s.turns_per_call}; voice to voice ms p50 "
         f"{_ms(s.v2v_p50_ms)} p90 {_ms(s.v2v_p90_ms)} p99 {_ms(s.v2v_p99_ms)}; overhead p99 "
-        f"{s.overhead_p99_ms} ms; jitter p99 {s.jitter_p99_ms} ms (max {s.jitter_max_ms}); "
+        f"{s.overhead_p99_ms} ms; jitter p99 {s.jitter_p99_ms} ms (max {s.jitter_max_ms}, "
+        f"{s.stalls} stalls); "
         f"relay CPU {s.relay_cpu_pct:.0f}%, RSS {s.relay_rss_mib:.0f} MiB"
         + (f"  [{verdict}]" if verdict else ""),
         flush=True,
