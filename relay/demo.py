@@ -56,8 +56,6 @@ HOSTED_PROMPT = (
 HOSTED_ANSWER_TIMEOUT_S = 60.0
 CALL_END_TIMEOUT_S = 15.0
 METRICS_TRIES = 15
-# The metrics API camel-cases ``e2e_ms`` as pydantic does (``e2EMs``); accept the fix too.
-E2E_KEYS = ("e2EMs", "e2eMs")
 EMPTY_LINE = "each --say needs some words"
 # (metrics key, label) of the relay's per-turn breakdown, in the order the stages happen.
 STAGES = (
@@ -336,7 +334,7 @@ async def speech_rows(api: Api, call_id: str, turns: int) -> list[dict[str, Any]
         rows = [
             row
             for row in metrics["perTurn"]
-            if row.get("kind") == "speech" and any(row.get(k) is not None for k in E2E_KEYS)
+            if row.get("kind") == "speech" and row.get("e2eMs") is not None
         ]
         if len(rows) >= turns:
             break

@@ -10,7 +10,6 @@ from datetime import datetime
 from typing import Any, Literal
 
 from pydantic import Field
-from pydantic.alias_generators import to_camel
 from sqlalchemy import and_, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -143,6 +142,12 @@ def _stat(values: list[float]) -> Stat:
     )
 
 
+def _camel(name: str) -> str:
+    """``e2e_ms`` -> ``e2eMs`` (pydantic's ``to_camel`` makes it ``e2EMs``)."""
+    head, *rest = name.split("_")
+    return head + "".join(part[:1].upper() + part[1:] for part in rest)
+
+
 async def metrics(session: AsyncSession, call: Call) -> MetricsOut:
     rows = list(
         (
@@ -157,14 +162,14 @@ async def metrics(session: AsyncSession, call: Call) -> MetricsOut:
     for row in rows:
         for name, value in (row.values or {}).items():
             if isinstance(value, int | float) and not isinstance(value, bool):
-                by_stage.setdefault(to_camel(name), []).append(float(value))
+                by_stage.setdefault(_camel(name), []).append(float(value))
     return MetricsOut(
         call_id=call.id,
         duration_seconds=duration_seconds(call),
         turns=len(rows),
         stages={name: _stat(values) for name, values in by_stage.items()},
         per_turn=[
-            {"turnId": r.turn_id, **{to_camel(k): v for k, v in (r.values or {}).items()}}
+            {"turnId": r.turn_id, **{_camel(k): v for k, v in (r.values or {}).items()}}
             for r in rows
         ],
     )
