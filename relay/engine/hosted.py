@@ -269,7 +269,8 @@ class HostedBrain:
                 ):
                     if isinstance(delta, TextDelta) and delta.text:
                         text += delta.text
-                        ready, pending = phrase(pending + delta.text)
+                        first = timing.first_chunk_at is None
+                        ready, pending = phrase(pending + delta.text, clauses=first)
                         if ready:
                             if timing.first_chunk_at is None:
                                 timing.first_chunk_at = time.perf_counter()
@@ -473,14 +474,17 @@ class HostedBrain:
         return ToolOutcome(result=text, status=status)
 
 
-def phrase(text: str) -> tuple[str, str]:
-    """Split streamed words after the last complete sentence or clause: ``(ready, rest)``.
+def phrase(text: str, *, clauses: bool = True) -> tuple[str, str]:
+    """Split streamed words after the last complete sentence (or, with ``clauses``, clause):
+    ``(ready, rest)``.
 
     Tokens come one by one, often slower than the session's pause rule for webhook chunks
     (a gap of ``RELAY_TEXT_PAUSE_MS`` speaks what it has), which would cut speech into single
-    words; whole clauses keep the voice natural and still start it early."""
+    words; so the session speaks each piece handed over here at once, without that pause. A
+    reply's first clause starts the voice early; after it, whole sentences keep it natural."""
+    marks = ".!?,;:" if clauses else ".!?"
     for index in range(len(text) - 2, -1, -1):
-        if text[index] in ".!?,;:" and text[index + 1].isspace():
+        if text[index] in marks and text[index + 1].isspace():
             ready = text[: index + 1]
             if any(c.isalnum() for c in ready):
                 return ready, text[index + 1 :]

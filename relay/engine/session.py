@@ -435,7 +435,8 @@ class CallSession:
         """The session's tts_node: segments as early as possible, marked for the output."""
         speech = current_speech()
         offset = 0
-        pause = self.settings.text_pause_ms / 1000
+        # Hosted replies come in whole clauses (relay.engine.hosted.phrase): none to wait for.
+        pause = 0.0 if self.hosted is not None else self.settings.text_pause_ms / 1000
         async for segment in segments(text, pause=pause, quick_start=True):
             start, offset = offset, offset + len(segment)
             words = segment.strip()

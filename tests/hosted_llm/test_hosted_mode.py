@@ -298,11 +298,20 @@ async def test_an_llm_failure_is_a_turn_error_the_session_can_fall_back_on(scrip
     await brain.backend.aclose()
 
 
-async def test_words_are_spoken_in_whole_clauses_as_soon_as_each_ends(scripted, http):
-    scripted.add(text("Sure", ",", " we", " open", " at", " nine", ".", " See", " you", "!"))
+async def test_the_first_clause_then_whole_sentences_are_spoken_as_soon_as_each_ends(
+    scripted, http
+):
+    scripted.add(
+        text("Sure", ",", " we", " open", " at", " nine", ",", " and", " close", " at", " ten")
+        + text(".", " See", " you", "!")
+    )
     brain = Brain(scripted, http)
     chunks = await brain.turn("Open tomorrow?")
-    assert [c.text for c in chunks] == ["Sure,", " we open at nine.", " See you!"]
+    assert [c.text for c in chunks] == [
+        "Sure,",
+        " we open at nine, and close at ten.",
+        " See you!",
+    ]
 
 
 def test_phrase_splits_after_the_last_clause_only():
@@ -310,3 +319,5 @@ def test_phrase_splits_after_the_last_clause_only():
     assert phrase("It costs 3.5 dollars") == ("", "It costs 3.5 dollars")
     assert phrase("Yes. Okay. And") == ("Yes. Okay.", " And")
     assert phrase(". ") == ("", ". ")
+    assert phrase("Sure, we open", clauses=False) == ("", "Sure, we open")
+    assert phrase("Yes, we do. And", clauses=False) == ("Yes, we do.", " And")

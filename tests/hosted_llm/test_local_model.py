@@ -135,3 +135,41 @@ async def test_a_hosted_turn_answers_from_the_system_prompt(backend):
         await brain.aclose()
     assert "11" in words or "eleven" in words.lower()
     assert request.timing.first_chunk_at is not None
+
+
+def conversation(system: str, *turns: str) -> list[dict[str, str]]:
+    messages = [{"role": "system", "content": system}]
+    for index, words in enumerate(turns):
+        messages.append({"role": "user" if index % 2 == 0 else "assistant", "content": words})
+    return messages
+
+
+async def finish(backend, messages, **kwargs):
+    deltas = await reply(backend, messages, max_tokens=12, temperature=0.0, **kwargs)
+    return "".join(d.text for d in deltas if isinstance(d, TextDelta)), deltas[-1]
+
+
+async def test_a_call_gets_its_prefix_back_after_another_call_used_the_model(backend):
+    alice = "You are Ava at Bella's restaurant. It opens at 11 am. Answer in one sentence."
+    bob = "You are Max at Joe's garage. It opens at 8 am. Answer in one sentence."
+    first_words, first = await finish(backend, conversation(alice, "When do you open?"))
+    _, other = await finish(backend, conversation(bob, "When do you open?"))
+    assert other.cached_tokens < 10  # nothing of Bob's call was in the cache
+    history = conversation(alice, "When do you open?", first_words, "Sorry, what time again?")
+    words, second = await finish(backend, history)
+    assert "11" in words or "eleven" in words.lower()  # Alice's own words, not Bob's
+    # Alice's whole first prompt came back from RAM: only her new words were evaluated.
+    assert second.cached_tokens >= first.prompt_tokens
+    assert second.prompt_tokens - second.cached_tokens < 30
+
+
+async def test_a_post_call_job_leaves_the_live_prefix_alone(backend):
+    system = "You are Ava at Bella's restaurant. It opens at 11 am. Answer in one sentence."
+    words, first = await finish(backend, conversation(system, "When do you open?"))
+    await finish(
+        backend,
+        [{"role": "user", "content": "Summarise: the caller asked when Bella's opens."}],
+        priority=Priority.BACKGROUND,
+    )
+    _, second = await finish(backend, conversation(system, "When do you open?", words, "Why?"))
+    assert second.cached_tokens >= first.prompt_tokens
