@@ -45,9 +45,11 @@ ROUTERS: tuple[Router, ...] = (
 
 
 def create_app(settings: Settings | None = None, *, db: Database | None = None) -> web.Application:
-    """Build the relay. ``db`` may be passed in (tests do); it is closed on cleanup either way."""
+    """Build the relay. ``db`` may be passed in (tests do); it is closed on cleanup either way,
+    by the last app using it."""
     settings = settings or Settings()
     database = db or Database(settings.database_url, schema=settings.database_schema)
+    database.attach()
     state = AppState(
         settings=settings,
         db=database,
@@ -85,5 +87,5 @@ async def _startup(app: web.Application) -> None:
 
 async def _cleanup(app: web.Application) -> None:
     await recovery.stop(app)
-    await app[APP_STATE].db.close()
+    await app[APP_STATE].db.detach()
     log.info("relay_stopped")

@@ -11,8 +11,8 @@ running, the sweeper repeats this every :data:`SWEEP_SECONDS` for work other nod
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+import contextlib
+from contextlib import AbstractAsyncContextManager
 from datetime import timedelta
 from typing import Any
 
@@ -62,19 +62,11 @@ class SmsService:
         self._http: aiohttp.ClientSession | None = None
         self._sweeper: asyncio.Task[None] | None = None
         self.shutdown_grace = SHUTDOWN_GRACE_SECONDS
-        self._write_lock = asyncio.Lock() if db.is_sqlite else None
+        self._stopping = asyncio.Event()
 
-    @asynccontextmanager
-    async def writing(self) -> AsyncIterator[AsyncSession]:
-        """A write transaction. SQLite takes one writer at a time; queueing for it here, in
-        order, beats its busy handler (sleep and retry: unfair, and it gives up after 5 s,
-        which concurrent conversations reach within seconds)."""
-        if self._write_lock is None:
-            async with self.db.session() as session:
-                yield session
-            return
-        async with self._write_lock, self.db.session() as session:
-            yield session
+    def writing(self) -> AbstractAsyncContextManager[AsyncSession]:
+        """A write transaction (on SQLite, queued behind the process's other writers)."""
+        return self.db.writing()
 
     async def _drain(self, conversation_id: str, pushed: list[Message], look: bool) -> None:
         await drain(self, conversation_id, pushed, look)
@@ -141,7 +133,10 @@ class SmsService:
 
     async def _sweep(self) -> None:
         while True:
-            await asyncio.sleep(SWEEP_SECONDS)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), SWEEP_SECONDS)
+            if self._stopping.is_set():
+                return
             try:
                 await self.recover()
             except Exception:  # a database hiccup: try again next round
@@ -156,8 +151,9 @@ class SmsService:
 
     async def stop(self) -> None:
         if self._sweeper is not None:
-            self._sweeper.cancel()
-            await asyncio.gather(self._sweeper, return_exceptions=True)
+            # Not cancel(): a sweep may be inside a transaction.
+            self._stopping.set()
+            await self._sweeper
         left = await self.queues.close(self.shutdown_grace)
         await release(self, [m.id for m in left])
         for future in self._waiters.values():

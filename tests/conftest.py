@@ -46,11 +46,16 @@ def settings() -> Settings:
     return Settings(allow_private_webhooks=True, rate_limit_per_second=1000, rate_limit_burst=1000)
 
 
+# Every fixture that starts an app asks for ``database`` BEFORE ``aiohttp_client``: fixtures
+# are torn down in reverse, so the app (its workers, their pooled connections) stops before
+# the database closes and its PostgreSQL schema is dropped. The other way round, workers
+# kept querying a closed engine, which opens new connections nobody closes ("unclosed
+# connection" in the GC) and can deadlock with the DROP SCHEMA.
 @pytest.fixture
 async def client(
-    aiohttp_client: Callable[..., Awaitable[TestClient[Any, Any]]],
     database: Database,
     settings: Settings,
+    aiohttp_client: Callable[..., Awaitable[TestClient[Any, Any]]],
 ) -> TestClient[Any, Any]:
     app = create_app(settings, db=database)
     return await aiohttp_client(app)
@@ -98,7 +103,7 @@ ClientMaker = Callable[..., Awaitable[TestClient[Any, Any]]]
 
 @pytest.fixture
 def app_client(
-    aiohttp_client: Callable[..., Awaitable[TestClient[Any, Any]]], database: Database
+    database: Database, aiohttp_client: Callable[..., Awaitable[TestClient[Any, Any]]]
 ) -> ClientMaker:
     """A test client for an app with its own settings, on the test's database:
     ``await app_client(Settings(...), setup=lambda app: app.router.add_get(...))``."""

@@ -321,29 +321,39 @@ class IntelligenceWorker:
         self.schedule = settings.post_call_schedule()
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._job: asyncio.Task[Any] | None = None  # the LLM work of the running analysis
+        self._stopping = False
 
     def wake(self) -> None:
         self._wake.set()
 
     def start(self) -> None:
         if self._task is None:
+            self._stopping = False
             self._task = asyncio.create_task(self._loop(), name="post-call-worker")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        """Stop between database steps, never inside one: a task cancelled in the middle of
+        a query leaves its pooled connection half used, and the engine is disposed next.
+        A running analysis's LLM work is cancelled; its claim runs out and it is retried."""
+        if self._task is None:
+            return
+        self._stopping = True
+        self._wake.set()
+        if self._job is not None:
+            self._job.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
+        self._task = None
 
     async def _loop(self) -> None:
-        while True:
+        while not self._stopping:
             try:
                 ran = await self.run_once()
             except Exception as exc:  # the database was away: try again next round
                 log.warning("post_call_cycle_failed", error=repr(exc))
                 ran = False
-            if ran:
+            if ran or self._stopping:
                 continue
             self._wake.clear()
             with contextlib.suppress(TimeoutError):
@@ -406,7 +416,16 @@ class IntelligenceWorker:
         try:
             spoken = [s for s in segments if s.speaker in ("user", "agent")]
             if spoken:
-                result = await Analyst(backend, transcript_text(segments), model=model).run(plan)
+                analyst = Analyst(backend, transcript_text(segments), model=model)
+                self._job = asyncio.create_task(analyst.run(plan), name=f"post-call:{call_id}")
+                try:
+                    result = await self._job
+                except asyncio.CancelledError:
+                    if self._stopping:
+                        return  # shutdown: the claim runs out and the job is retried
+                    raise
+                finally:
+                    self._job = None
             else:
                 result = _quiet(plan)
         except LLMError as exc:

@@ -253,25 +253,29 @@ class RecordingWorker:
         self.db = db
         self.settings = settings
         self._task: asyncio.Task[None] | None = None
+        self._stop = asyncio.Event()
 
     def start(self) -> None:
         if self._task is None:
+            self._stop.clear()
             self._task = asyncio.create_task(self._loop(), name="recording-purge")
 
     async def stop(self) -> None:
+        """Let a purge in progress finish (never cancel a transaction half way: its pooled
+        connection would be left in use while the engine is disposed), then stop."""
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            self._stop.set()
+            await self._task
             self._task = None
 
     async def _loop(self) -> None:
-        while True:
+        while not self._stop.is_set():
             try:
                 await purge_once(self.db, self.settings)
             except Exception as exc:  # the database was away: next round
                 log.warning("recording_purge_failed", error=repr(exc))
-            await asyncio.sleep(self.settings.recording_purge_seconds)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), self.settings.recording_purge_seconds)
 
 
 RECORDINGS: web.AppKey[RecordingWorker] = web.AppKey("relay_recordings", RecordingWorker)

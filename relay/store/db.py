@@ -1,7 +1,16 @@
-"""The database handle: one async engine per process, SQLite (WAL) or PostgreSQL."""
+"""The database handle: one async engine per process, SQLite (WAL) or PostgreSQL.
+
+SQLite lets one transaction write at a time. A writer that finds the lock taken sleeps in
+SQLite's busy handler (1, 2, 5, 10 ... 100 ms) and retries: unfair, tens of milliseconds per
+wait, and after ``busy_timeout`` it fails with "database is locked", which a few dozen
+concurrent writers reach. :meth:`Database.writing` queues the process's writers on one
+``asyncio.Lock`` instead, handed over in order the moment it is free. Readers never wait
+(WAL). On PostgreSQL (row locks, many writers) nothing is queued.
+"""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -65,12 +74,32 @@ class Database:
         if self.is_sqlite:
             event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)
         self.sessions = async_sessionmaker(self.engine, expire_on_commit=False)
+        self._write_lock: tuple[asyncio.AbstractEventLoop, asyncio.Lock] | None = None
+        self._apps = 0
 
     @asynccontextmanager
     async def session(self) -> AsyncIterator[AsyncSession]:
         """A session inside one transaction: committed on success, rolled back on error."""
         async with self.sessions() as session, session.begin():
             yield session
+
+    @asynccontextmanager
+    async def writing(self) -> AsyncIterator[AsyncSession]:
+        """:meth:`session` for a transaction that writes: on SQLite, after the process's
+        writers before it (one at a time). Never nest it in another ``writing``."""
+        if not self.is_sqlite:
+            async with self.session() as session:
+                yield session
+            return
+        async with self._writer_lock(), self.session() as session:
+            yield session
+
+    def _writer_lock(self) -> asyncio.Lock:
+        # One lock per event loop: a CLI command may run several loops on one handle.
+        loop = asyncio.get_running_loop()
+        if self._write_lock is None or self._write_lock[0] is not loop:
+            self._write_lock = (loop, asyncio.Lock())
+        return self._write_lock[1]
 
     async def migrate(self) -> None:
         """Bring the schema to the newest revision."""
@@ -95,6 +124,18 @@ class Database:
 
         async with self.engine.connect() as conn:
             return await conn.run_sync(current) == head
+
+    def attach(self) -> None:
+        """An app starts using this handle; it will :meth:`detach` when it stops."""
+        self._apps += 1
+
+    async def detach(self) -> None:
+        """An app stopped. The last one closes the engine: disposing it while another app
+        (tests run several on one database) still has a connection out would orphan that
+        connection, never to be closed."""
+        self._apps -= 1
+        if self._apps <= 0:
+            await self.close()
 
     async def close(self) -> None:
         await self.engine.dispose()

@@ -149,7 +149,7 @@ async def test_rotate_secret_returns_new_and_keeps_old_for_grace(client, auth, d
         "http://192.168.1.1/",
     ],
 )
-async def test_private_webhook_urls_refused_by_default(aiohttp_client, database, url):
+async def test_private_webhook_urls_refused_by_default(database, aiohttp_client, url):
     from relay.app import create_app
     from relay.auth import create_key
     from relay.config import Settings
@@ -166,7 +166,7 @@ async def test_private_webhook_urls_refused_by_default(aiohttp_client, database,
     assert err["field"] == "webhookUrl"
 
 
-async def test_public_webhook_url_accepted_by_default(aiohttp_client, database):
+async def test_public_webhook_url_accepted_by_default(database, aiohttp_client):
     from relay.app import create_app
     from relay.auth import create_key
     from relay.config import Settings

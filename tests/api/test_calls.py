@@ -360,7 +360,7 @@ async def test_inline_refuses_bad_config(client, auth, body, field):
         assert field in fields
 
 
-async def test_inline_webhook_url_must_be_public_unless_allowed(aiohttp_client, database, auth):
+async def test_inline_webhook_url_must_be_public_unless_allowed(database, aiohttp_client, auth):
     app = create_app(Settings(**{**BASE, "allow_private_webhooks": False}), db=database)
     strict = await aiohttp_client(app)
     resp = await strict.post(
@@ -747,7 +747,7 @@ async def test_end_cancels_a_call_not_yet_answered(client, auth):
     assert (body["status"], body["failureReason"]) == ("failed", "canceled")
 
 
-async def test_end_stops_a_ringing_outbound_call(aiohttp_client, database, auth):
+async def test_end_stops_a_ringing_outbound_call(database, aiohttp_client, auth):
     app = create_app(Settings(**{**BASE, "outbound_ring_timeout_seconds": 60}), db=database)
     client = await aiohttp_client(app)
     agent = await new_agent(client, auth)
@@ -886,7 +886,7 @@ async def test_failing_needs_a_known_reason(client, auth, database):
 
 
 async def test_a_restart_closes_the_calls_a_dead_node_left_and_dials_queued_ones(
-    aiohttp_client, database, auth
+    database, aiohttp_client, auth
 ):
     first = await aiohttp_client(create_app(Settings(**BASE), db=database))
     agent = await new_agent(first, auth)
@@ -937,7 +937,7 @@ async def test_a_restart_closes_the_calls_a_dead_node_left_and_dials_queued_ones
     await second.close()
 
 
-async def test_a_lone_node_closes_unheld_live_calls_on_restart(aiohttp_client, database, auth):
+async def test_a_lone_node_closes_unheld_live_calls_on_restart(database, aiohttp_client, auth):
     first = await aiohttp_client(create_app(Settings(**BASE), db=database))
     agent = await new_agent(first, auth)
     talking = await byot_call(first, auth, agent["id"])

@@ -199,7 +199,7 @@ async def test_readyz_is_503_when_no_migration_was_applied(app_client):
     assert body["migrations"] == "pending"
 
 
-async def test_readyz_is_503_when_the_database_is_unreachable(aiohttp_client, database, tmp_path):
+async def test_readyz_is_503_when_the_database_is_unreachable(database, aiohttp_client, tmp_path):
     from relay.app import create_app
 
     url = (
