@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import json
 import os
 import platform
@@ -87,7 +88,7 @@ STAGES = [  # (label, key in the engine's per-turn metrics)
     ("webhook 1st chunk", "webhookFirstChunkMs"),
     ("TTS 1st audio", "ttsFirstAudioMs"),
     ("relay overhead", "relayOverheadMs"),
-    ("engine e2e", "e2EMs"),  # the API camel-cases e2e_ms so
+    ("engine e2e", "e2eMs"),
 ]
 
 
@@ -157,6 +158,8 @@ class Step:
     stalls: int = 0  # gaps of 100 ms or more inside an answer
     frames: int = 0
     relay_cpu_pct: float = 0.0
+    callers_cpu_pct: float = 0.0  # this process
+    machine_cpu_pct: float | None = None  # all cores, everything running here
     relay_rss_mib: float = 0.0
     relay_peak_rss_mib: float = 0.0
     seconds: float = 0.0
@@ -221,6 +224,7 @@ class Bench:
         result = Step(calls=calls, turns_per_call=turns)
         pid = self.server.proc.pid
         cpu0, wall0 = harness._cpu_seconds(pid), time.monotonic()
+        own0, machine0 = time.process_time(), harness._machine_cpu_seconds()
         spread = stagger / calls if calls > 1 else 0.0
         outcomes = await asyncio.gather(
             *(self._one_call(i * spread, turns, i) for i in range(calls)),
@@ -228,6 +232,10 @@ class Bench:
         )
         result.seconds = round(time.monotonic() - wall0, 1)
         result.relay_cpu_pct = round(100 * (harness._cpu_seconds(pid) - cpu0) / result.seconds, 1)
+        result.callers_cpu_pct = round(100 * (time.process_time() - own0) / result.seconds, 1)
+        machine1 = harness._machine_cpu_seconds()
+        if machine0 is not None and machine1 is not None:
+            result.machine_cpu_pct = round(100 * (machine1 - machine0) / result.seconds, 1)
         rss, peak = harness._rss_mib(pid)
         result.relay_rss_mib, result.relay_peak_rss_mib = round(rss, 1), round(peak, 1)
 
@@ -347,6 +355,9 @@ async def run(server: harness.Server, key: str, args: argparse.Namespace) -> dic
         number = await provision(server, key, hook.url)
         with tempfile.TemporaryDirectory(prefix="relay-voice-") as tmp:
             wavs = await asyncio.get_running_loop().run_in_executor(None, caller_wavs, Path(tmp))
+            # The callers' process holds Piper and the relay's modules too: keep its full
+            # garbage collections short, or they show up as the relay's jitter.
+            gc.freeze()
             bench = Bench(server, key, number, wavs)
             # The first call of a process loads and warms the models: not counted.
             await bench.step(1, 1, 0.0)
@@ -403,7 +414,8 @@ def print_step(name: str, s: Step, *, detail: bool = False, verdict: str = "") -
         f"{_ms(s.v2v_p50_ms)} p90 {_ms(s.v2v_p90_ms)} p99 {_ms(s.v2v_p99_ms)}; overhead p99 "
         f"{s.overhead_p99_ms} ms; jitter p99 {s.jitter_p99_ms} ms (max {s.jitter_max_ms}, "
         f"{s.stalls} stalls); "
-        f"relay CPU {s.relay_cpu_pct:.0f}%, RSS {s.relay_rss_mib:.0f} MiB"
+        f"relay CPU {s.relay_cpu_pct:.0f}%, RSS {s.relay_rss_mib:.0f} MiB; callers CPU "
+        f"{s.callers_cpu_pct:.0f}%, machine {s.machine_cpu_pct or 0:.0f}%"
         + (f"  [{verdict}]" if verdict else ""),
         flush=True,
     )
@@ -464,7 +476,11 @@ def main(argv: list[str] | None = None) -> int:
         f"  sim calls over Twilio Media Streams, Piper caller speech, instant NDJSON webhook; "
         f"endpointing {args.endpointing_ms} ms; calls start over {args.stagger:g} s"
     )
-    print("  CPU% is of one core; callers run in this process on the same cores.", flush=True)
+    print(
+        f"  CPU% is of one core (machine max {100 * cores}%); the callers run in this process "
+        "on the same cores, and so does anything else running here.",
+        flush=True,
+    )
     with database(args.database_url) as (url, schema):
         with tempfile.TemporaryDirectory(prefix="relay-bench-") as tmp:
             workdir = Path(tmp)

@@ -29,11 +29,13 @@ def test_quick_run_measures_one_answered_turn(database_url):
     load = summary["load"]
     assert (load["calls"], load["turns"], load["unanswered"], load["failed_calls"]) == (1, 1, 0, 0)
     assert 0 < load["v2v_p50_ms"] < 10_000
-    for stage in ("endpointing", "STT", "webhook 1st chunk", "TTS 1st audio", "relay overhead"):
+    stages = ("endpointing", "STT", "webhook 1st chunk", "TTS 1st audio", "relay overhead")
+    for stage in (*stages, "engine e2e"):
         assert load["stages_ms"][stage]["p50"] is not None, stage
     assert load["stages_ms"]["endpointing"]["p50"] >= 300  # 400 ms endpointing, VAD-estimated
     assert load["frames"] > 50 and load["jitter_p99_ms"] is not None
     assert load["relay_cpu_pct"] > 0 and load["relay_rss_mib"] > 50
+    assert load["callers_cpu_pct"] > 0
     assert summary["ramp"] == [] and summary["capacity_calls"] is None
     # the relay heard the caller: the first line books a table
     assert any("table" in t.lower() for t in summary["sample_transcripts"])
