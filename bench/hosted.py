@@ -1,17 +1,22 @@
 """Hosted mode with the embedded model: how fast a caller hears an answer, cold and warm.
 
-Three parts, all in this process, nothing over the network:
+Three parts, nothing over the network:
 
-1. the model: join/verify/load time, then time to first token for a prompt never seen
-   (cold) and for the next turn of a conversation whose prefix is cached (warm);
-2. calls: real hosted calls through the voice engine. A simulated caller speaks (Piper,
-   through G.711, in real time), the relay hears it (VAD, Whisper), the embedded model
-   answers, Piper speaks. Per turn the engine's own measurements are read back: end of
-   caller speech -> first agent audio frame (voice to voice), with its stages;
-3. post-call: one analysis job (summary, sentiment, extraction, one criterion) on the
-   post-call context.
+1. the model, in this process: join/verify/load time, then time to first token for a prompt
+   never seen (cold) and for the next turn of a conversation whose prefix is cached (warm);
+2. calls: a real ``relay serve`` (fresh SQLite database, sim carrier) with a hosted-mode agent
+   on the same embedded model. Each caller is a
+   :class:`relay.carriers.sim.handset.SimHandset`: it places a sim call and speaks recorded
+   human-like speech (Piper, synthesized beforehand) over Twilio Media Streams in real time.
+   Voice to voice is measured at the caller: its last loud frame sent -> the first loud
+   frame of the answer received. The first call of the relay process loads the models and
+   is not counted. Per turn the engine's own stages are read back from
+   ``GET /v1/calls/{id}/metrics`` (endpointing, STT wait, LLM first chunk, TTS first audio,
+   relay overhead);
+3. post-call: one analysis job (summary, sentiment, extraction, one criterion) on the first
+   counted call's transcript, on the post-call context of this process's model.
 
-    .venv/bin/python bench/hosted.py                 # 2 calls x 5 turns
+    .venv/bin/python bench/hosted.py                 # 2 calls x 6 turns, one after the other
     .venv/bin/python bench/hosted.py --calls 1 --model qwen-0.5b
 
 Prints a readable report, then one line of JSON with the same numbers.
@@ -25,33 +30,26 @@ import json
 import os
 import platform
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import replace
+import wave
 from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
 
 import aiohttp  # noqa: E402
-from sqlalchemy import select  # noqa: E402
+import api as harness  # noqa: E402  (bench/api.py: the relay subprocess)
 
 from hosted_llm import LocalBackend, TextDelta  # noqa: E402
-from relay.calls.intelligence import Analyst, Plan, transcript_text  # noqa: E402
+from relay.calls.intelligence import Analyst, Plan  # noqa: E402
+from relay.carriers.sim.handset import CallReport, SimHandset, synthesize  # noqa: E402
 from relay.config import Settings  # noqa: E402
-from relay.engine import VoiceEngine, models  # noqa: E402
 from relay.engine.hosted import hosted_backend  # noqa: E402
-from relay.store.db import Database  # noqa: E402
-from relay.store.models import TranscriptSegment, TurnMetrics  # noqa: E402
-from tests.engine.harness import (  # noqa: E402
-    Caller,
-    RecordingLine,
-    call_setup,
-    make_call,
-    piper_voice,
-)
 
 PROMPT = (
     "You are Ava, the phone assistant of Bella's, an Italian restaurant in Sydney. "
@@ -90,7 +88,7 @@ def stats(values: list[float]) -> dict[str, Any]:
     return {
         "n": len(values),
         "p50": pct(values, 0.5),
-        "p95": pct(values, 0.95),
+        "p90": pct(values, 0.9),
         "mean": round(statistics.fmean(values), 1) if values else None,
         "max": round(max(values), 1) if values else None,
     }
@@ -119,75 +117,105 @@ async def model_part(backend: LocalBackend, rounds: int) -> dict[str, Any]:
     return {"load_ms": round(load_ms, 1), "cold_first_token_ms": cold, "warm_first_token_ms": warm}
 
 
-async def one_call(
-    engine: VoiceEngine,
-    db: Database,
-    http: aiohttp.ClientSession,
-    voices: dict[str, Any],
-    number: int,
-) -> list[dict[str, Any]]:
-    line = RecordingLine()
-    call_id = await make_call(db)
-    setup = call_setup(
-        call_id,
-        "",
-        system_prompt=f"{PROMPT} (Call {number}.)",
-        greeting=GREETING,
-        first_speaker="agent",
-        tts="piper",
-        stt="whisper",
+STAGES = {  # ours -> the key in GET /v1/calls/{id}/metrics perTurn
+    "endpointing_ms": "endpointingMs",
+    "stt_wait_ms": "sttWaitMs",
+    "llm_first_ms": "webhookFirstChunkMs",
+    "tts_first_ms": "ttsFirstAudioMs",
+    "overhead_ms": "relayOverheadMs",
+    "engine_e2e_ms": "e2eMs",
+}
+
+
+def caller_wavs(directory: Path) -> list[Path]:
+    paths = []
+    for index, text in enumerate(QUESTIONS):
+        path = directory / f"q{index}.wav"
+        with wave.open(str(path), "wb") as out:
+            out.setnchannels(1)
+            out.setsampwidth(2)
+            out.setframerate(8000)
+            out.writeframes(synthesize(text).tobytes())
+        paths.append(path)
+    return paths
+
+
+async def provision(server: harness.Server, key: str) -> str:
+    """A hosted-mode agent bound to a sim number; returns the number."""
+    headers = {"Authorization": f"Bearer {key}"}
+    async with aiohttp.ClientSession(base_url=server.base, headers=headers) as http:
+        await server.wait_ready(http)
+        body = {
+            "name": "bench hosted agent",
+            "voiceMode": "hosted",
+            "systemPrompt": PROMPT,
+            "greeting": GREETING,
+        }
+        async with http.post("/v1/agents", json=body) as resp:
+            if resp.status != 201:
+                raise RuntimeError(f"creating the agent: {resp.status} {await resp.text()}")
+            agent_id = (await resp.json())["id"]
+        async with http.post("/v1/numbers", json={"agentId": agent_id}) as resp:
+            if resp.status != 201:
+                raise RuntimeError(f"creating the number: {resp.status} {await resp.text()}")
+            number: str = (await resp.json())["phoneNumber"]
+            return number
+
+
+async def call_details(
+    server: harness.Server, key: str, report: CallReport
+) -> tuple[list[dict[str, Any]], str]:
+    """The engine's per-turn metrics of a call (once stored) and its transcript text."""
+    headers = {"Authorization": f"Bearer {key}"}
+    rows: list[dict[str, Any]] = []
+    async with aiohttp.ClientSession(base_url=server.base, headers=headers) as http:
+        for _ in range(100):
+            async with http.get(f"/v1/calls/{report.call_id}/metrics") as resp:
+                if resp.status == 200:
+                    body = await resp.json()
+                    rows = [r for r in body.get("perTurn", []) if r.get("kind") == "speech"]
+                    if len(rows) >= len(report.turns):
+                        break
+            await asyncio.sleep(0.1)
+        async with http.get(f"/v1/calls/{report.call_id}/transcript") as resp:
+            text = str((await resp.json()).get("text", "")) if resp.status == 200 else ""
+    return rows, text
+
+
+async def calls_part(
+    server: harness.Server, key: str, wavs: list[Path], calls: int
+) -> tuple[list[dict[str, Any]], str]:
+    number = await provision(server, key)
+    handset = SimHandset(
+        server.base,
+        key,
+        listen=False,
+        answer_silence_ms=1200,
+        answer_timeout_s=60.0,
+        greeting_timeout_s=60.0,
     )
-    handle = await engine.start_call(replace(setup, voice_mode="hosted"), line, db, http)
-    caller = Caller(handle)
+    await handset.call(number, wavs[:1])  # loads the models in the relay: not counted
+    print("  (warm-up call done)", flush=True)
     turns: list[dict[str, Any]] = []
-    try:
-        await line.wait_audio(0.0, within=60)
-        await line.wait_quiet(0.8, within=60)
-        for index, question in enumerate(QUESTIONS):
-            ended = await caller.say(voices[question])
-            heard = await line.wait_audio(ended, within=90)
-            await line.wait_quiet(1.0, within=120)
-            turns.append({"turn": index + 1, "heard_after_ms": round((heard - ended) * 1000, 1)})
-    finally:
-        await caller.stop()
-        await handle.end()
-    async with db.session() as session:
-        rows = (
-            await session.scalars(
-                select(TurnMetrics).where(TurnMetrics.call_id == call_id).order_by(TurnMetrics.id)
-            )
-        ).all()
-    speech = [r.values for r in rows if r.values.get("kind") == "speech"]
-    for turn, values in zip(turns, speech, strict=False):
-        turn.update(
-            {
-                k: values.get(k)
-                for k in (
-                    "e2e_ms",
-                    "endpointing_ms",
-                    "stt_wait_ms",
-                    "webhook_first_chunk_ms",
-                    "tts_first_audio_ms",
-                    "relay_overhead_ms",
-                )
+    transcript = ""
+    for index in range(1, calls + 1):
+        report = await handset.call(number, list(wavs))
+        rows, text = await call_details(server, key, report)
+        transcript = transcript or text
+        for n, turn in enumerate(report.turns):
+            row = rows[n] if n < len(rows) else {}
+            entry: dict[str, Any] = {
+                "call": index,
+                "turn": n + 1,
+                "said": turn.said,
+                "v2v_ms": turn.latency_ms,
             }
-        )
-        turn["call"] = number
-    return turns
+            entry.update({ours: row.get(theirs) for ours, theirs in STAGES.items()})
+            turns.append(entry)
+    return turns, transcript
 
 
-async def post_call_part(db: Database, settings: Settings) -> dict[str, Any]:
-    async with db.session() as session:
-        segments = list(
-            (
-                await session.scalars(
-                    select(TranscriptSegment).order_by(
-                        TranscriptSegment.call_id, TranscriptSegment.seq
-                    )
-                )
-            ).all()
-        )
-    first_call = [s for s in segments if s.call_id == segments[0].call_id] if segments else []
+async def post_call_part(transcript: str, settings: Settings) -> dict[str, Any]:
     plan = Plan(
         summary=True,
         sentiment=True,
@@ -196,10 +224,10 @@ async def post_call_part(db: Database, settings: Settings) -> dict[str, Any]:
     )
     backend = hosted_backend(settings)
     started = time.perf_counter()
-    result = await Analyst(backend, transcript_text(first_call)).run(plan)
+    result = await Analyst(backend, transcript).run(plan)
     return {
         "duration_ms": round((time.perf_counter() - started) * 1000, 1),
-        "segments": len(first_call),
+        "transcript_lines": len(transcript.splitlines()),
         "summary": result.summary,
         "sentiment": result.sentiment,
         "extraction": result.extraction,
@@ -208,75 +236,110 @@ async def post_call_part(db: Database, settings: Settings) -> dict[str, Any]:
     }
 
 
-async def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--model", default="qwen-1.5b", choices=["qwen-1.5b", "qwen-0.5b"])
-    parser.add_argument("--calls", type=int, default=2)
-    parser.add_argument("--rounds", type=int, default=3, help="cold/warm first-token rounds")
-    args = parser.parse_args()
+def start_relay(workdir: Path, args: argparse.Namespace) -> tuple[harness.Server, str]:
+    port = harness._free_port()
+    env = harness._relay_env(f"sqlite+aiosqlite:///{workdir}/bench.db", "", port)
+    env.update(
+        RELAY_SIM_ENABLED="true",
+        RELAY_PUBLIC_URL=f"http://127.0.0.1:{port}",
+        RELAY_LLM_LOCAL_MODEL=args.model,
+        RELAY_LLM_TIMEOUT_SECONDS="120",
+    )
+    if args.endpointing_ms:
+        env["RELAY_ENDPOINTING_DELAY_MS"] = str(args.endpointing_ms)
+    created = subprocess.run(
+        [*harness._relay_command(), "keys", "create", "--project", "bench"],
+        env=env,
+        cwd=workdir,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if created.returncode != 0:
+        raise RuntimeError(f"relay keys create failed:\n{created.stderr}")
+    return harness.Server(env, port, workdir), created.stdout.strip().splitlines()[-1]
 
+
+async def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     settings = Settings(llm_local_model=args.model, llm_timeout_seconds=120)
-    backend = hosted_backend(settings)
-    assert isinstance(backend, LocalBackend)
+    endpointing = args.endpointing_ms or settings.endpointing_delay_ms
     report: dict[str, Any] = {
         "machine": {"python": platform.python_version(), "cpus": os.cpu_count()},
         "model": args.model,
+        "endpointing_ms": endpointing,
+        "load_average_start": round(os.getloadavg()[0], 2),
     }
+    backend = hosted_backend(settings)
+    assert isinstance(backend, LocalBackend)
     report["llm"] = await model_part(backend, args.rounds)
-
-    models.warm(stt="whisper", tts="piper", vad_silence_s=settings.early_stt_silence_ms / 1000)
-    voices = {q: piper_voice(q) for q in QUESTIONS}
-    engine = VoiceEngine(settings)
-    with tempfile.TemporaryDirectory() as tmp:
-        db = Database(f"sqlite+aiosqlite:///{tmp}/bench.db")
-        await db.migrate()
-        turns: list[dict[str, Any]] = []
-        async with aiohttp.ClientSession() as http:
-            for number in range(1, args.calls + 1):
-                turns += await one_call(engine, db, http, voices, number)
-        await engine.close()
-        report["turns"] = turns
-        report["post_call"] = await post_call_part(db, settings)
-        await db.close()
+    wavs = await asyncio.get_running_loop().run_in_executor(None, caller_wavs, workdir)
+    server, key = start_relay(workdir, args)
+    try:
+        turns, transcript = await calls_part(server, key, wavs, args.calls)
+    except BaseException:
+        print(server.log_tail(), file=sys.stderr)
+        raise
+    finally:
+        server.stop()
+    report["turns"] = turns
+    report["post_call"] = await post_call_part(transcript, settings)
     await backend.aclose()
-
-    firsts = [t for t in turns if t["turn"] == 1]
-    later = [t for t in turns if t["turn"] > 1]
+    report["load_average_end"] = round(os.getloadavg()[0], 2)
 
     def series(rows: list[dict[str, Any]], key: str) -> list[float]:
         return [float(r[key]) for r in rows if r.get(key) is not None]
 
+    firsts = [t for t in turns if t["turn"] == 1]
+    later = [t for t in turns if t["turn"] > 1]
     report["summary"] = {
-        "first_turn_e2e_ms": stats(series(firsts, "e2e_ms")),
-        "warm_turn_e2e_ms": stats(series(later, "e2e_ms")),
-        "warm_turn_llm_first_chunk_ms": stats(series(later, "webhook_first_chunk_ms")),
-        "warm_turn_tts_first_audio_ms": stats(series(later, "tts_first_audio_ms")),
-        "warm_turn_stt_wait_ms": stats(series(later, "stt_wait_ms")),
-        "warm_turn_relay_overhead_ms": stats(series(later, "relay_overhead_ms")),
-        "target_warm_e2e_p50_ms": 1800,
+        "first_turn_v2v_ms": stats(series(firsts, "v2v_ms")),
+        "warm_turn_v2v_ms": stats(series(later, "v2v_ms")),
+        **{f"warm_turn_{key}": stats(series(later, key)) for key in STAGES},
+        "unanswered_turns": sum(t["v2v_ms"] is None for t in turns),
+        "target_warm_v2v_p50_ms": 1800,
     }
+    return report
+
+
+def print_report(report: dict[str, Any]) -> None:
     llm = report["llm"]
-    print(f"hosted mode, embedded {args.model}, {report['machine']['cpus']} cores")
+    print(
+        f"hosted mode, embedded {report['model']}, {report['machine']['cpus']} cores, "
+        f"endpointing {report['endpointing_ms']} ms, load average "
+        f"{report['load_average_start']} at start, {report['load_average_end']} at end"
+    )
     print(f"  model load (join/verify/mmap): {llm['load_ms']:.0f} ms")
     print(f"  first token, cold prompt: {stats(llm['cold_first_token_ms'])}")
     print(f"  first token, warm prefix: {stats(llm['warm_first_token_ms'])}")
-    print("  turns (ms): call turn  e2e  endpoint  stt_wait  llm_first  tts_first  overhead")
-    for t in turns:
-        print(
-            f"             {t['call']:>4} {t['turn']:>4} {t.get('e2e_ms')!s:>6} "
-            f"{t.get('endpointing_ms')!s:>8} {t.get('stt_wait_ms')!s:>9} "
-            f"{t.get('webhook_first_chunk_ms')!s:>9} {t.get('tts_first_audio_ms')!s:>9} "
-            f"{t.get('relay_overhead_ms')!s:>9}"
-        )
+    columns = ["v2v_ms", *STAGES]
+    print("  turns (ms): call turn " + " ".join(f"{c.removesuffix('_ms'):>10}" for c in columns))
+    for t in report["turns"]:
+        cells = " ".join(f"{t.get(c)!s:>10}" for c in columns)
+        print(f"             {t['call']:>4} {t['turn']:>4} {cells}")
     for key, value in report["summary"].items():
         print(f"  {key}: {value}")
     post = report["post_call"]
-    print(f"  post-call job: {post['duration_ms']:.0f} ms for {post['segments']} segments")
+    print(f"  post-call job: {post['duration_ms']:.0f} ms for {post['transcript_lines']} lines")
     print(f"    summary: {post['summary']!r}")
     print(f"    sentiment: {post['sentiment']}, extraction: {post['extraction']}")
     print(f"    evaluation: {post['evaluation']}, errors: {post['errors']}")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--model", default="qwen-1.5b", choices=["qwen-1.5b", "qwen-0.5b"])
+    parser.add_argument("--calls", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=3, help="cold/warm first-token rounds")
+    parser.add_argument(
+        "--endpointing-ms", type=int, default=0, help="default: the relay's own setting"
+    )
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="relay-hosted-bench-") as tmp:
+        report = asyncio.run(run(args, Path(tmp)))
+    print_report(report)
     print(json.dumps(report, default=str))
+    return 1 if report["summary"]["unanswered_turns"] else 0
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    sys.exit(main())
