@@ -47,3 +47,13 @@ async def test_a_warm_engine_has_frozen_what_it_loaded(speech_models):
     await engine.warm()
     assert gc.get_freeze_count() > 10_000
     await engine.close()
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="counts threads in /proc")
+def test_numpy_does_not_start_spinning_blas_threads():
+    import subprocess
+
+    code = "import os, relay, numpy; print(len(os.listdir('/proc/self/task')))"
+    env = {k: v for k, v in os.environ.items() if k != "OPENBLAS_NUM_THREADS"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert out.stdout.strip() == "1", out.stderr
