@@ -5,7 +5,8 @@
   recognizing at the first silence (``early_silence`` after speech, from the VAD) and declares
   the turn over ``endpointing_delay`` after the end of speech, by which time the transcript is
   usually ready. If the caller speaks again in between, the early result is thrown away and
-  the whole utterance is recognized again at the next silence.
+  the whole utterance is recognized again at the next silence. The end of speech is where
+  the voice died away, not where Silero let go of it (100-200 ms later).
 * :class:`PiperTTS`, :class:`EspeakTTS`: sentence synthesizers at the caller line's rate.
 
 Any other livekit plugin (Deepgram, ElevenLabs...) fits the same seams.

@@ -3,7 +3,9 @@
 livekit's default sentence tokenizer holds a finished sentence until more text (or the end)
 arrives; a webhook that streams one sentence and then thinks would leave the caller in
 silence. Here a segment is released the moment its sentence ends, and a fragment without a
-sentence end is released once the stream has been quiet for ``pause`` seconds.
+sentence end is released once the stream has been quiet for ``pause`` seconds. The first
+segment of a reply may be cut once more, after its first clause, so the caller hears the
+answer start while the rest is synthesized; segments with nothing to say are not spoken.
 """
 
 from __future__ import annotations
