@@ -122,7 +122,10 @@ async def set_status(
         stamps["sent_at"] = msg.sent_at or now
     if status == "delivered":
         stamps["delivered_at"] = now
-    for before in STEPS.get(status, ()):
+    steps = STEPS.get(status, ())
+    # The status we last saw first: usually right, and then one UPDATE does it.
+    steps = tuple(sorted(steps, key=lambda before: before != msg.status))
+    for before in steps:
         moved = await session.execute(
             update(Message)
             .where(Message.id == msg.id, Message.status == before)

@@ -86,7 +86,6 @@ DELIVERY_STATUSES = (PENDING, SUCCEEDED, FAILED)
 # --- fan-out in the emitting transaction, and waking the worker on commit ----------------
 
 _wakers: dict[object, set[Callable[..., None]]] = {}
-_ADDED = "relay_lifecycle_event_added"
 _MADE = "relay_webhook_delivery_made"
 
 
@@ -98,7 +97,6 @@ def _before_flush(session: Session, _context: Any, _instances: Any) -> None:
     ]
     if not events:
         return
-    session.info[_ADDED] = True
     endpoints = session.execute(
         select(WebhookEndpoint).where(
             WebhookEndpoint.project_id.in_({e.project_id for e in events}),
@@ -111,14 +109,15 @@ def _before_flush(session: Session, _context: Any, _instances: Any) -> None:
 
 
 def _after_commit(session: Session) -> None:
-    if session.info.pop(_ADDED, False):
-        claim = session.info.pop(_MADE, False)
+    # The flush hook dispatched every event it saw: only deliveries it made are work for the
+    # worker. (Waking it for events with no endpoint cost a write transaction each, two per
+    # text, all of them queued behind SQLite's one writer.)
+    if session.info.pop(_MADE, False):
         for wake in _wakers.get(session.bind, ()):
-            wake(claim=claim)
+            wake(claim=True)
 
 
 def _after_rollback(session: Session) -> None:
-    session.info.pop(_ADDED, None)
     session.info.pop(_MADE, None)
 
 
