@@ -147,6 +147,7 @@ class Step:
     turns: int = 0
     unanswered: int = 0
     failed_calls: int = 0
+    call_warnings: int = 0  # warnings and errors in the calls' event logs
     v2v_p50_ms: float | None = None
     v2v_p90_ms: float | None = None
     v2v_p99_ms: float | None = None
@@ -220,6 +221,16 @@ class Bench:
             await asyncio.sleep(0.1)
         return rows
 
+    async def _problems(self, http: aiohttp.ClientSession, call_id: str) -> list[Any]:
+        """The warnings and errors in a call's event log (a failed synthesis, a webhook
+        error...)."""
+        found: list[Any] = []
+        for level in ("warning", "error"):
+            async with http.get(f"/v1/calls/{call_id}/events", params={"level": level}) as resp:
+                if resp.status == 200:
+                    found += (await resp.json()).get("data", [])
+        return found
+
     async def step(self, calls: int, turns: int, stagger: float) -> Step:
         result = Step(calls=calls, turns_per_call=turns)
         pid = self.server.proc.pid
@@ -257,6 +268,10 @@ class Bench:
                 gaps += pacing_gaps(report)
                 result.frames += len(report.frames_at)
                 engine_rows += await self._metrics(http, report.call_id, len(report.turns))
+                for event in await self._problems(http, report.call_id):
+                    result.call_warnings += 1
+                    if len(result.errors) < 5:
+                        result.errors.append(f"{report.call_id}: {event['message'][:160]}")
         lat = result.latencies_ms
         result.v2v_p50_ms, result.v2v_p90_ms = pct(lat, 50), pct(lat, 90)
         result.v2v_p99_ms, result.v2v_max_ms = pct(lat, 99), (max(lat) if lat else None)
@@ -413,7 +428,7 @@ def print_step(name: str, s: Step, *, detail: bool = False, verdict: str = "") -
         f"{s.turns - s.unanswered}/{s.calls * s.turns_per_call}; voice to voice ms p50 "
         f"{_ms(s.v2v_p50_ms)} p90 {_ms(s.v2v_p90_ms)} p99 {_ms(s.v2v_p99_ms)}; overhead p99 "
         f"{s.overhead_p99_ms} ms; jitter p99 {s.jitter_p99_ms} ms (max {s.jitter_max_ms}, "
-        f"{s.stalls} stalls); "
+        f"{s.stalls} stalls); call log warnings {s.call_warnings}; "
         f"relay CPU {s.relay_cpu_pct:.0f}%, RSS {s.relay_rss_mib:.0f} MiB; callers CPU "
         f"{s.callers_cpu_pct:.0f}%, machine {s.machine_cpu_pct or 0:.0f}%"
         + (f"  [{verdict}]" if verdict else ""),

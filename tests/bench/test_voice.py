@@ -36,6 +36,7 @@ def test_quick_run_measures_one_answered_turn(database_url):
     assert load["frames"] > 50 and load["jitter_p99_ms"] is not None
     assert load["relay_cpu_pct"] > 0 and load["relay_rss_mib"] > 50
     assert load["callers_cpu_pct"] > 0
+    assert load["call_warnings"] == 0, load["errors"]
     assert summary["ramp"] == [] and summary["capacity_calls"] is None
     # the relay heard the caller: the first line books a table
     assert any("table" in t.lower() for t in summary["sample_transcripts"])
