@@ -157,6 +157,7 @@ class Step:
     jitter_p99_ms: float | None = None
     jitter_max_ms: float | None = None
     stalls: int = 0  # gaps of 100 ms or more inside an answer
+    worst_gap: str = ""
     frames: int = 0
     relay_cpu_pct: float = 0.0
     callers_cpu_pct: float = 0.0  # this process
@@ -168,20 +169,22 @@ class Step:
     latencies_ms: list[float] = field(default_factory=list, repr=False)
 
 
-def pacing_gaps(report: CallReport) -> list[float]:
-    """Inter-arrival gaps (ms) of the relay's frames within each answer: frames between one
-    end of the caller's speech and the next (the greeting: before the first)."""
+def pacing_gaps(report: CallReport) -> list[tuple[float, str]]:
+    """Inter-arrival gaps (ms) of the relay's frames within each answer (frames between one
+    end of the caller's speech and the next; the greeting: before the first), each with
+    where it was: answer, frames before and after it in that answer."""
     marks = [t.end_of_speech_at for t in report.turns] + [float("inf")]
-    gaps: list[float] = []
-    previous: float | None = None
+    gaps: list[tuple[float, str]] = []
+    answers: list[list[float]] = [[] for _ in marks]
     window = 0
     for at in report.frames_at:
         while at >= marks[window]:
             window += 1
-            previous = None
-        if previous is not None:
-            gaps.append((at - previous) * 1000)
-        previous = at
+        answers[window].append(at)
+    for index, frames in enumerate(answers):
+        for i in range(1, len(frames)):
+            where = f"{report.call_id} answer {index} after frame {i} of {len(frames)}"
+            gaps.append(((frames[i] - frames[i - 1]) * 1000, where))
     return gaps
 
 
@@ -255,7 +258,7 @@ class Bench:
             if isinstance(failure, BaseException):
                 result.failed_calls += 1
                 result.errors.append(repr(failure)[:200])
-        gaps: list[float] = []
+        gaps: list[tuple[float, str]] = []
         engine_rows: list[dict[str, Any]] = []
         headers = {"Authorization": f"Bearer {self.key}"}
         async with aiohttp.ClientSession(base_url=self.server.base, headers=headers) as http:
@@ -283,10 +286,13 @@ class Bench:
                 "p99": pct(values, 99),
             }
         result.overhead_p99_ms = result.stages_ms["relay overhead"]["p99"]
-        jitter = [abs(g - FRAME_MS) for g in gaps]
+        jitter = [abs(g - FRAME_MS) for g, _ in gaps]
+        if gaps:
+            worst, where = max(gaps)
+            result.worst_gap = f"{worst:.0f} ms: {where}"
         result.jitter_p99_ms = pct(jitter, 99)
         result.jitter_max_ms = round(max(jitter), 1) if jitter else None
-        result.stalls = sum(g >= STALL_MS for g in gaps)
+        result.stalls = sum(g >= STALL_MS for g, _ in gaps)
         return result
 
 
@@ -436,6 +442,8 @@ def print_step(name: str, s: Step, *, detail: bool = False, verdict: str = "") -
     )
     if s.errors:
         print(f"    errors: {s.errors}", flush=True)
+    if s.stalls:
+        print(f"    longest gap {s.worst_gap}", flush=True)
     if detail:
         print("    breakdown (engine, ms)      p50     p90     p99")
         for label, _ in STAGES:
