@@ -130,6 +130,7 @@ async def set_status(
             update(Message)
             .where(Message.id == msg.id, Message.status == before)
             .values(status=status, **stamps, **values)
+            .execution_options(synchronize_session=False)  # see sms.store
         )
         if getattr(moved, "rowcount", 0) != 1:
             continue
@@ -147,7 +148,12 @@ async def set_status(
             )
         return True
     if values:
-        await session.execute(update(Message).where(Message.id == msg.id).values(**values))
+        await session.execute(
+            update(Message)
+            .where(Message.id == msg.id)
+            .values(**values)
+            .execution_options(synchronize_session=False)
+        )
         for key, value in values.items():
             setattr(msg, key, value)
     return False

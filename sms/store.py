@@ -1,4 +1,10 @@
-"""Statements the SMS code needs on both SQLite and PostgreSQL: upserts, counters, claims."""
+"""Statements the SMS code needs on both SQLite and PostgreSQL: upserts, counters, claims.
+
+The SMS code's UPDATEs run with ``synchronize_session=False``: its sessions are one short
+transaction each and do not hold the rows they update (the caller's copy comes from another
+session and is set by hand), so the ORM's search of the session for them, which cost a fifth
+of the CPU of an ``UPDATE``, finds nothing anyway.
+"""
 
 from __future__ import annotations
 
@@ -66,6 +72,7 @@ async def next_seq(
             **(changes or {}),
         )
         .returning(Conversation.id, Conversation.message_count, Conversation.state)
+        .execution_options(synchronize_session=False)
     )
     row = (await session.execute(stmt)).first()
     if row is None:

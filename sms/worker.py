@@ -314,11 +314,13 @@ async def _finish(svc: SmsService, msg: Message, outcome: Outcome) -> list[Messa
                 update(Conversation)
                 .where(Conversation.id == msg.conversation_id)
                 .values(updated_at=now, **changes)
+                .execution_options(synchronize_session=False)
             )
         await session.execute(
             update(Message)
             .where(Message.id == msg.id)
             .values(work="done", updated_at=now, error_code=outcome.error_code)
+            .execution_options(synchronize_session=False)
         )
         if outcome.opt == "out":
             word = msg.text.strip().rstrip(".!").strip().upper()[:20]
