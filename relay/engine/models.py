@@ -193,6 +193,13 @@ def whisper_transcribe(pcm16k: PCM) -> tuple[str, float]:
     return _whisper_full(audio)
 
 
+def whisper_transcribe_standard(pcm16k: PCM) -> tuple[str, float]:
+    """Blocking. Whisper run the standard way, on its 30 s window: slower than
+    :func:`whisper_transcribe`, and what a listener outside the call uses (the sim
+    handset, tests) to check what was said without leaning on the relay's own shortcut."""
+    return _whisper_full(pcm16k.astype(np.float32) / 32768.0)
+
+
 def _whisper_full(audio: npt.NDArray[np.float32]) -> tuple[str, float]:
     segments, _info = whisper().transcribe(
         audio,
@@ -257,9 +264,23 @@ def _whisper_short(audio: npt.NDArray[np.float32]) -> tuple[str, float] | None:
     text = tokenizer.decode(tokens).strip()
     if len(tokens) + len(prompt) >= model.max_length - 1 or avg_logprob < LOW_LOGPROB:
         return None
-    if text and get_compression_ratio(text) > MAX_COMPRESSION:
+    if text and (get_compression_ratio(text) > MAX_COMPRESSION or _repeats(text)):
         return None
     return text, round(float(np.exp(min(0.0, avg_logprob))), 3)
+
+
+def _repeats(text: str, *, words: int = 3) -> bool:
+    """Whether ``text`` says a run of ``words`` words twice ("Let me look that up. Let me
+    look that"): the short window's way of running on past the speech, too short for the
+    compression-ratio check to notice."""
+    tokens = [w.strip(".,!?;:\"'").lower() for w in text.split()]
+    seen: set[tuple[str, ...]] = set()
+    for i in range(len(tokens) - words + 1):
+        run = tuple(tokens[i : i + words])
+        if run in seen:
+            return True
+        seen.add(run)
+    return False
 
 
 def _whisper_decoding() -> tuple[Any, list[int], list[int]]:

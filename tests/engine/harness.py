@@ -52,7 +52,7 @@ def espeak_voice(text: str, rate: int = RATE) -> np.ndarray:
 
 
 def transcribe(pcm: np.ndarray, rate: int = RATE) -> str:
-    return models.whisper_transcribe(resample(pcm, rate, 16000))[0]
+    return models.whisper_transcribe_standard(resample(pcm, rate, 16000))[0]
 
 
 class RecordingLine:

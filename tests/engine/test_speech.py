@@ -49,6 +49,15 @@ async def test_whisper_hears_a_turn_without_encoding_a_30_s_window(voice):
     assert models.whisper_transcribe(np.zeros(16000, np.int16))[0] == ""
 
 
+def test_a_short_window_that_runs_on_and_repeats_itself_is_not_trusted():
+    from relay.engine import models
+
+    assert models._repeats("Let me look that up. Let me look that")
+    assert models._repeats("your order has shipped, your order has")
+    assert not models._repeats("Let me look that up.")
+    assert not models._repeats("A table for two, for two nights")  # two words twice: speech
+
+
 def _tone(seconds: float, level: float) -> np.ndarray:
     t = np.arange(int(RATE * seconds)) / RATE
     return (np.sin(2 * np.pi * 300 * t) * level * np.sqrt(2)).astype(np.int16)

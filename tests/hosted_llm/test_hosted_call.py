@@ -42,7 +42,9 @@ async def test_hosted_call_speaks_runs_a_tool_and_hangs_up(
         [("text", "Goodbye!"), ("tool", "end_call", {})],
     )
     engine = VoiceEngine(Settings(llm_base_url=scripted.url, llm_model="tiny"))
-    line = RecordingLine()
+    line = RecordingLine(
+        sample_rate=16000
+    )  # wideband: the words, not the phone band, are under test
     call_id = await make_call(sqlite_db)
     setup = call_setup(
         call_id,
@@ -56,7 +58,7 @@ async def test_hosted_call_speaks_runs_a_tool_and_hangs_up(
     try:
         await line.wait_audio(0.0)
         await line.wait_quiet()
-        greeting_heard = transcribe(line.audio()).lower()
+        greeting_heard = transcribe(line.audio(), line.sample_rate).lower()
         since = line.frames[-1][0]
         await dtmf(handle, "1#")
         await line.wait_audio(since)
@@ -65,7 +67,7 @@ async def test_hosted_call_speaks_runs_a_tool_and_hangs_up(
                 break
             await asyncio.sleep(0.05)
         await line.wait_quiet()
-        heard = transcribe(line.audio(since)).lower()
+        heard = transcribe(line.audio(since), line.sample_rate).lower()
         await dtmf(handle, "2#")
         status = await asyncio.wait_for(handle.wait(), 20)
     finally:

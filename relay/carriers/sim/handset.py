@@ -144,7 +144,7 @@ def transcribe(pcm: PCM, rate: int = RATE) -> str:
 
     if _rms(pcm) < LOUD_RMS / 3:
         return ""
-    return models.whisper_transcribe(resample(pcm, rate, 16000))[0]
+    return models.whisper_transcribe_standard(resample(pcm, rate, 16000))[0]
 
 
 class _Line:
