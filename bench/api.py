@@ -361,23 +361,28 @@ async def _bench_backend(
         return results
 
 
+def create_key(env: dict[str, str], workdir: Path, *, project: str = "bench") -> str:
+    """A secret key for ``project``, made the way an operator makes one (``relay keys create``)."""
+    created = subprocess.run(
+        [*_relay_command(), "keys", "create", "--project", project, "--name", "bench"],
+        env=env,
+        cwd=workdir,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if created.returncode != 0:
+        raise RuntimeError(f"relay keys create failed:\n{created.stderr}")
+    return created.stdout.strip().splitlines()[-1]
+
+
 def run_backend(backend: str, args: argparse.Namespace) -> list[Scenario]:
     database = _sqlite_database() if backend == "sqlite" else _postgres_database(args.pg_dsn)
     with database as (url, schema), tempfile.TemporaryDirectory(prefix="relay-bench-") as tmp:
         workdir = Path(tmp)
         port = args.port or _free_port()
         env = _relay_env(url, schema, port)
-        created = subprocess.run(
-            [*_relay_command(), "keys", "create", "--project", "bench", "--name", "bench"],
-            env=env,
-            cwd=workdir,
-            capture_output=True,
-            text=True,
-            check=False,
-        )
-        if created.returncode != 0:
-            raise RuntimeError(f"relay keys create failed:\n{created.stderr}")
-        key = created.stdout.strip().splitlines()[-1]
+        key = create_key(env, workdir)
         print(f"\n[{backend}] {url}" + (f" (schema {schema})" if schema else ""), flush=True)
         server = Server(env, port, workdir)
         try:

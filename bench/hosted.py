@@ -30,7 +30,6 @@ import json
 import os
 import platform
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -247,17 +246,7 @@ def start_relay(workdir: Path, args: argparse.Namespace) -> tuple[harness.Server
     )
     if args.endpointing_ms:
         env["RELAY_ENDPOINTING_DELAY_MS"] = str(args.endpointing_ms)
-    created = subprocess.run(
-        [*harness._relay_command(), "keys", "create", "--project", "bench"],
-        env=env,
-        cwd=workdir,
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if created.returncode != 0:
-        raise RuntimeError(f"relay keys create failed:\n{created.stderr}")
-    return harness.Server(env, port, workdir), created.stdout.strip().splitlines()[-1]
+    return harness.Server(env, port, workdir), harness.create_key(env, workdir)
 
 
 async def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:

@@ -41,9 +41,7 @@ import gc
 import json
 import os
 import platform
-import secrets
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -55,7 +53,6 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-import asyncpg
 from aiohttp import web
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -324,21 +321,10 @@ def database(url: str | None) -> Iterator[tuple[str, str]]:
         with harness._sqlite_database() as made:
             yield made
         return
-    dsn = url.replace("postgresql+asyncpg://", "postgresql://", 1)
-    schema = "bench_" + secrets.token_hex(6)
-
-    async def run(sql: str) -> None:
-        conn = await asyncpg.connect(dsn)
-        try:
-            await conn.execute(sql)
-        finally:
-            await conn.close()
-
-    asyncio.run(run(f"CREATE SCHEMA {schema}"))
-    try:
-        yield dsn.replace("postgresql://", "postgresql+asyncpg://", 1), schema
-    finally:
-        asyncio.run(run(f"DROP SCHEMA {schema} CASCADE"))
+    with harness._postgres_database(
+        url.replace("postgresql+asyncpg://", "postgresql://", 1)
+    ) as made:
+        yield made
 
 
 async def provision(server: harness.Server, key: str, webhook_url: str) -> str:
@@ -509,17 +495,7 @@ def main(argv: list[str] | None = None) -> int:
             workdir = Path(tmp)
             port = harness._free_port()
             env = relay_env(url, schema, port, args)
-            created = subprocess.run(
-                [*harness._relay_command(), "keys", "create", "--project", "bench"],
-                env=env,
-                cwd=workdir,
-                capture_output=True,
-                text=True,
-                check=False,
-            )
-            if created.returncode != 0:
-                raise RuntimeError(f"relay keys create failed:\n{created.stderr}")
-            key = created.stdout.strip().splitlines()[-1]
+            key = harness.create_key(env, workdir)
             print(f"  database {url}" + (f" (schema {schema})" if schema else ""), flush=True)
             server = harness.Server(env, port, workdir)
             try:
