@@ -87,28 +87,101 @@ DELIVERY_STATUSES = (PENDING, SUCCEEDED, FAILED)
 
 _wakers: dict[object, set[Callable[..., None]]] = {}
 _MADE = "relay_webhook_delivery_made"
+_ENDPOINTS_CHANGED = "relay_webhook_endpoints_changed"
+_GENERATION = "relay_webhook_endpoints_generation"
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """An enabled endpoint as fan-out sees it. ``events``: the types it wants (None: all)."""
+
+    id: str
+    project_id: str
+    events: frozenset[str] | None
+
+    @classmethod
+    def of(cls, endpoint: WebhookEndpoint) -> Route:
+        events = endpoint.events
+        return cls(endpoint.id, endpoint.project_id, None if events is None else frozenset(events))
+
+
+class _Routes:
+    """Each project's enabled endpoints, kept in memory on SQLite: one process owns the
+    file and every endpoint change goes through this process's ORM, so a commit that
+    changed an endpoint drops them all (``generation`` moves on). A transaction begun before
+    such a commit may have read the old endpoints: what it read is not kept. (PostgreSQL:
+    other nodes change endpoints, so each transaction reads them.)"""
+
+    def __init__(self) -> None:
+        self.generation = 0
+        self.by_project: dict[tuple[object, str], tuple[Route, ...]] = {}
+
+    def changed(self) -> None:
+        self.generation += 1
+        self.by_project.clear()
+
+    def load(self, session: Session, project_ids: set[str]) -> list[Route]:
+        bind = session.get_bind()
+        cached = bind.dialect.name == "sqlite"
+        found: list[Route] = []
+        missing = set(project_ids)
+        if cached:
+            for project_id in project_ids:
+                routes = self.by_project.get((bind, project_id))
+                if routes is not None:
+                    found.extend(routes)
+                    missing.discard(project_id)
+        if not missing:
+            return found
+        loaded = [
+            Route.of(e)
+            for e in session.execute(
+                select(WebhookEndpoint).where(
+                    WebhookEndpoint.project_id.in_(missing), WebhookEndpoint.enabled.is_(True)
+                )
+            ).scalars()
+        ]
+        found.extend(loaded)
+        fresh = session.info.get(_GENERATION) == self.generation
+        if cached and fresh and not session.info.get(_ENDPOINTS_CHANGED):
+            if len(self.by_project) > 10_000:
+                self.by_project.clear()
+            for project_id in missing:
+                self.by_project[(bind, project_id)] = tuple(
+                    r for r in loaded if r.project_id == project_id
+                )
+        return found
+
+
+_routes = _Routes()
 
 
 def _before_flush(session: Session, _context: Any, _instances: Any) -> None:
     """Lifecycle events about to be written become their deliveries in the same flush: the
     worker then only has to claim them (one transaction, not two, per state change)."""
-    events = [
-        obj for obj in session.new if isinstance(obj, LifecycleEvent) and obj.dispatched_at is None
-    ]
+    events: list[LifecycleEvent] = []
+    for obj in session.new:
+        if isinstance(obj, LifecycleEvent) and obj.dispatched_at is None:
+            events.append(obj)
+        elif isinstance(obj, WebhookEndpoint):
+            session.info[_ENDPOINTS_CHANGED] = True
+    if any(isinstance(obj, WebhookEndpoint) for obj in (*session.dirty, *session.deleted)):
+        session.info[_ENDPOINTS_CHANGED] = True
     if not events:
         return
-    endpoints = session.execute(
-        select(WebhookEndpoint).where(
-            WebhookEndpoint.project_id.in_({e.project_id for e in events}),
-            WebhookEndpoint.enabled.is_(True),
-        )
-    ).scalars()
-    made = fan_out(session, events, list(endpoints), utcnow())
+    routes = _routes.load(session, {e.project_id for e in events})
+    made = fan_out(session, events, routes, utcnow())
     if made:
         session.info[_MADE] = True
 
 
+def _after_begin(session: Session, _transaction: Any, _connection: Any) -> None:
+    session.info[_GENERATION] = _routes.generation
+
+
 def _after_commit(session: Session) -> None:
+    if session.info.pop(_ENDPOINTS_CHANGED, False):
+        _routes.changed()
     # The flush hook dispatched every event it saw: only deliveries it made are work for the
     # worker. (Waking it for events with no endpoint cost a write transaction each, two per
     # text, all of them queued behind SQLite's one writer.)
@@ -119,9 +192,11 @@ def _after_commit(session: Session) -> None:
 
 def _after_rollback(session: Session) -> None:
     session.info.pop(_MADE, None)
+    session.info.pop(_ENDPOINTS_CHANGED, None)
 
 
 event.listen(Session, "before_flush", _before_flush)
+event.listen(Session, "after_begin", _after_begin)
 event.listen(Session, "after_commit", _after_commit)
 event.listen(Session, "after_rollback", _after_rollback)
 
@@ -129,11 +204,11 @@ event.listen(Session, "after_rollback", _after_rollback)
 def fan_out(
     session: Session | AsyncSession,
     events: Sequence[LifecycleEvent],
-    endpoints: Sequence[WebhookEndpoint],
+    endpoints: Sequence[Route],
     now: datetime,
 ) -> int:
     """Mark ``events`` dispatched and add a delivery per endpoint that wants each one."""
-    by_project: dict[str, list[WebhookEndpoint]] = {}
+    by_project: dict[str, list[Route]] = {}
     for endpoint in endpoints:
         by_project.setdefault(endpoint.project_id, []).append(endpoint)
     made = 0
@@ -176,7 +251,7 @@ def event_body(evt: LifecycleEvent) -> str:
     )
 
 
-def wants(endpoint: WebhookEndpoint, event_type: str) -> bool:
+def wants(endpoint: Route, event_type: str) -> bool:
     return endpoint.events is None or event_type in endpoint.events
 
 
@@ -501,7 +576,7 @@ class DeliveryWorker:
                 )
             )
         ).scalars()
-        made = fan_out(session, events, list(endpoints), now)
+        made = fan_out(session, events, [Route.of(e) for e in endpoints], now)
         await session.flush()
         return len(events), made
 

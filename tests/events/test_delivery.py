@@ -318,6 +318,33 @@ async def test_events_of_another_project_are_not_delivered(
     assert [r.call_id for r in got] == ["mine"]
 
 
+async def test_endpoint_changes_apply_to_the_next_event(client, auth, database, receiver):
+    # An event fanned out first (no endpoint yet), then one after each change: on SQLite the
+    # endpoints are kept in memory between transactions, and each change must reach them.
+    project = await project_id(database)
+    await emit_events(database, project, ("call.queued", "c0"))
+    endpoint = await add_endpoint(client, auth, receiver.url)
+    await emit_events(database, project, ("call.queued", "c1"))
+    assert [r.call_id for r in await receiver.wait_count(1)] == ["c1"]
+
+    resp = await client.patch(
+        f"/v1/webhook-endpoints/{endpoint['id']}", json={"events": ["call.failed"]}, headers=auth
+    )
+    assert resp.status == 200, await resp.text()
+    await emit_events(database, project, ("call.queued", "c2"), ("call.failed", "c3"))
+    got = await receiver.wait_count(2)
+    assert [r.call_id for r in got] == ["c1", "c3"]
+
+    resp = await client.delete(f"/v1/webhook-endpoints/{endpoint['id']}", headers=auth)
+    assert resp.status == 200, await resp.text()
+    # A delivery for the deleted endpoint would break its foreign key: the emit would fail.
+    await emit_events(database, project, ("call.failed", "c4"))
+    await asyncio.sleep(0.3)
+    assert [r.call_id for r in receiver.requests] == ["c1", "c3"]
+    async with database.session() as session:
+        assert (await session.execute(select(WebhookDelivery))).scalars().all() == []
+
+
 async def test_each_event_is_fanned_out_once(client, auth, database, receiver):
     endpoint = await add_endpoint(client, auth, receiver.url)
     project = await project_id(database)
