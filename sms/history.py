@@ -6,13 +6,56 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, or_, select
+from sqlalchemy import Integer, and_, bindparam, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from relay.store.models import Call, Message, TranscriptSegment
 from sms.outbound import iso
+from sms.store import table_of
 
 HISTORY_LIMIT = 20
+# No text has a seq this high (an INTEGER column): "before it" is every text.
+NO_SEQ_LIMIT = 2**31 - 1
+
+# Built once, on the Core tables, values as parameters (see sms.store).
+_messages, _calls, _segments = table_of(Message), table_of(Call), table_of(TranscriptSegment)
+_TEXTS = (
+    select(_messages.c.direction, _messages.c.text, _messages.c.created_at, _messages.c.seq)
+    .where(
+        _messages.c.conversation_id == bindparam("b_conversation_id"),
+        _messages.c.seq < bindparam("b_before_seq"),
+    )
+    .order_by(_messages.c.seq.desc())
+    .limit(bindparam("b_limit", type_=Integer))
+)
+_SPOKEN = (
+    select(
+        _segments.c.speaker,
+        _segments.c.text,
+        _segments.c.interrupted,
+        _segments.c.start_ms,
+        _segments.c.seq,
+        _calls.c.started_at,
+        _calls.c.created_at,
+    )
+    .join(_calls, _calls.c.id == _segments.c.call_id)
+    .where(
+        _calls.c.project_id == bindparam("b_project_id"),
+        or_(
+            and_(
+                _calls.c.from_number == bindparam("b_their_number"),
+                _calls.c.to_number == bindparam("b_our_number"),
+            ),
+            and_(
+                _calls.c.from_number == bindparam("b_our_number"),
+                _calls.c.to_number == bindparam("b_their_number"),
+            ),
+        ),
+        or_(_segments.c.speaker == "user", _segments.c.speaker == "agent"),
+    )
+    .order_by(_calls.c.created_at.desc(), _segments.c.seq.desc())
+    .limit(bindparam("b_limit", type_=Integer))
+)
 
 
 async def recent_history(
@@ -28,14 +71,14 @@ async def recent_history(
 ) -> list[dict[str, Any]]:
     """The last ``limit`` entries, oldest first; only what happened before ``before``
     (texts: before ``before_seq``), so the text being answered is not part of it."""
-    texts = (
-        select(Message.direction, Message.text, Message.created_at, Message.seq)
-        .where(Message.conversation_id == conversation_id)
-        .order_by(Message.seq.desc())
-        .limit(limit)
-    )
-    if before_seq is not None:
-        texts = texts.where(Message.seq < before_seq)
+    params = {
+        "b_conversation_id": conversation_id,
+        "b_before_seq": NO_SEQ_LIMIT if before_seq is None else before_seq,
+        "b_project_id": project_id,
+        "b_our_number": our_number,
+        "b_their_number": their_number,
+        "b_limit": limit,
+    }
     entries: list[tuple[datetime, int, dict[str, Any]]] = [
         (
             at,
@@ -47,32 +90,10 @@ async def recent_history(
                 "at": iso(at),
             },
         )
-        for direction, text, at, seq in await session.execute(texts)
+        for direction, text, at, seq in await session.execute(_TEXTS, params)
     ]
-    spoken = (
-        select(
-            TranscriptSegment.speaker,
-            TranscriptSegment.text,
-            TranscriptSegment.interrupted,
-            TranscriptSegment.start_ms,
-            TranscriptSegment.seq,
-            Call.started_at,
-            Call.created_at,
-        )
-        .join(Call, Call.id == TranscriptSegment.call_id)
-        .where(
-            Call.project_id == project_id,
-            or_(
-                and_(Call.from_number == their_number, Call.to_number == our_number),
-                and_(Call.from_number == our_number, Call.to_number == their_number),
-            ),
-            TranscriptSegment.speaker.in_(("user", "agent")),
-        )
-        .order_by(Call.created_at.desc(), TranscriptSegment.seq.desc())
-        .limit(limit)
-    )
     for speaker, text, interrupted, start_ms, seq, started, created in await session.execute(
-        spoken
+        _SPOKEN, params
     ):
         at = (started or created) + timedelta(milliseconds=start_ms)
         if before is not None and at > before:

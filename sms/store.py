@@ -11,12 +11,40 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Table, update
+from sqlalchemy import Integer, String, Table, bindparam, func, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from relay.ids import new_id
-from relay.store.models import Conversation, utcnow
+from relay.store.models import Base, Conversation, utcnow
+
+
+def table_of(model: type[Base]) -> Table:
+    table = model.__table__
+    assert isinstance(table, Table)
+    return table
+
+
+_conversations = table_of(Conversation)
+# The hot statements are built once, on the Core table, with their values as parameters: a
+# statement object keeps its compiled-cache key, so executing it again skips building the
+# expression, hashing it, and the ORM's handling of a bulk UPDATE (a third of an execute).
+_TAKE_SEQ = (
+    update(_conversations)
+    .where(
+        _conversations.c.project_id == bindparam("b_project_id"),
+        _conversations.c.our_number == bindparam("b_our_number"),
+        _conversations.c.their_number == bindparam("b_their_number"),
+    )
+    .values(
+        message_count=_conversations.c.message_count + bindparam("b_count", type_=Integer),
+        last_message_at=bindparam("b_now", type_=_conversations.c.updated_at.type),
+        updated_at=bindparam("b_now", type_=_conversations.c.updated_at.type),
+        number_id=bindparam("b_number_id", type_=String),
+        agent_id=func.coalesce(bindparam("b_agent_id", type_=String), _conversations.c.agent_id),
+    )
+    .returning(_conversations.c.id, _conversations.c.message_count, _conversations.c.state)
+)
 
 
 def upsert(
@@ -56,32 +84,22 @@ async def next_seq(
     texts in one conversation queue on the row lock (PostgreSQL) in commit order.
     Returns (conversation id, the last seq taken, state)."""
     now = now or utcnow()
-    stmt = (
-        update(Conversation)
-        .where(
-            Conversation.project_id == project_id,
-            Conversation.our_number == our_number,
-            Conversation.their_number == their_number,
-        )
-        .values(
-            message_count=Conversation.message_count + count,
-            last_message_at=now,
-            updated_at=now,
-            number_id=number_id,
-            **({"agent_id": agent_id} if agent_id else {}),
-            **(changes or {}),
-        )
-        .returning(Conversation.id, Conversation.message_count, Conversation.state)
-        .execution_options(synchronize_session=False)
-    )
-    row = (await session.execute(stmt)).first()
+    stmt = _TAKE_SEQ.values(**changes) if changes else _TAKE_SEQ
+    params = {
+        "b_project_id": project_id,
+        "b_our_number": our_number,
+        "b_their_number": their_number,
+        "b_count": count,
+        "b_now": now,
+        "b_number_id": number_id,
+        "b_agent_id": agent_id or None,
+    }
+    row = (await session.execute(stmt, params)).first()
     if row is None:
-        table = Conversation.__table__
-        assert isinstance(table, Table)
         await session.execute(
             upsert(
                 session,
-                table,
+                _conversations,
                 {
                     "id": new_id("cnv"),
                     "project_id": project_id,
@@ -96,5 +114,5 @@ async def next_seq(
                 ["project_id", "our_number", "their_number"],
             )
         )
-        row = (await session.execute(stmt)).one()
+        row = (await session.execute(stmt, params)).one()
     return row[0], row[1], row[2]

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import and_, select, update
+from sqlalchemy import String, and_, bindparam, select, update
 
 from relay.calls.inbound import webhook_secrets
 from relay.engine.turns import TurnError, TurnRequest, stream_turn
@@ -40,7 +40,7 @@ from sms.optout import (
 )
 from sms.outbound import deliver, iso, log_event, new_outbound
 from sms.segmentation import split_messages
-from sms.store import next_seq
+from sms.store import next_seq, table_of
 
 if TYPE_CHECKING:
     from sms.service import SmsService
@@ -51,6 +51,18 @@ DEFAULT_FALLBACK = "Sorry, I can't reply right now. Please try again in a little
 # Claims older than the sweeper's timeout are taken over; a live worker renews long before.
 CLAIM_REFRESH = timedelta(seconds=60)
 SENTENCE_END = ".!?:;,"
+
+_messages = table_of(Message)
+# Built once, on the Core table (see sms.store).
+_DONE = (
+    update(_messages)
+    .where(_messages.c.id == bindparam("b_id"))
+    .values(
+        work="done",
+        updated_at=bindparam("b_now", type_=_messages.c.updated_at.type),
+        error_code=bindparam("b_error_code", type_=String),
+    )
+)
 
 
 @dataclass(slots=True)
@@ -317,10 +329,7 @@ async def _finish(svc: SmsService, msg: Message, outcome: Outcome) -> list[Messa
                 .execution_options(synchronize_session=False)
             )
         await session.execute(
-            update(Message)
-            .where(Message.id == msg.id)
-            .values(work="done", updated_at=now, error_code=outcome.error_code)
-            .execution_options(synchronize_session=False)
+            _DONE, {"b_id": msg.id, "b_now": now, "b_error_code": outcome.error_code}
         )
         if outcome.opt == "out":
             word = msg.text.strip().rstrip(".!").strip().upper()[:20]
