@@ -66,7 +66,10 @@ def _in_loop_connector(database: str) -> Callable[[], Any]:
         conn = InLoopSqlite(
             lambda: sqlite3.connect(database, check_same_thread=False), iter_chunk_size=64
         )
-        conn._thread.daemon = True  # as SQLAlchemy sets it: a leaked one never blocks exit
+        # As SQLAlchemy sets it: a leaked one never blocks exit. (aiosqlite < 0.22: the
+        # connection is the thread.)
+        thread: Any = getattr(conn, "_thread", conn)
+        thread.daemon = True
         return await conn
 
     return connect
