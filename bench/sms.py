@@ -36,7 +36,6 @@ import asyncio
 import json
 import os
 import platform
-import subprocess
 import sys
 import tempfile
 import time
@@ -327,17 +326,7 @@ def run_backend(backend: str, args: argparse.Namespace) -> list[Result]:
         port = harness._free_port()
         env = harness._relay_env(url, schema, port)
         env["RELAY_ALLOW_PRIVATE_WEBHOOKS"] = "true"
-        created = subprocess.run(
-            [*harness._relay_command(), "keys", "create", "--project", "bench"],
-            env=env,
-            cwd=workdir,
-            capture_output=True,
-            text=True,
-            check=False,
-        )
-        if created.returncode != 0:
-            raise RuntimeError(f"relay keys create failed:\n{created.stderr}")
-        key = created.stdout.strip().splitlines()[-1]
+        key = harness.create_key(env, workdir)
         print(f"\n[{backend}] {url}" + (f" (schema {schema})" if schema else ""), flush=True)
         server = harness.Server(env, port, workdir)
         try:
