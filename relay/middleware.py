@@ -7,15 +7,30 @@ import secrets
 import time
 from collections.abc import Awaitable, Callable
 
+import sqlalchemy.exc
 import structlog
 from aiohttp import web
 
-from relay.errors import APIError, MethodNotAllowed, NotFound, PayloadTooLarge
+from relay.errors import (
+    APIError,
+    MethodNotAllowed,
+    NotFound,
+    PayloadTooLarge,
+    ServiceUnavailable,
+)
 from relay.logs import get_logger
 from relay.metrics import HTTP_LATENCY, HTTP_REQUESTS
 
 log = get_logger("relay.http")
 INTERNAL = "Something went wrong on our side. Quote the request id when you report it."
+
+
+def _overloaded() -> ServiceUnavailable:
+    return ServiceUnavailable(
+        "The relay is busy: every database connection is in use. Retry shortly.",
+        code="overloaded",
+        headers={"Retry-After": "1"},
+    )
 
 
 def _error_response(err: APIError, request_id: str) -> web.Response:
@@ -67,6 +82,9 @@ async def request_middleware(
             response = _error_response(_translate_http(exc), request_id)
         except APIError as err:
             response = _error_response(err, request_id)
+        except sqlalchemy.exc.TimeoutError:  # every pooled connection busy: shed, don't fail
+            log.warning("overloaded", method=request.method, path=request.path)
+            response = _error_response(_overloaded(), request_id)
         except Exception:
             log.exception("unhandled_error", method=request.method, path=request.path)
             response = _error_response(APIError(INTERNAL), request_id)

@@ -161,6 +161,22 @@ async def test_500_never_leaks_a_trace(app_client):
         assert leak not in text
 
 
+async def test_a_request_that_finds_every_database_connection_busy_is_503_not_500(app_client):
+    import sqlalchemy.exc
+
+    async def busy(request: web.Request) -> web.Response:
+        raise sqlalchemy.exc.TimeoutError("QueuePool limit of size 10 overflow 20 reached")
+
+    def setup(app: web.Application) -> None:
+        app.router.add_get("/test/busy", busy)
+
+    client = await app_client(setup=setup)
+    resp = await client.get("/test/busy")
+    err = await error_of(resp, 503, "overloaded")
+    assert resp.headers["Retry-After"] == "1"
+    assert "QueuePool" not in err["message"]
+
+
 async def test_request_id_is_echoed_on_success_and_error(client, auth):
     resp = await client.get("/v1/agents", headers={**auth, "X-Request-Id": "trace-abc-123"})
     assert resp.status == 200
