@@ -41,13 +41,27 @@ from sqlalchemy.ext.asyncio import (
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 
 
+BUSY_TIMEOUT_S = 5.0  # how long a statement waits for a lock another process holds
+
+
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+    # An in-loop connection must never sleep in SQLite's busy handler: that would stop the
+    # event loop (every call's audio, SIGTERM) while another process holds the lock. It
+    # gets SQLITE_BUSY at once and waits on the loop instead (InLoopSqlite._execute).
+    in_loop = isinstance(getattr(dbapi_conn, "_connection", None), InLoopSqlite)
     cursor = dbapi_conn.cursor()
     cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute("PRAGMA synchronous=NORMAL")
     cursor.execute("PRAGMA foreign_keys=ON")
-    cursor.execute("PRAGMA busy_timeout=5000")
+    cursor.execute(f"PRAGMA busy_timeout={0 if in_loop else int(BUSY_TIMEOUT_S * 1000)}")
     cursor.close()
+
+
+def _is_busy(exc: sqlite3.OperationalError) -> bool:
+    code = getattr(exc, "sqlite_errorcode", None)
+    if code is not None:
+        return (code & 0xFF) in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
+    return "locked" in str(exc) or "busy" in str(exc)
 
 
 class InLoopSqlite(aiosqlite.Connection):
@@ -56,9 +70,24 @@ class InLoopSqlite(aiosqlite.Connection):
     adapter send those through it), hence ``check_same_thread=False``."""
 
     async def _execute(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-        if not self._running or not self._connection:
-            raise ValueError("Connection closed")
-        return fn(*args, **kwargs)
+        """Run ``fn`` now; while another process holds the lock (SQLITE_BUSY, returned at once
+        since busy_timeout is 0 here), retry with a growing pause, up to ``BUSY_TIMEOUT_S``,
+        letting the loop run in between. A statement that got SQLITE_BUSY did nothing."""
+        delay, deadline = 0.001, 0.0
+        while True:
+            if not self._running or not self._connection:
+                raise ValueError("Connection closed")
+            try:
+                return fn(*args, **kwargs)
+            except sqlite3.OperationalError as exc:
+                if not _is_busy(exc):
+                    raise
+                now = asyncio.get_running_loop().time()
+                deadline = deadline or now + BUSY_TIMEOUT_S
+                if now >= deadline:
+                    raise
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 0.05)
 
 
 def _in_loop_connector(database: str) -> Callable[[], Any]:
