@@ -62,21 +62,43 @@ def answers(extraction: list[str] | None = None):
     return script
 
 
-@pytest.fixture
-async def relay(app_client, database, scripted: ScriptedLLM):
-    settings = Settings(
-        allow_private_webhooks=True,
-        llm_base_url=scripted.url,
-        llm_model="tiny",
-        post_call_poll_seconds=0.05,
-        post_call_retry_schedule="0,50ms,50ms",
-    )
-    client = await app_client(settings)
+async def relay_client(database, app_client, scripted: ScriptedLLM, **settings: Any):
+    """A test client of a relay whose LLM is ``scripted``, with a key of project ``proj-a``
+    (``client.auth``, ``client.project_id``)."""
+    options: dict[str, Any] = {
+        "allow_private_webhooks": True,
+        "llm_base_url": scripted.url,
+        "llm_model": "tiny",
+        "post_call_poll_seconds": 0.05,
+        "post_call_retry_schedule": "0,50ms,50ms",
+    }
+    client = await app_client(Settings(**{**options, **settings}))
     async with database.session() as session:
         raw, key = await create_key(session, "proj-a")
     client.auth = {"Authorization": f"Bearer {raw}"}
     client.project_id = key.project_id
     return client
+
+
+@pytest.fixture
+async def relay(app_client, database, scripted: ScriptedLLM):
+    return await relay_client(database, app_client, scripted)
+
+
+def segments(call_id: str, lines=LINES) -> list[TranscriptSegment]:
+    """The transcript ``lines`` (speaker, text) leave, one second apart."""
+    return [
+        TranscriptSegment(
+            id=new_id("seg"),
+            call_id=call_id,
+            seq=seq,
+            speaker=speaker,
+            text=text,
+            start_ms=seq * 1000,
+            end_ms=seq * 1000 + 900,
+        )
+        for seq, (speaker, text) in enumerate(lines, start=1)
+    ]
 
 
 async def completed_call(db, project_id: str, post_call: dict | None, lines=LINES, **snap) -> str:
@@ -96,18 +118,7 @@ async def completed_call(db, project_id: str, post_call: dict | None, lines=LINE
                 agent_snapshot={"post_call": post_call, **snap},
             )
         )
-        for seq, (speaker, text) in enumerate(lines, start=1):
-            session.add(
-                TranscriptSegment(
-                    id=new_id("seg"),
-                    call_id=call_id,
-                    seq=seq,
-                    speaker=speaker,
-                    text=text,
-                    start_ms=seq * 1000,
-                    end_ms=seq * 1000 + 900,
-                )
-            )
+        session.add_all(segments(call_id, lines))
     async with db.session() as session:
         call = await session.get(Call, call_id)
         await transition(session, call, "completed")

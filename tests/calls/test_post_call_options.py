@@ -8,13 +8,17 @@ from typing import Any
 
 from sqlalchemy import select
 
-from relay.auth import create_key
 from relay.calls.lifecycle import transition
 from relay.calls.recovery import lock_call
-from relay.config import Settings
 from relay.ids import new_id
 from relay.store.models import Call, CallAnalysis, TranscriptSegment
-from tests.calls.test_intelligence import LINES, answers, completed_call, settled
+from tests.calls.test_intelligence import (
+    answers,
+    completed_call,
+    relay_client,
+    segments,
+    settled,
+)
 from tests.hosted_llm.scripted_llm import ScriptedLLM
 
 AGENT_POST_CALL = {"summary": True, "sentiment": True}
@@ -26,20 +30,13 @@ SCHEMA = {
 
 
 async def relay_for(database, app_client, scripted: ScriptedLLM):
-    settings = Settings(
-        allow_private_webhooks=True,
-        llm_base_url=scripted.url,
-        llm_model="tiny",
-        post_call_poll_seconds=0.05,
+    return await relay_client(
+        database,
+        app_client,
+        scripted,
         post_call_retry_schedule="0,50ms",
         public_url="https://relay.example.com",
     )
-    client = await app_client(settings)
-    async with database.session() as session:
-        raw, key = await create_key(session, "proj-a")
-    client.auth = {"Authorization": f"Bearer {raw}"}
-    client.project_id = key.project_id
-    return client
 
 
 async def agent(client, **fields) -> dict[str, Any]:
@@ -57,18 +54,7 @@ async def snapshot_of(database, call_id: str) -> dict[str, Any]:
 async def complete(database, call_id: str) -> None:
     """Through the state machine, with the transcript the call would have left."""
     async with database.session() as session:
-        for seq, (speaker, text) in enumerate(LINES, start=1):
-            session.add(
-                TranscriptSegment(
-                    id=new_id("seg"),
-                    call_id=call_id,
-                    seq=seq,
-                    speaker=speaker,
-                    text=text,
-                    start_ms=seq * 1000,
-                    end_ms=seq * 1000 + 900,
-                )
-            )
+        session.add_all(segments(call_id))
     for status in ("in_progress", "completed"):
         async with database.session() as session:
             await transition(session, await lock_call(session, call_id), status)
