@@ -36,6 +36,7 @@ from typing import Any
 
 import aiohttp
 import asyncpg
+from aiohttp import web
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_PG_DSN = "postgresql://postgres@127.0.0.1:5432/test"
@@ -359,6 +360,41 @@ async def _bench_backend(
             _print_scenario(result)
             results.append(result)
         return results
+
+
+class LocalHook:
+    """A webhook receiver on a free loopback port (``url``); subclasses answer in ``_handle``."""
+
+    url = ""
+    _runner: web.AppRunner | None = None
+
+    async def start(self) -> None:
+        app = web.Application()
+        app.router.add_post("/hook", self._handle)
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        await web.TCPSite(self._runner, "127.0.0.1", 0).start()
+        self.url = f"http://127.0.0.1:{self._runner.addresses[0][1]}/hook"
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+    async def _handle(self, request: web.Request) -> web.StreamResponse:
+        raise NotImplementedError
+
+
+async def agent_with_number(http: aiohttp.ClientSession, agent: dict[str, Any]) -> str:
+    """Create ``agent`` and bind a new sim number to it; returns the number."""
+    async with http.post("/v1/agents", json=agent) as resp:
+        if resp.status != 201:
+            raise RuntimeError(f"creating the agent: {resp.status} {await resp.text()}")
+        agent_id = (await resp.json())["id"]
+    async with http.post("/v1/numbers", json={"agentId": agent_id}) as resp:
+        if resp.status != 201:
+            raise RuntimeError(f"creating the number: {resp.status} {await resp.text()}")
+        number: str = (await resp.json())["phoneNumber"]
+        return number
 
 
 def create_key(env: dict[str, str], workdir: Path, *, project: str = "bench") -> str:

@@ -150,15 +150,7 @@ async def provision(server: harness.Server, key: str) -> str:
             "systemPrompt": PROMPT,
             "greeting": GREETING,
         }
-        async with http.post("/v1/agents", json=body) as resp:
-            if resp.status != 201:
-                raise RuntimeError(f"creating the agent: {resp.status} {await resp.text()}")
-            agent_id = (await resp.json())["id"]
-        async with http.post("/v1/numbers", json={"agentId": agent_id}) as resp:
-            if resp.status != 201:
-                raise RuntimeError(f"creating the number: {resp.status} {await resp.text()}")
-            number: str = (await resp.json())["phoneNumber"]
-            return number
+        return await harness.agent_with_number(http, body)
 
 
 async def call_details(

@@ -84,27 +84,12 @@ class Result:
     server_cpu_ms_per_message: float = 0.0
 
 
-class Webhook:
+class Webhook(harness.LocalHook):
     """The developer's webhook: answers at once (or after ``delay``), timing its handler."""
 
     def __init__(self, delay: float) -> None:
         self.delay = delay
         self.spent: dict[str, float] = {}  # messageId -> seconds inside the handler
-        self.url = ""
-        self._runner: web.AppRunner | None = None
-
-    async def start(self) -> None:
-        app = web.Application()
-        app.router.add_post("/hook", self._handle)
-        self._runner = web.AppRunner(app, access_log=None)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        self.url = f"http://127.0.0.1:{self._runner.addresses[0][1]}/hook"
-
-    async def stop(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
 
     async def _handle(self, request: web.Request) -> web.Response:
         began = time.perf_counter()

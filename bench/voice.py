@@ -100,27 +100,12 @@ def pct(values: list[float], q: float) -> float | None:
 # --- the instant webhook --------------------------------------------------------------
 
 
-class InstantWebhook:
+class InstantWebhook(harness.LocalHook):
     """The developer's server at its fastest: every turn answered at once, streamed."""
 
     def __init__(self) -> None:
-        self.url = ""
         self.turns = 0
         self.transcripts: list[str] = []
-        self._runner: web.AppRunner | None = None
-
-    async def start(self) -> None:
-        app = web.Application()
-        app.router.add_post("/hook", self._handle)
-        self._runner = web.AppRunner(app, access_log=None)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        self.url = f"http://127.0.0.1:{self._runner.addresses[0][1]}/hook"
-
-    async def stop(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         event = await request.json()
@@ -333,15 +318,7 @@ async def provision(server: harness.Server, key: str, webhook_url: str) -> str:
     async with aiohttp.ClientSession(base_url=server.base, headers=headers) as http:
         await server.wait_ready(http)
         body = {"name": "bench agent", "webhookUrl": webhook_url, "greeting": GREETING}
-        async with http.post("/v1/agents", json=body) as resp:
-            if resp.status != 201:
-                raise RuntimeError(f"creating the agent: {resp.status} {await resp.text()}")
-            agent_id = (await resp.json())["id"]
-        async with http.post("/v1/numbers", json={"agentId": agent_id}) as resp:
-            if resp.status != 201:
-                raise RuntimeError(f"creating the number: {resp.status} {await resp.text()}")
-            number: str = (await resp.json())["phoneNumber"]
-            return number
+        return await harness.agent_with_number(http, body)
 
 
 def relay_env(url: str, schema: str, port: int, args: argparse.Namespace) -> dict[str, str]:

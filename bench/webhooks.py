@@ -64,27 +64,12 @@ class Result:
     notes: list[str] = field(default_factory=list)
 
 
-class Receiver:
+class Receiver(harness.LocalHook):
     """Answers 204 at once; remembers when each event first arrived."""
 
     def __init__(self) -> None:
         self.first: dict[str, tuple[float, float]] = {}  # event id -> (arrived, state change)
         self.duplicates = 0
-        self.url = ""
-        self._runner: web.AppRunner | None = None
-
-    async def start(self) -> None:
-        app = web.Application()
-        app.router.add_post("/hook", self._handle)
-        self._runner = web.AppRunner(app, access_log=None)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        self.url = f"http://127.0.0.1:{self._runner.addresses[0][1]}/hook"
-
-    async def stop(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
 
     async def _handle(self, request: web.Request) -> web.Response:
         arrived = time.time()
