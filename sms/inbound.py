@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from relay.carriers.sms import IncomingText
 from relay.events import emit
@@ -88,25 +89,28 @@ async def receive(
         created_at=now,
         updated_at=now,
     )
+
+    async def store(session: AsyncSession) -> None:
+        msg.conversation_id, msg.seq, _ = await next_seq(
+            session,
+            project_id=number.project_id,
+            our_number=number.phone_number,
+            their_number=incoming.from_number,
+            number_id=number.id,
+            agent_id=number.agent_id,
+            now=now,
+        )
+        session.add(msg)
+        await emit(
+            session,
+            project_id=msg.project_id,
+            type="message.received",
+            data=message_payload(msg),
+            ordering_key=msg.conversation_id,
+        )
+
     try:
-        async with svc.writing() as session:
-            msg.conversation_id, msg.seq, _ = await next_seq(
-                session,
-                project_id=number.project_id,
-                our_number=number.phone_number,
-                their_number=incoming.from_number,
-                number_id=number.id,
-                agent_id=number.agent_id,
-                now=now,
-            )
-            session.add(msg)
-            await emit(
-                session,
-                project_id=msg.project_id,
-                type="message.received",
-                data=message_payload(msg),
-                ordering_key=msg.conversation_id,
-            )
+        await svc.db.write(store)
     except IntegrityError:
         # The carrier delivered this text before (a retry): the unique carrier id refused it,
         # and the rollback took the seq back too.

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from sqlalchemy import Exists, Table, exists, select, update
+from sqlalchemy import BindParameter, Exists, Table, exists, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from relay.errors import Forbidden
@@ -49,8 +49,9 @@ def keyword_of(text: str) -> Keyword | None:
     return None
 
 
-def opted_out(project_id: str, number: str) -> Exists:
-    """SQL: ``number`` has opted out of the project (to use inside a larger query)."""
+def opted_out(project_id: str | BindParameter[str], number: str | BindParameter[str]) -> Exists:
+    """SQL: ``number`` has opted out of the project (to use inside a larger query; values,
+    or parameters for a statement built once)."""
     return exists().where(
         OptOut.project_id == project_id,
         OptOut.phone_number == number,

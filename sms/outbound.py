@@ -14,10 +14,11 @@ transaction as the step they report.
 
 from __future__ import annotations
 
+import functools
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import update
+from sqlalchemy import String, Update, bindparam, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from relay.carriers import CarrierError
@@ -27,6 +28,7 @@ from relay.ids import new_id
 from relay.logs import get_logger
 from relay.store.models import Message, MessageEvent, utcnow
 from sms.segmentation import segment
+from sms.store import table_of
 
 if TYPE_CHECKING:
     from sms.service import SmsService
@@ -125,17 +127,17 @@ async def set_status(
     steps = STEPS.get(status, ())
     # The status we last saw first: usually right, and then one UPDATE does it.
     steps = tuple(sorted(steps, key=lambda before: before != msg.status))
+    changes = {**stamps, **values}
     for before in steps:
         moved = await session.execute(
-            update(Message)
-            .where(Message.id == msg.id, Message.status == before)
-            .values(status=status, **stamps, **values)
-            .execution_options(synchronize_session=False)  # see sms.store
+            _status_step(tuple(changes)),
+            {"b_id": msg.id, "b_before": before, "b_status": status}
+            | {f"v_{name}": value for name, value in changes.items()},
         )
         if getattr(moved, "rowcount", 0) != 1:
             continue
         passed = ["sent", status] if before == "queued" and status == "delivered" else [status]
-        for key, value in {**stamps, **values}.items():
+        for key, value in changes.items():
             setattr(msg, key, value)
         for step in passed:
             msg.status = step
@@ -157,6 +159,23 @@ async def set_status(
         for key, value in values.items():
             setattr(msg, key, value)
     return False
+
+
+_messages = table_of(Message)
+
+
+@functools.cache
+def _status_step(columns: tuple[str, ...]) -> Update:
+    """``UPDATE messages SET status, columns... WHERE id AND status``, built once per set of
+    columns, on the Core table, values as parameters (see sms.store)."""
+    return (
+        update(_messages)
+        .where(_messages.c.id == bindparam("b_id"), _messages.c.status == bindparam("b_before"))
+        .values(
+            status=bindparam("b_status", type_=String),
+            **{name: bindparam(f"v_{name}", type_=_messages.c[name].type) for name in columns},
+        )
+    )
 
 
 def log_event(
@@ -198,19 +217,26 @@ async def deliver(svc: SmsService, msg: Message) -> Message:
         )
     except CarrierError as exc:
         log.warning("sms_carrier_refused", message_id=msg.id, code=exc.code, error=str(exc))
-        async with svc.writing() as session:
+        code, error = exc.code, str(exc)
+
+        async def failed(session: AsyncSession) -> None:
             await set_status(
                 session,
                 msg,
                 "failed",
                 work="done",
-                error_code=exc.code,
-                error_message=str(exc),
+                error_code=code,
+                error_message=error,
             )
-            log_event(session, msg.id, "carrier_failed", str(exc), level="error")
+            log_event(session, msg.id, "carrier_failed", error, level="error")
+
+        await svc.db.write(failed)
         return msg
-    async with svc.writing() as session:
+
+    async def handed_over(session: AsyncSession) -> None:
         await set_status(
             session, msg, sent.status, work="done", carrier_message_id=sent.carrier_message_id
         )
+
+    await svc.db.write(handed_over)
     return msg

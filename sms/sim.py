@@ -12,7 +12,7 @@ import asyncio
 import secrets
 
 from pydantic import Field
-from sqlalchemy import select
+from sqlalchemy import bindparam, select
 
 from relay.api.routing import Context, Router
 from relay.api.schema import APIModel, OutModel
@@ -29,6 +29,12 @@ router = Router()
 TAG = "Sim carrier"
 SIM_OFF = "The sim carrier is switched off (RELAY_SIM_ENABLED=0)."
 NOT_SIM = "This number is on {provider!r}, not the sim carrier; text it through that carrier."
+# Built once, values as parameters (see sms.store).
+_NUMBER = select(Number).where(
+    Number.project_id == bindparam("b_project_id"),
+    Number.phone_number == bindparam("b_to"),
+    Number.released_at.is_(None),
+)
 
 
 class SimTextIn(APIModel):
@@ -74,13 +80,7 @@ async def sim_text(ctx: Context, body: SimTextIn) -> SimTextOut:
     sender = to_e164(body.from_, field="from")
     async with ctx.state.db.session() as session:
         number = (
-            await session.execute(
-                select(Number).where(
-                    Number.project_id == ctx.project_id,
-                    Number.phone_number == to,
-                    Number.released_at.is_(None),
-                )
-            )
+            await session.execute(_NUMBER, {"b_project_id": ctx.project_id, "b_to": to})
         ).scalar_one_or_none()
     if number is None:
         raise NotFound(f"No number {to} in this project.", field="to")

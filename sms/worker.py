@@ -23,6 +23,7 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import String, and_, bindparam, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from relay.calls.inbound import webhook_secrets
 from relay.engine.turns import TurnError, TurnRequest, stream_turn
@@ -62,6 +63,18 @@ _DONE = (
         updated_at=bindparam("b_now", type_=_messages.c.updated_at.type),
         error_code=bindparam("b_error_code", type_=String),
     )
+)
+
+# The agent, the conversation's state and whether the sender opted out, in one round trip.
+_DECIDE = (
+    select(
+        Agent,
+        Conversation.state,
+        opted_out(bindparam("b_project_id", type_=String), bindparam("b_from", type_=String)),
+    )
+    .select_from(Conversation)
+    .outerjoin(Agent, and_(Agent.id == bindparam("b_agent_id"), Agent.deleted_at.is_(None)))
+    .where(Conversation.id == bindparam("b_conversation_id"))
 )
 
 
@@ -184,13 +197,13 @@ async def decide(svc: SmsService, msg: Message) -> Outcome:
         # One round trip for the agent, the conversation's state and the sender's opt-out.
         row = (
             await session.execute(
-                select(Agent, Conversation.state, opted_out(msg.project_id, msg.from_number))
-                .select_from(Conversation)
-                .outerjoin(
-                    Agent,
-                    and_(Agent.id == msg.agent_id, Agent.deleted_at.is_(None)),
-                )
-                .where(Conversation.id == msg.conversation_id)
+                _DECIDE,
+                {
+                    "b_agent_id": msg.agent_id,
+                    "b_conversation_id": msg.conversation_id,
+                    "b_project_id": msg.project_id,
+                    "b_from": msg.from_number,
+                },
             )
         ).one()
         agent, state, sender_opted_out = row[0], row[1], bool(row[2])
@@ -301,9 +314,10 @@ async def _turn(svc: SmsService, agent: Agent, payload: dict[str, Any]) -> Outco
 async def _finish(svc: SmsService, msg: Message, outcome: Outcome) -> list[Message]:
     """Store the outcome in one transaction (the text done, opt-out, state, replies
     queued, events), then hand the replies to the carrier in order."""
-    out: list[Message] = []
     now = utcnow()
-    async with svc.writing() as session:
+
+    async def store(session: AsyncSession) -> list[Message]:
+        out: list[Message] = []
         # The conversation's row first, then its messages: the order receive() takes them in,
         # or a carrier's retry of a text arriving now could deadlock with this (PostgreSQL).
         changes: dict[str, Any] = {"state": outcome.state} if outcome.set_state else {}
@@ -356,6 +370,9 @@ async def _finish(svc: SmsService, msg: Message, outcome: Outcome) -> list[Messa
             out.append(reply)
         for level, code, message, data in outcome.events:
             log_event(session, msg.id, code, message, level=level, data=data)
+        return out
+
+    out = await svc.db.write(store)
     for reply in out:
         await deliver(svc, reply)
     return out

@@ -13,16 +13,22 @@ that thread and back (a cursor, an execute, a fetch, a close: four per statement
 of microseconds of CPU and a wake-up of the loop. What can block the loop is a lock another
 process holds (``busy_timeout``); this process's writers queue on ``writing`` instead, and
 under WAL a commit does not fsync (``synchronous=NORMAL``).
+
+Group commit (:meth:`Database.write`): a write handed over as a function of a session joins
+the writes queued behind the one in progress, and all of them run in ONE transaction: one
+session, one flush, one COMMIT for the group instead of one each. A group whose transaction
+fails is rolled back and its writes are run again one transaction each, so one write's error
+(a duplicate key, say) is that write's alone. On PostgreSQL each write is its own transaction.
 """
 
 from __future__ import annotations
 
 import asyncio
 import sqlite3
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import aiosqlite
 from alembic import command
@@ -42,6 +48,10 @@ MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 
 
 BUSY_TIMEOUT_S = 5.0  # how long a statement waits for a lock another process holds
+GROUP_MAX = 64  # writes per group commit: bounds how long one transaction holds the lock
+
+T = TypeVar("T")
+Write = Callable[[AsyncSession], Awaitable[T]]
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
@@ -140,6 +150,7 @@ class Database:
             event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)
         self.sessions = async_sessionmaker(self.engine, expire_on_commit=False)
         self._write_lock: tuple[asyncio.AbstractEventLoop, asyncio.Lock] | None = None
+        self._group: _GroupCommit | None = None
         self._apps = 0
 
     @asynccontextmanager
@@ -158,6 +169,24 @@ class Database:
             return
         async with self._writer_lock(), self.session() as session:
             yield session
+
+    async def write(self, work: Write[T]) -> T:
+        """Run ``work(session)`` in a write transaction and return what it returns, once that
+        transaction has committed. On SQLite it may share the transaction with other writes
+        queued at the same time (group commit), so ``work`` must only use ``session`` (no
+        other awaits), may run twice (once in a group that failed, then alone), and must not
+        commit or roll back itself. Its error, raised here, rolled back what it wrote.
+
+        Objects it ``session.add``s are written when the transaction commits (one flush for
+        the group), not before its next statement: ``work`` does not read them back."""
+        if not self.is_sqlite:
+            async with self.session() as session:
+                with session.no_autoflush:
+                    return await work(session)
+        loop = asyncio.get_running_loop()
+        if self._group is None or self._group.loop is not loop:
+            self._group = _GroupCommit(self, loop)
+        return await self._group.submit(work)
 
     def _writer_lock(self) -> asyncio.Lock:
         # One lock per event loop: a CLI command may run several loops on one handle.
@@ -204,3 +233,61 @@ class Database:
 
     async def close(self) -> None:
         await self.engine.dispose()
+
+
+class _GroupCommit:
+    """The queue of :meth:`Database.write` calls of one event loop, and the task that commits
+    them in groups, in the order they were queued."""
+
+    def __init__(self, db: Database, loop: asyncio.AbstractEventLoop) -> None:
+        self.db = db
+        self.loop = loop
+        self._queue: list[tuple[Write[Any], asyncio.Future[Any]]] = []
+        self._task: asyncio.Task[None] | None = None
+
+    def submit(self, work: Write[T]) -> asyncio.Future[T]:
+        future: asyncio.Future[T] = self.loop.create_future()
+        self._queue.append((work, future))
+        if self._task is None or self._task.done():
+            self._task = self.loop.create_task(self._run(), name="db:group-commit")
+        return future
+
+    async def _run(self) -> None:
+        while self._queue:
+            group = [item for item in self._queue[:GROUP_MAX] if not item[1].done()]
+            del self._queue[:GROUP_MAX]
+            try:
+                await self._commit(group)
+            finally:  # cancelled (the loop is closing): nobody may wait for ever
+                for _, future in group:
+                    if not future.done():
+                        future.set_exception(ConnectionError("the write was not committed"))
+
+    async def _commit(self, group: list[tuple[Write[Any], asyncio.Future[Any]]]) -> None:
+        if not group:
+            return
+        if len(group) > 1:
+            results: list[Any] = []
+            try:
+                async with self.db._writer_lock(), self.db.session() as session:
+                    with session.no_autoflush:
+                        for work, _ in group:
+                            results.append(await work(session))
+            except Exception:  # whose error it was is found out below, one by one
+                pass
+            else:
+                for (_, future), result in zip(group, results, strict=True):
+                    if not future.done():
+                        future.set_result(result)
+                return
+        for work, future in group:
+            try:
+                async with self.db.writing() as session:
+                    with session.no_autoflush:
+                        result = await work(session)
+            except Exception as exc:
+                if not future.done():
+                    future.set_exception(exc)
+            else:
+                if not future.done():
+                    future.set_result(result)

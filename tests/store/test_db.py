@@ -1,0 +1,86 @@
+"""``Database.write``: writes queued together commit together, each keeps its own outcome."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+from sqlalchemy import event, func, select, text
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from relay.store.db import Database
+from relay.store.models import Project
+
+
+def add_project(name: str) -> Any:
+    async def work(session: AsyncSession) -> str:
+        session.add(Project(id=f"prj_{name}", name=name))
+        return name
+
+    return work
+
+
+async def names(db: Database) -> list[str]:
+    async with db.session() as session:
+        return list((await session.execute(select(Project.name).order_by(Project.name))).scalars())
+
+
+async def test_writes_queued_together_commit_in_one_transaction_and_in_order(database):
+    await database.migrate()
+    transactions = 0
+
+    def count(_conn: Any) -> None:
+        nonlocal transactions
+        transactions += 1
+
+    event.listen(database.engine.sync_engine, "commit", count)
+    results = await asyncio.gather(*(database.write(add_project(f"p{i:02d}")) for i in range(20)))
+    # SQLite: the 20 writes queued in one turn of the loop share one COMMIT; PostgreSQL: one each.
+    assert transactions == (1 if database.is_sqlite else 20)
+    assert results == [f"p{i:02d}" for i in range(20)]
+    assert await names(database) == [f"p{i:02d}" for i in range(20)]
+
+
+async def test_a_failing_write_in_a_group_fails_alone(database):
+    await database.migrate()
+    await database.write(add_project("taken"))
+    outcomes = await asyncio.gather(
+        database.write(add_project("a")),
+        database.write(add_project("taken")),  # the unique name refuses it
+        database.write(add_project("b")),
+        return_exceptions=True,
+    )
+    assert outcomes[0] == "a" and outcomes[2] == "b"
+    assert isinstance(outcomes[1], IntegrityError)
+    assert await names(database) == ["a", "b", "taken"]
+
+
+async def test_a_write_reads_what_the_writes_before_it_committed_to_the_same_group(database):
+    await database.migrate()
+
+    async def first(session: AsyncSession) -> None:
+        await session.execute(
+            text(
+                "INSERT INTO projects (id, name, recording_retention_days, created_at) "
+                "VALUES ('prj_x', 'x', 90, CURRENT_TIMESTAMP)"
+            )
+        )
+
+    async def second(session: AsyncSession) -> int:
+        return int((await session.execute(select(func.count()).select_from(Project))).scalar_one())
+
+    _, seen = await asyncio.gather(database.write(first), database.write(second))
+    assert seen == 1
+
+
+async def test_a_cancelled_caller_does_not_stop_the_others(database):
+    await database.migrate()
+    waiting = asyncio.ensure_future(database.write(add_project("gone")))
+    kept = asyncio.ensure_future(database.write(add_project("kept")))
+    waiting.cancel()
+    assert await kept == "kept"
+    with pytest.raises(asyncio.CancelledError):
+        await waiting
+    assert "kept" in await names(database)
