@@ -19,6 +19,10 @@ the writes queued behind the one in progress, and all of them run in ONE transac
 session, one flush, one COMMIT for the group instead of one each. A group whose transaction
 fails is rolled back and its writes are run again one transaction each, so one write's error
 (a duplicate key, say) is that write's alone. On PostgreSQL each write is its own transaction.
+
+Table versions (:meth:`Database.table_version`, SQLite only): a counter per table, moved by
+every statement that writes the table and again when its transaction commits, so a cache of
+rows of a table this process alone writes can tell whether what it holds is still current.
 """
 
 from __future__ import annotations
@@ -35,7 +39,7 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import event, text
+from sqlalchemy import Select, Table, event, text
 from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
@@ -48,6 +52,9 @@ MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 
 
 BUSY_TIMEOUT_S = 5.0  # how long a statement waits for a lock another process holds
+_ANY_TABLE = "*"  # a write whose table is not known: every table's version moves
+_READS = ("SELECT", "PRAGMA")
+_TOUCHED = "relay_tables_written"  # Connection.info: tables the open transaction wrote
 GROUP_MAX = 64  # writes per group commit: bounds how long one transaction holds the lock
 
 T = TypeVar("T")
@@ -146,8 +153,12 @@ class Database:
         else:
             kwargs.update(pool_size=10, max_overflow=20, pool_pre_ping=True)
         self.engine: AsyncEngine = create_async_engine(url, **kwargs)
+        self._versions: dict[str, int] = {}
         if self.is_sqlite:
             event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)
+            event.listen(self.engine.sync_engine, "after_cursor_execute", self._wrote)
+            event.listen(self.engine.sync_engine, "commit", self._committed)
+            event.listen(self.engine.sync_engine, "rollback", self._rolled_back)
         self.sessions = async_sessionmaker(self.engine, expire_on_commit=False)
         self._write_lock: tuple[asyncio.AbstractEventLoop, asyncio.Lock] | None = None
         self._group: _GroupCommit | None = None
@@ -187,6 +198,38 @@ class Database:
         if self._group is None or self._group.loop is not loop:
             self._group = _GroupCommit(self, loop)
         return await self._group.submit(work)
+
+    def table_version(self, table: str) -> int | None:
+        """A number that changes whenever ``table`` may have changed (a write to it ran or
+        committed, in this process); None on PostgreSQL, where other nodes write too. Read
+        it before a query and keep what the query found only while it stays the same."""
+        if not self.is_sqlite:
+            return None
+        return self._versions.get(table, 0) + self._versions.get(_ANY_TABLE, 0)
+
+    def _bump(self, tables: set[str]) -> None:
+        for table in tables:
+            self._versions[table] = self._versions.get(table, 0) + 1
+
+    def _wrote(
+        self, conn: Connection, _cursor: Any, statement: str, _params: Any, context: Any, _many: Any
+    ) -> None:
+        compiled = getattr(getattr(context, "compiled", None), "statement", None)
+        if context is not None and (context.isinsert or context.isupdate or context.isdelete):
+            table = getattr(compiled, "table", None)
+            tables = {table.name} if isinstance(table, Table) else {_ANY_TABLE}
+        elif isinstance(compiled, Select) or statement.lstrip()[:6].upper() in _READS:
+            return
+        else:  # text, DDL: it may have written anything
+            tables = {_ANY_TABLE}
+        self._bump(tables)
+        conn.info.setdefault(_TOUCHED, set()).update(tables)
+
+    def _committed(self, conn: Connection) -> None:
+        self._bump(conn.info.pop(_TOUCHED, set()))
+
+    def _rolled_back(self, conn: Connection) -> None:
+        conn.info.pop(_TOUCHED, None)
 
     def _writer_lock(self) -> asyncio.Lock:
         # One lock per event loop: a CLI command may run several loops on one handle.

@@ -161,6 +161,36 @@ async def test_number_without_agent_stores_the_text_and_logs_why(client, auth, h
     assert [e["code"] for e in detail["events"]] == ["no_agent"]
 
 
+async def test_a_number_unbound_after_a_text_takes_the_next_text_without_its_agent(
+    client, auth, hook
+):
+    # The first text's lookup of the number is kept (SQLite); the PATCH must end that.
+    agent = await make_agent(client, auth, hook)
+    first = await sim_text(client, auth, agent.number, "hello")
+    assert len(first["replies"]) == 1
+    await client.patch(f"/v1/numbers/{agent.number_id}", json={"agentId": None}, headers=auth)
+    got = await sim_text(client, auth, agent.number, "still there?")
+    assert got["replies"] == [] and hook.texts() == ["hello"]
+
+
+async def test_a_number_whose_agent_is_deleted_after_a_text_has_no_agent(client, auth, hook):
+    agent = await make_agent(client, auth, hook)
+    await sim_text(client, auth, agent.number, "hello")
+    resp = await client.delete(f"/v1/agents/{agent.id}", headers=auth)
+    assert resp.status == 200, await resp.text()
+    got = await sim_text(client, auth, agent.number, "still there?")
+    assert got["replies"] == [] and hook.texts() == ["hello"]
+
+
+async def test_a_released_number_takes_no_more_texts(client, auth, hook):
+    agent = await make_agent(client, auth, hook)
+    await sim_text(client, auth, agent.number, "hello")
+    resp = await client.delete(f"/v1/numbers/{agent.number_id}", headers=auth)
+    assert resp.status in (200, 204), await resp.text()
+    await sim_text(client, auth, agent.number, "still there?", status=404)
+    assert hook.texts() == ["hello"]
+
+
 async def test_hosted_agent_records_mode_not_available(client, auth, hook):
     agent = await make_agent(client, auth, None, voiceMode="hosted", systemPrompt="You are Ava.")
     got = await sim_text(client, auth, agent.number, "hi")
