@@ -61,6 +61,7 @@ class Result:
     api_errors: dict[str, int] = field(default_factory=dict)
     skipped_calls: int = 0
     server_cpu_pct: float = 0.0
+    server_cpu_ms_per_call: float = 0.0
     notes: list[str] = field(default_factory=list)
 
 
@@ -137,6 +138,8 @@ def _fill(
     result.p99_ms = harness._percentile(delays, 99)
     result.max_ms = delays[-1] if delays else 0.0
     result.server_cpu_pct = 100 * cpu_seconds / result.seconds
+    calls = len(delays) / EVENTS_PER_CALL
+    result.server_cpu_ms_per_call = 1000 * cpu_seconds / calls if calls else 0.0
 
 
 async def paced(
@@ -274,7 +277,7 @@ def _print(r: Result) -> None:
         f"API errors {sum(r.api_errors.values())}"
         + (f" {r.api_errors}" if r.api_errors else "")
         + (f", calls skipped (relay behind) {r.skipped_calls}" if r.skipped_calls else "")
-        + f", server CPU {r.server_cpu_pct:.0f}%",
+        + f", server CPU {r.server_cpu_pct:.0f}% = {r.server_cpu_ms_per_call:.2f} ms per call",
         flush=True,
     )
 

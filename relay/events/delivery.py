@@ -4,13 +4,26 @@ Fan-out happens where the event is written: a SQLAlchemy flush hook turns each n
 lifecycle event into one :class:`WebhookDelivery` per enabled endpoint of its project that
 wants that type, and marks the event dispatched, in the emitting transaction. (Events written
 some other way are fanned out by the worker.) So a state change commits together with its
-deliveries, and the commit wakes this process's worker.
+deliveries.
+
+Most deliveries are also claimed there (:meth:`DeliveryWorker.reserve`): inserted with this
+node's lease and ``attempts=1``, and handed to the worker in memory when the transaction
+commits, which sends them at once. Per endpoint and ordering key the worker sends through
+one *lane* (a task sending one delivery after the other); a delivery joins its lane only when
+nothing else of that endpoint and key is pending in the outbox, except what this lane is
+sending and what was answered 2xx but is not yet recorded. Otherwise (an earlier delivery
+waits for a retry, is leased by another node, the worker is at its concurrency) it stays in
+the outbox for the claim below, which orders it. When a lane's delivery fails, the ones
+behind it go back to the outbox unattempted. A crash leaves handed-over deliveries leased: the
+restart (or the lease running out) makes them due again, with the same ``webhook-id``.
 
 One worker loop per process. Each cycle is ONE short transaction that
 
-1. writes back the outcomes of the requests that finished since the last cycle,
-2. fans out lifecycle events still not dispatched,
-3. claims due deliveries: pending, ``next_attempt_at`` passed, endpoint enabled, and no
+1. writes back the outcomes of the requests that finished since the last cycle (those
+   answered 2xx with one UPDATE for all),
+2. on a sweep (see below), fans out lifecycle events still not dispatched,
+3. when deliveries may wait in the outbox (a sweep, or outcomes while some were left there),
+   claims due deliveries: pending, ``next_attempt_at`` passed, endpoint enabled, and no
    earlier delivery with the same ``ordering_key`` still pending for that endpoint (nor an
    earlier event of that key not yet fanned out). The deliveries queued behind each one
    (same endpoint and key) are claimed with it and sent right after it, in order, by one
@@ -24,7 +37,8 @@ lease runs out, on another node), with the same ``webhook-id``: receivers dedupl
 On PostgreSQL the fan-out and the claim use ``FOR UPDATE SKIP LOCKED``, so several nodes
 share the work. On SQLite one relay process owns the database file. Work this process did
 not make (other nodes, expired leases) is found by polling every
-``RELAY_WEBHOOK_DELIVERY_POLL_SECONDS`` (due deliveries: at most once a second).
+``RELAY_WEBHOOK_DELIVERY_POLL_SECONDS`` (due deliveries and events not fanned out: at most
+once a second).
 
 Outcomes: a 2xx answer within the timeout delivers. 410 Gone disables the endpoint (its
 pending deliveries wait until it is enabled again). 429 and 503 honour ``Retry-After``.
@@ -40,15 +54,30 @@ import json
 import math
 import random
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from email.utils import parsedate_to_datetime
 from typing import Any
 
 import aiohttp
 from aiohttp import web
-from sqlalchemy import and_, event, exists, or_, select, tuple_, update
+from sqlalchemy import (
+    String,
+    Table,
+    and_,
+    bindparam,
+    case,
+    event,
+    exists,
+    insert,
+    null,
+    or_,
+    select,
+    tuple_,
+    update,
+)
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session, aliased
 
@@ -59,6 +88,7 @@ from relay.logs import get_logger
 from relay.signing import signature_headers
 from relay.store.db import Database
 from relay.store.models import (
+    Base,
     LifecycleEvent,
     WebhookAttempt,
     WebhookDelivery,
@@ -85,8 +115,9 @@ DELIVERY_STATUSES = (PENDING, SUCCEEDED, FAILED)
 
 # --- fan-out in the emitting transaction, and waking the worker on commit ----------------
 
-_wakers: dict[object, set[Callable[..., None]]] = {}
+_workers: dict[object, list[DeliveryWorker]] = {}  # engine -> this process's workers on it
 _MADE = "relay_webhook_delivery_made"
+_RESERVED = "relay_webhook_delivery_reserved"
 _ENDPOINTS_CHANGED = "relay_webhook_endpoints_changed"
 _GENERATION = "relay_webhook_endpoints_generation"
 
@@ -98,11 +129,13 @@ class Route:
     id: str
     project_id: str
     events: frozenset[str] | None
+    url: str
+    secret: str
 
     @classmethod
     def of(cls, endpoint: WebhookEndpoint) -> Route:
-        events = endpoint.events
-        return cls(endpoint.id, endpoint.project_id, None if events is None else frozenset(events))
+        events = None if endpoint.events is None else frozenset(endpoint.events)
+        return cls(endpoint.id, endpoint.project_id, events, endpoint.url, endpoint.secret)
 
 
 class _Routes:
@@ -169,9 +202,15 @@ def _before_flush(session: Session, _context: Any, _instances: Any) -> None:
         session.info[_ENDPOINTS_CHANGED] = True
     if not events:
         return
+    events.sort(key=lambda e: (e.created_at, e.id))  # session.new has no order
     routes = _routes.load(session, {e.project_id for e in events})
-    made = fan_out(session, events, routes, utcnow())
-    if made:
+    now = utcnow()
+    made = fan_out(session, events, routes, now)
+    if not made:
+        return
+    workers = _workers.get(session.bind)
+    left = workers[0].reserve(session, made, now) if workers else len(made)
+    if left:
         session.info[_MADE] = True
 
 
@@ -182,17 +221,23 @@ def _after_begin(session: Session, _transaction: Any, _connection: Any) -> None:
 def _after_commit(session: Session) -> None:
     if session.info.pop(_ENDPOINTS_CHANGED, False):
         _routes.changed()
-    # The flush hook dispatched every event it saw: only deliveries it made are work for the
-    # worker. (Waking it for events with no endpoint cost a write transaction each, two per
-    # text, all of them queued behind SQLite's one writer.)
+    reserved: Reserved | None = session.info.pop(_RESERVED, None)
+    if reserved is not None:
+        reserved.worker.take(reserved)
+    # The flush hook dispatched every event it saw: only deliveries it made and did not
+    # hand to the worker are work for a claim. (Waking it for events with no endpoint cost
+    # a write transaction each, two per text, all of them queued behind SQLite's one writer.)
     if session.info.pop(_MADE, False):
-        for wake in _wakers.get(session.bind, ()):
-            wake(claim=True)
+        for worker in _workers.get(session.bind, ()):
+            worker.wake(claim=True)
 
 
 def _after_rollback(session: Session) -> None:
     session.info.pop(_MADE, None)
     session.info.pop(_ENDPOINTS_CHANGED, None)
+    reserved: Reserved | None = session.info.pop(_RESERVED, None)
+    if reserved is not None:
+        reserved.drop()
 
 
 event.listen(Session, "before_flush", _before_flush)
@@ -201,37 +246,39 @@ event.listen(Session, "after_commit", _after_commit)
 event.listen(Session, "after_rollback", _after_rollback)
 
 
+Made = tuple[WebhookDelivery, LifecycleEvent, Route]
+
+
 def fan_out(
     session: Session | AsyncSession,
     events: Sequence[LifecycleEvent],
     endpoints: Sequence[Route],
     now: datetime,
-) -> int:
+) -> list[Made]:
     """Mark ``events`` dispatched and add a delivery per endpoint that wants each one."""
     by_project: dict[str, list[Route]] = {}
     for endpoint in endpoints:
         by_project.setdefault(endpoint.project_id, []).append(endpoint)
-    made = 0
+    made: list[Made] = []
     for evt in events:
         evt.dispatched_at = now
         for endpoint in by_project.get(evt.project_id, ()):
             if wants(endpoint, evt.type):
-                made += 1
-                session.add(
-                    WebhookDelivery(
-                        id=new_id("msg"),
-                        project_id=evt.project_id,
-                        endpoint_id=endpoint.id,
-                        event_id=evt.id,
-                        event_type=evt.type,
-                        ordering_key=evt.ordering_key,
-                        event_created_at=evt.created_at,
-                        status=PENDING,
-                        attempts=0,
-                        next_attempt_at=now,
-                        created_at=now,
-                    )
+                delivery = WebhookDelivery(
+                    id=new_id("msg"),
+                    project_id=evt.project_id,
+                    endpoint_id=endpoint.id,
+                    event_id=evt.id,
+                    event_type=evt.type,
+                    ordering_key=evt.ordering_key,
+                    event_created_at=evt.created_at,
+                    status=PENDING,
+                    attempts=0,
+                    next_attempt_at=now,
+                    created_at=now,
                 )
+                session.add(delivery)
+                made.append((delivery, evt, endpoint))
     return made
 
 
@@ -266,6 +313,11 @@ class Job:
     url: str
     secret: str
     body: str
+    ordering_key: str | None = None
+
+    @property
+    def lane(self) -> tuple[str, str] | None:
+        return None if self.ordering_key is None else (self.endpoint_id, self.ordering_key)
 
 
 @dataclass(frozen=True, slots=True)
@@ -285,6 +337,49 @@ class Outcome:
     @property
     def gone(self) -> bool:
         return self.status_code == 410
+
+
+class Lane:
+    """The deliveries of one endpoint and ordering key that this node sends, one after the
+    other, by one task. ``ids``: those not yet answered 2xx (pending in the database);
+    ``broken``: one failed, so nothing more may join (the rest went back to the outbox)."""
+
+    __slots__ = ("broken", "ids", "jobs")
+
+    def __init__(self, jobs: Sequence[Job] = ()) -> None:
+        self.jobs: deque[Job] = deque(jobs)
+        self.ids: set[str] = {j.delivery_id for j in jobs}
+        self.broken = False
+
+
+@dataclass(slots=True)
+class Reservation:
+    """Deliveries of one lane claimed in an open transaction; ``behind``: the lane they
+    will join after the commit (None: they start one)."""
+
+    behind: Lane | None
+    jobs: list[Job] = field(default_factory=list)
+    ids: set[str] = field(default_factory=set)
+
+
+# Lanes that an open transaction has claimed deliveries for: another transaction may not
+# claim for the same lane until it ends (the claim sweep orders what they made instead).
+_reserving: dict[tuple[str, str], object] = {}
+
+
+@dataclass(slots=True)
+class Reserved:
+    """What one transaction claimed in the emitting transaction, for its worker."""
+
+    worker: DeliveryWorker
+    session: object
+    lanes: dict[tuple[str, str], Reservation] = field(default_factory=dict)
+    single: list[Job] = field(default_factory=list)
+
+    def drop(self) -> None:
+        for key in self.lanes:
+            if _reserving.get(key) is self.session:
+                del _reserving[key]
 
 
 def retry_after_seconds(value: str | None, *, now: float | None = None) -> float | None:
@@ -378,6 +473,12 @@ class DeliveryWorker:
         self._claim_anyway = True  # the first cycle looks for everything that is due
         self._next_due = math.inf  # the earliest retry this process scheduled (monotonic)
         self._next_sweep = 0.0
+        self._lanes: dict[tuple[str, str], Lane] = {}  # being sent by this node, in order
+        self._settled: set[str] = set()  # answered 2xx, not yet recorded
+        # Deliveries may be due that no transaction handed over (see ``_more_due``).
+        self._backlog = True
+        self._backlog_mark = 0
+        self._closed = False
 
     def wake(self, *, claim: bool = False) -> None:
         """Run a cycle now. ``claim``: look for due deliveries even if this process made
@@ -391,7 +492,7 @@ class DeliveryWorker:
             self._http = aiohttp.ClientSession(
                 connector=aiohttp.TCPConnector(limit=self.concurrency, ttl_dns_cache=60)
             )
-        _wakers.setdefault(self.db.engine.sync_engine, set()).add(self.wake)
+        _workers.setdefault(self.db.engine.sync_engine, []).append(self)
         self._loop = asyncio.create_task(self._run(), name="webhook-delivery")
         log.info("delivery_worker_started", node_id=self.node_id, schedule=self.schedule)
 
@@ -399,7 +500,9 @@ class DeliveryWorker:
         """Deliver what is ready (for up to ``grace`` seconds: the calls ended by shutdown
         have just emitted their events), record the outcomes, then stop. Whatever is left
         stays in the outbox for the next start."""
-        _wakers.get(self.db.engine.sync_engine, set()).discard(self.wake)
+        workers = _workers.get(self.db.engine.sync_engine, [])
+        if self in workers:
+            workers.remove(self)
         if self._loop is not None:
             # Never cancel a cycle half way through its transaction: ask the loop to stop.
             self._stopping = True
@@ -407,6 +510,7 @@ class DeliveryWorker:
             await self._loop
             self._loop = None
         deadline = time.monotonic() + grace
+        self._claim_anyway = True
         with contextlib.suppress(Exception):
             while (left := deadline - time.monotonic()) > 0:
                 chains, _busy = await self.cycle()
@@ -415,6 +519,7 @@ class DeliveryWorker:
                 if not self._sending:
                     break
                 await asyncio.wait(list(self._sending), timeout=left)
+        self._closed = True
         for task in list(self._sending):
             task.cancel()
         with contextlib.suppress(Exception):
@@ -423,10 +528,26 @@ class DeliveryWorker:
             await self._http.close()
         log.info("delivery_worker_stopped", node_id=self.node_id)
 
-    def _spawn(self, chain: list[Job]) -> None:
-        task = asyncio.create_task(self._deliver(chain), name=f"deliver:{chain[0].delivery_id}")
+    def _spawn(self, chain: Sequence[Job]) -> None:
+        lane = Lane(chain)
+        key = chain[0].lane
+        if key is not None and key not in self._lanes:
+            self._lanes[key] = lane  # later deliveries of its key may join it
+        task = asyncio.create_task(self._send(key, lane), name=f"deliver:{chain[0].delivery_id}")
         self._sending.add(task)
         task.add_done_callback(self._sending.discard)
+
+    def _more_due(self) -> None:
+        """Deliveries may wait in the outbox unclaimed: claim after the next outcomes too."""
+        self._backlog = True
+        self._backlog_mark += 1
+
+    def _release(self, jobs: Sequence[Job]) -> None:
+        """Claimed but not to be sent by this lane: back to the outbox, unattempted."""
+        if jobs:
+            self._outcomes.extend(Outcome(j, utcnow(), 0, None, None, None, False) for j in jobs)
+            self._more_due()
+            self._wake.set()
 
     async def _run(self) -> None:
         failures = 0
@@ -450,15 +571,21 @@ class DeliveryWorker:
             if busy:
                 self._wake.set()
 
-    async def _deliver(self, chain: list[Job]) -> None:
-        """Send a chain (deliveries of one ordering key, in order) one after the other; the
-        first failure ends it, and the rest go back unattempted behind it."""
+    async def _send(self, key: tuple[str, str] | None, lane: Lane) -> None:
+        """Send a lane's deliveries one after the other, also those that join it meanwhile;
+        the first failure ends it, and the rest go back unattempted behind it."""
         assert self._http is not None
-        for i, job in enumerate(chain):
-            outcome = await send(self._http, job, self.timeout)
-            self._outcomes.append(outcome)
-            self._wake.set()
-            if not outcome.ok:
+        try:
+            while lane.jobs:
+                job = lane.jobs.popleft()
+                outcome = await send(self._http, job, self.timeout)
+                self._outcomes.append(outcome)
+                self._wake.set()
+                if outcome.ok:
+                    lane.ids.discard(job.delivery_id)
+                    self._settled.add(job.delivery_id)
+                    continue
+                lane.broken = True
                 log.info(
                     "webhook_attempt_failed",
                     delivery_id=job.delivery_id,
@@ -467,9 +594,130 @@ class DeliveryWorker:
                     status=outcome.status_code,
                     error=outcome.error,
                 )
-                for rest in chain[i + 1 :]:
-                    self._outcomes.append(Outcome(rest, utcnow(), 0, None, None, None, False))
-                return
+                self._release(list(lane.jobs))
+                lane.jobs.clear()
+                self._more_due()
+        except BaseException:
+            lane.broken = True
+            raise
+        finally:
+            # Synchronously with its last step: a lane in ``_lanes`` always has a task that
+            # will send what joins it.
+            if key is not None and self._lanes.get(key) is lane:
+                del self._lanes[key]
+
+    # --- claimed in the emitting transaction ----------------------------------------------
+
+    def reserve(self, session: Session, made: Sequence[Made], now: datetime) -> int:
+        """Claim deliveries being made, in the transaction that makes them, so they are sent
+        the moment it commits (:meth:`take`), not after a claim in a transaction of the
+        worker's own. A delivery with an ordering key is claimed here only when nothing of its
+        lane (endpoint and key) waits before it: every other pending delivery of that lane is
+        one this node is sending in order, or has sent (2xx) but not yet recorded. Returns
+        how many were left for the claim."""
+        if self._stopping or self._loop is None:
+            return len(made)
+        reserved: Reserved | None = session.info.get(_RESERVED)
+        if reserved is None:
+            reserved = session.info[_RESERVED] = Reserved(self, session)
+        new_lanes = sum(1 for r in reserved.lanes.values() if r.behind is None)
+        room = self.concurrency - len(self._sending) - len(reserved.single) - new_lanes
+        until = now + self.lease
+        left = 0
+        groups: dict[tuple[str, str], list[Made]] = {}
+        for item in made:
+            delivery = item[0]
+            if delivery.ordering_key is not None:
+                groups.setdefault((delivery.endpoint_id, delivery.ordering_key), []).append(item)
+            elif room > 0:
+                room -= 1
+                reserved.single.append(self._claim_made(item, until))
+            else:
+                left += 1
+        blocked = self._waiting(session, reserved, groups)
+        for key, items in groups.items():
+            res = reserved.lanes.get(key)
+            if key not in blocked and res is None and key not in self._lanes:
+                if room > 0:
+                    room -= 1
+                else:
+                    blocked.add(key)
+            if key in blocked:
+                left += len(items)
+                continue
+            if res is None:
+                res = reserved.lanes[key] = Reservation(self._lanes.get(key))
+                _reserving[key] = session
+            for item in items:
+                job = self._claim_made(item, until)
+                res.jobs.append(job)
+                res.ids.add(job.delivery_id)
+        if left:
+            self._more_due()
+        return left
+
+    def _waiting(
+        self, session: Session, reserved: Reserved, groups: dict[tuple[str, str], list[Made]]
+    ) -> set[tuple[str, str]]:
+        """The lanes of ``groups`` that something else waits in (see :meth:`reserve`)."""
+        blocked = {key for key in groups if _reserving.get(key, session) is not session}
+        check = [key for key in groups if key not in blocked]
+        if not check:
+            return blocked
+        # Two INs, not one of (endpoint, key) pairs: SQLite uses the index only for these.
+        rows = session.execute(
+            _PENDING_IN_LANES,
+            {"b_endpoints": list({k[0] for k in check}), "b_keys": list({k[1] for k in check})},
+        )
+        for delivery_id, endpoint_id, ordering_key in rows:
+            key = (endpoint_id, ordering_key or "")
+            if key not in groups or delivery_id in self._settled:
+                continue
+            res = reserved.lanes.get(key)
+            if res is not None and delivery_id in res.ids:
+                continue
+            lane = res.behind if res is not None else self._lanes.get(key)
+            if lane is not None and delivery_id in lane.ids:
+                continue
+            blocked.add(key)
+        return blocked
+
+    def _claim_made(self, item: Made, until: datetime) -> Job:
+        delivery, evt, route = item
+        delivery.attempts = 1
+        delivery.claimed_by = self.node_id
+        delivery.next_attempt_at = until
+        return Job(
+            delivery.id,
+            delivery.endpoint_id,
+            1,
+            route.url,
+            route.secret,
+            event_body(evt),
+            delivery.ordering_key,
+        )
+
+    def take(self, reserved: Reserved) -> None:
+        """After the commit: send what ``reserved`` claimed, joining the lanes it was claimed
+        behind. If such a lane broke meanwhile (or another took its place), the deliveries go
+        back to the outbox, to be claimed behind the failed one. After :meth:`stop` they stay
+        leased: the next start (or the lease running out) hands them out again."""
+        reserved.drop()
+        if self._closed:
+            return
+        for job in reserved.single:
+            self._spawn([job])
+        for key, res in reserved.lanes.items():
+            lane, behind = self._lanes.get(key), res.behind
+            if behind is not None and behind.broken:
+                self._release(res.jobs)
+            elif lane is not None and lane is behind:
+                lane.jobs.extend(res.jobs)
+                lane.ids.update(res.ids)
+            elif lane is None:  # a new lane, or the one it joined sent everything
+                self._spawn(res.jobs)
+            else:  # a claim started the lane meanwhile: line up behind it in the outbox
+                self._release(res.jobs)
 
     async def cycle(self, *, claim: bool = True) -> tuple[list[list[Job]], bool]:
         """One transaction: record outcomes, fan out, claim. Returns the claimed chains and
@@ -481,28 +729,88 @@ class DeliveryWorker:
         tick = time.monotonic()
         sweep = self._claim_anyway or tick >= self._next_due or tick >= self._next_sweep
         self._claim_anyway = False
+        if not outcomes and not (claim and sweep):
+            return [], False  # nothing to record or look for: no transaction
+        mark = self._backlog_mark
         try:
             async with writing(self.db) as session:
                 now = utcnow()
                 await self._record(session, outcomes, now)
-                fanned, made = await self._fan_out(session, now) if claim else (0, 0)
+                # Events are fanned out where they are written (``_before_flush``): this
+                # query only finds those written some other way.
+                fanned, made = await self._fan_out(session, now) if claim and sweep else (0, 0)
                 room = self.concurrency - len(self._sending)
-                look = claim and room > 0 and (sweep or made > 0 or bool(outcomes))
+                # After outcomes, claim only if deliveries may be waiting behind them: most
+                # were handed over by the transaction that made them.
+                after = bool(outcomes) and self._backlog
+                look = claim and room > 0 and (sweep or made > 0 or after)
                 chains = await self._claim(session, now, room) if look else []
         except BaseException:
             self._outcomes[:0] = outcomes  # not recorded: keep them for the next cycle
             self._claim_anyway = self._claim_anyway or sweep
             raise
+        self._settled.difference_update(o.job.delivery_id for o in outcomes if o.sent and o.ok)
         if look:
             if tick >= self._next_due:
                 self._next_due = math.inf
             if sweep:
                 self._next_sweep = tick + CLAIM_SWEEP_SECONDS
+            if chains:
+                self._more_due()  # more may be lined up behind them
+            elif not self._sending and self._backlog_mark == mark:
+                self._backlog = False  # nothing due is left that this node could send
+        if fanned >= FANOUT_BATCH:
+            self._claim_anyway = True
         return chains, fanned >= FANOUT_BATCH or (room > 0 and len(chains) >= room)
 
     async def _record(self, session: AsyncSession, outcomes: list[Outcome], now: datetime) -> None:
+        delivered = [o for o in outcomes if o.sent and o.ok]
+        if delivered:
+            await self._record_delivered(session, delivered, now)
+        if len(delivered) < len(outcomes):
+            await self._record_others(session, [o for o in outcomes if not (o.sent and o.ok)], now)
+
+    async def _record_delivered(
+        self, session: AsyncSession, outcomes: list[Outcome], now: datetime
+    ) -> None:
+        """The common case, in three statements for any number: the attempts, and each
+        delivery ``succeeded`` (if still ours: not retried by hand nor re-claimed)."""
+        ids = [o.job.delivery_id for o in outcomes]
+        found = set(
+            (
+                await session.execute(select(_deliveries.c.id).where(_deliveries.c.id.in_(ids)))
+            ).scalars()
+        )
+        outcomes = [o for o in outcomes if o.job.delivery_id in found]  # else: endpoint deleted
         if not outcomes:
             return
+        node = self.node_id
+        await session.execute(
+            _INSERT_ATTEMPTS,
+            [
+                {
+                    "id": new_id("wha"),
+                    "delivery_id": o.job.delivery_id,
+                    "number": o.job.attempt,
+                    "started_at": o.started_at,
+                    "status_code": o.status_code,
+                    "latency_ms": o.latency_ms,
+                    "error": None,
+                }
+                for o in outcomes
+            ],
+        )
+        await session.execute(
+            _DELIVERED,
+            [
+                {"b_id": o.job.delivery_id, "b_code": o.status_code, "b_now": now, "b_node": node}
+                for o in outcomes
+            ],
+        )
+
+    async def _record_others(
+        self, session: AsyncSession, outcomes: list[Outcome], now: datetime
+    ) -> None:
         rows = await session.execute(
             select(WebhookDelivery, WebhookEndpoint)
             .join(WebhookEndpoint, WebhookEndpoint.id == WebhookDelivery.endpoint_id)
@@ -578,7 +886,7 @@ class DeliveryWorker:
         ).scalars()
         made = fan_out(session, events, [Route.of(e) for e in endpoints], now)
         await session.flush()
-        return len(events), made
+        return len(events), len(made)
 
     async def _claim(self, session: AsyncSession, now: datetime, limit: int) -> list[list[Job]]:
         d = WebhookDelivery
@@ -645,6 +953,7 @@ class DeliveryWorker:
                         url,
                         secret,
                         event_body(member_evt),
+                        member.ordering_key,
                     )
                 )
             chains.append(chain)
@@ -681,6 +990,41 @@ class DeliveryWorker:
             if len(chain) < MAX_CHAIN - 1:
                 chain.append((member, evt))
         return out
+
+
+def _table(model: type[Base]) -> Table:
+    table = model.__table__
+    assert isinstance(table, Table)
+    return table
+
+
+_deliveries = _table(WebhookDelivery)
+_INSERT_ATTEMPTS = insert(_table(WebhookAttempt))
+# Built once, values as parameters: each execute reuses the compiled statement.
+_ours = and_(
+    _deliveries.c.claimed_by == bindparam("b_node", type_=String), _deliveries.c.status == PENDING
+)
+_PENDING_IN_LANES = select(
+    _deliveries.c.id, _deliveries.c.endpoint_id, _deliveries.c.ordering_key
+).where(
+    _deliveries.c.endpoint_id.in_(bindparam("b_endpoints", expanding=True)),
+    _deliveries.c.ordering_key.in_(bindparam("b_keys", expanding=True)),
+    _deliveries.c.status == PENDING,
+)
+_DELIVERED = (
+    update(_deliveries)
+    .where(_deliveries.c.id == bindparam("b_id"))
+    .values(
+        last_status_code=bindparam("b_code"),
+        last_error=None,
+        status=case((_ours, SUCCEEDED), else_=_deliveries.c.status),
+        delivered_at=case(
+            (_ours, bindparam("b_now", type_=_deliveries.c.delivered_at.type)),
+            else_=_deliveries.c.delivered_at,
+        ),
+        claimed_by=case((_ours, null()), else_=_deliveries.c.claimed_by),
+    )
+)
 
 
 async def release_leases(db: Database, node_id: str) -> int:

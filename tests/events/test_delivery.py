@@ -265,6 +265,74 @@ async def test_a_later_event_of_a_call_waits_for_the_earlier_one(client, auth, d
     assert first_b < last_a_retry
 
 
+async def test_events_made_while_an_earlier_one_is_sent_follow_it(
+    client, auth, database, receiver
+):
+    # call.queued is answered slowly: the later events of its call are made while it is on
+    # the wire, and are handed to the worker by the transactions that make them.
+    async def answer(got: Received, n: int) -> web.StreamResponse:
+        if got.type == "call.queued":
+            await asyncio.sleep(0.3)
+        return web.Response(status=204)
+
+    receiver.answer = answer
+    endpoint = await add_endpoint(client, auth, receiver.url)
+    project = await project_id(database)
+    await emit_events(database, project, ("call.queued", "c"))
+    await receiver.wait_count(1)
+    await emit_events(
+        database, project, ("call.connecting", "c"), ("call.in_progress", "c"), ("call.queued", "d")
+    )
+    data = await settled(client, auth, endpoint["id"], 4)
+    assert [r.type for r in receiver.requests if r.call_id == "c"] == [
+        "call.queued",
+        "call.connecting",
+        "call.in_progress",
+    ]
+    assert sorted((d["eventType"], d["status"], d["attempts"]) for d in data) == [
+        ("call.connecting", "succeeded", 1),
+        ("call.in_progress", "succeeded", 1),
+        ("call.queued", "succeeded", 1),
+        ("call.queued", "succeeded", 1),
+    ]
+    assert all(len(d["attemptLog"]) == 1 for d in data)
+    # Another call's event did not wait behind the slow one.
+    assert [r.call_id for r in receiver.requests].index("d") < 2
+
+
+async def test_events_lined_up_behind_a_failing_one_wait_for_its_retries(
+    client, auth, database, receiver
+):
+    async def answer(got: Received, n: int) -> web.StreamResponse:
+        if got.type == "call.queued" and n <= 2:
+            await asyncio.sleep(0.3)
+            return web.Response(status=500)
+        return web.Response(status=204)
+
+    receiver.answer = answer
+    endpoint = await add_endpoint(client, auth, receiver.url)
+    project = await project_id(database)
+    await emit_events(database, project, ("call.queued", "c"))
+    await receiver.wait_count(1)
+    # Made while call.queued is on the wire: lined up behind it, then sent back unattempted
+    # when it fails.
+    await emit_events(database, project, ("call.connecting", "c"), ("call.in_progress", "c"))
+    data = await settled(client, auth, endpoint["id"], 3)
+    assert [r.type for r in receiver.requests] == [
+        "call.queued",
+        "call.queued",
+        "call.queued",
+        "call.connecting",
+        "call.in_progress",
+    ]
+    attempts = {d["eventType"]: (d["status"], d["attempts"], len(d["attemptLog"])) for d in data}
+    assert attempts == {
+        "call.queued": ("succeeded", 3, 3),
+        "call.connecting": ("succeeded", 1, 1),
+        "call.in_progress": ("succeeded", 1, 1),
+    }
+
+
 async def test_ordering_holds_after_retries_are_exhausted(client, auth, database, receiver):
     async def answer(got: Received, n: int) -> web.StreamResponse:
         return web.Response(status=500 if got.type == "call.queued" else 200)
