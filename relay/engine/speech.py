@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import threading
 import time
 import uuid
 from collections import deque
@@ -78,12 +79,20 @@ class LocalSTT(stt.STT[Any]):
     def provider(self) -> str:
         return "relay"
 
-    def _transcribe(self, pcm: PCM) -> tuple[str, float]:
+    def _transcribe(self, pcm: PCM, stop: threading.Event) -> tuple[str, float]:
         raise NotImplementedError
 
     async def transcribe(self, pcm: PCM, sample_rate: int) -> tuple[str, float]:
-        """Recognize 16-bit mono audio of any rate; returns (text, confidence)."""
-        return await models.run_inference(self._transcribe, resample(pcm, sample_rate, self.rate))
+        """Recognize 16-bit mono audio of any rate; returns (text, confidence). Cancelling
+        it drops a run still queued, and tells a running one to skip its retries."""
+        stop = threading.Event()
+        try:
+            return await models.run_inference(
+                self._transcribe, resample(pcm, sample_rate, self.rate), stop
+            )
+        except asyncio.CancelledError:
+            stop.set()
+            raise
 
     async def _recognize_impl(
         self,
@@ -105,15 +114,15 @@ class WhisperSTT(LocalSTT):
     name = "faster-whisper-tiny.en"
     rate = models.WHISPER_RATE
 
-    def _transcribe(self, pcm: PCM) -> tuple[str, float]:
-        return models.whisper_transcribe(pcm)
+    def _transcribe(self, pcm: PCM, stop: threading.Event) -> tuple[str, float]:
+        return models.whisper_transcribe(pcm, stop)
 
 
 class PocketsphinxSTT(LocalSTT):
     name = "pocketsphinx-en-us"
     rate = models.POCKETSPHINX_RATE
 
-    def _transcribe(self, pcm: PCM) -> tuple[str, float]:
+    def _transcribe(self, pcm: PCM, stop: threading.Event) -> tuple[str, float]:
         return models.pocketsphinx_transcribe(pcm)
 
 

@@ -43,10 +43,39 @@ async def test_whisper_hears_a_turn_without_encoding_a_30_s_window(voice):
     from relay.engine.codecs import resample
 
     audio = resample(voice("Do you have a table for Tuesday?"), RATE, 16000)
-    fitted = models._whisper_short(audio.astype(np.float32) / 32768.0)
+    fitted = models._whisper_short(audio.astype(np.float32) / 32768.0, 300)
     assert fitted is not None  # trusted, not redone the 30 s way
     assert "table" in fitted[0].lower() and "tuesday" in fitted[0].lower()
     assert models.whisper_transcribe(np.zeros(16000, np.int16))[0] == ""
+
+
+async def test_a_fragment_before_a_pause_is_heard_without_the_30_s_window(voice, monkeypatch):
+    """ "Great," alone: a window fitted to it tends to loop ("Great. Great. Great."); the
+    10 s window gets it, and the standard 30 s way is not needed."""
+    from relay.engine import models
+    from relay.engine.codecs import resample
+
+    line = voice("Great, please put it under the name Johnson.")
+    loud = np.flatnonzero(np.abs(line) > 1000)
+    fragment = line[: loud[0] + int(0.5 * RATE)]  # the first half second of speech
+    full_runs = []
+    real_full = models._whisper_full
+    monkeypatch.setattr(models, "_whisper_full", lambda a: full_runs.append(1) or real_full(a))
+    text, _ = models.whisper_transcribe(resample(fragment, RATE, 16000))
+    assert "great" in text.lower() and text.lower().count("great") == 1
+    assert not full_runs
+
+
+def test_a_recognition_nobody_wants_any_more_skips_its_retries(voice):
+    import threading
+
+    from relay.engine import models
+    from relay.engine.codecs import resample
+
+    stop = threading.Event()
+    stop.set()
+    audio = resample(voice("Do you have a table for Tuesday?"), RATE, 16000)
+    assert models.whisper_transcribe(audio, stop) == ("", 0.0)
 
 
 def test_a_short_window_that_runs_on_and_repeats_itself_is_not_trusted():
