@@ -64,6 +64,7 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 from sqlalchemy import (
+    Integer,
     String,
     Table,
     and_,
@@ -108,6 +109,8 @@ STOP_GRACE_SECONDS = 5.0
 CLAIM_SWEEP_SECONDS = 1.0
 # Deliveries of one ordering key sent back to back by one task (see ``_followers``).
 MAX_CHAIN = 20
+# How long a 2xx outcome may wait to be recorded with the ones that follow it.
+RECORD_SECONDS = 0.02
 
 PENDING, SUCCEEDED, FAILED = "pending", "succeeded", "failed"
 DELIVERY_STATUSES = (PENDING, SUCCEEDED, FAILED)
@@ -479,6 +482,7 @@ class DeliveryWorker:
         self._backlog = True
         self._backlog_mark = 0
         self._closed = False
+        self._record_timer: asyncio.TimerHandle | None = None
 
     def wake(self, *, claim: bool = False) -> None:
         """Run a cycle now. ``claim``: look for due deliveries even if this process made
@@ -520,6 +524,9 @@ class DeliveryWorker:
                     break
                 await asyncio.wait(list(self._sending), timeout=left)
         self._closed = True
+        if self._record_timer is not None:
+            self._record_timer.cancel()
+            self._record_timer = None
         for task in list(self._sending):
             task.cancel()
         with contextlib.suppress(Exception):
@@ -536,6 +543,10 @@ class DeliveryWorker:
         task = asyncio.create_task(self._send(key, lane), name=f"deliver:{chain[0].delivery_id}")
         self._sending.add(task)
         task.add_done_callback(self._sending.discard)
+
+    def _record_soon(self) -> None:
+        self._record_timer = None
+        self._wake.set()
 
     def _more_due(self) -> None:
         """Deliveries may wait in the outbox unclaimed: claim after the next outcomes too."""
@@ -580,8 +591,14 @@ class DeliveryWorker:
                 job = lane.jobs.popleft()
                 outcome = await send(self._http, job, self.timeout)
                 self._outcomes.append(outcome)
-                self._wake.set()
                 if outcome.ok:
+                    if self._backlog:
+                        self._wake.set()  # deliveries may wait behind this one
+                    elif self._record_timer is None:
+                        # Recorded a little later, with the others answered meanwhile.
+                        self._record_timer = asyncio.get_running_loop().call_later(
+                            RECORD_SECONDS, self._record_soon
+                        )
                     lane.ids.discard(job.delivery_id)
                     self._settled.add(job.delivery_id)
                     continue
@@ -597,6 +614,7 @@ class DeliveryWorker:
                 self._release(list(lane.jobs))
                 lane.jobs.clear()
                 self._more_due()
+                self._wake.set()
         except BaseException:
             lane.broken = True
             raise
@@ -661,7 +679,10 @@ class DeliveryWorker:
     ) -> set[tuple[str, str]]:
         """The lanes of ``groups`` that something else waits in (see :meth:`reserve`)."""
         blocked = {key for key in groups if _reserving.get(key, session) is not session}
-        check = [key for key in groups if key not in blocked]
+        # A key that names a row this transaction inserts (the call it opens) has nothing
+        # before it.
+        fresh = {getattr(obj, "id", None) for obj in session.new}
+        check = [key for key in groups if key not in blocked and key[1] not in fresh]
         if not check:
             return blocked
         # Two INs, not one of (endpoint, key) pairs: SQLite uses the index only for these.
@@ -773,29 +794,20 @@ class DeliveryWorker:
     async def _record_delivered(
         self, session: AsyncSession, outcomes: list[Outcome], now: datetime
     ) -> None:
-        """The common case, in three statements for any number: the attempts, and each
-        delivery ``succeeded`` (if still ours: not retried by hand nor re-claimed)."""
-        ids = [o.job.delivery_id for o in outcomes]
-        found = set(
-            (
-                await session.execute(select(_deliveries.c.id).where(_deliveries.c.id.in_(ids)))
-            ).scalars()
-        )
-        outcomes = [o for o in outcomes if o.job.delivery_id in found]  # else: endpoint deleted
-        if not outcomes:
-            return
+        """The common case, in two statements for any number: the attempts (of deliveries
+        that still exist: an endpoint may have been deleted), and each delivery ``succeeded``
+        if still ours (not retried by hand nor re-claimed)."""
         node = self.node_id
         await session.execute(
-            _INSERT_ATTEMPTS,
+            _INSERT_ATTEMPT,
             [
                 {
-                    "id": new_id("wha"),
-                    "delivery_id": o.job.delivery_id,
-                    "number": o.job.attempt,
-                    "started_at": o.started_at,
-                    "status_code": o.status_code,
-                    "latency_ms": o.latency_ms,
-                    "error": None,
+                    "b_aid": new_id("wha"),
+                    "b_id": o.job.delivery_id,
+                    "b_number": o.job.attempt,
+                    "b_started": o.started_at,
+                    "b_code": o.status_code,
+                    "b_latency": o.latency_ms,
                 }
                 for o in outcomes
             ],
@@ -999,7 +1011,18 @@ def _table(model: type[Base]) -> Table:
 
 
 _deliveries = _table(WebhookDelivery)
-_INSERT_ATTEMPTS = insert(_table(WebhookAttempt))
+_attempts = _table(WebhookAttempt)
+_INSERT_ATTEMPT = insert(_attempts).from_select(
+    ["id", "delivery_id", "number", "started_at", "status_code", "latency_ms"],
+    select(
+        bindparam("b_aid", type_=String),
+        _deliveries.c.id,
+        bindparam("b_number", type_=Integer),
+        bindparam("b_started", type_=_attempts.c.started_at.type),
+        bindparam("b_code", type_=Integer),
+        bindparam("b_latency", type_=Integer),
+    ).where(_deliveries.c.id == bindparam("b_id")),
+)
 # Built once, values as parameters: each execute reuses the compiled statement.
 _ours = and_(
     _deliveries.c.claimed_by == bindparam("b_node", type_=String), _deliveries.c.status == PENDING
