@@ -4,8 +4,9 @@ calls one relay holds, against a real ``relay serve`` subprocess with the real e
 A fresh database (a SQLite file by default; with ``--database-url postgresql://...`` a
 schema of its own, dropped afterwards) and a relay with the sim carrier enabled. A webhook
 agent whose webhook is *instant*: a local aiohttp server in this process that answers every
-``agent.message`` at once with two NDJSON chunks, so every millisecond measured is ours
-(VAD, endpointing, STT, TTS, the relay), none of it the developer's.
+``agent.message`` at once with two NDJSON chunks, worded anew every turn, so every
+millisecond measured is ours (VAD, endpointing, STT, TTS, the relay), none of it the
+developer's.
 
 Callers are :class:`relay.carriers.sim.handset.SimHandset` s: each places a sim call and
 speaks the Twilio Media Streams protocol, sending recorded human-like speech (Piper,
@@ -70,10 +71,19 @@ LINES = [
     "Is there parking close to the restaurant?",
     "Thank you, that is everything for today.",
 ]
-REPLY = [  # two NDJSON chunks: the first is spoken while the second is on its way
-    {"text": "Sure, I can help with that.", "interim": True},
-    {"text": " Is there anything else you need?"},
-]
+
+
+def reply(turn: int) -> list[dict[str, Any]]:
+    """Two NDJSON chunks (the first is spoken while the second is on its way), worded anew
+    every turn: the relay keeps synthesized phrases (``RELAY_TTS_CACHE_MB``), and a reply
+    said before would be measured without its synthesis. The greeting is the same for every
+    call, as a real agent's is."""
+    return [
+        {"text": f"Sure, I have noted that as item {turn}.", "interim": True},
+        {"text": f" Is there anything else you need for item {turn}?"},
+    ]
+
+
 GREETING = "Thanks for calling. How can I help?"
 RAMP = [1, 2, 4, 8, 12, 16, 20, 24, 32]
 FRAME_MS = 20.0
@@ -113,7 +123,7 @@ class InstantWebhook(harness.LocalHook):
         self.transcripts.append(event.get("data", {}).get("transcript") or "")
         resp = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
         await resp.prepare(request)
-        for chunk in REPLY:
+        for chunk in reply(self.turns):
             await resp.write(json.dumps(chunk).encode() + b"\n")
         await resp.write_eof()
         return resp

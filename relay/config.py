@@ -88,6 +88,9 @@ class Settings(BaseSettings):
     dtmf_gather_ms: int = Field(default=800, ge=0, le=10000)
     # Threads for STT/TTS inference, shared by every call of the process.
     inference_threads: int = Field(default=2, ge=1, le=64)
+    # Synthesized phrases kept in memory (greetings, fillers, fallbacks, repeated lines),
+    # least recently used dropped first; 0 turns the cache off.
+    tts_cache_mb: int = Field(default=32, ge=0, le=4096)
 
     # Hosted mode and post-call intelligence (``hosted_llm``). With a base URL, an
     # OpenAI-compatible endpoint (OpenAI, Groq, vLLM, Ollama, a llama.cpp server) answers, with

@@ -27,7 +27,10 @@ class VoiceEngine:
         self.active: dict[str, CallHandle] = {}
         self._sessions: dict[str, CallSession] = {}
         self.recordings = RecordingJobs()  # encodes that outlive their calls
-        models.configure(inference_threads=self.settings.inference_threads)
+        models.configure(
+            inference_threads=self.settings.inference_threads,
+            tts_cache_bytes=self.settings.tts_cache_mb * 1024 * 1024,
+        )
 
     async def warm(self) -> None:
         """Load and run the default models once (a few seconds), off the event loop."""

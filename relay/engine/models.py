@@ -22,6 +22,7 @@ import os
 import shutil
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any, Literal, TypeVar
 
@@ -46,36 +47,100 @@ _phonemize_lock = threading.Lock()
 _pools: dict[str, concurrent.futures.ThreadPoolExecutor] = {}
 _pool_size = 2
 INFERENCE_NICENESS = 10
+# Synthesis that can wait (a reply's later sentences: the earlier ones are still playing)
+# runs lower still, so that it never slows a recognition or a reply's first words.
+LOOKAHEAD_NICENESS = 16
 
 
-def configure(*, inference_threads: int) -> None:
-    """Set the inference pools' size (before the first call uses them)."""
+def configure(*, inference_threads: int, tts_cache_bytes: int | None = None) -> None:
+    """Set the inference pools' size (before the first call uses them) and the size of the
+    synthesized-phrase cache."""
     global _pool_size
     _pool_size = inference_threads
+    if tts_cache_bytes is not None:
+        phrases.resize(tts_cache_bytes)
 
 
-def inference_pool(kind: Literal["stt", "tts"] = "stt") -> concurrent.futures.ThreadPoolExecutor:
-    """The threads recognition (``stt``) or synthesis (``tts``) runs in. Two pools, so a
+class PhraseCache:
+    """Synthesized audio by (engine, rate, text), least recently used dropped first, within
+    a byte budget. Greetings, fillers, fallbacks and reprompts are said again and again, and
+    synthesizing one costs about a tenth of its length in CPU (Piper). The arrays are
+    read-only: every caller gets the same one."""
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self.bytes = 0
+        self.hits = 0
+        self.misses = 0
+        self._items: OrderedDict[tuple[str, int, str], PCM] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: tuple[str, int, str]) -> PCM | None:
+        with self._lock:
+            pcm = self._items.get(key)
+            if pcm is None:
+                self.misses += 1
+                return None
+            self._items.move_to_end(key)
+            self.hits += 1
+            return pcm
+
+    def put(self, key: tuple[str, int, str], pcm: PCM) -> PCM:
+        pcm.flags.writeable = False
+        if pcm.nbytes > self.max_bytes:
+            return pcm
+        with self._lock:
+            old = self._items.pop(key, None)
+            if old is not None:
+                self.bytes -= old.nbytes
+            self._items[key] = pcm
+            self.bytes += pcm.nbytes
+            self._trim()
+        return pcm
+
+    def resize(self, max_bytes: int) -> None:
+        with self._lock:
+            self.max_bytes = max_bytes
+            self._trim()
+
+    def _trim(self) -> None:
+        while self.bytes > self.max_bytes and self._items:
+            _key, dropped = self._items.popitem(last=False)
+            self.bytes -= dropped.nbytes
+
+
+phrases = PhraseCache(32 * 1024 * 1024)
+
+
+PoolKind = Literal["stt", "tts", "lookahead"]
+
+
+def inference_pool(kind: PoolKind = "stt") -> concurrent.futures.ThreadPoolExecutor:
+    """The threads recognition (``stt``) or synthesis (``tts``; ``lookahead`` for audio the
+    caller will not hear before what is already playing) runs in. Separate pools, so a
     reply's first words (tens of ms of Piper) never queue behind other calls' Whisper runs
-    (hundreds of ms, one at a time in CTranslate2)."""
+    (hundreds of ms, one at a time in CTranslate2), nor behind later sentences."""
     with _lock:
         pool = _pools.get(kind)
         if pool is None:
+            niceness = LOOKAHEAD_NICENESS if kind == "lookahead" else INFERENCE_NICENESS
             pool = _pools[kind] = concurrent.futures.ThreadPoolExecutor(
                 max_workers=_pool_size,
                 thread_name_prefix=f"relay-{kind}",
                 initializer=_yield_to_the_event_loop,
+                initargs=(niceness,),
             )
         return pool
 
 
-def _yield_to_the_event_loop() -> None:
+def _yield_to_the_event_loop(niceness: int) -> None:
     """Inference threads run at a lower priority than the event loop, which paces every
     call's audio and answers its webhooks: when the cores are busy, a 20 ms frame must not
     wait behind a Whisper or Piper run. Threads the models start from here (CTranslate2's,
-    ONNX Runtime's) inherit it. Linux sets niceness per thread; elsewhere this does nothing."""
+    ONNX Runtime's) inherit it. Linux sets niceness per thread (once: a process that is not
+    root may lower its priority but not raise it again); elsewhere this does nothing."""
     with contextlib.suppress(OSError, AttributeError):
-        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), INFERENCE_NICENESS)
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), niceness)
 
 
 async def run_inference(fn: Callable[..., T], *args: Any) -> T:
@@ -83,9 +148,11 @@ async def run_inference(fn: Callable[..., T], *args: Any) -> T:
     return await asyncio.get_running_loop().run_in_executor(inference_pool("stt"), fn, *args)
 
 
-async def run_synthesis(fn: Callable[..., T], *args: Any) -> T:
-    """Run blocking speech synthesis in its own pool."""
-    return await asyncio.get_running_loop().run_in_executor(inference_pool("tts"), fn, *args)
+async def run_synthesis(fn: Callable[..., T], *args: Any, urgent: bool = True) -> T:
+    """Run blocking speech synthesis in its own pool. ``urgent=False``: audio the caller
+    will not hear before what is already playing (see ``LOOKAHEAD_NICENESS``)."""
+    pool = inference_pool("tts" if urgent else "lookahead")
+    return await asyncio.get_running_loop().run_in_executor(pool, fn, *args)
 
 
 def _singleton(key: str, factory: Callable[[], T]) -> T:

@@ -55,7 +55,7 @@ from relay.engine.codecs import PCM
 from relay.engine.hosted import HostedBrain, hosted_backend
 from relay.engine.ports import CallerLine, CallSetup
 from relay.engine.recording import StereoRecorder
-from relay.engine.speech import EarlySTT, UtteranceTiming, local_stt, local_tts
+from relay.engine.speech import EarlySTT, LocalTTS, UtteranceTiming, local_stt, local_tts
 from relay.engine.text import join_chunk, segments, speakable
 from relay.engine.turns import TurnError, TurnRequest, stream_turn
 from relay.engine.webhook import Emit, ReplyPlan, TurnRecord, WebhookLLM, iso
@@ -437,6 +437,7 @@ class CallSession:
         offset = 0
         # Hosted replies come in whole clauses (relay.engine.hosted.phrase): none to wait for.
         pause = 0.0 if self.hosted is not None else self.settings.text_pause_ms / 1000
+        spoken = 0
         async for segment in segments(text, pause=pause, quick_start=True):
             start, offset = offset, offset + len(segment)
             words = segment.strip()
@@ -450,7 +451,15 @@ class CallSession:
                     plan.turn.tts_started_at = time.perf_counter()
                     marker["turn"] = plan.turn
             first = True
-            async with self.tts.synthesize(words) as stream:
+            # The first segment is what the caller waits for; later ones have the audio
+            # before them to be made in.
+            synthesis: tts.ChunkedStream
+            if spoken > 0 and isinstance(self.tts, LocalTTS):
+                synthesis = self.tts.synthesize(words, urgent=False)
+            else:
+                synthesis = self.tts.synthesize(words)
+            spoken += 1
+            async with synthesis as stream:
                 async for event in stream:
                     frame = event.frame
                     if first:

@@ -427,17 +427,36 @@ class LocalTTS(tts.TTS[Any]):
     def provider(self) -> str:
         return "relay"
 
-    async def render(self, text: str) -> PCM:
+    @property
+    def voice_key(self) -> str:
+        """What, besides the text and the rate, decides the audio (the phrase cache's key)."""
+        return self.name
+
+    async def render(self, text: str, *, urgent: bool = True) -> PCM:
         """``text`` as 16-bit mono PCM at ``sample_rate``."""
         raise NotImplementedError
 
     def synthesize(
-        self, text: str, *, conn_options: APIConnectOptions = DEFAULT_API_CONNECT_OPTIONS
+        self,
+        text: str,
+        *,
+        conn_options: APIConnectOptions = DEFAULT_API_CONNECT_OPTIONS,
+        urgent: bool = True,
     ) -> tts.ChunkedStream:
-        return _LocalChunkedStream(tts=self, input_text=text, conn_options=conn_options)
+        """``urgent=False``: the caller is still hearing earlier audio of this reply, so
+        this may run at a lower priority than recognitions and other replies' first words."""
+        return _LocalChunkedStream(
+            tts=self, input_text=text, conn_options=conn_options, urgent=urgent
+        )
 
 
 class _LocalChunkedStream(tts.ChunkedStream):
+    def __init__(
+        self, *, tts: LocalTTS, input_text: str, conn_options: APIConnectOptions, urgent: bool
+    ) -> None:
+        self._urgent = urgent  # before the base class starts the synthesis task
+        super().__init__(tts=tts, input_text=input_text, conn_options=conn_options)
+
     async def _run(self, output_emitter: tts.AudioEmitter) -> None:
         owner = self._tts
         assert isinstance(owner, LocalTTS)
@@ -448,7 +467,10 @@ class _LocalChunkedStream(tts.ChunkedStream):
             mime_type="audio/pcm",
             frame_size_ms=20,
         )
-        pcm = await owner.render(self._input_text)
+        key = (owner.voice_key, owner.sample_rate, self._input_text)
+        pcm = models.phrases.get(key)
+        if pcm is None:
+            pcm = models.phrases.put(key, await owner.render(self._input_text, urgent=self._urgent))
         if len(pcm):
             output_emitter.push(pcm.tobytes())
         output_emitter.flush()
@@ -457,8 +479,8 @@ class _LocalChunkedStream(tts.ChunkedStream):
 class PiperTTS(LocalTTS):
     name = "piper-en_US-joe-medium"
 
-    async def render(self, text: str) -> PCM:
-        sentences = await models.run_synthesis(models.piper_sentences, text)
+    async def render(self, text: str, *, urgent: bool = True) -> PCM:
+        sentences = await models.run_synthesis(models.piper_sentences, text, urgent=urgent)
         if not sentences:
             return np.zeros(0, np.int16)
         gap = np.zeros(int(models.piper_rate() * 0.12), np.int16)
@@ -474,7 +496,11 @@ class EspeakTTS(LocalTTS):
         self.voice = voice
         self.words_per_minute = words_per_minute
 
-    async def render(self, text: str) -> PCM:
+    @property
+    def voice_key(self) -> str:
+        return f"{self.name}:{self.voice}:{self.words_per_minute}"
+
+    async def render(self, text: str, *, urgent: bool = True) -> PCM:
         proc = await asyncio.create_subprocess_exec(
             models.espeak_binary(),
             "--stdout",

@@ -118,6 +118,46 @@ async def test_synthesizers_speak_at_the_line_rate(synth, speech_models):
     assert np.abs(pcm).max() > 3000
 
 
+async def _synthesized(tts, text: str) -> np.ndarray:
+    parts = []
+    async with tts.synthesize(text) as stream:
+        async for event in stream:
+            parts.append(np.frombuffer(event.frame.data, dtype=np.int16))
+    return np.concatenate(parts)
+
+
+async def test_a_phrase_said_again_comes_from_the_cache(speech_models):
+    from relay.engine import models
+
+    tts = PiperTTS(sample_rate=8000)
+    text = "Thanks for calling the cache test line."
+    hits, misses = models.phrases.hits, models.phrases.misses
+    first = await _synthesized(tts, text)
+    assert (models.phrases.hits, models.phrases.misses) == (hits, misses + 1)
+    again = await _synthesized(tts, text)
+    assert models.phrases.hits == hits + 1
+    assert np.array_equal(first, again)  # Piper is random: a new synthesis would differ
+    other = await _synthesized(PiperTTS(sample_rate=16000), text)  # another rate: made anew
+    assert models.phrases.misses == misses + 2 and len(other) > len(first)
+
+
+def test_the_phrase_cache_keeps_to_its_budget_dropping_the_least_recently_used():
+    from relay.engine.models import PhraseCache
+
+    cache = PhraseCache(max_bytes=3000)
+    for name in "abc":
+        cache.put(("v", 8000, name), np.zeros(500, np.int16))  # 1000 bytes each
+    assert cache.get(("v", 8000, "a")) is not None  # a is now the most recently used
+    cache.put(("v", 8000, "d"), np.zeros(500, np.int16))
+    assert cache.get(("v", 8000, "b")) is None  # the least recently used went
+    assert all(cache.get(("v", 8000, k)) is not None for k in "acd")
+    assert cache.bytes == 3000
+    big = cache.put(("v", 8000, "e"), np.zeros(5000, np.int16))  # over budget: not kept
+    assert cache.get(("v", 8000, "e")) is None and not big.flags.writeable
+    cache.resize(0)
+    assert cache.bytes == 0 and cache.get(("v", 8000, "a")) is None
+
+
 async def test_caller_pausing_mid_sentence_is_one_turn_and_early_stt_is_redone(
     aiohttp_server, engine, sqlite_db, http, voice
 ):
@@ -146,3 +186,17 @@ async def test_caller_pausing_mid_sentence_is_one_turn_and_early_stt_is_redone(
         values = (await s.scalars(select(TurnMetrics))).one().values
     assert values["early_stt_discarded"] >= 1
     print("early STT redone:", values)
+
+
+async def test_synthesis_that_can_wait_runs_below_urgent_work():
+    import os
+    import threading
+
+    from relay.engine import models
+
+    def niceness() -> int:
+        return os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+
+    assert await models.run_synthesis(niceness, urgent=False) == models.LOOKAHEAD_NICENESS
+    assert await models.run_synthesis(niceness) == models.INFERENCE_NICENESS
+    assert await models.run_inference(niceness) == models.INFERENCE_NICENESS
