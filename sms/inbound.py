@@ -119,6 +119,7 @@ async def receive(
             raise
         return Receipt(found[0], found[1], duplicate=True)
     replies = svc.expect_replies(msg.id) if wait else None
+    svc.received(msg.id)
     if svc.claims_on_receipt:
         svc.queues.push(msg.conversation_id, msg)
     else:

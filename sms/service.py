@@ -6,6 +6,18 @@ queued again, and so is every claimed one whose claim is older than
 :data:`CLAIM_TIMEOUT_SECONDS` (on SQLite, which one process owns, every claimed one: its
 claimer is gone). A clean shutdown puts unfinished claims back to ``pending`` itself. While
 running, the sweeper repeats this every :data:`SWEEP_SECONDS` for work other nodes left.
+
+Overload: every text costs the relay CPU on its one event loop. When texts come faster than
+that loop can answer them, its callbacks run later and later (the loop's lag grows), and so
+would every text's answer, without bound. :attr:`SmsService.overloaded` says so when more
+than :data:`MAX_WAITING` texts received here are waiting (unanswered, and not in the middle
+of their own webhook request), or
+when :data:`LATE_PROBES` probes in a row have woken more than :data:`MAX_LAG_SECONDS` late
+(the loop is behind for any reason; one long pause, a garbage collection or a migration, is
+not overload). The sim carrier's
+endpoint then refuses new texts at once (``503 overloaded`` with ``Retry-After``) instead of
+queueing them, so the texts it accepts keep being answered quickly. A real carrier's texts
+are always stored (refusing one could lose it): they are answered once the loop catches up.
 """
 
 from __future__ import annotations
@@ -39,6 +51,13 @@ SWEEP_SECONDS = 30.0
 SWEEP_MIN_AGE_SECONDS = 30.0
 SHUTDOWN_GRACE_SECONDS = 10.0
 STATUS_CALLBACK_PATH = "/carriers/twilio/sms/status"
+# How often the loop's lag is sampled, and the lag past which new sim texts are refused.
+LAG_PROBE_SECONDS = 0.02
+MAX_LAG_SECONDS = 0.05
+LATE_PROBES = 4
+# Texts received and not yet answered, less those whose webhook is answering: a backlog of
+# this many costs each new text about MAX_WAITING x (CPU per text) of waiting.
+MAX_WAITING = 50
 
 
 class SmsService:
@@ -63,6 +82,12 @@ class SmsService:
         self._sweeper: asyncio.Task[None] | None = None
         self.shutdown_grace = SHUTDOWN_GRACE_SECONDS
         self._stopping = asyncio.Event()
+        self.max_lag = MAX_LAG_SECONDS
+        self._late = 0  # lag probes in a row that woke more than max_lag late
+        self.max_waiting = MAX_WAITING
+        self._unanswered: set[str] = set()  # inbound texts received here, not yet answered
+        self.in_webhook = 0  # texts whose webhook request is under way
+        self._lag_watch: asyncio.Task[None] | None = None
 
     def writing(self) -> AbstractAsyncContextManager[AsyncSession]:
         """A write transaction (on SQLite, queued behind the process's other writers)."""
@@ -100,6 +125,8 @@ class SmsService:
         return future
 
     def resolve_replies(self, message_id: str, replies: list[Message]) -> None:
+        """The text is answered (``replies`` handed to the carrier, maybe none)."""
+        self._unanswered.discard(message_id)
         future = self._waiters.pop(message_id, None)
         if future is not None and not future.done():
             future.set_result(replies)
@@ -131,6 +158,24 @@ class SmsService:
             log.info("sms_recovered", conversations=len(conversations), startup=startup)
         return len(conversations)
 
+    @property
+    def overloaded(self) -> bool:
+        """Whether the event loop is too far behind to take more texts it need not take."""
+        waiting = len(self._unanswered) - self.in_webhook
+        return waiting > self.max_waiting or self._late >= LATE_PROBES
+
+    def received(self, message_id: str) -> None:
+        """A text was stored here and queued for its answer."""
+        self._unanswered.add(message_id)
+
+    async def _watch_lag(self) -> None:
+        loop = asyncio.get_running_loop()
+        while not self._stopping.is_set():
+            began = loop.time()
+            await asyncio.sleep(LAG_PROBE_SECONDS)
+            late = loop.time() - began - LAG_PROBE_SECONDS > self.max_lag
+            self._late = self._late + 1 if late else 0
+
     async def _sweep(self) -> None:
         while True:
             with contextlib.suppress(TimeoutError):
@@ -148,12 +193,16 @@ class SmsService:
         except Exception:  # database unreachable or not migrated yet: the sweep retries
             log.exception("sms_startup_recovery_deferred")
         self._sweeper = asyncio.create_task(self._sweep(), name="sms:sweeper")
+        self._lag_watch = asyncio.create_task(self._watch_lag(), name="sms:lag")
 
     async def stop(self) -> None:
         if self._sweeper is not None:
             # Not cancel(): a sweep may be inside a transaction.
             self._stopping.set()
             await self._sweeper
+        if self._lag_watch is not None:
+            self._stopping.set()
+            await self._lag_watch
         left = await self.queues.close(self.shutdown_grace)
         await release(self, [m.id for m in left])
         for future in self._waiters.values():

@@ -18,7 +18,7 @@ from relay.api.routing import Context, Router
 from relay.api.schema import APIModel, OutModel
 from relay.carriers.sim.sms import DEFAULT_HANDSET
 from relay.carriers.sms import IncomingText
-from relay.errors import NotFound, invalid_field
+from relay.errors import NotFound, ServiceUnavailable, invalid_field
 from relay.phone import to_e164
 from relay_numbers.routing import number_for_inbound
 from sms.api import MessageOut, message_out
@@ -28,6 +28,9 @@ from sms.service import SMS
 router = Router()
 TAG = "Sim carrier"
 SIM_OFF = "The sim carrier is switched off (RELAY_SIM_ENABLED=0)."
+OVERLOADED = (
+    "The relay is answering texts as fast as it can and takes no more for now; retry shortly."
+)
 NOT_SIM = "This number is on {provider!r}, not the sim carrier; text it through that carrier."
 # Handsets text again and again: parsing a phone number is a tenth of a millisecond.
 _e164 = functools.lru_cache(maxsize=4096)(to_e164)
@@ -66,12 +69,14 @@ class SimTextOut(OutModel):
     tag=TAG,
     body=SimTextIn,
     response=SimTextOut,
-    errors=(400, 401, 403, 404, 413, 415, 422, 429),
+    errors=(400, 401, 403, 404, 413, 415, 422, 429, 503),
 )
 async def sim_text(ctx: Context, body: SimTextIn) -> SimTextOut:
     if not ctx.state.settings.sim_enabled:
         raise NotFound(SIM_OFF)
     svc = ctx.request.app[SMS]
+    if svc.overloaded:
+        raise ServiceUnavailable(OVERLOADED, code="overloaded", headers={"Retry-After": "1"})
     to = _e164(body.to, field="to")
     sender = _e164(body.from_, field="from")
     number = await number_for_inbound(ctx.state.db, to)

@@ -291,6 +291,7 @@ async def _turn(svc: SmsService, agent: Agent, payload: dict[str, Any]) -> Outco
     texts: list[str] = []
     state: dict[str, Any] | None = None
     has_state = False
+    svc.in_webhook += 1
     try:
         async for chunk in stream_turn(svc.http_session(), turn):
             texts.append(chunk.text)
@@ -307,6 +308,8 @@ async def _turn(svc: SmsService, agent: Agent, payload: dict[str, Any]) -> Outco
             level="error",
             data=data,
         )
+    finally:
+        svc.in_webhook -= 1
     text = join_text(texts)
     return Outcome(replies=split_messages(text) if text else [], state=state, set_state=has_state)
 

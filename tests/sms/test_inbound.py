@@ -3,11 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+import time
 
 from sqlalchemy import select
 
 from relay.store.models import Conversation, Message
-from tests.sms.conftest import HANDSET, events_of, make_agent, ndjson, sim_text, sms_of
+from tests.sms.conftest import (
+    HANDSET,
+    events_of,
+    eventually,
+    make_agent,
+    ndjson,
+    sim_text,
+    sms_of,
+)
 
 
 async def test_text_becomes_a_signed_agent_message(client, auth, hook):
@@ -239,3 +248,47 @@ async def test_wait_gives_up_after_wait_seconds(client, auth, hook):
     await asyncio.sleep(0.6)
     await sms_of(client).queues.idle()
     assert [t.text for t in sms_of(client).sim.outbox] == ["You said: slow"]
+
+
+async def test_an_overloaded_relay_refuses_sim_texts_at_once_and_takes_them_again_after(
+    client, auth, hook
+):
+    agent = await make_agent(client, auth, hook)
+    svc = sms_of(client)
+    time.sleep(0.3)  # noqa: ASYNC251  (blocking the loop is the point)
+    await asyncio.sleep(0.1)
+    assert not svc.overloaded  # one long pause is not overload
+    for _ in range(50):  # the loop stays behind, as under more texts than it can answer
+        time.sleep(0.1)  # noqa: ASYNC251
+        await asyncio.sleep(0)
+        if svc.overloaded:
+            break
+    assert svc.overloaded
+    resp = await client.post(
+        "/carriers/sim/sms",
+        json={"to": agent.number, "from": HANDSET, "text": "hello?", "waitSeconds": 5},
+        headers=auth,
+    )
+    assert resp.status == 503, await resp.text()
+    assert resp.headers["Retry-After"] == "1"
+    assert (await resp.json())["error"]["code"] == "overloaded"
+    listed = await (await client.get("/v1/messages", headers=auth)).json()
+    assert listed["data"] == [] and hook.received == []  # refused before anything was stored
+    await eventually(lambda: not svc.overloaded, within=2.0)
+    got = await sim_text(client, auth, agent.number, "hello again")
+    assert len(got["replies"]) == 1 and hook.texts() == ["hello again"]
+
+
+async def test_texts_past_the_backlog_limit_are_refused_until_it_drains(client, auth, hook):
+    agent = await make_agent(client, auth, hook)
+    svc = sms_of(client)
+    svc.max_waiting = 2
+    hook.delay = 0.3
+    # One text in its webhook, three waiting behind it in the conversation: one over the limit.
+    for n in range(4):
+        await sim_text(client, auth, agent.number, f"text {n}", wait=0)
+    assert svc.overloaded
+    await sim_text(client, auth, agent.number, "one too many", wait=0, status=503)
+    await eventually(lambda: not svc.overloaded, within=5.0)
+    await sim_text(client, auth, agent.number, "after", wait=5)
+    assert hook.texts() == ["text 0", "text 1", "text 2", "text 3", "after"]
