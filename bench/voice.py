@@ -75,11 +75,11 @@ LINES = [
 
 def reply(turn: int) -> list[dict[str, Any]]:
     """Two NDJSON chunks (the first is spoken while the second is on its way), worded anew
-    every turn: the relay keeps synthesized phrases (``RELAY_TTS_CACHE_MB``), and a reply
-    said before would be measured without its synthesis. The greeting is the same for every
-    call, as a real agent's is."""
+    every turn from the first clause on: the relay keeps synthesized phrases
+    (``RELAY_TTS_CACHE_MB``), and a reply said before would be measured without its
+    synthesis. The greeting is the same for every call, as a real agent's is."""
     return [
-        {"text": f"Sure, I have noted that as item {turn}.", "interim": True},
+        {"text": f"Noted as item {turn}, thank you.", "interim": True},
         {"text": f" Is there anything else you need for item {turn}?"},
     ]
 

@@ -3,8 +3,8 @@
 Each model sits behind a lazy singleton; :func:`warm` loads them all at startup so the first
 call does not pay for it. Blocking inference runs in :func:`inference_pool` threads (one
 pool for recognition, one for synthesis), at a lower priority than the event loop, never on
-it. The VAD runs its own tiny ONNX session per stream (livekit-plugins-silero does that in
-the default executor), so it is not in these pools.
+it. The VAD keeps its own tiny model state per stream and runs inline on the event loop (a
+window takes ~0.1 ms, less than a hop to a thread: :mod:`relay.engine.vad`).
 
 Why these settings: Piper's own loader builds an ONNX session with busy-spinning threads
 across all cores, which starves Whisper and the VAD on a small box, so we build the session
@@ -167,11 +167,11 @@ def _singleton(key: str, factory: Callable[[], T]) -> T:
 
 def vad(*, min_silence_s: float, min_speech_s: float = 0.05) -> Any:
     """A Silero VAD. Streams made from one object share its ONNX session but not state."""
-    from livekit.plugins import silero
+    from relay.engine.vad import InlineSileroVAD
 
     return _singleton(
         f"vad:{min_silence_s}:{min_speech_s}",
-        lambda: silero.VAD.load(
+        lambda: InlineSileroVAD.load(
             min_silence_duration=min_silence_s,
             min_speech_duration=min_speech_s,
             activation_threshold=0.5,

@@ -58,6 +58,7 @@ from relay.engine.recording import StereoRecorder
 from relay.engine.speech import EarlySTT, LocalTTS, UtteranceTiming, local_stt, local_tts
 from relay.engine.text import join_chunk, segments, speakable
 from relay.engine.turns import TurnError, TurnRequest, stream_turn
+from relay.engine.vad import CallVAD
 from relay.engine.webhook import Emit, ReplyPlan, TurnRecord, WebhookLLM, iso
 from relay.ids import new_id
 from relay.logs import get_logger
@@ -150,7 +151,7 @@ class CallSession:
         self.tts: tts.TTS[Any] = local_tts(
             agent.get("tts") or settings.tts, sample_rate=line.sample_rate
         )
-        vad = models.vad(min_silence_s=settings.early_stt_silence_ms / 1000)
+        vad = CallVAD(models.vad(min_silence_s=settings.early_stt_silence_ms / 1000))
         self.stt = EarlySTT(
             local_stt(agent.get("stt") or settings.stt),
             vad=vad,

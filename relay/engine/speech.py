@@ -33,6 +33,7 @@ from livekit.agents.types import NOT_GIVEN, NotGivenOr
 
 from relay.engine import models
 from relay.engine.codecs import PCM, resample
+from relay.engine.vad import CallVAD
 
 MAX_UTTERANCE_S = 28.0  # Whisper sees 30 s at most
 PREFIX_S = 0.4  # audio kept from before the VAD noticed speech
@@ -268,7 +269,9 @@ class _EarlyStream(stt.RecognizeStream):
         self._last_frame_at = 0.0
 
     async def _run(self) -> None:
-        vad_stream = self._owner._vad.stream()
+        owner_vad = self._owner._vad
+        # A call's VAD is heard by the session too: this stream feeds it (relay.engine.vad).
+        vad_stream = owner_vad.source() if isinstance(owner_vad, CallVAD) else owner_vad.stream()
 
         async def forward() -> None:
             async for item in self._input_ch:

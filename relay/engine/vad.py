@@ -1,0 +1,150 @@
+"""The call's voice activity detection: Silero, run once per call, on the event loop.
+
+:class:`CallVAD` shares one stream between the two parts of a call that need it.
+
+livekit-plugins-silero runs each 32 ms window (256 samples at 8 kHz) through
+``loop.run_in_executor(None, model, window)``. The model itself takes ~0.1 ms (one intra-op
+thread, no spinning), but the hop costs more than that: a submit to the default executor, a
+thread wake-up, a GIL hand-over and a ``call_soon_threadsafe`` back, 31 times a second per
+stream. With a dozen calls that was a quarter of the event loop's busy time in a profile of
+``bench/voice.py`` at 8 calls, mostly in ``ThreadPoolExecutor.submit``.
+
+:class:`InlineSileroVAD` is Silero's own VAD (same model, options, events) whose streams
+run the window inline: their ``run_in_executor`` calls the model and returns a finished
+future, which ``await`` takes without suspending. A window blocks the loop for about
+0.1 ms, well inside a 20 ms frame.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any
+
+from livekit import rtc
+from livekit.agents import vad as agents_vad
+from livekit.plugins import silero
+from livekit.plugins.silero import onnx_model
+from livekit.plugins.silero.vad import VADStream
+
+
+class _InlineExecutor:
+    """The one loop method a Silero stream uses for inference, run inline; anything else
+    goes to the real loop."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+
+    def run_in_executor(self, _executor: Any, fn: Callable[..., Any], *args: Any) -> Any:
+        future = self._loop.create_future()
+        try:
+            future.set_result(fn(*args))
+        except Exception as exc:
+            future.set_exception(exc)
+        return future
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._loop, name)
+
+
+class InlineSileroVAD(silero.VAD):
+    """``silero.VAD`` whose streams run inference on the event loop (see the module doc)."""
+
+    def stream(self) -> VADStream:
+        stream = VADStream(
+            self,
+            self._opts,
+            onnx_model.OnnxModel(
+                onnx_session=self._onnx_session, sample_rate=self._opts.sample_rate
+            ),
+        )
+        stream._loop = _InlineExecutor(stream._loop)  # type: ignore[assignment]
+        self._streams.add(stream)
+        return stream
+
+
+class CallVAD(agents_vad.VAD):
+    """One VAD stream per call, heard by two: the call's :class:`EarlySTT`, which owns the
+    stream and feeds it (:meth:`source`), and livekit's session (barge-in, the caller's
+    speaking state), which gets listeners (:meth:`stream`) whose frames are dropped and whose
+    events are the source's. Without it each call ran Silero twice on the same audio, the
+    largest share of the event loop's time per call.
+
+    The source is fed what the STT stream gets: during uninterruptible agent speech livekit
+    hands STT silence in place of the caller's audio, so the session does not hear the
+    caller start speaking then either (it could not interrupt anyway)."""
+
+    def __init__(self, base: agents_vad.VAD) -> None:
+        super().__init__(capabilities=base.capabilities)
+        self._base = base
+        self._listeners: set[_Listener] = set()
+
+    @property
+    def model(self) -> str:
+        return self._base.model
+
+    @property
+    def provider(self) -> str:
+        return self._base.provider
+
+    def source(self) -> _Source:
+        """A new stream of the base VAD whose events also reach every listener."""
+        return _Source(self, self._base.stream())
+
+    def stream(self) -> agents_vad.VADStream:
+        listener = _Listener(self)
+        self._listeners.add(listener)
+        return listener
+
+    def _publish(self, event: agents_vad.VADEvent) -> None:
+        for listener in list(self._listeners):
+            if not listener._event_ch.closed:
+                listener._event_ch.send_nowait(event)
+
+
+class _Source:
+    """The base stream, passing each event it yields on to the listeners."""
+
+    def __init__(self, owner: CallVAD, stream: agents_vad.VADStream) -> None:
+        self._owner = owner
+        self._stream = stream
+
+    def push_frame(self, frame: rtc.AudioFrame) -> None:
+        self._stream.push_frame(frame)
+
+    def flush(self) -> None:
+        self._stream.flush()
+
+    def end_input(self) -> None:
+        self._stream.end_input()
+
+    async def aclose(self) -> None:
+        await self._stream.aclose()
+
+    def __aiter__(self) -> _Source:
+        return self
+
+    async def __anext__(self) -> agents_vad.VADEvent:
+        event = await self._stream.__anext__()
+        self._owner._publish(event)
+        return event
+
+
+class _Listener(agents_vad.VADStream):
+    """What livekit's session reads: the source's events. Frames pushed here (the same
+    audio the source gets) and flushes are dropped."""
+
+    def __init__(self, owner: CallVAD) -> None:
+        super().__init__(owner)
+        self._owner = owner
+
+    async def _main_task(self) -> None:
+        async for _ in self._input_ch:
+            pass
+
+    async def aclose(self) -> None:
+        self._owner._listeners.discard(self)
+        await super().aclose()
+
+
+__all__ = ["CallVAD", "InlineSileroVAD"]
