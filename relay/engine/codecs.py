@@ -10,7 +10,7 @@ PCM = npt.NDArray[np.int16]
 _ULAW_BIAS = 0x84
 
 
-def ulaw_encode(pcm: PCM) -> bytes:
+def _ulaw_encode_exact(pcm: PCM) -> bytes:
     """int16 PCM to G.711 mu-law bytes (bit-exact with CPython's old ``audioop.lin2ulaw``)."""
     x = pcm.astype(np.int32) >> 2
     neg = x < 0
@@ -28,6 +28,16 @@ def _ulaw_table() -> PCM:
 
 
 _ULAW_TABLE = _ulaw_table()
+# Every int16 value's mu-law byte, indexed by the value's bits as uint16: encoding a 20 ms
+# frame is one lookup instead of a dozen NumPy passes (it runs 50 times a second per call).
+_ULAW_ENCODE = np.frombuffer(
+    _ulaw_encode_exact(np.arange(65536, dtype=np.uint16).view(np.int16)), dtype=np.uint8
+)
+
+
+def ulaw_encode(pcm: PCM) -> bytes:
+    """int16 PCM to G.711 mu-law bytes (bit-exact with CPython's old ``audioop.lin2ulaw``)."""
+    return _ULAW_ENCODE[np.asarray(pcm, dtype=np.int16).view(np.uint16)].tobytes()
 
 
 def ulaw_decode(data: bytes) -> PCM:

@@ -22,3 +22,10 @@ def test_resample_changes_length_by_ratio():
     pcm = np.zeros(8000, dtype=np.int16)
     assert len(resample(pcm, 8000, 16000)) == 16000
     assert resample(pcm, 8000, 8000) is pcm
+
+
+def test_ulaw_table_encoder_matches_the_g711_formula_for_every_sample_value():
+    from relay.engine.codecs import _ulaw_encode_exact
+
+    every = np.arange(-32768, 32768, dtype=np.int32).astype(np.int16)
+    assert ulaw_encode(every) == _ulaw_encode_exact(every)
