@@ -192,52 +192,64 @@ async def answer(svc: SmsService, msg: Message) -> list[Message]:
 
 
 async def decide(svc: SmsService, msg: Message) -> Outcome:
-    keyword = keyword_of(msg.text)
-    async with svc.db.session() as session:
-        # One round trip for the agent, the conversation's state and the sender's opt-out.
-        row = (
-            await session.execute(
-                _DECIDE,
-                {
-                    "b_agent_id": msg.agent_id,
-                    "b_conversation_id": msg.conversation_id,
-                    "b_project_id": msg.project_id,
-                    "b_from": msg.from_number,
-                },
-            )
-        ).one()
-        agent, state, sender_opted_out = row[0], row[1], bool(row[2])
-        if keyword is not None:
-            return _keyword(msg, keyword, agent)
-        if sender_opted_out:
-            return Outcome().event(
-                "sender_opted_out",
-                "The sender has opted out (STOP); the webhook was not called. "
-                "It can opt back in with START.",
-            )
-        if agent is None:
-            return Outcome().event(
-                "no_agent", "The number has no agent; nobody answered.", level="warning"
-            )
-        if not agent.webhook_url:
-            fallback = agent.config.get("fallback_text")
-            return Outcome(replies=[fallback] if fallback else []).event(
-                "mode_not_available",
-                "The agent is in hosted mode and has no webhookUrl; hosted answers to texts "
-                "are not available yet." + (" Sent its fallbackText." if fallback else ""),
-                level="warning",
-            )
-        history = await recent_history(
-            session,
-            project_id=msg.project_id,
-            conversation_id=msg.conversation_id,
-            our_number=msg.to_number,
-            their_number=msg.from_number,
-            before=msg.created_at,
-            before_seq=msg.seq,
-        )
+    # Read in the group commit's transaction (see Database.write): one transaction for the
+    # reads and writes of many texts at once, not one more for each text's reads.
+    found = await svc.db.write(lambda session: _read_turn(session, msg))
+    if isinstance(found, Outcome):
+        return found
+    agent, state, history = found
     payload = turn_payload(msg, agent, state, history)
     return await _turn(svc, agent, payload)
+
+
+async def _read_turn(
+    session: AsyncSession, msg: Message
+) -> Outcome | tuple[Agent, dict[str, Any] | None, list[dict[str, Any]]]:
+    """What answering ``msg`` needs from the store, or its outcome if that needs no webhook."""
+    keyword = keyword_of(msg.text)
+    # One round trip for the agent, the conversation's state and the sender's opt-out.
+    row = (
+        await session.execute(
+            _DECIDE,
+            {
+                "b_agent_id": msg.agent_id,
+                "b_conversation_id": msg.conversation_id,
+                "b_project_id": msg.project_id,
+                "b_from": msg.from_number,
+            },
+        )
+    ).one()
+    agent, state, sender_opted_out = row[0], row[1], bool(row[2])
+    if keyword is not None:
+        return _keyword(msg, keyword, agent)
+    if sender_opted_out:
+        return Outcome().event(
+            "sender_opted_out",
+            "The sender has opted out (STOP); the webhook was not called. "
+            "It can opt back in with START.",
+        )
+    if agent is None:
+        return Outcome().event(
+            "no_agent", "The number has no agent; nobody answered.", level="warning"
+        )
+    if not agent.webhook_url:
+        fallback = agent.config.get("fallback_text")
+        return Outcome(replies=[fallback] if fallback else []).event(
+            "mode_not_available",
+            "The agent is in hosted mode and has no webhookUrl; hosted answers to texts "
+            "are not available yet." + (" Sent its fallbackText." if fallback else ""),
+            level="warning",
+        )
+    history = await recent_history(
+        session,
+        project_id=msg.project_id,
+        conversation_id=msg.conversation_id,
+        our_number=msg.to_number,
+        their_number=msg.from_number,
+        before=msg.created_at,
+        before_seq=msg.seq,
+    )
+    return agent, state, history
 
 
 def _keyword(msg: Message, keyword: str, agent: Agent | None) -> Outcome:

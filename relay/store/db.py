@@ -189,7 +189,8 @@ class Database:
         commit or roll back itself. Its error, raised here, rolled back what it wrote.
 
         Objects it ``session.add``s are written when the transaction commits (one flush for
-        the group), not before its next statement: ``work`` does not read them back."""
+        the group), not before its next statement: ``work`` does not read them back. A read
+        may come this way too, to share a group's transaction instead of opening its own."""
         if not self.is_sqlite:
             async with self.session() as session:
                 with session.no_autoflush:
