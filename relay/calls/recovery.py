@@ -24,9 +24,10 @@ import asyncio
 import contextlib
 from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
+from typing import Any
 
 from aiohttp import web
-from sqlalchemy import delete, or_, select, update
+from sqlalchemy import bindparam, delete, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from relay.calls.lifecycle import IllegalTransition, log_event, transition
@@ -48,6 +49,21 @@ UNJOINED_SECONDS = 90.0
 Redial = Callable[[list[str]], Awaitable[None]]
 
 
+def _lock_statement(*where: Any) -> Any:
+    return (
+        update(Call)
+        .where(Call.id == bindparam("b_id"), *where)
+        .values(status=Call.status)
+        .returning(Call)
+        .execution_options(synchronize_session=False, populate_existing=True)
+    )
+
+
+# Built once, values as parameters: no expression building or cache-key hashing per call.
+_LOCK = _lock_statement()
+_LOCK_IN_PROJECT = _lock_statement(Call.project_id == bindparam("b_project"))
+
+
 async def lock_call(
     session: AsyncSession, call_id: str, project_id: str | None = None
 ) -> Call | None:
@@ -56,18 +72,11 @@ async def lock_call(
     One statement, a no-op ``UPDATE ... RETURNING``: on PostgreSQL it takes the row lock, on
     SQLite the database's write lock, so the state read is the newest and a concurrent
     writer waits for this transaction."""
-    where = [Call.id == call_id]
-    if project_id is not None:
-        where.append(Call.project_id == project_id)
-    call: Call | None = (
-        await session.execute(
-            update(Call)
-            .where(*where)
-            .values(status=Call.status)
-            .returning(Call)
-            .execution_options(synchronize_session=False, populate_existing=True)
-        )
-    ).scalar_one_or_none()
+    if project_id is None:
+        result = await session.execute(_LOCK, {"b_id": call_id})
+    else:
+        result = await session.execute(_LOCK_IN_PROJECT, {"b_id": call_id, "b_project": project_id})
+    call: Call | None = result.scalar_one_or_none()
     return call
 
 

@@ -265,9 +265,7 @@ async def test_a_later_event_of_a_call_waits_for_the_earlier_one(client, auth, d
     assert first_b < last_a_retry
 
 
-async def test_events_made_while_an_earlier_one_is_sent_follow_it(
-    client, auth, database, receiver
-):
+async def test_events_made_while_an_earlier_one_is_sent_follow_it(client, auth, database, receiver):
     # call.queued is answered slowly: the later events of its call are made while it is on
     # the wire, and are handed to the worker by the transactions that make them.
     async def answer(got: Received, n: int) -> web.StreamResponse:
@@ -331,6 +329,35 @@ async def test_events_lined_up_behind_a_failing_one_wait_for_its_retries(
         "call.connecting": ("succeeded", 1, 1),
         "call.in_progress": ("succeeded", 1, 1),
     }
+
+
+async def test_at_its_concurrency_the_worker_leaves_new_deliveries_in_the_outbox(
+    relay, database, receiver
+):
+    # One request at a time: call "b"'s event cannot start a lane of its own while "a"'s
+    # slow one is on the wire; it waits in the outbox and is claimed after it. "a"'s next
+    # event joins the lane that is sending.
+    client = await relay(webhook_delivery_concurrency=1)
+    auth = await key_headers(database)
+
+    async def answer(got: Received, n: int) -> web.StreamResponse:
+        if got.call_id == "a" and got.type == "call.queued":
+            await asyncio.sleep(0.3)
+        return web.Response(status=204)
+
+    receiver.answer = answer
+    endpoint = await add_endpoint(client, auth, receiver.url)
+    project = await project_id(database)
+    await emit_events(database, project, ("call.queued", "a"))
+    await receiver.wait_count(1)
+    await emit_events(database, project, ("call.queued", "b"), ("call.connecting", "a"))
+    data = await settled(client, auth, endpoint["id"], 3)
+    assert [(r.call_id, r.type) for r in receiver.requests] == [
+        ("a", "call.queued"),
+        ("a", "call.connecting"),
+        ("b", "call.queued"),
+    ]
+    assert all((d["status"], d["attempts"]) == ("succeeded", 1) for d in data)
 
 
 async def test_ordering_holds_after_retries_are_exhausted(client, auth, database, receiver):
