@@ -18,7 +18,9 @@ Group commit (:meth:`Database.write`): a write handed over as a function of a se
 the writes queued behind the one in progress, and all of them run in ONE transaction: one
 session, one flush, one COMMIT for the group instead of one each. A group whose transaction
 fails is rolled back and its writes are run again one transaction each, so one write's error
-(a duplicate key, say) is that write's alone. On PostgreSQL each write is its own transaction.
+(a duplicate key, say) is that write's alone. On PostgreSQL too: one group at a time per
+process, so its COMMIT (a WAL flush) and its session are shared as well; a group that hits a
+deadlock with another node's writers is rolled back and rerun the same way.
 
 Table versions (:meth:`Database.table_version`, SQLite only): a counter per table, moved by
 every statement that writes the table and again when its transaction commits, so a cache of
@@ -183,18 +185,14 @@ class Database:
 
     async def write(self, work: Write[T]) -> T:
         """Run ``work(session)`` in a write transaction and return what it returns, once that
-        transaction has committed. On SQLite it may share the transaction with other writes
-        queued at the same time (group commit), so ``work`` must only use ``session`` (no
+        transaction has committed. It may share the transaction with other writes queued at
+        the same time (group commit), so ``work`` must only use ``session`` (no
         other awaits), may run twice (once in a group that failed, then alone), and must not
         commit or roll back itself. Its error, raised here, rolled back what it wrote.
 
         Objects it ``session.add``s are written when the transaction commits (one flush for
         the group), not before its next statement: ``work`` does not read them back. A read
         may come this way too, to share a group's transaction instead of opening its own."""
-        if not self.is_sqlite:
-            async with self.session() as session:
-                with session.no_autoflush:
-                    return await work(session)
         loop = asyncio.get_running_loop()
         if self._group is None or self._group.loop is not loop:
             self._group = _GroupCommit(self, loop)

@@ -37,8 +37,8 @@ async def test_writes_queued_together_commit_in_one_transaction_and_in_order(dat
 
     event.listen(database.engine.sync_engine, "commit", count)
     results = await asyncio.gather(*(database.write(add_project(f"p{i:02d}")) for i in range(20)))
-    # SQLite: the 20 writes queued in one turn of the loop share one COMMIT; PostgreSQL: one each.
-    assert transactions == (1 if database.is_sqlite else 20)
+    # The 20 writes queued in one turn of the loop share one COMMIT.
+    assert transactions == 1
     assert results == [f"p{i:02d}" for i in range(20)]
     assert await names(database) == [f"p{i:02d}" for i in range(20)]
 
