@@ -23,6 +23,7 @@ from typing import Any
 
 from livekit import rtc
 from livekit.agents import vad as agents_vad
+from livekit.agents.utils import aio
 from livekit.plugins import silero
 from livekit.plugins.silero import onnx_model
 from livekit.plugins.silero.vad import VADStream
@@ -98,8 +99,7 @@ class CallVAD(agents_vad.VAD):
 
     def _publish(self, event: agents_vad.VADEvent) -> None:
         for listener in list(self._listeners):
-            if not listener._event_ch.closed:
-                listener._event_ch.send_nowait(event)
+            listener._deliver(event)
 
 
 class _Source:
@@ -132,19 +132,36 @@ class _Source:
 
 class _Listener(agents_vad.VADStream):
     """What livekit's session reads: the source's events. Frames pushed here (the same
-    audio the source gets) and flushes are dropped."""
+    audio the source gets) and flushes are dropped. It does not run ``VADStream.__init__``:
+    with nothing to analyse it needs no task, and no metrics tee copying every event."""
 
     def __init__(self, owner: CallVAD) -> None:
-        super().__init__(owner)
+        self._vad = owner
         self._owner = owner
+        self._events = aio.Chan[agents_vad.VADEvent]()
 
-    async def _main_task(self) -> None:
-        async for _ in self._input_ch:
-            pass
+    async def _main_task(self) -> None:  # never started (see the class doc)
+        return None
+
+    def push_frame(self, frame: rtc.AudioFrame) -> None:
+        return None
+
+    def flush(self) -> None:
+        return None
+
+    def end_input(self) -> None:
+        self._owner._listeners.discard(self)
+        self._events.close()
 
     async def aclose(self) -> None:
-        self._owner._listeners.discard(self)
-        await super().aclose()
+        self.end_input()
+
+    def _deliver(self, event: agents_vad.VADEvent) -> None:
+        if not self._events.closed:
+            self._events.send_nowait(event)
+
+    async def __anext__(self) -> agents_vad.VADEvent:
+        return await self._events.__anext__()
 
 
 __all__ = ["CallVAD", "InlineSileroVAD"]
