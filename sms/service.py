@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from contextlib import AbstractAsyncContextManager
 from datetime import timedelta
 from typing import Any
@@ -85,7 +86,8 @@ class SmsService:
         self.max_lag = MAX_LAG_SECONDS
         self._late = 0  # lag probes in a row that woke more than max_lag late
         self.max_waiting = MAX_WAITING
-        self._unanswered: set[str] = set()  # inbound texts received here, not yet answered
+        # Inbound texts received here, not yet answered, oldest first: id -> when received.
+        self._unanswered: dict[str, float] = {}
         self.in_webhook = 0  # texts whose webhook request is under way
         self._lag_watch: asyncio.Task[None] | None = None
 
@@ -126,7 +128,7 @@ class SmsService:
 
     def resolve_replies(self, message_id: str, replies: list[Message]) -> None:
         """The text is answered (``replies`` handed to the carrier, maybe none)."""
-        self._unanswered.discard(message_id)
+        self._unanswered.pop(message_id, None)
         future = self._waiters.pop(message_id, None)
         if future is not None and not future.done():
             future.set_result(replies)
@@ -161,12 +163,17 @@ class SmsService:
     @property
     def overloaded(self) -> bool:
         """Whether the event loop is too far behind to take more texts it need not take."""
+        # A text unanswered here for this long was taken over by another node (or is stuck
+        # behind a webhook that long): either way not a sign of this loop's load.
+        stale = time.monotonic() - CLAIM_TIMEOUT_SECONDS
+        while self._unanswered and next(iter(self._unanswered.values())) < stale:
+            del self._unanswered[next(iter(self._unanswered))]
         waiting = len(self._unanswered) - self.in_webhook
         return waiting > self.max_waiting or self._late >= LATE_PROBES
 
     def received(self, message_id: str) -> None:
         """A text was stored here and queued for its answer."""
-        self._unanswered.add(message_id)
+        self._unanswered[message_id] = time.monotonic()
 
     async def _watch_lag(self) -> None:
         loop = asyncio.get_running_loop()

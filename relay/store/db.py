@@ -295,15 +295,17 @@ class _GroupCommit:
         return future
 
     async def _run(self) -> None:
-        while self._queue:
-            group = [item for item in self._queue[:GROUP_MAX] if not item[1].done()]
-            del self._queue[:GROUP_MAX]
-            try:
+        group: list[tuple[Write[Any], asyncio.Future[Any]]] = []
+        try:
+            while self._queue:
+                group = [item for item in self._queue[:GROUP_MAX] if not item[1].done()]
+                del self._queue[:GROUP_MAX]
                 await self._commit(group)
-            finally:  # cancelled (the loop is closing): nobody may wait for ever
-                for _, future in group:
-                    if not future.done():
-                        future.set_exception(ConnectionError("the write was not committed"))
+        finally:  # cancelled (the loop is closing): nobody may wait for ever
+            left, self._queue = group + self._queue, []
+            for _, future in left:
+                if not future.done():
+                    future.set_exception(ConnectionError("the write was not committed"))
 
     async def _commit(self, group: list[tuple[Write[Any], asyncio.Future[Any]]]) -> None:
         if not group:
