@@ -17,6 +17,8 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import functools
+import heapq
 import json
 import os
 import shutil
@@ -44,12 +46,9 @@ ESPEAK_RATE = 22050
 _lock = threading.Lock()
 _models: dict[str, Any] = {}
 _phonemize_lock = threading.Lock()
-_pools: dict[str, concurrent.futures.ThreadPoolExecutor] = {}
+_pools: dict[str, concurrent.futures.Executor] = {}
 _pool_size = 2
 INFERENCE_NICENESS = 10
-# Synthesis that can wait (a reply's later sentences: the earlier ones are still playing)
-# runs lower still, so that it never slows a recognition or a reply's first words.
-LOOKAHEAD_NICENESS = 16
 
 
 def configure(*, inference_threads: int, tts_cache_bytes: int | None = None) -> None:
@@ -112,24 +111,97 @@ class PhraseCache:
 phrases = PhraseCache(32 * 1024 * 1024)
 
 
-PoolKind = Literal["stt", "tts", "lookahead"]
+PoolKind = Literal["stt", "tts"]
 
 
-def inference_pool(kind: PoolKind = "stt") -> concurrent.futures.ThreadPoolExecutor:
-    """The threads recognition (``stt``) or synthesis (``tts``; ``lookahead`` for audio the
-    caller will not hear before what is already playing) runs in. Separate pools, so a
+class DeadlineExecutor(concurrent.futures.Executor):
+    """Threads that take the queued job with the earliest deadline first (``submit`` is due
+    now). Synthesis runs here: a reply's first words are due the moment they are asked for,
+    its later sentences only when the audio before them has played, so a burst of other
+    calls' first words goes ahead of them, and they still go ahead of first words asked for
+    after their own deadline."""
+
+    def __init__(self, workers: int, thread_name_prefix: str, niceness: int) -> None:
+        self._queue: list[
+            tuple[float, int, concurrent.futures.Future[Any], Callable[..., Any], tuple[Any, ...]]
+        ] = []
+        self._ready = threading.Condition()
+        self._seq = 0
+        self._shutdown = False
+        self._threads = [
+            threading.Thread(
+                target=self._work, args=(niceness,), name=f"{thread_name_prefix}_{i}", daemon=True
+            )
+            for i in range(workers)
+        ]
+        for thread in self._threads:
+            thread.start()
+
+    def submit(
+        self, fn: Callable[..., T], /, *args: Any, **kwargs: Any
+    ) -> concurrent.futures.Future[T]:
+        return self.submit_due(time.monotonic(), functools.partial(fn, *args, **kwargs))
+
+    def submit_due(
+        self, deadline: float, fn: Callable[..., T], *args: Any
+    ) -> concurrent.futures.Future[T]:
+        """Run ``fn(*args)`` before jobs due later than ``deadline`` (``time.monotonic()``)."""
+        future: concurrent.futures.Future[T] = concurrent.futures.Future()
+        with self._ready:
+            if self._shutdown:
+                raise RuntimeError("cannot schedule new work after shutdown")
+            self._seq += 1
+            heapq.heappush(self._queue, (deadline, self._seq, future, fn, args))
+            self._ready.notify()
+        return future
+
+    def _work(self, niceness: int) -> None:
+        _yield_to_the_event_loop(niceness)
+        while True:
+            with self._ready:
+                while not self._queue and not self._shutdown:
+                    self._ready.wait()
+                if not self._queue:
+                    return
+                _deadline, _seq, future, fn, args = heapq.heappop(self._queue)
+            if not future.set_running_or_notify_cancel():
+                continue  # cancelled while it waited
+            try:
+                future.set_result(fn(*args))
+            except BaseException as exc:
+                future.set_exception(exc)
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        with self._ready:
+            self._shutdown = True
+            if cancel_futures:
+                for _d, _s, future, _f, _a in self._queue:
+                    future.cancel()
+                self._queue.clear()
+            self._ready.notify_all()
+        if wait:
+            for thread in self._threads:
+                thread.join()
+
+
+def inference_pool(kind: PoolKind = "stt") -> concurrent.futures.Executor:
+    """The threads recognition (``stt``) or synthesis (``tts``) runs in. Two pools, so a
     reply's first words (tens of ms of Piper) never queue behind other calls' Whisper runs
-    (hundreds of ms, one at a time in CTranslate2), nor behind later sentences."""
+    (hundreds of ms, one at a time in CTranslate2). Synthesis is taken earliest deadline
+    first (:class:`DeadlineExecutor`)."""
     with _lock:
         pool = _pools.get(kind)
         if pool is None:
-            niceness = LOOKAHEAD_NICENESS if kind == "lookahead" else INFERENCE_NICENESS
-            pool = _pools[kind] = concurrent.futures.ThreadPoolExecutor(
-                max_workers=_pool_size,
-                thread_name_prefix=f"relay-{kind}",
-                initializer=_yield_to_the_event_loop,
-                initargs=(niceness,),
-            )
+            if kind == "tts":
+                pool = DeadlineExecutor(_pool_size, "relay-tts", INFERENCE_NICENESS)
+            else:
+                pool = concurrent.futures.ThreadPoolExecutor(
+                    max_workers=_pool_size,
+                    thread_name_prefix=f"relay-{kind}",
+                    initializer=_yield_to_the_event_loop,
+                    initargs=(INFERENCE_NICENESS,),
+                )
+            _pools[kind] = pool
         return pool
 
 
@@ -148,11 +220,13 @@ async def run_inference(fn: Callable[..., T], *args: Any) -> T:
     return await asyncio.get_running_loop().run_in_executor(inference_pool("stt"), fn, *args)
 
 
-async def run_synthesis(fn: Callable[..., T], *args: Any, urgent: bool = True) -> T:
-    """Run blocking speech synthesis in its own pool. ``urgent=False``: audio the caller
-    will not hear before what is already playing (see ``LOOKAHEAD_NICENESS``)."""
-    pool = inference_pool("tts" if urgent else "lookahead")
-    return await asyncio.get_running_loop().run_in_executor(pool, fn, *args)
+async def run_synthesis(fn: Callable[..., T], *args: Any, deadline: float | None = None) -> T:
+    """Run blocking speech synthesis in its own pool, before work due after ``deadline``
+    (``time.monotonic()``; None: now, the caller is waiting for it)."""
+    pool = inference_pool("tts")
+    assert isinstance(pool, DeadlineExecutor)
+    due = time.monotonic() if deadline is None else deadline
+    return await asyncio.wrap_future(pool.submit_due(due, fn, *args))
 
 
 def _singleton(key: str, factory: Callable[[], T]) -> T:

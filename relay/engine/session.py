@@ -71,6 +71,9 @@ DEFAULT_FILLER = "One moment."
 REPROMPT = "Are you still there?"
 HISTORY_LIMIT = 20
 CLOSE_TIMEOUT_S = 5.0
+# A later sentence of a reply is due this long before the audio ahead of it runs out
+# (Piper makes a sentence in ~0.1-0.3 s).
+SYNTHESIS_MARGIN_S = 0.5
 
 
 def current_speech() -> SpeechHandle | None:
@@ -438,7 +441,8 @@ class CallSession:
         offset = 0
         # Hosted replies come in whole clauses (relay.engine.hosted.phrase): none to wait for.
         pause = 0.0 if self.hosted is not None else self.settings.text_pause_ms / 1000
-        spoken = 0
+        playing_from: float | None = None  # time.monotonic() of this reply's first audio
+        audio_s = 0.0  # audio made for this reply so far
         async for segment in segments(text, pause=pause, quick_start=True):
             start, offset = offset, offset + len(segment)
             words = segment.strip()
@@ -452,17 +456,20 @@ class CallSession:
                     plan.turn.tts_started_at = time.perf_counter()
                     marker["turn"] = plan.turn
             first = True
-            # The first segment is what the caller waits for; later ones have the audio
-            # before them to be made in.
+            # The first segment is what the caller waits for; each later one is needed
+            # when the audio before it has played (earliest deadline first).
             synthesis: tts.ChunkedStream
-            if spoken > 0 and isinstance(self.tts, LocalTTS):
-                synthesis = self.tts.synthesize(words, urgent=False)
+            if playing_from is not None and isinstance(self.tts, LocalTTS):
+                due = playing_from + audio_s - SYNTHESIS_MARGIN_S
+                synthesis = self.tts.synthesize(words, deadline=due)
             else:
                 synthesis = self.tts.synthesize(words)
-            spoken += 1
             async with synthesis as stream:
                 async for event in stream:
                     frame = event.frame
+                    if playing_from is None:
+                        playing_from = time.monotonic()
+                    audio_s += frame.duration
                     if first:
                         first = False
                         if plan is not None and plan.turn.tts_first_audio_at is None:

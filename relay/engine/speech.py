@@ -435,8 +435,9 @@ class LocalTTS(tts.TTS[Any]):
         """What, besides the text and the rate, decides the audio (the phrase cache's key)."""
         return self.name
 
-    async def render(self, text: str, *, urgent: bool = True) -> PCM:
-        """``text`` as 16-bit mono PCM at ``sample_rate``."""
+    async def render(self, text: str, *, deadline: float | None = None) -> PCM:
+        """``text`` as 16-bit mono PCM at ``sample_rate``; ``deadline``: when the audio is
+        needed (``time.monotonic()``; None: now)."""
         raise NotImplementedError
 
     def synthesize(
@@ -444,20 +445,25 @@ class LocalTTS(tts.TTS[Any]):
         text: str,
         *,
         conn_options: APIConnectOptions = DEFAULT_API_CONNECT_OPTIONS,
-        urgent: bool = True,
+        deadline: float | None = None,
     ) -> tts.ChunkedStream:
-        """``urgent=False``: the caller is still hearing earlier audio of this reply, so
-        this may run at a lower priority than recognitions and other replies' first words."""
+        """``deadline``: when the caller will need this audio (``time.monotonic()``), for a
+        sentence that follows audio still playing; None: now."""
         return _LocalChunkedStream(
-            tts=self, input_text=text, conn_options=conn_options, urgent=urgent
+            tts=self, input_text=text, conn_options=conn_options, deadline=deadline
         )
 
 
 class _LocalChunkedStream(tts.ChunkedStream):
     def __init__(
-        self, *, tts: LocalTTS, input_text: str, conn_options: APIConnectOptions, urgent: bool
+        self,
+        *,
+        tts: LocalTTS,
+        input_text: str,
+        conn_options: APIConnectOptions,
+        deadline: float | None,
     ) -> None:
-        self._urgent = urgent  # before the base class starts the synthesis task
+        self._deadline = deadline  # before the base class starts the synthesis task
         super().__init__(tts=tts, input_text=input_text, conn_options=conn_options)
 
     async def _run(self, output_emitter: tts.AudioEmitter) -> None:
@@ -473,7 +479,9 @@ class _LocalChunkedStream(tts.ChunkedStream):
         key = (owner.voice_key, owner.sample_rate, self._input_text)
         pcm = models.phrases.get(key)
         if pcm is None:
-            pcm = models.phrases.put(key, await owner.render(self._input_text, urgent=self._urgent))
+            pcm = models.phrases.put(
+                key, await owner.render(self._input_text, deadline=self._deadline)
+            )
         if len(pcm):
             output_emitter.push(pcm.tobytes())
         output_emitter.flush()
@@ -482,8 +490,8 @@ class _LocalChunkedStream(tts.ChunkedStream):
 class PiperTTS(LocalTTS):
     name = "piper-en_US-joe-medium"
 
-    async def render(self, text: str, *, urgent: bool = True) -> PCM:
-        sentences = await models.run_synthesis(models.piper_sentences, text, urgent=urgent)
+    async def render(self, text: str, *, deadline: float | None = None) -> PCM:
+        sentences = await models.run_synthesis(models.piper_sentences, text, deadline=deadline)
         if not sentences:
             return np.zeros(0, np.int16)
         gap = np.zeros(int(models.piper_rate() * 0.12), np.int16)
@@ -503,7 +511,7 @@ class EspeakTTS(LocalTTS):
     def voice_key(self) -> str:
         return f"{self.name}:{self.voice}:{self.words_per_minute}"
 
-    async def render(self, text: str, *, urgent: bool = True) -> PCM:
+    async def render(self, text: str, *, deadline: float | None = None) -> PCM:
         proc = await asyncio.create_subprocess_exec(
             models.espeak_binary(),
             "--stdout",

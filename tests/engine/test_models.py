@@ -16,12 +16,10 @@ from relay.engine import models
 @pytest.mark.skipif(sys.platform != "linux", reason="niceness is per thread on Linux only")
 def test_inference_threads_run_below_the_event_loop():
     own = os.getpriority(os.PRIO_PROCESS, 0)
-    for kind in ("stt", "tts", "lookahead"):
+    for kind in ("stt", "tts"):
         tid = models.inference_pool(kind).submit(threading.get_native_id).result()
         assert tid != threading.get_native_id()
         assert os.getpriority(os.PRIO_PROCESS, tid) >= max(own, models.INFERENCE_NICENESS)
-    tid = models.inference_pool("lookahead").submit(threading.get_native_id).result()
-    assert os.getpriority(os.PRIO_PROCESS, tid) >= models.LOOKAHEAD_NICENESS
 
 
 async def test_synthesis_does_not_wait_for_busy_recognition():

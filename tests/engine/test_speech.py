@@ -188,15 +188,28 @@ async def test_caller_pausing_mid_sentence_is_one_turn_and_early_stt_is_redone(
     print("early STT redone:", values)
 
 
-async def test_synthesis_that_can_wait_runs_below_urgent_work():
-    import os
+def test_synthesis_takes_the_earliest_deadline_first():
     import threading
+    import time
 
-    from relay.engine import models
+    from relay.engine.models import DeadlineExecutor
 
-    def niceness() -> int:
-        return os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
-
-    assert await models.run_synthesis(niceness, urgent=False) == models.LOOKAHEAD_NICENESS
-    assert await models.run_synthesis(niceness) == models.INFERENCE_NICENESS
-    assert await models.run_inference(niceness) == models.INFERENCE_NICENESS
+    pool = DeadlineExecutor(1, "test-tts", 0)
+    release = threading.Event()
+    order: list[str] = []
+    busy = pool.submit(release.wait, 10)  # the one thread is taken: the rest queue
+    now = time.monotonic()
+    later = pool.submit_due(now + 2.0, order.append, "second sentence, due in 2 s")
+    first = pool.submit(order.append, "first words of another reply, due now")
+    sooner = pool.submit_due(now + 0.5, order.append, "second sentence, due in 0.5 s")
+    dropped = pool.submit_due(now, order.append, "cancelled while waiting")
+    assert dropped.cancel()
+    release.set()
+    for future in (busy, later, first, sooner):
+        future.result(timeout=5)
+    assert order == [
+        "first words of another reply, due now",
+        "second sentence, due in 0.5 s",
+        "second sentence, due in 2 s",
+    ]
+    pool.shutdown()
