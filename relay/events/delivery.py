@@ -110,7 +110,7 @@ CLAIM_SWEEP_SECONDS = 1.0
 # Deliveries of one ordering key sent back to back by one task (see ``_followers``).
 MAX_CHAIN = 20
 # How long a 2xx outcome may wait to be recorded with the ones that follow it.
-RECORD_SECONDS = 0.02
+RECORD_SECONDS = 0.05
 
 PENDING, SUCCEEDED, FAILED = "pending", "succeeded", "failed"
 DELIVERY_STATUSES = (PENDING, SUCCEEDED, FAILED)
@@ -790,7 +790,7 @@ class DeliveryWorker:
                 self._next_sweep = tick + CLAIM_SWEEP_SECONDS
             if chains:
                 self._more_due()  # more may be lined up behind them
-            elif not self._sending and self._backlog_mark == mark:
+            elif not (self._sending or self._outcomes) and self._backlog_mark == mark:
                 self._backlog = False  # nothing due is left that this node could send
         if fanned >= FANOUT_BATCH:
             self._claim_anyway = True

@@ -270,7 +270,7 @@ async def test_events_made_while_an_earlier_one_is_sent_follow_it(client, auth, 
     # the wire, and are handed to the worker by the transactions that make them.
     async def answer(got: Received, n: int) -> web.StreamResponse:
         if got.type == "call.queued":
-            await asyncio.sleep(0.3)
+            await asyncio.sleep(1.0)  # the next commits happen meanwhile, even on a busy machine
         return web.Response(status=204)
 
     receiver.answer = answer
@@ -342,7 +342,7 @@ async def test_at_its_concurrency_the_worker_leaves_new_deliveries_in_the_outbox
 
     async def answer(got: Received, n: int) -> web.StreamResponse:
         if got.call_id == "a" and got.type == "call.queued":
-            await asyncio.sleep(0.3)
+            await asyncio.sleep(1.0)  # the next commits happen meanwhile, even on a busy machine
         return web.Response(status=204)
 
     receiver.answer = answer
