@@ -1,14 +1,20 @@
 """``recentHistory`` across channels: the texts of a conversation AND the transcripts of the
-calls between the same two numbers, merged in time order, each entry naming its channel."""
+calls between the same two numbers, merged in time order, each entry naming its channel.
+
+On SQLite what the calls' query found for a pair of numbers is kept while neither ``calls``
+nor ``transcript_segments`` has been written (:meth:`relay.store.db.Database.snapshot_version`):
+every text asks, and its texts change far more often than calls end."""
 
 from __future__ import annotations
 
+import weakref
 from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import Integer, and_, bindparam, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from relay.store.db import Database
 from relay.store.models import Call, Message, TranscriptSegment
 from sms.outbound import iso
 from sms.store import table_of
@@ -58,6 +64,44 @@ _SPOKEN = (
 )
 
 
+_VOICE_TABLES = ("calls", "transcript_segments")
+_CACHE_MAX = 10_000
+# (at, seq, speaker, text, interrupted, at as ISO 8601): one spoken line
+Spoken = tuple[datetime, int, str, str, bool, str | None]
+# Database -> (project, our number, their number, limit) -> (versions, lines, newest first)
+_spoken: weakref.WeakKeyDictionary[
+    Database, dict[tuple[str, str, str, int], tuple[tuple[int, ...], list[Spoken]]]
+] = weakref.WeakKeyDictionary()
+
+
+async def _spoken_lines(
+    session: AsyncSession, params: dict[str, Any], db: Database | None
+) -> list[Spoken]:
+    conn = version = None
+    if db is not None and db.is_sqlite:
+        conn = (await session.connection()).sync_connection
+        version = None if conn is None else db.snapshot_version(conn, _VOICE_TABLES)
+    key = (params["b_project_id"], params["b_our_number"], params["b_their_number"])
+    cache_key = (*key, params["b_limit"])
+    cache = _spoken.setdefault(db, {}) if db is not None and version is not None else None
+    if cache is not None:
+        hit = cache.get(cache_key)
+        if hit is not None and hit[0] == version:
+            return hit[1]
+    lines: list[Spoken] = []
+    for speaker, text, interrupted, start_ms, seq, started, created in await session.execute(
+        _SPOKEN, params
+    ):
+        at = (started or created) + timedelta(milliseconds=start_ms)
+        lines.append((at, seq, speaker, text, bool(interrupted), iso(at)))
+    if cache is not None and db is not None and conn is not None and version is not None:
+        if db.snapshot_version(conn, _VOICE_TABLES) == version:
+            if len(cache) >= _CACHE_MAX:
+                cache.clear()
+            cache[cache_key] = (version, lines)
+    return lines
+
+
 async def recent_history(
     session: AsyncSession,
     *,
@@ -68,9 +112,11 @@ async def recent_history(
     before: datetime | None = None,
     before_seq: int | None = None,
     limit: int = HISTORY_LIMIT,
+    db: Database | None = None,
 ) -> list[dict[str, Any]]:
     """The last ``limit`` entries, oldest first; only what happened before ``before``
-    (texts: before ``before_seq``), so the text being answered is not part of it."""
+    (texts: before ``before_seq``), so the text being answered is not part of it. ``db``:
+    the handle ``session`` came from, to keep the calls' part between texts (SQLite)."""
     params = {
         "b_conversation_id": conversation_id,
         "b_before_seq": NO_SEQ_LIMIT if before_seq is None else before_seq,
@@ -92,16 +138,13 @@ async def recent_history(
         )
         for direction, text, at, seq in await session.execute(_TEXTS, params)
     ]
-    for speaker, text, interrupted, start_ms, seq, started, created in await session.execute(
-        _SPOKEN, params
-    ):
-        at = (started or created) + timedelta(milliseconds=start_ms)
+    for at, seq, speaker, text, interrupted, at_iso in await _spoken_lines(session, params, db):
         if before is not None and at > before:
             continue
         entry: dict[str, Any] = {"role": speaker, "content": text, "channel": "voice"}
         if interrupted:
             entry["interrupted"] = True
-        entry["at"] = iso(at)
+        entry["at"] = at_iso
         entries.append((at, seq, entry))
     entries.sort(key=lambda e: (e[0], e[1]))
     return [e[2] for e in entries[-limit:]]

@@ -44,6 +44,8 @@ STEPS: dict[str, tuple[str, ...]] = {
 NO_CARRIER = "This relay has no SMS carrier {name!r}."
 
 
+# Kept: every text's recentHistory formats the same last texts' times again.
+@functools.lru_cache(maxsize=4096)
 def iso(value: datetime | None) -> str | None:
     if value is None:
         return None

@@ -44,6 +44,7 @@ from sms.segmentation import split_messages
 from sms.store import next_seq, table_of
 
 if TYPE_CHECKING:
+    from relay.store.db import Database
     from sms.service import SmsService
 
 log = get_logger("sms.worker")
@@ -194,7 +195,7 @@ async def answer(svc: SmsService, msg: Message) -> list[Message]:
 async def decide(svc: SmsService, msg: Message) -> Outcome:
     # Read in the group commit's transaction (see Database.write): one transaction for the
     # reads and writes of many texts at once, not one more for each text's reads.
-    found = await svc.db.write(lambda session: _read_turn(session, msg))
+    found = await svc.db.write(lambda session: _read_turn(session, msg, svc.db))
     if isinstance(found, Outcome):
         return found
     agent, state, history = found
@@ -203,7 +204,7 @@ async def decide(svc: SmsService, msg: Message) -> Outcome:
 
 
 async def _read_turn(
-    session: AsyncSession, msg: Message
+    session: AsyncSession, msg: Message, db: Database
 ) -> Outcome | tuple[Agent, dict[str, Any] | None, list[dict[str, Any]]]:
     """What answering ``msg`` needs from the store, or its outcome if that needs no webhook."""
     keyword = keyword_of(msg.text)
@@ -248,6 +249,7 @@ async def _read_turn(
         their_number=msg.from_number,
         before=msg.created_at,
         before_seq=msg.seq,
+        db=db,
     )
     return agent, state, history
 

@@ -57,6 +57,7 @@ BUSY_TIMEOUT_S = 5.0  # how long a statement waits for a lock another process ho
 _ANY_TABLE = "*"  # a write whose table is not known: every table's version moves
 _READS = ("SELECT", "PRAGMA")
 _TOUCHED = "relay_tables_written"  # Connection.info: tables the open transaction wrote
+_AT_BEGIN = "relay_versions_at_begin"  # Connection.info: the table versions when it began
 GROUP_MAX = 64  # writes per group commit: bounds how long one transaction holds the lock
 
 T = TypeVar("T")
@@ -158,6 +159,7 @@ class Database:
         self._versions: dict[str, int] = {}
         if self.is_sqlite:
             event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)
+            event.listen(self.engine.sync_engine, "begin", self._began)
             event.listen(self.engine.sync_engine, "after_cursor_execute", self._wrote)
             event.listen(self.engine.sync_engine, "commit", self._committed)
             event.listen(self.engine.sync_engine, "rollback", self._rolled_back)
@@ -206,6 +208,21 @@ class Database:
             return None
         return self._versions.get(table, 0) + self._versions.get(_ANY_TABLE, 0)
 
+    def snapshot_version(self, conn: Connection, tables: tuple[str, ...]) -> tuple[int, ...] | None:
+        """The versions of ``tables`` that what ``conn``'s open transaction reads reflects:
+        those of when it began, if none has moved since (a SQLite read transaction sees the
+        database as of its first statement, which may be older than the versions now). None
+        if one has moved, or on PostgreSQL: a cache must not keep what such a read found."""
+        began = conn.info.get(_AT_BEGIN)
+        if began is None:
+            return None
+        now = tuple(self.table_version(table) or 0 for table in tables)
+        then = tuple(began.get(t, 0) + began.get(_ANY_TABLE, 0) for t in tables)
+        return now if now == then else None
+
+    def _began(self, conn: Connection) -> None:
+        conn.info[_AT_BEGIN] = dict(self._versions)
+
     def _bump(self, tables: set[str]) -> None:
         for table in tables:
             self._versions[table] = self._versions.get(table, 0) + 1
@@ -225,9 +242,11 @@ class Database:
         conn.info.setdefault(_TOUCHED, set()).update(tables)
 
     def _committed(self, conn: Connection) -> None:
+        conn.info.pop(_AT_BEGIN, None)
         self._bump(conn.info.pop(_TOUCHED, set()))
 
     def _rolled_back(self, conn: Connection) -> None:
+        conn.info.pop(_AT_BEGIN, None)
         conn.info.pop(_TOUCHED, None)
 
     def _writer_lock(self) -> asyncio.Lock:

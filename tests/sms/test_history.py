@@ -118,3 +118,27 @@ async def test_conversation_shows_the_same_history(client, auth, hook, database)
     ).json()
     assert [h["channel"] for h in conv["recentHistory"]] == ["voice"] * 3 + ["sms", "sms"]
     assert conv["recentHistory"][-1]["content"] == "You said: 3pm please"
+
+
+async def test_a_line_added_to_a_call_is_in_the_next_texts_history(client, auth, hook, database):
+    agent = await make_agent(client, auth, hook)
+    call = await add_call(
+        database, agent, frm=HANDSET, to=agent.number, minutes_ago=10, lines=CALL_LINES[:1]
+    )
+    await sim_text(client, auth, agent.number, "first")
+    async with database.session() as session:
+        session.add(
+            TranscriptSegment(
+                id=new_id("seg"),
+                call_id=call.id,
+                seq=1,
+                speaker="user",
+                text="One more thing",
+                start_ms=2000,
+                end_ms=3000,
+                interrupted=False,
+            )
+        )
+    await sim_text(client, auth, agent.number, "second")
+    voice = [h["content"] for h in hook.received[1]["recentHistory"] if h["channel"] == "voice"]
+    assert voice == ["Hi, this is Ava. How can I help?", "One more thing"]
