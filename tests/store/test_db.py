@@ -84,3 +84,29 @@ async def test_a_cancelled_caller_does_not_stop_the_others(database):
     with pytest.raises(asyncio.CancelledError):
         await waiting
     assert "kept" in await names(database)
+
+
+async def test_snapshot_version_is_kept_only_while_nothing_moved_since_the_transaction_began(
+    database,
+):
+    await database.migrate()
+    tables = ("projects",)
+    async with database.session() as session:
+        conn = (await session.connection()).sync_connection
+        assert conn is not None
+        before = database.snapshot_version(conn, tables)
+        if not database.is_sqlite:
+            assert before is None  # other nodes write too: nothing may be kept
+            return
+        assert before is not None
+        await database.write(add_project("elsewhere"))  # another connection, committed
+        assert database.snapshot_version(conn, tables) is None
+        assert database.snapshot_version(conn, ("agents",)) == (database.table_version("agents"),)
+    async with database.session() as session:
+        conn = (await session.connection()).sync_connection
+        assert conn is not None
+        now = database.snapshot_version(conn, tables)
+        assert now is not None and now != before
+        session.add(Project(id="prj_mine", name="mine"))
+        await session.flush()  # its own write moves the version too
+        assert database.snapshot_version(conn, tables) is None
