@@ -8,7 +8,7 @@ from typing import Any, Literal
 
 import jsonschema
 from pydantic import AnyHttpUrl, Field, TypeAdapter, field_validator, model_validator
-from sqlalchemy import select, update
+from sqlalchemy import bindparam, select, update
 
 from relay.api.routing import Context, Router
 from relay.api.schema import (
@@ -313,15 +313,18 @@ def _check_mode(
         raise ValidationFailed(first.message, code=first.code, field=first.field, details=details)
 
 
+# Built once: every call created reads its agent, and building the statement cost more than
+# running it (bench/webhooks.py, py-spy).
+_LOAD_AGENT = select(Agent).where(
+    Agent.id == bindparam("agent_id"),
+    Agent.project_id == bindparam("project_id"),
+    Agent.deleted_at.is_(None),
+)
+
+
 async def load_agent(ctx: Context, session: Any, agent_id: str) -> Agent:
     agent: Agent | None = (
-        await session.execute(
-            select(Agent).where(
-                Agent.id == agent_id,
-                Agent.project_id == ctx.project_id,
-                Agent.deleted_at.is_(None),
-            )
-        )
+        await session.execute(_LOAD_AGENT, {"agent_id": agent_id, "project_id": ctx.project_id})
     ).scalar_one_or_none()
     if agent is None:
         raise NotFound(f"No agent {agent_id!r} in this project.", field="agentId")
