@@ -33,6 +33,14 @@ def _overloaded() -> ServiceUnavailable:
     )
 
 
+def _database_unavailable() -> ServiceUnavailable:
+    return ServiceUnavailable(
+        "The database connection was lost (a restart or failover). Retry shortly.",
+        code="database_unavailable",
+        headers={"Retry-After": "1"},
+    )
+
+
 def _error_response(err: APIError, request_id: str) -> web.Response:
     body = err.body()
     body["error"]["requestId"] = request_id
@@ -85,6 +93,13 @@ async def request_middleware(
         except sqlalchemy.exc.TimeoutError:  # every pooled connection busy: shed, don't fail
             log.warning("overloaded", method=request.method, path=request.path)
             response = _error_response(_overloaded(), request_id)
+        except sqlalchemy.exc.DBAPIError as exc:
+            if not exc.connection_invalidated:
+                log.exception("unhandled_error", method=request.method, path=request.path)
+                response = _error_response(APIError(INTERNAL), request_id)
+            else:  # the pool has dropped that connection and the ones opened with it
+                log.warning("database_connection_lost", method=request.method, path=request.path)
+                response = _error_response(_database_unavailable(), request_id)
         except Exception:
             log.exception("unhandled_error", method=request.method, path=request.path)
             response = _error_response(APIError(INTERNAL), request_id)

@@ -154,7 +154,13 @@ class Database:
             if parsed.get_driver_name() == "aiosqlite" and not parsed.query:
                 kwargs["async_creator"] = _in_loop_connector(database or ":memory:")
         else:
-            kwargs.update(pool_size=10, max_overflow=20, pool_pre_ping=True)
+            # No pre-ping: it cost three round trips per checkout (a sixth of a call's, in
+            # bench/webhooks.py). A connection PostgreSQL closed (restart, failover) fails the
+            # one statement that finds it, the pool then drops every connection opened before
+            # it, and the API answers that request 503 database_unavailable. 30 kept
+            # connections: with 64 requests in flight, 10 made the pool open and close
+            # overflow connections all the time.
+            kwargs.update(pool_size=30, max_overflow=20, pool_pre_ping=False)
         self.engine: AsyncEngine = create_async_engine(url, **kwargs)
         self._versions: dict[str, int] = {}
         if self.is_sqlite:

@@ -177,6 +177,26 @@ async def test_a_request_that_finds_every_database_connection_busy_is_503_not_50
     assert "QueuePool" not in err["message"]
 
 
+async def test_a_request_that_lost_its_database_connection_is_503_database_unavailable(
+    app_client,
+):
+    import sqlalchemy.exc
+
+    async def lost(request: web.Request) -> web.Response:
+        raise sqlalchemy.exc.DBAPIError(
+            "SELECT 1", None, ConnectionError("connection is closed"), connection_invalidated=True
+        )
+
+    def setup(app: web.Application) -> None:
+        app.router.add_get("/test/lost", lost)
+
+    client = await app_client(setup=setup)
+    resp = await client.get("/test/lost")
+    err = await error_of(resp, 503, "database_unavailable")
+    assert resp.headers["Retry-After"] == "1"
+    assert "SELECT" not in err["message"]
+
+
 async def test_request_id_is_echoed_on_success_and_error(client, auth):
     resp = await client.get("/v1/agents", headers={**auth, "X-Request-Id": "trace-abc-123"})
     assert resp.status == 200

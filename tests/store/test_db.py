@@ -110,3 +110,31 @@ async def test_snapshot_version_is_kept_only_while_nothing_moved_since_the_trans
         session.add(Project(id="prj_mine", name="mine"))
         await session.flush()  # its own write moves the version too
         assert database.snapshot_version(conn, tables) is None
+
+
+@pytest.mark.parametrize("database", ["postgresql"], indirect=True)
+async def test_a_connection_postgresql_closed_fails_one_statement_and_the_pool_recovers(database):
+    """No pre-ping on checkout (it cost three round trips): after PostgreSQL closes the
+    pool's connections, the one statement that finds a closed one fails, invalidated, and
+    the pool replaces every connection opened before it."""
+    import asyncpg
+    from sqlalchemy.exc import DBAPIError
+
+    from tests.conftest import PG_DSN
+
+    async def backend_pid() -> int:
+        async with database.session() as session:
+            return int((await session.execute(text("SELECT pg_backend_pid()"))).scalar_one())
+
+    pids = set(await asyncio.gather(*(backend_pid() for _ in range(4))))
+    admin = await asyncpg.connect(PG_DSN)
+    try:
+        for pid in pids:
+            await admin.execute("SELECT pg_terminate_backend($1)", pid)
+    finally:
+        await admin.close()
+    with pytest.raises(DBAPIError) as failed:
+        await backend_pid()
+    assert failed.value.connection_invalidated
+    fresh = {await backend_pid() for _ in range(4)}
+    assert not fresh & pids
