@@ -106,8 +106,8 @@ def build(endpoints: list[Endpoint], extra_paths: dict[str, Any] | None = None) 
             "version": __version__,
             "description": "Phone numbers, web calls and SMS for AI agents; every turn goes to "
             'your webhook. Errors always have the shape {"error": {"code", "message", '
-            '"field"}}. Under overload any operation may answer 503 `overloaded` with '
-            "Retry-After.",
+            '"field"}}. Under overload any operation may answer 503 `overloaded`, and after '
+            "a lost database connection 503 `database_unavailable`, both with Retry-After.",
         },
         "servers": [{"url": "/"}],
         "paths": paths,
