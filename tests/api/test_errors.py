@@ -7,6 +7,7 @@ import io
 import json
 import re
 
+import pytest
 from aiohttp import web
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -161,40 +162,38 @@ async def test_500_never_leaks_a_trace(app_client):
         assert leak not in text
 
 
-async def test_a_request_that_finds_every_database_connection_busy_is_503_not_500(app_client):
+def _pool_busy() -> Exception:
     import sqlalchemy.exc
 
-    async def busy(request: web.Request) -> web.Response:
-        raise sqlalchemy.exc.TimeoutError("QueuePool limit of size 10 overflow 20 reached")
-
-    def setup(app: web.Application) -> None:
-        app.router.add_get("/test/busy", busy)
-
-    client = await app_client(setup=setup)
-    resp = await client.get("/test/busy")
-    err = await error_of(resp, 503, "overloaded")
-    assert resp.headers["Retry-After"] == "1"
-    assert "QueuePool" not in err["message"]
+    return sqlalchemy.exc.TimeoutError("QueuePool limit of size 10 overflow 20 reached")
 
 
-async def test_a_request_that_lost_its_database_connection_is_503_database_unavailable(
-    app_client,
-):
+def _connection_lost() -> Exception:
     import sqlalchemy.exc
 
-    async def lost(request: web.Request) -> web.Response:
-        raise sqlalchemy.exc.DBAPIError(
-            "SELECT 1", None, ConnectionError("connection is closed"), connection_invalidated=True
-        )
+    lost = ConnectionError("connection is closed")
+    return sqlalchemy.exc.DBAPIError("SELECT 1", None, lost, connection_invalidated=True)
+
+
+@pytest.mark.parametrize(
+    ("failure", "code", "leak"),
+    [(_pool_busy, "overloaded", "QueuePool"), (_connection_lost, "database_unavailable", "SELECT")],
+)
+async def test_database_trouble_is_503_to_retry_not_500(app_client, failure, code, leak):
+    """Every pooled connection busy, or the request's connection closed by PostgreSQL (a
+    restart): the client is told to come back, not that the relay broke."""
+
+    async def fail(request: web.Request) -> web.Response:
+        raise failure()
 
     def setup(app: web.Application) -> None:
-        app.router.add_get("/test/lost", lost)
+        app.router.add_get("/test/fail", fail)
 
     client = await app_client(setup=setup)
-    resp = await client.get("/test/lost")
-    err = await error_of(resp, 503, "database_unavailable")
+    resp = await client.get("/test/fail")
+    err = await error_of(resp, 503, code)
     assert resp.headers["Retry-After"] == "1"
-    assert "SELECT" not in err["message"]
+    assert leak not in err["message"]
 
 
 async def test_request_id_is_echoed_on_success_and_error(client, auth):
