@@ -19,8 +19,10 @@ import concurrent.futures
 import contextlib
 import functools
 import heapq
+import itertools
 import json
 import os
+import queue
 import shutil
 import threading
 import time
@@ -46,7 +48,7 @@ ESPEAK_RATE = 22050
 _lock = threading.Lock()
 _models: dict[str, Any] = {}
 _phonemize_lock = threading.Lock()
-_pools: dict[str, concurrent.futures.Executor] = {}
+_pools: dict[str, DeadlineExecutor] = {}
 _pool_size = 2
 INFERENCE_NICENESS = 10
 
@@ -114,20 +116,28 @@ phrases = PhraseCache(32 * 1024 * 1024)
 PoolKind = Literal["stt", "tts"]
 
 
+_Job = tuple[float, int, concurrent.futures.Future[Any], Callable[..., Any], tuple[Any, ...]]
+
+
 class DeadlineExecutor(concurrent.futures.Executor):
     """Threads that take the queued job with the earliest deadline first (``submit`` is due
     now). Synthesis runs here: a reply's first words are due the moment they are asked for,
     its later sentences only when the audio before them has played, so a burst of other
     calls' first words goes ahead of them, and they still go ahead of first words asked for
-    after their own deadline."""
+    after their own deadline.
+
+    The event loop hands jobs over through a lock-free queue and never waits on a lock a
+    worker holds: workers run at a lower priority (:func:`_yield_to_the_event_loop`), and
+    one holding a lock the loop wants can keep it waiting for as long as it waits for a
+    core (priority inversion)."""
 
     def __init__(self, workers: int, thread_name_prefix: str, niceness: int) -> None:
-        self._queue: list[
-            tuple[float, int, concurrent.futures.Future[Any], Callable[..., Any], tuple[Any, ...]]
-        ] = []
-        self._ready = threading.Condition()
-        self._seq = 0
+        self._inbox: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
+        self._heap: list[_Job] = []  # jobs taken from the inbox, workers only
+        self._heap_lock = threading.Lock()
+        self._seq = itertools.count()
         self._shutdown = False
+        self._stopping = False  # a worker has seen the end: run what is left, then stop
         self._threads = [
             threading.Thread(
                 target=self._work, args=(niceness,), name=f"{thread_name_prefix}_{i}", daemon=True
@@ -146,61 +156,78 @@ class DeadlineExecutor(concurrent.futures.Executor):
         self, deadline: float, fn: Callable[..., T], *args: Any
     ) -> concurrent.futures.Future[T]:
         """Run ``fn(*args)`` before jobs due later than ``deadline`` (``time.monotonic()``)."""
+        if self._shutdown:
+            raise RuntimeError("cannot schedule new work after shutdown")
         future: concurrent.futures.Future[T] = concurrent.futures.Future()
-        with self._ready:
-            if self._shutdown:
-                raise RuntimeError("cannot schedule new work after shutdown")
-            self._seq += 1
-            heapq.heappush(self._queue, (deadline, self._seq, future, fn, args))
-            self._ready.notify()
+        self._inbox.put((deadline, next(self._seq), future, fn, args))
         return future
+
+    def _next(self) -> _Job | None:
+        """The earliest-due job waiting (blocks while there is none); None: shut down."""
+        while True:
+            with self._heap_lock:
+                self._take_inbox()
+                if self._heap:
+                    return heapq.heappop(self._heap)
+                if self._stopping:
+                    return None
+            job = self._inbox.get()
+            with self._heap_lock:
+                if job is None:
+                    self._stopping = True
+                else:
+                    heapq.heappush(self._heap, job)
+
+    def _take_inbox(self) -> None:
+        """Move every job handed over so far into the heap (``_heap_lock`` held)."""
+        while True:
+            try:
+                job = self._inbox.get_nowait()
+            except queue.Empty:
+                return
+            if job is None:
+                self._stopping = True
+            else:
+                heapq.heappush(self._heap, job)
 
     def _work(self, niceness: int) -> None:
         _yield_to_the_event_loop(niceness)
-        while True:
-            with self._ready:
-                while not self._queue and not self._shutdown:
-                    self._ready.wait()
-                if not self._queue:
-                    return
-                _deadline, _seq, future, fn, args = heapq.heappop(self._queue)
+        while (job := self._next()) is not None:
+            _deadline, _seq, future, fn, args = job
             if not future.set_running_or_notify_cancel():
                 continue  # cancelled while it waited
             try:
                 future.set_result(fn(*args))
             except BaseException as exc:
                 future.set_exception(exc)
+        self._inbox.put(None)  # the next worker stops too
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
-        with self._ready:
-            self._shutdown = True
-            if cancel_futures:
-                for _d, _s, future, _f, _a in self._queue:
+        self._shutdown = True
+        if cancel_futures:
+            with self._heap_lock:
+                self._take_inbox()
+                for _d, _s, future, _f, _a in self._heap:
                     future.cancel()
-                self._queue.clear()
-            self._ready.notify_all()
+                self._heap.clear()
+        self._inbox.put(None)
         if wait:
             for thread in self._threads:
                 thread.join()
 
 
-def inference_pool(kind: PoolKind = "stt") -> concurrent.futures.Executor:
+def inference_pool(kind: PoolKind = "stt") -> DeadlineExecutor:
     """The threads recognition (``stt``) or synthesis (``tts``) runs in. Two pools, so a
     reply's first words (tens of ms of Piper) never queue behind other calls' Whisper runs
-    (hundreds of ms, one at a time in CTranslate2). Synthesis is taken earliest deadline
-    first (:class:`DeadlineExecutor`)."""
+    (hundreds of ms, one at a time in CTranslate2). Both take the job due first
+    (:class:`DeadlineExecutor`)."""
+    pool = _pools.get(kind)  # without the lock once made (see _singleton)
+    if pool is not None:
+        return pool
     with _lock:
         pool = _pools.get(kind)
         if pool is None:
-            if kind == "tts":
-                pool = DeadlineExecutor(_pool_size, "relay-tts", INFERENCE_NICENESS)
-            else:
-                pool = concurrent.futures.ThreadPoolExecutor(
-                    max_workers=_pool_size,
-                    thread_name_prefix=f"relay-{kind}",
-                    initializer=_yield_to_the_event_loop,
-                    initargs=(INFERENCE_NICENESS,),
-                )
+            pool = DeadlineExecutor(_pool_size, f"relay-{kind}", INFERENCE_NICENESS)
             _pools[kind] = pool
         return pool
 
@@ -215,21 +242,33 @@ def _yield_to_the_event_loop(niceness: int) -> None:
         os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), niceness)
 
 
-async def run_inference(fn: Callable[..., T], *args: Any) -> T:
-    """Run blocking model code (recognition, or anything else) in the inference pool."""
-    return await asyncio.get_running_loop().run_in_executor(inference_pool("stt"), fn, *args)
+async def run_inference(fn: Callable[..., T], *args: Any, deadline: float | None = None) -> T:
+    """Run blocking model code (recognition, or anything else) in the inference pool, before
+    work due after ``deadline`` (``time.monotonic()``; None: now)."""
+    return await _run_due(inference_pool("stt"), deadline, fn, *args)
 
 
 async def run_synthesis(fn: Callable[..., T], *args: Any, deadline: float | None = None) -> T:
     """Run blocking speech synthesis in its own pool, before work due after ``deadline``
     (``time.monotonic()``; None: now, the caller is waiting for it)."""
-    pool = inference_pool("tts")
-    assert isinstance(pool, DeadlineExecutor)
+    return await _run_due(inference_pool("tts"), deadline, fn, *args)
+
+
+async def _run_due(
+    pool: DeadlineExecutor, deadline: float | None, fn: Callable[..., T], *args: Any
+) -> T:
     due = time.monotonic() if deadline is None else deadline
     return await asyncio.wrap_future(pool.submit_due(due, fn, *args))
 
 
 def _singleton(key: str, factory: Callable[[], T]) -> T:
+    # Loaded models are read without the lock: the event loop asks for them too, and the
+    # lock may be held by an inference thread, which runs at a lower priority and can wait
+    # long for a core (the loop once waited 0.85 s here at 12 calls).
+    model = _models.get(key)
+    if model is not None:
+        found: T = model
+        return found
     with _lock:
         if key not in _models:
             started = time.perf_counter()
@@ -472,8 +511,13 @@ def pocketsphinx_transcribe(pcm16k: PCM) -> tuple[str, float]:
     return str(hyp.hypstr), round(float(hyp.prob and np.exp(min(0, hyp.prob / 1000))), 3)
 
 
-def piper_sentences(text: str) -> list[PCM]:
-    """Blocking. Text -> one int16 array per sentence at :func:`piper_rate`."""
+def piper_sentences(text: str, *, steady: bool = False) -> list[PCM]:
+    """Blocking. Text -> one int16 array per sentence at :func:`piper_rate`. Piper draws
+    noise for each run, so the same text never sounds quite the same twice; ``steady``
+    turns the noise off, for audio that must be the same every time (tests)."""
+    from piper.config import SynthesisConfig
+
+    config = SynthesisConfig(noise_scale=0.0, noise_w_scale=0.0) if steady else None
     voice = piper()
     with _phonemize_lock:
         sentences = voice.phonemize(text)
@@ -481,7 +525,7 @@ def piper_sentences(text: str) -> list[PCM]:
     for phonemes in sentences:
         if not phonemes:
             continue
-        audio = voice.phoneme_ids_to_audio(voice.phonemes_to_ids(phonemes))
+        audio = voice.phoneme_ids_to_audio(voice.phonemes_to_ids(phonemes), config)
         if isinstance(audio, tuple):
             audio = audio[0]
         peak = float(np.max(np.abs(audio))) if len(audio) else 0.0

@@ -83,13 +83,16 @@ class LocalSTT(stt.STT[Any]):
     def _transcribe(self, pcm: PCM, stop: threading.Event) -> tuple[str, float]:
         raise NotImplementedError
 
-    async def transcribe(self, pcm: PCM, sample_rate: int) -> tuple[str, float]:
+    async def transcribe(
+        self, pcm: PCM, sample_rate: int, *, deadline: float | None = None
+    ) -> tuple[str, float]:
         """Recognize 16-bit mono audio of any rate; returns (text, confidence). Cancelling
-        it drops a run still queued, and tells a running one to skip its retries."""
+        it drops a run still queued, and tells a running one to skip its retries.
+        ``deadline``: when the text is needed (``time.monotonic()``; None: now)."""
         stop = threading.Event()
         try:
             return await models.run_inference(
-                self._transcribe, resample(pcm, sample_rate, self.rate), stop
+                self._transcribe, resample(pcm, sample_rate, self.rate), stop, deadline=deadline
             )
         except asyncio.CancelledError:
             stop.set()
@@ -355,7 +358,12 @@ class _EarlyStream(stt.RecognizeStream):
         utt.floor = floor if quiet else None
         timing.stt_started_at = now
         timing.audio_s = len(audio) / max(utt.rate, 1)
-        utt.recognition = asyncio.create_task(self._owner.recognizer.transcribe(audio, utt.rate))
+        # Needed when the endpoint would confirm the turn: recognitions of other calls'
+        # turns that end sooner go first.
+        due = time.monotonic() + timing.speech_ended_at + self._owner.endpointing_delay - now
+        utt.recognition = asyncio.create_task(
+            self._owner.recognizer.transcribe(audio, utt.rate, deadline=due)
+        )
         utt.endpoint = asyncio.create_task(self._endpoint(utt))
 
     def _resuming(self, utt: _Utterance) -> bool:

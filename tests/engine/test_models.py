@@ -57,3 +57,53 @@ def test_numpy_does_not_start_spinning_blas_threads():
     env = {k: v for k, v in os.environ.items() if k != "OPENBLAS_NUM_THREADS"}
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
     assert out.stdout.strip() == "1", out.stderr
+
+
+def test_the_event_loop_never_waits_for_a_lock_an_inference_thread_holds():
+    """Inference threads run at a lower priority: one holding a lock the event loop wants
+    can keep the loop waiting until a core is free for it (priority inversion; the loop
+    once stalled 0.85 s at 12 calls). Handing over a job and finding a loaded model take no
+    lock a worker holds."""
+    pool = models.DeadlineExecutor(1, "test-inversion", 0)
+    models.piper()  # loaded
+    held = threading.Event()
+    release = threading.Event()
+
+    def hold(lock: threading.Lock) -> None:
+        with lock:
+            held.set()
+            release.wait(10)
+
+    for lock in (pool._heap_lock, models._lock):
+        held.clear()
+        release.clear()
+        holder = threading.Thread(target=hold, args=(lock,))
+        holder.start()
+        assert held.wait(5)
+        done = threading.Event()
+
+        def loop_side(done: threading.Event = done) -> None:
+            pool.submit_due(0.0, str.upper, "x")
+            models.piper()
+            models.inference_pool("tts")
+            done.set()
+
+        threading.Thread(target=loop_side, daemon=True).start()
+        try:
+            assert done.wait(2), "waited for a lock held by another thread"
+        finally:
+            release.set()
+            holder.join()
+    pool.shutdown()
+
+
+def test_a_deadline_pool_runs_what_was_queued_before_it_shuts_down():
+    pool = models.DeadlineExecutor(2, "test-shutdown", 0)
+    release = threading.Event()
+    futures = [pool.submit(release.wait, 10) for _ in range(2)]
+    futures += [pool.submit_due(float(i), str, i) for i in range(5)]
+    release.set()
+    pool.shutdown(wait=True)
+    assert [f.result(timeout=0) for f in futures[2:]] == ["0", "1", "2", "3", "4"]
+    with pytest.raises(RuntimeError):
+        pool.submit(str, 1)
