@@ -36,8 +36,9 @@ def rms(pcm: np.ndarray) -> float:
 
 
 def piper_voice(text: str, rate: int = RATE) -> np.ndarray:
-    """Caller speech as a phone delivers it: Piper, resampled, through G.711 mu-law."""
-    pcm = np.concatenate(models.piper_sentences(text))
+    """Caller speech as a phone delivers it: Piper, resampled, through G.711 mu-law. The
+    same every run (no synthesis noise), so a test hears what it heard last time."""
+    pcm = np.concatenate(models.piper_sentences(text, steady=True))
     return ulaw_decode(ulaw_encode(resample(pcm, models.piper_rate(), rate)))
 
 
