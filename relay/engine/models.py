@@ -265,9 +265,8 @@ def _singleton(key: str, factory: Callable[[], T]) -> T:
     # Loaded models are read without the lock: the event loop asks for them too, and the
     # lock may be held by an inference thread, which runs at a lower priority and can wait
     # long for a core (the loop once waited 0.85 s here at 12 calls).
-    model = _models.get(key)
-    if model is not None:
-        found: T = model
+    found: T | None = _models.get(key)
+    if found is not None:
         return found
     with _lock:
         if key not in _models:
