@@ -22,11 +22,12 @@ from relay.carriers.sms import IncomingText
 from relay.events import emit
 from relay.ids import new_id
 from relay.logs import get_logger
+from relay.store.db import insert_at_commit
 from relay.store.models import Message, Number, utcnow
 from relay_numbers.routing import number_for_inbound
 from sms.outbound import message_payload
 from sms.segmentation import segment
-from sms.store import next_seq
+from sms.store import message_row, messages, next_seq
 
 if TYPE_CHECKING:
     from sms.service import SmsService
@@ -68,7 +69,7 @@ async def receive(
         return Receipt(None, None)
     now = utcnow()
     seg = segment(incoming.text)
-    msg = Message(
+    values = message_row(
         id=new_id("msg"),
         project_id=number.project_id,
         number_id=number.id,
@@ -89,6 +90,7 @@ async def receive(
         created_at=now,
         updated_at=now,
     )
+    msg = Message(**values)
 
     async def store(session: AsyncSession) -> None:
         msg.conversation_id, msg.seq, _ = await next_seq(
@@ -100,7 +102,9 @@ async def receive(
             agent_id=number.agent_id,
             now=now,
         )
-        session.add(msg)
+        insert_at_commit(
+            session, messages, values | {"conversation_id": msg.conversation_id, "seq": msg.seq}
+        )
         await emit(
             session,
             project_id=msg.project_id,

@@ -26,9 +26,10 @@ from relay.carriers.sms import DeliveryStatus, OutgoingText
 from relay.events import emit
 from relay.ids import new_id
 from relay.logs import get_logger
+from relay.store.db import insert_at_commit
 from relay.store.models import Message, MessageEvent, utcnow
 from sms.segmentation import segment
-from sms.store import table_of
+from sms.store import message_row, table_of
 
 if TYPE_CHECKING:
     from sms.service import SmsService
@@ -73,7 +74,7 @@ def message_payload(msg: Message) -> dict[str, Any]:
     }
 
 
-def new_outbound(
+def outbound_row(
     *,
     project_id: str,
     conversation_id: str,
@@ -85,11 +86,12 @@ def new_outbound(
     to_number: str,
     text: str,
     in_reply_to: str | None = None,
-) -> Message:
-    """A ``queued`` text, claimed by the caller (who delivers it right after committing)."""
+) -> dict[str, Any]:
+    """A ``queued`` text's row, claimed by the caller (who delivers it right after
+    committing)."""
     now = utcnow()
     seg = segment(text)
-    return Message(
+    return message_row(
         id=new_id("msg"),
         project_id=project_id,
         conversation_id=conversation_id,
@@ -110,6 +112,11 @@ def new_outbound(
         created_at=now,
         updated_at=now,
     )
+
+
+def new_outbound(**values: Any) -> Message:
+    """:func:`outbound_row` as a ``Message`` (to ``session.add``)."""
+    return Message(**outbound_row(**values))
 
 
 async def set_status(
@@ -164,6 +171,7 @@ async def set_status(
 
 
 _messages = table_of(Message)
+_message_events = table_of(MessageEvent)
 
 
 @functools.cache
@@ -189,16 +197,19 @@ def log_event(
     level: str = "info",
     data: dict[str, Any] | None = None,
 ) -> None:
-    session.add(
-        MessageEvent(
-            id=new_id("mev"),
-            message_id=msg_id,
-            level=level,
-            code=code,
-            message=message,
-            data=data,
-            created_at=utcnow(),
-        )
+    """Add to the text's log, in the session's transaction (written when it commits)."""
+    insert_at_commit(
+        session,
+        _message_events,
+        {
+            "id": new_id("mev"),
+            "message_id": msg_id,
+            "level": level,
+            "code": code,
+            "message": message,
+            "data": data,
+            "created_at": utcnow(),
+        },
     )
 
 

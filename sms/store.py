@@ -1,4 +1,5 @@
-"""Statements the SMS code needs on both SQLite and PostgreSQL: upserts, counters, claims.
+"""Statements the SMS code needs on both SQLite and PostgreSQL: upserts, counters, claims,
+and the rows of texts inserted when their transaction commits (:func:`message_row`).
 
 The SMS code's UPDATEs run with ``synchronize_session=False``: its sessions are one short
 transaction each and do not hold the rows they update (the caller's copy comes from another
@@ -16,7 +17,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from relay.ids import new_id
-from relay.store.models import Base, Conversation, utcnow
+from relay.store.models import Base, Conversation, Message, utcnow
 
 
 def table_of(model: type[Base]) -> Table:
@@ -26,6 +27,26 @@ def table_of(model: type[Base]) -> Table:
 
 
 _conversations = table_of(Conversation)
+messages = table_of(Message)
+# Every column, with the models' defaults: the texts a group commits go in one executemany,
+# whose rows must all name the same columns.
+_MESSAGE_DEFAULTS: dict[str, Any] = {column.key: None for column in messages.columns} | {
+    "keyword_handled": False,
+    "segments": 1,
+    "encoding": "gsm7",
+    "work": "done",
+}
+
+
+def message_row(**values: Any) -> dict[str, Any]:
+    """A ``messages`` row for :func:`relay.store.db.insert_at_commit`: ``values`` over the
+    defaults, every column named."""
+    unknown = values.keys() - _MESSAGE_DEFAULTS.keys()
+    if unknown:
+        raise TypeError(f"messages has no column {sorted(unknown)}")
+    return _MESSAGE_DEFAULTS | values
+
+
 # The hot statements are built once, on the Core table, with their values as parameters: a
 # statement object keeps its compiled-cache key, so executing it again skips building the
 # expression, hashing it, and the ORM's handling of a bulk UPDATE (a third of an execute).

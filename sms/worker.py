@@ -28,6 +28,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from relay.calls.inbound import webhook_secrets
 from relay.engine.turns import TurnError, TurnRequest, stream_turn
 from relay.logs import get_logger
+from relay.store.db import insert_at_commit
 from relay.store.models import Agent, Conversation, Message, utcnow
 from sms.history import recent_history
 from sms.optout import (
@@ -39,7 +40,7 @@ from sms.optout import (
     opt_out,
     opted_out,
 )
-from sms.outbound import deliver, iso, log_event, new_outbound
+from sms.outbound import deliver, iso, log_event, outbound_row
 from sms.segmentation import split_messages
 from sms.store import next_seq, table_of
 
@@ -333,8 +334,8 @@ async def _finish(svc: SmsService, msg: Message, outcome: Outcome) -> list[Messa
     queued, events), then hand the replies to the carrier in order."""
     now = utcnow()
 
-    async def store(session: AsyncSession) -> list[Message]:
-        out: list[Message] = []
+    async def store(session: AsyncSession) -> list[dict[str, Any]]:
+        out: list[dict[str, Any]] = []
         # The conversation's row first, then its messages: the order receive() takes them in,
         # or a carrier's retry of a text arriving now could deadlock with this (PostgreSQL).
         changes: dict[str, Any] = {"state": outcome.state} if outcome.set_state else {}
@@ -371,7 +372,7 @@ async def _finish(svc: SmsService, msg: Message, outcome: Outcome) -> list[Messa
             await opt_in(session, msg.project_id, msg.from_number)
         first = last - len(outcome.replies) + 1
         for offset, text in enumerate(outcome.replies):
-            reply = new_outbound(
+            reply = outbound_row(
                 project_id=msg.project_id,
                 conversation_id=conversation_id,
                 seq=first + offset,
@@ -383,13 +384,13 @@ async def _finish(svc: SmsService, msg: Message, outcome: Outcome) -> list[Messa
                 text=text,
                 in_reply_to=msg.id,
             )
-            session.add(reply)
+            insert_at_commit(session, _messages, reply)
             out.append(reply)
         for level, code, message, data in outcome.events:
             log_event(session, msg.id, code, message, level=level, data=data)
         return out
 
-    out = await svc.db.write(store)
+    out = [Message(**row) for row in await svc.db.write(store)]
     for reply in out:
         await deliver(svc, reply)
     return out

@@ -22,6 +22,11 @@ fails is rolled back and its writes are run again one transaction each, so one w
 process, so its COMMIT (a WAL flush) and its session are shared as well; a group that hits a
 deadlock with another node's writers is rolled back and rerun the same way.
 
+Rows inserted at commit (:func:`insert_at_commit`): an append-only row handed over as a dict
+is written when its transaction commits, with one INSERT per table for every such row of the
+transaction (a whole group's), instead of an ORM object each: the unit of work's bookkeeping
+for an object (its state, its identity, sorting it into the flush) cost more than the INSERT.
+
 Table versions (:meth:`Database.table_version`, SQLite only): a counter per table, moved by
 every statement that writes the table and again when its transaction commits, so a cache of
 rows of a table this process alone writes can tell whether what it holds is still current.
@@ -30,6 +35,7 @@ rows of a table this process alone writes can tell whether what it holds is stil
 from __future__ import annotations
 
 import asyncio
+import functools
 import sqlite3
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -41,7 +47,7 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Select, Table, event, text
+from sqlalchemy import Insert, MetaData, Select, Table, event, insert, text
 from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
@@ -49,6 +55,7 @@ from sqlalchemy.ext.asyncio import (
     async_sessionmaker,
     create_async_engine,
 )
+from sqlalchemy.orm import Session
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 
@@ -59,6 +66,7 @@ _READS = ("SELECT", "PRAGMA")
 _TOUCHED = "relay_tables_written"  # Connection.info: tables the open transaction wrote
 _AT_BEGIN = "relay_versions_at_begin"  # Connection.info: the table versions when it began
 GROUP_MAX = 64  # writes per group commit: bounds how long one transaction holds the lock
+_ROWS = "relay_rows_at_commit"  # Session.info: table -> rows to insert when it commits
 
 T = TypeVar("T")
 Write = Callable[[AsyncSession], Awaitable[T]]
@@ -82,6 +90,43 @@ def _is_busy(exc: sqlite3.OperationalError) -> bool:
     if code is not None:
         return (code & 0xFF) in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
     return "locked" in str(exc) or "busy" in str(exc)
+
+
+def insert_at_commit(session: AsyncSession | Session, table: Table, row: dict[str, Any]) -> None:
+    """Insert ``row`` into ``table`` when the session's transaction commits, before the ORM
+    flushes its objects, with the other rows of the transaction for that table (one
+    executemany; tables in foreign-key order). The transaction does not see the row before
+    that, and a rollback drops it. Every row of a table must name the same columns."""
+    rows: dict[Table, list[dict[str, Any]]] = session.info.setdefault(_ROWS, {})
+    rows.setdefault(table, []).append(row)
+
+
+_inserts: dict[Table, Insert] = {}  # built once per table: the compiled form is cached
+
+
+@functools.cache
+def _foreign_key_order(metadata: MetaData) -> dict[Table, int]:
+    return {table: i for i, table in enumerate(metadata.sorted_tables)}
+
+
+def _insert_rows(session: Session) -> None:
+    rows: dict[Table, list[dict[str, Any]]] | None = session.info.pop(_ROWS, None)
+    if not rows:
+        return
+    order = _foreign_key_order(next(iter(rows)).metadata)
+    for table in sorted(rows, key=lambda t: order.get(t, -1)):
+        stmt = _inserts.get(table)
+        if stmt is None:
+            stmt = _inserts[table] = insert(table)
+        session.execute(stmt, rows[table])
+
+
+def _drop_rows(session: Session) -> None:
+    session.info.pop(_ROWS, None)
+
+
+event.listen(Session, "before_commit", _insert_rows)
+event.listen(Session, "after_rollback", _drop_rows)
 
 
 class InLoopSqlite(aiosqlite.Connection):
@@ -198,8 +243,9 @@ class Database:
         other awaits), may run twice (once in a group that failed, then alone), and must not
         commit or roll back itself. Its error, raised here, rolled back what it wrote.
 
-        Objects it ``session.add``s are written when the transaction commits (one flush for
-        the group), not before its next statement: ``work`` does not read them back. A read
+        Objects it ``session.add``s, and rows it hands to :func:`insert_at_commit`, are written
+        when the transaction commits (one flush for the group), not before its next
+        statement: ``work`` does not read them back. A read
         may come this way too, to share a group's transaction instead of opening its own."""
         loop = asyncio.get_running_loop()
         if self._group is None or self._group.loop is not loop:
