@@ -22,14 +22,15 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import String, and_, bindparam, select, update
+from sqlalchemy import String, bindparam, exists, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from relay.calls.inbound import webhook_secrets
 from relay.engine.turns import TurnError, TurnRequest, stream_turn
 from relay.logs import get_logger
 from relay.store.db import insert_at_commit
-from relay.store.models import Agent, Conversation, Message, utcnow
+from relay.store.models import Agent, Conversation, Message, OptOut, utcnow
+from sms.agents import live_agent
 from sms.history import recent_history
 from sms.optout import (
     DEFAULT_HELP,
@@ -38,7 +39,6 @@ from sms.optout import (
     keyword_of,
     opt_in,
     opt_out,
-    opted_out,
 )
 from sms.outbound import deliver, iso, log_event, outbound_row
 from sms.segmentation import split_messages
@@ -67,17 +67,16 @@ _DONE = (
     )
 )
 
-# The agent, the conversation's state and whether the sender opted out, in one round trip.
-_DECIDE = (
-    select(
-        Agent,
-        Conversation.state,
-        opted_out(bindparam("b_project_id", type_=String), bindparam("b_from", type_=String)),
-    )
-    .select_from(Conversation)
-    .outerjoin(Agent, and_(Agent.id == bindparam("b_agent_id"), Agent.deleted_at.is_(None)))
-    .where(Conversation.id == bindparam("b_conversation_id"))
-)
+_conversations, _opt_outs = table_of(Conversation), table_of(OptOut)
+# The conversation's state and whether the sender opted out, in one round trip.
+_DECIDE = select(
+    _conversations.c.state,
+    exists().where(
+        _opt_outs.c.project_id == bindparam("b_project_id"),
+        _opt_outs.c.phone_number == bindparam("b_from"),
+        _opt_outs.c.opted_in_at.is_(None),
+    ),
+).where(_conversations.c.id == bindparam("b_conversation_id"))
 
 
 @dataclass(slots=True)
@@ -209,19 +208,18 @@ async def _read_turn(
 ) -> Outcome | tuple[Agent, dict[str, Any] | None, list[dict[str, Any]]]:
     """What answering ``msg`` needs from the store, or its outcome if that needs no webhook."""
     keyword = keyword_of(msg.text)
-    # One round trip for the agent, the conversation's state and the sender's opt-out.
+    agent = await live_agent(session, db, msg.agent_id)
     row = (
         await session.execute(
             _DECIDE,
             {
-                "b_agent_id": msg.agent_id,
                 "b_conversation_id": msg.conversation_id,
                 "b_project_id": msg.project_id,
                 "b_from": msg.from_number,
             },
         )
     ).one()
-    agent, state, sender_opted_out = row[0], row[1], bool(row[2])
+    state, sender_opted_out = row[0], bool(row[1])
     if keyword is not None:
         return _keyword(msg, keyword, agent)
     if sender_opted_out:

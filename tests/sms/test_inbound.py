@@ -5,11 +5,13 @@ from __future__ import annotations
 import asyncio
 import time
 
+from aiohttp import web
 from sqlalchemy import select
 
 from relay.store.models import Conversation, Message
 from tests.sms.conftest import (
     HANDSET,
+    Hook,
     events_of,
     eventually,
     make_agent,
@@ -180,6 +182,25 @@ async def test_a_number_unbound_after_a_text_takes_the_next_text_without_its_age
     await client.patch(f"/v1/numbers/{agent.number_id}", json={"agentId": None}, headers=auth)
     got = await sim_text(client, auth, agent.number, "still there?")
     assert got["replies"] == [] and hook.texts() == ["hello"]
+
+
+async def test_an_agent_given_another_webhook_after_a_text_sends_the_next_text_there(
+    client, auth, hook, aiohttp_server
+):
+    # The first text's read of the agent is kept (SQLite); the PATCH must end that.
+    agent = await make_agent(client, auth, hook)
+    await sim_text(client, auth, agent.number, "hello")
+    other = Hook(secrets=[agent.secret])
+    app = web.Application()
+    app.router.add_post("/other", other.handle)
+    other.url = str((await aiohttp_server(app)).make_url("/other"))
+    resp = await client.patch(
+        f"/v1/agents/{agent.id}", json={"webhookUrl": other.url}, headers=auth
+    )
+    assert resp.status == 200, await resp.text()
+    got = await sim_text(client, auth, agent.number, "still there?")
+    assert [r["text"] for r in got["replies"]] == ["You said: still there?"]
+    assert hook.texts() == ["hello"] and other.texts() == ["still there?"]
 
 
 async def test_a_number_whose_agent_is_deleted_after_a_text_has_no_agent(client, auth, hook):
