@@ -64,12 +64,17 @@ import api as harness  # noqa: E402  (bench/api.py: the relay subprocess, stats)
 
 from relay.carriers.sim.handset import CallReport, SimHandset, synthesize  # noqa: E402
 
+# The callers' lines. Piper pauses 320-440 ms at some commas ("Thank you, that is..."):
+# at 400 ms endpointing the relay rightly takes such a pause for the end of the turn, answers
+# "Thank you.", and is talked over, which measures a premature turn end, not a reply. No
+# line here pauses longer than 300 ms; a step reports turn ends the relay found inside a
+# line ("premature turn ends").
 LINES = [
     "Hi, I would like to book a table for two people tomorrow evening.",
     "Do you have anything free at around seven o'clock?",
-    "Great, please put it under the name Johnson.",
+    "Please put it under the name Johnson.",
     "Is there parking close to the restaurant?",
-    "Thank you, that is everything for today.",
+    "Thanks a lot for your help today.",
 ]
 
 
@@ -145,10 +150,14 @@ class Step:
     v2v_p99_ms: float | None = None
     v2v_max_ms: float | None = None
     stages_ms: dict[str, dict[str, float | None]] = field(default_factory=dict)
+    # the relay overhead's parts: transcript -> session -> reply -> request, chunk -> TTS,
+    # audio -> line (relay.engine.webhook.TurnRecord._overhead)
+    overhead_parts_ms: dict[str, dict[str, float | None]] = field(default_factory=dict)
     overhead_p99_ms: float | None = None
     jitter_p99_ms: float | None = None
     jitter_max_ms: float | None = None
     stalls: int = 0  # gaps of 100 ms or more inside an answer
+    premature_turns: int = 0  # webhook turns beyond the lines spoken: a pause taken for an end
     worst_gap: str = ""
     frames: int = 0
     relay_cpu_pct: float = 0.0
@@ -184,11 +193,19 @@ def pacing_gaps(report: CallReport) -> list[tuple[float, str]]:
 
 
 class Bench:
-    def __init__(self, server: harness.Server, key: str, number: str, wavs: list[Path]) -> None:
+    def __init__(
+        self,
+        server: harness.Server,
+        key: str,
+        number: str,
+        wavs: list[Path],
+        hook: InstantWebhook,
+    ) -> None:
         self.server = server
         self.key = key
         self.number = number
         self.wavs = wavs
+        self.hook = hook
 
     async def _one_call(self, delay: float, turns: int, offset: int) -> CallReport:
         await asyncio.sleep(delay)
@@ -232,6 +249,7 @@ class Bench:
         cpu0, wall0 = harness._cpu_seconds(pid), time.monotonic()
         own0, machine0 = time.process_time(), harness._machine_cpu_seconds()
         spread = stagger / calls if calls > 1 else 0.0
+        webhook_turns = self.hook.turns
         outcomes = await asyncio.gather(
             *(self._one_call(i * spread, turns, i) for i in range(calls)),
             return_exceptions=True,
@@ -267,6 +285,7 @@ class Bench:
                     result.call_warnings += 1
                     if len(result.errors) < 5:
                         result.errors.append(f"{report.call_id}: {event['message'][:160]}")
+        result.premature_turns = max(0, self.hook.turns - webhook_turns - result.turns)
         lat = result.latencies_ms
         result.v2v_p50_ms, result.v2v_p90_ms = pct(lat, 50), pct(lat, 90)
         result.v2v_p99_ms, result.v2v_max_ms = pct(lat, 99), (max(lat) if lat else None)
@@ -278,6 +297,15 @@ class Bench:
                 "p99": pct(values, 99),
             }
         result.overhead_p99_ms = result.stages_ms["relay overhead"]["p99"]
+        parts: dict[str, list[float]] = {}
+        for row in engine_rows:
+            for part, value in (row.get("overhead") or {}).items():
+                if isinstance(value, int | float):
+                    parts.setdefault(part, []).append(float(value))
+        result.overhead_parts_ms = {
+            part: {"p50": pct(v, 50), "p90": pct(v, 90), "p99": pct(v, 99)}
+            for part, v in parts.items()
+        }
         jitter = [abs(g - FRAME_MS) for g, _ in gaps]
         if gaps:
             worst, where = max(gaps)
@@ -352,7 +380,7 @@ async def run(server: harness.Server, key: str, args: argparse.Namespace) -> dic
             # The callers' process holds Piper and the relay's modules too: keep its full
             # garbage collections short, or they show up as the relay's jitter.
             gc.freeze()
-            bench = Bench(server, key, number, wavs)
+            bench = Bench(server, key, number, wavs, hook)
             # The first call of a process loads and warms the models: not counted.
             await bench.step(1, 1, 0.0)
             print("  (warm-up call done)", flush=True)
@@ -407,7 +435,8 @@ def print_step(name: str, s: Step, *, detail: bool = False, verdict: str = "") -
         f"{s.turns - s.unanswered}/{s.calls * s.turns_per_call}; voice to voice ms p50 "
         f"{_ms(s.v2v_p50_ms)} p90 {_ms(s.v2v_p90_ms)} p99 {_ms(s.v2v_p99_ms)}; overhead p99 "
         f"{s.overhead_p99_ms} ms; jitter p99 {s.jitter_p99_ms} ms (max {s.jitter_max_ms}, "
-        f"{s.stalls} stalls); call log warnings {s.call_warnings}; "
+        f"{s.stalls} stalls); premature turn ends {s.premature_turns}; "
+        f"call log warnings {s.call_warnings}; "
         f"relay CPU {s.relay_cpu_pct:.0f}%, RSS {s.relay_rss_mib:.0f} MiB; callers CPU "
         f"{s.callers_cpu_pct:.0f}%, machine {s.machine_cpu_pct or 0:.0f}%"
         + (f"  [{verdict}]" if verdict else ""),
@@ -424,6 +453,8 @@ def print_step(name: str, s: Step, *, detail: bool = False, verdict: str = "") -
             print(
                 f"    {label:<24} {_ms(st.get('p50'))}  {_ms(st.get('p90'))}  {_ms(st.get('p99'))}"
             )
+        for part, st in s.overhead_parts_ms.items():
+            print(f"      {part:<22} {st.get('p50')}  {st.get('p90')}  {st.get('p99')}")
         print(
             f"    {s.frames} agent frames at the callers, {s.seconds:g} s, peak RSS "
             f"{s.relay_peak_rss_mib:.0f} MiB",
