@@ -105,8 +105,12 @@ MAX_RETRY_AFTER_SECONDS = 24 * 3600.0
 JITTER = 0.1
 ERROR_BODY_BYTES = 200
 STOP_GRACE_SECONDS = 5.0
-# How often a node looks for due deliveries nobody told it about (see ``cycle``).
+# How often a node looks for due deliveries nobody told it about (see ``cycle``): every
+# second while sweeps find some, backing off to IDLE_SWEEP_SECONDS while they find none. On
+# SQLite the sweep's queries run on the event loop (2-8 ms), which the calls' audio and turns
+# share: a node with nothing to find need not stop its loop for it every second.
 CLAIM_SWEEP_SECONDS = 1.0
+IDLE_SWEEP_SECONDS = 5.0
 # Deliveries of one ordering key sent back to back by one task (see ``_followers``).
 MAX_CHAIN = 20
 # How long a 2xx outcome may wait to be recorded with the ones that follow it.
@@ -493,6 +497,7 @@ class DeliveryWorker:
         self._claim_anyway = True  # the first cycle looks for everything that is due
         self._next_due = math.inf  # the earliest retry this process scheduled (monotonic)
         self._next_sweep = 0.0
+        self._sweep_every = CLAIM_SWEEP_SECONDS
         self._lanes: dict[tuple[str, str], Lane] = {}  # being sent by this node, in order
         self._settled: set[str] = set()  # answered 2xx, not yet recorded
         # Deliveries may be due that no transaction handed over (see ``_more_due``).
@@ -787,7 +792,13 @@ class DeliveryWorker:
             if tick >= self._next_due:
                 self._next_due = math.inf
             if sweep:
-                self._next_sweep = tick + CLAIM_SWEEP_SECONDS
+                found = bool(chains or fanned or outcomes)
+                self._sweep_every = (
+                    CLAIM_SWEEP_SECONDS
+                    if found
+                    else min(IDLE_SWEEP_SECONDS, self._sweep_every * 2)
+                )
+                self._next_sweep = tick + self._sweep_every
             if chains:
                 self._more_due()  # more may be lined up behind them
             elif not (self._sending or self._outcomes) and self._backlog_mark == mark:
