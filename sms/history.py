@@ -7,11 +7,12 @@ every text asks, and its texts change far more often than calls end."""
 
 from __future__ import annotations
 
+import functools
 import weakref
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Integer, and_, bindparam, or_, select
+from sqlalchemy import Integer, String, and_, bindparam, or_, select, type_coerce
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from relay.store.db import Database
@@ -25,8 +26,15 @@ NO_SEQ_LIMIT = 2**31 - 1
 
 # Built once, on the Core tables, values as parameters (see sms.store).
 _messages, _calls, _segments = table_of(Message), table_of(Call), table_of(TranscriptSegment)
+# created_at as the driver gives it (SQLite: text), turned into a time by _moment: the same
+# last texts come back for every text of a conversation.
 _TEXTS = (
-    select(_messages.c.direction, _messages.c.text, _messages.c.created_at, _messages.c.seq)
+    select(
+        _messages.c.direction,
+        _messages.c.text,
+        type_coerce(_messages.c.created_at, String),
+        _messages.c.seq,
+    )
     .where(
         _messages.c.conversation_id == bindparam("b_conversation_id"),
         _messages.c.seq < bindparam("b_before_seq"),
@@ -62,6 +70,15 @@ _SPOKEN = (
     .order_by(_calls.c.created_at.desc(), _segments.c.seq.desc())
     .limit(bindparam("b_limit", type_=Integer))
 )
+
+
+@functools.lru_cache(maxsize=4096)
+def _moment(raw: str | datetime) -> tuple[datetime, str | None]:
+    """A stored time (SQLite's text, or a driver's datetime): aware, and as ISO 8601."""
+    at = raw if isinstance(raw, datetime) else datetime.fromisoformat(raw)
+    if at.tzinfo is None:
+        at = at.replace(tzinfo=UTC)
+    return at, iso(at)
 
 
 _VOICE_TABLES = ("calls", "transcript_segments")
@@ -125,19 +142,11 @@ async def recent_history(
         "b_their_number": their_number,
         "b_limit": limit,
     }
-    entries: list[tuple[datetime, int, dict[str, Any]]] = [
-        (
-            at,
-            seq,
-            {
-                "role": "user" if direction == "inbound" else "agent",
-                "content": text,
-                "channel": "sms",
-                "at": iso(at),
-            },
-        )
-        for direction, text, at, seq in await session.execute(_TEXTS, params)
-    ]
+    entries: list[tuple[datetime, int, dict[str, Any]]] = []
+    for direction, text, created, seq in await session.execute(_TEXTS, params):
+        at, at_iso = _moment(created)
+        role = "user" if direction == "inbound" else "agent"
+        entries.append((at, seq, {"role": role, "content": text, "channel": "sms", "at": at_iso}))
     for at, seq, speaker, text, interrupted, at_iso in await _spoken_lines(session, params, db):
         if before is not None and at > before:
             continue
