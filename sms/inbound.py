@@ -27,7 +27,7 @@ from relay.store.models import Message, Number, utcnow
 from relay_numbers.routing import number_for_inbound
 from sms.outbound import message_payload
 from sms.segmentation import segment
-from sms.store import message_row, messages, next_seq
+from sms.store import message_of, message_row, messages, next_seq
 
 if TYPE_CHECKING:
     from sms.service import SmsService
@@ -90,7 +90,7 @@ async def receive(
         created_at=now,
         updated_at=now,
     )
-    msg = Message(**values)
+    msg = message_of(values)
 
     async def store(session: AsyncSession) -> None:
         msg.conversation_id, msg.seq, _ = await next_seq(

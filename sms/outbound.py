@@ -29,7 +29,7 @@ from relay.logs import get_logger
 from relay.store.db import insert_at_commit
 from relay.store.models import Message, MessageEvent, utcnow
 from sms.segmentation import segment
-from sms.store import message_row, table_of
+from sms.store import message_of, message_row, table_of
 
 if TYPE_CHECKING:
     from sms.service import SmsService
@@ -116,7 +116,7 @@ def outbound_row(
 
 def new_outbound(**values: Any) -> Message:
     """:func:`outbound_row` as a ``Message`` (to ``session.add``)."""
-    return Message(**outbound_row(**values))
+    return message_of(outbound_row(**values))
 
 
 async def set_status(

@@ -42,7 +42,7 @@ from sms.optout import (
 )
 from sms.outbound import deliver, iso, log_event, outbound_row
 from sms.segmentation import split_messages
-from sms.store import next_seq, table_of
+from sms.store import message_of, next_seq, table_of
 
 if TYPE_CHECKING:
     from relay.store.db import Database
@@ -388,7 +388,7 @@ async def _finish(svc: SmsService, msg: Message, outcome: Outcome) -> list[Messa
             log_event(session, msg.id, code, message, level=level, data=data)
         return out
 
-    out = [Message(**row) for row in await svc.db.write(store)]
+    out = [message_of(row) for row in await svc.db.write(store)]
     for reply in out:
         await deliver(svc, reply)
     return out
