@@ -245,8 +245,8 @@ class Database:
 
         Objects it ``session.add``s, and rows it hands to :func:`insert_at_commit`, are written
         when the transaction commits (one flush for the group), not before its next
-        statement: ``work`` does not read them back. A read
-        may come this way too, to share a group's transaction instead of opening its own."""
+        statement: ``work`` does not read them back. A read may come this way too, to share
+        a group's transaction instead of opening its own."""
         loop = asyncio.get_running_loop()
         if self._group is None or self._group.loop is not loop:
             self._group = _GroupCommit(self, loop)
