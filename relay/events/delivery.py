@@ -794,9 +794,7 @@ class DeliveryWorker:
             if sweep:
                 found = bool(chains or fanned or outcomes)
                 self._sweep_every = (
-                    CLAIM_SWEEP_SECONDS
-                    if found
-                    else min(IDLE_SWEEP_SECONDS, self._sweep_every * 2)
+                    CLAIM_SWEEP_SECONDS if found else min(IDLE_SWEEP_SECONDS, self._sweep_every * 2)
                 )
                 self._next_sweep = tick + self._sweep_every
             if chains:

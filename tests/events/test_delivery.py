@@ -474,3 +474,42 @@ def test_backoff_follows_the_schedule_with_jitter():
     assert next_delay(schedule, len(schedule), None) is None
     assert next_delay(schedule, len(schedule), 10.0) is None  # no attempt left
     assert next_delay(schedule, 2, 7.0) == 7.0
+
+
+async def test_an_idle_sweep_backs_off_and_work_found_brings_it_back(database):
+    """The sweep for deliveries nobody handed over runs every second while it finds some,
+    and backs off to every 5 s while it finds none (on SQLite its queries stop the event
+    loop that the calls' audio shares)."""
+    from sqlalchemy import insert
+
+    from relay.events.delivery import CLAIM_SWEEP_SECONDS, IDLE_SWEEP_SECONDS, DeliveryWorker
+    from relay.ids import new_id
+    from relay.store.models import LifecycleEvent, Project, utcnow
+
+    await database.migrate()
+    worker = DeliveryWorker(database, Settings(), node_id="sweeper")
+    intervals = []
+    for _ in range(4):
+        worker._next_sweep = 0.0  # due now
+        await worker.cycle()
+        intervals.append(worker._sweep_every)
+    assert intervals == [2.0, 4.0, IDLE_SWEEP_SECONDS, IDLE_SWEEP_SECONDS]
+    # An event no transaction fanned out (written some other way): the next sweep finds it.
+    async with database.session() as session:
+        session.add(Project(id="proj_x", name="sweep"))
+        await session.flush()
+        await session.execute(
+            insert(LifecycleEvent.__table__).values(
+                id=new_id("evt"),
+                project_id="proj_x",
+                type="call.queued",
+                ordering_key="call_x",
+                data={},
+                created_at=utcnow(),
+                dispatched_at=None,
+            )
+        )
+        await session.commit()
+    worker._next_sweep = 0.0
+    await worker.cycle()
+    assert worker._sweep_every == CLAIM_SWEEP_SECONDS
