@@ -9,26 +9,19 @@ object: read it, never change it.
 
 from __future__ import annotations
 
-import weakref
-
 from sqlalchemy import bindparam, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from relay.store.db import Database
+from relay.store.db import Database, SnapshotCache
 from relay.store.models import Agent
 from sms.store import table_of
 
 _agents = table_of(Agent)
 # Built once, the id as a parameter (see sms.store).
 _LIVE = select(_agents).where(_agents.c.id == bindparam("b_id"), _agents.c.deleted_at.is_(None))
-_TABLES = ("agents",)
-_CACHE_MAX = 10_000
 # (attribute, column): what Agent(...) takes, from what the row holds
 _KEYS = tuple((attr.key, attr.columns[0]) for attr in Agent.__mapper__.column_attrs)
-# Database -> agent id -> (the agents table's version, the agent or None)
-_found: weakref.WeakKeyDictionary[Database, dict[str, tuple[tuple[int, ...], Agent | None]]] = (
-    weakref.WeakKeyDictionary()
-)
+_found: SnapshotCache[str, Agent | None] = SnapshotCache(("agents",))
 
 
 async def live_agent(session: AsyncSession, db: Database, agent_id: str | None) -> Agent | None:
@@ -36,20 +29,9 @@ async def live_agent(session: AsyncSession, db: Database, agent_id: str | None) 
     (on SQLite, maybe an object other callers hold too: do not change it)."""
     if agent_id is None:
         return None
-    conn = version = None
-    if db.is_sqlite:
-        conn = (await session.connection()).sync_connection
-        version = None if conn is None else db.snapshot_version(conn, _TABLES)
-    cache = _found.setdefault(db, {}) if version is not None else None
-    if cache is not None:
-        hit = cache.get(agent_id)
-        if hit is not None and hit[0] == version:
-            return hit[1]
-    row = (await session.execute(_LIVE, {"b_id": agent_id})).first()
-    agent = None if row is None else Agent(**{key: row._mapping[c] for key, c in _KEYS})
-    if cache is not None and conn is not None and version is not None:
-        if db.snapshot_version(conn, _TABLES) == version:
-            if len(cache) >= _CACHE_MAX:
-                cache.clear()
-            cache[agent_id] = (version, agent)
-    return agent
+
+    async def read() -> Agent | None:
+        row = (await session.execute(_LIVE, {"b_id": agent_id})).first()
+        return None if row is None else Agent(**{key: row._mapping[c] for key, c in _KEYS})
+
+    return await _found.get(session, db, agent_id, read)

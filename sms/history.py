@@ -8,14 +8,13 @@ every text asks, and its texts change far more often than calls end."""
 from __future__ import annotations
 
 import functools
-import weakref
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import Integer, String, and_, bindparam, or_, select, type_coerce
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from relay.store.db import Database
+from relay.store.db import Database, SnapshotCache
 from relay.store.models import Call, Message, TranscriptSegment
 from sms.outbound import iso
 from sms.store import table_of
@@ -81,42 +80,32 @@ def _moment(raw: str | datetime) -> tuple[datetime, str | None]:
     return at, iso(at)
 
 
-_VOICE_TABLES = ("calls", "transcript_segments")
-_CACHE_MAX = 10_000
 # (at, seq, speaker, text, interrupted, at as ISO 8601): one spoken line
 Spoken = tuple[datetime, int, str, str, bool, str | None]
-# Database -> (project, our number, their number, limit) -> (versions, lines, newest first)
-_spoken: weakref.WeakKeyDictionary[
-    Database, dict[tuple[str, str, str, int], tuple[tuple[int, ...], list[Spoken]]]
-] = weakref.WeakKeyDictionary()
+# (project, our number, their number, limit) -> the calls' lines, newest first
+_spoken: SnapshotCache[tuple[str, str, str, int], list[Spoken]] = SnapshotCache(
+    ("calls", "transcript_segments")
+)
 
 
 async def _spoken_lines(
     session: AsyncSession, params: dict[str, Any], db: Database | None
 ) -> list[Spoken]:
-    conn = version = None
-    if db is not None and db.is_sqlite:
-        conn = (await session.connection()).sync_connection
-        version = None if conn is None else db.snapshot_version(conn, _VOICE_TABLES)
-    key = (params["b_project_id"], params["b_our_number"], params["b_their_number"])
-    cache_key = (*key, params["b_limit"])
-    cache = _spoken.setdefault(db, {}) if db is not None and version is not None else None
-    if cache is not None:
-        hit = cache.get(cache_key)
-        if hit is not None and hit[0] == version:
-            return hit[1]
-    lines: list[Spoken] = []
-    for speaker, text, interrupted, start_ms, seq, started, created in await session.execute(
-        _SPOKEN, params
-    ):
-        at = (started or created) + timedelta(milliseconds=start_ms)
-        lines.append((at, seq, speaker, text, bool(interrupted), iso(at)))
-    if cache is not None and db is not None and conn is not None and version is not None:
-        if db.snapshot_version(conn, _VOICE_TABLES) == version:
-            if len(cache) >= _CACHE_MAX:
-                cache.clear()
-            cache[cache_key] = (version, lines)
-    return lines
+    async def read() -> list[Spoken]:
+        lines: list[Spoken] = []
+        rows = await session.execute(_SPOKEN, params)
+        for speaker, text, interrupted, start_ms, seq, started, created in rows:
+            at = (started or created) + timedelta(milliseconds=start_ms)
+            lines.append((at, seq, speaker, text, bool(interrupted), iso(at)))
+        return lines
+
+    key = (
+        params["b_project_id"],
+        params["b_our_number"],
+        params["b_their_number"],
+        params["b_limit"],
+    )
+    return await _spoken.get(session, db, key, read)
 
 
 async def recent_history(

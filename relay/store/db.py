@@ -37,10 +37,11 @@ from __future__ import annotations
 import asyncio
 import functools
 import sqlite3
+import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Generic, TypeVar
 
 import aiosqlite
 from alembic import command
@@ -69,6 +70,7 @@ GROUP_MAX = 64  # writes per group commit: bounds how long one transaction holds
 _ROWS = "relay_rows_at_commit"  # Session.info: table -> rows to insert when it commits
 
 T = TypeVar("T")
+K = TypeVar("K")
 Write = Callable[[AsyncSession], Awaitable[T]]
 
 
@@ -406,3 +408,40 @@ class _GroupCommit:
             else:
                 if not future.done():
                     future.set_result(result)
+
+
+class SnapshotCache(Generic[K, T]):
+    """What a read in a session's transaction found, kept per :class:`Database` by ``key``
+    while none of ``tables`` has been written (:meth:`Database.snapshot_version`; SQLite
+    only: elsewhere every ``get`` reads). Everyone asking while it stays current gets the
+    same value: read it, never change it. Past ``max_items`` keys it starts afresh."""
+
+    def __init__(self, tables: tuple[str, ...], max_items: int = 10_000) -> None:
+        self.tables = tables
+        self.max_items = max_items
+        # Database -> key -> (the tables' versions, the value)
+        self._found: weakref.WeakKeyDictionary[Database, dict[K, tuple[tuple[int, ...], T]]] = (
+            weakref.WeakKeyDictionary()
+        )
+
+    async def get(
+        self, session: AsyncSession, db: Database | None, key: K, read: Callable[[], Awaitable[T]]
+    ) -> T:
+        """The value kept for ``key``, or ``await read()`` (in ``session``), kept if no
+        table moved while it ran."""
+        if db is None or not db.is_sqlite:
+            return await read()
+        conn = (await session.connection()).sync_connection
+        version = None if conn is None else db.snapshot_version(conn, self.tables)
+        if conn is None or version is None:
+            return await read()
+        found = self._found.setdefault(db, {})
+        hit = found.get(key)
+        if hit is not None and hit[0] == version:
+            return hit[1]
+        value = await read()
+        if db.snapshot_version(conn, self.tables) == version:
+            if len(found) >= self.max_items:
+                found.clear()
+            found[key] = (version, value)
+        return value
