@@ -14,7 +14,7 @@ from typing import Any
 from sqlalchemy import Integer, String, and_, bindparam, or_, select, type_coerce
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from relay.store.db import Database, SnapshotCache
+from relay.store.db import Database, Prepared, SnapshotCache
 from relay.store.models import Call, Message, TranscriptSegment
 from sms.outbound import iso
 from sms.store import table_of
@@ -27,7 +27,7 @@ NO_SEQ_LIMIT = 2**31 - 1
 _messages, _calls, _segments = table_of(Message), table_of(Call), table_of(TranscriptSegment)
 # created_at as the driver gives it (SQLite: text), turned into a time by _moment: the same
 # last texts come back for every text of a conversation.
-_TEXTS = (
+_TEXTS = Prepared(
     select(
         _messages.c.direction,
         _messages.c.text,
@@ -41,7 +41,7 @@ _TEXTS = (
     .order_by(_messages.c.seq.desc())
     .limit(bindparam("b_limit", type_=Integer))
 )
-_SPOKEN = (
+_SPOKEN = Prepared(
     select(
         _segments.c.speaker,
         _segments.c.text,
@@ -93,7 +93,7 @@ async def _spoken_lines(
 ) -> list[Spoken]:
     async def read() -> list[Spoken]:
         lines: list[Spoken] = []
-        rows = await session.execute(_SPOKEN, params)
+        rows = await _SPOKEN.rows(session, params)
         for speaker, text, interrupted, start_ms, seq, started, created in rows:
             at = (started or created) + timedelta(milliseconds=start_ms)
             lines.append((at, seq, speaker, text, bool(interrupted), iso(at)))
@@ -132,7 +132,7 @@ async def recent_history(
         "b_limit": limit,
     }
     entries: list[tuple[datetime, int, dict[str, Any]]] = []
-    for direction, text, created, seq in await session.execute(_TEXTS, params):
+    for direction, text, created, seq in await _TEXTS.rows(session, params):
         at, at_iso = _moment(created)
         role = "user" if direction == "inbound" else "agent"
         entries.append((at, seq, {"role": role, "content": text, "channel": "sms", "at": at_iso}))

@@ -18,7 +18,7 @@ import functools
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import String, Update, bindparam, update
+from sqlalchemy import String, bindparam, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from relay.carriers import CarrierError
@@ -26,7 +26,7 @@ from relay.carriers.sms import DeliveryStatus, OutgoingText
 from relay.events import emit
 from relay.ids import new_id
 from relay.logs import get_logger
-from relay.store.db import insert_at_commit
+from relay.store.db import Prepared, insert_at_commit
 from relay.store.models import Message, MessageEvent, utcnow
 from sms.segmentation import segment
 from sms.store import message_of, message_row, table_of
@@ -138,12 +138,12 @@ async def set_status(
     steps = tuple(sorted(steps, key=lambda before: before != msg.status))
     changes = {**stamps, **values}
     for before in steps:
-        moved = await session.execute(
-            _status_step(tuple(changes)),
+        moved = await _status_step(tuple(changes)).rowcount(
+            session,
             {"b_id": msg.id, "b_before": before, "b_status": status}
             | {f"v_{name}": value for name, value in changes.items()},
         )
-        if getattr(moved, "rowcount", 0) != 1:
+        if moved != 1:
             continue
         passed = ["sent", status] if before == "queued" and status == "delivered" else [status]
         for key, value in changes.items():
@@ -175,10 +175,10 @@ _message_events = table_of(MessageEvent)
 
 
 @functools.cache
-def _status_step(columns: tuple[str, ...]) -> Update:
+def _status_step(columns: tuple[str, ...]) -> Prepared:
     """``UPDATE messages SET status, columns... WHERE id AND status``, built once per set of
     columns, on the Core table, values as parameters (see sms.store)."""
-    return (
+    return Prepared(
         update(_messages)
         .where(_messages.c.id == bindparam("b_id"), _messages.c.status == bindparam("b_before"))
         .values(

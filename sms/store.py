@@ -17,6 +17,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from relay.ids import new_id
+from relay.store.db import Prepared
 from relay.store.models import Base, Conversation, Message, utcnow
 
 
@@ -56,7 +57,7 @@ def message_of(row: dict[str, Any]) -> Message:
 # The hot statements are built once, on the Core table, with their values as parameters: a
 # statement object keeps its compiled-cache key, so executing it again skips building the
 # expression, hashing it, and the ORM's handling of a bulk UPDATE (a third of an execute).
-_TAKE_SEQ = (
+_take_seq = (
     update(_conversations)
     .where(
         _conversations.c.project_id == bindparam("b_project_id"),
@@ -71,6 +72,10 @@ _TAKE_SEQ = (
         agent_id=func.coalesce(bindparam("b_agent_id", type_=String), _conversations.c.agent_id),
     )
     .returning(_conversations.c.id, _conversations.c.message_count, _conversations.c.state)
+)
+_TAKE_SEQ = Prepared(_take_seq)
+_TAKE_SEQ_SET_STATE = Prepared(
+    _take_seq.values(state=bindparam("b_state", type_=_conversations.c.state.type))
 )
 
 
@@ -101,17 +106,18 @@ async def next_seq(
     agent_id: str | None,
     now: datetime | None = None,
     count: int = 1,
-    changes: dict[str, Any] | None = None,
+    set_state: bool = False,
+    state: dict[str, Any] | None = None,
 ) -> tuple[str, int, dict[str, Any] | None]:
-    """Find or start the conversation and take its next ``count`` message numbers (also
-    setting ``changes`` on it).
+    """Find or start the conversation and take its next ``count`` message numbers (and,
+    with ``set_state``, set its ``state``).
 
     The UPDATE comes first on purpose: it takes the write lock at once, so the transaction
     never has to upgrade a read lock (SQLite answers that with SQLITE_BUSY) and concurrent
     texts in one conversation queue on the row lock (PostgreSQL) in commit order.
     Returns (conversation id, the last seq taken, state)."""
     now = now or utcnow()
-    stmt = _TAKE_SEQ.values(**changes) if changes else _TAKE_SEQ
+    stmt = _TAKE_SEQ_SET_STATE if set_state else _TAKE_SEQ
     params = {
         "b_project_id": project_id,
         "b_our_number": our_number,
@@ -120,9 +126,10 @@ async def next_seq(
         "b_now": now,
         "b_number_id": number_id,
         "b_agent_id": agent_id or None,
+        "b_state": state,
     }
-    row = (await session.execute(stmt, params)).first()
-    if row is None:
+    rows = await stmt.rows(session, params)
+    if not rows:
         await session.execute(
             upsert(
                 session,
@@ -141,5 +148,6 @@ async def next_seq(
                 ["project_id", "our_number", "their_number"],
             )
         )
-        row = (await session.execute(stmt, params)).one()
+        rows = await stmt.rows(session, params)
+    (row,) = rows
     return row[0], row[1], row[2]

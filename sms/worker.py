@@ -28,7 +28,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from relay.calls.inbound import webhook_secrets
 from relay.engine.turns import TurnError, TurnRequest, stream_turn
 from relay.logs import get_logger
-from relay.store.db import insert_at_commit
+from relay.store.db import Prepared, insert_at_commit
 from relay.store.models import Agent, Conversation, Message, OptOut, utcnow
 from sms.agents import live_agent
 from sms.history import recent_history
@@ -57,7 +57,7 @@ SENTENCE_END = ".!?:;,"
 
 _messages = table_of(Message)
 # Built once, on the Core table (see sms.store).
-_DONE = (
+_DONE = Prepared(
     update(_messages)
     .where(_messages.c.id == bindparam("b_id"))
     .values(
@@ -69,14 +69,16 @@ _DONE = (
 
 _conversations, _opt_outs = table_of(Conversation), table_of(OptOut)
 # The conversation's state and whether the sender opted out, in one round trip.
-_DECIDE = select(
-    _conversations.c.state,
-    exists().where(
-        _opt_outs.c.project_id == bindparam("b_project_id"),
-        _opt_outs.c.phone_number == bindparam("b_from"),
-        _opt_outs.c.opted_in_at.is_(None),
-    ),
-).where(_conversations.c.id == bindparam("b_conversation_id"))
+_DECIDE = Prepared(
+    select(
+        _conversations.c.state,
+        exists().where(
+            _opt_outs.c.project_id == bindparam("b_project_id"),
+            _opt_outs.c.phone_number == bindparam("b_from"),
+            _opt_outs.c.opted_in_at.is_(None),
+        ),
+    ).where(_conversations.c.id == bindparam("b_conversation_id"))
+)
 
 
 @dataclass(slots=True)
@@ -209,16 +211,14 @@ async def _read_turn(
     """What answering ``msg`` needs from the store, or its outcome if that needs no webhook."""
     keyword = keyword_of(msg.text)
     agent = await live_agent(session, db, msg.agent_id)
-    row = (
-        await session.execute(
-            _DECIDE,
-            {
-                "b_conversation_id": msg.conversation_id,
-                "b_project_id": msg.project_id,
-                "b_from": msg.from_number,
-            },
-        )
-    ).one()
+    (row,) = await _DECIDE.rows(
+        session,
+        {
+            "b_conversation_id": msg.conversation_id,
+            "b_project_id": msg.project_id,
+            "b_from": msg.from_number,
+        },
+    )
     state, sender_opted_out = row[0], bool(row[1])
     if keyword is not None:
         return _keyword(msg, keyword, agent)
@@ -336,7 +336,6 @@ async def _finish(svc: SmsService, msg: Message, outcome: Outcome) -> list[Messa
         out: list[dict[str, Any]] = []
         # The conversation's row first, then its messages: the order receive() takes them in,
         # or a carrier's retry of a text arriving now could deadlock with this (PostgreSQL).
-        changes: dict[str, Any] = {"state": outcome.state} if outcome.set_state else {}
         if outcome.replies:
             conversation_id, last, _ = await next_seq(
                 session,
@@ -347,19 +346,20 @@ async def _finish(svc: SmsService, msg: Message, outcome: Outcome) -> list[Messa
                 agent_id=msg.agent_id,
                 now=now,
                 count=len(outcome.replies),
-                changes=changes,
+                set_state=outcome.set_state,
+                state=outcome.state,
             )
         else:
             conversation_id, last = msg.conversation_id, 0
-        if changes and not outcome.replies:
+        if outcome.set_state and not outcome.replies:
             await session.execute(
                 update(Conversation)
                 .where(Conversation.id == msg.conversation_id)
-                .values(updated_at=now, **changes)
+                .values(updated_at=now, state=outcome.state)
                 .execution_options(synchronize_session=False)
             )
-        await session.execute(
-            _DONE, {"b_id": msg.id, "b_now": now, "b_error_code": outcome.error_code}
+        await _DONE.rowcount(
+            session, {"b_id": msg.id, "b_now": now, "b_error_code": outcome.error_code}
         )
         if outcome.opt == "out":
             word = msg.text.strip().rstrip(".!").strip().upper()[:20]
