@@ -7,12 +7,14 @@ if the change it reports was committed. Delivery (signed, retried, ordered per
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from relay.ids import new_id
-from relay.store.models import LifecycleEvent, utcnow
+from relay.store.models import utcnow
 
 EVENT_TYPES = (
     "call.queued",
@@ -31,6 +33,26 @@ EVENT_TYPES = (
 )
 
 
+EMITTED = "relay_events_emitted"  # Session.info: the events emitted in its transaction
+
+
+@dataclass(slots=True)
+class Emitted:
+    """A lifecycle event emitted in a transaction: a ``lifecycle_events`` row, written (and
+    fanned out to the endpoints) when the transaction next flushes or commits, with the
+    other events of that transaction in one INSERT. Not an ORM object: the unit of work's
+    bookkeeping for one (its state, adding it, taking it out again once written) cost more
+    than writing it."""
+
+    id: str
+    project_id: str
+    type: str
+    ordering_key: str | None
+    data: dict[str, Any]
+    created_at: datetime
+    dispatched_at: datetime | None = None
+
+
 async def emit(
     session: AsyncSession,
     *,
@@ -38,20 +60,18 @@ async def emit(
     type: str,
     data: dict[str, Any],
     ordering_key: str | None = None,
-) -> LifecycleEvent:
-    """Record a lifecycle event in the current transaction."""
+) -> Emitted:
+    """Record a lifecycle event in the current transaction (written when it flushes or
+    commits, dropped if it rolls back)."""
     if type not in EVENT_TYPES:
         raise ValueError(f"unknown lifecycle event type {type!r}")
-    event = LifecycleEvent(
-        id=new_id("evt"),
-        project_id=project_id,
-        type=type,
-        ordering_key=ordering_key,
-        data=data,
-        created_at=utcnow(),
-    )
-    session.add(event)
+    event = Emitted(new_id("evt"), project_id, type, ordering_key, data, utcnow())
+    session.info.setdefault(EMITTED, []).append(event)
     return event
 
 
-__all__ = ["EVENT_TYPES", "emit"]
+# The hooks that write emitted events (and fan them out) must be in place wherever one is
+# emitted: importing the package installs them.
+from relay.events import delivery as _delivery  # noqa: E402, F401
+
+__all__ = ["EVENT_TYPES", "Emitted", "emit"]

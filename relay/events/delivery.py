@@ -83,11 +83,12 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session, aliased
 
 from relay.config import Settings
+from relay.events import EMITTED, Emitted
 from relay.events.writing import writing
 from relay.ids import new_id
 from relay.logs import get_logger
 from relay.signing import signature_headers
-from relay.store.db import Database
+from relay.store.db import Database, insert_now
 from relay.store.models import (
     Base,
     LifecycleEvent,
@@ -197,27 +198,41 @@ _routes = _Routes()
 
 
 def _before_flush(session: Session, _context: Any, _instances: Any) -> None:
-    """Lifecycle events about to be written become their deliveries in the same flush, and
-    most of those are claimed right here (:meth:`DeliveryWorker.reserve`). Both are written
-    with one Core INSERT each, taken out of the unit of work (they are append-only rows)."""
-    events: list[LifecycleEvent] = []
+    """What the transaction emitted so far is written now (a flush makes the transaction's
+    changes visible to its queries, events included); so is a LifecycleEvent added as an
+    ORM object."""
+    events: list[AnyEvent] = session.info.pop(EMITTED, [])
+    added: list[LifecycleEvent] = []
     for obj in session.new:
         if isinstance(obj, LifecycleEvent) and obj.dispatched_at is None:
-            events.append(obj)
+            added.append(obj)
         elif isinstance(obj, WebhookEndpoint):
             session.info[_ENDPOINTS_CHANGED] = True
     if any(isinstance(obj, WebhookEndpoint) for obj in (*session.dirty, *session.deleted)):
         session.info[_ENDPOINTS_CHANGED] = True
+    for evt in added:  # written below, by a Core INSERT: not by the unit of work too
+        session.expunge(evt)
+    _dispatch(session, [*events, *added])
+
+
+def _before_commit(session: Session) -> None:
+    events: list[AnyEvent] | None = session.info.pop(EMITTED, None)
+    if events:
+        _dispatch(session, events)
+
+
+def _dispatch(session: Session, events: list[AnyEvent]) -> None:
+    """Write ``events`` with their deliveries, most of those claimed right here
+    (:meth:`DeliveryWorker.reserve`): one INSERT for the events, one for the deliveries."""
     if not events:
         return
     events.sort(key=lambda e: (e.created_at, e.id))  # session.new has no order
     routes = _routes.load(session, {e.project_id for e in events})
     now = utcnow()
     made = fan_out(events, routes, now)
-    for evt in events:
-        session.expunge(evt)
-    session.execute(
-        _INSERT_EVENTS,
+    insert_now(
+        session,
+        _events,
         [
             {
                 "id": e.id,
@@ -235,7 +250,7 @@ def _before_flush(session: Session, _context: Any, _instances: Any) -> None:
         return
     workers = _workers.get(session.bind)
     left = workers[0].reserve(session, made, now) if workers else len(made)
-    session.execute(_INSERT_DELIVERIES, [m[0] for m in made])
+    insert_now(session, _deliveries, [m[0] for m in made])
     if left:
         session.info[_MADE] = True
 
@@ -259,6 +274,7 @@ def _after_commit(session: Session) -> None:
 
 
 def _after_rollback(session: Session) -> None:
+    session.info.pop(EMITTED, None)
     session.info.pop(_MADE, None)
     session.info.pop(_ENDPOINTS_CHANGED, None)
     reserved: Reserved | None = session.info.pop(_RESERVED, None)
@@ -267,18 +283,19 @@ def _after_rollback(session: Session) -> None:
 
 
 event.listen(Session, "before_flush", _before_flush)
+event.listen(Session, "before_commit", _before_commit)
 event.listen(Session, "after_begin", _after_begin)
 event.listen(Session, "after_commit", _after_commit)
 event.listen(Session, "after_rollback", _after_rollback)
 
 
+# An event being fanned out: emitted in this transaction, or read back from the table.
+AnyEvent = Emitted | LifecycleEvent
 # A delivery's row (to insert), its event and its endpoint.
-Made = tuple[dict[str, Any], LifecycleEvent, Route]
+Made = tuple[dict[str, Any], AnyEvent, Route]
 
 
-def fan_out(
-    events: Sequence[LifecycleEvent], endpoints: Sequence[Route], now: datetime
-) -> list[Made]:
+def fan_out(events: Sequence[AnyEvent], endpoints: Sequence[Route], now: datetime) -> list[Made]:
     """Mark ``events`` dispatched; a delivery row per endpoint that wants each one."""
     by_project: dict[str, list[Route]] = {}
     for endpoint in endpoints:
@@ -313,7 +330,7 @@ def iso(moment: datetime) -> str:
     return moment.astimezone(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
 
 
-def event_body(evt: LifecycleEvent) -> str:
+def event_body(evt: AnyEvent) -> str:
     """What a receiver gets: the same bytes on every attempt."""
     return json.dumps(
         {"type": evt.type, "id": evt.id, "timestamp": iso(evt.created_at), "data": evt.data},
@@ -1034,7 +1051,7 @@ def _table(model: type[Base]) -> Table:
 
 
 _deliveries = _table(WebhookDelivery)
-_INSERT_EVENTS = insert(_table(LifecycleEvent))
+_events = _table(LifecycleEvent)
 _INSERT_DELIVERIES = insert(_deliveries)
 _attempts = _table(WebhookAttempt)
 _INSERT_ATTEMPT = insert(_attempts).from_select(

@@ -127,18 +127,26 @@ def _insert_rows(session: Session) -> None:
     if not rows:
         return
     order = _foreign_key_order(next(iter(rows)).metadata)
-    raw = _raw_connection(session.connection())
     for table in sorted(rows, key=lambda t: order.get(t, -1)):
-        batch = rows[table]
-        if raw is not None:
-            plan = _insert_plan(table, tuple(batch[0]), raw.dialect)
-            if plan is not None:
-                await_only(raw.executemany(plan, batch))
-                continue
-        stmt = _inserts.get(table)
-        if stmt is None:
-            stmt = _inserts[table] = insert(table)
-        session.execute(stmt, batch)
+        insert_now(session, table, rows[table])
+
+
+def insert_now(session: Session, table: Table, rows: list[dict[str, Any]]) -> None:
+    """Insert ``rows`` into ``table`` now, in the session's transaction, in one executemany
+    (on SQLite straight on the driver, see :class:`Prepared`). Every row names the same
+    columns. For the session's own event hooks (a flush's, a commit's)."""
+    if not rows:
+        return
+    raw = _raw_connection(session.connection())
+    if raw is not None:
+        plan = _insert_plan(table, tuple(rows[0]), raw.dialect)
+        if plan is not None:
+            await_only(raw.executemany(plan, rows))
+            return
+    stmt = _inserts.get(table)
+    if stmt is None:
+        stmt = _inserts[table] = insert(table)
+    session.execute(stmt, rows)
 
 
 @functools.cache

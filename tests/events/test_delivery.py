@@ -513,3 +513,35 @@ async def test_an_idle_sweep_backs_off_and_work_found_brings_it_back(database):
     worker._next_sweep = 0.0
     await worker.cycle()
     assert worker._sweep_every == CLAIM_SWEEP_SECONDS
+
+
+async def test_an_emitted_event_is_written_at_flush_or_commit_and_not_after_a_rollback(
+    database,
+):
+    from relay.events import emit
+    from relay.store.models import LifecycleEvent, Project
+
+    await database.migrate()
+    async with database.session() as session:
+        session.add(Project(id="prj_emit", name="emit"))
+
+    def event_ids(session):
+        return session.execute(select(LifecycleEvent.id).order_by(LifecycleEvent.id))
+
+    with pytest.raises(RuntimeError):
+        async with database.session() as session:
+            await emit(session, project_id="prj_emit", type="call.queued", data={"n": 1})
+            raise RuntimeError("rolled back")
+    async with database.session() as session:
+        kept = await emit(session, project_id="prj_emit", type="call.queued", data={"n": 2})
+        # a flush of the transaction's changes writes what it emitted so far, as before
+        session.add(Project(id="prj_other", name="other"))
+        await session.flush()
+        assert list((await event_ids(session)).scalars()) == [kept.id]
+        last = await emit(session, project_id="prj_emit", type="call.completed", data={"n": 3})
+    async with database.session() as session:
+        rows = (await session.execute(select(LifecycleEvent))).scalars().all()
+    assert sorted((e.id, e.type, e.data["n"]) for e in rows) == sorted(
+        [(kept.id, "call.queued", 2), (last.id, "call.completed", 3)]
+    )
+    assert all(e.dispatched_at is not None for e in rows)
