@@ -42,9 +42,10 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import operator
 import sqlite3
 import weakref
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, Generic, TypeVar, cast
@@ -169,39 +170,58 @@ event.listen(Session, "before_commit", _insert_rows)
 event.listen(Session, "after_rollback", _drop_rows)
 
 
+def _getter(names: list[str]) -> Callable[[dict[str, Any]], tuple[Any, ...]]:
+    """The values of ``names`` (a dict's), in that order, as a tuple: one C call."""
+    if not names:
+        return lambda _values: ()
+    if len(names) == 1:
+        one = operator.itemgetter(names[0])
+        return lambda values: (one(values),)
+    return operator.itemgetter(*names)
+
+
 class _Plan:
     """A statement compiled for SQLite: its SQL, how to turn named parameters into the
     positional ones (the statement's own constants filled in, each value through its type's
     bind processor), and how to turn a row's values back (result processors)."""
 
-    __slots__ = ("sql", "table", "binds", "results")
+    __slots__ = ("sql", "table", "_get", "_constants", "_processed", "_results")
 
     def __init__(
         self,
         sql: str,
         table: str | None,
-        binds: list[tuple[str | None, Any, Callable[[Any], Any] | None]],
-        results: list[Callable[[Any], Any] | None] | None,
+        names: list[str],
+        constants: dict[str, Any],
+        processed: list[tuple[int, Callable[[Any], Any]]],
+        results: list[Callable[[Any], Any] | None],
     ) -> None:
         self.sql = sql
         self.table = table  # the table it writes, if it writes
-        self.binds = binds  # (parameter name, or None for a constant; constant; processor)
-        self.results = results  # None: no processor for any column
+        # parameter (or constant) names in position order, taken in one C call
+        self._get = _getter(names)
+        self._constants = constants  # already through their processors
+        self._processed = processed  # (position, processor) of the parameters that have one
+        self._results = results if any(results) else None
 
     @classmethod
     def of(cls, stmt: Executable, compiled: SQLCompiler) -> _Plan:
         if compiled.literal_execute_params or compiled.post_compile_params:
             raise ValueError("a prepared statement cannot have expanding parameters")
         processors: dict[str, Any] = dict(compiled._bind_processors)
-        binds: list[tuple[str | None, Any, Callable[[Any], Any] | None]] = []
-        for name in compiled.positiontup or ():
+        names: list[str] = []
+        constants: dict[str, Any] = {}
+        processed: list[tuple[int, Callable[[Any], Any]]] = []
+        for position, name in enumerate(compiled.positiontup or ()):
             bind = compiled.binds[name]
             processor = processors.get(name)
-            if bind.required or bind.callable is not None:
-                binds.append((name, None, processor))
-            else:  # a value written into the statement, e.g. .values(work="done")
+            names.append(name)
+            if not bind.required and bind.callable is None:
+                # a value written into the statement, e.g. .values(work="done")
                 value = bind.effective_value
-                binds.append((None, processor(value) if processor else value, None))
+                constants[name] = processor(value) if processor else value
+            elif processor is not None:
+                processed.append((position, processor))
         dialect = compiled.dialect
         results: list[Callable[[Any], Any] | None] = [
             entry.type._cached_result_processor(dialect, None) for entry in compiled._result_columns
@@ -211,22 +231,29 @@ class _Plan:
         return cls(
             compiled.string,
             (table.name if isinstance(table, Table) else _ANY_TABLE) if writes else None,
-            binds,
-            results if any(results) else None,
+            names,
+            constants,
+            processed,
+            results,
         )
 
-    def parameters(self, values: dict[str, Any]) -> tuple[Any, ...]:
-        return tuple(
-            constant if name is None else processor(values[name]) if processor else values[name]
-            for name, constant, processor in self.binds
-        )
+    def parameters(self, values: dict[str, Any]) -> Sequence[Any]:
+        if self._constants:
+            values = values | self._constants
+        found = self._get(values)
+        if not self._processed:
+            return found
+        out = list(found)
+        for position, processor in self._processed:
+            out[position] = processor(out[position])
+        return out
 
     def row(self, raw: tuple[Any, ...]) -> tuple[Any, ...]:
-        if self.results is None:
+        if self._results is None:
             return raw
         return tuple(
             processor(value) if processor else value
-            for value, processor in zip(raw, self.results, strict=True)
+            for value, processor in zip(raw, self._results, strict=True)
         )
 
 
