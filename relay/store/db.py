@@ -92,7 +92,7 @@ _TOUCHED = "relay_tables_written"  # Connection.info: tables the open transactio
 _AT_BEGIN = "relay_versions_at_begin"  # Connection.info: the table versions when it began
 GROUP_MAX = 64  # writes per group commit: bounds how long one transaction holds the lock
 _ROWS = "relay_rows_at_commit"  # Session.info: table -> rows to insert when it commits
-_RAW = "relay_raw"  # Connection.info: its _Raw; Session.info: (its transaction, that _Raw)
+_RAW = "relay_raw"  # Connection.info: its _Raw; Session.info: its transaction's (or None)
 
 T = TypeVar("T")
 K = TypeVar("K")
@@ -211,8 +211,13 @@ def _drop_rows(session: Session) -> None:
     session.info.pop(_ROWS, None)
 
 
+def _forget_raw(session: Session, _transaction: Any) -> None:
+    session.info.pop(_RAW, None)
+
+
 event.listen(Session, "before_commit", _insert_rows)
 event.listen(Session, "after_rollback", _drop_rows)
+event.listen(Session, "after_transaction_end", _forget_raw)
 
 
 def _getter(names: list[str]) -> Callable[[dict[str, Any]], tuple[Any, ...]]:
@@ -387,13 +392,12 @@ class Prepared:
         return plan
 
     async def _raw(self, session: AsyncSession) -> _Raw | None:
-        info = session.sync_session.info
-        found: tuple[Any, _Raw | None] | None = info.get(_RAW)
-        transaction = session.sync_session.get_transaction()
-        if found is not None and found[0] is transaction and transaction is not None:
-            return found[1]
+        info = session.info  # kept for the transaction: _forget_raw drops it at its end
+        if _RAW in info:
+            raw: _Raw | None = info[_RAW]
+            return raw
         raw = _raw_connection((await session.connection()).sync_connection)  # type: ignore[arg-type]
-        info[_RAW] = (session.sync_session.get_transaction(), raw)
+        info[_RAW] = raw
         return raw
 
     async def rows(self, session: AsyncSession, values: dict[str, Any]) -> list[tuple[Any, ...]]:
