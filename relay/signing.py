@@ -6,16 +6,17 @@ as the spec allows; a receiver holding either secret verifies it.
 
 from __future__ import annotations
 
-import secrets
 import time
 from collections.abc import Sequence
 from datetime import UTC, datetime
 
 from standardwebhooks.webhooks import Webhook
 
+from relay.ids import random_hex
+
 
 def new_message_id() -> str:
-    return "msg_" + secrets.token_hex(12)
+    return "msg_" + random_hex(12)
 
 
 def signature_headers(

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import secrets
 
 from pydantic import Field
 
@@ -19,6 +18,7 @@ from relay.api.schema import APIModel, OutModel
 from relay.carriers.sim.sms import DEFAULT_HANDSET
 from relay.carriers.sms import IncomingText
 from relay.errors import NotFound, ServiceUnavailable, invalid_field
+from relay.ids import random_hex
 from relay.phone import to_e164
 from relay_numbers.routing import number_for_inbound
 from sms.api import MessageOut, message_out
@@ -88,7 +88,7 @@ async def sim_text(ctx: Context, body: SimTextIn) -> SimTextOut:
         raise invalid_field("from", "from must differ from to.")
     incoming = IncomingText(
         provider="sim",
-        carrier_message_id=body.carrier_message_id or "SIM" + secrets.token_hex(16),
+        carrier_message_id=body.carrier_message_id or "SIM" + random_hex(16),
         from_number=sender,
         to_number=to,
         text=body.text,
