@@ -33,13 +33,6 @@ Through the session, an UPDATE of one row cost about 180 us of CPU, nearly all o
 SQLAlchemy (the execution context, parameters, the result); run on ``sqlite3`` it costs 5.
 Rows inserted at commit take the same path. PostgreSQL runs them through the session.
 
-Checkpoints (SQLite): a commit in WAL mode appends pages to the WAL file; every 1000 pages
-the commit that crosses the line copies them into the database file and syncs it, which
-stopped the event loop for 7-30 ms at a time under a steady load of texts. The in-loop
-connections never checkpoint (``wal_autocheckpoint=0``): a thread of the Database's own, on
-its own connection, does a PASSIVE checkpoint every :data:`CHECKPOINT_SECONDS` (it waits for
-no reader or writer; ``sqlite3`` lets go of the GIL while it copies and syncs).
-
 Table versions (:meth:`Database.table_version`, SQLite only): a counter per table, moved by
 every statement that writes the table and again when its transaction commits, so a cache of
 rows of a table this process alone writes can tell whether what it holds is still current.
@@ -51,7 +44,6 @@ import asyncio
 import functools
 import operator
 import sqlite3
-import threading
 import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
@@ -77,15 +69,10 @@ from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.sql.elements import ClauseElement
 from sqlalchemy.util import await_only
 
-from relay.logs import get_logger
-
-log = get_logger("relay.store.db")
-
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 
 
 BUSY_TIMEOUT_S = 5.0  # how long a statement waits for a lock another process holds
-CHECKPOINT_SECONDS = 0.25  # how often the checkpoint thread moves the WAL into the database
 _ANY_TABLE = "*"  # a write whose table is not known: every table's version moves
 _READS = ("SELECT", "PRAGMA")
 _TOUCHED = "relay_tables_written"  # Connection.info: tables the open transaction wrote
@@ -109,39 +96,7 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cursor.execute("PRAGMA synchronous=NORMAL")
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.execute(f"PRAGMA busy_timeout={0 if in_loop else int(BUSY_TIMEOUT_S * 1000)}")
-    if in_loop:  # its Database's checkpoint thread does it (see the module's docstring)
-        cursor.execute("PRAGMA wal_autocheckpoint=0")
     cursor.close()
-
-
-class _Checkpointer:
-    """The thread that checkpoints a SQLite file's WAL for the in-loop connections."""
-
-    def __init__(self, path: str, interval: float) -> None:
-        self.path = path
-        self.interval = interval
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="sqlite-checkpoint", daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_S)
-        failed = False
-        try:
-            while not self._stop.wait(self.interval):
-                try:
-                    conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
-                    failed = False
-                except sqlite3.Error as exc:  # a moment's trouble: the next round tries again
-                    if not failed:
-                        log.warning("sqlite_checkpoint_failed", path=self.path, error=str(exc))
-                    failed = True
-        finally:
-            conn.close()
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(timeout=5)
 
 
 def _is_busy(exc: sqlite3.OperationalError) -> bool:
@@ -495,14 +450,9 @@ class Database:
             kwargs.update(pool_size=30, max_overflow=20, pool_pre_ping=False)
         self.engine: AsyncEngine = create_async_engine(url, **kwargs)
         self._versions: dict[str, int] = {}
-        self._checkpointer: _Checkpointer | None = None
-        self._checkpoint_path = ""
         if self.is_sqlite:
             _owners[self.engine.sync_engine] = self
-            if "async_creator" in kwargs and database and database != ":memory:":
-                self._checkpoint_path = database
             event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)
-            event.listen(self.engine.sync_engine, "connect", self._connected)
             event.listen(self.engine.sync_engine, "begin", self._began)
             event.listen(self.engine.sync_engine, "after_cursor_execute", self._wrote)
             event.listen(self.engine.sync_engine, "commit", self._committed)
@@ -643,14 +593,6 @@ class Database:
 
     async def close(self) -> None:
         await self.engine.dispose()
-        if self._checkpointer is not None:
-            checkpointer, self._checkpointer = self._checkpointer, None
-            await asyncio.to_thread(checkpointer.stop)
-
-    def _connected(self, _dbapi_conn: Any, _record: Any) -> None:
-        # The in-loop connections leave checkpoints to this thread: started with the first.
-        if self._checkpoint_path and self._checkpointer is None:
-            self._checkpointer = _Checkpointer(self._checkpoint_path, CHECKPOINT_SECONDS)
 
 
 class _GroupCommit:

@@ -138,35 +138,3 @@ async def test_a_connection_postgresql_closed_fails_one_statement_and_the_pool_r
     assert failed.value.connection_invalidated
     fresh = {await backend_pid() for _ in range(4)}
     assert not fresh & pids
-
-
-async def test_sqlite_wal_is_checkpointed_by_a_thread_not_by_the_loops_commits(tmp_path):
-    import sqlite3
-
-    path = tmp_path / "checkpoint.db"
-    db = Database(f"sqlite+aiosqlite:///{path}")
-    try:
-        await db.migrate()
-        async with db.session() as session:
-            autocheckpoint = (await session.execute(text("PRAGMA wal_autocheckpoint"))).scalar()
-        assert autocheckpoint == 0  # a commit on the loop never copies the WAL itself
-        await asyncio.gather(*(db.write(add_project(f"c{i:02d}")) for i in range(50)))
-
-        def in_the_file() -> int:
-            # immutable=1 reads the database file alone, not the WAL
-            with sqlite3.connect(f"file:{path}?immutable=1", uri=True) as conn:
-                try:
-                    return int(conn.execute("SELECT count(*) FROM projects").fetchone()[0])
-                except sqlite3.DatabaseError:
-                    return -1
-
-        for _ in range(200):  # up to 10 s
-            if in_the_file() == 50:
-                break
-            await asyncio.sleep(0.05)
-        assert in_the_file() == 50
-        checkpointer = db._checkpointer
-        assert checkpointer is not None
-    finally:
-        await db.close()
-    assert not checkpointer._thread.is_alive()
