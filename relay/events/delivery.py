@@ -1,8 +1,9 @@
 """Lifecycle webhooks: the outbox, delivered signed, retried, in order, at least once.
 
-Fan-out happens where the event is written: a SQLAlchemy flush hook turns each new
-lifecycle event into one :class:`WebhookDelivery` per enabled endpoint of its project that
-wants that type, and marks the event dispatched, in the emitting transaction. (Events written
+Fan-out happens where the event is written: the session's flush and commit hooks write the
+events the transaction emitted (:class:`relay.events.Emitted`) with one
+:class:`WebhookDelivery` each per enabled endpoint of its project that wants that type, and
+mark them dispatched, in the emitting transaction. (Events written
 some other way are fanned out by the worker.) So a state change commits together with its
 deliveries.
 
