@@ -155,11 +155,16 @@ def _insert_plan(table: Table, columns: tuple[str, ...], dialect: Dialect) -> _P
     """The raw INSERT of rows naming ``columns``; None if the table fills others itself
     (Python-side defaults: only SQLAlchemy's execution runs them)."""
     stmt = insert(table).values({name: bindparam(name) for name in columns})
-    compiled = stmt.compile(dialect=dialect)
-    assert isinstance(compiled, SQLCompiler)
+    compiled = _compiled(stmt, dialect)
     if compiled.insert_prefetch or compiled.postfetch:
         return None
     return _Plan.of(stmt, compiled)
+
+
+def _compiled(stmt: Executable, dialect: Dialect) -> SQLCompiler:
+    compiled = cast(ClauseElement, stmt).compile(dialect=dialect)
+    assert isinstance(compiled, SQLCompiler)
+    return compiled
 
 
 def _drop_rows(session: Session) -> None:
@@ -341,9 +346,7 @@ class Prepared:
     def _plan(self, dialect: Dialect) -> _Plan:
         plan = self._plans.get(type(dialect))
         if plan is None:
-            compiled = cast(ClauseElement, self.stmt).compile(dialect=dialect)
-            assert isinstance(compiled, SQLCompiler)
-            plan = self._plans[type(dialect)] = _Plan.of(self.stmt, compiled)
+            plan = self._plans[type(dialect)] = _Plan.of(self.stmt, _compiled(self.stmt, dialect))
         return plan
 
     async def _raw(self, session: AsyncSession) -> _Raw | None:
