@@ -28,6 +28,7 @@ from relay_numbers.routing import number_for_inbound
 from sms.outbound import message_payload
 from sms.segmentation import segment
 from sms.store import message_of, message_row, messages, next_seq
+from sms.worker import TurnInputs, read_turn
 
 if TYPE_CHECKING:
     from sms.service import SmsService
@@ -91,6 +92,7 @@ async def receive(
         updated_at=now,
     )
     msg = message_of(values)
+    ahead: list[TurnInputs] = []
 
     async def store(session: AsyncSession) -> None:
         msg.conversation_id, msg.seq, _ = await next_seq(
@@ -112,20 +114,31 @@ async def receive(
             data=message_payload(msg),
             ordering_key=msg.conversation_id,
         )
+        ahead.clear()
+        if svc.may_read_ahead(msg.conversation_id, msg.id):
+            try:
+                ahead.append(await read_turn(session, msg, svc.db))
+            except Exception:  # never in the way of storing the text: its worker reads again
+                log.exception("sms_read_ahead_failed", message_id=msg.id)
 
     try:
-        await svc.db.write(store)
-    except IntegrityError:
-        # The carrier delivered this text before (a retry): the unique carrier id refused it,
-        # and the rollback took the seq back too.
-        found = await _stored(svc, incoming)
-        if found is None:
-            raise
-        return Receipt(found[0], found[1], duplicate=True)
-    replies = svc.expect_replies(msg.id) if wait else None
-    svc.received(msg.id)
-    if svc.claims_on_receipt:
-        svc.queues.push(msg.conversation_id, msg)
-    else:
-        svc.queues.notify(msg.conversation_id)
-    return Receipt(msg.id, msg.conversation_id, replies=replies)
+        try:
+            await svc.db.write(store)
+        except IntegrityError:
+            # The carrier delivered this text before (a retry): the unique carrier id refused
+            # it, and the rollback took the seq back too.
+            found = await _stored(svc, incoming)
+            if found is None:
+                raise
+            return Receipt(found[0], found[1], duplicate=True)
+        replies = svc.expect_replies(msg.id) if wait else None
+        svc.received(msg.id)
+        if ahead:
+            svc.read_ahead[msg.id] = ahead[0]
+        if svc.claims_on_receipt:
+            svc.queues.push(msg.conversation_id, msg)
+        else:
+            svc.queues.notify(msg.conversation_id)
+        return Receipt(msg.id, msg.conversation_id, replies=replies)
+    finally:
+        svc.done_reading_ahead(msg.conversation_id, msg.id)

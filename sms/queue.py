@@ -49,6 +49,14 @@ class ConversationQueues(Generic[T]):
                 self._run(conversation_id), name=f"sms:{conversation_id}"
             )
 
+    def idle_for(self, conversation_id: str) -> bool:
+        """Whether nothing is queued or running for this conversation."""
+        return (
+            conversation_id not in self._tasks
+            and conversation_id not in self._pushed
+            and conversation_id not in self._look
+        )
+
     @property
     def busy(self) -> int:
         return len(self._tasks)

@@ -42,7 +42,7 @@ from relay.logs import get_logger
 from relay.store.db import Database
 from relay.store.models import Message, utcnow
 from sms.queue import ConversationQueues
-from sms.worker import drain, release
+from sms.worker import TurnInputs, drain, release
 
 log = get_logger("sms.service")
 
@@ -89,6 +89,10 @@ class SmsService:
         # Inbound texts received here, not yet answered, oldest first: id -> when received.
         self._unanswered: dict[str, float] = {}
         self.in_webhook = 0  # texts whose webhook request is under way
+        # What answering a text needs, read in the transaction that stored it: text id ->
+        # inputs (see may_read_ahead); conversation id -> the text reading ahead for it.
+        self.read_ahead: dict[str, TurnInputs] = {}
+        self._reading_ahead: dict[str, str] = {}
         self._lag_watch: asyncio.Task[None] | None = None
 
     def writing(self) -> AbstractAsyncContextManager[AsyncSession]:
@@ -106,6 +110,27 @@ class SmsService:
         commit in one order and reach the queue in another: the worker claims them from the
         store, in ``seq`` order."""
         return self.db.is_sqlite
+
+    def may_read_ahead(self, conversation_id: str, message_id: str) -> bool:
+        """Whether the text being received may read what its answer needs in the transaction
+        that stores it, saving its worker a transaction of its own. Only where texts are
+        claimed on receipt (SQLite: one process), and only when nothing else of the
+        conversation is queued, being answered, or reading ahead: then nothing of this
+        relay's can change the conversation before its worker answers this text. It stays
+        reserved for ``message_id`` until :meth:`done_reading_ahead` (after the push)."""
+        if not self.claims_on_receipt:
+            return False
+        owner = self._reading_ahead.get(conversation_id)
+        if owner is not None:
+            return owner == message_id  # a retry of the same transaction
+        if not self.queues.idle_for(conversation_id):
+            return False
+        self._reading_ahead[conversation_id] = message_id
+        return True
+
+    def done_reading_ahead(self, conversation_id: str | None, message_id: str) -> None:
+        if conversation_id is not None and self._reading_ahead.get(conversation_id) == message_id:
+            del self._reading_ahead[conversation_id]
 
     def http_session(self) -> aiohttp.ClientSession:
         """The client for agents' webhooks (made on first use, inside the event loop)."""
@@ -211,6 +236,7 @@ class SmsService:
             self._stopping.set()
             await self._lag_watch
         left = await self.queues.close(self.shutdown_grace)
+        self.read_ahead.clear()
         await release(self, [m.id for m in left])
         for future in self._waiters.values():
             future.cancel()

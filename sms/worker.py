@@ -129,11 +129,14 @@ async def drain(svc: SmsService, conversation_id: str, pushed: list[Message], lo
     batch = sorted({m.id: m for m in batch}.values(), key=lambda m: m.seq)
     claimed_at = min((m.claimed_at or utcnow() for m in batch), default=utcnow())
     for index, msg in enumerate(batch):
+        # Read when it was received: good only for the first text this drain answers (see
+        # SmsService.may_read_ahead); after another one, its answer may have moved the state.
+        ahead = svc.read_ahead.pop(msg.id, None)
         try:
             if utcnow() - claimed_at > CLAIM_REFRESH:
                 claimed_at = await _refresh_claims(svc, conversation_id)
             if msg.direction == "inbound":
-                await answer(svc, msg)
+                await answer(svc, msg, ahead if index == 0 else None)
             else:
                 await deliver(svc, msg)
         except asyncio.CancelledError:
@@ -184,20 +187,23 @@ async def _give_up(svc: SmsService, msg: Message, exc: Exception) -> None:
         )
 
 
-async def answer(svc: SmsService, msg: Message) -> list[Message]:
+async def answer(svc: SmsService, msg: Message, ahead: TurnInputs | None = None) -> list[Message]:
+    """Answer ``msg`` (``ahead``: what :func:`read_turn` found for it, if read already)."""
     replies: list[Message] = []
     try:
-        outcome = await decide(svc, msg)
+        outcome = await decide(svc, msg, ahead)
         replies = await _finish(svc, msg, outcome)
         return replies
     finally:
         svc.resolve_replies(msg.id, replies)
 
 
-async def decide(svc: SmsService, msg: Message) -> Outcome:
+async def decide(svc: SmsService, msg: Message, ahead: TurnInputs | None = None) -> Outcome:
     # Read in the group commit's transaction (see Database.write): one transaction for the
     # reads and writes of many texts at once, not one more for each text's reads.
-    found = await svc.db.write(lambda session: _read_turn(session, msg, svc.db))
+    found = ahead
+    if found is None:
+        found = await svc.db.write(lambda session: read_turn(session, msg, svc.db))
     if isinstance(found, Outcome):
         return found
     agent, state, history = found
@@ -205,9 +211,12 @@ async def decide(svc: SmsService, msg: Message) -> Outcome:
     return await _turn(svc, agent, payload)
 
 
-async def _read_turn(
-    session: AsyncSession, msg: Message, db: Database
-) -> Outcome | tuple[Agent, dict[str, Any] | None, list[dict[str, Any]]]:
+# What answering a text needs from the store (agent, conversation state, history), or its
+# outcome if that needs no webhook.
+TurnInputs = Outcome | tuple[Agent, dict[str, Any] | None, list[dict[str, Any]]]
+
+
+async def read_turn(session: AsyncSession, msg: Message, db: Database) -> TurnInputs:
     """What answering ``msg`` needs from the store, or its outcome if that needs no webhook."""
     keyword = keyword_of(msg.text)
     agent = await live_agent(session, db, msg.agent_id)

@@ -64,3 +64,29 @@ async def test_conversations_are_answered_in_parallel(client, auth, hook):
     assert hook.max_in_flight == 5
     assert sorted(t.to_number for t in sms_of(client).sim.outbox) == handsets
     assert {t.text for t in sms_of(client).sim.outbox} == {"hello everyone"}
+
+
+async def test_each_turn_sees_the_state_and_history_its_predecessors_left(client, auth, hook):
+    # The first text of an idle conversation reads its turn when it is stored (one
+    # transaction less); texts arriving while it is answered must not: they would see the
+    # state before its answer. Each turn counts up the state the one before it set.
+    agent = await make_agent(client, auth, hook)
+    hook.delay = 0.01
+
+    def count(payload):
+        seen = payload["conversationState"].get("n", 0)
+        return {"text": f"turn {seen}", "state": {"n": seen + 1}}
+
+    hook.reply = count
+    for round_ in range(3):  # a burst, then the conversation goes idle, three times
+        for i in range(4):
+            await sim_text(client, auth, agent.number, f"r{round_} t{i}", wait=0)
+        await sms_of(client).queues.idle()
+    assert [p["conversationState"].get("n", 0) for p in hook.received] == list(range(12))
+    # A text's history is what was stored before it: the texts before it, and the replies
+    # stored by then. The first of each round (sent once all is answered) sees everything.
+    sizes = [len(p["recentHistory"]) for p in hook.received]
+    assert sizes == sorted(set(sizes))
+    assert sizes[4] == 8 and sizes[8] == 16
+    assert [t.text for t in sms_of(client).sim.outbox] == [f"turn {i}" for i in range(12)]
+    assert sms_of(client).read_ahead == {}
