@@ -664,8 +664,8 @@ class _GroupCommit:
         checking a connection out of the pool and back in (with its reset), cost more than
         half of a one-statement transaction on SQLite (225 -> 100 us). What a transaction
         loaded is let go when it ends, so the next one reads the store afresh. A connection
-        found broken (invalidated: PostgreSQL restarted, say) is closed, and the next
-        transaction connects again."""
+        PostgreSQL closed fails the transaction that finds it, which invalidates it: the
+        next one connects again (SQLAlchemy's reconnect on next use)."""
         if self._session is None:
             self._conn = conn = await self.db.engine.connect()
             self._session = AsyncSession(bind=conn, expire_on_commit=False)
@@ -674,11 +674,7 @@ class _GroupCommit:
             async with self.db._writer_lock(), session.begin():
                 with session.no_autoflush:
                     return [await work(session) for work in works]
-        except Exception:
-            if self._conn is not None and self._conn.invalidated:
-                await self.close()
-            raise
-        except BaseException:  # cancelled: the loop is going away; let the pool clean up
+        except asyncio.CancelledError:  # cancelled: the loop is going away; let the pool clean up
             self._session = self._conn = None
             raise
         finally:

@@ -138,3 +138,33 @@ async def test_a_connection_postgresql_closed_fails_one_statement_and_the_pool_r
     assert failed.value.connection_invalidated
     fresh = {await backend_pid() for _ in range(4)}
     assert not fresh & pids
+
+
+@pytest.mark.parametrize("database", ["postgresql"], indirect=True)
+async def test_the_group_commit_connects_again_after_its_connection_is_closed(database):
+    """The group commit keeps one connection between transactions: when PostgreSQL closes
+    it, the write that finds it closed fails, and the next one runs on a new connection."""
+    import asyncpg
+    from sqlalchemy.exc import DBAPIError
+
+    from tests.conftest import PG_DSN
+
+    await database.migrate()
+
+    async def backend_pid(session: AsyncSession) -> int:
+        return int((await session.execute(text("SELECT pg_backend_pid()"))).scalar_one())
+
+    first = await database.write(backend_pid)
+    assert await database.write(backend_pid) == first  # kept
+    admin = await asyncpg.connect(PG_DSN)
+    try:
+        await admin.execute("SELECT pg_terminate_backend($1)", first)
+    finally:
+        await admin.close()
+    with pytest.raises(DBAPIError) as failed:
+        await database.write(backend_pid)
+    assert failed.value.connection_invalidated
+    again = await database.write(backend_pid)
+    assert again != first
+    assert await database.write(add_project("after")) == "after"
+    assert await names(database) == ["after"]
