@@ -18,12 +18,13 @@ from relay.api.routing import Context, Router
 from relay.api.schema import APIModel, OutModel, Page, PageQuery, decode_cursor, encode_cursor
 from relay.errors import NotFound, invalid_field
 from relay.phone import to_e164
+from relay.store.db import insert_at_commit
 from relay.store.models import Conversation, Message, MessageEvent, Number, OptOut
 from sms.history import recent_history
 from sms.optout import is_opted_out, refuse_if_opted_out
-from sms.outbound import deliver, new_outbound
+from sms.outbound import deliver, outbound_row
 from sms.service import SMS
-from sms.store import next_seq
+from sms.store import SmsRow, message_of, messages, next_seq
 
 router = Router()
 TAG = "Messages"
@@ -124,7 +125,7 @@ class ConversationQuery(PageQuery):
     their_number: str | None = Field(default=None, max_length=40)
 
 
-def message_out(m: Message, cls: type[MessageOut] = MessageOut, **extra: Any) -> Any:
+def message_out(m: Message | SmsRow, cls: type[MessageOut] = MessageOut, **extra: Any) -> Any:
     return cls(
         id=m.id,
         conversation_id=m.conversation_id,
@@ -250,7 +251,7 @@ async def send_message(ctx: Context, body: MessageCreate) -> MessageOut:
             number_id=number.id,
             agent_id=agent_id,
         )
-        msg = new_outbound(
+        row = outbound_row(
             project_id=ctx.project_id,
             conversation_id=conversation_id,
             seq=seq,
@@ -261,7 +262,8 @@ async def send_message(ctx: Context, body: MessageCreate) -> MessageOut:
             to_number=to,
             text=body.text,
         )
-        session.add(msg)
+        insert_at_commit(session, messages, row)
+    msg = message_of(row)
     await deliver(svc, msg)
     result: MessageOut = message_out(msg)
     return result

@@ -27,7 +27,7 @@ from relay.store.models import Message, Number, utcnow
 from relay_numbers.routing import number_for_inbound
 from sms.outbound import message_payload
 from sms.segmentation import segment
-from sms.store import message_of, message_row, messages, next_seq
+from sms.store import SmsRow, message_of, message_row, messages, next_seq
 from sms.worker import TurnInputs, read_turn
 
 if TYPE_CHECKING:
@@ -43,7 +43,7 @@ class Receipt:
     message_id: str | None
     conversation_id: str | None
     duplicate: bool = False
-    replies: asyncio.Future[list[Message]] | None = None
+    replies: asyncio.Future[list[SmsRow]] | None = None
 
 
 async def _stored(svc: SmsService, incoming: IncomingText) -> tuple[str, str] | None:

@@ -29,7 +29,7 @@ from relay.logs import get_logger
 from relay.store.db import Prepared, insert_at_commit
 from relay.store.models import Message, MessageEvent, utcnow
 from sms.segmentation import segment
-from sms.store import message_of, message_row, table_of
+from sms.store import SmsRow, message_row, table_of
 
 if TYPE_CHECKING:
     from sms.service import SmsService
@@ -53,7 +53,7 @@ def iso(value: datetime | None) -> str | None:
     return value.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-def message_payload(msg: Message) -> dict[str, Any]:
+def message_payload(msg: SmsRow) -> dict[str, Any]:
     """What lifecycle webhooks say about a text."""
     return {
         "messageId": msg.id,
@@ -114,14 +114,9 @@ def outbound_row(
     )
 
 
-def new_outbound(**values: Any) -> Message:
-    """:func:`outbound_row` as a ``Message`` (to ``session.add``)."""
-    return message_of(outbound_row(**values))
-
-
 async def set_status(
     session: AsyncSession,
-    msg: Message,
+    msg: SmsRow,
     status: DeliveryStatus,
     **values: Any,
 ) -> bool:
@@ -213,7 +208,7 @@ def log_event(
     )
 
 
-async def deliver(svc: SmsService, msg: Message) -> Message:
+async def deliver(svc: SmsService, msg: SmsRow) -> SmsRow:
     """Hand a stored, claimed outbound text to its carrier and record the outcome."""
     carrier = svc.carriers.get(msg.provider)
     try:

@@ -42,6 +42,7 @@ from relay.logs import get_logger
 from relay.store.db import Database
 from relay.store.models import Message, utcnow
 from sms.queue import ConversationQueues
+from sms.store import SmsRow
 from sms.worker import TurnInputs, drain, release
 
 log = get_logger("sms.service")
@@ -77,8 +78,8 @@ class SmsService:
             api_base_url=settings.twilio_api_base_url,
         )
         self.carriers: dict[str, SmsCarrier] = carriers or {"sim": self.sim, "twilio": self.twilio}
-        self.queues: ConversationQueues[Message] = ConversationQueues(self._drain)
-        self._waiters: dict[str, asyncio.Future[list[Message]]] = {}
+        self.queues: ConversationQueues[SmsRow] = ConversationQueues(self._drain)
+        self._waiters: dict[str, asyncio.Future[list[SmsRow]]] = {}
         self._http: aiohttp.ClientSession | None = None
         self._sweeper: asyncio.Task[None] | None = None
         self.shutdown_grace = SHUTDOWN_GRACE_SECONDS
@@ -99,7 +100,7 @@ class SmsService:
         """A write transaction (on SQLite, queued behind the process's other writers)."""
         return self.db.writing()
 
-    async def _drain(self, conversation_id: str, pushed: list[Message], look: bool) -> None:
+    async def _drain(self, conversation_id: str, pushed: list[SmsRow], look: bool) -> None:
         await drain(self, conversation_id, pushed, look)
 
     @property
@@ -140,18 +141,18 @@ class SmsService:
             )
         return self._http
 
-    def status_callback_url(self, msg: Message) -> str | None:
+    def status_callback_url(self, msg: SmsRow) -> str | None:
         if msg.provider != "twilio":
             return None
         base = self.settings.effective_public_url()
         return f"{base}{STATUS_CALLBACK_PATH}?messageId={msg.id}"
 
-    def expect_replies(self, message_id: str) -> asyncio.Future[list[Message]]:
-        future: asyncio.Future[list[Message]] = asyncio.get_running_loop().create_future()
+    def expect_replies(self, message_id: str) -> asyncio.Future[list[SmsRow]]:
+        future: asyncio.Future[list[SmsRow]] = asyncio.get_running_loop().create_future()
         self._waiters[message_id] = future
         return future
 
-    def resolve_replies(self, message_id: str, replies: list[Message]) -> None:
+    def resolve_replies(self, message_id: str, replies: list[SmsRow]) -> None:
         """The text is answered (``replies`` handed to the carrier, maybe none)."""
         self._unanswered.pop(message_id, None)
         future = self._waiters.pop(message_id, None)

@@ -18,10 +18,10 @@ from relay.carriers.twilio.sms import EMPTY_TWIML, parse_inbound, parse_status
 from relay.carriers.twilio.voice import BAD_SIGNATURE, signature_is_valid
 from relay.errors import BadRequest, Forbidden
 from relay.logs import get_logger
-from relay.store.models import Message
 from sms.inbound import receive
 from sms.outbound import set_status
 from sms.service import SMS, STATUS_CALLBACK_PATH
+from sms.store import message_of, messages
 
 log = get_logger("sms.twilio")
 INBOUND_PATH = "/carriers/twilio/sms"
@@ -53,16 +53,16 @@ async def status(request: web.Request) -> web.Response:
     sid, new_status, error = parse_status(form)
     svc = request.app[SMS]
     message_id = request.query.get("messageId")
-    lookup = select(Message).where(Message.provider == "twilio")
+    lookup = select(*messages.c).where(messages.c.provider == "twilio")
     lookup = lookup.where(
-        Message.id == message_id if message_id else Message.carrier_message_id == sid
+        messages.c.id == message_id if message_id else messages.c.carrier_message_id == sid
     )
     async with svc.writing() as session:
-        msg = (await session.execute(lookup)).scalar_one_or_none()
-        if msg is None or new_status is None:
-            log.info("twilio_status_ignored", sid=sid, known=msg is not None)
+        row = (await session.execute(lookup)).mappings().one_or_none()
+        if row is None or new_status is None:
+            log.info("twilio_status_ignored", sid=sid, known=row is not None)
             return web.Response(status=204)
-        session.expunge(msg)
+        msg = message_of(row)
         values: dict[str, str] = {}
         if sid and msg.carrier_message_id is None:
             values["carrier_message_id"] = sid

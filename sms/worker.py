@@ -42,7 +42,7 @@ from sms.optout import (
 )
 from sms.outbound import deliver, iso, log_event, outbound_row
 from sms.segmentation import split_messages
-from sms.store import message_of, next_seq, table_of
+from sms.store import SmsRow, message_of, next_seq, table_of
 
 if TYPE_CHECKING:
     from relay.store.db import Database
@@ -110,20 +110,26 @@ def join_text(parts: list[str]) -> str:
     return out.strip()
 
 
-async def drain(svc: SmsService, conversation_id: str, pushed: list[Message], look: bool) -> None:
+async def drain(svc: SmsService, conversation_id: str, pushed: list[SmsRow], look: bool) -> None:
     """Work through ``pushed`` (claimed by their sender) and, if ``look``, whatever pending
     work the store holds for the conversation, in ``seq`` order."""
     batch = list(pushed)
     if look:
         async with svc.writing() as session:
-            batch += (
-                await session.execute(
-                    update(Message)
-                    .where(Message.conversation_id == conversation_id, Message.work == "pending")
-                    .values(work="claimed", claimed_at=utcnow())
-                    .returning(Message)
-                )
-            ).scalars()
+            batch += map(
+                message_of,
+                (
+                    await session.execute(
+                        update(_messages)
+                        .where(
+                            _messages.c.conversation_id == conversation_id,
+                            _messages.c.work == "pending",
+                        )
+                        .values(work="claimed", claimed_at=utcnow())
+                        .returning(*_messages.c)
+                    )
+                ).mappings(),
+            )
     # A pushed text whose claim went stale waiting (the sweeper put it back) is claimed
     # again above: one copy of each.
     batch = sorted({m.id: m for m in batch}.values(), key=lambda m: m.seq)
@@ -170,7 +176,7 @@ async def release(svc: SmsService, message_ids: list[str]) -> None:
             )
 
 
-async def _give_up(svc: SmsService, msg: Message, exc: Exception) -> None:
+async def _give_up(svc: SmsService, msg: SmsRow, exc: Exception) -> None:
     svc.resolve_replies(msg.id, [])
     async with svc.writing() as session:
         await session.execute(
@@ -187,9 +193,9 @@ async def _give_up(svc: SmsService, msg: Message, exc: Exception) -> None:
         )
 
 
-async def answer(svc: SmsService, msg: Message, ahead: TurnInputs | None = None) -> list[Message]:
+async def answer(svc: SmsService, msg: SmsRow, ahead: TurnInputs | None = None) -> list[SmsRow]:
     """Answer ``msg`` (``ahead``: what :func:`read_turn` found for it, if read already)."""
-    replies: list[Message] = []
+    replies: list[SmsRow] = []
     try:
         outcome = await decide(svc, msg, ahead)
         replies = await _finish(svc, msg, outcome)
@@ -198,7 +204,7 @@ async def answer(svc: SmsService, msg: Message, ahead: TurnInputs | None = None)
         svc.resolve_replies(msg.id, replies)
 
 
-async def decide(svc: SmsService, msg: Message, ahead: TurnInputs | None = None) -> Outcome:
+async def decide(svc: SmsService, msg: SmsRow, ahead: TurnInputs | None = None) -> Outcome:
     # Read in the group commit's transaction (see Database.write): one transaction for the
     # reads and writes of many texts at once, not one more for each text's reads.
     found = ahead
@@ -216,7 +222,7 @@ async def decide(svc: SmsService, msg: Message, ahead: TurnInputs | None = None)
 TurnInputs = Outcome | tuple[Agent, dict[str, Any] | None, list[dict[str, Any]]]
 
 
-async def read_turn(session: AsyncSession, msg: Message, db: Database) -> TurnInputs:
+async def read_turn(session: AsyncSession, msg: SmsRow, db: Database) -> TurnInputs:
     """What answering ``msg`` needs from the store, or its outcome if that needs no webhook."""
     keyword = keyword_of(msg.text)
     agent = await live_agent(session, db, msg.agent_id)
@@ -262,7 +268,7 @@ async def read_turn(session: AsyncSession, msg: Message, db: Database) -> TurnIn
     return agent, state, history
 
 
-def _keyword(msg: Message, keyword: str, agent: Agent | None) -> Outcome:
+def _keyword(msg: SmsRow, keyword: str, agent: Agent | None) -> Outcome:
     word = msg.text.strip().rstrip(".!").strip().upper()
     quiet = msg.keyword_handled  # the carrier has already answered it
     if keyword == "stop":
@@ -278,7 +284,7 @@ def _keyword(msg: Message, keyword: str, agent: Agent | None) -> Outcome:
 
 
 def turn_payload(
-    msg: Message, agent: Agent, state: dict[str, Any] | None, history: list[dict[str, Any]]
+    msg: SmsRow, agent: Agent, state: dict[str, Any] | None, history: list[dict[str, Any]]
 ) -> dict[str, Any]:
     data: dict[str, Any] = {
         "messageId": msg.id,
@@ -336,7 +342,7 @@ async def _turn(svc: SmsService, agent: Agent, payload: dict[str, Any]) -> Outco
     return Outcome(replies=split_messages(text) if text else [], state=state, set_state=has_state)
 
 
-async def _finish(svc: SmsService, msg: Message, outcome: Outcome) -> list[Message]:
+async def _finish(svc: SmsService, msg: SmsRow, outcome: Outcome) -> list[SmsRow]:
     """Store the outcome in one transaction (the text done, opt-out, state, replies
     queued, events), then hand the replies to the carrier in order."""
     now = utcnow()
