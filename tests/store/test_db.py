@@ -168,3 +168,35 @@ async def test_the_group_commit_connects_again_after_its_connection_is_closed(da
     assert again != first
     assert await database.write(add_project("after")) == "after"
     assert await names(database) == ["after"]
+
+
+def test_sqlite_stores_aware_times_as_sqlalchemy_would_and_refuses_naive_ones():
+    """UTCDateTime's own SQLite bind processor (one isoformat call) writes what
+    SQLAlchemy's DATETIME writes: rows written before it, and readers, see one format."""
+    import random
+    from datetime import UTC, datetime, timedelta, timezone
+
+    from sqlalchemy.dialects import sqlite
+    from sqlalchemy.dialects.sqlite import DATETIME
+
+    from relay.store.models import UTCDateTime
+
+    ours = UTCDateTime().bind_processor(sqlite.dialect())
+    theirs = DATETIME(timezone=True).bind_processor(sqlite.dialect())
+    assert ours is not None and theirs is not None
+    rng = random.Random(7)
+    for _ in range(2000):
+        value = datetime(
+            rng.randint(1, 9999),
+            rng.randint(1, 12),
+            rng.randint(1, 28),
+            rng.randint(0, 23),
+            rng.randint(0, 59),
+            rng.randint(0, 59),
+            rng.choice([0, rng.randint(0, 999_999)]),
+            tzinfo=rng.choice([UTC, timezone(timedelta(hours=-7))]),
+        )
+        assert ours(value) == theirs(value)
+    assert ours(None) is None
+    with pytest.raises(ValueError, match="naive"):
+        ours(datetime(2026, 11, 22))
