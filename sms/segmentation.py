@@ -42,8 +42,11 @@ class Segments:
         return len(self.parts)
 
 
+GSM7 = GSM7_BASIC | GSM7_EXTENSION
+
+
 def encoding_of(text: str) -> Encoding:
-    return "gsm7" if all(c in GSM7_BASIC or c in GSM7_EXTENSION for c in text) else "ucs2"
+    return "gsm7" if GSM7.issuperset(text) else "ucs2"
 
 
 def _units(char: str, encoding: Encoding) -> int:
@@ -55,10 +58,16 @@ def _units(char: str, encoding: Encoding) -> int:
 def segment(text: str) -> Segments:
     """Split ``text`` exactly as a carrier would."""
     encoding = encoding_of(text)
-    sizes = [_units(c, encoding) for c in text]
-    total = sum(sizes)
+    if encoding == "gsm7":
+        doubled = (
+            sum(1 for c in text if c in GSM7_EXTENSION) if not GSM7_BASIC.issuperset(text) else 0
+        )
+    else:
+        doubled = sum(1 for c in text if ord(c) > 0xFFFF) if not text.isascii() else 0
+    total = len(text) + doubled
     if total <= SINGLE[encoding]:
         return Segments(encoding, total, (text,))
+    sizes = [_units(c, encoding) for c in text]
     limit = PER_PART[encoding]
     parts: list[str] = []
     start = used = 0
