@@ -15,15 +15,26 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+# The last time bound on SQLite and its text: a row's times, and a statement's, are mostly
+# one ``now`` bound several times over. (One tuple, swapped whole: safe across threads.)
+_last_bound: tuple[datetime | None, str | None] = (None, None)
+
+
 def _sqlite_text(value: datetime | None) -> str | None:
     """What SQLAlchemy's SQLite ``DATETIME`` stores ("2026-11-22 06:00:00.000000": the
     value's own fields, microseconds always), in one C call instead of a %-format of seven
-    fields: a text's writes bind about a dozen times."""
+    fields."""
+    global _last_bound
+    last = _last_bound
+    if value is last[0]:
+        return last[1]
     if value is None:
         return None
     if value.tzinfo is None:
         raise ValueError("naive datetime")
-    return value.isoformat(" ", "microseconds")[:26]
+    text = value.isoformat(" ", "microseconds")[:26]
+    _last_bound = (value, text)
+    return text
 
 
 class UTCDateTime(TypeDecorator[datetime]):
