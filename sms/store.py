@@ -85,8 +85,9 @@ class SmsRow:
     delivered_at: datetime | None
 
 
-_TEXT_FIELDS = frozenset(SmsRow.__dataclass_fields__)
-assert _TEXT_FIELDS == _MESSAGE_DEFAULTS.keys(), "SmsRow must name every column of messages"
+assert SmsRow.__dataclass_fields__.keys() == _MESSAGE_DEFAULTS.keys(), (
+    "SmsRow must name every column"
+)
 
 
 def message_of(row: dict[str, Any] | RowMapping) -> SmsRow:

@@ -669,7 +669,7 @@ class _GroupCommit:
         """Run ``works`` in one transaction of the committer's own session, on its own
         connection. Both are kept from one transaction to the next: making a session, and
         checking a connection out of the pool and back in (with its reset), cost more than
-        half of a one-statement transaction on SQLite (225 -> 100 us). What a transaction
+        half of a one-statement transaction on SQLite (225 -> 105 us). What a transaction
         loaded is let go when it ends, so the next one reads the store afresh. A connection
         PostgreSQL closed fails the transaction that finds it, which invalidates it: the
         next one connects again (SQLAlchemy's reconnect on next use)."""
