@@ -12,7 +12,7 @@ from __future__ import annotations
 from sqlalchemy import bindparam, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from relay.store.db import Database, SnapshotCache
+from relay.store import Database, SnapshotCache
 from relay.store.models import Agent
 from sms.store import table_of
 

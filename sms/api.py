@@ -18,7 +18,7 @@ from relay.api.routing import Context, Router
 from relay.api.schema import APIModel, OutModel, Page, PageQuery, decode_cursor, encode_cursor
 from relay.errors import NotFound, invalid_field
 from relay.phone import to_e164
-from relay.store.db import insert_at_commit
+from relay.store import insert_at_commit
 from relay.store.models import Conversation, Message, MessageEvent, Number, OptOut
 from sms.history import recent_history
 from sms.optout import is_opted_out, refuse_if_opted_out

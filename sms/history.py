@@ -14,7 +14,7 @@ from typing import Any
 from sqlalchemy import Integer, String, and_, bindparam, or_, select, type_coerce
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from relay.store.db import Database, Prepared, SnapshotCache
+from relay.store import Database, Prepared, SnapshotCache
 from relay.store.models import Call, Message, TranscriptSegment
 from sms.outbound import iso
 from sms.store import table_of

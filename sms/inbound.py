@@ -22,7 +22,7 @@ from relay.carriers.sms import IncomingText
 from relay.events import emit
 from relay.ids import new_id
 from relay.logs import get_logger
-from relay.store.db import insert_at_commit
+from relay.store import insert_at_commit
 from relay.store.models import Message, Number, utcnow
 from relay_numbers.routing import number_for_inbound
 from sms.outbound import message_payload

@@ -26,7 +26,7 @@ from relay.carriers.sms import DeliveryStatus, OutgoingText
 from relay.events import emit
 from relay.ids import new_id
 from relay.logs import get_logger
-from relay.store.db import Prepared, insert_at_commit
+from relay.store import Prepared, insert_at_commit
 from relay.store.models import Message, MessageEvent, utcnow
 from sms.segmentation import segment
 from sms.store import SmsRow, message_row, table_of

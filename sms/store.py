@@ -18,7 +18,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from relay.ids import new_id
-from relay.store.db import Prepared
+from relay.store import Prepared
 from relay.store.models import Base, Conversation, Message, utcnow
 
 

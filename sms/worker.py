@@ -28,7 +28,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from relay.calls.inbound import webhook_secrets
 from relay.engine.turns import TurnError, TurnRequest, stream_turn
 from relay.logs import get_logger
-from relay.store.db import Prepared, insert_at_commit
+from relay.store import Prepared, insert_at_commit
 from relay.store.models import Agent, Conversation, Message, OptOut, utcnow
 from sms.agents import live_agent
 from sms.history import recent_history

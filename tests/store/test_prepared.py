@@ -12,7 +12,7 @@ from sqlalchemy import JSON, String, bindparam, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from relay.store.db import Database, Prepared, insert_at_commit
+from relay.store import Database, Prepared, insert_at_commit
 from relay.store.models import Conversation, Project
 from sms.store import table_of
 
