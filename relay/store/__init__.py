@@ -1,7 +1,13 @@
-"""Persistence: SQLAlchemy 2 async models, the engine factory and Alembic migrations."""
+"""Persistence: SQLAlchemy 2 async models, the database handle and Alembic migrations.
 
-from relay.store.db import Database, Prepared, SnapshotCache, insert_at_commit, insert_now
+``db`` is the handle (engine, sessions, the writers' lock); ``group_commit``, ``prepared``,
+``versions``, ``sqlite`` and ``migrate`` are its mechanisms, one module each.
+"""
+
+from relay.store.db import Database
 from relay.store.models import Agent, ApiKey, Base, Number, Project
+from relay.store.prepared import Prepared, insert_at_commit, insert_now
+from relay.store.versions import SnapshotCache
 
 __all__ = [
     "Agent",

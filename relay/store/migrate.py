@@ -1,0 +1,46 @@
+"""Alembic on the database handle's engine: the schema's revisions live in ``migrations/``
+next to this module; :meth:`Database.migrate` runs them up to the newest on the handle's own
+connection, and :meth:`Database.migrations_current` tells whether a database is there."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy.engine import Connection
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+MIGRATIONS_DIR = Path(__file__).parent / "migrations"
+
+
+def alembic_config(url: str) -> Config:
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
+    cfg.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
+    return cfg
+
+
+async def upgrade_to_head(engine: AsyncEngine, url: str) -> None:
+    """Bring the schema of ``engine``'s database (at ``url``) to the newest revision."""
+
+    def run(conn: Connection) -> None:
+        cfg = alembic_config(url)
+        cfg.attributes["connection"] = conn
+        command.upgrade(cfg, "head")
+
+    async with engine.begin() as conn:
+        await conn.run_sync(run)
+
+
+async def at_head(engine: AsyncEngine, url: str) -> bool:
+    """Whether ``engine``'s database (at ``url``) is at the newest revision."""
+    head = ScriptDirectory.from_config(alembic_config(url)).get_current_head()
+
+    def current(conn: Connection) -> str | None:
+        return MigrationContext.configure(conn).get_current_revision()
+
+    async with engine.connect() as conn:
+        return await conn.run_sync(current) == head
