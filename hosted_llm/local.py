@@ -8,7 +8,7 @@ on a second context (the weights are memory-mapped once, so it costs its KV cach
 another copy of the model), so they never evict a live call's prefix, and they pause
 between two tokens whenever a live turn wants the CPU.
 
-Both contexts' threads run below the speech engines' (``relay.engine.models`` runs STT and
+Both contexts' threads run below the speech engines' (``relay.engine.speech`` runs STT and
 TTS at niceness 10): a reply's first clause goes to the TTS while the model writes the rest,
 and at niceness 0 the model's two threads left Piper a tenth of a core (first audio of a
 short clause 0.4-1 s instead of ~0.15 s on two busy cores).

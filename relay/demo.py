@@ -31,6 +31,7 @@ from relay.api.agents import new_webhook_secret
 from relay.auth import create_key
 from relay.carriers.sim.handset import CallReport, HandsetError, SimHandset, Turn
 from relay.config import Settings
+from relay.engine import speech
 from relay.ids import new_id
 from relay.logs import configure as configure_logs
 from relay.store.db import Database
@@ -304,12 +305,8 @@ def latency(turn: Turn) -> str:
 
 async def warm_speech(settings: Settings) -> None:
     """Load the speech models before the call, so the first turn's latency is a turn's."""
-    import livekit.plugins.silero  # noqa: F401  (livekit plugins register on the main thread)
-
-    from relay.engine import models
-
-    await models.run_inference(
-        lambda: models.warm(
+    await speech.run_inference(
+        lambda: speech.warm(
             stt=settings.stt, tts=settings.tts, vad_silence_s=settings.early_stt_silence_ms / 1000
         )
     )

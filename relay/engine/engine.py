@@ -9,7 +9,7 @@ import aiohttp
 
 from relay.calls.recordings import RecordingJobs
 from relay.config import Settings
-from relay.engine import models
+from relay.engine import speech
 from relay.engine.hosted import with_templates
 from relay.engine.ports import CallerLine, CallHandle, CallSetup
 from relay.engine.session import CallSession
@@ -27,7 +27,7 @@ class VoiceEngine:
         self.active: dict[str, CallHandle] = {}
         self._sessions: dict[str, CallSession] = {}
         self.recordings = RecordingJobs()  # encodes that outlive their calls
-        models.configure(
+        speech.configure(
             inference_threads=self.settings.inference_threads,
             tts_cache_bytes=self.settings.tts_cache_mb * 1024 * 1024,
         )
@@ -35,8 +35,8 @@ class VoiceEngine:
     async def warm(self) -> None:
         """Load and run the default models once (a few seconds), off the event loop."""
         await asyncio.get_running_loop().run_in_executor(
-            models.inference_pool(),
-            lambda: models.warm(
+            speech.inference_pool(),
+            lambda: speech.warm(
                 stt=self.settings.stt,
                 tts=self.settings.tts,
                 vad_silence_s=self.settings.early_stt_silence_ms / 1000,

@@ -49,16 +49,15 @@ from livekit.agents.voice.speech_handle import SpeechHandle
 from relay.calls import recordings as recording_store
 from relay.calls.records import CallRecorder, Segment, end_call
 from relay.config import Settings
-from relay.engine import models
+from relay.engine import speech
 from relay.engine.audio_io import CallAudioInput, CallAudioOutput, session_rate
 from relay.engine.codecs import PCM
 from relay.engine.hosted import HostedBrain, hosted_backend
 from relay.engine.ports import CallerLine, CallSetup
 from relay.engine.recording import StereoRecorder
-from relay.engine.speech import EarlySTT, LocalTTS, UtteranceTiming, local_stt, local_tts
+from relay.engine.speech import CallVAD, EarlySTT, LocalTTS, UtteranceTiming, local_stt, local_tts
 from relay.engine.text import join_chunk, segments, speakable
 from relay.engine.turns import TurnError, TurnRequest, stream_turn
-from relay.engine.vad import CallVAD
 from relay.engine.webhook import Emit, ReplyPlan, TurnRecord, WebhookLLM, iso
 from relay.ids import new_id
 from relay.logs import get_logger
@@ -154,7 +153,7 @@ class CallSession:
         self.tts: tts.TTS[Any] = local_tts(
             agent.get("tts") or settings.tts, sample_rate=line.sample_rate
         )
-        vad = CallVAD(models.vad(min_silence_s=settings.early_stt_silence_ms / 1000))
+        vad = CallVAD(speech.vad(min_silence_s=settings.early_stt_silence_ms / 1000))
         self.stt = EarlySTT(
             local_stt(agent.get("stt") or settings.stt),
             vad=vad,

@@ -11,14 +11,14 @@ import numpy as np
 import pytest
 
 from relay.config import Settings
-from relay.engine import VoiceEngine, models
+from relay.engine import VoiceEngine, speech
 from relay.store.db import Database
 from tests.engine.harness import espeak_voice, piper_voice
 
 
 @pytest.fixture(scope="session")
 def speech_models() -> None:
-    models.warm(stt="whisper", tts="piper", vad_silence_s=Settings().early_stt_silence_ms / 1000)
+    speech.warm(stt="whisper", tts="piper", vad_silence_s=Settings().early_stt_silence_ms / 1000)
 
 
 @functools.cache

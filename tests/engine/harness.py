@@ -17,7 +17,7 @@ import numpy as np
 from aiohttp import web
 from standardwebhooks.webhooks import Webhook
 
-from relay.engine import models
+from relay.engine import speech
 from relay.engine.codecs import resample, ulaw_decode, ulaw_encode
 from relay.engine.ports import CallSetup
 from relay.ids import new_id
@@ -38,22 +38,22 @@ def rms(pcm: np.ndarray) -> float:
 def piper_voice(text: str, rate: int = RATE) -> np.ndarray:
     """Caller speech as a phone delivers it: Piper, resampled, through G.711 mu-law. The
     same every run (no synthesis noise), so a test hears what it heard last time."""
-    pcm = np.concatenate(models.piper_sentences(text, steady=True))
-    return ulaw_decode(ulaw_encode(resample(pcm, models.piper_rate(), rate)))
+    pcm = np.concatenate(speech.piper_sentences(text, steady=True))
+    return ulaw_decode(ulaw_encode(resample(pcm, speech.piper_rate(), rate)))
 
 
 def espeak_voice(text: str, rate: int = RATE) -> np.ndarray:
     wav = subprocess.run(
-        [models.espeak_binary(), "--stdout", "-v", "en-us", "-s", "150", text],
+        [speech.espeak_binary(), "--stdout", "-v", "en-us", "-s", "150", text],
         capture_output=True,
         check=True,
     ).stdout
-    pcm, src = models.espeak_wav_to_pcm(wav)
+    pcm, src = speech.espeak_wav_to_pcm(wav)
     return ulaw_decode(ulaw_encode(resample(pcm, src, rate)))
 
 
 def transcribe(pcm: np.ndarray, rate: int = RATE) -> str:
-    return models.whisper_transcribe_standard(resample(pcm, rate, 16000))[0]
+    return speech.whisper_transcribe_standard(resample(pcm, rate, 16000))[0]
 
 
 class RecordingLine:

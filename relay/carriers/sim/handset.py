@@ -38,6 +38,7 @@ from urllib.parse import urlsplit
 import aiohttp
 import numpy as np
 
+from relay.engine import speech
 from relay.engine.codecs import PCM, resample, ulaw_decode, ulaw_encode
 from relay.transports import twilio_protocol as tp
 
@@ -110,20 +111,18 @@ def _rms(pcm: PCM) -> float:
 
 def synthesize(text: str, voice: str = "piper") -> PCM:
     """Caller speech at 8 kHz with the local TTS (``piper`` or ``espeak``)."""
-    from relay.engine import models
-
     if voice == "espeak":
         wav = subprocess.run(
-            [models.espeak_binary(), "--stdout", "-v", "en-us", "-s", "160", text],
+            [speech.espeak_binary(), "--stdout", "-v", "en-us", "-s", "160", text],
             capture_output=True,
             check=True,
         ).stdout
-        pcm, rate = models.espeak_wav_to_pcm(wav)
+        pcm, rate = speech.espeak_wav_to_pcm(wav)
         return resample(pcm, rate, RATE)
-    sentences = models.piper_sentences(text)
-    pause = np.zeros(models.piper_rate() // 5, dtype=np.int16)
+    sentences = speech.piper_sentences(text)
+    pause = np.zeros(speech.piper_rate() // 5, dtype=np.int16)
     joined = np.concatenate([part for s in sentences for part in (s, pause)][:-1])
-    return resample(joined, models.piper_rate(), RATE)
+    return resample(joined, speech.piper_rate(), RATE)
 
 
 def read_wav(path: Path) -> PCM:
@@ -140,11 +139,9 @@ def read_wav(path: Path) -> PCM:
 
 def transcribe(pcm: PCM, rate: int = RATE) -> str:
     """What Whisper hears in ``rate`` audio (blocking)."""
-    from relay.engine import models
-
     if _rms(pcm) < LOUD_RMS / 3:
         return ""
-    return models.whisper_transcribe_standard(resample(pcm, rate, 16000))[0]
+    return speech.whisper_transcribe_standard(resample(pcm, rate, 16000))[0]
 
 
 class _Line:

@@ -1,13 +1,14 @@
-"""The call's voice activity detection: Silero, run once per call, on the event loop.
+"""Silero VAD (the ONNX model inside livekit-plugins-silero), run on the event loop, once
+per call.
 
-:class:`CallVAD` shares one stream between the two parts of a call that need it.
+:func:`vad` is the process's Silero VAD for a setting; :class:`CallVAD` shares one stream of
+it between the two parts of a call that need it.
 
 livekit-plugins-silero runs each 32 ms window (256 samples at 8 kHz) through
 ``loop.run_in_executor(None, model, window)``. The model itself takes ~0.1 ms (one intra-op
 thread, no spinning), but the hop costs more than that: a submit to the default executor, a
 thread wake-up, a GIL hand-over and a ``call_soon_threadsafe`` back, 31 times a second per
-stream. With a dozen calls that was a quarter of the event loop's busy time in a profile of
-``bench/voice.py`` at 8 calls, mostly in ``ThreadPoolExecutor.submit``.
+stream, for every call.
 
 :class:`InlineSileroVAD` is Silero's own VAD (same model, options, events) whose streams
 run the window inline: their ``run_in_executor`` calls the model and returns a finished
@@ -19,7 +20,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Literal
 
 from livekit import rtc
 from livekit.agents import vad as agents_vad
@@ -27,6 +28,10 @@ from livekit.agents.utils import aio
 from livekit.plugins import silero
 from livekit.plugins.silero import onnx_model
 from livekit.plugins.silero.vad import VADStream
+
+from relay.engine.speech.pool import load_once
+
+VAD_SAMPLE_RATE: Literal[8000, 16000] = 8000
 
 
 class _InlineExecutor:
@@ -64,12 +69,24 @@ class InlineSileroVAD(silero.VAD):
         return stream
 
 
+def vad(*, min_silence_s: float, min_speech_s: float = 0.05) -> agents_vad.VAD:
+    """A Silero VAD. Streams made from one object share its ONNX session but not state."""
+    return load_once(
+        f"vad:{min_silence_s}:{min_speech_s}",
+        lambda: InlineSileroVAD.load(
+            min_silence_duration=min_silence_s,
+            min_speech_duration=min_speech_s,
+            activation_threshold=0.5,
+            sample_rate=VAD_SAMPLE_RATE,
+        ),
+    )
+
+
 class CallVAD(agents_vad.VAD):
     """One VAD stream per call, heard by two: the call's :class:`EarlySTT`, which owns the
     stream and feeds it (:meth:`source`), and livekit's session (barge-in, the caller's
     speaking state), which gets listeners (:meth:`stream`) whose frames are dropped and whose
-    events are the source's. Without it each call ran Silero twice on the same audio, the
-    largest share of the event loop's time per call.
+    events are the source's, so Silero runs once per call on the caller's audio, not twice.
 
     The source is fed what the STT stream gets: during uninterruptible agent speech livekit
     hands STT silence in place of the caller's audio, so the session does not hear the
@@ -162,6 +179,3 @@ class _Listener(agents_vad.VADStream):
 
     async def __anext__(self) -> agents_vad.VADEvent:
         return await self._events.__anext__()
-
-
-__all__ = ["CallVAD", "InlineSileroVAD"]

@@ -1,24 +1,17 @@
-"""Speech engines behind livekit's ``stt.STT`` / ``tts.TTS`` seams, and early STT.
+"""Early STT: a call's streaming STT over a whole-utterance recognizer, owning endpointing.
 
-* :class:`WhisperSTT`, :class:`PocketsphinxSTT`: whole-utterance recognizers (non-streaming).
-* :class:`EarlySTT`: wraps one of them into a streaming STT that owns endpointing. It starts
-  recognizing at the first silence (``early_silence`` after speech, from the VAD) and declares
-  the turn over ``endpointing_delay`` after the end of speech, by which time the transcript is
-  usually ready. If the caller speaks again in between, the early result is thrown away and
-  the whole utterance is recognized again at the next silence. The end of speech is where
-  the voice died away, not where Silero let go of it (100-200 ms later).
-* :class:`PiperTTS`, :class:`EspeakTTS`: sentence synthesizers at the caller line's rate.
-
-Any other livekit plugin (Deepgram, ElevenLabs...) fits the same seams.
+:class:`EarlySTT` starts recognizing at the first silence (``early_silence`` after speech,
+from the VAD) and declares the turn over ``endpointing_delay`` after the end of speech, by
+which time the transcript is usually ready. If the caller speaks again in between, the early
+result is thrown away and the whole utterance is recognized again at the next silence. The
+end of speech is where the voice died away, not where Silero let go of it (100-200 ms
+later). :class:`UtteranceTiming` is how each utterance went, for the turn's metrics.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import threading
 import time
-import uuid
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -27,13 +20,12 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 from livekit import rtc
-from livekit.agents import DEFAULT_API_CONNECT_OPTIONS, APIConnectOptions, stt, tts, utils, vad
-from livekit.agents.language import LanguageCode
+from livekit.agents import DEFAULT_API_CONNECT_OPTIONS, APIConnectOptions, stt, utils, vad
 from livekit.agents.types import NOT_GIVEN, NotGivenOr
 
-from relay.engine import models
-from relay.engine.codecs import PCM, resample
-from relay.engine.vad import CallVAD
+from relay.engine.codecs import PCM
+from relay.engine.speech.local import EN, LocalSTT, frame_pcm
+from relay.engine.speech.silero import CallVAD
 
 MAX_UTTERANCE_S = 28.0  # Whisper sees 30 s at most
 PREFIX_S = 0.4  # audio kept from before the VAD noticed speech
@@ -45,97 +37,6 @@ SPEECH_FLOOR_DB = 30.0
 END_LOOKBACK_S = 0.3
 RESUME_GRACE_FRAMES = 8  # 20 ms each
 RESUME_WINDOW_FRAMES = 3  # the caller's last frames checked for speech starting again
-EN = LanguageCode("en")
-
-
-def frame_pcm(frame: rtc.AudioFrame) -> PCM:
-    pcm: PCM = np.frombuffer(frame.data, dtype=np.int16)
-    return pcm
-
-
-def pcm_frame(pcm: PCM, sample_rate: int) -> rtc.AudioFrame:
-    data = np.ascontiguousarray(pcm, dtype=np.int16)
-    return rtc.AudioFrame(
-        data=data.tobytes(), sample_rate=sample_rate, num_channels=1, samples_per_channel=len(data)
-    )
-
-
-# ----------------------------------------------------------------------------------- STT
-
-
-class LocalSTT(stt.STT[Any]):
-    """A whole-utterance recognizer running in the inference pool."""
-
-    name = "local"
-    rate = 16000
-
-    def __init__(self) -> None:
-        super().__init__(capabilities=stt.STTCapabilities(streaming=False, interim_results=False))
-
-    @property
-    def model(self) -> str:
-        return self.name
-
-    @property
-    def provider(self) -> str:
-        return "relay"
-
-    def _transcribe(self, pcm: PCM, stop: threading.Event) -> tuple[str, float]:
-        raise NotImplementedError
-
-    async def transcribe(
-        self, pcm: PCM, sample_rate: int, *, deadline: float | None = None
-    ) -> tuple[str, float]:
-        """Recognize 16-bit mono audio of any rate; returns (text, confidence). Cancelling
-        it drops a run still queued, and tells a running one to skip its retries.
-        ``deadline``: when the text is needed (``time.monotonic()``; None: now)."""
-        stop = threading.Event()
-        try:
-            return await models.run_inference(
-                self._transcribe, resample(pcm, sample_rate, self.rate), stop, deadline=deadline
-            )
-        except asyncio.CancelledError:
-            stop.set()
-            raise
-
-    async def _recognize_impl(
-        self,
-        buffer: utils.AudioBuffer,
-        *,
-        language: NotGivenOr[str] = NOT_GIVEN,
-        conn_options: APIConnectOptions,
-    ) -> stt.SpeechEvent:
-        frame = utils.merge_frames(buffer) if isinstance(buffer, list) else buffer
-        text, confidence = await self.transcribe(frame_pcm(frame), frame.sample_rate)
-        return stt.SpeechEvent(
-            type=stt.SpeechEventType.FINAL_TRANSCRIPT,
-            request_id=uuid.uuid4().hex[:12],
-            alternatives=[stt.SpeechData(language=EN, text=text, confidence=confidence)],
-        )
-
-
-class WhisperSTT(LocalSTT):
-    name = "faster-whisper-tiny.en"
-    rate = models.WHISPER_RATE
-
-    def _transcribe(self, pcm: PCM, stop: threading.Event) -> tuple[str, float]:
-        return models.whisper_transcribe(pcm, stop)
-
-
-class PocketsphinxSTT(LocalSTT):
-    name = "pocketsphinx-en-us"
-    rate = models.POCKETSPHINX_RATE
-
-    def _transcribe(self, pcm: PCM, stop: threading.Event) -> tuple[str, float]:
-        return models.pocketsphinx_transcribe(pcm)
-
-
-def local_stt(name: str) -> LocalSTT:
-    if name == "pocketsphinx":
-        return PocketsphinxSTT()
-    if name == "whisper":
-        return WhisperSTT()
-    raise ValueError(f"unknown stt {name!r}")
 
 
 @dataclass(slots=True)
@@ -273,7 +174,7 @@ class _EarlyStream(stt.RecognizeStream):
 
     async def _run(self) -> None:
         owner_vad = self._owner._vad
-        # A call's VAD is heard by the session too: this stream feeds it (relay.engine.vad).
+        # A call's VAD is heard by the session too: this stream feeds it (see CallVAD).
         vad_stream = owner_vad.source() if isinstance(owner_vad, CallVAD) else owner_vad.stream()
 
         async def forward() -> None:
@@ -413,146 +314,3 @@ class _EarlyStream(stt.RecognizeStream):
         )
         if self._owner.on_utterance is not None:
             self._owner.on_utterance(timing)
-
-
-# ----------------------------------------------------------------------------------- TTS
-
-
-TTS_FRAME_MS = 500  # synthesized audio handed to the session in frames this long
-
-
-class LocalTTS(tts.TTS[Any]):
-    """A sentence synthesizer whose audio comes out at ``sample_rate`` (the line's rate)."""
-
-    name = "local"
-
-    def __init__(self, *, sample_rate: int) -> None:
-        super().__init__(
-            capabilities=tts.TTSCapabilities(streaming=False),
-            sample_rate=sample_rate,
-            num_channels=1,
-        )
-
-    @property
-    def model(self) -> str:
-        return self.name
-
-    @property
-    def provider(self) -> str:
-        return "relay"
-
-    @property
-    def voice_key(self) -> str:
-        """What, besides the text and the rate, decides the audio (the phrase cache's key)."""
-        return self.name
-
-    async def render(self, text: str, *, deadline: float | None = None) -> PCM:
-        """``text`` as 16-bit mono PCM at ``sample_rate``; ``deadline``: when the audio is
-        needed (``time.monotonic()``; None: now)."""
-        raise NotImplementedError
-
-    def synthesize(
-        self,
-        text: str,
-        *,
-        conn_options: APIConnectOptions = DEFAULT_API_CONNECT_OPTIONS,
-        deadline: float | None = None,
-    ) -> tts.ChunkedStream:
-        """``deadline``: when the caller will need this audio (``time.monotonic()``), for a
-        sentence that follows audio still playing; None: now."""
-        return _LocalChunkedStream(
-            tts=self, input_text=text, conn_options=conn_options, deadline=deadline
-        )
-
-
-class _LocalChunkedStream(tts.ChunkedStream):
-    def __init__(
-        self,
-        *,
-        tts: LocalTTS,
-        input_text: str,
-        conn_options: APIConnectOptions,
-        deadline: float | None,
-    ) -> None:
-        self._deadline = deadline  # before the base class starts the synthesis task
-        super().__init__(tts=tts, input_text=input_text, conn_options=conn_options)
-
-    async def _run(self, output_emitter: tts.AudioEmitter) -> None:
-        owner = self._tts
-        assert isinstance(owner, LocalTTS)
-        # The whole sentence is synthesized at once, and the call's output cuts it into
-        # 20 ms frames as it plays: frames of 500 ms here spare the event loop livekit's
-        # per-frame work (a copy, two frames, a timer), which in 20 ms frames was a few ms
-        # of stopped loop per sentence, felt by the other calls' turns.
-        output_emitter.initialize(
-            request_id=uuid.uuid4().hex[:12],
-            sample_rate=owner.sample_rate,
-            num_channels=1,
-            mime_type="audio/pcm",
-            frame_size_ms=TTS_FRAME_MS,
-        )
-        key = (owner.voice_key, owner.sample_rate, self._input_text)
-        pcm = models.phrases.get(key)
-        if pcm is None:
-            pcm = models.phrases.put(
-                key, await owner.render(self._input_text, deadline=self._deadline)
-            )
-        if len(pcm):
-            output_emitter.push(pcm.tobytes())
-        output_emitter.flush()
-
-
-class PiperTTS(LocalTTS):
-    name = "piper-en_US-joe-medium"
-
-    async def render(self, text: str, *, deadline: float | None = None) -> PCM:
-        sentences = await models.run_synthesis(models.piper_sentences, text, deadline=deadline)
-        if not sentences:
-            return np.zeros(0, np.int16)
-        gap = np.zeros(int(models.piper_rate() * 0.12), np.int16)
-        parts = [part for pcm in sentences for part in (gap, pcm)][1:]
-        return resample(np.concatenate(parts), models.piper_rate(), self.sample_rate)
-
-
-class EspeakTTS(LocalTTS):
-    name = "espeak-ng"
-
-    def __init__(self, *, sample_rate: int, voice: str = "en-us", words_per_minute: int = 165):
-        super().__init__(sample_rate=sample_rate)
-        self.voice = voice
-        self.words_per_minute = words_per_minute
-
-    @property
-    def voice_key(self) -> str:
-        return f"{self.name}:{self.voice}:{self.words_per_minute}"
-
-    async def render(self, text: str, *, deadline: float | None = None) -> PCM:
-        proc = await asyncio.create_subprocess_exec(
-            models.espeak_binary(),
-            "--stdout",
-            "-v",
-            self.voice,
-            "-s",
-            str(self.words_per_minute),
-            "--",
-            text,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.DEVNULL,
-        )
-        try:
-            wav, _ = await proc.communicate()
-        finally:
-            if proc.returncode is None:
-                with contextlib.suppress(ProcessLookupError):
-                    proc.kill()
-                await proc.wait()
-        pcm, rate = models.espeak_wav_to_pcm(wav)
-        return resample(pcm, rate, self.sample_rate)
-
-
-def local_tts(name: str, *, sample_rate: int) -> LocalTTS:
-    if name == "espeak":
-        return EspeakTTS(sample_rate=sample_rate)
-    if name == "piper":
-        return PiperTTS(sample_rate=sample_rate)
-    raise ValueError(f"unknown tts {name!r}")

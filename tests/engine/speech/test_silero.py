@@ -8,8 +8,7 @@ import numpy as np
 from livekit import rtc
 from livekit.plugins import silero
 
-from relay.engine import models
-from relay.engine.vad import CallVAD, InlineSileroVAD
+from relay.engine.speech import CallVAD, InlineSileroVAD, vad
 
 RATE = 8000
 
@@ -58,7 +57,7 @@ async def test_inline_silero_hears_exactly_what_silero_hears(voice):
 
 async def test_one_stream_per_call_heard_by_its_listeners(voice):
     frames = _frames(_speech(voice))
-    call_vad = CallVAD(models.vad(min_silence_s=0.15))
+    call_vad = CallVAD(vad(min_silence_s=0.15))
     listener = call_vad.stream()
     gone = call_vad.stream()
     await gone.aclose()  # a listener closed early hears nothing more and breaks nothing

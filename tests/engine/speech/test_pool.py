@@ -1,4 +1,5 @@
-"""The inference pools: below the event loop's priority, synthesis apart from recognition."""
+"""The inference pools: below the event loop's priority, synthesis apart from recognition,
+the job due first taken first; and the synthesized-phrase cache."""
 
 from __future__ import annotations
 
@@ -7,29 +8,31 @@ import gc
 import os
 import sys
 import threading
+import time
 
+import numpy as np
 import pytest
 
-from relay.engine import models
+from relay.engine import speech
 
 
 @pytest.mark.skipif(sys.platform != "linux", reason="niceness is per thread on Linux only")
 def test_inference_threads_run_below_the_event_loop():
     own = os.getpriority(os.PRIO_PROCESS, 0)
     for kind in ("stt", "tts"):
-        tid = models.inference_pool(kind).submit(threading.get_native_id).result()
+        tid = speech.inference_pool(kind).submit(threading.get_native_id).result()
         assert tid != threading.get_native_id()
-        assert os.getpriority(os.PRIO_PROCESS, tid) >= max(own, models.INFERENCE_NICENESS)
+        assert os.getpriority(os.PRIO_PROCESS, tid) >= max(own, speech.INFERENCE_NICENESS)
 
 
 async def test_synthesis_does_not_wait_for_busy_recognition():
     release = threading.Event()
     busy = [
-        asyncio.ensure_future(models.run_inference(release.wait, 10))
-        for _ in range(models._pool_size)
+        asyncio.ensure_future(speech.run_inference(release.wait, 10))
+        for _ in range(speech.pool._pool_size)
     ]
     try:
-        said = await asyncio.wait_for(models.run_synthesis(str.upper, "hello"), 2)
+        said = await asyncio.wait_for(speech.run_synthesis(str.upper, "hello"), 2)
         assert said == "HELLO"
         assert not any(task.done() for task in busy)  # every recognition thread was taken
     finally:
@@ -64,8 +67,8 @@ def test_the_event_loop_never_waits_for_a_lock_an_inference_thread_holds():
     can keep the loop waiting until a core is free for it (priority inversion; the loop
     once stalled 0.85 s at 12 calls). Handing over a job and finding a loaded model take no
     lock a worker holds."""
-    pool = models.DeadlineExecutor(1, "test-inversion", 0)
-    models.piper()  # loaded
+    pool = speech.DeadlineExecutor(1, "test-inversion", 0)
+    speech.piper.piper_voice()  # loaded
     held = threading.Event()
     release = threading.Event()
 
@@ -74,7 +77,7 @@ def test_the_event_loop_never_waits_for_a_lock_an_inference_thread_holds():
             held.set()
             release.wait(10)
 
-    for lock in (pool._heap_lock, models._lock):
+    for lock in (pool._heap_lock, speech.pool._lock):
         held.clear()
         release.clear()
         holder = threading.Thread(target=hold, args=(lock,))
@@ -84,8 +87,8 @@ def test_the_event_loop_never_waits_for_a_lock_an_inference_thread_holds():
 
         def loop_side(done: threading.Event = done) -> None:
             pool.submit_due(0.0, str.upper, "x")
-            models.piper()
-            models.inference_pool("tts")
+            speech.piper.piper_voice()
+            speech.inference_pool("tts")
             done.set()
 
         threading.Thread(target=loop_side, daemon=True).start()
@@ -98,7 +101,7 @@ def test_the_event_loop_never_waits_for_a_lock_an_inference_thread_holds():
 
 
 def test_a_deadline_pool_runs_what_was_queued_before_it_shuts_down():
-    pool = models.DeadlineExecutor(2, "test-shutdown", 0)
+    pool = speech.DeadlineExecutor(2, "test-shutdown", 0)
     release = threading.Event()
     futures = [pool.submit(release.wait, 10) for _ in range(2)]
     futures += [pool.submit_due(float(i), str, i) for i in range(5)]
@@ -107,3 +110,40 @@ def test_a_deadline_pool_runs_what_was_queued_before_it_shuts_down():
     assert [f.result(timeout=0) for f in futures[2:]] == ["0", "1", "2", "3", "4"]
     with pytest.raises(RuntimeError):
         pool.submit(str, 1)
+
+
+def test_the_phrase_cache_keeps_to_its_budget_dropping_the_least_recently_used():
+    cache = speech.PhraseCache(max_bytes=3000)
+    for name in "abc":
+        cache.put(("v", 8000, name), np.zeros(500, np.int16))  # 1000 bytes each
+    assert cache.get(("v", 8000, "a")) is not None  # a is now the most recently used
+    cache.put(("v", 8000, "d"), np.zeros(500, np.int16))
+    assert cache.get(("v", 8000, "b")) is None  # the least recently used went
+    assert all(cache.get(("v", 8000, k)) is not None for k in "acd")
+    assert cache.bytes == 3000
+    big = cache.put(("v", 8000, "e"), np.zeros(5000, np.int16))  # over budget: not kept
+    assert cache.get(("v", 8000, "e")) is None and not big.flags.writeable
+    cache.resize(0)
+    assert cache.bytes == 0 and cache.get(("v", 8000, "a")) is None
+
+
+def test_synthesis_takes_the_earliest_deadline_first():
+    pool = speech.DeadlineExecutor(1, "test-tts", 0)
+    release = threading.Event()
+    order: list[str] = []
+    busy = pool.submit(release.wait, 10)  # the one thread is taken: the rest queue
+    now = time.monotonic()
+    later = pool.submit_due(now + 2.0, order.append, "second sentence, due in 2 s")
+    first = pool.submit(order.append, "first words of another reply, due now")
+    sooner = pool.submit_due(now + 0.5, order.append, "second sentence, due in 0.5 s")
+    dropped = pool.submit_due(now, order.append, "cancelled while waiting")
+    assert dropped.cancel()
+    release.set()
+    for future in (busy, later, first, sooner):
+        future.result(timeout=5)
+    assert order == [
+        "first words of another reply, due now",
+        "second sentence, due in 0.5 s",
+        "second sentence, due in 2 s",
+    ]
+    pool.shutdown()
