@@ -41,6 +41,7 @@ from relay.calls.inbound import (
 )
 from relay.calls.intelligence import OVERRIDE_KEY as POST_CALL_KEY
 from relay.calls.lifecycle import LIVE, STATUSES, call_payload, log_event, transition
+from relay.calls.media import MEDIA, LiveCall
 from relay.calls.outbound import DIALLER, media_base_url
 from relay.calls.recovery import lock_call
 from relay.errors import Conflict, Forbidden, NotFound, invalid_field
@@ -54,7 +55,6 @@ from relay.store.models import (
     Number,
     utcnow,
 )
-from relay.transports.runner import MEDIA, LiveCall
 from relay.urls import check_webhook_url
 from sms import refuse_if_opted_out
 

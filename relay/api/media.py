@@ -15,15 +15,17 @@ from __future__ import annotations
 from aiohttp import web
 
 from relay import tokens
-from relay.calls import inbound
+from relay.calls import inbound, media
+from relay.calls.live import VoiceEngine
+from relay.calls.media import MEDIA, MediaRuntime
 from relay.carriers.sim import voice as sim_voice
 from relay.carriers.twilio import voice as twilio_voice
 from relay.config import Settings
 from relay.errors import Forbidden
 from relay.state import APP_STATE
 from relay.store.models import Call
-from relay.transports import twilio, websocket
-from relay.transports.runner import MEDIA, MediaRuntime, VoiceEngine
+from relay.transports.twilio import TwilioConnection
+from relay.transports.websocket import WebsocketConnection
 
 MEDIA_TOKEN_REFUSED = "The media token is missing, invalid or expired: {why}."
 CALL_NOT_WAITING = "This call is not waiting for a media connection."
@@ -47,6 +49,8 @@ def install(app: web.Application) -> None:
     app[MEDIA] = MediaRuntime(
         db=state.db,
         node_id=settings.effective_node_id(),
+        settings=settings,
+        signing_key=state.signing_key,
         engine_factory=lambda: _engine(settings),
     )
     app.router.add_post("/carriers/twilio/voice", twilio_voice.voice_webhook)
@@ -112,9 +116,7 @@ async def twilio_media(request: web.Request) -> web.StreamResponse:
     deps = request.app[MEDIA].deps()
     ws = _socket()
     await ws.prepare(request)
-    await request.app[MEDIA].serve(
-        twilio.serve(ws, deps, request.app[APP_STATE].signing_key, call_id)
-    )
+    await request.app[MEDIA].serve(media.serve(deps, TwilioConnection(ws), call_id))
     return ws
 
 
@@ -125,5 +127,6 @@ async def websocket_media(request: web.Request) -> web.StreamResponse:
     deps = request.app[MEDIA].deps()
     ws = _socket()
     await ws.prepare(request)
-    await request.app[MEDIA].serve(websocket.serve(ws, deps, call_id, inbound.sample_rate_of(call)))
+    conn = WebsocketConnection(ws, inbound.sample_rate_of(call))
+    await request.app[MEDIA].serve(media.serve(deps, conn, call_id))
     return ws

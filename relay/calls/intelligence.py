@@ -35,12 +35,12 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from hosted_llm import ChatBackend, LLMError, Message, Priority, TextDelta
 from relay.calls.lifecycle import log_event
 from relay.config import Settings
-from relay.engine.hosted import hosted_backend
 from relay.events import emit
 from relay.logs import get_logger
 from relay.state import APP_STATE
 from relay.store.db import Database
 from relay.store.models import Call, CallAnalysis, TranscriptSegment, utcnow
+from relay.turns.hosted import hosted_backend
 
 log = get_logger("relay.calls.intelligence")
 

@@ -21,7 +21,7 @@ import contextlib
 from collections.abc import Coroutine
 from datetime import timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from aiohttp import web
 from sqlalchemy import select
@@ -29,15 +29,13 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from relay.calls.lifecycle import LIVE, log_event
 from relay.config import Settings
+from relay.engine.recording import StereoRecorder
 from relay.events import emit
 from relay.events.writing import writing
 from relay.logs import get_logger
 from relay.state import APP_STATE
 from relay.store.db import Database
 from relay.store.models import Call, Project, Recording, utcnow
-
-if TYPE_CHECKING:  # the engine imports this module; importing it back here would be a cycle
-    from relay.engine.recording import StereoRecorder
 
 log = get_logger("relay.calls.recordings")
 

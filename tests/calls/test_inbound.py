@@ -9,6 +9,8 @@ from sqlalchemy import select
 
 from relay import tokens
 from relay.calls import inbound
+from relay.calls.live import finish
+from relay.engine.ports import CallEnd
 from relay.state import APP_STATE
 from relay.store.models import Agent, Call, CallLease
 from tests.transports.support import agent_with_number, phone_settings
@@ -77,8 +79,8 @@ async def test_media_starts_once_and_the_node_holds_the_call(phone, auth, databa
     assert (call.status, call.carrier_call_id) == ("in_progress", "CAx")
     assert lease is not None and lease.node_id == NODE
 
-    assert await inbound.finish(database, opened.call_id, "failed", "webhook_error")
-    assert not await inbound.finish(database, opened.call_id, "completed")
+    assert await finish(database, opened.call_id, CallEnd("failed", "webhook_error"))
+    assert not await finish(database, opened.call_id, CallEnd("completed"))
     async with database.session() as session:
         call = await session.get(Call, opened.call_id)
         lease = await session.get(CallLease, opened.call_id)
