@@ -33,6 +33,7 @@ from relay.api.call_log import (
 from relay.api.recordings import RecordingOut, recording_out
 from relay.api.routing import Context, Router
 from relay.api.schema import APIModel, OutModel, Page, PageQuery, encode_cursor
+from relay.calls.event_log import log_event
 from relay.calls.inbound import (
     MEDIA_TOKEN_PURPOSE,
     MEDIA_TOKEN_TTL_SECONDS,
@@ -40,9 +41,9 @@ from relay.calls.inbound import (
     agent_snapshot,
 )
 from relay.calls.intelligence import OVERRIDE_KEY as POST_CALL_KEY
-from relay.calls.lifecycle import LIVE, STATUSES, call_payload, log_event, transition
+from relay.calls.lifecycle import LIVE, STATUSES, call_payload, transition
 from relay.calls.media import MEDIA, LiveCall
-from relay.calls.outbound import DIALLER, media_base_url
+from relay.calls.outbound import DIALLER
 from relay.calls.recovery import lock_call
 from relay.errors import Conflict, Forbidden, NotFound, invalid_field
 from relay.events import emit
@@ -55,7 +56,7 @@ from relay.store.models import (
     Number,
     utcnow,
 )
-from relay.urls import check_webhook_url
+from relay.urls import check_webhook_url, media_base_url
 from sms import refuse_if_opted_out
 
 router = Router()

@@ -30,8 +30,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from relay import tokens
 from relay.agent_config import STORED_DEFAULTS, AgentConfig
-from relay.calls.lifecycle import call_payload, log_event, transition
-from relay.calls.outbound import media_base_url
+from relay.calls.event_log import log_event
+from relay.calls.lifecycle import call_payload, transition
 from relay.calls.recovery import hold_call, lock_call
 from relay.engine.ports import CallSetup
 from relay.events import emit
@@ -40,6 +40,7 @@ from relay.logs import get_logger
 from relay.state import AppState
 from relay.store.db import Database
 from relay.store.models import Agent, Call, Number, utcnow
+from relay.urls import media_base_url
 from relay_numbers.routing import number_for_inbound
 
 log = get_logger("relay.calls.inbound")
@@ -322,16 +323,6 @@ async def load_call(db: Database, call_id: str) -> Call | None:
     async with db.session() as session:
         call: Call | None = await session.get(Call, call_id)
     return call
-
-
-async def expire_unconnected(db: Database, call_id: str) -> bool:
-    """Fail a call still waiting for its media socket (``network_timeout``)."""
-    async with db.session() as session:
-        call = await lock_call(session, call_id)
-        if call is None or call.status not in ("queued", "connecting"):
-            return False
-        await transition(session, call, "failed", reason="network_timeout")
-    return True
 
 
 async def telephony_event(

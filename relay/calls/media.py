@@ -20,6 +20,7 @@ from aiohttp import web
 from relay import tokens
 from relay.calls import inbound
 from relay.calls.live import CallRunner, VoiceEngine, finish
+from relay.calls.recovery import expire_unconnected
 from relay.config import Settings
 from relay.engine.ports import CallEnd, CallerLine, CallHandle, CallSetup
 from relay.logs import get_logger
@@ -121,7 +122,7 @@ class MediaRuntime:
 
     async def _expire(self, call_id: str) -> None:
         await asyncio.sleep(self.connect_deadline)
-        if await inbound.expire_unconnected(self.db, call_id):
+        if await expire_unconnected(self.db, call_id):
             log.warning("media_never_connected", call_id=call_id)
 
     async def shutdown(self) -> None:

@@ -18,7 +18,8 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from relay.calls import recordings
-from relay.calls.lifecycle import LIVE, log_event, transition
+from relay.calls.event_log import log_event
+from relay.calls.lifecycle import LIVE, transition
 from relay.config import Settings
 from relay.engine.ports import Segment
 from relay.engine.recording import StereoRecorder

@@ -23,12 +23,12 @@ from twilio.twiml.voice_response import Connect, VoiceResponse
 
 from relay.calls import inbound
 from relay.calls.media import MEDIA
-from relay.calls.outbound import media_base_url
 from relay.config import Settings
 from relay.errors import Forbidden
 from relay.logs import get_logger
 from relay.state import APP_STATE
 from relay.store.models import CallEvent
+from relay.urls import media_base_url
 
 log = get_logger("relay.carriers.twilio")
 
