@@ -68,6 +68,15 @@ class AgentConfig:
         values = asdict(self)
         return {k: values[k] for k in STORED_KEYS}
 
+    def __getitem__(self, name: str) -> Any:
+        """A setting by its stored name, as the call's snapshot row has it."""
+        if name not in _NAMES:
+            raise KeyError(name)
+        return getattr(self, name)
+
+    def __contains__(self, name: object) -> bool:
+        return name in _NAMES
+
     def with_prompts(self, system_prompt: str | None, greeting: str | None) -> AgentConfig:
         return replace(self, system_prompt=system_prompt, greeting=greeting)
 

@@ -20,8 +20,9 @@ from sqlalchemy.sql import Select
 
 from hosted_llm.templates import render as render_template
 from relay import tokens
+from relay.agent_config import STORED_DEFAULTS
 from relay.api import call_log
-from relay.api.agents import CONFIG_DEFAULTS, PostCallConfig, load_agent, new_webhook_secret
+from relay.api.agents import PostCallConfig, load_agent, new_webhook_secret
 from relay.api.call_log import (
     CallEventOut,
     EventQuery,
@@ -494,7 +495,7 @@ async def create_inline_call(ctx: Context, body: InlineCallCreate) -> web.Respon
             direction="inbound",
             connection_type=body.connection_type,
             voice_mode=mode,
-            agent_snapshot=snapshot({**CONFIG_DEFAULTS, **config}, body.variables or {}, rate),
+            agent_snapshot=snapshot({**STORED_DEFAULTS, **config}, body.variables or {}, rate),
             call_metadata=body.metadata or {},
         )
         await open_call(session, call)
