@@ -48,7 +48,7 @@ from hosted_llm import LocalBackend, TextDelta  # noqa: E402
 from relay.calls.intelligence import Analyst, Plan  # noqa: E402
 from relay.carriers.sim.handset import CallReport, SimHandset, synthesize  # noqa: E402
 from relay.config import Settings  # noqa: E402
-from relay.engine.hosted import hosted_backend  # noqa: E402
+from relay.turns.hosted import hosted_backend  # noqa: E402
 
 PROMPT = (
     "You are Ava, the phone assistant of Bella's, an Italian restaurant in Sydney. "

@@ -1,9 +1,26 @@
-"""The aiohttp application factory: routes, state, start-up and clean shutdown."""
+"""The composition root: the one place the relay is put together.
+
+Every long-lived worker is built here, from settings and the database, and started and
+stopped through ``app.cleanup_ctx`` in the order written below (started top to bottom,
+stopped bottom to top, so nothing outlives what it needs):
+
+    schema         migrations (RELAY_AUTO_MIGRATE), the database's session hooks
+    node           webhook delivery, then recovery of what a dead node left, then dialling
+    sms            the SMS service: carriers' texts in, workers, outbound
+    post_call      summaries and extraction of completed calls
+    recordings     the retention purge
+    media          the voice engine's calls: ended at shutdown, before the rest stops
+
+Workers that must stop taking work as soon as the server stops accepting requests (live
+calls, SMS, post-call jobs, the purge) do so in ``on_shutdown``, before any of the above is
+torn down; their resources go in ``cleanup_ctx``.
+"""
 
 from __future__ import annotations
 
 import gc
 import hashlib
+from collections.abc import AsyncIterator
 
 from aiohttp import web
 
@@ -16,20 +33,27 @@ from relay.api.project import router as project_router
 from relay.api.recordings import router as recordings_router
 from relay.api.routing import Router
 from relay.api.webhook_endpoints import router as webhook_endpoints_router
-from relay.calls import intelligence, recordings, recovery
+from relay.calls.intelligence import INTELLIGENCE, IntelligenceWorker
+from relay.calls.live import VoiceEngine
+from relay.calls.media import MEDIA, MediaRuntime
+from relay.calls.outbound import DIALLER, Dialler
+from relay.calls.recordings import RECORDINGS, RecordingWorker
+from relay.calls.recovery import RECOVERY, Recovery
 from relay.carriers import CarrierRegistry
 from relay.carriers.sim import SimCarrier
 from relay.config import Settings
+from relay.events.delivery import DELIVERY, DeliveryWorker
 from relay.logs import get_logger
 from relay.middleware import request_middleware
 from relay.ratelimit import RateLimiter
 from relay.state import APP_STATE, AppState
 from relay.store.db import Database
+from relay.turns import hosted_backend
 from relay_numbers import router as numbers_router
 from sms import sim as sms_sim
 from sms import twilio as sms_twilio
 from sms.api import router as sms_router
-from sms.service import install as install_sms
+from sms.service import SMS, SmsService
 
 log = get_logger("relay.app")
 ROUTERS: tuple[Router, ...] = (
@@ -61,6 +85,7 @@ def create_app(settings: Settings | None = None, *, db: Database | None = None) 
         state.signing_key = hashlib.sha256(settings.signing_secret.encode()).digest()
     app = web.Application(middlewares=[request_middleware], client_max_size=settings.max_body_bytes)
     app[APP_STATE] = state
+    _build_workers(app, state)
     system.install(app)
     media.install(app)
     endpoints = []
@@ -68,35 +93,101 @@ def create_app(settings: Settings | None = None, *, db: Database | None = None) 
         router.install(app)
         endpoints.extend(router.endpoints)
     app[system.OPENAPI_DOC] = build_openapi(endpoints)
-    recovery.install(app)
-    app.on_startup.append(_startup)
-    app.on_cleanup.append(_cleanup)
-    install_sms(app, settings, database)  # after _startup: its recovery needs the schema
-    intelligence.install(app)  # post-call worker; after _startup for the same reason
-    recordings.install(app)  # retention purge; the same
     sms_twilio.install(app)
-    app.on_startup.append(_settled)  # last: after every start-up hook above
+    app.cleanup_ctx.extend((_schema, _node, _sms, _post_call, _recordings, _media))
+    app.on_shutdown.append(_stop_taking_work)
+    app.on_startup.append(_settled)  # after cleanup_ctx's start-up, which runs first
     return app
+
+
+def _build_workers(app: web.Application, state: AppState) -> None:
+    settings, db = state.settings, state.db
+    node_id = settings.effective_node_id()
+    app[DIALLER] = Dialler(
+        db,
+        state.carriers,
+        node_id=node_id,
+        signing_key=state.signing_key,
+        public_url=settings.effective_public_url(),
+        ring_timeout=settings.outbound_ring_timeout_seconds,
+    )
+    app[DELIVERY] = DeliveryWorker(db, settings, node_id=node_id)
+    app[RECOVERY] = Recovery(db, node_id, settings.node_timeout_seconds, app[DIALLER].redial)
+    app[SMS] = SmsService(settings, db)
+    app[INTELLIGENCE] = IntelligenceWorker(db, settings, lambda: hosted_backend(settings))
+    app[RECORDINGS] = RecordingWorker(db, settings)
+    app[MEDIA] = MediaRuntime(
+        db=db,
+        node_id=node_id,
+        settings=settings,
+        signing_key=state.signing_key,
+        engine_factory=lambda: _voice_engine(settings),
+    )
+
+
+def _voice_engine(settings: Settings) -> VoiceEngine:
+    # Imported on first use: the engine pulls in livekit and the speech runtimes (seconds).
+    # livekit plugins must register on the main thread, and warm() loads the VAD in a
+    # worker thread: import the plugin here first.
+    import livekit.plugins.silero  # noqa: F401
+
+    from relay.engine import VoiceEngine as Engine  # the same: seconds of imports
+
+    return Engine(settings)
+
+
+async def _schema(app: web.Application) -> AsyncIterator[None]:
+    state = app[APP_STATE]
+    if state.settings.auto_migrate:
+        await state.db.migrate()
+    yield
+    await state.db.detach()
+    log.info("relay_stopped")
+
+
+async def _node(app: web.Application) -> AsyncIterator[None]:
+    """Deliver webhooks, recover what a dead node left, dial; on the way out, stop dialling,
+    deliver what is ready, stop."""
+    await app[RECOVERY].start(app[DELIVERY].start)
+    db = app[APP_STATE].db
+    log.info("relay_started", database=db.engine.url.render_as_string(hide_password=True))
+    yield
+    await app[DIALLER].stop()
+    await app[RECOVERY].stop()
+    await app[DELIVERY].stop()
+
+
+async def _sms(app: web.Application) -> AsyncIterator[None]:
+    await app[SMS].start()
+    yield
+    await app[SMS].close()
+
+
+async def _post_call(app: web.Application) -> AsyncIterator[None]:
+    app[INTELLIGENCE].start()
+    yield
+
+
+async def _recordings(app: web.Application) -> AsyncIterator[None]:
+    app[RECORDINGS].start()
+    yield
+
+
+async def _media(app: web.Application) -> AsyncIterator[None]:
+    yield
+    await app[MEDIA].close()
+
+
+async def _stop_taking_work(app: web.Application) -> None:
+    # Live calls end first: their media sockets are requests the server waits for.
+    await app[MEDIA].shutdown()
+    await app[SMS].stop()
+    await app[INTELLIGENCE].stop()
+    await app[RECORDINGS].stop()
 
 
 async def _settled(app: web.Application) -> None:
     # What start-up made (the app, its routes and schemas, SQLAlchemy's mappers and compiled
-    # statements: ~250k objects) lives as long as the process. Every full garbage collection
-    # walked all of it: a 100-200 ms stop of the event loop, every text and call's turn
-    # waiting, a few times a minute under load. Frozen, collections skip it.
+    # statements) lives as long as the process; frozen, full garbage collections skip it.
     gc.collect()
     gc.freeze()
-
-
-async def _startup(app: web.Application) -> None:
-    state = app[APP_STATE]
-    if state.settings.auto_migrate:
-        await state.db.migrate()
-    await recovery.start(app)
-    log.info("relay_started", database=state.db.engine.url.render_as_string(hide_password=True))
-
-
-async def _cleanup(app: web.Application) -> None:
-    await recovery.stop(app)
-    await app[APP_STATE].db.detach()
-    log.info("relay_stopped")

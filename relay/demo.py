@@ -315,7 +315,7 @@ async def warm_speech(settings: Settings) -> None:
 async def warm_llm(settings: Settings) -> None:
     """Load the embedded LLM before the call (the relay shares this process's instance)."""
     from hosted_llm import LocalBackend
-    from relay.engine.hosted import hosted_backend
+    from relay.turns.hosted import hosted_backend
 
     backend = hosted_backend(settings)
     if isinstance(backend, LocalBackend):

@@ -38,3 +38,11 @@ def check_webhook_url(url: str, *, allow_private: bool) -> str | None:
     if not addr.is_global or addr.is_multicast:
         return PRIVATE
     return None
+
+
+def media_base_url(public_url: str) -> str:
+    """``http(s)://host`` as ``ws(s)://host``."""
+    for http, ws in (("https://", "wss://"), ("http://", "ws://")):
+        if public_url.startswith(http):
+            return ws + public_url[len(http) :]
+    return public_url

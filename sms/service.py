@@ -27,7 +27,6 @@ import contextlib
 import time
 from contextlib import AbstractAsyncContextManager
 from datetime import timedelta
-from typing import Any
 
 import aiohttp
 from aiohttp import web
@@ -250,22 +249,3 @@ class SmsService:
 
 
 SMS: web.AppKey[SmsService] = web.AppKey("sms", SmsService)
-
-
-def install(app: web.Application, settings: Settings, db: Database, **kwargs: Any) -> None:
-    """Add the SMS service to the app: call after the app's own start-up hook (migrations)."""
-    service = SmsService(settings, db, **kwargs)
-    app[SMS] = service
-
-    async def on_startup(app: web.Application) -> None:
-        await service.start()
-
-    async def on_shutdown(app: web.Application) -> None:
-        await service.stop()
-
-    async def on_cleanup(app: web.Application) -> None:
-        await service.close()
-
-    app.on_startup.append(on_startup)
-    app.on_shutdown.append(on_shutdown)
-    app.on_cleanup.append(on_cleanup)

@@ -25,11 +25,10 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import String, bindparam, exists, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from relay.calls.inbound import webhook_secrets
-from relay.engine.turns import TurnError, TurnRequest, stream_turn
 from relay.logs import get_logger
 from relay.store import Prepared, insert_at_commit
 from relay.store.models import Agent, Conversation, Message, OptOut, utcnow
+from relay.turns.protocol import TurnError, TurnRequest, stream_turn
 from sms.agents import live_agent
 from sms.history import recent_history
 from sms.optout import (
@@ -312,7 +311,7 @@ async def _turn(svc: SmsService, agent: Agent, payload: dict[str, Any]) -> Outco
     assert agent.webhook_url is not None
     turn = TurnRequest(
         url=agent.webhook_url,
-        secrets=webhook_secrets(agent),
+        secrets=agent.signing_secrets(),
         timeout_s=agent.webhook_timeout_ms / 1000,
         payload=payload,
     )

@@ -10,6 +10,7 @@ import jsonschema
 from pydantic import AnyHttpUrl, Field, TypeAdapter, field_validator, model_validator
 from sqlalchemy import bindparam, select, update
 
+from relay.agent_config import STORED_KEYS, AgentConfig
 from relay.api.routing import Context, Router
 from relay.api.schema import (
     APIModel,
@@ -106,33 +107,6 @@ class AgentToolOut(OutModel):
     url: str | None = None
     timeout_ms: int = 5000
     destinations: list[str] | None = None
-
-
-# Settings stored in the agent's JSON config column, with their defaults.
-CONFIG_DEFAULTS: dict[str, Any] = {
-    "system_prompt": None,
-    "greeting": None,
-    "first_speaker": "agent",
-    "voice": None,
-    "language": "en-US",
-    "model": None,
-    "temperature": None,
-    "interruptible": True,
-    "max_duration_seconds": 3000,
-    "inactivity_timeout_seconds": 30,
-    "inactivity_action": "reprompt",
-    "recording_enabled": False,
-    "post_call": None,
-    "metadata": {},
-    "stt": None,
-    "tts": None,
-    "fallback_text": None,
-    "filler_after_ms": None,
-    "filler_text": None,
-    "max_webhook_failures": 3,
-    "help_text": None,
-    "tools": None,
-}
 
 
 class AgentFields(APIModel):
@@ -267,7 +241,7 @@ def new_webhook_secret() -> str:
 
 
 def _to_out(agent: Agent, number_ids: list[str], cls: type[AgentOut] = AgentOut) -> Any:
-    cfg = {**CONFIG_DEFAULTS, **agent.config}
+    cfg = AgentConfig.from_stored(agent.config).stored()
     extra = {"webhook_secret": agent.webhook_secret} if cls is AgentWithSecret else {}
     return cls(
         id=agent.id,
@@ -360,7 +334,7 @@ async def create_agent(ctx: Context, body: AgentCreate) -> AgentWithSecret:
     mode = body.voice_mode or "webhook"
     url = str(body.webhook_url) if body.webhook_url else None
     _check_mode(ctx, mode, url, body.system_prompt, given.get("tools"))
-    config = {k: given[k] for k in CONFIG_DEFAULTS if k in given and given[k] is not None}
+    config = {k: given[k] for k in STORED_KEYS if k in given and given[k] is not None}
     now = utcnow()
     agent = Agent(
         id=new_id("agt"),
@@ -446,7 +420,7 @@ async def update_agent(ctx: Context, body: AgentUpdate) -> AgentOut:
     async with ctx.state.db.session() as session:
         agent = await load_agent(ctx, session, ctx.path("agent_id"))
         config = {**agent.config}
-        for key in CONFIG_DEFAULTS:
+        for key in STORED_KEYS:
             if key in given:
                 if given[key] is None:
                     config.pop(key, None)

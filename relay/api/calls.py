@@ -20,8 +20,9 @@ from sqlalchemy.sql import Select
 
 from hosted_llm.templates import render as render_template
 from relay import tokens
+from relay.agent_config import STORED_DEFAULTS
 from relay.api import call_log
-from relay.api.agents import CONFIG_DEFAULTS, PostCallConfig, load_agent, new_webhook_secret
+from relay.api.agents import PostCallConfig, load_agent, new_webhook_secret
 from relay.api.call_log import (
     CallEventOut,
     EventQuery,
@@ -33,6 +34,7 @@ from relay.api.call_log import (
 from relay.api.recordings import RecordingOut, recording_out
 from relay.api.routing import Context, Router
 from relay.api.schema import APIModel, OutModel, Page, PageQuery, encode_cursor
+from relay.calls.event_log import log_event
 from relay.calls.inbound import (
     MEDIA_TOKEN_PURPOSE,
     MEDIA_TOKEN_TTL_SECONDS,
@@ -40,8 +42,9 @@ from relay.calls.inbound import (
     agent_snapshot,
 )
 from relay.calls.intelligence import OVERRIDE_KEY as POST_CALL_KEY
-from relay.calls.lifecycle import LIVE, STATUSES, call_payload, log_event, transition
-from relay.calls.outbound import DIALLER, media_base_url
+from relay.calls.lifecycle import LIVE, STATUSES, call_payload, transition
+from relay.calls.media import MEDIA, LiveCall
+from relay.calls.outbound import DIALLER
 from relay.calls.recovery import lock_call
 from relay.errors import Conflict, Forbidden, NotFound, invalid_field
 from relay.events import emit
@@ -54,8 +57,7 @@ from relay.store.models import (
     Number,
     utcnow,
 )
-from relay.transports.runner import MEDIA, LiveCall
-from relay.urls import check_webhook_url
+from relay.urls import check_webhook_url, media_base_url
 from sms import refuse_if_opted_out
 
 router = Router()
@@ -493,7 +495,7 @@ async def create_inline_call(ctx: Context, body: InlineCallCreate) -> web.Respon
             direction="inbound",
             connection_type=body.connection_type,
             voice_mode=mode,
-            agent_snapshot=snapshot({**CONFIG_DEFAULTS, **config}, body.variables or {}, rate),
+            agent_snapshot=snapshot({**STORED_DEFAULTS, **config}, body.variables or {}, rate),
             call_metadata=body.metadata or {},
         )
         await open_call(session, call)

@@ -15,15 +15,15 @@ from __future__ import annotations
 from aiohttp import web
 
 from relay import tokens
-from relay.calls import inbound
+from relay.calls import inbound, media
+from relay.calls.media import MEDIA
 from relay.carriers.sim import voice as sim_voice
 from relay.carriers.twilio import voice as twilio_voice
-from relay.config import Settings
 from relay.errors import Forbidden
 from relay.state import APP_STATE
 from relay.store.models import Call
-from relay.transports import twilio, websocket
-from relay.transports.runner import MEDIA, MediaRuntime, VoiceEngine
+from relay.transports.twilio import TwilioConnection
+from relay.transports.websocket import WebsocketConnection
 
 MEDIA_TOKEN_REFUSED = "The media token is missing, invalid or expired: {why}."
 CALL_NOT_WAITING = "This call is not waiting for a media connection."
@@ -41,41 +41,14 @@ def _socket() -> web.WebSocketResponse:
 
 
 def install(app: web.Application) -> None:
-    """Add the carrier and media routes, and the per-app media runtime."""
-    state = app[APP_STATE]
-    settings = state.settings
-    app[MEDIA] = MediaRuntime(
-        db=state.db,
-        node_id=settings.effective_node_id(),
-        engine_factory=lambda: _engine(settings),
-    )
+    """Add the carrier and media routes (the media runtime is built by ``relay.app``)."""
+    settings = app[APP_STATE].settings
     app.router.add_post("/carriers/twilio/voice", twilio_voice.voice_webhook)
     app.router.add_post(twilio_voice.AFTER_PATH, twilio_voice.after_stream)
     if settings.sim_enabled:
         app.router.add_post(sim_voice.PATH, sim_voice.voice_webhook)
     app.router.add_get("/media/twilio", twilio_media)
     app.router.add_get("/media/websocket", websocket_media)
-    app.on_shutdown.append(_end_live_calls)
-    app.on_cleanup.append(_close)
-
-
-def _engine(settings: Settings) -> VoiceEngine:
-    # Imported on first use: the engine pulls in livekit and the speech runtimes (seconds).
-    # livekit plugins must register on the main thread, and warm() loads the VAD in a
-    # worker thread: import the plugin here first.
-    import livekit.plugins.silero  # noqa: F401
-
-    from relay.engine import VoiceEngine as Engine
-
-    return Engine(settings)
-
-
-async def _end_live_calls(app: web.Application) -> None:
-    await app[MEDIA].shutdown()
-
-
-async def _close(app: web.Application) -> None:
-    await app[MEDIA].close()
 
 
 def _verify(request: web.Request, token: str | None) -> str:
@@ -112,9 +85,7 @@ async def twilio_media(request: web.Request) -> web.StreamResponse:
     deps = request.app[MEDIA].deps()
     ws = _socket()
     await ws.prepare(request)
-    await request.app[MEDIA].serve(
-        twilio.serve(ws, deps, request.app[APP_STATE].signing_key, call_id)
-    )
+    await request.app[MEDIA].serve(media.serve(deps, TwilioConnection(ws), call_id))
     return ws
 
 
@@ -125,5 +96,6 @@ async def websocket_media(request: web.Request) -> web.StreamResponse:
     deps = request.app[MEDIA].deps()
     ws = _socket()
     await ws.prepare(request)
-    await request.app[MEDIA].serve(websocket.serve(ws, deps, call_id, inbound.sample_rate_of(call)))
+    conn = WebsocketConnection(ws, inbound.sample_rate_of(call))
+    await request.app[MEDIA].serve(media.serve(deps, conn, call_id))
     return ws

@@ -7,7 +7,7 @@ and a media token good for :data:`MEDIA_TOKEN_TTL_SECONDS` is issued for it. Whe
 carrier's media socket presents that token, :func:`begin` moves the call to ``in_progress``
 (once: a second socket for the same call is refused) and builds the engine's
 :class:`~relay.engine.ports.CallSetup`; an outbound call's socket arrives the same way, while
-it rings. :func:`finish` records the end.
+it rings. :func:`relay.calls.live.finish` records the end.
 
 An agent's webhook secrets are not copied into the snapshot; :func:`begin` reads them from
 the agent, so they never sit in the calls table. (A call opened with inline settings has no
@@ -29,11 +29,10 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from relay import tokens
-from relay.api.agents import CONFIG_DEFAULTS
-from relay.calls.lifecycle import call_payload, log_event, transition
-from relay.calls.outbound import media_base_url
-from relay.calls.records import end_call
-from relay.calls.recovery import hold_call, lock_call, release_call
+from relay.agent_config import STORED_DEFAULTS, AgentConfig
+from relay.calls.event_log import log_event
+from relay.calls.lifecycle import call_payload, transition
+from relay.calls.recovery import hold_call, lock_call
 from relay.engine.ports import CallSetup
 from relay.events import emit
 from relay.ids import new_id
@@ -41,6 +40,7 @@ from relay.logs import get_logger
 from relay.state import AppState
 from relay.store.db import Database
 from relay.store.models import Agent, Call, Number, utcnow
+from relay.urls import media_base_url
 from relay_numbers.routing import number_for_inbound
 
 log = get_logger("relay.calls.inbound")
@@ -51,7 +51,6 @@ SAMPLE_RATES = (8000, 16000, 24000, 48000)
 CONNECTION_TYPES = ("twilio", "sim", "websocket")
 # The key in ``Call.agent_snapshot`` holding how the media travels (not an agent setting).
 TRANSPORT_KEY = "transport"
-_NOT_SETTINGS = frozenset({TRANSPORT_KEY, "webhook_secret"})
 
 
 class CallUnavailable(Exception):
@@ -83,24 +82,13 @@ class WebsocketCall:
 def agent_snapshot(agent: Agent) -> dict[str, Any]:
     """The agent's settings as a call freezes them: defaults applied, snake_case keys."""
     return {
-        **CONFIG_DEFAULTS,
+        **STORED_DEFAULTS,
         **agent.config,
         "name": agent.name,
         "voice_mode": agent.voice_mode,
         "webhook_url": agent.webhook_url,
         "webhook_timeout_ms": agent.webhook_timeout_ms,
     }
-
-
-def webhook_secrets(agent: Agent | None) -> tuple[str, ...]:
-    """The current secret, plus the previous one while its grace period runs."""
-    if agent is None:
-        return ()
-    out = [agent.webhook_secret]
-    expires = agent.previous_webhook_secret_expires_at
-    if agent.previous_webhook_secret and expires is not None and expires > utcnow():
-        out.append(agent.previous_webhook_secret)
-    return tuple(out)
 
 
 async def _live_agent(session: AsyncSession, agent_id: str, project_id: str) -> Agent | None:
@@ -308,10 +296,11 @@ async def begin(
 
 
 def _setup(call: Call, agent: Agent | None) -> CallSetup:
-    snapshot = {k: v for k, v in call.agent_snapshot.items() if k not in _NOT_SETTINGS}
+    config = AgentConfig.from_stored(call.agent_snapshot)
     # A call opened with inline settings has no agent; its secret lives in the snapshot.
     inline_secret = call.agent_snapshot.get("webhook_secret")
-    secrets = webhook_secrets(agent) or ((inline_secret,) if inline_secret else ())
+    secrets = agent.signing_secrets() if agent is not None else ()
+    secrets = secrets or ((inline_secret,) if inline_secret else ())
     return CallSetup(
         call_id=call.id,
         project_id=call.project_id,
@@ -322,10 +311,10 @@ def _setup(call: Call, agent: Agent | None) -> CallSetup:
         from_number=call.from_number,
         to_number=call.to_number,
         voice_mode=call.voice_mode,
-        webhook_url=snapshot.get("webhook_url"),
+        webhook_url=config.webhook_url,
         webhook_secrets=secrets,
-        webhook_timeout_ms=int(snapshot.get("webhook_timeout_ms") or 30000),
-        agent=snapshot,
+        webhook_timeout_ms=config.webhook_timeout_ms,
+        agent=config,
         metadata=dict(call.call_metadata or {}),
     )
 
@@ -334,27 +323,6 @@ async def load_call(db: Database, call_id: str) -> Call | None:
     async with db.session() as session:
         call: Call | None = await session.get(Call, call_id)
     return call
-
-
-async def finish(db: Database, call_id: str, status: str, reason: str | None = None) -> bool:
-    """Record the end of a running call and let go of it; ``False`` if it had already
-    ended (the engine records some ends itself)."""
-    async with db.session() as session:
-        ended = await end_call(session, call_id, status, reason=reason)
-        await release_call(session, call_id)
-    if ended:
-        log.info("call_ended", call_id=call_id, status=status, reason=reason)
-    return ended
-
-
-async def expire_unconnected(db: Database, call_id: str) -> bool:
-    """Fail a call still waiting for its media socket (``network_timeout``)."""
-    async with db.session() as session:
-        call = await lock_call(session, call_id)
-        if call is None or call.status not in ("queued", "connecting"):
-            return False
-        await transition(session, call, "failed", reason="network_timeout")
-    return True
 
 
 async def telephony_event(

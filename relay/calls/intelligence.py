@@ -33,12 +33,10 @@ from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from hosted_llm import ChatBackend, LLMError, Message, Priority, TextDelta
-from relay.calls.lifecycle import log_event
+from relay.calls.event_log import log_event
 from relay.config import Settings
-from relay.engine.hosted import hosted_backend
 from relay.events import emit
 from relay.logs import get_logger
-from relay.state import APP_STATE
 from relay.store.db import Database
 from relay.store.models import Call, CallAnalysis, TranscriptSegment, utcnow
 
@@ -514,20 +512,3 @@ class IntelligenceWorker:
 # --------------------------------------------------------------------------------- the app
 
 INTELLIGENCE: web.AppKey[IntelligenceWorker] = web.AppKey("relay_intelligence", IntelligenceWorker)
-
-
-def install(app: web.Application) -> None:
-    """Start the worker with the app (after the schema is migrated), stop it on cleanup."""
-    state = app[APP_STATE]
-    app[INTELLIGENCE] = IntelligenceWorker(
-        state.db, state.settings, lambda: hosted_backend(state.settings)
-    )
-
-    async def start(app: web.Application) -> None:
-        app[INTELLIGENCE].start()
-
-    async def stop(app: web.Application) -> None:
-        await app[INTELLIGENCE].stop()
-
-    app.on_startup.append(start)
-    app.on_shutdown.append(stop)  # before on_cleanup closes the database

@@ -13,6 +13,7 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from relay.calls import intelligence
 from relay.events import emit
 from relay.ids import new_id
 from relay.logs import get_logger
@@ -106,30 +107,5 @@ async def transition(
         data=call_payload(call),
         ordering_key=call.id,
     )
-    if status == "completed":
-        from relay.calls import intelligence  # post-call jobs ride this same transaction
-
+    if status == "completed":  # post-call jobs ride this same transaction
         await intelligence.enqueue(session, call)
-
-
-async def log_event(
-    session: AsyncSession,
-    call_id: str,
-    source: str,
-    message: str,
-    *,
-    level: str = "info",
-    data: dict[str, Any] | None = None,
-) -> None:
-    """Append to the call's event log (source: lifecycle|webhook|telephony|engine|post_call)."""
-    session.add(
-        CallEvent(
-            id=new_id("cev"),
-            call_id=call_id,
-            level=level,
-            source=source,
-            message=message,
-            data=data,
-            created_at=utcnow(),
-        )
-    )

@@ -29,13 +29,15 @@ from typing import Any, Protocol, TypeVar, runtime_checkable
 from aiohttp import web
 
 from relay import tokens
-from relay.calls.lifecycle import LIVE, TRANSITIONS, log_event, transition
+from relay.calls.event_log import log_event
+from relay.calls.lifecycle import LIVE, TRANSITIONS, transition
 from relay.calls.recovery import hold_call, lock_call, release_call
 from relay.carriers import CarrierError, CarrierRegistry
 from relay.events.writing import writing
 from relay.logs import get_logger
 from relay.store.db import Database
 from relay.store.models import Number
+from relay.urls import media_base_url
 
 log = get_logger("relay.calls.outbound")
 T = TypeVar("T")
@@ -99,14 +101,6 @@ class NobodyAnswers:
 
     async def dial(self, request: DialRequest) -> OutboundLeg:
         return _RingsForever("SIMOUT" + request.call_id.removeprefix("call_"))
-
-
-def media_base_url(public_url: str) -> str:
-    """``http(s)://host`` as ``ws(s)://host``."""
-    for http, ws in (("https://", "wss://"), ("http://", "ws://")):
-        if public_url.startswith(http):
-            return ws + public_url[len(http) :]
-    return public_url
 
 
 class _Stopped(Exception):
@@ -292,5 +286,4 @@ __all__ = [
     "NobodyAnswers",
     "OutboundLeg",
     "PlacesCalls",
-    "media_base_url",
 ]

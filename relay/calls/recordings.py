@@ -21,23 +21,21 @@ import contextlib
 from collections.abc import Coroutine
 from datetime import timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from aiohttp import web
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from relay.calls.lifecycle import LIVE, log_event
+from relay.calls.event_log import log_event
+from relay.calls.lifecycle import LIVE
 from relay.config import Settings
+from relay.engine.recording import StereoRecorder
 from relay.events import emit
 from relay.events.writing import writing
 from relay.logs import get_logger
-from relay.state import APP_STATE
 from relay.store.db import Database
 from relay.store.models import Call, Project, Recording, utcnow
-
-if TYPE_CHECKING:  # the engine imports this module; importing it back here would be a cycle
-    from relay.engine.recording import StereoRecorder
 
 log = get_logger("relay.calls.recordings")
 
@@ -279,18 +277,3 @@ class RecordingWorker:
 
 
 RECORDINGS: web.AppKey[RecordingWorker] = web.AppKey("relay_recordings", RecordingWorker)
-
-
-def install(app: web.Application) -> None:
-    """Start the purge worker with the app (after the schema is migrated)."""
-    state = app[APP_STATE]
-    app[RECORDINGS] = RecordingWorker(state.db, state.settings)
-
-    async def start(app: web.Application) -> None:
-        app[RECORDINGS].start()
-
-    async def stop(app: web.Application) -> None:
-        await app[RECORDINGS].stop()
-
-    app.on_startup.append(start)
-    app.on_shutdown.append(stop)

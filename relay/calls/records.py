@@ -1,22 +1,28 @@
-"""What the voice engine writes about a call: transcript, turn metrics, events, state, the end.
+"""What the voice engine reports about a call, stored: transcript, turn metrics, events,
+state, the recording; and the end.
 
-The engine never waits on the database in its audio path: a :class:`CallRecorder` queues
-rows and one writer task per call stores them in order, several per transaction.
-:func:`end_call` is the one way to finish a call from the engine or a transport: it is
-idempotent, so whoever learns of the end first records it and the other is a no-op.
+The engine never waits on the database in its audio path: a :class:`CallRecorder` (the
+engine's :class:`~relay.engine.ports.CallSink`) queues rows and one writer task per call
+stores them in order, several per transaction. :func:`end_call` writes a running call's end;
+it is idempotent, so a call that already ended (expired, failed by recovery) stays as it was.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from relay.calls.lifecycle import LIVE, log_event, transition
+from relay.calls import recordings
+from relay.calls.event_log import log_event
+from relay.calls.lifecycle import LIVE, transition
+from relay.config import Settings
+from relay.engine.ports import Segment
+from relay.engine.recording import StereoRecorder
 from relay.ids import new_id
 from relay.logs import get_logger
 from relay.store.db import Database
@@ -25,17 +31,6 @@ from relay.store.models import Call, TranscriptSegment, TurnMetrics
 log = get_logger("relay.calls.records")
 
 Write = Callable[[AsyncSession], Any]
-
-
-@dataclass(frozen=True, slots=True)
-class Segment:
-    seq: int
-    speaker: str  # agent | user | dtmf
-    text: str
-    start_ms: int
-    end_ms: int
-    interrupted: bool = False
-    data: dict[str, Any] | None = None
 
 
 async def end_call(
@@ -69,11 +64,22 @@ async def end_call(
 
 
 class CallRecorder:
-    """Ordered, batched, fire-and-forget writes for one call."""
+    """Ordered, batched, fire-and-forget writes for one call: the engine's call sink."""
 
-    def __init__(self, db: Database, call_id: str) -> None:
+    def __init__(
+        self,
+        db: Database,
+        call_id: str,
+        *,
+        project_id: str = "",
+        settings: Settings | None = None,
+        jobs: recordings.RecordingJobs | None = None,
+    ) -> None:
         self.db = db
         self.call_id = call_id
+        self.project_id = project_id
+        self.settings = settings or Settings()
+        self.jobs = jobs or recordings.RecordingJobs()
         self._queue: asyncio.Queue[Write | None] = asyncio.Queue()
         self._task: asyncio.Task[None] | None = None
         self.failed_writes = 0
@@ -136,6 +142,21 @@ class CallRecorder:
                 call.conversation_state = state
 
         self._put(write)
+
+    def recording_dir(self) -> Path:
+        return recordings.recordings_dir(self.settings, self.project_id)
+
+    def recording_started(self, recording: StereoRecorder) -> None:
+        async def write(session: AsyncSession) -> None:
+            await recordings.open_row(
+                session, self.settings, self.call_id, self.project_id, recording
+            )
+
+        self._put(write)
+
+    def recording_finished(self, recording: StereoRecorder) -> None:
+        """Encoded and stored in the background: the call's end never waits for it."""
+        self.jobs.spawn(recordings.finish(self.db, self.call_id, recording))
 
     async def flush(self) -> None:
         """Wait until everything queued so far is stored, and stop the writer."""

@@ -30,7 +30,9 @@ from aiohttp import web
 from sqlalchemy import bindparam, delete, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from relay.calls.lifecycle import IllegalTransition, log_event, transition
+from relay.calls.event_log import log_event
+from relay.calls.lifecycle import IllegalTransition, transition
+from relay.events.delivery import release_leases
 from relay.logs import get_logger
 from relay.store.db import Database
 from relay.store.models import Call, CallLease, RelayNode, utcnow
@@ -176,11 +178,19 @@ async def unheld_queued_outbound(db: Database, *, older_than: float = 0.0) -> li
         return list(rows.scalars())
 
 
+async def expire_unconnected(db: Database, call_id: str) -> bool:
+    """Fail a call still waiting for its media socket (``network_timeout``)."""
+    async with db.session() as session:
+        call = await lock_call(session, call_id)
+        if call is None or call.status not in ("queued", "connecting"):
+            return False
+        await transition(session, call, "failed", reason="network_timeout")
+    return True
+
+
 async def expire_unjoined(db: Database, older_than: float) -> list[str]:
     """Fail (``network_timeout``) calls that nobody holds and that still wait for a media
     socket long after their join token expired: nobody can connect them any more."""
-    from relay.calls.inbound import expire_unconnected
-
     before = utcnow() - timedelta(seconds=older_than)
     async with db.session() as session:
         rows = await session.execute(
@@ -253,8 +263,6 @@ class Recovery:
 
     async def recover(self) -> list[str]:
         """Startup recovery; returns the ids of the calls closed."""
-        from relay.events.delivery import release_leases
-
         await heartbeat(self.db, self.node_id, starting=True)
         released = await release_leases(self.db, self.node_id)
         closed = await self.sweep(starting=True)
@@ -306,52 +314,12 @@ class Recovery:
 RECOVERY: web.AppKey[Recovery] = web.AppKey("relay_recovery", Recovery)
 
 
-def install(app: web.Application) -> None:
-    """Give the app its dialler, webhook delivery worker and recovery (started later)."""
-    from relay.calls.outbound import DIALLER, Dialler
-    from relay.events.delivery import DELIVERY, DeliveryWorker
-    from relay.state import APP_STATE
-
-    state = app[APP_STATE]
-    settings = state.settings
-    node_id = settings.effective_node_id()
-    app[DIALLER] = Dialler(
-        state.db,
-        state.carriers,
-        node_id=node_id,
-        signing_key=state.signing_key,
-        public_url=settings.effective_public_url(),
-        ring_timeout=settings.outbound_ring_timeout_seconds,
-    )
-    app[DELIVERY] = DeliveryWorker(state.db, settings, node_id=node_id)
-    app[RECOVERY] = Recovery(state.db, node_id, settings.node_timeout_seconds, app[DIALLER].redial)
-
-
-async def start(app: web.Application) -> None:
-    """After migrations: deliver webhooks, recover what a dead node left, dial."""
-    from relay.events.delivery import DELIVERY
-
-    await app[RECOVERY].start(app[DELIVERY].start)
-
-
-async def stop(app: web.Application) -> None:
-    """Before the database closes: stop dialling, deliver what is ready, stop."""
-    from relay.calls.outbound import DIALLER
-    from relay.events.delivery import DELIVERY
-
-    await app[DIALLER].stop()
-    await app[RECOVERY].stop()
-    await app[DELIVERY].stop()
-
-
 __all__ = [
     "RECOVERY",
     "Recovery",
+    "expire_unconnected",
     "hold_call",
-    "install",
     "lock_call",
     "orphaned_calls",
     "release_call",
-    "start",
-    "stop",
 ]

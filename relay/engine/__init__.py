@@ -3,19 +3,29 @@
 A transport connects a call, then hands it to the engine and pumps audio both ways::
 
     engine = VoiceEngine(settings)        # one per process; await engine.warm() at startup
-    handle = await engine.start_call(setup, line, db, http)   # line: your CallerLine
+    handle = await engine.start_call(setup, line, sink, http)  # your CallerLine and CallSink
     handle.push_audio(pcm, rate)          # every decoded frame, any rate, never blocks
     handle.push_dtmf("5")                 # caller key presses
     handle.caller_hung_up()               # the carrier says the caller left
-    status, reason = await handle.wait()  # ("completed", None) or ("failed", reason)
+    end = await handle.wait()             # CallEnd("completed") or CallEnd("failed", reason)
 
-When the engine itself ends a call (hangup or transfer chunk, the webhook failure limit,
-inactivity, max duration) it has already recorded the end with
-:func:`relay.calls.records.end_call`; that helper is idempotent, so a transport can call it
-after ``wait()`` for every call and only the first writer changes anything.
+The engine depends on ports only (:mod:`relay.engine.ports`) and on the turn protocol
+(:mod:`relay.turns`): it stores nothing and knows no carrier. Whoever started the call
+writes what the sink is told and how the call ended (:mod:`relay.calls.live`).
+
+    session    one call: livekit's AgentSession wired to the line, the brain, the sink
+    turn       one agent.message round trip and the reply it plans
+    speaking   reply text to audio frames, marked for barge-in and metrics
+    history    recentHistory and the transcript's segments
+    timers     inactivity and maximum duration
+    speech     the speech engines (STT, TTS, VAD), one module each
+
+Errors: the engine raises nothing at a caller once a call runs; a failure ends that call
+(``CallEnd("failed", "agent_error")``) and never another one. ``start_call`` raises
+``ValueError`` for a setup it cannot run.
 """
 
 from relay.engine.engine import VoiceEngine
-from relay.engine.ports import CallerLine, CallHandle, CallSetup
+from relay.engine.ports import CallEnd, CallerLine, CallHandle, CallSetup, CallSink, Segment
 
-__all__ = ["CallHandle", "CallSetup", "CallerLine", "VoiceEngine"]
+__all__ = ["CallEnd", "CallHandle", "CallSetup", "CallSink", "CallerLine", "Segment", "VoiceEngine"]

@@ -7,14 +7,12 @@ import gc
 
 import aiohttp
 
-from relay.calls.recordings import RecordingJobs
 from relay.config import Settings
 from relay.engine import speech
-from relay.engine.hosted import with_templates
-from relay.engine.ports import CallerLine, CallHandle, CallSetup
+from relay.engine.ports import CallerLine, CallHandle, CallSetup, CallSink
 from relay.engine.session import CallSession
 from relay.logs import get_logger
-from relay.store.db import Database
+from relay.turns import with_templates
 
 log = get_logger("relay.engine")
 
@@ -26,7 +24,6 @@ class VoiceEngine:
         self.settings = settings or Settings()
         self.active: dict[str, CallHandle] = {}
         self._sessions: dict[str, CallSession] = {}
-        self.recordings = RecordingJobs()  # encodes that outlive their calls
         speech.configure(
             inference_threads=self.settings.inference_threads,
             tts_cache_bytes=self.settings.tts_cache_mb * 1024 * 1024,
@@ -51,14 +48,15 @@ class VoiceEngine:
         self,
         setup: CallSetup,
         line: CallerLine,
-        db: Database,
+        sink: CallSink,
         http: aiohttp.ClientSession,
     ) -> CallHandle:
-        """Start the engine side of a call whose transport is connected."""
+        """Start the engine side of a call whose transport is connected; what happens on it
+        is reported to ``sink``."""
         if setup.voice_mode not in ("webhook", "hosted"):
             raise ValueError(f"unknown voice mode {setup.voice_mode!r}")
         setup = with_templates(setup)  # {{call.from}}, {{user.name}}... in prompt and greeting
-        session = CallSession(setup, line, db, http, self.settings, self.recordings)
+        session = CallSession(setup, line, sink, http, self.settings)
         self.active[setup.call_id] = session
         self._sessions[setup.call_id] = session
         session._outcome.add_done_callback(lambda _: self._forget(setup.call_id))
@@ -77,8 +75,6 @@ class VoiceEngine:
         self._sessions.pop(call_id, None)
 
     async def close(self) -> None:
-        """End every live call (``failed`` / ``relay_restart``) and wait for them, and for
-        their recordings to be encoded."""
+        """End every live call (``failed`` / ``relay_restart``) and wait for them."""
         sessions = list(self._sessions.values())
         await asyncio.gather(*(s.end("relay_restart") for s in sessions), return_exceptions=True)
-        await self.recordings.drain()

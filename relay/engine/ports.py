@@ -7,42 +7,50 @@ transport's :class:`CallerLine`. Nothing in the engine knows which carrier a cal
 The engine paces outbound audio itself (one 20 ms frame per 20 ms of wall time), so it
 knows exactly what the caller has heard when they barge in; ``send_audio`` should write the
 frame out at once and never sleep.
+
+The engine stores nothing itself: it reports a call's transcript, metrics, events and
+recording to the :class:`CallSink` it was given, and ``wait()`` says how the call ended
+(:class:`CallEnd`); the calls domain writes both.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any, Protocol
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal, Protocol
 
 import numpy as np
 import numpy.typing as npt
+
+from relay.engine.recording import StereoRecorder
+from relay.turns.setup import CallSetup
 
 PCM = npt.NDArray[np.int16]
 FRAME_MS = 20
 
 
 @dataclass(frozen=True, slots=True)
-class CallSetup:
-    """Everything the engine needs to run one call, frozen when the call was created."""
+class Segment:
+    """One line of the transcript, in milliseconds from the start of the call."""
 
-    call_id: str
-    project_id: str
-    agent_id: str | None
-    number_id: str | None
-    direction: str  # inbound | outbound
-    channel: str  # voice
-    from_number: str | None
-    to_number: str | None
-    voice_mode: str  # webhook | hosted
-    webhook_url: str | None
-    webhook_secrets: tuple[str, ...]
-    webhook_timeout_ms: int
-    # The agent's settings at call creation (snake_case keys, defaults applied): greeting,
-    # first_speaker, interruptible, inactivity_timeout_seconds, inactivity_action,
-    # max_duration_seconds, stt, tts, voice, fallback_text, filler_after_ms, filler_text,
-    # max_webhook_failures, system_prompt, ...
-    agent: dict[str, Any] = field(default_factory=dict)
-    metadata: dict[str, Any] = field(default_factory=dict)
+    seq: int
+    speaker: str  # agent | user | dtmf | tool
+    text: str
+    start_ms: int
+    end_ms: int
+    interrupted: bool = False
+    data: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class CallEnd:
+    """How a call ended: ``completed``, or ``failed`` with a stable ``reason``; ``detail``
+    (and ``data``) say why in the call's event log when the engine itself ended it."""
+
+    status: Literal["completed", "failed"]
+    reason: str | None = None
+    detail: str | None = None
+    data: dict[str, Any] | None = None
 
 
 class CallerLine(Protocol):
@@ -79,5 +87,36 @@ class CallHandle(Protocol):
     async def end(self, reason: str = "completed") -> None:
         """End from the API or the relay; returns once the call has stopped."""
 
-    async def wait(self) -> tuple[str, str | None]:
-        """Wait for the end: ``("completed", None)`` or ``("failed", reason)``."""
+    async def wait(self) -> CallEnd:
+        """Wait for the end; the engine writes nothing about it, its caller does."""
+
+
+class CallSink(Protocol):
+    """Where the engine reports what happens on a call; the calls domain stores it. Every
+    method but :meth:`flush` returns at once (the audio path never waits on storage)."""
+
+    def segment(self, segment: Segment) -> None: ...
+
+    def turn_metrics(self, turn_id: str, values: dict[str, Any]) -> None: ...
+
+    def event(
+        self, source: str, message: str, *, level: str = "info", data: dict[str, Any] | None = None
+    ) -> None:
+        """One line of the call's event log."""
+
+    def conversation_state(self, state: dict[str, Any]) -> None:
+        """The ``state`` the brain returned, echoed back next turn."""
+
+    def recording_dir(self) -> Path:
+        """Where this call's recording file goes (the engine writes it while the call runs)."""
+
+    def recording_started(self, recording: StereoRecorder) -> None: ...
+
+    def recording_finished(self, recording: StereoRecorder) -> None:
+        """The file is closed; encoding and storing it may outlive the call."""
+
+    async def flush(self) -> None:
+        """Return once everything reported so far is stored."""
+
+
+__all__ = ["PCM", "CallEnd", "CallHandle", "CallSetup", "CallSink", "CallerLine", "Segment"]

@@ -8,27 +8,30 @@ the session the moment it arrives. Everything a chunk carries besides text (``st
 
 from __future__ import annotations
 
-import time
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from enum import StrEnum
 from typing import Any
 
 from livekit.agents import DEFAULT_API_CONNECT_OPTIONS, APIConnectOptions, llm
 from livekit.agents.types import NOT_GIVEN, NotGivenOr
 
 from relay.engine.speech import UtteranceTiming
-from relay.engine.turns import TurnTiming
 from relay.metrics import TURN_STAGES
+from relay.turns.protocol import TurnTiming
 
 Emit = Callable[[str], None]
 TurnRunner = Callable[[llm.ChatContext, Emit], Awaitable[None]]
 
 
-def iso(ts: float | None = None) -> str:
-    moment = datetime.fromtimestamp(ts if ts is not None else time.time(), UTC)
-    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+class Action(StrEnum):
+    """What a reply asks for besides words, carried out once it has been spoken."""
+
+    DTMF = "dtmf"
+    TRANSFER = "transfer"
+    HANGUP = "hangup"
+    FAIL = "fail"  # the turn failed once too often: end the call
 
 
 @dataclass(slots=True)
@@ -116,7 +119,7 @@ class ReplyPlan:
     turn: TurnRecord
     default_interruptible: bool
     marks: list[tuple[int, bool]] = field(default_factory=list)  # (text offset, interruptible)
-    actions: list[tuple[str, str]] = field(default_factory=list)  # (dtmf|transfer|hangup|fail, arg)
+    actions: list[tuple[Action, str]] = field(default_factory=list)  # (action, its argument)
     text: str = ""
 
     def add_text(self, text: str, interruptible: bool | None) -> None:

@@ -108,6 +108,15 @@ class Agent(Base):
     updated_at: Mapped[datetime] = mapped_column(default=utcnow)
     deleted_at: Mapped[datetime | None] = mapped_column()
 
+    def signing_secrets(self) -> tuple[str, ...]:
+        """The secrets a request to its webhook is signed with: the current one, plus the
+        previous one while its grace period runs."""
+        out = [self.webhook_secret]
+        expires = self.previous_webhook_secret_expires_at
+        if self.previous_webhook_secret and expires is not None and expires > utcnow():
+            out.append(self.previous_webhook_secret)
+        return tuple(out)
+
 
 class Number(Base):
     __tablename__ = "numbers"

@@ -13,13 +13,11 @@ import math
 import numpy as np
 from aiohttp import WSCloseCode, WSMsgType, web
 
-from relay import tokens
-from relay.calls import inbound
 from relay.engine.codecs import ulaw_decode, ulaw_encode
 from relay.engine.ports import PCM, CallHandle
 from relay.logs import get_logger
+from relay.transports import BadFrame, Handshake, Note
 from relay.transports import twilio_protocol as tp
-from relay.transports.runner import BadFrames, CallerPump, MediaDeps, run_call
 
 log = get_logger("relay.transports.twilio")
 
@@ -56,11 +54,10 @@ class TwilioLine:
 
     sample_rate = RATE
 
-    def __init__(self, ws: web.WebSocketResponse, stream_sid: str, deps: MediaDeps, call_id: str):
+    def __init__(self, ws: web.WebSocketResponse, stream_sid: str, note: Note):
         self._ws = ws
         self._sid = stream_sid
-        self._deps = deps
-        self._call_id = call_id
+        self._note = note
 
     async def _send(self, text: str) -> None:
         if not self._ws.closed:
@@ -80,9 +77,7 @@ class TwilioLine:
     async def transfer(self, to: str) -> None:
         """Recorded on the call; Twilio asks ``/carriers/twilio/voice/after`` once the stream
         ends and is answered with a ``<Dial>`` to this number."""
-        await inbound.telephony_event(
-            self._deps.db, self._call_id, "transfer", level="info", data={"transfer": to}
-        )
+        await self._note("transfer", {"transfer": to})
 
     async def hangup(self) -> None:
         if not self._ws.closed:
@@ -110,54 +105,41 @@ async def _wait_for_start(ws: web.WebSocketResponse) -> tp.Start | None:
     return None
 
 
-async def refuse(ws: web.WebSocketResponse, why: str) -> None:
-    log.info("media_socket_refused", transport="twilio", reason=why)
-    await ws.close(code=WSCloseCode.POLICY_VIOLATION, message=why.encode()[:120])
+class TwilioConnection:
+    """A Twilio Media Streams socket (a :class:`~relay.transports.MediaConnection`)."""
 
+    connection_types: tuple[str, ...] = ("twilio", "sim")
 
-async def serve(
-    ws: web.WebSocketResponse, deps: MediaDeps, signing_key: bytes, call_id: str | None
-) -> None:
-    """Run one Twilio media socket. ``call_id`` comes from a token already checked in the
-    URL; without one, the ``start`` frame's ``token`` parameter must carry it."""
-    start = await _wait_for_start(ws)
-    if start is None:
-        await refuse(ws, "no start frame")
-        return
-    if call_id is None:
-        try:
-            call_id = tokens.verify(
-                signing_key,
-                start.custom_parameters.get("token", ""),
-                inbound.MEDIA_TOKEN_PURPOSE,
-            )
-        except tokens.TokenError as exc:
-            await refuse(ws, f"media token: {exc}")
-            return
-    try:
-        setup = await inbound.begin(
-            deps.db,
-            call_id,
-            node_id=deps.node_id,
-            connection_types=("twilio", "sim"),
-            carrier_call_id=start.call_sid or None,
+    def __init__(self, ws: web.WebSocketResponse) -> None:
+        self._ws = ws
+        self._start: tp.Start | None = None
+
+    async def handshake(self) -> Handshake | None:
+        self._start = await _wait_for_start(self._ws)
+        if self._start is None:
+            await self.refuse("no start frame")
+            return None
+        return Handshake(
+            token=self._start.custom_parameters.get("token"),
+            carrier_call_id=self._start.call_sid or None,
         )
-    except inbound.CallUnavailable as exc:
-        await refuse(ws, exc.message)
-        return
-    line = TwilioLine(ws, start.stream_sid, deps, call_id)
-    await run_call(deps, setup, line, _pump(ws, deps, call_id))
 
+    async def refuse(self, why: str) -> None:
+        log.info("media_socket_refused", transport="twilio", reason=why)
+        await self._ws.close(code=WSCloseCode.POLICY_VIOLATION, message=why.encode()[:120])
 
-def _pump(ws: web.WebSocketResponse, deps: MediaDeps, call_id: str) -> CallerPump:
-    async def pump(handle: CallHandle) -> None:
-        bad = BadFrames(deps.db, call_id)
-        async for msg in ws:
+    async def accept(self, call_id: str, note: Note) -> TwilioLine:
+        assert self._start is not None, "accept() follows a handshake"
+        return TwilioLine(self._ws, self._start.stream_sid, note)
+
+    async def pump(self, handle: CallHandle, bad_frame: BadFrame) -> None:
+        call_id = handle.call_id
+        async for msg in self._ws:
             if msg.type == WSMsgType.TEXT:
                 try:
                     event = tp.parse(msg.data)
                 except tp.ProtocolError as exc:
-                    await bad.record(str(exc), msg.data)
+                    await bad_frame(str(exc), msg.data)
                     continue
                 if isinstance(event, tp.Media):
                     handle.push_audio(ulaw_decode(event.payload), RATE)
@@ -167,7 +149,5 @@ def _pump(ws: web.WebSocketResponse, deps: MediaDeps, call_id: str) -> CallerPum
                     log.info("carrier_stop", call_id=call_id)
                     return
             elif msg.type == WSMsgType.BINARY:
-                await bad.record("binary frame (Media Streams frames are JSON text)", msg.data)
+                await bad_frame("binary frame (Media Streams frames are JSON text)", msg.data)
         log.info("carrier_socket_closed", call_id=call_id)
-
-    return pump

@@ -21,10 +21,9 @@ from typing import Any
 import numpy as np
 from aiohttp import WSMsgType, web
 
-from relay.calls import inbound
 from relay.engine.ports import PCM, CallHandle
 from relay.logs import get_logger
-from relay.transports.runner import BadFrames, CallerPump, MediaDeps, run_call
+from relay.transports import BadFrame, Handshake, Note
 
 log = get_logger("relay.transports.websocket")
 
@@ -64,40 +63,47 @@ class WebsocketLine:
             await self._ws.close()
 
 
-async def serve(ws: web.WebSocketResponse, deps: MediaDeps, call_id: str, sample_rate: int) -> None:
-    """Run one raw websocket call whose token was checked before the upgrade."""
-    try:
-        setup = await inbound.begin(
-            deps.db, call_id, node_id=deps.node_id, connection_types=("websocket",)
+class WebsocketConnection:
+    """A raw PCM socket whose media token was checked before the upgrade (a
+    :class:`~relay.transports.MediaConnection`)."""
+
+    connection_types: tuple[str, ...] = ("websocket",)
+
+    def __init__(self, ws: web.WebSocketResponse, sample_rate: int) -> None:
+        self._ws = ws
+        self.sample_rate = sample_rate
+
+    async def handshake(self) -> Handshake:
+        return Handshake()
+
+    async def refuse(self, why: str) -> None:
+        await self._ws.close(code=1008, message=why.encode()[:120])
+
+    async def accept(self, call_id: str, note: Note) -> WebsocketLine:
+        await self._ws.send_str(
+            json.dumps({"type": "connected", "callId": call_id, "sampleRate": self.sample_rate})
         )
-    except inbound.CallUnavailable as exc:
-        await ws.close(code=1008, message=exc.message.encode()[:120])
-        return
-    await ws.send_str(
-        json.dumps({"type": "connected", "callId": call_id, "sampleRate": sample_rate})
-    )
-    line = WebsocketLine(ws, sample_rate)
-    await run_call(deps, setup, line, _pump(ws, BadFrames(deps.db, call_id), sample_rate))
+        return WebsocketLine(self._ws, self.sample_rate)
 
+    async def pump(self, handle: CallHandle, bad_frame: BadFrame) -> None:
+        ws = self._ws
 
-def _pump(ws: web.WebSocketResponse, bad: BadFrames, sample_rate: int) -> CallerPump:
-    async def _error(code: str, message: str, frame: str | bytes) -> None:
-        await bad.record(message, frame)
-        if not ws.closed:
-            await ws.send_str(json.dumps({"type": "error", "code": code, "message": message}))
+        async def error(code: str, message: str, frame: str | bytes) -> None:
+            await bad_frame(message, frame)
+            if not ws.closed:
+                await ws.send_str(json.dumps({"type": "error", "code": code, "message": message}))
 
-    async def pump(handle: CallHandle) -> None:
         async for msg in ws:
             if msg.type == WSMsgType.BINARY:
                 if len(msg.data) % 2:
-                    await _error("odd_length_audio", ODD_LENGTH, msg.data)
+                    await error("odd_length_audio", ODD_LENGTH, msg.data)
                     continue
-                handle.push_audio(np.frombuffer(msg.data, dtype="<i2"), sample_rate)
+                handle.push_audio(np.frombuffer(msg.data, dtype="<i2"), self.sample_rate)
             elif msg.type == WSMsgType.TEXT:
                 try:
                     control = json.loads(msg.data)
                 except ValueError:
-                    await _error("malformed_json", NOT_JSON, msg.data)
+                    await error("malformed_json", NOT_JSON, msg.data)
                     continue
                 kind = control.get("type") if isinstance(control, dict) else None
                 if kind == "stop":
@@ -107,8 +113,6 @@ def _pump(ws: web.WebSocketResponse, bad: BadFrames, sample_rate: int) -> Caller
                     if isinstance(digit, str) and len(digit) == 1 and digit in DTMF_DIGITS:
                         handle.push_dtmf(digit)
                     else:
-                        await _error("invalid_dtmf", BAD_DIGIT, msg.data)
+                        await error("invalid_dtmf", BAD_DIGIT, msg.data)
                 else:
-                    await _error("unknown_type", f"Unknown message type {kind!r}.", msg.data)
-
-    return pump
+                    await error("unknown_type", f"Unknown message type {kind!r}.", msg.data)

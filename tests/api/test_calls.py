@@ -687,7 +687,7 @@ async def test_call_events_page_in_order_with_filters(client, auth, database):
     agent = await new_agent(client, auth)
     call = await byot_call(client, auth, agent["id"])
     await move(database, call["id"], "in_progress")
-    from relay.calls.lifecycle import log_event
+    from relay.calls.event_log import log_event
 
     for i in range(5):
         async with database.session() as session:

@@ -9,6 +9,9 @@ from sqlalchemy import select
 
 from relay import tokens
 from relay.calls import inbound
+from relay.calls.live import finish
+from relay.calls.recovery import expire_unconnected
+from relay.engine.ports import CallEnd
 from relay.state import APP_STATE
 from relay.store.models import Agent, Call, CallLease
 from tests.transports.support import agent_with_number, phone_settings
@@ -77,8 +80,8 @@ async def test_media_starts_once_and_the_node_holds_the_call(phone, auth, databa
     assert (call.status, call.carrier_call_id) == ("in_progress", "CAx")
     assert lease is not None and lease.node_id == NODE
 
-    assert await inbound.finish(database, opened.call_id, "failed", "webhook_error")
-    assert not await inbound.finish(database, opened.call_id, "completed")
+    assert await finish(database, opened.call_id, CallEnd("failed", "webhook_error"))
+    assert not await finish(database, opened.call_id, CallEnd("completed"))
     async with database.session() as session:
         call = await session.get(Call, opened.call_id)
         lease = await session.get(CallLease, opened.call_id)
@@ -95,8 +98,8 @@ async def test_a_call_whose_media_never_came_expires_as_network_timeout(phone, a
     _, waiting = await opened_call(phone, auth, database)
     _, started = await opened_call(phone, auth, database)
     await inbound.begin(database, started.call_id, node_id=NODE)
-    assert await inbound.expire_unconnected(database, waiting.call_id)
-    assert not await inbound.expire_unconnected(database, started.call_id)
+    assert await expire_unconnected(database, waiting.call_id)
+    assert not await expire_unconnected(database, started.call_id)
     async with database.session() as session:
         rows = {c.id: c for c in (await session.execute(select(Call))).scalars()}
     assert (rows[waiting.call_id].status, rows[waiting.call_id].failure_reason) == (

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from relay import tokens
+from relay.calls.media import MEDIA
 from relay.state import APP_STATE
-from relay.transports.runner import MEDIA
 from tests.transports.support import ScriptedEngine, agent_with_number, calls, phone_settings
 
 VOICE = "/carriers/sim/voice"

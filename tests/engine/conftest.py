@@ -10,6 +10,7 @@ import aiohttp
 import numpy as np
 import pytest
 
+from relay.calls.live import CallRunner
 from relay.config import Settings
 from relay.engine import VoiceEngine, speech
 from relay.store.db import Database
@@ -51,7 +52,11 @@ async def http() -> AsyncIterator[aiohttp.ClientSession]:
 
 
 @pytest.fixture
-async def engine(speech_models: None) -> AsyncIterator[VoiceEngine]:
+async def engine(speech_models: None) -> AsyncIterator[CallRunner]:
+    """The engine as the calls domain runs it: each call's sink stores what it reports, and
+    its end is stored when it is awaited."""
     eng = VoiceEngine(Settings())
-    yield eng
+    runner = CallRunner(eng, Settings())
+    yield runner
     await eng.close()
+    await runner.close()

@@ -17,6 +17,7 @@ import numpy as np
 from aiohttp import web
 from standardwebhooks.webhooks import Webhook
 
+from relay.agent_config import AgentConfig
 from relay.engine import speech
 from relay.engine.codecs import resample, ulaw_decode, ulaw_encode
 from relay.engine.ports import CallSetup
@@ -304,5 +305,5 @@ def call_setup(call_id: str, url: str, *, timeout_ms: int = 5000, **agent: Any) 
         webhook_url=url,
         webhook_secrets=(SECRET,),
         webhook_timeout_ms=timeout_ms,
-        agent=settings,
+        agent=AgentConfig.from_stored(settings),
     )

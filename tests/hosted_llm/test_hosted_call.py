@@ -9,6 +9,7 @@ from dataclasses import replace
 import pytest
 from sqlalchemy import select
 
+from relay.calls.live import CallRunner
 from relay.config import Settings
 from relay.engine import VoiceEngine
 from relay.store.models import Call, TranscriptSegment
@@ -41,7 +42,8 @@ async def test_hosted_call_speaks_runs_a_tool_and_hangs_up(
         text("Your order has shipped", " and arrives on Friday."),
         [("text", "Goodbye!"), ("tool", "end_call", {})],
     )
-    engine = VoiceEngine(Settings(llm_base_url=scripted.url, llm_model="tiny"))
+    voice = VoiceEngine(Settings(llm_base_url=scripted.url, llm_model="tiny"))
+    engine = CallRunner(voice, Settings())  # stores the call's end when it is awaited
     line = RecordingLine(
         sample_rate=16000
     )  # wideband: the words, not the phone band, are under test
@@ -71,6 +73,7 @@ async def test_hosted_call_speaks_runs_a_tool_and_hangs_up(
         await dtmf(handle, "2#")
         status = await asyncio.wait_for(handle.wait(), 20)
     finally:
+        await voice.close()
         await engine.close()
 
     assert "for calling" in greeting_heard

@@ -1,4 +1,4 @@
-"""Hosted mode's brain (relay.engine.hosted) turn by turn: what the LLM is sent, what the
+"""Hosted mode's brain (relay.turns.hosted) turn by turn: what the LLM is sent, what the
 caller is told, and tools end to end with signed ``tool.call`` requests."""
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ import pytest
 from aiohttp import web
 
 from hosted_llm import OpenAIBackend
-from relay.engine.hosted import HostedBrain, phrase, with_templates
-from relay.engine.turns import Chunk, TurnError, TurnRequest
+from relay.turns.hosted import HostedBrain, phrase, with_templates
+from relay.turns.protocol import Chunk, TurnError, TurnRequest
 from tests.engine.harness import call_setup
 from tests.hosted_llm.scripted_llm import ScriptedLLM, text
 from tests.hosted_llm.tools_server import ToolServer

@@ -11,8 +11,8 @@ import pytest
 
 from hosted_llm import LocalBackend, Priority, TextDelta, ToolCallDelta, ensure_model
 from hosted_llm.weights import MODELS, _hash_file
-from relay.engine.hosted import HostedBrain, with_templates
-from relay.engine.turns import TurnRequest
+from relay.turns.hosted import HostedBrain, with_templates
+from relay.turns.protocol import TurnRequest
 from tests.engine.harness import call_setup
 
 pytestmark = pytest.mark.slow

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from relay.transports.runner import MEDIA
+from relay.calls.media import MEDIA
 from tests.transports.support import ScriptedEngine, phone_settings
 
 

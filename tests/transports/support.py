@@ -11,7 +11,7 @@ from sqlalchemy import select
 from twilio.request_validator import RequestValidator
 
 from relay.config import Settings
-from relay.engine.ports import PCM, CallerLine, CallSetup
+from relay.engine.ports import PCM, CallEnd, CallerLine, CallSetup
 from relay.store.models import Call, CallEvent, LifecycleEvent
 
 PUBLIC_URL = "https://relay.example.com"
@@ -109,9 +109,7 @@ class ScriptedCall:
         self.dtmf: list[str] = []
         self.hung_up = asyncio.Event()
         self.heard = asyncio.Event()
-        self._end: asyncio.Future[tuple[str, str | None]] = (
-            asyncio.get_running_loop().create_future()
-        )
+        self._end: asyncio.Future[CallEnd] = asyncio.get_running_loop().create_future()
 
     def push_audio(self, pcm: PCM, sample_rate: int) -> None:
         self.audio.append((pcm.copy(), sample_rate))
@@ -122,16 +120,16 @@ class ScriptedCall:
 
     def caller_hung_up(self) -> None:
         self.hung_up.set()
-        self._finish(("completed", None))
+        self._finish(CallEnd("completed"))
 
     async def end(self, reason: str = "completed") -> None:
-        self._finish(("completed", None) if reason == "completed" else ("failed", reason))
+        self._finish(CallEnd("completed") if reason == "completed" else CallEnd("failed", reason))
 
-    def _finish(self, result: tuple[str, str | None]) -> None:
+    def _finish(self, result: CallEnd) -> None:
         if not self._end.done():
             self._end.set_result(result)
 
-    async def wait(self) -> tuple[str, str | None]:
+    async def wait(self) -> CallEnd:
         return await asyncio.shield(self._end)
 
 
@@ -142,7 +140,7 @@ class ScriptedEngine:
         self.calls: list[ScriptedCall] = []
         self.started = asyncio.Event()
 
-    async def start_call(self, setup, line, db, http) -> ScriptedCall:
+    async def start_call(self, setup, line, sink, http) -> ScriptedCall:
         call = ScriptedCall(setup, line)
         self.calls.append(call)
         self.started.set()

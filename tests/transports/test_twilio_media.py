@@ -16,9 +16,9 @@ import numpy as np
 import pytest
 
 from relay import tokens
+from relay.calls.media import MEDIA
 from relay.engine.codecs import ulaw_decode, ulaw_encode
 from relay.state import APP_STATE
-from relay.transports.runner import MEDIA
 from relay.transports.twilio import dtmf_tones
 from tests.transports.support import (
     agent_with_number,

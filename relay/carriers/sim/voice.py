@@ -22,10 +22,10 @@ from relay.api.routing import read_json, validation_error
 from relay.api.schema import APIModel
 from relay.auth import authenticate
 from relay.calls import inbound
-from relay.calls.outbound import media_base_url
+from relay.calls.media import MEDIA
 from relay.errors import Conflict, NotFound
 from relay.state import APP_STATE
-from relay.transports.runner import MEDIA
+from relay.urls import media_base_url
 
 PATH = "/carriers/sim/voice"
 PROTOCOL = "twilio-media-streams"

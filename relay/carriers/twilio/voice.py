@@ -22,13 +22,13 @@ from twilio.request_validator import RequestValidator, get_signature_algorithm
 from twilio.twiml.voice_response import Connect, VoiceResponse
 
 from relay.calls import inbound
-from relay.calls.outbound import media_base_url
+from relay.calls.media import MEDIA
 from relay.config import Settings
 from relay.errors import Forbidden
 from relay.logs import get_logger
 from relay.state import APP_STATE
 from relay.store.models import CallEvent
-from relay.transports.runner import MEDIA
+from relay.urls import media_base_url
 
 log = get_logger("relay.carriers.twilio")
 

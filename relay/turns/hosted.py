@@ -2,7 +2,7 @@
 
 :class:`HostedBrain` holds one call's conversation and plugs in where the webhook does: the
 session hands it the same ``agent.message`` turn it would POST, and it yields the same
-:class:`~relay.engine.turns.Chunk` objects a webhook streams back. So everything the session
+:class:`~relay.turns.protocol.Chunk` objects a webhook streams back. So everything the session
 does with a reply (speak each sentence as it completes, the filler, the fallback line and the
 failure limit, hangup and transfer after speaking, turn metrics) is the same in both modes.
 
@@ -42,14 +42,14 @@ from hosted_llm import (
     render_template,
     shared_backend,
 )
+from relay.clock import iso
 from relay.config import Settings
-from relay.engine.ports import CallSetup
-from relay.engine.turns import Chunk, TurnError, TurnRequest
-from relay.engine.webhook import iso
 from relay.logs import get_logger
 from relay.signing import signature_headers
+from relay.turns.protocol import Chunk, TurnError, TurnRequest
+from relay.turns.setup import CallSetup
 
-log = get_logger("relay.engine.hosted")
+log = get_logger("relay.turns.hosted")
 
 BUILTINS = ("end_call", "transfer_call")
 DEFAULT_TOOL_TIMEOUT_MS = 5000
@@ -90,7 +90,7 @@ def template_scopes(setup: CallSetup) -> dict[str, dict[str, Any]]:
     if isinstance(meta_user, dict):
         user.update(meta_user)
     return {
-        "variables": dict(setup.agent.get("variables") or {}),
+        "variables": dict(setup.agent.variables),
         "user": user,
         "call": {
             "id": setup.call_id,
@@ -105,10 +105,13 @@ def template_scopes(setup: CallSetup) -> dict[str, dict[str, Any]]:
 def with_templates(setup: CallSetup) -> CallSetup:
     """The setup with its system prompt and greeting filled in."""
     scopes = template_scopes(setup)
-    agent = dict(setup.agent)
-    for key in ("system_prompt", "greeting"):
-        agent[key] = render_template(agent.get(key), scopes)
-    return replace(setup, agent=agent)
+    agent = setup.agent
+    return replace(
+        setup,
+        agent=agent.with_prompts(
+            render_template(agent.system_prompt, scopes), render_template(agent.greeting, scopes)
+        ),
+    )
 
 
 # --------------------------------------------------------------------------------- tools
@@ -211,17 +214,15 @@ class HostedBrain:
         self.on_tool = on_tool
         self.max_tokens = max_tokens
         self.max_tool_rounds = max_tool_rounds
-        self.model: str | None = agent.get("model") or None
-        temperature = agent.get("temperature")
+        self.model: str | None = agent.model or None
+        temperature = agent.temperature
         self.temperature = float(temperature) if temperature is not None else None
-        self.tools = {t.name: t for t in map(ToolSpec.from_config, agent.get("tools") or [])}
+        self.tools = {t.name: t for t in map(ToolSpec.from_config, agent.tools or [])}
         self.tool_schemas = [t.schema() for t in self.tools.values()] or None
-        self.messages: list[Message] = [
-            {"role": "system", "content": agent.get("system_prompt") or ""}
-        ]
-        greeting = agent.get("greeting")
+        self.messages: list[Message] = [{"role": "system", "content": agent.system_prompt or ""}]
+        greeting = agent.greeting
         self._turn = _Turn(start=1)
-        if agent.get("first_speaker", "agent") == "agent" and greeting:
+        if agent.first_speaker == "agent" and greeting:
             self._say(greeting)
         self._warm_task: asyncio.Task[None] | None = None
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 from sqlalchemy import select
 
-from relay.calls.records import CallRecorder, Segment, end_call
+from relay.calls.records import CallRecorder, end_call
+from relay.engine.ports import Segment
 from relay.store.models import Call, CallEvent, LifecycleEvent, TranscriptSegment, TurnMetrics
 from tests.engine.harness import make_call
 

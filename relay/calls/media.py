@@ -1,8 +1,9 @@
-"""What every media transport does with a call once its socket is up.
+"""What happens to a call once a carrier's media socket is up, whatever its wire format.
 
-A transport knows its wire format; this module knows the call: move it to ``in_progress``,
-start the engine with the transport's :class:`~relay.engine.ports.CallerLine`, pump the
-caller's side until one end stops, and record how the call ended.
+A transport (:mod:`relay.transports`) knows its wire format; this module knows the call:
+identify it (the media token), move it to ``in_progress``, start the engine with the
+transport's :class:`~relay.engine.ports.CallerLine`, pump the caller's side until one end
+stops, and record how the call ended (:func:`relay.calls.live.finish`, once).
 """
 
 from __future__ import annotations
@@ -11,31 +12,28 @@ import asyncio
 import contextlib
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any
 
 import aiohttp
 from aiohttp import web
 
+from relay import tokens
 from relay.calls import inbound
-from relay.engine.ports import CallerLine, CallHandle, CallSetup
+from relay.calls.live import CallRunner, VoiceEngine, finish
+from relay.calls.recovery import expire_unconnected
+from relay.config import Settings
+from relay.engine.ports import CallEnd, CallerLine, CallHandle, CallSetup
 from relay.logs import get_logger
 from relay.store.db import Database
+from relay.transports import MediaConnection
 
-log = get_logger("relay.transports")
+log = get_logger("relay.calls.media")
 
 # A caller sending garbage gets its first few bad frames logged on the call, then counted.
 MAX_LOGGED_BAD_FRAMES = 10
 RESTART_REASON = "relay_restart"
 # After the caller hangs up, how long the engine gets to wind down before it is told to end.
 ENGINE_STOP_SECONDS = 10.0
-
-
-class VoiceEngine(Protocol):
-    """The engine as transports see it (``relay.engine.engine.VoiceEngine``)."""
-
-    async def start_call(
-        self, setup: CallSetup, line: CallerLine, db: Database, http: aiohttp.ClientSession
-    ) -> CallHandle: ...
 
 
 @dataclass(slots=True)
@@ -48,8 +46,9 @@ class LiveCall:
 class MediaDeps:
     db: Database
     node_id: str
-    engine: VoiceEngine
+    runner: CallRunner
     http: aiohttp.ClientSession
+    signing_key: bytes
     live: dict[str, LiveCall] = field(default_factory=dict)
 
 
@@ -63,12 +62,15 @@ class MediaRuntime:
 
     db: Database
     node_id: str
+    settings: Settings
+    signing_key: bytes
     engine_factory: Callable[[], VoiceEngine] | None = None
     engine: VoiceEngine | None = None
     http: aiohttp.ClientSession | None = None
     # Seconds a call may wait in ``connecting`` for its socket (token TTL plus slack).
     connect_deadline: float = inbound.MEDIA_TOKEN_TTL_SECONDS + 15
     live: dict[str, LiveCall] = field(default_factory=dict)
+    _runner: CallRunner | None = None
     _background: set[asyncio.Task[None]] = field(default_factory=set)
     _sockets: set[asyncio.Task[None]] = field(default_factory=set)
 
@@ -84,7 +86,15 @@ class MediaRuntime:
     def deps(self) -> MediaDeps:
         if self.http is None or self.http.closed:
             self.http = aiohttp.ClientSession()
-        return MediaDeps(self.db, self.node_id, self._engine(), self.http, self.live)
+        return MediaDeps(
+            self.db, self.node_id, self._runner_for(), self.http, self.signing_key, self.live
+        )
+
+    def _runner_for(self) -> CallRunner:
+        engine = self._engine()
+        if self._runner is None or self._runner.engine is not engine:
+            self._runner = CallRunner(engine, self.settings)
+        return self._runner
 
     def _engine(self) -> VoiceEngine:
         if self.engine is None:
@@ -112,7 +122,7 @@ class MediaRuntime:
 
     async def _expire(self, call_id: str) -> None:
         await asyncio.sleep(self.connect_deadline)
-        if await inbound.expire_unconnected(self.db, call_id):
+        if await expire_unconnected(self.db, call_id):
             log.warning("media_never_connected", call_id=call_id)
 
     async def shutdown(self) -> None:
@@ -137,6 +147,8 @@ class MediaRuntime:
         for task in list(self._background):
             task.cancel()
         await asyncio.gather(*self._background, return_exceptions=True)
+        if self._runner is not None:
+            await self._runner.close()
         if self.http is not None:
             await self.http.close()
 
@@ -164,6 +176,42 @@ class BadFrames:
 MEDIA: web.AppKey[MediaRuntime] = web.AppKey("relay_media", MediaRuntime)
 
 
+async def serve(deps: MediaDeps, conn: MediaConnection, call_id: str | None) -> None:
+    """Run one media socket: ``call_id`` comes from a media token already checked (in the
+    URL); without one, the transport's handshake must carry the token."""
+    shake = await conn.handshake()
+    if shake is None:
+        return
+    if call_id is None:
+        try:
+            call_id = tokens.verify(
+                deps.signing_key, shake.token or "", inbound.MEDIA_TOKEN_PURPOSE
+            )
+        except tokens.TokenError as exc:
+            await conn.refuse(f"media token: {exc}")
+            return
+    try:
+        setup = await inbound.begin(
+            deps.db,
+            call_id,
+            node_id=deps.node_id,
+            connection_types=conn.connection_types,
+            carrier_call_id=shake.carrier_call_id,
+        )
+    except inbound.CallUnavailable as exc:
+        await conn.refuse(exc.message)
+        return
+    db = deps.db
+    known = call_id
+
+    async def note(message: str, data: dict[str, Any]) -> None:
+        await inbound.telephony_event(db, known, message, level="info", data=data)
+
+    line = await conn.accept(call_id, note)
+    bad = BadFrames(db, call_id)
+    await run_call(deps, setup, line, lambda handle: conn.pump(handle, bad.record))
+
+
 async def run_call(
     deps: MediaDeps, setup: CallSetup, line: CallerLine, pump: CallerPump
 ) -> tuple[str, str | None]:
@@ -171,10 +219,12 @@ async def run_call(
     into the handle and returns when the caller is gone (carrier ``stop``, socket closed)."""
     call_id = setup.call_id
     try:
-        handle = await deps.engine.start_call(setup, line, deps.db, deps.http)
+        handle = await deps.runner.engine.start_call(
+            setup, line, deps.runner.sink(deps.db, setup), deps.http
+        )
     except Exception:
         log.exception("engine_start_failed", call_id=call_id)
-        await inbound.finish(deps.db, call_id, "failed", "agent_error")
+        await finish(deps.db, call_id, CallEnd("failed", "agent_error"))
         with contextlib.suppress(Exception):
             await line.hangup()
         return "failed", "agent_error"
@@ -182,7 +232,7 @@ async def run_call(
     deps.live[call_id] = live
     caller = asyncio.create_task(_pump(pump, handle, call_id), name=f"caller:{call_id}")
     ended = asyncio.create_task(handle.wait(), name=f"engine:{call_id}")
-    result: tuple[str, str | None] = ("failed", RESTART_REASON)
+    result = CallEnd("failed", RESTART_REASON)
     try:
         await asyncio.wait({caller, ended}, return_when=asyncio.FIRST_COMPLETED)
         if not ended.done():
@@ -203,14 +253,12 @@ async def run_call(
         await asyncio.gather(caller, ended, return_exceptions=True)
         # Shielded: a cancelled handler (the relay stopping) still records how the call ended.
         await asyncio.shield(_record_end(deps, call_id, result, line))
-    return result
+    return result.status, result.reason
 
 
-async def _record_end(
-    deps: MediaDeps, call_id: str, result: tuple[str, str | None], line: CallerLine
-) -> None:
+async def _record_end(deps: MediaDeps, call_id: str, end: CallEnd, line: CallerLine) -> None:
     try:
-        await inbound.finish(deps.db, call_id, *result)
+        await finish(deps.db, call_id, end)
     finally:
         live = deps.live.pop(call_id, None)
         if live is not None:
@@ -228,14 +276,14 @@ async def _pump(pump: CallerPump, handle: CallHandle, call_id: str) -> None:
         log.exception("caller_side_failed", call_id=call_id)
 
 
-def _result_of(task: asyncio.Task[tuple[str, str | None]], call_id: str) -> tuple[str, str | None]:
+def _result_of(task: asyncio.Task[CallEnd], call_id: str) -> CallEnd:
     if task.cancelled():
-        return "failed", "agent_error"
+        return CallEnd("failed", "agent_error")
     exc = task.exception()
     if exc is not None:
         log.error("engine_failed", call_id=call_id, error=repr(exc))
-        return "failed", "agent_error"
-    status, reason = task.result()
-    if status not in ("completed", "failed"):
-        return "failed", "agent_error"
-    return status, reason
+        return CallEnd("failed", "agent_error")
+    end = task.result()
+    if end.status not in ("completed", "failed"):
+        return CallEnd("failed", "agent_error")
+    return end

@@ -11,7 +11,7 @@ import pytest
 from aiohttp import web
 from standardwebhooks.webhooks import Webhook
 
-from relay.engine.turns import Chunk, TurnError, TurnRequest, stream_turn
+from relay.turns.protocol import Chunk, TurnError, TurnRequest, stream_turn
 
 SECRET = "whsec_" + "MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 OLD_SECRET = "whsec_" + "C2FVsBQIhrscChlQIMV+b5sSYspob7oD"

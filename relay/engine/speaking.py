@@ -1,0 +1,108 @@
+"""Speaking a reply: text to sentences to audio frames, marked so the session knows what the
+caller heard and which words they may interrupt.
+
+The session's ``tts_node`` is :meth:`Speaker.speak`. Each segment's first frame carries a
+marker; when :class:`~relay.engine.audio_io.CallAudioOutput` sends that frame to the line it
+calls :meth:`Speaker.on_marker`, which applies the reply's ``interruptible`` flag to the
+playing speech and, on a turn's first frame, stores the turn's metrics.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterable, AsyncIterator, Callable
+from typing import Any
+
+from livekit import rtc
+from livekit.agents import tts
+from livekit.agents.voice.speech_handle import SpeechHandle
+
+from relay.engine.ports import CallSink
+from relay.engine.speech import LocalTTS
+from relay.engine.text import segments, speakable
+from relay.engine.webhook import ReplyPlan, TurnRecord
+
+# A later sentence of a reply is due this long before the audio ahead of it runs out.
+SYNTHESIS_MARGIN_S = 0.5
+
+
+def current_speech() -> SpeechHandle | None:
+    """The speech a livekit pipeline task is producing (livekit keeps it in a contextvar)."""
+    # livekit's private module, read only when a reply runs (it is loaded by then).
+    from livekit.agents.voice.agent_activity import _SpeechHandleContextVar
+
+    return _SpeechHandleContextVar.get(None)
+
+
+class Speaker:
+    def __init__(
+        self,
+        synthesizer: tts.TTS[Any],
+        sink: CallSink,
+        *,
+        pause: float,
+        playing: Callable[[], SpeechHandle | None],
+    ) -> None:
+        self.tts = synthesizer
+        self.sink = sink
+        self.pause = pause  # a fragment without a sentence end waits this long for more
+        self.plans: dict[str, ReplyPlan] = {}  # by livekit speech id
+        self._playing = playing
+
+    async def speak(self, text: AsyncIterable[str]) -> AsyncIterator[rtc.AudioFrame]:
+        """Segments as early as possible, marked for the output."""
+        speech = current_speech()
+        offset = 0
+        playing_from: float | None = None  # time.monotonic() of this reply's first audio
+        audio_s = 0.0  # audio made for this reply so far
+        async for segment in segments(text, pause=self.pause, quick_start=True):
+            start, offset = offset, offset + len(segment)
+            words = segment.strip()
+            if not speakable(words):
+                continue
+            plan = self.plans.get(speech.id) if speech is not None else None
+            marker: dict[str, Any] = {"text": segment}
+            if plan is not None:
+                marker["interruptible"] = plan.interruptible(start, offset)
+                if plan.turn.tts_started_at is None:
+                    plan.turn.tts_started_at = time.perf_counter()
+                    marker["turn"] = plan.turn
+            first = True
+            # The first segment is what the caller waits for; each later one is needed
+            # when the audio before it has played (earliest deadline first).
+            synthesis: tts.ChunkedStream
+            if playing_from is not None and isinstance(self.tts, LocalTTS):
+                due = playing_from + audio_s - SYNTHESIS_MARGIN_S
+                synthesis = self.tts.synthesize(words, deadline=due)
+            else:
+                synthesis = self.tts.synthesize(words)
+            async with synthesis as stream:
+                async for event in stream:
+                    frame = event.frame
+                    if playing_from is None:
+                        playing_from = time.monotonic()
+                    audio_s += frame.duration
+                    if first:
+                        first = False
+                        if plan is not None and plan.turn.tts_first_audio_at is None:
+                            plan.turn.tts_first_audio_at = time.perf_counter()
+                        frame.userdata.update(marker)
+                    yield frame
+
+    def on_marker(self, marker: dict[str, Any], sent_at: float) -> None:
+        if "interruptible" in marker:
+            speech = self._playing()
+            if speech is not None and not speech.interrupted:
+                speech.allow_interruptions = bool(marker["interruptible"])
+        turn = marker.get("turn")
+        if isinstance(turn, TurnRecord) and turn.first_frame_at is None:
+            turn.first_frame_at = sent_at
+            self.store_turn(turn)
+
+    def store_turn(self, turn: TurnRecord) -> None:
+        """The turn's metrics, once."""
+        if turn.stored:
+            return
+        turn.stored = True
+        self.sink.turn_metrics(turn.turn_id, turn.values())
+        turn.observe()

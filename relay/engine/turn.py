@@ -1,0 +1,205 @@
+"""One turn of a call: the caller's words (or keys, or the call's opening) go to the brain as
+an ``agent.message``, and the reply's chunks become speech and a :class:`ReplyPlan`.
+
+Runs inside livekit's LLM stream of the reply (:class:`~relay.engine.webhook.WebhookLLM`),
+so text handed to ``emit`` is spoken while the brain is still answering. A failed turn
+speaks the agent's ``fallbackText``; the ``maxWebhookFailures``-th failure in a row also
+plans the call's end (``failed`` / ``webhook_error``). If the brain is slow to start, the
+``fillerText`` is spoken once after ``fillerAfterMs``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Callable
+from typing import Any
+
+from livekit.agents import llm
+from livekit.agents.voice.speech_handle import SpeechHandle
+
+from relay.engine.history import History
+from relay.engine.ports import CallSetup, CallSink
+from relay.engine.speaking import Speaker, current_speech
+from relay.engine.speech import UtteranceTiming
+from relay.engine.text import join_chunk
+from relay.engine.webhook import Action, Emit, ReplyPlan, TurnRecord
+from relay.ids import new_id
+from relay.logs import get_logger
+from relay.turns import Brain, TurnError, TurnRequest, agent_message
+
+log = get_logger("relay.engine.turn")
+
+DEFAULT_FALLBACK = "Sorry, I'm having trouble right now. Could you say that again?"
+DEFAULT_FILLER = "One moment."
+
+Say = Callable[..., None]
+
+
+class Turns:
+    """The turns of one call, and what carries over between them (state, failures)."""
+
+    def __init__(
+        self,
+        setup: CallSetup,
+        brain: Brain,
+        sink: CallSink,
+        history: History,
+        speaker: Speaker,
+        *,
+        after_speech: Callable[[SpeechHandle, ReplyPlan], None],
+        unspoken: Callable[[ReplyPlan], object],
+    ) -> None:
+        agent = setup.agent
+        self.setup = setup
+        self.brain = brain
+        self.sink = sink
+        self.history = history
+        self.speaker = speaker
+        self.interruptible_default = agent.interruptible
+        self.fallback_text = agent.fallback_text or DEFAULT_FALLBACK
+        self.filler_text = agent.filler_text or DEFAULT_FILLER
+        self.filler_after_ms = agent.filler_after_ms
+        self.max_failures = agent.max_webhook_failures or 3
+        self.state: dict[str, Any] | None = None
+        self.records: list[TurnRecord] = []
+        self.failures = 0
+        # What the next turn answers when it is not caller speech: ("open" | "dtmf", value)
+        self.pending_input: tuple[str, str] | None = None
+        self.dtmf_at = 0.0
+        self.last_utterance: UtteranceTiming | None = None
+        self._after_speech = after_speech
+        self._unspoken = unspoken
+
+    async def run(self, chat_ctx: llm.ChatContext, emit: Emit) -> None:
+        """One agent.message round trip."""
+        speech = current_speech()
+        pending, self.pending_input = self.pending_input, None
+        user_item = next((m for m in reversed(chat_ctx.messages()) if m.role == "user"), None)
+        utterance = None
+        if pending is not None:
+            kind, value = pending
+            input_at = time.perf_counter() if kind == "open" else self.dtmf_at
+        else:
+            kind, value = "speech", (user_item.text_content or "") if user_item else ""
+            utterance = self.last_utterance
+            input_at = utterance.speech_ended_at if utterance else time.perf_counter()
+        turn = TurnRecord(
+            turn_id=new_id("turn"),
+            kind=kind,
+            input_at=input_at,
+            utterance=utterance,
+            started_at=time.perf_counter(),
+        )
+        self.records.append(turn)
+        plan = ReplyPlan(turn=turn, default_interruptible=self.interruptible_default)
+        if speech is not None:
+            self.speaker.plans[speech.id] = plan
+            speech.add_done_callback(lambda handle: self._after_speech(handle, plan))
+        exclude = {user_item.id} if user_item is not None and kind == "speech" else set()
+        payload = self._payload(turn, kind, value, utterance, exclude)
+        if kind == "dtmf":
+            self.history.remember("user", value, dtmf=True)
+        spoken = ""
+
+        def say(text: str, interruptible: bool | None = None, *, apart: bool = False) -> None:
+            nonlocal spoken
+            piece = join_chunk(spoken, text)
+            if apart and spoken and not spoken[-1].isspace() and not piece[:1].isspace():
+                piece = " " + piece
+            if piece:
+                plan.add_text(piece, interruptible)
+                spoken += piece
+                emit(piece)
+
+        setup = self.setup
+        request = TurnRequest(
+            url=setup.webhook_url or "",
+            secrets=setup.webhook_secrets,
+            timeout_s=setup.webhook_timeout_ms / 1000,
+            payload=payload,
+        )
+        turn.webhook = request.timing
+        filler = None
+        if self.filler_after_ms:
+            filler = asyncio.create_task(self._filler(self.filler_after_ms / 1000, say, request))
+        try:
+            async with contextlib.aclosing(self.brain.reply(request)) as chunks:
+                async for chunk in chunks:
+                    if filler is not None:
+                        filler.cancel()
+                        filler = None
+                    if chunk.state is not None:
+                        self.state = chunk.state
+                        self.sink.conversation_state(chunk.state)
+                    if chunk.text:
+                        say(chunk.text, chunk.interruptible)
+                    if chunk.dtmf:
+                        plan.actions.append((Action.DTMF, chunk.dtmf))
+                    if chunk.transfer:
+                        plan.actions.append((Action.TRANSFER, chunk.transfer))
+                    if chunk.hangup:
+                        plan.actions.append((Action.HANGUP, ""))
+            self.failures = 0
+        except Exception as exc:
+            # Anything else is our bug, but it must cost this turn only, never the call.
+            err = exc if isinstance(exc, TurnError) else TurnError("internal", repr(exc))
+            self.failures += 1
+            turn.error = err.reason
+            self.sink.event(
+                "webhook",
+                f"webhook turn failed: {err.reason}: {err.detail}",
+                level="error",
+                data={
+                    "turnId": turn.turn_id,
+                    "reason": err.reason,
+                    "detail": err.detail,
+                    "status": err.status,
+                    "consecutiveFailures": self.failures,
+                },
+            )
+            log.warning("webhook_turn_failed", call_id=setup.call_id, reason=err.reason)
+            say(self.fallback_text, apart=True)
+            if self.failures >= self.max_failures:
+                plan.actions.append((Action.FAIL, "webhook_error"))
+        finally:
+            if filler is not None:
+                filler.cancel()
+        if speech is None:
+            self._unspoken(plan)
+
+    async def _filler(self, delay: float, say: Say, request: TurnRequest) -> None:
+        await asyncio.sleep(delay)
+        if request.timing.first_chunk_at is None:
+            say(self.filler_text, apart=True)
+
+    def _payload(
+        self,
+        turn: TurnRecord,
+        kind: str,
+        value: str,
+        utterance: UtteranceTiming | None,
+        exclude: set[str],
+    ) -> dict[str, Any]:
+        setup = self.setup
+        data: dict[str, Any] = {
+            "callId": setup.call_id,
+            "turnId": turn.turn_id,
+            "numberId": setup.number_id,
+            "from": setup.from_number,
+            "to": setup.to_number,
+            "direction": setup.direction,
+        }
+        if kind == "dtmf":
+            data["dtmf"] = value
+        else:
+            data["transcript"] = value
+            data["confidence"] = utterance.confidence if utterance else None
+        return agent_message(
+            channel="voice",
+            agent_id=setup.agent_id,
+            data=data,
+            state=self.state,
+            history=self.history.recent(exclude),
+        )
