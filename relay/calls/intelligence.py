@@ -33,6 +33,7 @@ from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from hosted_llm import ChatBackend, LLMError, Message, Priority, TextDelta
+from relay.agent_config import AgentConfig
 from relay.calls.event_log import log_event
 from relay.config import Settings
 from relay.events import emit
@@ -118,7 +119,7 @@ class Plan:
 def effective_config(snapshot: dict[str, Any]) -> dict[str, Any] | None:
     """The agent's ``post_call`` with the call's ``post_call_override`` merged over it (a key
     set to null in the override turns that part off)."""
-    base = snapshot.get("post_call")
+    base = AgentConfig.from_stored(snapshot).post_call
     override = snapshot.get(OVERRIDE_KEY)
     if base is None and override is None:
         return None
@@ -409,7 +410,7 @@ class IntelligenceWorker:
             return
         plan = Plan.from_config(row.config)
         backend = self.backend()
-        model = (call.agent_snapshot or {}).get("model") or None
+        model = AgentConfig.from_stored(call.agent_snapshot or {}).model or None
         started = time.perf_counter()
         try:
             spoken = [s for s in segments if s.speaker in ("user", "agent")]
