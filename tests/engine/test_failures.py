@@ -10,7 +10,7 @@ import pytest
 from aiohttp import web
 from sqlalchemy import select
 
-from relay.engine.session import DEFAULT_FALLBACK
+from relay.engine.turn import DEFAULT_FALLBACK
 from relay.store.models import Call, CallEvent, TranscriptSegment
 from tests.engine.harness import (
     Hook,

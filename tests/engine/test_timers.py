@@ -9,7 +9,7 @@ import pytest
 from aiohttp import web
 from sqlalchemy import select
 
-from relay.engine.session import REPROMPT
+from relay.engine.timers import REPROMPT
 from relay.store.models import Call, CallEvent, TranscriptSegment
 from tests.engine.harness import Hook, RecordingLine, call_setup, make_call, start_hook
 
