@@ -8,6 +8,7 @@ call ended is written by :func:`finish`, the one writer of a running call's end.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Protocol
 
 import aiohttp
@@ -25,6 +26,11 @@ log = get_logger("relay.calls.live")
 
 class VoiceEngine(Protocol):
     """The engine as the calls domain sees it (``relay.engine.VoiceEngine``)."""
+
+    @property
+    def active(self) -> Mapping[str, CallHandle]:
+        """The calls it runs, by id."""
+        ...
 
     async def start_call(
         self, setup: CallSetup, line: CallerLine, sink: CallSink, http: aiohttp.ClientSession
@@ -99,6 +105,10 @@ class CallRunner:
     ) -> LiveCall:
         handle = await self.engine.start_call(setup, line, self.sink(db, setup), http)
         return LiveCall(handle, db)
+
+    @property
+    def active(self) -> Mapping[str, CallHandle]:
+        return self.engine.active
 
     async def close(self) -> None:
         """Wait for the recordings still being encoded."""

@@ -138,6 +138,7 @@ class ScriptedEngine:
 
     def __init__(self) -> None:
         self.calls: list[ScriptedCall] = []
+        self.active: dict[str, ScriptedCall] = {}
         self.started = asyncio.Event()
 
     async def start_call(self, setup, line, sink, http) -> ScriptedCall:
