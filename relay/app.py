@@ -7,10 +7,13 @@ import hashlib
 
 from aiohttp import web
 
+from relay.api import carriers as carrier_webhooks
 from relay.api import media, system
 from relay.api.agents import router as agents_router
 from relay.api.calls import router as calls_router
 from relay.api.intelligence import router as intelligence_router
+from relay.api.messages import router as messages_router
+from relay.api.numbers import router as numbers_router
 from relay.api.openapi import build as build_openapi
 from relay.api.project import router as project_router
 from relay.api.recordings import router as recordings_router
@@ -19,24 +22,21 @@ from relay.api.webhook_endpoints import router as webhook_endpoints_router
 from relay.calls import intelligence, recordings, recovery
 from relay.carriers import CarrierRegistry
 from relay.carriers.sim import SimCarrier
+from relay.carriers.twilio import TwilioCarrier
 from relay.config import Settings
 from relay.logs import get_logger
 from relay.middleware import request_middleware
 from relay.ratelimit import RateLimiter
 from relay.state import APP_STATE, AppState
 from relay.store.db import Database
-from relay_numbers import router as numbers_router
-from sms import sim as sms_sim
-from sms import twilio as sms_twilio
-from sms.api import router as sms_router
 from sms.service import install as install_sms
 
 log = get_logger("relay.app")
 ROUTERS: tuple[Router, ...] = (
     agents_router,
     numbers_router,
-    sms_router,
-    sms_sim.router,
+    messages_router,
+    carrier_webhooks.sim.router,
     calls_router,
     webhook_endpoints_router,
     intelligence_router,
@@ -51,10 +51,13 @@ def create_app(settings: Settings | None = None, *, db: Database | None = None) 
     settings = settings or Settings()
     database = db or Database(settings.database_url, schema=settings.database_schema)
     database.attach()
+    # One of each carrier per app. Twilio numbers are imported, not provisioned, and Twilio
+    # places no calls yet: the registry (what numbers and calls go through) has the sim only.
+    sim, twilio = SimCarrier(), TwilioCarrier.from_settings(settings)
     state = AppState(
         settings=settings,
         db=database,
-        carriers=CarrierRegistry([SimCarrier()], default="sim"),
+        carriers=CarrierRegistry([sim], default="sim"),
         limiter=RateLimiter(settings.rate_limit_per_second, settings.rate_limit_burst),
     )
     if settings.signing_secret:
@@ -71,10 +74,12 @@ def create_app(settings: Settings | None = None, *, db: Database | None = None) 
     recovery.install(app)
     app.on_startup.append(_startup)
     app.on_cleanup.append(_cleanup)
-    install_sms(app, settings, database)  # after _startup: its recovery needs the schema
+    # After _startup: its recovery needs the schema. It closes the carriers' HTTP clients.
+    install_sms(app, settings, database, sim=sim, twilio=twilio)
     intelligence.install(app)  # post-call worker; after _startup for the same reason
     recordings.install(app)  # retention purge; the same
-    sms_twilio.install(app)
+    carrier_webhooks.sim.install(app)
+    carrier_webhooks.twilio.install(app, twilio)
     app.on_startup.append(_settled)  # last: after every start-up hook above
     return app
 

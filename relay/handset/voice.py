@@ -1,4 +1,4 @@
-"""The sim carrier's handset: places a call and plays both the carrier and the caller.
+"""The simulated handset's calls: it places a call and plays both the carrier and the caller.
 
 It asks the relay for the call the way a carrier does (``POST /carriers/sim/voice``), opens
 the Twilio Media Streams socket it is given and speaks the carrier side of that protocol:
@@ -110,7 +110,7 @@ def _rms(pcm: PCM) -> float:
 
 def synthesize(text: str, voice: str = "piper") -> PCM:
     """Caller speech at 8 kHz with the local TTS (``piper`` or ``espeak``)."""
-    from relay.engine import models
+    from relay.engine import models  # the speech runtimes take seconds to import: on first use
 
     if voice == "espeak":
         wav = subprocess.run(
@@ -140,7 +140,7 @@ def read_wav(path: Path) -> PCM:
 
 def transcribe(pcm: PCM, rate: int = RATE) -> str:
     """What Whisper hears in ``rate`` audio (blocking)."""
-    from relay.engine import models
+    from relay.engine import models  # the speech runtimes take seconds to import: on first use
 
     if _rms(pcm) < LOUD_RMS / 3:
         return ""
