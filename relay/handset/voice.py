@@ -38,6 +38,7 @@ from urllib.parse import urlsplit
 import aiohttp
 import numpy as np
 
+from relay.engine import models
 from relay.engine.codecs import PCM, resample, ulaw_decode, ulaw_encode
 from relay.transports import twilio_protocol as tp
 
@@ -110,8 +111,6 @@ def _rms(pcm: PCM) -> float:
 
 def synthesize(text: str, voice: str = "piper") -> PCM:
     """Caller speech at 8 kHz with the local TTS (``piper`` or ``espeak``)."""
-    from relay.engine import models  # the speech runtimes take seconds to import: on first use
-
     if voice == "espeak":
         wav = subprocess.run(
             [models.espeak_binary(), "--stdout", "-v", "en-us", "-s", "160", text],
@@ -140,8 +139,6 @@ def read_wav(path: Path) -> PCM:
 
 def transcribe(pcm: PCM, rate: int = RATE) -> str:
     """What Whisper hears in ``rate`` audio (blocking)."""
-    from relay.engine import models  # the speech runtimes take seconds to import: on first use
-
     if _rms(pcm) < LOUD_RMS / 3:
         return ""
     return models.whisper_transcribe_standard(resample(pcm, rate, 16000))[0]
