@@ -6,7 +6,7 @@ Three parts, nothing over the network:
    never seen (cold) and for the next turn of a conversation whose prefix is cached (warm);
 2. calls: a real ``relay serve`` (fresh SQLite database, sim carrier) with a hosted-mode agent
    on the same embedded model. Each caller is a
-   :class:`relay.carriers.sim.handset.SimHandset`: it places a sim call and speaks recorded
+   :class:`relay.handset.SimHandset`: it places a sim call and speaks recorded
    human-like speech (Piper, synthesized beforehand) over Twilio Media Streams in real time.
    Voice to voice is measured at the caller: its last loud frame sent -> the first loud
    frame of the answer received. The first call of the relay process loads the models and
@@ -46,8 +46,8 @@ import api as harness  # noqa: E402  (bench/api.py: the relay subprocess)
 
 from hosted_llm import LocalBackend, TextDelta  # noqa: E402
 from relay.calls.intelligence import Analyst, Plan  # noqa: E402
-from relay.carriers.sim.handset import CallReport, SimHandset, synthesize  # noqa: E402
 from relay.config import Settings  # noqa: E402
+from relay.handset import CallReport, SimHandset, synthesize  # noqa: E402
 from relay.turns.hosted import hosted_backend  # noqa: E402
 
 PROMPT = (

@@ -8,7 +8,7 @@ agent whose webhook is *instant*: a local aiohttp server in this process that an
 millisecond measured is ours (VAD, endpointing, STT, TTS, the relay), none of it the
 developer's.
 
-Callers are :class:`relay.carriers.sim.handset.SimHandset` s: each places a sim call and
+Callers are :class:`relay.handset.SimHandset` s: each places a sim call and
 speaks the Twilio Media Streams protocol, sending recorded human-like speech (Piper,
 synthesized once before the run) in real time, 20 ms mu-law frames. Per turn:
 
@@ -62,7 +62,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 import api as harness  # noqa: E402  (bench/api.py: the relay subprocess, stats)
 
-from relay.carriers.sim.handset import CallReport, SimHandset, synthesize  # noqa: E402
+from relay.handset import CallReport, SimHandset, synthesize  # noqa: E402
 
 # The callers' lines. Piper pauses 320-440 ms at some commas ("Thank you, that is..."):
 # at 400 ms endpointing the relay rightly takes such a pause for the end of the turn, answers

@@ -24,10 +24,13 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
+from relay.api import carriers as carrier_webhooks
 from relay.api import media, system
 from relay.api.agents import router as agents_router
 from relay.api.calls import router as calls_router
 from relay.api.intelligence import router as intelligence_router
+from relay.api.messages import router as messages_router
+from relay.api.numbers import router as numbers_router
 from relay.api.openapi import build as build_openapi
 from relay.api.project import router as project_router
 from relay.api.recordings import router as recordings_router
@@ -41,6 +44,7 @@ from relay.calls.recordings import RECORDINGS, RecordingWorker
 from relay.calls.recovery import RECOVERY, Recovery
 from relay.carriers import CarrierRegistry
 from relay.carriers.sim import SimCarrier
+from relay.carriers.twilio import TwilioCarrier
 from relay.config import Settings
 from relay.events.delivery import DELIVERY, DeliveryWorker
 from relay.logs import get_logger
@@ -49,18 +53,14 @@ from relay.ratelimit import RateLimiter
 from relay.state import APP_STATE, AppState
 from relay.store.db import Database
 from relay.turns import hosted_backend
-from relay_numbers import router as numbers_router
-from sms import sim as sms_sim
-from sms import twilio as sms_twilio
-from sms.api import router as sms_router
 from sms.service import SMS, SmsService
 
 log = get_logger("relay.app")
 ROUTERS: tuple[Router, ...] = (
     agents_router,
     numbers_router,
-    sms_router,
-    sms_sim.router,
+    messages_router,
+    carrier_webhooks.sim.router,
     calls_router,
     webhook_endpoints_router,
     intelligence_router,
@@ -75,17 +75,20 @@ def create_app(settings: Settings | None = None, *, db: Database | None = None) 
     settings = settings or Settings()
     database = db or Database(settings.database_url, schema=settings.database_schema)
     database.attach()
+    # One of each carrier per app. Twilio numbers are imported, not provisioned, and Twilio
+    # places no calls yet: the registry (what numbers and calls go through) has the sim only.
+    sim, twilio = SimCarrier(), TwilioCarrier.from_settings(settings)
     state = AppState(
         settings=settings,
         db=database,
-        carriers=CarrierRegistry([SimCarrier()], default="sim"),
+        carriers=CarrierRegistry([sim], default="sim"),
         limiter=RateLimiter(settings.rate_limit_per_second, settings.rate_limit_burst),
     )
     if settings.signing_secret:
         state.signing_key = hashlib.sha256(settings.signing_secret.encode()).digest()
     app = web.Application(middlewares=[request_middleware], client_max_size=settings.max_body_bytes)
     app[APP_STATE] = state
-    _build_workers(app, state)
+    _build_workers(app, state, sim=sim, twilio=twilio)
     system.install(app)
     media.install(app)
     endpoints = []
@@ -93,14 +96,17 @@ def create_app(settings: Settings | None = None, *, db: Database | None = None) 
         router.install(app)
         endpoints.extend(router.endpoints)
     app[system.OPENAPI_DOC] = build_openapi(endpoints)
-    sms_twilio.install(app)
+    carrier_webhooks.sim.install(app)
+    carrier_webhooks.twilio.install(app, twilio)
     app.cleanup_ctx.extend((_schema, _node, _sms, _post_call, _recordings, _media))
     app.on_shutdown.append(_stop_taking_work)
     app.on_startup.append(_settled)  # after cleanup_ctx's start-up, which runs first
     return app
 
 
-def _build_workers(app: web.Application, state: AppState) -> None:
+def _build_workers(
+    app: web.Application, state: AppState, *, sim: SimCarrier, twilio: TwilioCarrier
+) -> None:
     settings, db = state.settings, state.db
     node_id = settings.effective_node_id()
     app[DIALLER] = Dialler(
@@ -113,7 +119,7 @@ def _build_workers(app: web.Application, state: AppState) -> None:
     )
     app[DELIVERY] = DeliveryWorker(db, settings, node_id=node_id)
     app[RECOVERY] = Recovery(db, node_id, settings.node_timeout_seconds, app[DIALLER].redial)
-    app[SMS] = SmsService(settings, db)
+    app[SMS] = SmsService(settings, db, sim=sim, twilio=twilio)  # it closes their clients
     app[INTELLIGENCE] = IntelligenceWorker(db, settings, lambda: hosted_backend(settings))
     app[RECORDINGS] = RecordingWorker(db, settings)
     app[MEDIA] = MediaRuntime(

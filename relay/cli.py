@@ -9,10 +9,10 @@ from collections.abc import Sequence
 
 from aiohttp import web
 
-from relay.carriers.sim.cli import add_phone_call_command
 from relay.config import Settings
+from relay.handset.cli import add_phone_call_command
+from relay.handset.sms import add_sms_command
 from relay.logs import configure as configure_logs
-from sms.cli import add_sms_command
 
 
 def _settings(args: argparse.Namespace) -> Settings:

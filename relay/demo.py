@@ -29,9 +29,9 @@ from sqlalchemy import select
 
 from relay.api.agents import new_webhook_secret
 from relay.auth import create_key
-from relay.carriers.sim.handset import CallReport, HandsetError, SimHandset, Turn
 from relay.config import Settings
 from relay.engine import speech
+from relay.handset import CallReport, HandsetError, SimHandset, Turn
 from relay.ids import new_id
 from relay.logs import configure as configure_logs
 from relay.store.db import Database

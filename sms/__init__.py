@@ -7,7 +7,9 @@ texts and calls, delivery reports and opt-out compliance live here too.
     outbound             store, hand to the carrier, follow the delivery status
     optout               STOP / START / HELP; ``is_opted_out`` for every outbound path
     segmentation         GSM-7 / UCS-2 segments
-    api, sim, twilio     the HTTP surface: /v1/messages, /v1/conversations, carrier webhooks
+
+Its HTTP surface is the API's: :mod:`relay.api.messages` (/v1/messages, /v1/conversations)
+and the carriers' webhooks in :mod:`relay.api.carriers`.
 
 Errors a client can cause are :mod:`relay.errors` (one shape for the whole API); a carrier's
 failure is :class:`relay.carriers.CarrierError`, recorded on the message as ``errorCode``.

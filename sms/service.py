@@ -33,9 +33,9 @@ from aiohttp import web
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from relay.carriers.sim.sms import SimSms
-from relay.carriers.sms import SmsCarrier
-from relay.carriers.twilio.sms import TwilioSms
+from relay.carriers import Carrier
+from relay.carriers.sim import SimCarrier
+from relay.carriers.twilio import TwilioCarrier
 from relay.config import Settings
 from relay.logs import get_logger
 from relay.store.db import Database
@@ -66,17 +66,16 @@ class SmsService:
         self,
         settings: Settings,
         db: Database,
-        carriers: dict[str, SmsCarrier] | None = None,
+        carriers: dict[str, Carrier] | None = None,
+        *,
+        sim: SimCarrier | None = None,
+        twilio: TwilioCarrier | None = None,
     ) -> None:
         self.settings = settings
         self.db = db
-        self.sim = SimSms()
-        self.twilio = TwilioSms(
-            settings.twilio_account_sid,
-            settings.twilio_auth_token,
-            api_base_url=settings.twilio_api_base_url,
-        )
-        self.carriers: dict[str, SmsCarrier] = carriers or {"sim": self.sim, "twilio": self.twilio}
+        self.sim = sim or SimCarrier()
+        self.twilio = twilio or TwilioCarrier.from_settings(settings)
+        self.carriers: dict[str, Carrier] = carriers or {"sim": self.sim, "twilio": self.twilio}
         self.queues: ConversationQueues[SmsRow] = ConversationQueues(self._drain)
         self._waiters: dict[str, asyncio.Future[list[SmsRow]]] = {}
         self._http: aiohttp.ClientSession | None = None

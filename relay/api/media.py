@@ -1,11 +1,8 @@
-"""Routes carriers use, not developers: voice webhooks and media sockets.
+"""The media sockets: where a call's audio comes and goes, authenticated by media tokens.
 
-These answer TwiML, JSON for the sim carrier, or a websocket; they are authenticated by
-carrier signatures, media tokens or (sim) an API key, and stay out of the OpenAPI document.
+They stay out of the OpenAPI document. The webhooks that hand out their URLs and tokens are
+in :mod:`relay.api.carriers`.
 
-    POST /carriers/twilio/voice         Twilio: a call came in (TwiML)
-    POST /carriers/twilio/voice/after   Twilio: the media stream ended (TwiML)
-    POST /carriers/sim/voice            sim carrier: place a call (only with RELAY_SIM_ENABLED)
     GET  /media/twilio                  Twilio Media Streams socket (Twilio and sim calls)
     GET  /media/websocket               raw PCM socket (bring your own telephony)
 """
@@ -17,8 +14,6 @@ from aiohttp import web
 from relay import tokens
 from relay.calls import inbound, media
 from relay.calls.media import MEDIA
-from relay.carriers.sim import voice as sim_voice
-from relay.carriers.twilio import voice as twilio_voice
 from relay.errors import Forbidden
 from relay.state import APP_STATE
 from relay.store.models import Call
@@ -41,12 +36,7 @@ def _socket() -> web.WebSocketResponse:
 
 
 def install(app: web.Application) -> None:
-    """Add the carrier and media routes (the media runtime is built by ``relay.app``)."""
-    settings = app[APP_STATE].settings
-    app.router.add_post("/carriers/twilio/voice", twilio_voice.voice_webhook)
-    app.router.add_post(twilio_voice.AFTER_PATH, twilio_voice.after_stream)
-    if settings.sim_enabled:
-        app.router.add_post(sim_voice.PATH, sim_voice.voice_webhook)
+    """Add the media routes (the media runtime is built by ``relay.app``)."""
     app.router.add_get("/media/twilio", twilio_media)
     app.router.add_get("/media/websocket", websocket_media)
 

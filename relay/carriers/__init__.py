@@ -1,73 +1,41 @@
-"""Carriers: who provisions numbers and carries calls and texts.
+"""Carriers: who provisions numbers and carries calls and texts, one folder per vendor.
 
-The seam is small on purpose (httpx's one-method transport is the model): a carrier can
-provision a number and release it. Calls and messages join this interface in later work.
+Each folder holds only vendor code (signature checks, answer documents, REST clients, wire
+formats) and implements the one small seam, :class:`Carrier` (:mod:`relay.carriers.base`):
+provision and release a number, dial (streaming to the relay's media socket) and hang up,
+send a text, verify an inbound webhook. The HTTP handlers carriers call live in
+:mod:`relay.api.carriers`; the media protocols in :mod:`relay.transports`.
 
-    CarrierError                 a carrier refused or failed; becomes a 502/409 at the API
+    CarrierError                 refused or failed: 502 at the API, provider_error on a call
     ├── NoNumberAvailable        nothing left in the asked-for range (409 no_number_available)
-    └── CarrierUnavailable       could not reach the carrier (502 carrier_unavailable)
+    ├── CarrierUnavailable       could not reach the carrier (502 carrier_unavailable)
+    └── DialFailed               the far end was not connected (``reason``: busy, no_answer...)
 """
 
-from __future__ import annotations
-
-from dataclasses import dataclass
-from typing import Protocol
-
-
-class CarrierError(Exception):
-    code = "carrier_error"
-
-
-class NoNumberAvailable(CarrierError):
-    code = "no_number_available"
-
-
-class CarrierUnavailable(CarrierError):
-    code = "carrier_unavailable"
-
-
-@dataclass(frozen=True, slots=True)
-class ProvisionRequest:
-    country: str
-    area_code: str | None
-    taken: frozenset[str]
-
-
-@dataclass(frozen=True, slots=True)
-class ProvisionedNumber:
-    phone_number: str
-    country: str
-    provider_sid: str | None
-    capabilities: tuple[str, ...] = ("voice", "sms")
-
-
-class Carrier(Protocol):
-    name: str
-
-    async def provision(self, request: ProvisionRequest) -> ProvisionedNumber: ...
-
-    async def release(self, phone_number: str, provider_sid: str | None) -> None: ...
-
-
-class CarrierRegistry:
-    def __init__(self, carriers: list[Carrier], default: str) -> None:
-        self._carriers = {c.name: c for c in carriers}
-        self.default = default
-
-    def get(self, name: str) -> Carrier | None:
-        return self._carriers.get(name)
-
-    @property
-    def names(self) -> list[str]:
-        return sorted(self._carriers)
-
+from relay.carriers.base import (
+    Carrier,
+    CarrierError,
+    CarrierRegistry,
+    CarrierUnavailable,
+    DialFailed,
+    DialRequest,
+    InboundWebhook,
+    NoNumberAvailable,
+    OutboundLeg,
+    ProvisionedNumber,
+    ProvisionRequest,
+)
 
 __all__ = [
     "Carrier",
     "CarrierError",
     "CarrierRegistry",
     "CarrierUnavailable",
+    "DialFailed",
+    "DialRequest",
+    "InboundWebhook",
     "NoNumberAvailable",
+    "OutboundLeg",
     "ProvisionRequest",
     "ProvisionedNumber",
 ]

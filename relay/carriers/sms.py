@@ -1,4 +1,4 @@
-"""Texts through carriers: the one method an SMS-capable carrier adds, and what it carries.
+"""Texts through carriers: what :meth:`relay.carriers.Carrier.send_sms` carries both ways.
 
 A carrier's ``send_sms`` hands one text to the carrier and says what the carrier made of it.
 Errors are the carriers' own tree (:mod:`relay.carriers`):
@@ -10,7 +10,7 @@ Errors are the carriers' own tree (:mod:`relay.carriers`):
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal, Protocol
+from typing import Literal
 
 DeliveryStatus = Literal["queued", "sent", "delivered", "failed"]
 
@@ -47,10 +47,4 @@ class IncomingText:
     keyword_handled: bool = False
 
 
-class SmsCarrier(Protocol):
-    name: str
-
-    async def send_sms(self, text: OutgoingText) -> SentText: ...
-
-
-__all__ = ["DeliveryStatus", "IncomingText", "OutgoingText", "SentText", "SmsCarrier"]
+__all__ = ["DeliveryStatus", "IncomingText", "OutgoingText", "SentText"]

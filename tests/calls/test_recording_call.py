@@ -20,8 +20,8 @@ import numpy as np
 import pytest
 from aiohttp import web
 
-from relay.carriers.sim.handset import SimHandset, transcribe
 from relay.engine.codecs import resample
+from relay.handset import SimHandset, transcribe
 from relay.store.db import Database
 from tests.carriers.test_sim_calls import GREETING, Hook, base_url
 from tests.transports.support import agent_with_number, phone_settings

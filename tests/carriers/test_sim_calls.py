@@ -22,8 +22,8 @@ from sqlalchemy import select
 from standardwebhooks.webhooks import Webhook
 
 from relay.calls import inbound
-from relay.carriers.sim.handset import Dtmf, SimHandset, synthesize, transcribe
 from relay.engine.codecs import resample
+from relay.handset import Dtmf, SimHandset, synthesize, transcribe
 from relay.state import APP_STATE
 from relay.store.db import Database
 from relay.store.models import Agent, TranscriptSegment

@@ -15,7 +15,7 @@ from aiohttp import web
 from sqlalchemy import select
 from standardwebhooks.webhooks import Webhook
 
-from relay.carriers.sim.handset import Dtmf, SimHandset
+from relay.handset import Dtmf, SimHandset
 from relay.store.db import Database
 from relay.store.models import Call
 from tests.conftest import PG_DSN, PG_URL

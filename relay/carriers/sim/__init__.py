@@ -1,5 +1,5 @@
 """The embedded carrier: numbers from ranges reserved for fiction, calls and texts in-process."""
 
-from relay.carriers.sim.carrier import SIM_RANGES, SimCarrier
+from relay.carriers.sim.carrier import DEFAULT_HANDSET, SIM_RANGES, SimCarrier, SimText
 
-__all__ = ["SIM_RANGES", "SimCarrier"]
+__all__ = ["DEFAULT_HANDSET", "SIM_RANGES", "SimCarrier", "SimText"]

@@ -1,19 +1,40 @@
-"""Number inventory of the sim carrier.
+"""The sim carrier: the embedded default, where nothing leaves the process.
 
 Every number it hands out lies in a range its regulator reserves for drama and tests, so a
 sim number can never ring a real phone:
   US/CA  +1 NPA 555 0100..0199 (NANPA's fictional block, any area code)
   GB     +44 20 7946 0000..0999 (Ofcom, London drama range)
   AU     +61 2 5550 0000..9999 and +61 491 570 000..999 (ACMA fiction ranges)
+
+Calls come in from the simulated handset (:mod:`relay.handset`) through the sim voice
+webhook, which an API key guards instead of a signature. Outbound calls ring and nobody
+answers, until a handset can: they end ``no_answer``. Texts the relay sends land in an
+outbox (the simulated handsets' inbox), delivered at once; ``relay phone sms`` prints them.
 """
 
 from __future__ import annotations
 
+import asyncio
 import secrets
+from collections import deque
+from dataclasses import dataclass
+from datetime import datetime
 
 import phonenumbers
 
-from relay.carriers import NoNumberAvailable, ProvisionedNumber, ProvisionRequest
+from relay.carriers.base import (
+    DialRequest,
+    InboundWebhook,
+    NoNumberAvailable,
+    OutboundLeg,
+    ProvisionedNumber,
+    ProvisionRequest,
+)
+from relay.carriers.sms import OutgoingText, SentText
+from relay.store.models import utcnow
+
+# The simulated handset's number when none is given (NANPA's fictional 555-01xx block).
+DEFAULT_HANDSET = "+12025550142"
 
 US_AREA_CODES = ("212", "415", "312", "206", "617", "512", "303", "202")
 
@@ -52,8 +73,34 @@ def _candidates(country: str, area_code: str | None) -> list[str]:
     return []
 
 
+@dataclass(frozen=True, slots=True)
+class SimText:
+    carrier_message_id: str
+    message_id: str
+    from_number: str
+    to_number: str
+    text: str
+    at: datetime
+
+
+class _RingsForever:
+    def __init__(self, carrier_call_id: str) -> None:
+        self.carrier_call_id: str | None = carrier_call_id
+
+    async def answered(self) -> None:
+        await asyncio.Event().wait()
+
+    async def hangup(self) -> None:
+        return None
+
+
 class SimCarrier:
+    """``outbox`` keeps the last ``keep_texts`` texts sent, oldest first."""
+
     name = "sim"
+
+    def __init__(self, keep_texts: int = 10_000) -> None:
+        self.outbox: deque[SimText] = deque(maxlen=keep_texts)
 
     async def provision(self, request: ProvisionRequest) -> ProvisionedNumber:
         free = [
@@ -71,4 +118,27 @@ class SimCarrier:
         return ProvisionedNumber(number, request.country, provider_sid=f"SIM{number[1:]}")
 
     async def release(self, phone_number: str, provider_sid: str | None) -> None:
+        return None
+
+    async def dial(self, request: DialRequest) -> OutboundLeg:
+        return _RingsForever("SIMOUT" + request.call_id.removeprefix("call_"))
+
+    async def hangup(self, carrier_call_id: str) -> None:
+        return None  # a sim call ends when the handset's media socket closes
+
+    async def send_sms(self, text: OutgoingText) -> SentText:
+        sid = "SIM" + secrets.token_hex(16)
+        self.outbox.append(
+            SimText(sid, text.message_id, text.from_number, text.to_number, text.text, utcnow())
+        )
+        return SentText(sid, "delivered")
+
+    def inbox(self, handset: str) -> list[SimText]:
+        """What the relay texted to ``handset``."""
+        return [t for t in self.outbox if t.to_number == handset]
+
+    def verify_webhook(self, webhook: InboundWebhook) -> bool:
+        return False  # the sim signs nothing: its webhooks take a secret API key instead
+
+    async def close(self) -> None:
         return None

@@ -1,15 +1,31 @@
-"""Twilio as a carrier of calls: webhook signature checks and the TwiML that answers a call.
+"""Twilio: webhook signature checks, the TwiML that answers a call, the Messaging REST client.
 
-Inbound voice: Twilio POSTs ``/carriers/twilio/voice``; the relay answers with
-``<Connect><Stream>`` pointing at its Media Streams socket (:mod:`relay.transports.twilio`).
+Twilio's webhooks are served by :mod:`relay.api.carriers.twilio`; its Media Streams socket
+by :mod:`relay.transports.twilio`.
 """
 
+from relay.carriers.twilio.carrier import TwilioCarrier
+from relay.carriers.twilio.signature import BAD_SIGNATURE, signature_is_valid
+from relay.carriers.twilio.sms import EMPTY_TWIML, TwilioSms, parse_inbound, parse_status
 from relay.carriers.twilio.voice import (
     NOT_IN_SERVICE,
     UNAVAILABLE,
+    after_stream_twiml,
     answer_twiml,
     reject_twiml,
-    signature_is_valid,
 )
 
-__all__ = ["NOT_IN_SERVICE", "UNAVAILABLE", "answer_twiml", "reject_twiml", "signature_is_valid"]
+__all__ = [
+    "BAD_SIGNATURE",
+    "EMPTY_TWIML",
+    "NOT_IN_SERVICE",
+    "UNAVAILABLE",
+    "TwilioCarrier",
+    "TwilioSms",
+    "after_stream_twiml",
+    "answer_twiml",
+    "parse_inbound",
+    "parse_status",
+    "reject_twiml",
+    "signature_is_valid",
+]

@@ -1,5 +1,5 @@
 """Twilio Messaging: inbound texts and delivery reports arrive form-encoded and signed
-(checked by :func:`relay.carriers.twilio.voice.signature_is_valid`); outbound texts go
+(checked by :func:`relay.carriers.twilio.signature.signature_is_valid`); outbound texts go
 through Twilio's REST API with the official client, asynchronously.
 
 ``RELAY_TWILIO_API_BASE_URL`` points the REST client elsewhere (a test double, a proxy);
@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import aiohttp
+from twilio.base.exceptions import TwilioRestException
 
 from relay.carriers import CarrierError, CarrierUnavailable
 from relay.carriers.sms import DeliveryStatus, IncomingText, OutgoingText, SentText
@@ -75,6 +76,7 @@ def parse_status(form: Mapping[str, str]) -> tuple[str, DeliveryStatus | None, s
 def _http_client(timeout: float) -> Any:
     """Twilio's async HTTP seam on our own aiohttp session. (The SDK's own async client
     uses ``aiohttp.BasicAuth``, deprecated since aiohttp 3.14; this sends the header.)"""
+    # On first use: twilio.http imports requests (~80 ms), which a relay without Twilio skips.
     from twilio.http import AsyncHttpClient
     from twilio.http.response import Response
 
@@ -133,7 +135,7 @@ class TwilioSms:
 
     def _rest(self) -> Any:
         if self._client is None:
-            from twilio.rest import Client
+            from twilio.rest import Client  # on first use, as in _http_client
 
             self._http = _http_client(self.timeout)
             client = Client(self.account_sid, self.auth_token, http_client=self._http)
@@ -143,8 +145,6 @@ class TwilioSms:
         return self._client
 
     async def send_sms(self, text: OutgoingText) -> SentText:
-        from twilio.base.exceptions import TwilioRestException
-
         if not (self.account_sid and self.auth_token):
             raise CarrierError(NOT_CONFIGURED)
         try:

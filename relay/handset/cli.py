@@ -19,6 +19,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from relay.config import Settings
+
 
 class _Turns(argparse.Action):
     """Keeps --say, --wav and --dtmf in one list, in the order they were given."""
@@ -59,8 +61,8 @@ def add_phone_call_command(phone_sub: Any) -> None:
 
 
 def cmd_phone_call(args: argparse.Namespace) -> int:
-    from relay.carriers.sim.handset import Dtmf, HandsetError, Line, SimHandset
-    from relay.config import Settings
+    # Here, not at the top: the handset imports the voice engine (seconds); other commands don't.
+    from relay.handset.voice import Dtmf, HandsetError, Line, SimHandset
 
     key = args.key or os.environ.get("RELAY_KEY")
     if not key:

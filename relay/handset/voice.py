@@ -1,4 +1,4 @@
-"""The sim carrier's handset: places a call and plays both the carrier and the caller.
+"""The simulated handset's calls: it places a call and plays both the carrier and the caller.
 
 It asks the relay for the call the way a carrier does (``POST /carriers/sim/voice``), opens
 the Twilio Media Streams socket it is given and speaks the carrier side of that protocol:

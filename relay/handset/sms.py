@@ -16,7 +16,7 @@ from typing import Any
 
 import aiohttp
 
-from relay.carriers.sim.sms import DEFAULT_HANDSET
+from relay.carriers.sim import DEFAULT_HANDSET
 from relay.config import Settings
 
 NO_KEY = "error: pass --key or set RELAY_KEY (a secret key of the number's project)"

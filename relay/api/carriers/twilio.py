@@ -1,0 +1,167 @@
+"""Twilio's webhooks: calls and texts to our numbers, and what became of them.
+
+``POST /carriers/twilio/voice``          a call came in: ``<Connect><Stream>`` to the relay's
+                                         Media Streams socket, or a polite ``<Say>`` + hangup
+``POST /carriers/twilio/voice/after``    the stream ended: ``<Dial>`` if the agent asked for a
+                                         transfer, else hang up
+``POST /carriers/twilio/sms``            a text came in: stored, answered with empty TwiML at
+                                         once (``<Response/>``); the agent's reply goes out
+                                         later through the REST API, not in the TwiML
+``POST /carriers/twilio/sms/status``     a delivery report for one of our texts
+
+Every request must carry a valid ``X-Twilio-Signature`` over ``RELAY_PUBLIC_URL`` + path and
+query (:mod:`relay.carriers.twilio.signature`). Anything else is answered 403 before it
+touches a call or the store.
+"""
+
+from __future__ import annotations
+
+from aiohttp import web
+from sqlalchemy import select
+
+from relay.calls import inbound
+from relay.calls.media import MEDIA
+from relay.carriers import InboundWebhook
+from relay.carriers.twilio import (
+    BAD_SIGNATURE,
+    EMPTY_TWIML,
+    NOT_IN_SERVICE,
+    UNAVAILABLE,
+    TwilioCarrier,
+    after_stream_twiml,
+    answer_twiml,
+    parse_inbound,
+    parse_status,
+    reject_twiml,
+)
+from relay.errors import BadRequest, Forbidden
+from relay.logs import get_logger
+from relay.state import APP_STATE
+from relay.store.models import CallEvent
+from relay.urls import media_base_url
+from sms.inbound import receive
+from sms.outbound import set_status
+from sms.service import SMS, STATUS_CALLBACK_PATH
+from sms.store import message_of, messages
+
+log = get_logger("relay.api.carriers.twilio")
+
+VOICE_PATH = "/carriers/twilio/voice"
+AFTER_PATH = "/carriers/twilio/voice/after"
+SMS_PATH = "/carriers/twilio/sms"
+# The account whose signature the webhooks must carry.
+TWILIO: web.AppKey[TwilioCarrier] = web.AppKey("relay_twilio", TwilioCarrier)
+
+
+def _twiml(body: str) -> web.Response:
+    return web.Response(text=body, content_type="text/xml")
+
+
+async def signed_form(request: web.Request) -> dict[str, str]:
+    """The form Twilio posted, once its signature checks out (403 otherwise)."""
+    form = await request.post()
+    fields = {k: v for k, v in form.items() if isinstance(v, str)}
+    url = request.app[APP_STATE].settings.effective_public_url() + request.path_qs
+    webhook = InboundWebhook(url, request.headers, await request.read(), fields)
+    if not request.app[TWILIO].verify_webhook(webhook):
+        log.warning("twilio_signature_rejected", path=request.path)
+        raise Forbidden(BAD_SIGNATURE, code="invalid_signature")
+    return fields
+
+
+async def voice_webhook(request: web.Request) -> web.Response:
+    """A call to one of our numbers: connect it to its agent."""
+    params = await signed_form(request)
+    state = request.app[APP_STATE]
+    to = params.get("To", "")
+    try:
+        opened = await inbound.open_inbound_call(
+            state,
+            to_number=to,
+            from_number=params.get("From") or None,
+            connection_type="twilio",
+            carrier_call_id=params.get("CallSid") or None,
+        )
+    except inbound.CallUnavailable as exc:
+        log.info("twilio_call_rejected", to=to, code=exc.code)
+        return _twiml(reject_twiml(NOT_IN_SERVICE if exc.code == "unknown_number" else UNAVAILABLE))
+    request.app[MEDIA].expect(opened.call_id)
+    public = state.settings.effective_public_url()
+    return _twiml(
+        answer_twiml(
+            f"{media_base_url(public)}/media/twilio",
+            opened.media_token,
+            opened.call_id,
+            f"{public}{AFTER_PATH}?callId={opened.call_id}",
+        )
+    )
+
+
+async def after_stream(request: web.Request) -> web.Response:
+    """The media stream ended: carry out a transfer the agent asked for, else hang up."""
+    await signed_form(request)
+    call_id = request.query.get("callId", "")
+    async with request.app[APP_STATE].db.session() as session:
+        event = (
+            await session.execute(
+                select(CallEvent)
+                .where(
+                    CallEvent.call_id == call_id,
+                    CallEvent.source == "telephony",
+                    CallEvent.message == "transfer",
+                )
+                .order_by(CallEvent.id.desc())
+                .limit(1)
+            )
+        ).scalar_one_or_none()
+    to = (event.data or {}).get("transfer") if event is not None else None
+    return _twiml(after_stream_twiml(to))
+
+
+async def sms_inbound(request: web.Request) -> web.Response:
+    """A text to one of our numbers: stored and handed to its conversation's worker."""
+    form = await signed_form(request)
+    try:
+        incoming = parse_inbound(form)
+    except ValueError as exc:
+        raise BadRequest(f"Not a Twilio message webhook: {exc}.") from exc
+    await receive(request.app[SMS], incoming)
+    return web.Response(text=EMPTY_TWIML, content_type="text/xml")
+
+
+async def sms_status(request: web.Request) -> web.Response:
+    """A delivery report: the text moves on to its new status."""
+    form = await signed_form(request)
+    sid, new_status, error = parse_status(form)
+    svc = request.app[SMS]
+    message_id = request.query.get("messageId")
+    lookup = select(*messages.c).where(messages.c.provider == "twilio")
+    lookup = lookup.where(
+        messages.c.id == message_id if message_id else messages.c.carrier_message_id == sid
+    )
+    async with svc.writing() as session:
+        row = (await session.execute(lookup)).mappings().one_or_none()
+        if row is None or new_status is None:
+            log.info("twilio_status_ignored", sid=sid, known=row is not None)
+            return web.Response(status=204)
+        msg = message_of(row)
+        values: dict[str, str] = {}
+        if sid and msg.carrier_message_id is None:
+            values["carrier_message_id"] = sid
+        if new_status == "failed" and error:
+            values["error_code"] = f"twilio_{error}"
+            values["error_message"] = f"Twilio reported error {error} delivering the text."
+        await set_status(session, msg, new_status, **values)
+    return web.Response(status=204)
+
+
+def install(app: web.Application, carrier: TwilioCarrier) -> None:
+    """Serve Twilio's webhooks, signed for ``carrier``'s account."""
+    app[TWILIO] = carrier
+    app.router.add_post(VOICE_PATH, voice_webhook)
+    app.router.add_post(AFTER_PATH, after_stream)
+    app.router.add_post(SMS_PATH, sms_inbound)
+    app.router.add_post(STATUS_CALLBACK_PATH, sms_status)
+
+
+__all__ = ["AFTER_PATH", "SMS_PATH", "TWILIO", "VOICE_PATH", "install", "signed_form"]

@@ -1,0 +1,147 @@
+"""The carrier seam: what every carrier does for the relay, and the errors it raises.
+
+A carrier is one folder (``sim``, ``twilio``; Telnyx and Plivo next) that implements
+:class:`Carrier`. Its HTTP side (inbound webhooks, answer documents served to it) is wired
+in :mod:`relay.api.carriers`; the folder holds only what speaks to the vendor.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from relay.carriers.sms import OutgoingText, SentText
+
+
+class CarrierError(Exception):
+    """A carrier refused or failed; ``code`` says why (a 502 at the API, ``provider_error``
+    on a call)."""
+
+    code = "carrier_error"
+
+
+class NoNumberAvailable(CarrierError):
+    code = "no_number_available"
+
+
+class CarrierUnavailable(CarrierError):
+    code = "carrier_unavailable"
+
+
+class DialFailed(CarrierError):
+    """The far end was not connected; ``reason`` is a call failure reason (``busy``...)."""
+
+    code = "dial_failed"
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
+@dataclass(frozen=True, slots=True)
+class ProvisionRequest:
+    country: str
+    area_code: str | None
+    taken: frozenset[str]
+
+
+@dataclass(frozen=True, slots=True)
+class ProvisionedNumber:
+    phone_number: str
+    country: str
+    provider_sid: str | None
+    capabilities: tuple[str, ...] = ("voice", "sms")
+
+
+@dataclass(frozen=True, slots=True)
+class DialRequest:
+    call_id: str
+    project_id: str
+    carrier: str
+    from_number: str
+    to_number: str
+    # Where the carrier streams the answered call's audio: ``wss://relay/media/...`` plus a
+    # token naming the call (the carrier picks the path of its own media protocol).
+    media_base_url: str
+    media_token: str
+    ring_timeout_seconds: float
+
+
+class OutboundLeg(Protocol):
+    carrier_call_id: str | None
+
+    async def answered(self) -> None:
+        """Return once the far end answered and its media socket is open."""
+
+    async def hangup(self) -> None:
+        """Abandon the leg, ringing or answered."""
+
+
+@dataclass(frozen=True, slots=True)
+class InboundWebhook:
+    """A request from a carrier as it signed it: the URL it asked for (our public URL with
+    the path and query), its headers, the raw body and, for a form, its fields."""
+
+    url: str
+    headers: Mapping[str, str]
+    body: bytes = b""
+    form: Mapping[str, str] = field(default_factory=dict)
+
+
+class Carrier(Protocol):
+    """One carrier account's way to numbers, calls and texts."""
+
+    name: str
+
+    async def provision(self, request: ProvisionRequest) -> ProvisionedNumber:
+        """Take a free number (not in ``request.taken``); NoNumberAvailable if none."""
+
+    async def release(self, phone_number: str, provider_sid: str | None) -> None:
+        """Give a provisioned number back to the carrier."""
+
+    async def dial(self, request: DialRequest) -> OutboundLeg:
+        """Ring ``to_number``, return once it rings; DialFailed if it cannot (busy...)."""
+
+    async def hangup(self, carrier_call_id: str) -> None:
+        """End a call the carrier carries, in either direction."""
+
+    async def send_sms(self, text: OutgoingText) -> SentText:
+        """Hand one text to the carrier; say how far it got while we waited."""
+
+    def verify_webhook(self, webhook: InboundWebhook) -> bool:
+        """Whether the carrier signed this request (checked before it touches anything)."""
+
+    async def close(self) -> None:
+        """Release what the carrier holds open (HTTP sessions)."""
+
+
+class CarrierRegistry:
+    """The carriers numbers are provisioned from and calls dialled through, by name."""
+
+    def __init__(self, carriers: list[Carrier], default: str) -> None:
+        self._carriers = {c.name: c for c in carriers}
+        self.default = default
+
+    def get(self, name: str) -> Carrier | None:
+        return self._carriers.get(name)
+
+    @property
+    def names(self) -> list[str]:
+        return sorted(self._carriers)
+
+
+__all__ = [
+    "Carrier",
+    "CarrierError",
+    "CarrierRegistry",
+    "CarrierUnavailable",
+    "DialFailed",
+    "DialRequest",
+    "InboundWebhook",
+    "NoNumberAvailable",
+    "OutboundLeg",
+    "ProvisionRequest",
+    "ProvisionedNumber",
+]

@@ -1,0 +1,78 @@
+"""The carrier seam as each carrier implements it, without the HTTP around it."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from twilio.request_validator import RequestValidator
+
+from relay.carriers import CarrierError, DialRequest, InboundWebhook
+from relay.carriers.sim import SimCarrier
+from relay.carriers.sms import OutgoingText
+from relay.carriers.twilio import TwilioCarrier
+
+TOKEN = "carrier-test-auth-token"
+URL = "https://relay.example.com/carriers/twilio/sms?messageId=msg_1"
+FORM = {"MessageSid": "SM1", "From": "+61412345678", "To": "+14155550142", "Body": "hi"}
+
+
+def dial_request(carrier: str) -> DialRequest:
+    return DialRequest(
+        call_id="call_abc",
+        project_id="prj_1",
+        carrier=carrier,
+        from_number="+14155550142",
+        to_number="+14155550199",
+        media_base_url="wss://relay.example.com",
+        media_token="t",
+        ring_timeout_seconds=30.0,
+    )
+
+
+def signed(form: dict[str, str], token: str = TOKEN) -> InboundWebhook:
+    signature = RequestValidator(token).compute_signature(URL, form)
+    return InboundWebhook(URL, {"X-Twilio-Signature": signature}, form=form)
+
+
+def test_twilio_vouches_for_what_its_account_signed():
+    twilio = TwilioCarrier("AC1", TOKEN)
+    assert twilio.verify_webhook(signed(FORM))
+    assert not twilio.verify_webhook(signed(FORM, token="another-account-token"))
+    tampered = signed(FORM)
+    assert not twilio.verify_webhook(
+        InboundWebhook(URL, tampered.headers, form={**FORM, "Body": "changed"})
+    )
+    assert not twilio.verify_webhook(InboundWebhook(URL, {}, form=FORM))
+
+
+def test_twilio_without_an_auth_token_vouches_for_nothing():
+    assert not TwilioCarrier("AC1", "").verify_webhook(signed(FORM))
+
+
+async def test_twilio_refuses_to_dial_yet():
+    with pytest.raises(CarrierError) as caught:
+        await TwilioCarrier("AC1", TOKEN).dial(dial_request("twilio"))
+    assert str(caught.value) == "The twilio carrier cannot place calls from this relay yet."
+
+
+async def test_a_sim_call_rings_until_it_is_hung_up():
+    leg = await SimCarrier().dial(dial_request("sim"))
+    assert leg.carrier_call_id == "SIMOUTabc"
+    with pytest.raises(TimeoutError):
+        await asyncio.wait_for(leg.answered(), 0.05)
+    await leg.hangup()
+
+
+async def test_sim_texts_land_in_the_handsets_inbox():
+    sim = SimCarrier()
+    sent = await sim.send_sms(OutgoingText("msg_1", "+14155550142", "+12025550142", "Hello"))
+    assert sent.status == "delivered"
+    [text] = sim.inbox("+12025550142")
+    assert (text.carrier_message_id, text.message_id, text.text) == (
+        sent.carrier_message_id,
+        "msg_1",
+        "Hello",
+    )
+    assert sim.inbox("+12025550143") == []
+    assert not sim.verify_webhook(InboundWebhook(URL, {}, form=FORM))
