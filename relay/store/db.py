@@ -72,7 +72,7 @@ class Database:
         self.engine: AsyncEngine = create_async_engine(url, **kwargs)
         self.versions = TableVersions()  # moved on SQLite only
         if self.is_sqlite:
-            run_in_loop(self.engine.sync_engine, self)
+            run_in_loop(self.engine.sync_engine, self.versions)
             event.listen(self.engine.sync_engine, "connect", sqlite_pragmas)
             self.versions.listen(self.engine.sync_engine)
         self.sessions = async_sessionmaker(self.engine, expire_on_commit=False)
@@ -111,7 +111,7 @@ class Database:
         opening its own."""
         loop = asyncio.get_running_loop()
         if self._group is None or self._group.loop is not loop:
-            self._group = GroupCommit(self, loop)
+            self._group = GroupCommit(self.engine, self._writer_lock, loop)
         return await self._group.submit(work)
 
     def table_version(self, table: str) -> int | None:

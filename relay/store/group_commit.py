@@ -14,12 +14,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
-
-if TYPE_CHECKING:  # db.py imports this module: the handle is only a type here
-    from relay.store.db import Database
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
 
 GROUP_MAX = 64  # writes per group commit: bounds how long one transaction holds the lock
 
@@ -31,8 +28,14 @@ class GroupCommit:
     """The queue of :meth:`Database.write` calls of one event loop, and the task that commits
     them in groups, in the order they were queued."""
 
-    def __init__(self, db: Database, loop: asyncio.AbstractEventLoop) -> None:
-        self.db = db
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        writer_lock: Callable[[], asyncio.Lock],
+        loop: asyncio.AbstractEventLoop,
+    ) -> None:
+        self.engine = engine
+        self.writer_lock = writer_lock  # the handle's lock of this loop's writers
         self.loop = loop
         self._queue: list[tuple[Write[Any], asyncio.Future[Any]]] = []
         self._task: asyncio.Task[None] | None = None
@@ -95,11 +98,11 @@ class GroupCommit:
         PostgreSQL closed fails the transaction that finds it, which invalidates it: the
         next one connects again (SQLAlchemy's reconnect on next use)."""
         if self._session is None:
-            self._conn = conn = await self.db.engine.connect()
+            self._conn = conn = await self.engine.connect()
             self._session = AsyncSession(bind=conn, expire_on_commit=False)
         session = self._session
         try:
-            async with self.db._writer_lock(), session.begin():
+            async with self.writer_lock(), session.begin():
                 with session.no_autoflush:
                     return [await work(session) for work in works]
         except asyncio.CancelledError:  # cancelled: the loop is going away; let the pool clean up

@@ -19,7 +19,7 @@ import operator
 import sqlite3
 import weakref
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any, cast
+from typing import Any, cast
 
 from sqlalchemy import Executable, Insert, MetaData, Table, bindparam, event, insert
 from sqlalchemy.engine import Connection, Dialect, Engine
@@ -32,9 +32,6 @@ from sqlalchemy.util import await_only
 
 from relay.store.sqlite import InLoopSqlite
 from relay.store.versions import ANY_TABLE, TableVersions
-
-if TYPE_CHECKING:  # db.py imports this module: the handle is only a type here
-    from relay.store.db import Database
 
 _ROWS = "relay_rows_at_commit"  # Session.info: table -> rows to insert when it commits
 _RAW = "relay_raw"  # Connection.info: its _Raw; Session.info: its transaction's (or None)
@@ -247,14 +244,14 @@ class _Raw:
         self._wrote(plan)
 
 
-# Engine -> the Database that owns it: a raw write moves that Database's table versions.
-_owners: weakref.WeakKeyDictionary[Engine, Database] = weakref.WeakKeyDictionary()
+# Engine -> the table versions of the Database that owns it, which a raw write moves.
+_owners: weakref.WeakKeyDictionary[Engine, TableVersions] = weakref.WeakKeyDictionary()
 
 
-def run_in_loop(engine: Engine, db: Database) -> None:
+def run_in_loop(engine: Engine, versions: TableVersions) -> None:
     """Run prepared statements and inserts at commit straight on ``engine``'s in-loop
-    driver connections, moving ``db``'s table versions."""
-    _owners[engine] = db
+    driver connections, moving ``versions``."""
+    _owners[engine] = versions
 
 
 def _raw_connection(conn: Connection) -> _Raw | None:
@@ -262,11 +259,11 @@ def _raw_connection(conn: Connection) -> _Raw | None:
     found: _Raw | None = conn.info.get(_RAW)
     if found is not None:
         return found
-    db = _owners.get(conn.engine)
+    versions = _owners.get(conn.engine)
     driver = conn.connection.driver_connection
-    if db is None or not isinstance(driver, InLoopSqlite):
+    if versions is None or not isinstance(driver, InLoopSqlite):
         return None
-    found = conn.info[_RAW] = _Raw(conn, driver, db.versions)
+    found = conn.info[_RAW] = _Raw(conn, driver, versions)
     return found
 
 

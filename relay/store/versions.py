@@ -10,14 +10,11 @@ from __future__ import annotations
 
 import weakref
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any, Generic, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 from sqlalchemy import Select, Table, event
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.ext.asyncio import AsyncSession
-
-if TYPE_CHECKING:  # db.py imports this module: the handle is only a type here
-    from relay.store.db import Database
 
 ANY_TABLE = "*"  # a write whose table is not known: every table's version moves
 _READS = ("SELECT", "PRAGMA")
@@ -88,6 +85,13 @@ class TableVersions:
         conn.info.pop(_TOUCHED, None)
 
 
+class Versioned(Protocol):
+    """What a cache needs of a database handle (:class:`relay.store.Database` is one)."""
+
+    is_sqlite: bool
+    versions: TableVersions
+
+
 class SnapshotCache(Generic[K, T]):
     """What a read in a session's transaction found, kept per :class:`Database` by ``key``
     while none of ``tables`` has been written (:meth:`Database.snapshot_version`; SQLite
@@ -97,28 +101,29 @@ class SnapshotCache(Generic[K, T]):
     def __init__(self, tables: tuple[str, ...], max_items: int = 10_000) -> None:
         self.tables = tables
         self.max_items = max_items
-        # Database -> key -> (the tables' versions, the value)
-        self._found: weakref.WeakKeyDictionary[Database, dict[K, tuple[tuple[int, ...], T]]] = (
-            weakref.WeakKeyDictionary()
-        )
+        # a Database's table versions -> key -> (the tables' versions, the value)
+        self._found: weakref.WeakKeyDictionary[
+            TableVersions, dict[K, tuple[tuple[int, ...], T]]
+        ] = weakref.WeakKeyDictionary()
 
     async def get(
-        self, session: AsyncSession, db: Database | None, key: K, read: Callable[[], Awaitable[T]]
+        self, session: AsyncSession, db: Versioned | None, key: K, read: Callable[[], Awaitable[T]]
     ) -> T:
         """The value kept for ``key``, or ``await read()`` (in ``session``), kept if no
         table moved while it ran."""
         if db is None or not db.is_sqlite:
             return await read()
         conn = (await session.connection()).sync_connection
-        version = None if conn is None else db.snapshot_version(conn, self.tables)
+        versions = db.versions
+        version = None if conn is None else versions.snapshot(conn, self.tables)
         if conn is None or version is None:
             return await read()
-        found = self._found.setdefault(db, {})
+        found = self._found.setdefault(versions, {})
         hit = found.get(key)
         if hit is not None and hit[0] == version:
             return hit[1]
         value = await read()
-        if db.snapshot_version(conn, self.tables) == version:
+        if versions.snapshot(conn, self.tables) == version:
             if len(found) >= self.max_items:
                 found.clear()
             found[key] = (version, value)
