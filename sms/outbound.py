@@ -15,7 +15,6 @@ transaction as the step they report.
 from __future__ import annotations
 
 import functools
-from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import String, bindparam, update
@@ -28,6 +27,7 @@ from relay.ids import new_id
 from relay.logs import get_logger
 from relay.store.db import Prepared, insert_at_commit
 from relay.store.models import Message, MessageEvent, utcnow
+from relay.timefmt import iso
 from sms.segmentation import segment
 from sms.store import SmsRow, message_row, table_of
 
@@ -43,14 +43,6 @@ STEPS: dict[str, tuple[str, ...]] = {
     "failed": ("sent", "queued"),
 }
 NO_CARRIER = "This relay has no SMS carrier {name!r}."
-
-
-# Kept: every text's recentHistory formats the same last texts' times again.
-@functools.lru_cache(maxsize=4096)
-def iso(value: datetime | None) -> str | None:
-    if value is None:
-        return None
-    return value.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def message_payload(msg: SmsRow) -> dict[str, Any]:

@@ -30,6 +30,7 @@ from relay.engine.turns import TurnError, TurnRequest, stream_turn
 from relay.logs import get_logger
 from relay.store.db import Prepared, insert_at_commit
 from relay.store.models import Agent, Conversation, Message, OptOut, utcnow
+from relay.timefmt import iso
 from sms.agents import live_agent
 from sms.history import recent_history
 from sms.optout import (
@@ -40,7 +41,7 @@ from sms.optout import (
     opt_in,
     opt_out,
 )
-from sms.outbound import deliver, iso, log_event, outbound_row
+from sms.outbound import deliver, log_event, outbound_row
 from sms.segmentation import split_messages
 from sms.store import SmsRow, message_of, next_seq, table_of
 

@@ -45,9 +45,9 @@ from hosted_llm import (
 from relay.config import Settings
 from relay.engine.ports import CallSetup
 from relay.engine.turns import Chunk, TurnError, TurnRequest
-from relay.engine.webhook import iso
 from relay.logs import get_logger
 from relay.signing import signature_headers
+from relay.timefmt import iso
 
 log = get_logger("relay.engine.hosted")
 

@@ -59,10 +59,11 @@ from relay.engine.speech import EarlySTT, LocalTTS, UtteranceTiming, local_stt, 
 from relay.engine.text import join_chunk, segments, speakable
 from relay.engine.turns import TurnError, TurnRequest, stream_turn
 from relay.engine.vad import CallVAD
-from relay.engine.webhook import Emit, ReplyPlan, TurnRecord, WebhookLLM, iso
+from relay.engine.webhook import Emit, ReplyPlan, TurnRecord, WebhookLLM
 from relay.ids import new_id
 from relay.logs import get_logger
 from relay.store.db import Database
+from relay.timefmt import iso
 
 log = get_logger("relay.engine.session")
 

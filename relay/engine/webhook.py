@@ -8,11 +8,9 @@ the session the moment it arrives. Everything a chunk carries besides text (``st
 
 from __future__ import annotations
 
-import time
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any
 
 from livekit.agents import DEFAULT_API_CONNECT_OPTIONS, APIConnectOptions, llm
@@ -24,11 +22,6 @@ from relay.metrics import TURN_STAGES
 
 Emit = Callable[[str], None]
 TurnRunner = Callable[[llm.ChatContext, Emit], Awaitable[None]]
-
-
-def iso(ts: float | None = None) -> str:
-    moment = datetime.fromtimestamp(ts if ts is not None else time.time(), UTC)
-    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 @dataclass(slots=True)
