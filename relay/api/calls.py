@@ -27,12 +27,12 @@ from relay.api.call_log import (
     EventQuery,
     MetricsOut,
     TranscriptOut,
-    after_cursor,
     duration_seconds,
 )
+from relay.api.pagination import fetch_page, newest_first
 from relay.api.recordings import RecordingOut, recording_out
 from relay.api.routing import Context, Router
-from relay.api.schema import APIModel, OutModel, Page, PageQuery, encode_cursor
+from relay.api.schema import APIModel, OutModel, Page, PageQuery
 from relay.calls.inbound import (
     MEDIA_TOKEN_PURPOSE,
     MEDIA_TOKEN_TTL_SECONDS,
@@ -516,19 +516,10 @@ async def load_call(ctx: Context, session: AsyncSession, call_id: str) -> Call:
 
 
 async def _page(ctx: Context, stmt: Select[Any], query: PageQuery) -> Page[CallOut]:
-    after = after_cursor(query.cursor)
-    if after is not None:
-        stmt = stmt.where(Call.id < after)
-    stmt = stmt.order_by(Call.id.desc()).limit(query.limit + 1)
+    stmt = newest_first(stmt, Call.id, query)
     async with ctx.state.db.session() as session:
-        calls = list((await session.execute(stmt)).scalars())
-    more = len(calls) > query.limit
-    calls = calls[: query.limit]
-    return Page[CallOut](
-        data=[call_out(c) for c in calls],
-        has_more=more,
-        next_cursor=encode_cursor(calls[-1].id) if more else None,
-    )
+        window = await fetch_page(session, stmt, query)
+    return window.page(Page[CallOut], call_out)
 
 
 def _filtered(ctx: Context, query: CallFilters) -> Select[Any]:
