@@ -338,7 +338,7 @@ async def list_deliveries(ctx: Context, query: DeliveryQuery) -> Page[DeliveryOu
         stmt = keyset(stmt, (d.event_created_at, d.event_id), mark, descending=True)
         window = await fetch_page(session, stmt, query)
         attempts = await _attempts(session, [d.id for d in window.rows])
-    return window.page(Page[DeliveryOut], lambda d: _delivery_out(d, attempts[d.id]))
+    return window.page(Page[DeliveryOut], lambda row: _delivery_out(row, attempts[row.id]))
 
 
 @router.route(
