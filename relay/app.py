@@ -27,6 +27,7 @@ from aiohttp import web
 from relay.api import carriers as carrier_webhooks
 from relay.api import media, system
 from relay.api.agents import router as agents_router
+from relay.api.call_create import router as call_create_router
 from relay.api.calls import router as calls_router
 from relay.api.intelligence import router as intelligence_router
 from relay.api.messages import router as messages_router
@@ -61,6 +62,7 @@ ROUTERS: tuple[Router, ...] = (
     numbers_router,
     messages_router,
     carrier_webhooks.sim.router,
+    call_create_router,  # first: the Calls section of the OpenAPI document opens with it
     calls_router,
     webhook_endpoints_router,
     intelligence_router,

@@ -16,7 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from relay.store import Database, Prepared, SnapshotCache
 from relay.store.models import Call, Message, TranscriptSegment
-from sms.outbound import iso
+from relay.timefmt import iso
 from sms.store import table_of
 
 HISTORY_LIMIT = 20
@@ -72,7 +72,7 @@ _SPOKEN = Prepared(
 
 
 @functools.lru_cache(maxsize=4096)
-def _moment(raw: str | datetime) -> tuple[datetime, str | None]:
+def _moment(raw: str | datetime) -> tuple[datetime, str]:
     """A stored time (SQLite's text, or a driver's datetime): aware, and as ISO 8601."""
     at = raw if isinstance(raw, datetime) else datetime.fromisoformat(raw)
     if at.tzinfo is None:
@@ -81,7 +81,7 @@ def _moment(raw: str | datetime) -> tuple[datetime, str | None]:
 
 
 # (at, seq, speaker, text, interrupted, at as ISO 8601): one spoken line
-Spoken = tuple[datetime, int, str, str, bool, str | None]
+Spoken = tuple[datetime, int, str, str, bool, str]
 # (project, our number, their number, limit) -> the calls' lines, newest first
 _spoken: SnapshotCache[tuple[str, str, str, int], list[Spoken]] = SnapshotCache(
     ("calls", "transcript_segments")

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
@@ -22,18 +22,31 @@ from relay.carriers.sms import IncomingText
 from relay.events import emit
 from relay.ids import new_id
 from relay.logs import get_logger
-from relay.store import insert_at_commit
+from relay.store import Database, insert_at_commit
 from relay.store.models import Message, Number, utcnow
 from relay_numbers.routing import number_for_inbound
 from sms.outbound import message_payload
+from sms.queue import ConversationQueues
 from sms.segmentation import segment
 from sms.store import SmsRow, message_of, message_row, messages, next_seq
 from sms.worker import TurnInputs, read_turn
 
-if TYPE_CHECKING:
-    from sms.service import SmsService
-
 log = get_logger("sms.inbound")
+
+
+class Receiving(Protocol):
+    """What receiving texts uses of the process's :class:`sms.service.SmsService`."""
+
+    db: Database
+    queues: ConversationQueues[SmsRow]
+    read_ahead: dict[str, TurnInputs]
+
+    @property
+    def claims_on_receipt(self) -> bool: ...
+    def may_read_ahead(self, conversation_id: str, message_id: str) -> bool: ...
+    def done_reading_ahead(self, conversation_id: str | None, message_id: str) -> None: ...
+    def expect_replies(self, message_id: str) -> asyncio.Future[list[SmsRow]]: ...
+    def received(self, message_id: str) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,7 +59,7 @@ class Receipt:
     replies: asyncio.Future[list[SmsRow]] | None = None
 
 
-async def _stored(svc: SmsService, incoming: IncomingText) -> tuple[str, str] | None:
+async def _stored(svc: Receiving, incoming: IncomingText) -> tuple[str, str] | None:
     async with svc.db.session() as session:
         row = (
             await session.execute(
@@ -60,7 +73,7 @@ async def _stored(svc: SmsService, incoming: IncomingText) -> tuple[str, str] | 
 
 
 async def receive(
-    svc: SmsService, incoming: IncomingText, *, number: Number | None = None, wait: bool = False
+    svc: Receiving, incoming: IncomingText, *, number: Number | None = None, wait: bool = False
 ) -> Receipt:
     """Store ``incoming`` and queue its answer. ``wait``: the receipt carries a future that
     resolves to the replies once they are handed to the carrier."""

@@ -15,24 +15,21 @@ transaction as the step they report.
 from __future__ import annotations
 
 import functools
-from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from sqlalchemy import String, bindparam, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from relay.carriers import CarrierError
+from relay.carriers import Carrier, CarrierError
 from relay.carriers.sms import DeliveryStatus, OutgoingText
 from relay.events import emit
 from relay.ids import new_id
 from relay.logs import get_logger
-from relay.store import Prepared, insert_at_commit
+from relay.store import Database, Prepared, insert_at_commit
 from relay.store.models import Message, MessageEvent, utcnow
+from relay.timefmt import iso
 from sms.segmentation import segment
 from sms.store import SmsRow, message_row, table_of
-
-if TYPE_CHECKING:
-    from sms.service import SmsService
 
 log = get_logger("sms.outbound")
 
@@ -45,12 +42,13 @@ STEPS: dict[str, tuple[str, ...]] = {
 NO_CARRIER = "This relay has no SMS carrier {name!r}."
 
 
-# Kept: every text's recentHistory formats the same last texts' times again.
-@functools.lru_cache(maxsize=4096)
-def iso(value: datetime | None) -> str | None:
-    if value is None:
-        return None
-    return value.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+class Sending(Protocol):
+    """What handing texts to carriers uses of the process's :class:`sms.service.SmsService`."""
+
+    db: Database
+    carriers: dict[str, Carrier]
+
+    def status_callback_url(self, msg: SmsRow) -> str | None: ...
 
 
 def message_payload(msg: SmsRow) -> dict[str, Any]:
@@ -208,7 +206,7 @@ def log_event(
     )
 
 
-async def deliver(svc: SmsService, msg: SmsRow) -> SmsRow:
+async def deliver(svc: Sending, msg: SmsRow) -> SmsRow:
     """Hand a stored, claimed outbound text to its carrier and record the outcome."""
     carrier = svc.carriers.get(msg.provider)
     try:

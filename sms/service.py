@@ -1,6 +1,10 @@
 """The SMS side of one relay process: its carriers, the webhook client, the conversation
 workers, and the sweeper that picks up work a crash or restart left behind.
 
+The service sits above the paths it runs: ``sms.worker``, ``sms.inbound`` and
+``sms.outbound`` each declare the little of it they use as a protocol (``Answering``,
+``Receiving``, ``Sending``), so none of them imports this module.
+
 Recovery: work is ``pending`` until a worker claims it. At start-up every pending message is
 queued again, and so is every claimed one whose claim is older than
 :data:`CLAIM_TIMEOUT_SECONDS` (on SQLite, which one process owns, every claimed one: its

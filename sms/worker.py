@@ -18,16 +18,19 @@ one (left over by a crash) is handed to its carrier. What an inbound text can le
 from __future__ import annotations
 
 import asyncio
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
+import aiohttp
 from sqlalchemy import String, bindparam, exists, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from relay.logs import get_logger
-from relay.store import Prepared, insert_at_commit
+from relay.store import Database, Prepared, insert_at_commit
 from relay.store.models import Agent, Conversation, Message, OptOut, utcnow
+from relay.timefmt import iso
 from relay.turns.protocol import TurnError, TurnRequest, stream_turn
 from sms.agents import live_agent
 from sms.history import recent_history
@@ -39,13 +42,9 @@ from sms.optout import (
     opt_in,
     opt_out,
 )
-from sms.outbound import deliver, iso, log_event, outbound_row
+from sms.outbound import Sending, deliver, log_event, outbound_row
 from sms.segmentation import split_messages
 from sms.store import SmsRow, message_of, next_seq, table_of
-
-if TYPE_CHECKING:
-    from relay.store.db import Database
-    from sms.service import SmsService
 
 log = get_logger("sms.worker")
 
@@ -98,6 +97,22 @@ class Outcome:
         return self
 
 
+# What answering a text needs from the store (agent, conversation state, history), or its
+# outcome if that needs no webhook.
+TurnInputs = Outcome | tuple[Agent, dict[str, Any] | None, list[dict[str, Any]]]
+
+
+class Answering(Sending, Protocol):
+    """What answering texts uses of the process's :class:`sms.service.SmsService`."""
+
+    read_ahead: dict[str, TurnInputs]  # text id -> what its receipt read for its answer
+    in_webhook: int  # texts whose webhook request is under way
+
+    def writing(self) -> AbstractAsyncContextManager[AsyncSession]: ...
+    def http_session(self) -> aiohttp.ClientSession: ...
+    def resolve_replies(self, message_id: str, replies: list[SmsRow]) -> None: ...
+
+
 def join_text(parts: list[str]) -> str:
     """Chunks' text as one message: as sent, plus a space where one chunk ends a sentence
     and the next starts a word without one ("Sure." + "Tuesday?" -> "Sure. Tuesday?")."""
@@ -109,7 +124,7 @@ def join_text(parts: list[str]) -> str:
     return out.strip()
 
 
-async def drain(svc: SmsService, conversation_id: str, pushed: list[SmsRow], look: bool) -> None:
+async def drain(svc: Answering, conversation_id: str, pushed: list[SmsRow], look: bool) -> None:
     """Work through ``pushed`` (claimed by their sender) and, if ``look``, whatever pending
     work the store holds for the conversation, in ``seq`` order."""
     batch = list(pushed)
@@ -152,7 +167,7 @@ async def drain(svc: SmsService, conversation_id: str, pushed: list[SmsRow], loo
             await _give_up(svc, msg, exc)
 
 
-async def _refresh_claims(svc: SmsService, conversation_id: str) -> datetime:
+async def _refresh_claims(svc: Answering, conversation_id: str) -> datetime:
     """A long queue (slow webhook turns) keeps its claims fresh, so no sweep takes them."""
     now = utcnow()
     async with svc.writing() as session:
@@ -164,7 +179,7 @@ async def _refresh_claims(svc: SmsService, conversation_id: str) -> datetime:
     return now
 
 
-async def release(svc: SmsService, message_ids: list[str]) -> None:
+async def release(svc: Answering, message_ids: list[str]) -> None:
     """Put claimed work back (shutdown): the next start picks it up at once."""
     if message_ids:
         async with svc.writing() as session:
@@ -175,7 +190,7 @@ async def release(svc: SmsService, message_ids: list[str]) -> None:
             )
 
 
-async def _give_up(svc: SmsService, msg: SmsRow, exc: Exception) -> None:
+async def _give_up(svc: Answering, msg: SmsRow, exc: Exception) -> None:
     svc.resolve_replies(msg.id, [])
     async with svc.writing() as session:
         await session.execute(
@@ -192,7 +207,7 @@ async def _give_up(svc: SmsService, msg: SmsRow, exc: Exception) -> None:
         )
 
 
-async def answer(svc: SmsService, msg: SmsRow, ahead: TurnInputs | None = None) -> list[SmsRow]:
+async def answer(svc: Answering, msg: SmsRow, ahead: TurnInputs | None = None) -> list[SmsRow]:
     """Answer ``msg`` (``ahead``: what :func:`read_turn` found for it, if read already)."""
     replies: list[SmsRow] = []
     try:
@@ -203,7 +218,7 @@ async def answer(svc: SmsService, msg: SmsRow, ahead: TurnInputs | None = None) 
         svc.resolve_replies(msg.id, replies)
 
 
-async def decide(svc: SmsService, msg: SmsRow, ahead: TurnInputs | None = None) -> Outcome:
+async def decide(svc: Answering, msg: SmsRow, ahead: TurnInputs | None = None) -> Outcome:
     # Read in the group commit's transaction (see Database.write): one transaction for the
     # reads and writes of many texts at once, not one more for each text's reads.
     found = ahead
@@ -214,11 +229,6 @@ async def decide(svc: SmsService, msg: SmsRow, ahead: TurnInputs | None = None) 
     agent, state, history = found
     payload = turn_payload(msg, agent, state, history)
     return await _turn(svc, agent, payload)
-
-
-# What answering a text needs from the store (agent, conversation state, history), or its
-# outcome if that needs no webhook.
-TurnInputs = Outcome | tuple[Agent, dict[str, Any] | None, list[dict[str, Any]]]
 
 
 async def read_turn(session: AsyncSession, msg: SmsRow, db: Database) -> TurnInputs:
@@ -307,7 +317,7 @@ def turn_payload(
     }
 
 
-async def _turn(svc: SmsService, agent: Agent, payload: dict[str, Any]) -> Outcome:
+async def _turn(svc: Answering, agent: Agent, payload: dict[str, Any]) -> Outcome:
     assert agent.webhook_url is not None
     turn = TurnRequest(
         url=agent.webhook_url,
@@ -341,7 +351,7 @@ async def _turn(svc: SmsService, agent: Agent, payload: dict[str, Any]) -> Outco
     return Outcome(replies=split_messages(text) if text else [], state=state, set_state=has_state)
 
 
-async def _finish(svc: SmsService, msg: SmsRow, outcome: Outcome) -> list[SmsRow]:
+async def _finish(svc: Answering, msg: SmsRow, outcome: Outcome) -> list[SmsRow]:
     """Store the outcome in one transaction (the text done, opt-out, state, replies
     queued, events), then hand the replies to the carrier in order."""
     now = utcnow()

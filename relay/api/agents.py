@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import secrets
 from datetime import datetime, timedelta
 from typing import Any, Literal
@@ -11,16 +12,9 @@ from pydantic import AnyHttpUrl, Field, TypeAdapter, field_validator, model_vali
 from sqlalchemy import bindparam, select, update
 
 from relay.agent_config import STORED_KEYS, AgentConfig
+from relay.api.pagination import fetch_page, newest_first
 from relay.api.routing import Context, Router
-from relay.api.schema import (
-    APIModel,
-    Deleted,
-    OutModel,
-    Page,
-    PageQuery,
-    decode_cursor,
-    encode_cursor,
-)
+from relay.api.schema import APIModel, Deleted, OutModel, Page, PageQuery
 from relay.errors import NotFound, ValidationFailed, invalid_field
 from relay.ids import new_id
 from relay.store.models import Agent, Number, utcnow
@@ -235,8 +229,6 @@ class RotatedSecret(OutModel):
 
 
 def new_webhook_secret() -> str:
-    import base64
-
     return "whsec_" + base64.b64encode(secrets.token_bytes(24)).decode()
 
 
@@ -368,22 +360,11 @@ async def list_agents(ctx: Context, query: AgentQuery) -> Page[AgentOut]:
     stmt = select(Agent).where(Agent.project_id == ctx.project_id, Agent.deleted_at.is_(None))
     if query.voice_mode:
         stmt = stmt.where(Agent.voice_mode == query.voice_mode)
-    if query.cursor is not None:
-        after = decode_cursor(query.cursor)
-        if after is None:
-            raise invalid_field("cursor", "Not a cursor this API gave out.", "invalid_cursor")
-        stmt = stmt.where(Agent.id < after)
-    stmt = stmt.order_by(Agent.id.desc()).limit(query.limit + 1)
+    stmt = newest_first(stmt, Agent.id, query)
     async with ctx.state.db.session() as session:
-        agents = list((await session.execute(stmt)).scalars())
-        more = len(agents) > query.limit
-        agents = agents[: query.limit]
-        numbers = await _number_ids(session, [a.id for a in agents])
-    return Page[AgentOut](
-        data=[_to_out(a, numbers[a.id]) for a in agents],
-        has_more=more,
-        next_cursor=encode_cursor(agents[-1].id) if more else None,
-    )
+        window = await fetch_page(session, stmt, query)
+        numbers = await _number_ids(session, [a.id for a in window.rows])
+    return window.page(Page[AgentOut], lambda a: _to_out(a, numbers[a.id]))
 
 
 @router.route(

@@ -10,15 +10,14 @@ from datetime import datetime
 from typing import Any, Literal
 
 from pydantic import Field
-from sqlalchemy import and_, or_, select
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from relay.api.schema import OutModel, Page, PageQuery, decode_cursor, encode_cursor
-from relay.errors import invalid_field
+from relay.api.pagination import cursor_row, fetch_page, keyset
+from relay.api.schema import OutModel, Page, PageQuery
 from relay.store.models import Call, CallEvent, TranscriptSegment, TurnMetrics, utcnow
 
 SPEAKERS = {"user": "Caller", "agent": "Agent", "dtmf": "Caller (keypad)", "tool": "Tool"}
-NOT_A_CURSOR = "Not a cursor this API gave out."
 
 
 class SegmentOut(OutModel):
@@ -70,16 +69,6 @@ class MetricsOut(OutModel):
 class EventQuery(PageQuery):
     level: Literal["info", "warning", "error"] | None = None
     source: str | None = Field(default=None, max_length=20)
-
-
-def after_cursor(cursor: str | None) -> str | None:
-    """The id a page cursor points after (422 ``invalid_cursor`` if it is not ours)."""
-    if cursor is None:
-        return None
-    after = decode_cursor(cursor)
-    if after is None:
-        raise invalid_field("cursor", NOT_A_CURSOR, "invalid_cursor")
-    return after
 
 
 def duration_seconds(call: Call) -> float | None:
@@ -200,28 +189,11 @@ async def first_events(session: AsyncSession, call_id: str, limit: int) -> list[
 async def events_page(session: AsyncSession, call_id: str, query: EventQuery) -> Page[CallEventOut]:
     """Oldest first. Ids alone do not order events written in the same millisecond, so the
     order (and the cursor) is ``(created_at, id)``."""
-    after = after_cursor(query.cursor)
+    mark = await cursor_row(session, CallEvent, query.cursor, lambda m: m.call_id == call_id)
     stmt = select(CallEvent).where(CallEvent.call_id == call_id)
     if query.level:
         stmt = stmt.where(CallEvent.level == query.level)
     if query.source:
         stmt = stmt.where(CallEvent.source == query.source)
-    if after is not None:
-        mark = await session.get(CallEvent, after)
-        if mark is None or mark.call_id != call_id:
-            raise invalid_field("cursor", NOT_A_CURSOR, "invalid_cursor")
-        stmt = stmt.where(
-            or_(
-                CallEvent.created_at > mark.created_at,
-                and_(CallEvent.created_at == mark.created_at, CallEvent.id > mark.id),
-            )
-        )
-    stmt = stmt.order_by(CallEvent.created_at, CallEvent.id).limit(query.limit + 1)
-    events = list((await session.execute(stmt)).scalars())
-    more = len(events) > query.limit
-    events = events[: query.limit]
-    return Page[CallEventOut](
-        data=[event_out(e) for e in events],
-        has_more=more,
-        next_cursor=encode_cursor(events[-1].id) if more else None,
-    )
+    stmt = keyset(stmt, (CallEvent.created_at, CallEvent.id), mark, descending=False)
+    return (await fetch_page(session, stmt, query)).page(Page[CallEventOut], event_out)

@@ -1,180 +1,47 @@
-"""``/v1/calls``: place outbound calls, open bring-your-own-telephony calls, read what happened.
+"""``/v1/calls``: the call resource. List calls, read what happened (transcript, metrics,
+event log, recording), end one. Creating calls is :mod:`relay.api.call_create`.
 
-Publishable keys may create calls (on the channels and agents they are scoped to) and
-nothing else: every read answers them 403 ``publishable_key_not_allowed``.
+Publishable keys may create calls and nothing else: every read answers them 403
+``publishable_key_not_allowed``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any, Literal
 
-from aiohttp import web
-from pydantic import AnyHttpUrl, Field, field_validator, model_validator
+from pydantic import Field, field_validator
 from pydantic.alias_generators import to_camel
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.sql import Select
 
-from hosted_llm.templates import render as render_template
-from relay import tokens
-from relay.agent_config import STORED_DEFAULTS
 from relay.api import call_log
-from relay.api.agents import PostCallConfig, load_agent, new_webhook_secret
-from relay.api.call_log import (
-    CallEventOut,
-    EventQuery,
-    MetricsOut,
-    TranscriptOut,
-    after_cursor,
-    duration_seconds,
-)
+from relay.api.call_log import CallEventOut, EventQuery, MetricsOut, TranscriptOut, duration_seconds
+from relay.api.pagination import fetch_page, newest_first
 from relay.api.recordings import RecordingOut, recording_out
 from relay.api.routing import Context, Router
-from relay.api.schema import APIModel, OutModel, Page, PageQuery, encode_cursor
+from relay.api.schema import OutModel, Page, PageQuery
 from relay.calls.event_log import log_event
-from relay.calls.inbound import (
-    MEDIA_TOKEN_PURPOSE,
-    MEDIA_TOKEN_TTL_SECONDS,
-    TRANSPORT_KEY,
-    agent_snapshot,
-)
+from relay.calls.inbound import TRANSPORT_KEY
 from relay.calls.intelligence import OVERRIDE_KEY as POST_CALL_KEY
-from relay.calls.lifecycle import LIVE, STATUSES, call_payload, transition
+from relay.calls.lifecycle import LIVE, STATUSES, transition
 from relay.calls.media import MEDIA, LiveCall
 from relay.calls.outbound import DIALLER
 from relay.calls.recovery import lock_call
-from relay.errors import Conflict, Forbidden, NotFound, invalid_field
-from relay.events import emit
+from relay.errors import Conflict, NotFound
 from relay.events.writing import writing
-from relay.ids import new_id
-from relay.phone import to_e164
-from relay.store.models import (
-    Agent,
-    Call,
-    Number,
-    utcnow,
-)
-from relay.urls import check_webhook_url, media_base_url
-from sms import refuse_if_opted_out
+from relay.store.models import Call, Number
 
 router = Router()
 TAG = "Calls"
 
-ConnectionType = Literal["twilio", "telnyx", "plivo", "websocket"]
-# The channel a publishable key must allow for each way of calling.
-CHANNEL_OF: dict[str, str] = {
-    "phone": "phone",
-    "twilio": "phone",
-    "telnyx": "phone",
-    "plivo": "phone",
-    "websocket": "websocket",
-}
-TEMPLATED = ("greeting", "system_prompt")
 DETAIL_EVENTS = 100
 # How long POST /end waits for the engine to record the end of a call it runs.
 ENGINE_END_SECONDS = 10.0
-
-TO_OR_CONNECTION = "Send either 'to' (an outbound phone call) or 'connectionType' (BYOT)."
-FROM_NEEDS_TO = "'from' applies to outbound phone calls only."
-SAMPLE_RATE_WEBSOCKET = "sampleRate applies to connectionType 'websocket' only."
-NO_NUMBER = "The agent has no phone number to call from; bind one, or send 'from'."
-NOT_OUR_NUMBER = "'from' must be an active number of this project."
-NO_VOICE = "This number cannot place voice calls."
-PUBLISHABLE_FROM = "Publishable keys cannot choose the caller id; leave out 'from'."
-INLINE_NEEDS = "Send 'webhookUrl' (your webhook answers) or 'systemPrompt' (hosted)."
-NOT_SERVED = "This relay has no media socket for {kind!r} yet; it serves: {served}."
 ALREADY_ENDED = "The call has already ended ({status})."
-TOO_MANY_KEYS = "at most 50 keys"
-POST_CALL_OVERRIDE = (
-    "Overrides the agent's postCall for this call: the keys sent replace the agent's "
-    "(null turns that part off), the rest stay as the agent has them."
-)
-
-Scalar = str | int | float | bool | None
-
-
-def _small(value: dict[str, Any] | None) -> dict[str, Any] | None:
-    if value is not None and len(value) > 50:
-        raise ValueError(TOO_MANY_KEYS)
-    return value
-
-
-class CallCreate(APIModel):
-    agent_id: str = Field(max_length=60)
-    to: str | None = Field(
-        default=None, max_length=40, description="Outbound phone call: the number to ring."
-    )
-    from_: str | None = Field(
-        default=None,
-        alias="from",
-        max_length=40,
-        description="Caller id: a number of this project (default: the agent's first).",
-    )
-    connection_type: ConnectionType | None = Field(
-        default=None,
-        description="Bring your own telephony: answers a `joinUrl` for your carrier's stream.",
-    )
-    sample_rate: Literal[8000, 16000, 24000, 48000] | None = Field(
-        default=None, description="PCM rate of a `websocket` call (default 16000)."
-    )
-    metadata: dict[str, Any] | None = Field(default=None, description="Stored with the call.")
-    variables: dict[str, Scalar] | None = Field(
-        default=None, description="Fill `{{variables.name}}` in the greeting and system prompt."
-    )
-    post_call: PostCallConfig | None = Field(default=None, description=POST_CALL_OVERRIDE)
-
-    _small_metadata = field_validator("metadata", "variables")(_small)
-
-    @model_validator(mode="after")
-    def _one_kind(self) -> CallCreate:
-        if (self.to is None) == (self.connection_type is None):
-            raise ValueError(TO_OR_CONNECTION)
-        if self.from_ is not None and self.to is None:
-            raise ValueError(FROM_NEEDS_TO)
-        if self.sample_rate is not None and self.connection_type != "websocket":
-            raise ValueError(SAMPLE_RATE_WEBSOCKET)
-        return self
-
-
-class InlineCallCreate(APIModel):
-    """The whole agent in the request: nothing to create first."""
-
-    system_prompt: str | None = Field(default=None, max_length=32000)
-    webhook_url: AnyHttpUrl | None = Field(
-        default=None, description="Your webhook answers each turn (else the hosted LLM does)."
-    )
-    webhook_timeout_ms: int = Field(default=30000, ge=5000, le=120000)
-    voice: str | None = Field(default=None, max_length=100)
-    language: str = Field(default="en-US", min_length=2, max_length=35)
-    greeting: str | None = Field(default=None, max_length=2000)
-    model: str | None = Field(default=None, max_length=200)
-    temperature: float = Field(default=0, ge=0, le=1)
-    first_speaker: Literal["agent", "user"] = "agent"
-    interruptible: bool = False
-    max_duration: int = Field(default=3000, ge=60, le=7200, description="Seconds.")
-    inactivity_timeout: int = Field(default=30, ge=10, le=300, description="Seconds.")
-    inactivity_action: Literal["reprompt", "hangup"] = "reprompt"
-    recording_enabled: bool = False
-    connection_type: ConnectionType = "twilio"
-    sample_rate: Literal[8000, 16000, 24000, 48000] | None = None
-    metadata: dict[str, Any] | None = None
-    variables: dict[str, Scalar] | None = None
-    post_call: PostCallConfig | None = Field(
-        default=None, description="Post-call analysis of this call (summary, sentiment, ...)."
-    )
-
-    _small_metadata = field_validator("metadata", "variables")(_small)
-
-    @model_validator(mode="after")
-    def _brain(self) -> InlineCallCreate:
-        if self.webhook_url is None and not self.system_prompt:
-            raise ValueError(INLINE_NEEDS)
-        if self.sample_rate is not None and self.connection_type != "websocket":
-            raise ValueError(SAMPLE_RATE_WEBSOCKET)
-        return self
 
 
 class CallOut(OutModel):
@@ -195,16 +62,6 @@ class CallOut(OutModel):
     started_at: datetime | None
     ended_at: datetime | None
     duration_seconds: float | None
-
-
-class CallCreated(CallOut):
-    join_url: str | None = Field(
-        default=None, description="BYOT: where your carrier opens the media stream."
-    )
-    join_url_expires_at: datetime | None = None
-    webhook_secret: str | None = Field(
-        default=None, description="Inline calls with a webhookUrl: verifies agent.message."
-    )
 
 
 class CallDetail(CallOut):
@@ -235,48 +92,6 @@ class CallQuery(CallFilters):
     number_id: str | None = Field(default=None, max_length=60)
 
 
-# --- building calls ------------------------------------------------------------------------
-
-
-def snapshot(
-    base: dict[str, Any],
-    variables: dict[str, Any],
-    sample_rate: int | None,
-    post_call: PostCallConfig | None = None,
-) -> Any:
-    """What the call freezes: ``base`` (the agent's settings) with ``{{variables.x}}``
-    filled in the greeting and system prompt, the variables, the media's sample rate, and
-    the call's own ``postCall`` override (only the keys it was sent with)."""
-    out = dict(base)
-    for key in TEMPLATED:
-        out[key] = render_template(out.get(key), {"variables": variables})
-    out["variables"] = dict(variables)
-    if sample_rate is not None:
-        out[TRANSPORT_KEY] = {"sample_rate": sample_rate}
-    if post_call is not None:
-        out[POST_CALL_KEY] = post_call.model_dump(exclude_unset=True)
-    return out
-
-
-async def open_call(session: AsyncSession, call: Call) -> None:
-    """Store a new call as ``queued``: its row, its first event and ``call.queued``."""
-    session.add(call)
-    await log_event(
-        session,
-        call.id,
-        "lifecycle",
-        "status -> queued",
-        data={"status": "queued", "reason": None, "connectionType": call.connection_type},
-    )
-    await emit(
-        session,
-        project_id=call.project_id,
-        type="call.queued",
-        data=call_payload(call),
-        ordering_key=call.id,
-    )
-
-
 def call_out(call: Call, cls: type[CallOut] = CallOut, **extra: Any) -> Any:
     return cls(
         id=call.id,
@@ -299,210 +114,6 @@ def call_out(call: Call, cls: type[CallOut] = CallOut, **extra: Any) -> Any:
     )
 
 
-def _new_call(ctx: Context, **fields: Any) -> Call:
-    return Call(
-        id=new_id("call"),
-        project_id=ctx.project_id,
-        status="queued",
-        created_at=utcnow(),
-        **fields,
-    )
-
-
-def _require_media_route(ctx: Context, connection_type: str) -> None:
-    """Hand out a join URL only where a media socket will answer it."""
-    served = sorted(
-        r.canonical.removeprefix("/media/")
-        for r in ctx.request.app.router.resources()
-        if r.canonical.startswith("/media/")
-    )
-    if connection_type not in served:
-        raise invalid_field(
-            "connectionType",
-            NOT_SERVED.format(kind=connection_type, served=", ".join(served) or "none"),
-            "connection_type_unavailable",
-        )
-
-
-def _join(ctx: Context, call: Call) -> dict[str, Any]:
-    token = tokens.issue(
-        ctx.state.signing_key, call.id, MEDIA_TOKEN_PURPOSE, MEDIA_TOKEN_TTL_SECONDS
-    )
-    base = media_base_url(ctx.state.settings.effective_public_url())
-    return {
-        "join_url": f"{base}/media/{call.connection_type}?token={token}",
-        "join_url_expires_at": utcnow() + timedelta(seconds=MEDIA_TOKEN_TTL_SECONDS),
-    }
-
-
-def _created(call: Call, status: int, **extra: Any) -> web.Response:
-    body: CallCreated = call_out(call, CallCreated, **extra)
-    return web.json_response(body.model_dump(mode="json", by_alias=True), status=status)
-
-
-# --- create --------------------------------------------------------------------------------
-
-
-@router.route(
-    "POST",
-    "/v1/calls",
-    summary="Place an outbound call, or open a BYOT call",
-    tag=TAG,
-    auth="any",
-    body=CallCreate,
-    response=CallCreated,
-    status=202,
-    also=(201,),
-    errors=(400, 401, 403, 404, 413, 415, 422, 429),
-)
-async def create_call(ctx: Context, body: CallCreate) -> web.Response:
-    """With ``to``: an outbound phone call from ``from`` (default: the agent's first number),
-    answered 202 with status ``queued``; follow it by webhooks or ``GET /v1/calls/{id}``.
-    A number that texted STOP is refused with ``403 compliance_block`` (reason ``opted_out``).
-
-    With ``connectionType``: a bring-your-own-telephony call, answered **201** with a
-    ``joinUrl`` (good for 60 s) for your carrier's media stream (Twilio, Telnyx, Plivo) or
-    your own raw PCM websocket.
-
-    Publishable keys may use this on the agents and channels they allow (``phone`` for
-    phone and carrier streams, ``websocket`` for raw websockets), and may not set ``from``."""
-    key = ctx.key
-    assert key is not None
-    key.require_channel(CHANNEL_OF[body.connection_type or "phone"])
-    key.require_agent(body.agent_id)
-    if body.connection_type is not None:
-        return await _create_byot(ctx, body)
-    if body.from_ is not None and not key.is_secret:
-        raise Forbidden(PUBLISHABLE_FROM, code="key_scope_violation", field="from")
-    assert body.to is not None
-    to = to_e164(body.to, field="to")
-    caller_id = to_e164(body.from_, field="from") if body.from_ is not None else None
-    variables = body.variables or {}
-    async with writing(ctx.state.db) as session:
-        agent = await load_agent(ctx, session, body.agent_id)
-        number = await _caller_number(ctx, session, agent, caller_id)
-        await refuse_if_opted_out(session, ctx.project_id, to)
-        call = _new_call(
-            ctx,
-            agent_id=agent.id,
-            number_id=number.id,
-            direction="outbound",
-            connection_type=number.provider,
-            from_number=number.phone_number,
-            to_number=to,
-            voice_mode=agent.voice_mode,
-            agent_snapshot=snapshot(agent_snapshot(agent), variables, None, body.post_call),
-            call_metadata=body.metadata or {},
-        )
-        await open_call(session, call)
-    ctx.request.app[DIALLER].dial(call.id)
-    return _created(call, 202)
-
-
-async def _caller_number(
-    ctx: Context, session: AsyncSession, agent: Agent, caller_id: str | None
-) -> Number:
-    active = select(Number).where(Number.project_id == ctx.project_id, Number.released_at.is_(None))
-    if caller_id is not None:
-        number = (
-            await session.execute(active.where(Number.phone_number == caller_id))
-        ).scalar_one_or_none()
-        if number is None:
-            raise invalid_field("from", NOT_OUR_NUMBER, "unknown_number")
-    else:
-        number = (
-            await session.execute(
-                active.where(Number.agent_id == agent.id).order_by(Number.id).limit(1)
-            )
-        ).scalar_one_or_none()
-        if number is None:
-            raise invalid_field("from", NO_NUMBER, "agent_has_no_number")
-    if "voice" not in (number.capabilities or []):
-        raise invalid_field("from", NO_VOICE, "number_not_voice_capable")
-    return number
-
-
-async def _create_byot(ctx: Context, body: CallCreate) -> web.Response:
-    assert body.connection_type is not None
-    _require_media_route(ctx, body.connection_type)
-    rate = body.sample_rate or (16000 if body.connection_type == "websocket" else 8000)
-    async with writing(ctx.state.db) as session:
-        agent = await load_agent(ctx, session, body.agent_id)
-        call = _new_call(
-            ctx,
-            agent_id=agent.id,
-            direction="inbound",
-            connection_type=body.connection_type,
-            voice_mode=agent.voice_mode,
-            agent_snapshot=snapshot(
-                agent_snapshot(agent), body.variables or {}, rate, body.post_call
-            ),
-            call_metadata=body.metadata or {},
-        )
-        await open_call(session, call)
-        await transition(session, call, "connecting")
-    return _created(call, 201, **_join(ctx, call))
-
-
-@router.route(
-    "POST",
-    "/v1/calls/inline",
-    summary="Open a BYOT call with the agent's settings inline",
-    tag=TAG,
-    body=InlineCallCreate,
-    response=CallCreated,
-    status=201,
-    errors=(400, 401, 403, 413, 415, 422, 429),
-)
-async def create_inline_call(ctx: Context, body: InlineCallCreate) -> web.Response:
-    """No agent to create first: the request carries every setting. With ``webhookUrl`` your
-    webhook answers each turn (signed with the ``webhookSecret`` in this response, shown only
-    here); without it the hosted LLM answers from ``systemPrompt``. Secret keys only: an
-    inline call chooses its own webhook and prompt, which a publishable key must not."""
-    _require_media_route(ctx, body.connection_type)
-    url = str(body.webhook_url) if body.webhook_url is not None else None
-    if url is not None:
-        reason = check_webhook_url(url, allow_private=ctx.state.settings.allow_private_webhooks)
-        if reason:
-            raise invalid_field("webhookUrl", reason, "invalid_webhook_url")
-    secret = new_webhook_secret() if url is not None else None
-    mode = "webhook" if url is not None else "hosted"
-    config = {
-        "name": "inline",
-        "voice_mode": mode,
-        "webhook_url": url,
-        "webhook_timeout_ms": body.webhook_timeout_ms,
-        "webhook_secret": secret,
-        "system_prompt": body.system_prompt,
-        "greeting": body.greeting,
-        "first_speaker": body.first_speaker,
-        "voice": body.voice,
-        "language": body.language,
-        "model": body.model,
-        "temperature": body.temperature,
-        "interruptible": body.interruptible,
-        "max_duration_seconds": body.max_duration,
-        "inactivity_timeout_seconds": body.inactivity_timeout,
-        "inactivity_action": body.inactivity_action,
-        "recording_enabled": body.recording_enabled,
-        "post_call": body.post_call.model_dump(exclude_unset=True) if body.post_call else None,
-    }
-    rate = body.sample_rate or (16000 if body.connection_type == "websocket" else 8000)
-    async with writing(ctx.state.db) as session:
-        call = _new_call(
-            ctx,
-            agent_id=None,
-            direction="inbound",
-            connection_type=body.connection_type,
-            voice_mode=mode,
-            agent_snapshot=snapshot({**STORED_DEFAULTS, **config}, body.variables or {}, rate),
-            call_metadata=body.metadata or {},
-        )
-        await open_call(session, call)
-        await transition(session, call, "connecting")
-    return _created(call, 201, webhook_secret=secret, **_join(ctx, call))
-
-
 # --- read ----------------------------------------------------------------------------------
 
 
@@ -518,19 +129,10 @@ async def load_call(ctx: Context, session: AsyncSession, call_id: str) -> Call:
 
 
 async def _page(ctx: Context, stmt: Select[Any], query: PageQuery) -> Page[CallOut]:
-    after = after_cursor(query.cursor)
-    if after is not None:
-        stmt = stmt.where(Call.id < after)
-    stmt = stmt.order_by(Call.id.desc()).limit(query.limit + 1)
+    stmt = newest_first(stmt, Call.id, query)
     async with ctx.state.db.session() as session:
-        calls = list((await session.execute(stmt)).scalars())
-    more = len(calls) > query.limit
-    calls = calls[: query.limit]
-    return Page[CallOut](
-        data=[call_out(c) for c in calls],
-        has_more=more,
-        next_cursor=encode_cursor(calls[-1].id) if more else None,
-    )
+        window = await fetch_page(session, stmt, query)
+    return window.page(Page[CallOut], call_out)
 
 
 def _filtered(ctx: Context, query: CallFilters) -> Select[Any]:

@@ -14,8 +14,9 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from relay.api.agents import load_agent
+from relay.api.pagination import fetch_page, newest_first
 from relay.api.routing import Context, Router
-from relay.api.schema import APIModel, OutModel, Page, PageQuery, decode_cursor, encode_cursor
+from relay.api.schema import APIModel, OutModel, Page, PageQuery
 from relay.errors import NotFound, invalid_field
 from relay.phone import to_e164
 from relay.store import insert_at_commit
@@ -33,7 +34,6 @@ NO_SMS_NUMBER = "The agent has no number that can send texts; bind one first."
 CANNOT_TEXT = "This number cannot send texts (its capabilities do not include sms)."
 NO_CARRIER = "This relay cannot send texts through {provider!r} numbers yet."
 SAME_NUMBER = "to must differ from the sending number."
-BAD_CURSOR = "Not a cursor this API gave out."
 MAX_TEXT = 1600
 
 Direction = Literal["inbound", "outbound"]
@@ -170,15 +170,6 @@ def _conversation_out(
     )
 
 
-def _after(cursor: str | None) -> str | None:
-    if cursor is None:
-        return None
-    after = decode_cursor(cursor)
-    if after is None:
-        raise invalid_field("cursor", BAD_CURSOR, "invalid_cursor")
-    return after
-
-
 async def _sender(ctx: Context, session: AsyncSession, body: MessageCreate) -> Number:
     if body.from_ is None and body.agent_id is None:
         raise invalid_field("agentId", SENDER_REQUIRED, "missing_field")
@@ -295,19 +286,10 @@ async def list_messages(ctx: Context, query: MessageQuery) -> Page[MessageOut]:
         stmt = stmt.where(Message.from_number == to_e164(query.from_, field="from"))
     if query.to:
         stmt = stmt.where(Message.to_number == to_e164(query.to, field="to"))
-    after = _after(query.cursor)
-    if after is not None:
-        stmt = stmt.where(Message.id < after)
-    stmt = stmt.order_by(Message.id.desc()).limit(query.limit + 1)
+    stmt = newest_first(stmt, Message.id, query)
     async with ctx.state.db.session() as session:
-        rows = list((await session.execute(stmt)).scalars())
-    more = len(rows) > query.limit
-    rows = rows[: query.limit]
-    return Page[MessageOut](
-        data=[message_out(m) for m in rows],
-        has_more=more,
-        next_cursor=encode_cursor(rows[-1].id) if more else None,
-    )
+        window = await fetch_page(session, stmt, query)
+    return window.page(Page[MessageOut], message_out)
 
 
 @router.route(
@@ -382,19 +364,12 @@ async def list_conversations(ctx: Context, query: ConversationQuery) -> Page[Con
     if query.their_number:
         phone = to_e164(query.their_number, field="theirNumber")
         stmt = stmt.where(Conversation.their_number == phone)
-    after = _after(query.cursor)
-    if after is not None:
-        stmt = stmt.where(Conversation.id < after)
-    stmt = stmt.order_by(Conversation.id.desc()).limit(query.limit + 1)
+    stmt = newest_first(stmt, Conversation.id, query)
     async with ctx.state.db.session() as session:
-        rows = list((await session.execute(stmt)).scalars())
-        more = len(rows) > query.limit
-        rows = rows[: query.limit]
-        opted = await _opted_out(session, ctx.project_id, [c.their_number for c in rows])
-    return Page[ConversationOut](
-        data=[_conversation_out(c, c.their_number in opted) for c in rows],
-        has_more=more,
-        next_cursor=encode_cursor(rows[-1].id) if more else None,
+        window = await fetch_page(session, stmt, query)
+        opted = await _opted_out(session, ctx.project_id, [c.their_number for c in window.rows])
+    return window.page(
+        Page[ConversationOut], lambda c: _conversation_out(c, c.their_number in opted)
     )
 
 

@@ -10,16 +10,9 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
 from relay.api.agents import load_agent
+from relay.api.pagination import fetch_page, newest_first
 from relay.api.routing import Context, Router
-from relay.api.schema import (
-    APIModel,
-    Deleted,
-    OutModel,
-    Page,
-    PageQuery,
-    decode_cursor,
-    encode_cursor,
-)
+from relay.api.schema import APIModel, Deleted, OutModel, Page, PageQuery
 from relay.carriers import CarrierError, NoNumberAvailable, ProvisionRequest
 from relay.errors import APIError, Conflict, NotFound, invalid_field
 from relay.ids import new_id
@@ -221,21 +214,10 @@ async def list_numbers(ctx: Context, query: NumberQuery) -> Page[NumberOut]:
     stmt = select(Number).where(Number.project_id == ctx.project_id, Number.released_at.is_(None))
     if query.agent_id:
         stmt = stmt.where(Number.agent_id == query.agent_id)
-    if query.cursor is not None:
-        after = decode_cursor(query.cursor)
-        if after is None:
-            raise invalid_field("cursor", "Not a cursor this API gave out.", "invalid_cursor")
-        stmt = stmt.where(Number.id < after)
-    stmt = stmt.order_by(Number.id.desc()).limit(query.limit + 1)
+    stmt = newest_first(stmt, Number.id, query)
     async with ctx.state.db.session() as session:
-        rows = list((await session.execute(stmt)).scalars())
-    more = len(rows) > query.limit
-    rows = rows[: query.limit]
-    return Page[NumberOut](
-        data=[_out(n) for n in rows],
-        has_more=more,
-        next_cursor=encode_cursor(rows[-1].id) if more else None,
-    )
+        window = await fetch_page(session, stmt, query)
+    return window.page(Page[NumberOut], _out)
 
 
 @router.route(

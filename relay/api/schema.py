@@ -1,9 +1,8 @@
-"""Shared pieces of the API's pydantic models: camelCase JSON, strict input, pagination."""
+"""Shared pieces of the API's pydantic models: camelCase JSON, strict input, the page shape
+(cutting pages is :mod:`relay.api.pagination`)."""
 
 from __future__ import annotations
 
-import base64
-import binascii
 from typing import Any, Generic, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -53,16 +52,3 @@ class ErrorBody(OutModel):
 
 class ErrorResponse(OutModel):
     error: ErrorBody
-
-
-def encode_cursor(last_id: str) -> str:
-    return base64.urlsafe_b64encode(last_id.encode()).decode().rstrip("=")
-
-
-def decode_cursor(cursor: str) -> str | None:
-    """The id a cursor points after, or None when it is not one of ours."""
-    try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
-    except (binascii.Error, UnicodeDecodeError, ValueError):
-        return None
-    return raw if raw.isascii() and "_" in raw and len(raw) <= 60 else None

@@ -11,20 +11,13 @@ from datetime import datetime
 from typing import Any, Literal
 
 from pydantic import AnyHttpUrl, Field, field_validator
-from sqlalchemy import and_, or_, select
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from relay.api.agents import new_webhook_secret
+from relay.api.pagination import cursor_row, fetch_page, keyset, newest_first
 from relay.api.routing import Context, Router
-from relay.api.schema import (
-    APIModel,
-    Deleted,
-    OutModel,
-    Page,
-    PageQuery,
-    decode_cursor,
-    encode_cursor,
-)
+from relay.api.schema import APIModel, Deleted, OutModel, Page, PageQuery
 from relay.errors import Conflict, NotFound, invalid_field
 from relay.events import EVENT_TYPES
 from relay.events.delivery import DELIVERY, DELIVERY_STATUSES, PENDING
@@ -251,21 +244,10 @@ async def create_endpoint(ctx: Context, body: EndpointCreate) -> EndpointWithSec
 )
 async def list_endpoints(ctx: Context, query: PageQuery) -> Page[EndpointOut]:
     stmt = select(WebhookEndpoint).where(WebhookEndpoint.project_id == ctx.project_id)
-    if query.cursor is not None:
-        after = decode_cursor(query.cursor)
-        if after is None:
-            raise invalid_field("cursor", "Not a cursor this API gave out.", "invalid_cursor")
-        stmt = stmt.where(WebhookEndpoint.id < after)
-    stmt = stmt.order_by(WebhookEndpoint.id.desc()).limit(query.limit + 1)
+    stmt = newest_first(stmt, WebhookEndpoint.id, query)
     async with ctx.state.db.session() as session:
-        rows = list((await session.execute(stmt)).scalars())
-    more = len(rows) > query.limit
-    rows = rows[: query.limit]
-    return Page[EndpointOut](
-        data=[_out(e) for e in rows],
-        has_more=more,
-        next_cursor=encode_cursor(rows[-1].id) if more else None,
-    )
+        window = await fetch_page(session, stmt, query)
+    return window.page(Page[EndpointOut], _out)
 
 
 @router.route(
@@ -351,28 +333,12 @@ async def list_deliveries(ctx: Context, query: DeliveryQuery) -> Page[DeliveryOu
         if query.event_type:
             stmt = stmt.where(WebhookDelivery.event_type == query.event_type)
         d = WebhookDelivery
-        if query.cursor is not None:
-            after = decode_cursor(query.cursor)
-            mark = await session.get(d, after) if after is not None else None
-            if mark is None or mark.endpoint_id != endpoint.id:
-                raise invalid_field("cursor", "Not a cursor this API gave out.", "invalid_cursor")
-            stmt = stmt.where(
-                or_(
-                    d.event_created_at < mark.event_created_at,
-                    and_(d.event_created_at == mark.event_created_at, d.event_id < mark.event_id),
-                )
-            )
+        mark = await cursor_row(session, d, query.cursor, lambda m: m.endpoint_id == endpoint.id)
         # Newest event first: ids alone do not order deliveries made in the same millisecond.
-        stmt = stmt.order_by(d.event_created_at.desc(), d.event_id.desc()).limit(query.limit + 1)
-        rows = list((await session.execute(stmt)).scalars())
-        more = len(rows) > query.limit
-        rows = rows[: query.limit]
-        attempts = await _attempts(session, [d.id for d in rows])
-    return Page[DeliveryOut](
-        data=[_delivery_out(d, attempts[d.id]) for d in rows],
-        has_more=more,
-        next_cursor=encode_cursor(rows[-1].id) if more else None,
-    )
+        stmt = keyset(stmt, (d.event_created_at, d.event_id), mark, descending=True)
+        window = await fetch_page(session, stmt, query)
+        attempts = await _attempts(session, [d.id for d in window.rows])
+    return window.page(Page[DeliveryOut], lambda row: _delivery_out(row, attempts[row.id]))
 
 
 @router.route(

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from relay.clock import iso
 from relay.engine.ports import CallSink, Segment
+from relay.timefmt import iso
 from relay.turns import HISTORY_LIMIT
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from relay.clock import iso
+from relay.timefmt import iso
 
 # How many history entries a turn carries (the newest).
 HISTORY_LIMIT = 20

@@ -42,10 +42,10 @@ from hosted_llm import (
     render_template,
     shared_backend,
 )
-from relay.clock import iso
 from relay.config import Settings
 from relay.logs import get_logger
 from relay.signing import signature_headers
+from relay.timefmt import iso
 from relay.turns.protocol import Chunk, TurnError, TurnRequest
 from relay.turns.setup import CallSetup
 
