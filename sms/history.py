@@ -17,9 +17,9 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from relay.store import Database, Prepared, SnapshotCache
 from relay.store.models import Call, Message, TranscriptSegment
 from relay.timefmt import iso
+from relay.turns import HISTORY_LIMIT
 from sms.store import table_of
 
-HISTORY_LIMIT = 20
 # No text has a seq this high (an INTEGER column): "before it" is every text.
 NO_SEQ_LIMIT = 2**31 - 1
 

@@ -27,11 +27,11 @@ import aiohttp
 from sqlalchemy import String, bindparam, exists, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from relay.agent_config import AgentConfig
 from relay.logs import get_logger
 from relay.store import Database, Prepared, insert_at_commit
 from relay.store.models import Agent, Conversation, Message, OptOut, utcnow
-from relay.timefmt import iso
-from relay.turns.protocol import TurnError, TurnRequest, stream_turn
+from relay.turns import TurnError, TurnRequest, WebhookBrain, agent_message
 from sms.agents import live_agent
 from sms.history import recent_history
 from sms.optout import (
@@ -257,7 +257,7 @@ async def read_turn(session: AsyncSession, msg: SmsRow, db: Database) -> TurnInp
             "no_agent", "The number has no agent; nobody answered.", level="warning"
         )
     if not agent.webhook_url:
-        fallback = agent.config.get("fallback_text")
+        fallback = AgentConfig.from_stored(agent.config).fallback_text
         return Outcome(replies=[fallback] if fallback else []).event(
             "mode_not_available",
             "The agent is in hosted mode and has no webhookUrl; hosted answers to texts "
@@ -288,7 +288,7 @@ def _keyword(msg: SmsRow, keyword: str, agent: Agent | None) -> Outcome:
         return Outcome(replies=[] if quiet else [START_CONFIRMATION], opt="in").event(
             "opted_in", f"{word}: the sender is opted back in."
         )
-    help_text = (agent.config.get("help_text") if agent else None) or DEFAULT_HELP
+    help_text = (AgentConfig.from_stored(agent.config).help_text if agent else None) or DEFAULT_HELP
     return Outcome(replies=[] if quiet else [help_text]).event("help", "HELP: sent the help text.")
 
 
@@ -306,15 +306,7 @@ def turn_payload(
     }
     if msg.media:
         data["media"] = msg.media
-    return {
-        "event": "agent.message",
-        "channel": "sms",
-        "timestamp": iso(utcnow()),
-        "agentId": agent.id,
-        "data": data,
-        "conversationState": state or {},
-        "recentHistory": history,
-    }
+    return agent_message(channel="sms", agent_id=agent.id, data=data, state=state, history=history)
 
 
 async def _turn(svc: Answering, agent: Agent, payload: dict[str, Any]) -> Outcome:
@@ -330,12 +322,12 @@ async def _turn(svc: Answering, agent: Agent, payload: dict[str, Any]) -> Outcom
     has_state = False
     svc.in_webhook += 1
     try:
-        async for chunk in stream_turn(svc.http_session(), turn):
+        async for chunk in WebhookBrain(svc.http_session()).reply(turn):
             texts.append(chunk.text)
             if chunk.state is not None:
                 state, has_state = chunk.state, True
     except TurnError as exc:
-        fallback = agent.config.get("fallback_text") or DEFAULT_FALLBACK
+        fallback = AgentConfig.from_stored(agent.config).fallback_text or DEFAULT_FALLBACK
         data: dict[str, Any] = {"reason": exc.reason, "detail": exc.detail}
         if exc.status is not None:
             data["status"] = exc.status
