@@ -23,7 +23,6 @@ from relay.api.agents import PostCallConfig, load_agent, new_webhook_secret
 from relay.api.calls import TAG, CallOut, call_out
 from relay.api.routing import Context, Router
 from relay.api.schema import APIModel
-from relay.calls.event_log import log_event
 from relay.calls.inbound import (
     MEDIA_TOKEN_PURPOSE,
     MEDIA_TOKEN_TTL_SECONDS,
@@ -31,10 +30,9 @@ from relay.calls.inbound import (
     agent_snapshot,
 )
 from relay.calls.intelligence import OVERRIDE_KEY as POST_CALL_KEY
-from relay.calls.lifecycle import call_payload, transition
+from relay.calls.lifecycle import open_call
 from relay.calls.outbound import DIALLER
 from relay.errors import Forbidden, invalid_field
-from relay.events import emit
 from relay.events.writing import writing
 from relay.ids import new_id
 from relay.phone import to_e164
@@ -187,25 +185,6 @@ def snapshot(
     return out
 
 
-async def open_call(session: AsyncSession, call: Call) -> None:
-    """Store a new call as ``queued``: its row, its first event and ``call.queued``."""
-    session.add(call)
-    await log_event(
-        session,
-        call.id,
-        "lifecycle",
-        "status -> queued",
-        data={"status": "queued", "reason": None, "connectionType": call.connection_type},
-    )
-    await emit(
-        session,
-        project_id=call.project_id,
-        type="call.queued",
-        data=call_payload(call),
-        ordering_key=call.id,
-    )
-
-
 def _new_call(ctx: Context, **fields: Any) -> Call:
     return Call(
         id=new_id("call"),
@@ -346,8 +325,7 @@ async def _create_byot(ctx: Context, body: CallCreate) -> web.Response:
             ),
             call_metadata=body.metadata or {},
         )
-        await open_call(session, call)
-        await transition(session, call, "connecting")
+        await open_call(session, call, connecting=True)
     return _created(call, 201, **_join(ctx, call))
 
 
@@ -405,6 +383,5 @@ async def create_inline_call(ctx: Context, body: InlineCallCreate) -> web.Respon
             agent_snapshot=snapshot({**STORED_DEFAULTS, **config}, body.variables or {}, rate),
             call_metadata=body.metadata or {},
         )
-        await open_call(session, call)
-        await transition(session, call, "connecting")
+        await open_call(session, call, connecting=True)
     return _created(call, 201, webhook_secret=secret, **_join(ctx, call))

@@ -31,10 +31,9 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from relay import tokens
 from relay.agent_config import STORED_DEFAULTS, AgentConfig
 from relay.calls.event_log import log_event
-from relay.calls.lifecycle import call_payload, transition
+from relay.calls.lifecycle import open_call, transition
 from relay.calls.recovery import hold_call, lock_call
 from relay.engine.ports import CallSetup
-from relay.events import emit
 from relay.ids import new_id
 from relay.logs import get_logger
 from relay.state import AppState
@@ -104,7 +103,7 @@ async def _live_agent(session: AsyncSession, agent_id: str, project_id: str) -> 
     return agent
 
 
-async def open_call(
+async def _open_for_media(
     state: AppState,
     *,
     project_id: str,
@@ -145,22 +144,7 @@ async def open_call(
             carrier_call_id=carrier_call_id,
             created_at=utcnow(),
         )
-        session.add(call)
-        await log_event(
-            session,
-            call.id,
-            "lifecycle",
-            "status -> queued",
-            data={"status": "queued", "reason": None, "connectionType": connection_type},
-        )
-        await emit(
-            session,
-            project_id=project_id,
-            type="call.queued",
-            data=call_payload(call),
-            ordering_key=call.id,
-        )
-        await transition(session, call, "connecting")
+        await open_call(session, call, connecting=True)
     token = tokens.issue(state.signing_key, call.id, MEDIA_TOKEN_PURPOSE, MEDIA_TOKEN_TTL_SECONDS)
     log.info(
         "call_opened",
@@ -190,7 +174,7 @@ async def open_inbound_call(
         raise CallUnavailable("unknown_number", f"No active number {to_number}.")
     if number.agent_id is None:
         raise CallUnavailable("unbound_number", f"The number {to_number} has no agent.")
-    return await open_call(
+    return await _open_for_media(
         state,
         project_id=number.project_id,
         agent_id=number.agent_id,
@@ -224,7 +208,7 @@ async def start_websocket_call(
             raise CallUnavailable("unknown_number", f"No active number {number}.")
         if found.agent_id is None:
             raise CallUnavailable("unbound_number", f"The number {number} has no agent.")
-        opened = await open_call(
+        opened = await _open_for_media(
             state,
             project_id=project_id,
             agent_id=found.agent_id,
@@ -237,7 +221,7 @@ async def start_websocket_call(
         )
     else:
         assert agent_id is not None
-        opened = await open_call(
+        opened = await _open_for_media(
             state,
             project_id=project_id,
             agent_id=agent_id,

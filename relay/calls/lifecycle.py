@@ -14,6 +14,7 @@ from typing import Any
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from relay.calls import intelligence
+from relay.calls.event_log import log_event
 from relay.events import emit
 from relay.ids import new_id
 from relay.logs import get_logger
@@ -109,3 +110,27 @@ async def transition(
     )
     if status == "completed":  # post-call jobs ride this same transaction
         await intelligence.enqueue(session, call)
+
+
+async def open_call(session: AsyncSession, call: Call, *, connecting: bool = False) -> None:
+    """Store a new call, in the caller's transaction: its row as ``queued``, its first event
+    and ``call.queued``; then ``connecting`` if its media socket is awaited now (inbound and
+    bring-your-own-telephony calls; an outbound call waits for its dialler). Every way a call
+    is made opens it here."""
+    session.add(call)
+    await log_event(
+        session,
+        call.id,
+        "lifecycle",
+        "status -> queued",
+        data={"status": "queued", "reason": None, "connectionType": call.connection_type},
+    )
+    await emit(
+        session,
+        project_id=call.project_id,
+        type="call.queued",
+        data=call_payload(call),
+        ordering_key=call.id,
+    )
+    if connecting:
+        await transition(session, call, "connecting")
