@@ -1,18 +1,15 @@
 """Outbound phone calls: ``queued -> connecting -> ringing -> in_progress``, or ``failed``.
 
-The carrier seam is one method; a carrier that can place calls implements it:
+Calls are placed through the number's carrier (:class:`relay.carriers.Carrier`):
+``dial(DialRequest) -> OutboundLeg`` returns once the carrier has accepted the call and the
+far end rings, or raises :class:`~relay.carriers.DialFailed` with a failure reason
+(``busy``, ``provider_error``...). The leg's ``answered()`` returns once the far end picked
+up and the carrier opened the media socket (at ``request.media_url``, whose token names the
+call); from there the media transport runs the call exactly as it runs an inbound one. ``hangup()`` abandons the leg.
 
-    class PlacesCalls(Protocol):
-        async def dial(self, request: DialRequest) -> OutboundLeg
-
-``dial`` returns once the carrier has accepted the call and the far end rings, or raises
-:class:`DialFailed` with a failure reason (``busy``, ``provider_error``...). The leg's
-``answered()`` returns once the far end picked up and the carrier opened the media socket
-(at ``request.media_url``, whose token names the call); from there the media transport runs
-the call exactly as it runs an inbound one. ``hangup()`` abandons the leg.
-
-The sim carrier places no calls yet: its outbound calls ring, nobody answers, and after
-``RELAY_OUTBOUND_RING_TIMEOUT_SECONDS`` they fail with ``no_answer``.
+The sim carrier's outbound calls ring and nobody answers: after
+``RELAY_OUTBOUND_RING_TIMEOUT_SECONDS`` they fail with ``no_answer``. A carrier the relay has
+no client for fails the call with ``provider_error``.
 
 A call is dialled by the node that holds its lease (:func:`relay.calls.recovery.hold_call`),
 so a call is never dialled twice; a queued call whose node died is dialled by another.
@@ -23,8 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Awaitable
-from dataclasses import dataclass
-from typing import Any, Protocol, TypeVar, runtime_checkable
+from typing import Any, TypeVar
 
 from aiohttp import web
 
@@ -32,7 +28,7 @@ from relay import tokens
 from relay.calls.event_log import log_event
 from relay.calls.lifecycle import LIVE, TRANSITIONS, transition
 from relay.calls.recovery import hold_call, lock_call, release_call
-from relay.carriers import CarrierError, CarrierRegistry
+from relay.carriers import CarrierError, CarrierRegistry, DialFailed, DialRequest, OutboundLeg
 from relay.events.writing import writing
 from relay.logs import get_logger
 from relay.store.db import Database
@@ -46,61 +42,6 @@ T = TypeVar("T")
 MEDIA_TOKEN_PURPOSE = "media"
 NO_DIALLER = "The {carrier} carrier cannot place calls from this relay yet."
 NO_ANSWER = "Nobody answered within {seconds:g} s."
-
-
-class DialFailed(Exception):
-    """The carrier could not connect the call; ``reason`` is a call failure reason."""
-
-    def __init__(self, reason: str, detail: str) -> None:
-        super().__init__(f"{reason}: {detail}")
-        self.reason = reason
-        self.detail = detail
-
-
-@dataclass(frozen=True, slots=True)
-class DialRequest:
-    call_id: str
-    project_id: str
-    carrier: str
-    from_number: str
-    to_number: str
-    # Where the carrier streams the answered call's audio: ``wss://relay/media/...`` plus a
-    # token naming the call (the carrier picks the path of its own media protocol).
-    media_base_url: str
-    media_token: str
-    ring_timeout_seconds: float
-
-
-class OutboundLeg(Protocol):
-    carrier_call_id: str | None
-
-    async def answered(self) -> None:
-        """Return once the far end answered and its media socket is open."""
-
-    async def hangup(self) -> None: ...
-
-
-@runtime_checkable
-class PlacesCalls(Protocol):
-    async def dial(self, request: DialRequest) -> OutboundLeg: ...
-
-
-class _RingsForever:
-    def __init__(self, carrier_call_id: str) -> None:
-        self.carrier_call_id: str | None = carrier_call_id
-
-    async def answered(self) -> None:
-        await asyncio.Event().wait()
-
-    async def hangup(self) -> None:
-        return None
-
-
-class NobodyAnswers:
-    """The sim carrier's outbound side until it has a handset to ring."""
-
-    async def dial(self, request: DialRequest) -> OutboundLeg:
-        return _RingsForever("SIMOUT" + request.call_id.removeprefix("call_"))
 
 
 class _Stopped(Exception):
@@ -194,12 +135,9 @@ class Dialler:
         leg: OutboundLeg | None = None
         try:
             carrier = self.carriers.get(request.carrier)
-            placer: PlacesCalls | None = carrier if isinstance(carrier, PlacesCalls) else None
-            if placer is None and request.carrier == "sim":
-                placer = NobodyAnswers()
-            if placer is None:
+            if carrier is None:
                 raise DialFailed("provider_error", NO_DIALLER.format(carrier=request.carrier))
-            leg = await _unless_stopped(placer.dial(request), stop)
+            leg = await _unless_stopped(carrier.dial(request), stop)
             if not await self._advance(call_id, "ringing", leg.carrier_call_id):
                 await leg.hangup()
                 return
@@ -280,10 +218,5 @@ DIALLER: web.AppKey[Dialler] = web.AppKey("relay_dialler", Dialler)
 
 __all__ = [
     "DIALLER",
-    "DialFailed",
-    "DialRequest",
     "Dialler",
-    "NobodyAnswers",
-    "OutboundLeg",
-    "PlacesCalls",
 ]

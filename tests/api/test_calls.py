@@ -1008,8 +1008,7 @@ class ScriptedCarrier:
         return None
 
     async def dial(self, request):
-        from relay.calls.outbound import DialFailed
-        from relay.carriers import CarrierUnavailable
+        from relay.carriers import CarrierUnavailable, DialFailed
 
         self.requests.append(request)
         if request.to_number.endswith("0100"):
