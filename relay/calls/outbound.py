@@ -5,7 +5,8 @@ Calls are placed through the number's carrier (:class:`relay.carriers.Carrier`):
 far end rings, or raises :class:`~relay.carriers.DialFailed` with a failure reason
 (``busy``, ``provider_error``...). The leg's ``answered()`` returns once the far end picked
 up and the carrier opened the media socket (at ``request.media_url``, whose token names the
-call); from there the media transport runs the call exactly as it runs an inbound one. ``hangup()`` abandons the leg.
+call); from there the media transport runs the call exactly as it runs an inbound one.
+``hangup()`` abandons the leg.
 
 The sim carrier's outbound calls ring and nobody answers: after
 ``RELAY_OUTBOUND_RING_TIMEOUT_SECONDS`` they fail with ``no_answer``. A carrier the relay has
