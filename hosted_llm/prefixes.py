@@ -100,7 +100,7 @@ class LivePrefixes:
 
 
 def _kv_bytes(llama: Any) -> bytes:
-    from llama_cpp import llama_cpp as c
+    from llama_cpp import llama_cpp as c  # the optional extra; present once a model loaded
 
     ctx = llama.ctx
     size = c.llama_state_seq_get_size(ctx, 0)
@@ -110,7 +110,7 @@ def _kv_bytes(llama: Any) -> bytes:
 
 
 def _restore(llama: Any, tokens: Tokens, data: bytes) -> bool:
-    from llama_cpp import llama_cpp as c
+    from llama_cpp import llama_cpp as c  # as in _kv_bytes
 
     llama._ctx.kv_cache_seq_rm(0, 0, -1)
     buffer = (ctypes.c_uint8 * len(data)).from_buffer_copy(data)

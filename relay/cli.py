@@ -27,6 +27,7 @@ def _settings(args: argparse.Namespace) -> Settings:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    # Each command imports what it runs: `relay phone` need not load the whole app.
     from relay.app import create_app
 
     settings = _settings(args)
@@ -46,7 +47,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_migrate(args: argparse.Namespace) -> int:
-    from relay.store.db import Database
+    from relay.store.db import Database  # as in cmd_serve: only what the command runs
 
     settings = _settings(args)
 
@@ -63,6 +64,7 @@ def cmd_migrate(args: argparse.Namespace) -> int:
 
 
 def cmd_keys_create(args: argparse.Namespace) -> int:
+    # As in cmd_serve: only what the command runs.
     from relay.auth import create_key
     from relay.store.db import Database
 
@@ -98,6 +100,7 @@ def cmd_keys_create(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
+    # As in cmd_serve: the demo loads the speech engines (seconds).
     from relay.demo import DEFAULT_LINES, DemoOptions, run_demo
 
     options = DemoOptions(

@@ -81,6 +81,7 @@ class DemoOptions:
 
 async def seed(settings: Settings, webhook_url: str) -> tuple[str, Agent, Number]:
     """Idempotent: reuses the demo agent and number; makes a fresh key every run."""
+    # Only seeding needs the carrier (the demo module is imported by every `relay` command).
     from relay.carriers import ProvisionRequest
     from relay.carriers.sim import SimCarrier
 
@@ -188,6 +189,7 @@ def hosted_unavailable(settings: Settings) -> str | None:
     """Why ``--hosted`` cannot run here, or None if the hosted backend is installed."""
     if settings.llm_base_url:
         return None
+    # Only --hosted asks: the model's packages are an optional extra.
     from hosted_llm import MODELS, ModelUnavailable
     from hosted_llm.weights import INSTALL_HINT, part_paths
 
@@ -212,7 +214,7 @@ async def start_example(secret: str) -> tuple[web.AppRunner, str]:
 
 
 async def start_relay(settings: Settings) -> web.AppRunner:
-    from relay.app import create_app
+    from relay.app import create_app  # the entry point above the app; imported when it runs
 
     runner = web.AppRunner(
         create_app(settings), access_log=None, shutdown_timeout=settings.shutdown_timeout_seconds
@@ -314,6 +316,7 @@ async def warm_speech(settings: Settings) -> None:
 
 async def warm_llm(settings: Settings) -> None:
     """Load the embedded LLM before the call (the relay shares this process's instance)."""
+    # Only --hosted loads the model (an optional extra).
     from hosted_llm import LocalBackend
     from relay.turns.hosted import hosted_backend
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Coroutine
+from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -154,8 +155,6 @@ async def _ready(
 def _encoder() -> Any:
     global _ENCODER
     if _ENCODER is None:
-        from concurrent.futures import ThreadPoolExecutor
-
         _ENCODER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="recording-encoder")
     return _ENCODER
 
