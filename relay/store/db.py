@@ -462,7 +462,12 @@ class Database:
             event.listen(self.engine.sync_engine, "after_cursor_execute", self._wrote)
             event.listen(self.engine.sync_engine, "commit", self._committed)
             event.listen(self.engine.sync_engine, "rollback", self._rolled_back)
-        self.sessions = async_sessionmaker(self.engine, expire_on_commit=False)
+        # This database's own Session class, for its sessions and the group commit's: hooks
+        # put on it (relay.events.attach) see this database's transactions only.
+        self.session_class: type[Session] = type("Session", (Session,), {})
+        self.sessions = async_sessionmaker(
+            self.engine, expire_on_commit=False, sync_session_class=self.session_class
+        )
         self._write_lock: tuple[asyncio.AbstractEventLoop, asyncio.Lock] | None = None
         self._group: _GroupCommit | None = None
         self._apps = 0
@@ -675,7 +680,7 @@ class _GroupCommit:
         next one connects again (SQLAlchemy's reconnect on next use)."""
         if self._session is None:
             self._conn = conn = await self.db.engine.connect()
-            self._session = AsyncSession(bind=conn, expire_on_commit=False)
+            self._session = self.db.sessions(bind=conn)
         session = self._session
         try:
             async with self.db._writer_lock(), session.begin():
