@@ -7,6 +7,7 @@ import hashlib
 
 from aiohttp import web
 
+from relay import events
 from relay.api import media, system
 from relay.api.agents import router as agents_router
 from relay.api.calls import router as calls_router
@@ -51,6 +52,7 @@ def create_app(settings: Settings | None = None, *, db: Database | None = None) 
     settings = settings or Settings()
     database = db or Database(settings.database_url, schema=settings.database_schema)
     database.attach()
+    events.attach(database)  # its sessions write the lifecycle events emitted in them
     state = AppState(
         settings=settings,
         db=database,

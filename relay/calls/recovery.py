@@ -31,6 +31,7 @@ from sqlalchemy import bindparam, delete, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from relay.calls.lifecycle import IllegalTransition, log_event, transition
+from relay.events import DELIVERY, DeliveryWorker, release_leases
 from relay.logs import get_logger
 from relay.store.db import Database
 from relay.store.models import Call, CallLease, RelayNode, utcnow
@@ -253,8 +254,6 @@ class Recovery:
 
     async def recover(self) -> list[str]:
         """Startup recovery; returns the ids of the calls closed."""
-        from relay.events.delivery import release_leases
-
         await heartbeat(self.db, self.node_id, starting=True)
         released = await release_leases(self.db, self.node_id)
         closed = await self.sweep(starting=True)
@@ -309,7 +308,6 @@ RECOVERY: web.AppKey[Recovery] = web.AppKey("relay_recovery", Recovery)
 def install(app: web.Application) -> None:
     """Give the app its dialler, webhook delivery worker and recovery (started later)."""
     from relay.calls.outbound import DIALLER, Dialler
-    from relay.events.delivery import DELIVERY, DeliveryWorker
     from relay.state import APP_STATE
 
     state = app[APP_STATE]
@@ -329,15 +327,12 @@ def install(app: web.Application) -> None:
 
 async def start(app: web.Application) -> None:
     """After migrations: deliver webhooks, recover what a dead node left, dial."""
-    from relay.events.delivery import DELIVERY
-
     await app[RECOVERY].start(app[DELIVERY].start)
 
 
 async def stop(app: web.Application) -> None:
     """Before the database closes: stop dialling, deliver what is ready, stop."""
     from relay.calls.outbound import DIALLER
-    from relay.events.delivery import DELIVERY
 
     await app[DIALLER].stop()
     await app[RECOVERY].stop()

@@ -12,6 +12,7 @@ import pytest
 
 from relay.config import Settings
 from relay.engine import VoiceEngine, models
+from relay.events import attach
 from relay.store.db import Database
 from tests.engine.harness import espeak_voice, piper_voice
 
@@ -39,6 +40,7 @@ def voice(speech_models: None) -> Callable[..., np.ndarray]:
 @pytest.fixture
 async def sqlite_db(tmp_path: Any) -> AsyncIterator[Database]:
     db = Database(f"sqlite+aiosqlite:///{tmp_path}/relay.db")
+    attach(db)
     await db.migrate()
     yield db
     await db.close()

@@ -16,6 +16,7 @@ from sqlalchemy import select
 from standardwebhooks.webhooks import Webhook
 
 from relay.carriers.sim.handset import Dtmf, SimHandset
+from relay.events import attach
 from relay.store.db import Database
 from relay.store.models import Call
 from tests.conftest import PG_DSN, PG_URL
@@ -38,6 +39,7 @@ async def database():
     conn = await asyncpg.connect(PG_DSN)
     await conn.execute(f"CREATE SCHEMA {schema}")
     db = Database(PG_URL, connect_args={"server_settings": {"search_path": schema}})
+    attach(db)
     try:
         yield db
     finally:
