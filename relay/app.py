@@ -24,6 +24,7 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
+from relay import events
 from relay.api import carriers as carrier_webhooks
 from relay.api import media, system
 from relay.api.agents import router as agents_router
@@ -47,7 +48,7 @@ from relay.carriers import CarrierRegistry
 from relay.carriers.sim import SimCarrier
 from relay.carriers.twilio import TwilioCarrier
 from relay.config import Settings
-from relay.events.delivery import DELIVERY, DeliveryWorker
+from relay.events import DELIVERY, DeliveryWorker
 from relay.logs import get_logger
 from relay.middleware import request_middleware
 from relay.ratelimit import RateLimiter
@@ -77,6 +78,7 @@ def create_app(settings: Settings | None = None, *, db: Database | None = None) 
     settings = settings or Settings()
     database = db or Database(settings.database_url, schema=settings.database_schema)
     database.attach()
+    events.attach(database)  # its sessions write the lifecycle events emitted in them
     # One of each carrier per app. Twilio numbers are imported, not provisioned, and Twilio
     # places no calls yet: the registry (what numbers and calls go through) has the sim only.
     sim, twilio = SimCarrier(), TwilioCarrier.from_settings(settings)

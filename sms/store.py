@@ -41,7 +41,7 @@ _MESSAGE_DEFAULTS: dict[str, Any] = {column.key: None for column in messages.col
 
 
 def message_row(**values: Any) -> dict[str, Any]:
-    """A ``messages`` row for :func:`relay.store.db.insert_at_commit`: ``values`` over the
+    """A ``messages`` row for :func:`relay.store.insert_at_commit`: ``values`` over the
     defaults, every column named."""
     unknown = values.keys() - _MESSAGE_DEFAULTS.keys()
     if unknown:
@@ -54,7 +54,7 @@ class SmsRow:
     """One ``messages`` row as a plain object: what the SMS pipeline passes around from the
     transaction that stores a text to the carrier and back. Not an ORM ``Message``: making
     one, and reading and setting its attributes, cost the relay about 8% of its CPU per
-    text; the rows are written with :func:`relay.store.db.insert_at_commit` and changed
+    text; the rows are written with :func:`relay.store.insert_at_commit` and changed
     with UPDATEs, never through the session's objects."""
 
     id: str

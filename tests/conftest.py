@@ -15,6 +15,7 @@ from aiohttp.test_utils import TestClient
 from relay.app import create_app
 from relay.auth import create_key
 from relay.config import Settings
+from relay.events import attach
 from relay.store.db import Database
 
 PG_DSN = os.environ.get("RELAY_TEST_PG_DSN", "postgresql://postgres@127.0.0.1:5432/test")
@@ -26,6 +27,7 @@ async def database(request: pytest.FixtureRequest, tmp_path: Any) -> AsyncIterat
     """A fresh, empty database: a SQLite file, or a PostgreSQL schema of its own."""
     if request.param == "sqlite":
         db = Database(f"sqlite+aiosqlite:///{tmp_path}/relay.db")
+        attach(db)
         yield db
         await db.close()
         return
@@ -33,6 +35,7 @@ async def database(request: pytest.FixtureRequest, tmp_path: Any) -> AsyncIterat
     conn = await asyncpg.connect(PG_DSN)
     await conn.execute(f"CREATE SCHEMA {schema}")
     db = Database(PG_URL, connect_args={"server_settings": {"search_path": schema}})
+    attach(db)
     try:
         yield db
     finally:

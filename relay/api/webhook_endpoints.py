@@ -19,8 +19,7 @@ from relay.api.pagination import cursor_row, fetch_page, keyset, newest_first
 from relay.api.routing import Context, Router
 from relay.api.schema import APIModel, Deleted, OutModel, Page, PageQuery
 from relay.errors import Conflict, NotFound, invalid_field
-from relay.events import EVENT_TYPES
-from relay.events.delivery import DELIVERY, DELIVERY_STATUSES, PENDING
+from relay.events import DELIVERY, DELIVERY_STATUSES, EVENT_TYPES, PENDING
 from relay.ids import new_id
 from relay.store.models import WebhookAttempt, WebhookDelivery, WebhookEndpoint, utcnow
 from relay.urls import check_webhook_url

@@ -32,7 +32,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from relay.calls.event_log import log_event
 from relay.calls.lifecycle import IllegalTransition, transition
-from relay.events.delivery import release_leases
+from relay.events import release_leases
 from relay.logs import get_logger
 from relay.store.db import Database
 from relay.store.models import Call, CallLease, RelayNode, utcnow

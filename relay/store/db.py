@@ -29,10 +29,11 @@ from sqlalchemy.ext.asyncio import (
     async_sessionmaker,
     create_async_engine,
 )
+from sqlalchemy.orm import Session
 
+from relay.store import prepared
 from relay.store.group_commit import GroupCommit, Write
 from relay.store.migrate import at_head, upgrade_to_head
-from relay.store.prepared import insert_now as insert_now  # relay.events.delivery's, for now
 from relay.store.prepared import run_in_loop
 from relay.store.sqlite import in_loop_connector, sqlite_pragmas
 from relay.store.versions import TableVersions
@@ -75,7 +76,13 @@ class Database:
             run_in_loop(self.engine.sync_engine, self.versions)
             event.listen(self.engine.sync_engine, "connect", sqlite_pragmas)
             self.versions.listen(self.engine.sync_engine)
-        self.sessions = async_sessionmaker(self.engine, expire_on_commit=False)
+        # This database's own Session class, for its sessions and the group commit's: hooks
+        # put on it (relay.events.attach) see this database's transactions only.
+        self.session_class: type[Session] = type("Session", (Session,), {})
+        prepared.listen(self.session_class)
+        self.sessions = async_sessionmaker(
+            self.engine, expire_on_commit=False, sync_session_class=self.session_class
+        )
         self._write_lock: tuple[asyncio.AbstractEventLoop, asyncio.Lock] | None = None
         self._group: GroupCommit | None = None
         self._apps = 0
@@ -111,7 +118,7 @@ class Database:
         opening its own."""
         loop = asyncio.get_running_loop()
         if self._group is None or self._group.loop is not loop:
-            self._group = GroupCommit(self.engine, self._writer_lock, loop)
+            self._group = GroupCommit(self.engine, self.sessions, self._writer_lock, loop)
         return await self._group.submit(work)
 
     def table_version(self, table: str) -> int | None:

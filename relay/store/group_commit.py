@@ -16,7 +16,7 @@ import contextlib
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, async_sessionmaker
 
 GROUP_MAX = 64  # writes per group commit: bounds how long one transaction holds the lock
 
@@ -31,10 +31,12 @@ class GroupCommit:
     def __init__(
         self,
         engine: AsyncEngine,
+        sessions: async_sessionmaker[AsyncSession],
         writer_lock: Callable[[], asyncio.Lock],
         loop: asyncio.AbstractEventLoop,
     ) -> None:
         self.engine = engine
+        self.sessions = sessions  # the handle's, so its session hooks see the group's writes
         self.writer_lock = writer_lock  # the handle's lock of this loop's writers
         self.loop = loop
         self._queue: list[tuple[Write[Any], asyncio.Future[Any]]] = []
@@ -99,7 +101,7 @@ class GroupCommit:
         next one connects again (SQLAlchemy's reconnect on next use)."""
         if self._session is None:
             self._conn = conn = await self.engine.connect()
-            self._session = AsyncSession(bind=conn, expire_on_commit=False)
+            self._session = self.sessions(bind=conn)
         session = self._session
         try:
             async with self.writer_lock(), session.begin():

@@ -106,9 +106,12 @@ def _forget_raw(session: Session, _transaction: Any) -> None:
     session.info.pop(_RAW, None)
 
 
-event.listen(Session, "before_commit", _insert_rows)
-event.listen(Session, "after_rollback", _drop_rows)
-event.listen(Session, "after_transaction_end", _forget_raw)
+def listen(session_class: type[Session]) -> None:
+    """Write inserts at commit, and let go of the driver connection, in the sessions of one
+    database (``Database`` calls this for its own session class)."""
+    event.listen(session_class, "before_commit", _insert_rows)
+    event.listen(session_class, "after_rollback", _drop_rows)
+    event.listen(session_class, "after_transaction_end", _forget_raw)
 
 
 def _getter(names: list[str]) -> Callable[[dict[str, Any]], tuple[Any, ...]]:

@@ -21,6 +21,7 @@ import pytest
 from aiohttp import web
 
 from relay.engine.codecs import resample
+from relay.events import attach
 from relay.handset import SimHandset, transcribe
 from relay.store.db import Database
 from tests.carriers.test_sim_calls import GREETING, Hook, base_url
@@ -34,6 +35,7 @@ LOUD = 0.03  # of full scale, RMS over 10 ms: speech, not the codec's noise floo
 @pytest.fixture
 async def database(tmp_path):
     db = Database(f"sqlite+aiosqlite:///{tmp_path}/relay.db")
+    attach(db)
     yield db
     await db.close()
 

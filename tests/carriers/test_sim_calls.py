@@ -23,6 +23,7 @@ from standardwebhooks.webhooks import Webhook
 
 from relay.calls import inbound
 from relay.engine.codecs import resample
+from relay.events import attach
 from relay.handset import Dtmf, SimHandset, synthesize, transcribe
 from relay.state import APP_STATE
 from relay.store.db import Database
@@ -40,6 +41,7 @@ GREETING = "Hello, this is the booking line."
 @pytest.fixture
 async def database(tmp_path):
     db = Database(f"sqlite+aiosqlite:///{tmp_path}/relay.db")
+    attach(db)
     yield db
     await db.close()
 

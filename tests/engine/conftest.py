@@ -13,6 +13,7 @@ import pytest
 from relay.calls.live import CallRunner
 from relay.config import Settings
 from relay.engine import VoiceEngine, speech
+from relay.events import attach
 from relay.store.db import Database
 from tests.engine.harness import espeak_voice, piper_voice
 
@@ -40,6 +41,7 @@ def voice(speech_models: None) -> Callable[..., np.ndarray]:
 @pytest.fixture
 async def sqlite_db(tmp_path: Any) -> AsyncIterator[Database]:
     db = Database(f"sqlite+aiosqlite:///{tmp_path}/relay.db")
+    attach(db)
     await db.migrate()
     yield db
     await db.close()

@@ -11,7 +11,7 @@ from aiohttp import web
 from sqlalchemy import select
 
 from relay.config import Settings
-from relay.events.delivery import next_delay, retry_after_seconds
+from relay.events import next_delay, retry_after_seconds
 from relay.store.models import WebhookDelivery
 from tests.events.conftest import add_endpoint, emit_events, key_headers, project_id
 from tests.events.receiver import Received, Receiver
@@ -482,7 +482,8 @@ async def test_an_idle_sweep_backs_off_and_work_found_brings_it_back(database):
     loop that the calls' audio shares)."""
     from sqlalchemy import insert
 
-    from relay.events.delivery import CLAIM_SWEEP_SECONDS, IDLE_SWEEP_SECONDS, DeliveryWorker
+    from relay.events import DeliveryWorker
+    from relay.events.worker import CLAIM_SWEEP_SECONDS, IDLE_SWEEP_SECONDS
     from relay.ids import new_id
     from relay.store.models import LifecycleEvent, Project, utcnow
 

@@ -15,6 +15,7 @@ from aiohttp import web
 from sqlalchemy import select
 from standardwebhooks.webhooks import Webhook
 
+from relay.events import attach
 from relay.handset import Dtmf, SimHandset
 from relay.store.db import Database
 from relay.store.models import Call
@@ -38,6 +39,7 @@ async def database():
     conn = await asyncpg.connect(PG_DSN)
     await conn.execute(f"CREATE SCHEMA {schema}")
     db = Database(PG_URL, connect_args={"server_settings": {"search_path": schema}})
+    attach(db)
     try:
         yield db
     finally:
