@@ -413,7 +413,8 @@ async def update_agent(ctx: Context, body: AgentUpdate) -> AgentOut:
             if body.webhook_url
             else (None if "webhook_url" in given else agent.webhook_url)
         )
-        _check_mode(ctx, mode, url, config.get("system_prompt"), config.get("tools"))
+        stored = AgentConfig.from_stored(config)
+        _check_mode(ctx, mode, url, stored.system_prompt, stored.tools)
         agent.name = given.get("name") or agent.name
         agent.voice_mode = mode
         agent.webhook_url = url
