@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import secrets
 import time
@@ -23,6 +24,8 @@ from relay.metrics import HTTP_LATENCY, HTTP_REQUESTS
 
 log = get_logger("relay.http")
 INTERNAL = "Something went wrong on our side. Quote the request id when you report it."
+# Logged (and counted) for a request whose client left before it was answered (nginx's 499).
+CLIENT_CLOSED = 499
 
 
 def _overloaded() -> ServiceUnavailable:
@@ -100,6 +103,11 @@ async def request_middleware(
             else:  # the pool has dropped that connection and the ones opened with it
                 log.warning("database_connection_lost", method=request.method, path=request.path)
                 response = _error_response(_database_unavailable(), request_id)
+        except asyncio.CancelledError:
+            # The peer went away and aiohttp cancelled the handler (a media socket's caller
+            # hanging up): nothing was answered, and it is no server error.
+            status = CLIENT_CLOSED
+            raise
         except Exception:
             log.exception("unhandled_error", method=request.method, path=request.path)
             response = _error_response(APIError(INTERNAL), request_id)

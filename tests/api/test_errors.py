@@ -3,10 +3,12 @@ the system endpoints (health, readiness, metrics) and request ids."""
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 import re
 
+import aiohttp
 import pytest
 from aiohttp import web
 from prometheus_client.parser import text_string_to_metric_families
@@ -270,3 +272,20 @@ async def test_metrics_count_requests(client, auth):
     text = await resp.text()
     assert "# TYPE relay_http_requests_total counter" in text
     assert _requests_total(text, "GET", "/v1/agents", "200") == before + 1
+
+
+async def test_a_request_whose_client_left_counts_as_499_not_a_server_error(app_client):
+    # aiohttp cancels a handler whose peer went away (a media socket's caller hanging up):
+    # nothing was answered, and the server did not fail.
+    async def abandoned(request: web.Request) -> web.Response:
+        raise asyncio.CancelledError
+
+    client = await app_client(setup=lambda app: app.router.add_get("/abandoned", abandoned))
+    before = await (await client.get("/metrics")).text()
+    with pytest.raises(aiohttp.ClientError):
+        await client.get("/abandoned")
+    after = await (await client.get("/metrics")).text()
+    assert _requests_total(after, "GET", "/abandoned", "500") == 0
+    assert _requests_total(after, "GET", "/abandoned", "499") == (
+        _requests_total(before, "GET", "/abandoned", "499") + 1
+    )
