@@ -31,6 +31,7 @@ from relay.api.agents import router as agents_router
 from relay.api.call_create import router as call_create_router
 from relay.api.calls import router as calls_router
 from relay.api.intelligence import router as intelligence_router
+from relay.api.keys import router as keys_router
 from relay.api.messages import router as messages_router
 from relay.api.numbers import router as numbers_router
 from relay.api.openapi import build as build_openapi
@@ -69,6 +70,7 @@ ROUTERS: tuple[Router, ...] = (
     intelligence_router,
     recordings_router,
     project_router,
+    keys_router,
 )
 
 

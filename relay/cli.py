@@ -1,11 +1,12 @@
-"""``relay serve | demo | migrate | keys create | phone sms``."""
+"""``relay serve | demo | migrate | keys create|list|revoke|rotate | phone call|sms``."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
 import sys
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
+from typing import TYPE_CHECKING, TypeVar
 
 from aiohttp import web
 
@@ -13,6 +14,16 @@ from relay.config import Settings
 from relay.handset.cli import add_phone_call_command
 from relay.handset.sms import add_sms_command
 from relay.logs import configure as configure_logs
+from relay.timefmt import iso
+
+if TYPE_CHECKING:
+    from sqlalchemy.ext.asyncio import AsyncSession
+
+T = TypeVar("T")
+STORE_IT = "Store this key now: only its hash is kept, it cannot be shown again."
+CACHED = (
+    "A running relay that looked the key up in the last {seconds:g} s may honour it until then."
+)
 
 
 def _settings(args: argparse.Namespace) -> Settings:
@@ -63,39 +74,127 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_keys_create(args: argparse.Namespace) -> int:
-    # As in cmd_serve: only what the command runs.
-    from relay.auth import create_key
-    from relay.store.db import Database
+def _in_session(args: argparse.Namespace, work: Callable[[AsyncSession], Awaitable[T]]) -> T:
+    """Run ``work`` in one transaction on the database the flags and RELAY_* name."""
+    from relay.store.db import Database  # as in cmd_serve: only what the command runs
 
     settings = _settings(args)
-    agents = [a for a in (args.agents or "").split(",") if a]
-    channels = [c for c in (args.channels or "").split(",") if c]
 
-    async def run() -> str:
+    async def run() -> T:
         db = Database(settings.database_url, schema=settings.database_schema)
         try:
             await db.migrate()
             async with db.session() as session:
-                raw, _ = await create_key(
-                    session,
-                    args.project,
-                    kind="publishable" if args.publishable else "secret",
-                    name=args.name,
-                    agents=agents or None,
-                    channels=channels or None,
-                )
-            return raw
+                return await work(session)
         finally:
             await db.close()
 
+    return asyncio.run(run())
+
+
+def cmd_keys_create(args: argparse.Namespace) -> int:
+    from relay.auth import create_key  # as in cmd_serve: only what the command runs
+
+    agents = [a for a in (args.agents or "").split(",") if a]
+    channels = [c for c in (args.channels or "").split(",") if c]
+
+    async def work(session: AsyncSession) -> str:
+        raw, _ = await create_key(
+            session,
+            args.project,
+            kind="publishable" if args.publishable else "secret",
+            name=args.name,
+            agents=agents or None,
+            channels=channels or None,
+        )
+        return raw
+
     try:
-        raw = asyncio.run(run())
+        raw = _in_session(args, work)
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(raw)
-    print("Store this key now: only its hash is kept, it cannot be shown again.", file=sys.stderr)
+    print(STORE_IT, file=sys.stderr)
+    return 0
+
+
+def cmd_keys_list(args: argparse.Namespace) -> int:
+    from sqlalchemy import select  # as in cmd_serve: only what the command runs
+
+    from relay.store.models import ApiKey, Project, utcnow
+
+    async def work(session: AsyncSession) -> list[list[str]]:
+        stmt = select(ApiKey, Project.name).join(Project, Project.id == ApiKey.project_id)
+        if args.project:
+            stmt = stmt.where(Project.name == args.project)
+        now = utcnow()
+        rows = []
+        for key, project in await session.execute(stmt.order_by(ApiKey.id.desc())):
+            if key.revoked_at is None:
+                status = "live"
+            elif key.revoked_at > now:
+                status = "until " + iso(key.revoked_at)
+            else:
+                status = "revoked " + iso(key.revoked_at)
+            rows.append(
+                [key.id, project, key.kind, key.hint + "...", key.name or "-", iso(key.created_at)]
+                + [status]
+            )
+        return rows
+
+    rows = _in_session(args, work)
+    print("\t".join(["ID", "PROJECT", "KIND", "HINT", "NAME", "CREATED", "STATUS"]))
+    for row in rows:
+        print("\t".join(row))
+    return 0
+
+
+def cmd_keys_revoke(args: argparse.Namespace) -> int:
+    from relay.auth import KEY_CACHE_SECONDS, load_key, revoke_key  # as in cmd_serve
+    from relay.store.models import utcnow
+
+    async def work(session: AsyncSession) -> str | None:
+        key = await load_key(session, args.key_id)
+        if key is None:
+            return None
+        revoke_key(key, utcnow())
+        return key.hint
+
+    hint = _in_session(args, work)
+    if hint is None:
+        print(f"error: no API key {args.key_id!r}", file=sys.stderr)
+        return 1
+    print(f"revoked {args.key_id} ({hint}...)", file=sys.stderr)
+    print(CACHED.format(seconds=KEY_CACHE_SECONDS), file=sys.stderr)
+    return 0
+
+
+def cmd_keys_rotate(args: argparse.Namespace) -> int:
+    from relay.auth import KEY_CACHE_SECONDS, load_key, rotate_key  # as in cmd_serve
+    from relay.store.models import utcnow
+
+    async def work(session: AsyncSession) -> tuple[str, str] | str:
+        key = await load_key(session, args.key_id)
+        if key is None:
+            return f"no API key {args.key_id!r}"
+        try:
+            raw, new = await rotate_key(session, key, args.grace_seconds, utcnow())
+        except ValueError as exc:
+            return f"cannot rotate {args.key_id}: {exc}"
+        return raw, new.id
+
+    result = _in_session(args, work)
+    if isinstance(result, str):
+        print(f"error: {result}", file=sys.stderr)
+        return 1
+    raw, new_id = result
+    print(raw)
+    print(f"{new_id} replaces {args.key_id}. {STORE_IT}", file=sys.stderr)
+    if args.grace_seconds:
+        print(f"{args.key_id} still works for {args.grace_seconds} s.", file=sys.stderr)
+    else:
+        print(CACHED.format(seconds=KEY_CACHE_SECONDS), file=sys.stderr)
     return 0
 
 
@@ -107,6 +206,15 @@ def cmd_demo(args: argparse.Namespace) -> int:
         lines=tuple(args.say or DEFAULT_LINES), serve=args.serve, hosted=args.hosted
     )
     return run_demo(_settings(args), options)
+
+
+def _grace_seconds(value: str) -> int:
+    from relay.auth import MAX_GRACE_SECONDS  # as in cmd_serve: only what the command runs
+
+    seconds = int(value) if value.isdigit() else -1
+    if not 0 <= seconds <= MAX_GRACE_SECONDS:
+        raise argparse.ArgumentTypeError(f"a whole number of seconds, 0 to {MAX_GRACE_SECONDS}")
+    return seconds
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -151,6 +259,24 @@ def build_parser() -> argparse.ArgumentParser:
     create.add_argument("--agents", help="publishable: comma-separated agent ids it may call")
     create.add_argument("--channels", help="publishable: comma-separated, from web,phone,websocket")
     create.set_defaults(func=cmd_keys_create)
+    listing = keys_sub.add_parser("list", help="list keys (never the keys themselves)")
+    common(listing, server=False)
+    listing.add_argument("--project", help="only this project's keys (default: every project)")
+    listing.set_defaults(func=cmd_keys_list)
+    revoke = keys_sub.add_parser("revoke", help="refuse a key from now on")
+    common(revoke, server=False)
+    revoke.add_argument("key_id", help="the key's id (key_...), from `relay keys list`")
+    revoke.set_defaults(func=cmd_keys_revoke)
+    rotate = keys_sub.add_parser("rotate", help="replace a key; print the new one once")
+    common(rotate, server=False)
+    rotate.add_argument("key_id", help="the key's id (key_...), from `relay keys list`")
+    rotate.add_argument(
+        "--grace-seconds",
+        type=_grace_seconds,
+        default=0,
+        help="seconds the old key still works (default 0: it stops at once; at most 7 days)",
+    )
+    rotate.set_defaults(func=cmd_keys_rotate)
 
     phone = sub.add_parser("phone", help="a simulated handset on the sim carrier")
     phone_sub = phone.add_subparsers(dest="phone_command", required=True)

@@ -8,11 +8,29 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from standardwebhooks.webhooks import Webhook
 
 from relay.ids import random_hex
+
+
+@dataclass(frozen=True, slots=True)
+class Secrets:
+    """A signing secret and, after a rotation, the one it replaced with the moment that one
+    stops signing. Which sign is decided when a request is signed, not when this is made."""
+
+    current: str
+    previous: str | None = None
+    previous_until: datetime | None = None
+
+    def live(self, now: datetime) -> tuple[str, ...]:
+        """The secrets that sign a request made at ``now``."""
+        until = self.previous_until
+        if self.previous and until is not None and until > now:
+            return (self.current, self.previous)
+        return (self.current,)
 
 
 def new_message_id() -> str:

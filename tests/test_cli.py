@@ -137,6 +137,105 @@ async def test_keys_create_refuses_bad_scopes_with_exit_code_2(env, database, ar
     assert await key_rows(database) == []
 
 
+async def created(env, *args: str) -> str:
+    code, out, err = await run(env, "keys", "create", *args)
+    assert code == 0, err
+    return out.strip()
+
+
+async def test_keys_list_shows_ids_and_hints_never_the_keys(env, database):
+    acme = await created(env, "--project", "acme", "--name", "ci")
+    web = await created(env, "--project", "acme", "--publishable", "--channels", "web")
+    other = await created(env, "--project", "other")
+    code, out, err = await run(env, "keys", "list")
+    assert code == 0, err
+    for raw in (acme, web, other):
+        assert raw not in out and raw[7:] not in out
+    header, *lines = out.splitlines()
+    assert header.split("\t") == ["ID", "PROJECT", "KIND", "HINT", "NAME", "CREATED", "STATUS"]
+    rows = {line.split("\t")[3]: line.split("\t") for line in lines}
+    assert set(rows) == {acme[:7] + "...", web[:7] + "...", other[:7] + "..."}
+    ids = {key.key_hash: key.id for key, _ in await key_rows(database)}
+    row = rows[acme[:7] + "..."]
+    assert row[0] == ids[hashlib.sha256(acme.encode()).hexdigest()]
+    assert row[1:3] + row[4:5] + row[6:] == ["acme", "secret", "ci", "live"]
+    assert rows[web[:7] + "..."][2] == "publishable"
+
+    code, out, _ = await run(env, "keys", "list", "--project", "other")
+    assert code == 0
+    assert [line.split("\t")[3] for line in out.splitlines()[1:]] == [other[:7] + "..."]
+
+
+async def key_id(database, raw: str) -> str:
+    digest = hashlib.sha256(raw.encode()).hexdigest()
+    return next(key.id for key, _ in await key_rows(database) if key.key_hash == digest)
+
+
+async def test_keys_revoke_refuses_the_key_from_then_on(env, database, aiohttp_client):
+    raw = await created(env, "--project", "acme")
+    keep = await created(env, "--project", "acme")
+    client = await aiohttp_client(create_app(Settings(), db=database))
+    assert (await client.get("/v1/agents", headers={"X-API-Key": raw})).status == 200
+
+    code, out, err = await run(env, "keys", "revoke", await key_id(database, raw))
+    assert code == 0, err
+    assert out == "" and "revoked key_" in err
+    # A relay that cached the key may honour it a few seconds; one that did not refuses it.
+    fresh = await aiohttp_client(create_app(Settings(), db=database))
+    assert (await fresh.get("/v1/agents", headers={"X-API-Key": raw})).status == 401
+    assert (await fresh.get("/v1/agents", headers={"X-API-Key": keep})).status == 200
+    code, out, _ = await run(env, "keys", "list")
+    assert sorted(line.split("\t")[6].split()[0] for line in out.splitlines()[1:]) == [
+        "live",
+        "revoked",
+    ]
+
+    code, out, err = await run(env, "keys", "revoke", "key_nope")
+    assert (code, out) == (1, "")
+    assert "no API key 'key_nope'" in err
+
+
+async def test_keys_rotate_prints_a_new_key_and_the_old_one_stops(env, database, aiohttp_client):
+    old = await created(env, "--project", "acme", "--publishable", "--channels", "web,phone")
+    old_id = await key_id(database, old)
+    code, out, err = await run(env, "keys", "rotate", old_id)
+    assert code == 0, err
+    new = out.strip()
+    assert re.fullmatch(r"pk_[A-Za-z0-9_-]{32}", new), out
+    assert "only its hash is kept" in err and new not in err
+    rows = {key.key_hash: key for key, _ in await key_rows(database)}
+    row = rows[hashlib.sha256(new.encode()).hexdigest()]
+    assert (row.kind, row.allowed_channels) == ("publishable", ["web", "phone"])
+    client = await aiohttp_client(create_app(Settings(), db=database))
+    assert (await client.get("/v1/agents", headers={"X-API-Key": old})).status == 401
+    assert (await client.get("/v1/agents", headers={"X-API-Key": new})).status == 403  # a pk_
+
+    code, out, err = await run(env, "keys", "rotate", old_id)
+    assert (code, out) == (1, "")
+    assert "cannot rotate" in err
+
+
+async def test_keys_rotate_with_a_grace_period_keeps_the_old_key_working(
+    env, database, aiohttp_client
+):
+    old = await created(env, "--project", "acme")
+    code, out, err = await run(
+        env, "keys", "rotate", await key_id(database, old), "--grace-seconds", "3600"
+    )
+    assert code == 0, err
+    new = out.strip()
+    assert "still works for 3600 s" in err
+    client = await aiohttp_client(create_app(Settings(), db=database))
+    for raw in (old, new):
+        assert (await client.get("/v1/agents", headers={"X-API-Key": raw})).status == 200
+    code, out, _ = await run(env, "keys", "list")
+    statuses = sorted(line.split("\t")[6].split()[0] for line in out.splitlines()[1:])
+    assert statuses == ["live", "until"]
+    for bad in ("-1", "604801", "soon"):
+        code, _, err = await run(env, "keys", "rotate", "key_x", "--grace-seconds", bad)
+        assert code == 2 and "grace-seconds" in err
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

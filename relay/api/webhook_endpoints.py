@@ -1,20 +1,21 @@
 """``/v1/webhook-endpoints``: where lifecycle events (``call.completed``...) are delivered.
 
 Each endpoint gets every event type, or those in its ``events`` filter, signed with its own
-``whsec_`` secret (Standard Webhooks). Its deliveries, with every attempt, can be listed
+``whsec_`` secret (Standard Webhooks; during a rotation's grace period with the previous one
+too). Its deliveries, with every attempt, can be listed
 and retried by hand.
 """
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, Literal
 
 from pydantic import AnyHttpUrl, Field, field_validator
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from relay.api.agents import new_webhook_secret
+from relay.api.agents import RotateSecret, new_webhook_secret
 from relay.api.pagination import cursor_row, fetch_page, keyset, newest_first
 from relay.api.routing import Context, Router
 from relay.api.schema import APIModel, Deleted, OutModel, Page, PageQuery
@@ -78,6 +79,14 @@ class EndpointOut(OutModel):
 
 class EndpointWithSecret(EndpointOut):
     secret: str = Field(description="Verifies the signatures; shown only on create.")
+
+
+class RotatedEndpointSecret(OutModel):
+    id: str
+    secret: str = Field(description="The new secret; shown only here.")
+    previous_secret_expires_at: datetime | None = Field(
+        description="Until then deliveries carry a signature from the old secret too."
+    )
 
 
 class AttemptOut(OutModel):
@@ -311,6 +320,37 @@ async def delete_endpoint(ctx: Context) -> Deleted:
         endpoint = await _load(ctx, session, ctx.path("endpoint_id"))
         await session.delete(endpoint)
     return Deleted(id=endpoint.id, object="webhook_endpoint")
+
+
+@router.route(
+    "POST",
+    "/v1/webhook-endpoints/{endpoint_id}/rotate-secret",
+    summary="Rotate the endpoint's signing secret",
+    tag=TAG,
+    body=RotateSecret,
+    response=RotatedEndpointSecret,
+    errors=(400, 401, 403, 404, 413, 415, 422, 429),
+    body_optional=True,
+)
+async def rotate_endpoint_secret(ctx: Context, body: RotateSecret | None) -> RotatedEndpointSecret:
+    """Returns the new secret. Until ``graceSeconds`` (default
+    ``RELAY_WEBHOOK_SECRET_GRACE_SECONDS``) have passed, each delivery, retries included,
+    carries a signature from each secret, so receivers can switch over; ``0`` ends the old
+    secret at once. A second rotation replaces the previous secret kept by the first."""
+    grace = body.grace_seconds if body is not None else None
+    if grace is None:
+        grace = ctx.state.settings.webhook_secret_grace_seconds
+    now = utcnow()
+    expires = now + timedelta(seconds=grace) if grace > 0 else None
+    async with ctx.state.db.session() as session:
+        endpoint = await _load(ctx, session, ctx.path("endpoint_id"))
+        endpoint.previous_secret = endpoint.secret if expires else None
+        endpoint.previous_secret_expires_at = expires
+        endpoint.secret = new_webhook_secret()
+        endpoint.updated_at = now
+    return RotatedEndpointSecret(
+        id=endpoint.id, secret=endpoint.secret, previous_secret_expires_at=expires
+    )
 
 
 @router.route(

@@ -27,6 +27,7 @@ from sqlalchemy.orm import Session
 from relay.events.emitting import ATTACHED, EMITTED, AnyEvent
 from relay.events.outbox import DELIVERIES, EVENTS, INSERT_DELIVERIES, PENDING
 from relay.ids import new_id
+from relay.signing import Secrets
 from relay.store import Database, insert_now
 from relay.store.models import LifecycleEvent, WebhookEndpoint, utcnow
 
@@ -46,12 +47,12 @@ class Route:
     project_id: str
     events: frozenset[str] | None
     url: str
-    secret: str
+    secrets: Secrets
 
     @classmethod
     def of(cls, endpoint: WebhookEndpoint) -> Route:
         events = None if endpoint.events is None else frozenset(endpoint.events)
-        return cls(endpoint.id, endpoint.project_id, events, endpoint.url, endpoint.secret)
+        return cls(endpoint.id, endpoint.project_id, events, endpoint.url, endpoint.secrets())
 
 
 # A delivery's row (to insert), its event and its endpoint.

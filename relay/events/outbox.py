@@ -46,6 +46,7 @@ from sqlalchemy.orm import Session, aliased
 from relay.events.wire import Job, Outcome, event_body, next_delay
 from relay.ids import new_id
 from relay.logs import get_logger
+from relay.signing import Secrets
 from relay.store.db import Database
 from relay.store.models import (
     Base,
@@ -165,7 +166,14 @@ async def claim(
         )
     heads = (
         await session.execute(
-            select(d, WebhookEndpoint.url, WebhookEndpoint.secret, LifecycleEvent)
+            select(
+                d,
+                WebhookEndpoint.url,
+                WebhookEndpoint.secret,
+                WebhookEndpoint.previous_secret,
+                WebhookEndpoint.previous_secret_expires_at,
+                LifecycleEvent,
+            )
             .join(WebhookEndpoint, WebhookEndpoint.id == d.endpoint_id)
             .join(LifecycleEvent, LifecycleEvent.id == d.event_id)
             .where(*conditions)
@@ -177,7 +185,8 @@ async def claim(
     followers = await _followers(session, [h[0] for h in heads])
     lease_until = now + lease
     chains = []
-    for delivery, url, secret, evt in heads:
+    for delivery, url, secret, previous, previous_until, evt in heads:
+        secrets = Secrets(secret, previous, previous_until)
         chain = []
         for member, member_evt in [(delivery, evt), *followers.get(delivery.id, [])]:
             if member is not delivery and (
@@ -193,7 +202,7 @@ async def claim(
                     member.endpoint_id,
                     member.attempts,
                     url,
-                    secret,
+                    secrets,
                     event_body(member_evt),
                     member.ordering_key,
                 )

@@ -21,7 +21,7 @@ from email.utils import parsedate_to_datetime
 import aiohttp
 
 from relay.events.emitting import AnyEvent
-from relay.signing import signature_headers
+from relay.signing import Secrets, signature_headers
 from relay.store.models import utcnow
 from relay.timefmt import iso
 
@@ -37,7 +37,7 @@ class Job:
     endpoint_id: str
     attempt: int
     url: str
-    secret: str
+    secrets: Secrets
     body: str
     ordering_key: str | None = None
 
@@ -107,7 +107,7 @@ def next_delay(schedule: Sequence[float], attempts: int, retry_after: float | No
 
 
 async def send(http: aiohttp.ClientSession, job: Job, limit_seconds: float) -> Outcome:
-    headers = signature_headers(job.body, [job.secret], msg_id=job.delivery_id)
+    headers = signature_headers(job.body, job.secrets.live(utcnow()), msg_id=job.delivery_id)
     headers["Content-Type"] = "application/json"
     headers["User-Agent"] = USER_AGENT
     started = utcnow()

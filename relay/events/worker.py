@@ -376,7 +376,7 @@ class DeliveryWorker:
         delivery["claimed_by"] = self.node_id
         delivery["next_attempt_at"] = until
         return Job(
-            delivery["id"], route.id, 1, route.url, route.secret, event_body(evt), evt.ordering_key
+            delivery["id"], route.id, 1, route.url, route.secrets, event_body(evt), evt.ordering_key
         )
 
     def take(self, reserved: Reserved) -> None:

@@ -10,6 +10,8 @@ from sqlalchemy import JSON, DateTime, Dialect, ForeignKey, Index, Integer, Stri
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
 
+from relay.signing import Secrets
+
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
@@ -87,6 +89,8 @@ class ApiKey(Base):
     allowed_agents: Mapped[list[Any] | None] = mapped_column(JSON)
     allowed_channels: Mapped[list[Any] | None] = mapped_column(JSON)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # When the key stops being honoured: now or past once revoked, later while a rotated
+    # key's grace period runs; None while it is live.
     revoked_at: Mapped[datetime | None] = mapped_column()
 
 
@@ -111,11 +115,11 @@ class Agent(Base):
     def signing_secrets(self) -> tuple[str, ...]:
         """The secrets a request to its webhook is signed with: the current one, plus the
         previous one while its grace period runs."""
-        out = [self.webhook_secret]
-        expires = self.previous_webhook_secret_expires_at
-        if self.previous_webhook_secret and expires is not None and expires > utcnow():
-            out.append(self.previous_webhook_secret)
-        return tuple(out)
+        return Secrets(
+            self.webhook_secret,
+            self.previous_webhook_secret,
+            self.previous_webhook_secret_expires_at,
+        ).live(utcnow())
 
 
 class Number(Base):
@@ -303,10 +307,16 @@ class WebhookEndpoint(Base):
     description: Mapped[str | None] = mapped_column(String(500))
     events: Mapped[list[Any] | None] = mapped_column(JSON)
     secret: Mapped[str] = mapped_column(String(100))
+    # After a rotation, the secret it replaced, which still signs until it expires.
+    previous_secret: Mapped[str | None] = mapped_column(String(100))
+    previous_secret_expires_at: Mapped[datetime | None] = mapped_column()
     enabled: Mapped[bool] = mapped_column(default=True)
     disabled_reason: Mapped[str | None] = mapped_column(String(200))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    def secrets(self) -> Secrets:
+        return Secrets(self.secret, self.previous_secret, self.previous_secret_expires_at)
 
 
 class WebhookDelivery(Base):

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
-from sqlalchemy import select
+import asyncio
+from datetime import UTC, datetime
 
-from relay.store.models import WebhookDelivery
+import pytest
+from sqlalchemy import select
+from standardwebhooks.webhooks import WebhookVerificationError
+
+from relay.store.models import WebhookDelivery, WebhookEndpoint
 from tests.events.conftest import add_endpoint, emit_events, key_headers, project_id
 from tests.events.test_delivery import settled
 
@@ -181,3 +186,71 @@ async def test_another_projects_endpoints_are_404(client, auth, make_key, databa
     await settled(client, auth, mine["id"], 2)
     resp = await client.get(f"/v1/webhook-endpoints/{theirs['id']}/deliveries", headers=other)
     assert (await resp.json())["data"] == []
+
+
+async def test_rotated_secret_signs_with_both_during_the_grace_then_only_the_new(
+    client, auth, database, receiver
+):
+    endpoint = await add_endpoint(client, auth, receiver.url)
+    old = endpoint["secret"]
+    resp = await client.post(
+        f"/v1/webhook-endpoints/{endpoint['id']}/rotate-secret",
+        json={"graceSeconds": 3},
+        headers=auth,
+    )
+    assert resp.status == 200, await resp.text()
+    rotated = await resp.json()
+    new = rotated["secret"]
+    assert new.startswith("whsec_") and new != old
+    assert rotated["id"] == endpoint["id"]
+    until = datetime.fromisoformat(rotated["previousSecretExpiresAt"].replace("Z", "+00:00"))
+    got = await client.get(f"/v1/webhook-endpoints/{endpoint['id']}", headers=auth)
+    assert "secret" not in await got.json()
+
+    project = await project_id(database)
+    await emit_events(database, project, ("call.queued", "c1"))
+    [during] = await receiver.wait_count(1)
+    assert len(during.headers["webhook-signature"].split()) == 2
+    assert during.verify(old)["type"] == "call.queued"
+    assert during.verify(new)["type"] == "call.queued"
+
+    await asyncio.sleep((until - datetime.now(UTC)).total_seconds() + 0.1)
+    await emit_events(database, project, ("call.queued", "c2"))
+    after = (await receiver.wait_count(2))[1]
+    assert len(after.headers["webhook-signature"].split()) == 1
+    assert after.verify(new)["data"]["callId"] == "c2"
+    with pytest.raises(WebhookVerificationError):
+        after.verify(old)
+
+
+async def test_rotating_with_no_grace_drops_the_old_secret_at_once(
+    client, auth, database, receiver
+):
+    endpoint = await add_endpoint(client, auth, receiver.url)
+    path = f"/v1/webhook-endpoints/{endpoint['id']}/rotate-secret"
+    first = await (await client.post(path, headers=auth)).json()  # no body: the default grace
+    assert first["previousSecretExpiresAt"] is not None
+    resp = await client.post(path, json={"graceSeconds": 0}, headers=auth)
+    assert resp.status == 200, await resp.text()
+    second = await resp.json()
+    assert second["previousSecretExpiresAt"] is None
+
+    await emit_events(database, await project_id(database), ("call.queued", "c"))
+    [got] = await receiver.wait_count(1)
+    assert got.verify(second["secret"])["type"] == "call.queued"
+    for stale in (endpoint["secret"], first["secret"]):
+        with pytest.raises(WebhookVerificationError):
+            got.verify(stale)
+    for bad in ({"graceSeconds": -1}, {"graceSeconds": 8 * 24 * 3600}, {"grace": 5}):
+        assert (await client.post(path, json=bad, headers=auth)).status == 422, bad
+
+
+async def test_another_projects_endpoint_secret_cannot_be_rotated(client, auth, make_key, database):
+    endpoint = await add_endpoint(client, auth, HOOK)
+    other = await make_key("proj-b")
+    path = f"/v1/webhook-endpoints/{endpoint['id']}/rotate-secret"
+    resp = await client.post(path, json={"graceSeconds": 0}, headers=other)
+    assert resp.status == 404
+    async with database.session() as session:
+        row = await session.get(WebhookEndpoint, endpoint["id"])
+        assert (row.secret, row.previous_secret) == (endpoint["secret"], None)
