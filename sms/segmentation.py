@@ -26,6 +26,12 @@ PER_PART = {"gsm7": 153, "ucs2": 67}
 # What one outgoing message may hold: carriers (Twilio: 1,600 characters) refuse more, and
 # phones reassemble at most about ten parts reliably. Longer replies go as several messages.
 MAX_SEGMENTS = 10
+# What one reply to a text may send: 3 messages of up to 10 segments (30 segments, about
+# 4,500 GSM-7 characters). A webhook's text past it is cut, never sent as 200 texts.
+MAX_REPLY_MESSAGES = 3
+MAX_REPLY_SEGMENTS = MAX_REPLY_MESSAGES * MAX_SEGMENTS
+# The most characters MAX_REPLY_MESSAGES can carry: text past it is not even looked at.
+MAX_REPLY_CHARS = MAX_REPLY_SEGMENTS * PER_PART["gsm7"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,8 +73,12 @@ def segment(text: str) -> Segments:
     total = len(text) + doubled
     if total <= SINGLE[encoding]:
         return Segments(encoding, total, (text,))
-    sizes = [_units(c, encoding) for c in text]
     limit = PER_PART[encoding]
+    if not doubled:  # a unit a character: equal slices, no walk in Python
+        return Segments(
+            encoding, total, tuple(text[i : i + limit] for i in range(0, len(text), limit))
+        )
+    sizes = [_units(c, encoding) for c in text]
     parts: list[str] = []
     start = used = 0
     for i, size in enumerate(sizes):
@@ -80,30 +90,49 @@ def segment(text: str) -> Segments:
     return Segments(encoding, total, tuple(parts))
 
 
-def split_messages(text: str, max_segments: int = MAX_SEGMENTS) -> list[str]:
+def split_messages(
+    text: str, max_segments: int = MAX_SEGMENTS, max_messages: int | None = None
+) -> list[str]:
     """Cut a text too long for one message into messages of at most ``max_segments`` each,
-    at a space where one is near the limit (each message arrives on its own)."""
+    at a space where one is near the limit (each message arrives on its own); with
+    ``max_messages``, stop after that many (the rest of the text is not looked at).
+
+    Linear in the text: each message is found in a window of the most characters it can
+    hold, never by measuring all the text that is left."""
+    widest = max(SINGLE["gsm7"], PER_PART["gsm7"] * max_segments)  # GSM-7: a unit a char
     out: list[str] = []
-    rest = text
-    while segment(rest).count > max_segments:
-        encoding = encoding_of(rest)
-        capacity = PER_PART[encoding] * max_segments
-        used = cut = 0
-        for i, char in enumerate(rest):
-            used += _units(char, encoding)
-            if used > capacity:
-                break
-            cut = i + 1
-        while segment(rest[:cut]).count > max_segments:  # escapes can waste a unit a part
-            cut -= 1
-        space = rest.rfind(" ", 0, cut)
+    start = 0
+    while max_messages is None or len(out) < max_messages:
+        window = text[start : start + widest + 1]
+        if len(window) <= widest and segment(window).count <= max_segments:
+            if window or not out:
+                out.append(window)
+            break
+        cut = _fit(window, max_segments)
+        space = window.rfind(" ", 0, cut)
         if space > cut * 0.8:
             cut = space
-        out.append(rest[:cut].rstrip())
-        rest = rest[cut:].lstrip()
-    if rest or not out:
-        out.append(rest)
+        out.append(window[:cut].rstrip())
+        start += cut
+        while start < len(text) and text[start].isspace():
+            start += 1
     return out
 
 
-__all__ = ["MAX_SEGMENTS", "Encoding", "Segments", "encoding_of", "segment", "split_messages"]
+def _fit(window: str, max_segments: int) -> int:
+    """How many characters from the start of ``window`` fit in ``max_segments``: those of its
+    first parts (a carrier fills parts greedily, so a prefix never needs more)."""
+    return sum(map(len, segment(window).parts[:max_segments]))
+
+
+__all__ = [
+    "MAX_REPLY_CHARS",
+    "MAX_REPLY_MESSAGES",
+    "MAX_REPLY_SEGMENTS",
+    "MAX_SEGMENTS",
+    "Encoding",
+    "Segments",
+    "encoding_of",
+    "segment",
+    "split_messages",
+]

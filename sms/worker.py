@@ -11,7 +11,8 @@ one (left over by a crash) is handed to its carrier. What an inbound text can le
     number has no agent                                  stored, logged ``no_agent``
     agent has no webhook (hosted mode)                   logged ``mode_not_available``;
                                                          its fallbackText if it has one
-    webhook answers                                      its text (chunks joined) is the reply
+    webhook answers                                      its text (chunks joined) is the reply;
+                                                         past 3 texts cut, ``reply_truncated``
     webhook fails (any TurnError)                        logged ``webhook_failed``, fallback
 """
 
@@ -43,7 +44,12 @@ from sms.optout import (
     opt_out,
 )
 from sms.outbound import Sending, deliver, log_event, outbound_row
-from sms.segmentation import split_messages
+from sms.segmentation import (
+    MAX_REPLY_CHARS,
+    MAX_REPLY_MESSAGES,
+    MAX_REPLY_SEGMENTS,
+    split_messages,
+)
 from sms.store import SmsRow, message_of, next_seq, table_of
 
 log = get_logger("sms.worker")
@@ -318,12 +324,17 @@ async def _turn(svc: Answering, agent: Agent, payload: dict[str, Any]) -> Outcom
         payload=payload,
     )
     texts: list[str] = []
+    size, skipped = 0, False  # characters of text kept; whether any was left out
     state: dict[str, Any] | None = None
     has_state = False
     svc.in_webhook += 1
     try:
         async for chunk in WebhookBrain(svc.http_session()).reply(turn):
-            texts.append(chunk.text)
+            if size <= MAX_REPLY_CHARS:
+                texts.append(chunk.text)
+                size += len(chunk.text)
+            else:
+                skipped = skipped or bool(chunk.text.strip())
             if chunk.state is not None:
                 state, has_state = chunk.state, True
     except TurnError as exc:
@@ -340,7 +351,17 @@ async def _turn(svc: Answering, agent: Agent, payload: dict[str, Any]) -> Outcom
     finally:
         svc.in_webhook -= 1
     text = join_text(texts)
-    return Outcome(replies=split_messages(text) if text else [], state=state, set_state=has_state)
+    messages = split_messages(text, max_messages=MAX_REPLY_MESSAGES + 1) if text else []
+    outcome = Outcome(replies=messages[:MAX_REPLY_MESSAGES], state=state, set_state=has_state)
+    if skipped or len(messages) > MAX_REPLY_MESSAGES:
+        outcome.event(
+            "reply_truncated",
+            f"The webhook's reply was longer than {MAX_REPLY_MESSAGES} texts "
+            f"({MAX_REPLY_SEGMENTS} segments); the rest was not sent.",
+            level="warning",
+            data={"limitMessages": MAX_REPLY_MESSAGES, "limitSegments": MAX_REPLY_SEGMENTS},
+        )
+    return outcome
 
 
 async def _finish(svc: Answering, msg: SmsRow, outcome: Outcome) -> list[SmsRow]:

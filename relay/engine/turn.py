@@ -5,7 +5,8 @@ Runs inside livekit's LLM stream of the reply (:class:`~relay.engine.webhook.Web
 so text handed to ``emit`` is spoken while the brain is still answering. A failed turn
 speaks the agent's ``fallbackText``; the ``maxWebhookFailures``-th failure in a row also
 plans the call's end (``failed`` / ``webhook_error``). If the brain is slow to start, the
-``fillerText`` is spoken once after ``fillerAfterMs``.
+``fillerText`` is spoken once after ``fillerAfterMs``. A reply's text past ``MAX_TURN_TEXT``
+characters is not spoken (one ``webhook`` event says so); the call goes on.
 """
 
 from __future__ import annotations
@@ -33,6 +34,9 @@ log = get_logger("relay.engine.turn")
 
 DEFAULT_FALLBACK = "Sorry, I'm having trouble right now. Could you say that again?"
 DEFAULT_FILLER = "One moment."
+# The most text one turn speaks (minutes of speech): what a reply sends past it is dropped,
+# so no reply, however long, costs the call more than this in synthesis and text handling.
+MAX_TURN_TEXT = 4000
 
 Say = Callable[..., None]
 
@@ -124,6 +128,7 @@ class Turns:
         filler = None
         if self.filler_after_ms:
             filler = asyncio.create_task(self._filler(self.filler_after_ms / 1000, say, request))
+        room = MAX_TURN_TEXT
         try:
             async with contextlib.aclosing(self.brain.reply(request)) as chunks:
                 async for chunk in chunks:
@@ -133,8 +138,13 @@ class Turns:
                     if chunk.state is not None:
                         self.state = chunk.state
                         self.sink.conversation_state(chunk.state)
-                    if chunk.text:
-                        say(chunk.text, chunk.interruptible)
+                    if chunk.text and room >= 0:
+                        text = chunk.text
+                        room -= len(text)
+                        if room < 0:  # once: nothing more is taken after this
+                            text = _cut(text, len(text) + room)
+                            self._text_cut(turn)
+                        say(text, chunk.interruptible)
                     if chunk.dtmf:
                         plan.actions.append((Action.DTMF, chunk.dtmf))
                     if chunk.transfer:
@@ -168,6 +178,15 @@ class Turns:
                 filler.cancel()
         if speech is None:
             self._unspoken(plan)
+
+    def _text_cut(self, turn: TurnRecord) -> None:
+        self.sink.event(
+            "webhook",
+            f"the reply was longer than {MAX_TURN_TEXT} characters; the rest was not spoken",
+            level="warning",
+            data={"turnId": turn.turn_id, "reason": "text_too_long", "limit": MAX_TURN_TEXT},
+        )
+        log.warning("webhook_reply_cut", call_id=self.setup.call_id, turn_id=turn.turn_id)
 
     async def _filler(self, delay: float, say: Say, request: TurnRequest) -> None:
         await asyncio.sleep(delay)
@@ -203,3 +222,10 @@ class Turns:
             state=self.state,
             history=self.history.recent(exclude),
         )
+
+
+def _cut(text: str, size: int) -> str:
+    """The first ``size`` characters of ``text``, back to the last word boundary if any."""
+    kept = text[:size]
+    space = kept.rfind(" ")
+    return kept[:space] if space > 0 and not text[size].isspace() else kept

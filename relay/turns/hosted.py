@@ -46,7 +46,7 @@ from relay.config import Settings
 from relay.logs import get_logger
 from relay.signing import signature_headers
 from relay.timefmt import iso
-from relay.turns.protocol import Chunk, TurnError, TurnRequest
+from relay.turns.protocol import BodyTooLarge, Chunk, TurnError, TurnRequest, read_body
 from relay.turns.setup import CallSetup
 
 log = get_logger("relay.turns.hosted")
@@ -54,6 +54,8 @@ log = get_logger("relay.turns.hosted")
 BUILTINS = ("end_call", "transfer_call")
 DEFAULT_TOOL_TIMEOUT_MS = 5000
 MAX_TOOL_RESULT_CHARS = 8000
+# A tool's whole answer, read to its end (UTF-8 takes at most 4 bytes a character).
+MAX_TOOL_RESULT_BYTES = MAX_TOOL_RESULT_CHARS * 4
 # Keep the prompt inside a small model's context: oldest turns go first, whole.
 HISTORY_CHARS = 9000
 USER_AGENT = "conversation-relay/0.1"
@@ -452,11 +454,16 @@ class HostedBrain:
                 async with self.http.post(
                     spec.url, data=body.encode(), headers=headers, allow_redirects=False
                 ) as response:
-                    raw = await response.content.read(MAX_TOOL_RESULT_CHARS * 4)
                     status = response.status
                     ctype = response.content_type
+                    raw = await read_body(response, MAX_TOOL_RESULT_BYTES)
         except TimeoutError:
             return ToolOutcome(error=f"{spec.name} did not answer within {spec.timeout_ms} ms")
+        except BodyTooLarge:
+            error = (
+                f"{spec.name} answered HTTP {status} with more than {MAX_TOOL_RESULT_BYTES} bytes"
+            )
+            return ToolOutcome(error=error, status=status)
         except aiohttp.ClientError as exc:
             return ToolOutcome(error=f"{spec.name} is unreachable ({type(exc).__name__})")
         text = raw.decode("utf-8", "replace")
@@ -467,7 +474,7 @@ class HostedBrain:
         if ctype == "application/json" or ctype.endswith("+json"):
             try:
                 value = json.loads(text)
-            except json.JSONDecodeError:
+            except (json.JSONDecodeError, RecursionError):
                 return ToolOutcome(error=f"{spec.name} answered invalid JSON", status=status)
             if isinstance(value, dict) and "result" in value:
                 value = value["result"]

@@ -8,8 +8,8 @@ line, each handed on the moment its line ends). Each object may carry ``text``, 
     ├── reason "connection_failed"   refused, DNS failure, reset before any byte
     ├── reason "http_status"         a 4xx/5xx answer
     ├── reason "timeout"             no first chunk within the agent's webhookTimeoutMs
-    ├── reason "invalid_line"        an NDJSON line that is not a JSON object
-    ├── reason "invalid_body"        a JSON body that is not JSON / not an object
+    ├── reason "invalid_line"        an NDJSON line that is not a JSON object, or is too long
+    ├── reason "invalid_body"        a JSON body that is not JSON / not an object, or too big
     └── reason "stream_broken"       the connection died mid-stream
 """
 
@@ -28,6 +28,8 @@ from relay.signing import signature_headers
 
 MAX_LINE_BYTES = 256 * 1024
 MAX_BODY_BYTES = 1024 * 1024
+# What one read takes off the socket: a reply is never buffered more than this past a limit.
+READ_BYTES = 64 * 1024
 USER_AGENT = "conversation-relay/0.1"
 
 
@@ -139,38 +141,63 @@ async def stream_turn(
 
 
 async def _single(response: aiohttp.ClientResponse, turn: TurnRequest) -> Chunk:
+    # The body is the first chunk: it is due within the timeout from sending, however many
+    # pieces it arrives in.
     try:
-        async with asyncio.timeout(turn.timeout_s):
-            raw = await response.content.read(MAX_BODY_BYTES + 1)
+        async with asyncio.timeout(_time_left(turn)):
+            raw = await read_body(response, MAX_BODY_BYTES)
     except TimeoutError as exc:
         raise TurnError("timeout", f"no body within {turn.timeout_s:g} s") from exc
+    except BodyTooLarge as exc:
+        raise TurnError("invalid_body", "body larger than 1 MiB") from exc
     except aiohttp.ClientError as exc:
         raise TurnError("stream_broken", f"{type(exc).__name__}: {exc}") from exc
     turn.timing.first_chunk_at = time.perf_counter()
-    if len(raw) > MAX_BODY_BYTES:
-        raise TurnError("invalid_body", "body larger than 1 MiB")
     try:
         return Chunk.parse(json.loads(raw))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
         raise TurnError("invalid_body", "the body is not JSON") from exc
     except ValueError as exc:
         raise TurnError("invalid_body", str(exc)) from exc
 
 
+def _time_left(turn: TurnRequest) -> float:
+    return max(0.0, turn.timing.sent_at + turn.timeout_s - time.perf_counter())
+
+
+class BodyTooLarge(Exception):
+    """A response body longer than the reader's limit (nothing past it was buffered)."""
+
+
+async def read_body(response: aiohttp.ClientResponse, limit: int) -> bytes:
+    """The whole body, however it is framed (one write or many, ``Content-Length`` or
+    chunked): :meth:`StreamReader.read` returns only what has arrived, so read to the end.
+    Raises :class:`BodyTooLarge` as soon as more than ``limit`` bytes are announced or seen."""
+    if response.content_length is not None and response.content_length > limit:
+        raise BodyTooLarge(f"Content-Length {response.content_length} > {limit}")
+    body = bytearray()
+    while data := await response.content.read(min(READ_BYTES, limit + 1 - len(body))):
+        body += data
+        if len(body) > limit:
+            raise BodyTooLarge(f"more than {limit} bytes")
+    return bytes(body)
+
+
 async def _ndjson(response: aiohttp.ClientResponse, turn: TurnRequest) -> AsyncIterator[Chunk]:
+    lines = _Lines(response.content)
     number = 0
     while True:
         try:
             async with asyncio.timeout(turn.timeout_s):
-                line = await response.content.readline()
+                line = await lines.next()
         except TimeoutError as exc:
             what = "first chunk" if number == 0 else f"line {number + 1}"
             raise TurnError("timeout", f"no {what} within {turn.timeout_s:g} s") from exc
-        except ValueError as exc:  # aiohttp: line longer than its buffer limit
+        except _LineTooLong as exc:
             raise TurnError("invalid_line", f"line {number + 1} is too long") from exc
         except aiohttp.ClientError as exc:
             raise TurnError("stream_broken", f"{type(exc).__name__}: {exc}") from exc
-        if not line:
+        if line is None:
             return
         number += 1
         stripped = line.strip()
@@ -180,8 +207,51 @@ async def _ndjson(response: aiohttp.ClientResponse, turn: TurnRequest) -> AsyncI
             turn.timing.first_chunk_at = time.perf_counter()
         try:
             chunk = Chunk.parse(json.loads(stripped))
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
             raise TurnError("invalid_line", f"line {number} is not JSON") from exc
         except ValueError as exc:
             raise TurnError("invalid_line", f"line {number}: {exc}") from exc
         yield chunk
+
+
+class _LineTooLong(Exception):
+    """An NDJSON line longer than :data:`MAX_LINE_BYTES`."""
+
+
+class _Lines:
+    """NDJSON lines off a stream, each at most :data:`MAX_LINE_BYTES` (without its newline).
+
+    Our own reader, not aiohttp's ``readline``: that one's limit is twice the session's read
+    buffer (128 KiB in aiohttp 3.10, 512 KiB in 3.14), not the documented 256 KiB, and what it
+    raises past it is no error a turn expects (neither ``ValueError`` nor ``ClientError``)."""
+
+    def __init__(self, content: aiohttp.StreamReader) -> None:
+        self._content = content
+        self._buffer = bytearray()
+        self._searched = 0  # bytes of the buffer known to hold no newline
+        self._eof = False
+
+    async def next(self) -> bytes | None:
+        """The next line, or None at the end of the stream."""
+        while True:
+            end = self._buffer.find(b"\n", self._searched)
+            if end != -1:
+                return self._take(end + 1)
+            self._searched = len(self._buffer)
+            if self._searched > MAX_LINE_BYTES + 1:  # (+1: a "\r" before the newline)
+                raise _LineTooLong
+            if self._eof:
+                return self._take(len(self._buffer)) if self._buffer else None
+            data = await self._content.read(READ_BYTES)
+            if data:
+                self._buffer += data
+            else:
+                self._eof = True
+
+    def _take(self, size: int) -> bytes:
+        line = bytes(self._buffer[:size])
+        del self._buffer[:size]
+        self._searched = 0
+        if len(line.rstrip(b"\r\n")) > MAX_LINE_BYTES:
+            raise _LineTooLong
+        return line

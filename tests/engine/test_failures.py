@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import socket
 import time
 
@@ -185,3 +186,32 @@ async def test_one_broken_webhook_does_not_disturb_another_call(
     assert ids[1] in engine.active and ids[0] not in engine.active
     await healthy.end()
     assert await agent_lines(sqlite_db, ids[1]) == ["Okay.", "Okay."]
+
+
+async def test_a_long_reply_in_pieces_is_heard_cut_to_the_cap_and_the_call_goes_on(
+    aiohttp_server, engine, sqlite_db, http
+):
+    body = json.dumps({"text": "Here is the whole story. " + "It goes on and on. " * 250})
+
+    async def in_pieces(request, payload):  # the JSON body in two writes, 0.2 s apart
+        resp = web.StreamResponse(headers={"Content-Type": "application/json"})
+        await resp.prepare(request)
+        await resp.write(body[:30].encode())
+        await asyncio.sleep(0.2)
+        await resp.write(body[30:].encode())
+        await resp.write_eof()
+        return resp
+
+    url = await start_hook(aiohttp_server, Hook(in_pieces))
+    line = RecordingLine()
+    call_id = await make_call(sqlite_db)
+    handle = await engine.start_call(call_setup(call_id, url), line, sqlite_db, http)
+    await press(handle, "1#")
+    await line.wait_audio(0.0)
+    await asyncio.sleep(2.5)  # the first sentence is heard
+    assert call_id in engine.active
+    await handle.end()
+    logged = [e for e in await events(sqlite_db, call_id) if e.source == "webhook"]
+    assert [(e.level, e.data["reason"]) for e in logged] == [("warning", "text_too_long")]
+    spoken = await agent_lines(sqlite_db, call_id)
+    assert spoken[0].startswith("Here is the whole")  # not the fallback

@@ -4,6 +4,7 @@ caller is told, and tools end to end with signed ``tool.call`` requests."""
 from __future__ import annotations
 
 import asyncio
+import json
 from dataclasses import replace
 from typing import Any
 
@@ -12,7 +13,7 @@ import pytest
 from aiohttp import web
 
 from hosted_llm import OpenAIBackend
-from relay.turns.hosted import HostedBrain, phrase, with_templates
+from relay.turns.hosted import MAX_TOOL_RESULT_BYTES, HostedBrain, phrase, with_templates
 from relay.turns.protocol import Chunk, TurnError, TurnRequest
 from tests.engine.harness import call_setup
 from tests.hosted_llm.scripted_llm import ScriptedLLM, text
@@ -215,6 +216,38 @@ async def test_a_slow_tool_times_out_and_the_llm_hears_why(scripted, http, tool_
         "Error: lookup_order did not answer within 300 ms"
     )
     assert brain.tools[0][1]["error"] == "lookup_order did not answer within 300 ms"
+    await brain.backend.aclose()
+
+
+async def test_a_tool_result_written_in_pieces_is_read_to_its_end(scripted, http, tool_server):
+    body = json.dumps({"result": {"status": "shipped", "note": "left at the door " * 20}})
+
+    async def in_pieces(_body):
+        resp = web.StreamResponse(headers={"Content-Type": "application/json"})
+        await resp.prepare(tool_server.request)
+        await resp.write(body[:20].encode())
+        await asyncio.sleep(0.1)
+        await resp.write(body[20:].encode())
+        await resp.write_eof()
+        return resp
+
+    tool_server.reply = in_pieces
+    scripted.add([("tool", "lookup_order", {"orderId": "D"})], text("Shipped."))
+    brain = Brain(scripted, http, tools=[{**LOOKUP, "url": tool_server.url}])
+    await brain.turn("Where is D?")
+    assert brain.tools[0][1]["error"] is None
+    assert brain.tools[0][1]["result"] == json.loads(body)["result"]
+    await brain.backend.aclose()
+
+
+async def test_a_tool_result_over_the_limit_is_an_error(scripted, http, tool_server):
+    tool_server.reply = lambda body: web.json_response({"result": "x" * MAX_TOOL_RESULT_BYTES})
+    scripted.add([("tool", "lookup_order", {"orderId": "E"})], text("Too much."))
+    brain = Brain(scripted, http, tools=[{**LOOKUP, "url": tool_server.url}])
+    await brain.turn("Where is E?")
+    assert scripted.messages(1)[-1]["content"] == (
+        f"Error: lookup_order answered HTTP 200 with more than {MAX_TOOL_RESULT_BYTES} bytes"
+    )
     await brain.backend.aclose()
 
 

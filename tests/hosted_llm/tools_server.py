@@ -18,6 +18,7 @@ class ToolServer:
         self.verified: list[bool] = []
         self.reply = reply or (lambda body: web.json_response({"result": {"status": "shipped"}}))
         self.url = ""
+        self.request: web.Request | None = None  # the one being answered (for a streamed reply)
 
     async def start(self, aiohttp_server: Any) -> str:
         app = web.Application()
@@ -35,6 +36,7 @@ class ToolServer:
             self.verified.append(False)
         body = json.loads(raw)
         self.requests.append(body)
+        self.request = request
         result = self.reply(body)
         response: web.StreamResponse = await result if asyncio.iscoroutine(result) else result
         return response

@@ -9,6 +9,7 @@ from aiohttp import web
 from sqlalchemy import select
 
 from relay.store.models import Conversation, Message
+from sms.segmentation import MAX_REPLY_MESSAGES, MAX_REPLY_SEGMENTS
 from tests.sms.conftest import (
     HANDSET,
     Hook,
@@ -130,6 +131,37 @@ async def test_reply_longer_than_ten_segments_goes_as_several_texts(client, auth
     assert " ".join(texts) == words
     assert all(r["segments"] <= 10 for r in got["replies"])
     assert [t.text for t in sms_of(client).sim.inbox(HANDSET)] == texts
+
+
+async def test_a_300_kb_reply_is_cut_to_the_segment_cap_with_an_event(client, auth, hook):
+    agent = await make_agent(client, auth, hook)
+    words = " ".join(f"w{i:05d}" for i in range(50_000))  # 349,999 characters
+    hook.reply = lambda p: {"text": words}
+    got = await sim_text(client, auth, agent.number, "everything please")
+    texts = [r["text"] for r in got["replies"]]
+    assert len(texts) == MAX_REPLY_MESSAGES
+    assert words.startswith(" ".join(texts))
+    assert sum(r["segments"] for r in got["replies"]) <= MAX_REPLY_SEGMENTS == 30
+    assert [t.text for t in sms_of(client).sim.inbox(HANDSET)] == texts
+    detail = await (await client.get(f"/v1/messages/{got['messageId']}", headers=auth)).json()
+    assert [(e["code"], e["level"]) for e in detail["events"]] == [("reply_truncated", "warning")]
+    assert detail["events"][0]["data"] == {"limitMessages": 3, "limitSegments": 30}
+
+
+async def test_a_long_ndjson_reply_is_cut_and_its_later_state_still_kept(
+    client, auth, hook, database
+):
+    agent = await make_agent(client, auth, hook)
+    line = {"text": "Blah blah blah. " * 60, "interim": True}  # 960 characters
+    hook.reply = lambda p: ndjson(*[line] * 300, {"text": "The end.", "state": {"step": 9}})
+    got = await sim_text(client, auth, agent.number, "go on")
+    assert len(got["replies"]) == MAX_REPLY_MESSAGES
+    assert "The end." not in " ".join(r["text"] for r in got["replies"])
+    detail = await (await client.get(f"/v1/messages/{got['messageId']}", headers=auth)).json()
+    assert [e["code"] for e in detail["events"]] == ["reply_truncated"]
+    async with database.session() as session:
+        conv = (await session.execute(select(Conversation))).scalar_one()
+    assert conv.state == {"step": 9}
 
 
 async def test_empty_reply_sends_nothing(client, auth, hook, database):

@@ -95,3 +95,24 @@ def test_extension_heavy_text_still_fits_ten_segments():
     messages = split_messages("a" + "€" * 900)
     assert all(segment(m).count <= MAX_SEGMENTS for m in messages)
     assert "".join(messages) == "a" + "€" * 900
+
+
+def test_max_messages_stops_early():
+    words = " ".join(f"w{i:03d}" for i in range(600))
+    assert split_messages(words, max_messages=1) == split_messages(words)[:1]
+
+
+def test_mixed_text_splits_each_message_on_its_own_encoding():
+    text = "a" * 1600 + SMILE
+    messages = split_messages(text)
+    assert [segment(m).encoding for m in messages] == ["gsm7", "ucs2"]
+    assert "".join(messages) == text
+    assert all(segment(m).count <= MAX_SEGMENTS for m in messages)
+
+
+def test_a_300_kb_text_splits_into_full_messages():
+    words = " ".join(f"w{i:05d}" for i in range(50_000))  # 349,999 characters
+    messages = split_messages(words)
+    assert " ".join(messages) == words
+    assert {segment(m).count for m in messages[:-1]} == {MAX_SEGMENTS}
+    assert segment(messages[-1]).count <= MAX_SEGMENTS

@@ -11,7 +11,14 @@ import pytest
 from aiohttp import web
 from standardwebhooks.webhooks import Webhook
 
-from relay.turns.protocol import Chunk, TurnError, TurnRequest, stream_turn
+from relay.turns.protocol import (
+    MAX_BODY_BYTES,
+    MAX_LINE_BYTES,
+    Chunk,
+    TurnError,
+    TurnRequest,
+    stream_turn,
+)
 
 SECRET = "whsec_" + "MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 OLD_SECRET = "whsec_" + "C2FVsBQIhrscChlQIMV+b5sSYspob7oD"
@@ -176,3 +183,149 @@ def test_chunk_parse_rejects_bad_dtmf_and_state():
         Chunk.parse({"state": [1]})
     assert Chunk.parse({"text": "a", "interruptible": False}).interruptible is False
     assert json.dumps(PAYLOAD)
+
+
+# ------------------------------------------------------------------ a reply in several pieces
+
+
+async def test_json_reply_written_in_pieces_is_read_to_its_end(aiohttp_server):
+    body = json.dumps({"text": "Half of this arrives late.", "state": {"step": 3}}).encode()
+
+    async def handler(request):
+        resp = web.StreamResponse(headers={"Content-Type": "application/json"})
+        resp.content_length = len(body)
+        await resp.prepare(request)
+        await resp.write(body[:10])
+        await asyncio.sleep(0.1)
+        await resp.write(body[10:])
+        return resp
+
+    chunks = await collect(turn(await start(aiohttp_server, handler)))
+    assert chunks == [Chunk(text="Half of this arrives late.", state={"step": 3})]
+
+
+async def test_json_reply_in_chunked_transfer_encoding_is_read_to_its_end(aiohttp_server):
+    body = json.dumps({"text": "Chunked, " * 50, "hangup": True}).encode()
+    seen = {}
+
+    async def handler(request):
+        resp = web.StreamResponse(headers={"Content-Type": "application/json"})
+        resp.enable_chunked_encoding()
+        await resp.prepare(request)
+        seen["chunked"] = resp.chunked
+        for i in range(0, len(body), 100):
+            await resp.write(body[i : i + 100])
+            await asyncio.sleep(0.01)
+        await resp.write_eof()
+        return resp
+
+    chunks = await collect(turn(await start(aiohttp_server, handler)))
+    assert seen["chunked"]
+    assert chunks == [Chunk(text="Chunked, " * 50, hangup=True)]
+
+
+async def test_json_reply_of_exactly_1_mib_is_read_whole(aiohttp_server):
+    head = json.dumps({"text": "A long one."}).encode()
+    body = head[:-1] + b" " * (MAX_BODY_BYTES - len(head)) + b"}"  # more than one TCP read
+
+    async def handler(request):
+        return web.Response(body=body, content_type="application/json")
+
+    assert len(body) == MAX_BODY_BYTES
+    chunks = await collect(turn(await start(aiohttp_server, handler)))
+    assert chunks == [Chunk(text="A long one.")]
+
+
+@pytest.mark.parametrize("framing", ["content-length", "chunked"])
+async def test_json_reply_over_1_mib_is_refused(aiohttp_server, framing):
+    body = b'{"text": "' + b"a" * MAX_BODY_BYTES + b'"}'
+
+    async def handler(request):
+        resp = web.StreamResponse(headers={"Content-Type": "application/json"})
+        if framing == "content-length":
+            resp.content_length = len(body)
+        await resp.prepare(request)
+        for i in range(0, len(body), 64 * 1024):
+            await resp.write(body[i : i + 64 * 1024])
+        while framing == "chunked":  # and no end: nothing past the limit is waited for
+            await resp.write(b"a" * 64 * 1024)
+        return resp
+
+    started = time.perf_counter()
+    with pytest.raises(TurnError) as err:
+        await collect(turn(await start(aiohttp_server, handler)))
+    assert (err.value.reason, err.value.detail) == ("invalid_body", "body larger than 1 MiB")
+    assert time.perf_counter() - started < 2.0
+
+
+async def test_json_body_nested_too_deep_is_invalid(aiohttp_server):
+    async def handler(request):
+        return web.Response(body=b"[" * 100_000, content_type="application/json")
+
+    with pytest.raises(TurnError) as err:
+        await collect(turn(await start(aiohttp_server, handler)))
+    assert (err.value.reason, err.value.detail) == ("invalid_body", "the body is not JSON")
+
+
+async def test_json_body_is_due_within_the_timeout_from_sending(aiohttp_server):
+    async def handler(request):
+        resp = web.StreamResponse(headers={"Content-Type": "application/json"})
+        await resp.prepare(request)
+        await resp.write(b'{"text": ')
+        await asyncio.sleep(5)
+        return resp
+
+    started = time.perf_counter()
+    with pytest.raises(TurnError) as err:
+        await collect(turn(await start(aiohttp_server, handler), timeout=0.3))
+    assert err.value.reason == "timeout"
+    assert time.perf_counter() - started < 2.0
+
+
+# ------------------------------------------------------------------ NDJSON line limit
+
+
+def ndjson_body(*lines: bytes):
+    async def handler(request):
+        resp = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
+        await resp.prepare(request)
+        for line in lines:
+            for i in range(0, len(line), 50_000):  # a long line arrives in many reads
+                await resp.write(line[i : i + 50_000])
+        await resp.write_eof()
+        return resp
+
+    return handler
+
+
+def line_of(size: int) -> bytes:
+    head = b'{"text": "'
+    return head + b"b" * (size - len(head) - 2) + b'"}'
+
+
+async def test_ndjson_line_up_to_256_kib_is_read(aiohttp_server):
+    long = line_of(MAX_LINE_BYTES)  # over aiohttp 3.10's own readline limit (128 KiB)
+    handler = ndjson_body(b'{"text": "Hi.", "interim": true}\n', long + b"\r\n", b'{"text": "end"}')
+    chunks = await collect(turn(await start(aiohttp_server, handler)))
+    assert [len(c.text) for c in chunks] == [3, MAX_LINE_BYTES - 12, 3]
+
+
+async def test_ndjson_line_over_256_kib_is_refused(aiohttp_server):
+    long = line_of(MAX_LINE_BYTES + 1)
+    handler = ndjson_body(b'{"text": "Hi.", "interim": true}\n', long + b"\n")
+    with pytest.raises(TurnError) as err:
+        await collect(turn(await start(aiohttp_server, handler)))
+    assert (err.value.reason, err.value.detail) == ("invalid_line", "line 2 is too long")
+
+
+async def test_ndjson_endless_line_is_refused_without_waiting_for_its_end(aiohttp_server):
+    async def handler(request):
+        resp = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
+        await resp.prepare(request)
+        for _ in range(1000):
+            await resp.write(b"x" * 64 * 1024)
+        return resp
+
+    with pytest.raises(TurnError) as err:
+        await collect(turn(await start(aiohttp_server, handler)))
+    assert (err.value.reason, err.value.detail) == ("invalid_line", "line 1 is too long")
