@@ -6,7 +6,7 @@ import socket
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, IPvAnyAddress
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_DATABASE_URL = "sqlite+aiosqlite:///./relay.db"
@@ -31,6 +31,9 @@ class Settings(BaseSettings):
     auto_migrate: bool = True
 
     allow_private_webhooks: bool = False
+    # Names the webhook client resolves to a fixed address instead of asking DNS (as curl's
+    # --resolve): JSON, {"hooks.test": "127.0.0.1"}. The address is still checked.
+    webhook_hosts: dict[str, IPvAnyAddress] = Field(default_factory=dict)
     webhook_secret_grace_seconds: int = Field(default=24 * 3600, ge=0)
 
     # Carriers. The sim carrier's endpoints exist only while this is on (the embedded

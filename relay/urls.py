@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import socket
 from urllib.parse import urlsplit
 
 NOT_HTTP = "Must be an http:// or https:// URL."
@@ -12,6 +13,39 @@ PRIVATE = (
 )
 LOCAL_NAMES = ("localhost", "localhost.localdomain", "ip6-localhost")
 LOCAL_SUFFIXES = (".localhost", ".local", ".internal", ".lan", ".home.arpa")
+# NAT64's well-known prefix carries an IPv4 address in its last 32 bits (RFC 6052).
+NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
+
+Address = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+
+def is_public_address(addr: Address) -> bool:
+    """Whether ``addr`` is globally routable: not private, loopback, link-local, CGNAT,
+    multicast, reserved or unspecified, nor an IPv6 form that carries such an IPv4 address
+    (IPv4-mapped, 6to4, NAT64; Teredo and IPv4-compatible are refused outright)."""
+    if isinstance(addr, ipaddress.IPv6Address):
+        embedded = addr.ipv4_mapped or addr.sixtofour
+        if embedded is None and addr in NAT64:
+            embedded = ipaddress.IPv4Address(int(addr) & 0xFFFFFFFF)
+        if embedded is not None:
+            return is_public_address(embedded)
+        if addr.teredo is not None or addr.is_site_local:
+            return False
+    # is_global alone lets multicast and (on some Pythons) reserved IPv6 through.
+    return addr.is_global and not (addr.is_multicast or addr.is_reserved)
+
+
+def literal_address(host: str) -> Address | None:
+    """``host`` as an IP address if it is one in any spelling the OS accepts
+    (``2130706433``, ``0x7f.1``, ``0177.0.0.1`` are all 127.0.0.1), else None."""
+    try:
+        return ipaddress.ip_address(host)
+    except ValueError:
+        pass
+    try:
+        return ipaddress.IPv4Address(socket.inet_aton(host))
+    except (OSError, ValueError):
+        return None
 
 
 def check_webhook_url(url: str, *, allow_private: bool) -> str | None:
@@ -29,13 +63,8 @@ def check_webhook_url(url: str, *, allow_private: bool) -> str | None:
     host = host.rstrip(".").lower()
     if host in LOCAL_NAMES or host.endswith(LOCAL_SUFFIXES):
         return PRIVATE
-    try:
-        addr = ipaddress.ip_address(host)
-    except ValueError:
-        return None
-    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
-        addr = addr.ipv4_mapped
-    if not addr.is_global or addr.is_multicast:
+    addr = literal_address(host)
+    if addr is not None and not is_public_address(addr):
         return PRIVATE
     return None
 

@@ -41,6 +41,7 @@ from relay.carriers import Carrier
 from relay.carriers.sim import SimCarrier
 from relay.carriers.twilio import TwilioCarrier
 from relay.config import Settings
+from relay.egress import client_session
 from relay.logs import get_logger
 from relay.store.db import Database
 from relay.store.models import Message, utcnow
@@ -138,9 +139,7 @@ class SmsService:
     def http_session(self) -> aiohttp.ClientSession:
         """The client for agents' webhooks (made on first use, inside the event loop)."""
         if self._http is None or self._http.closed:
-            self._http = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit=0, ttl_dns_cache=300)
-            )
+            self._http = client_session(self.settings, limit=0, ttl_dns_cache=300)
         return self._http
 
     def status_callback_url(self, msg: SmsRow) -> str | None:

@@ -89,12 +89,18 @@ class RotatedEndpointSecret(OutModel):
     )
 
 
+ATTEMPT_ERROR = (
+    "Why the attempt failed: the receiver's status, body size and time (never its body), "
+    "or why no answer came."
+)
+
+
 class AttemptOut(OutModel):
     number: int
     started_at: datetime
     status_code: int | None
     latency_ms: int
-    error: str | None
+    error: str | None = Field(description=ATTEMPT_ERROR)
 
 
 class DeliveryOut(OutModel):
@@ -108,7 +114,7 @@ class DeliveryOut(OutModel):
     attempts: int
     next_attempt_at: datetime | None
     last_status_code: int | None
-    last_error: str | None
+    last_error: str | None = Field(description=ATTEMPT_ERROR)
     created_at: datetime
     delivered_at: datetime | None
     attempt_log: list[AttemptOut]

@@ -22,6 +22,7 @@ from relay.calls import inbound
 from relay.calls.live import CallRunner, VoiceEngine, finish
 from relay.calls.recovery import expire_unconnected
 from relay.config import Settings
+from relay.egress import client_session
 from relay.engine.ports import CallEnd, CallerLine, CallHandle, CallSetup
 from relay.logs import get_logger
 from relay.store.db import Database
@@ -85,7 +86,7 @@ class MediaRuntime:
 
     def deps(self) -> MediaDeps:
         if self.http is None or self.http.closed:
-            self.http = aiohttp.ClientSession()
+            self.http = client_session(self.settings)
         return MediaDeps(
             self.db, self.node_id, self._runner_for(), self.http, self.signing_key, self.live
         )

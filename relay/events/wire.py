@@ -20,6 +20,7 @@ from email.utils import parsedate_to_datetime
 
 import aiohttp
 
+from relay.egress import answer_summary, describe
 from relay.events.emitting import AnyEvent
 from relay.signing import Secrets, signature_headers
 from relay.store.models import utcnow
@@ -28,7 +29,8 @@ from relay.timefmt import iso
 USER_AGENT = "conversation-relay-webhooks/0.1"
 MAX_RETRY_AFTER_SECONDS = 24 * 3600.0
 JITTER = 0.1
-ERROR_BODY_BYTES = 200
+# An error answer's body is read (never kept) to this size: enough to say how big it was.
+ERROR_BODY_BYTES = 64 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,6 +117,7 @@ async def send(http: aiohttp.ClientSession, job: Job, limit_seconds: float) -> O
     status: int | None = None
     error: str | None = None
     retry_after: float | None = None
+    size = 0
     try:
         async with http.post(
             job.url,
@@ -125,17 +128,22 @@ async def send(http: aiohttp.ClientSession, job: Job, limit_seconds: float) -> O
         ) as resp:
             status = resp.status
             if not 200 <= status < 300:
-                snippet = (await resp.content.read(ERROR_BODY_BYTES)).decode("utf-8", "replace")
-                error = f"HTTP {status}" + (f": {snippet.strip()}" if snippet.strip() else "")
                 if status in (429, 503):
                     retry_after = retry_after_seconds(resp.headers.get("Retry-After"))
+                async for piece in resp.content.iter_any():
+                    size += len(piece)
+                    if size > ERROR_BODY_BYTES:
+                        break
     except TimeoutError:
         error = f"no answer within {limit_seconds:g} s"
     except aiohttp.ClientError as exc:
-        error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+        error = describe(exc)
     except OSError as exc:
         error = f"{type(exc).__name__}: {exc}"
     latency = round((time.perf_counter() - t0) * 1000)
+    if status is not None and error is None and not 200 <= status < 300:
+        more = size > ERROR_BODY_BYTES
+        error = answer_summary(status, min(size, ERROR_BODY_BYTES), latency, more=more)
     return Outcome(job, started, latency, status, error, retry_after)
 
 

@@ -43,6 +43,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session
 
 from relay.config import Settings
+from relay.egress import client_session
 from relay.events import outbox
 from relay.events.fanout import (
     FANOUT_BATCH,
@@ -129,6 +130,7 @@ class DeliveryWorker:
         http: aiohttp.ClientSession | None = None,
     ) -> None:
         self.db = db
+        self.settings = settings
         self.node_id = node_id
         self.schedule = settings.retry_schedule()
         self.timeout = settings.webhook_delivery_timeout_seconds
@@ -163,9 +165,7 @@ class DeliveryWorker:
 
     async def start(self) -> None:
         if self._http is None:
-            self._http = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit=self.concurrency, ttl_dns_cache=60)
-            )
+            self._http = client_session(self.settings, limit=self.concurrency, ttl_dns_cache=60)
         add_worker(self.db.engine.sync_engine, self)
         self._loop = asyncio.create_task(self._run(), name="webhook-delivery")
         log.info("delivery_worker_started", node_id=self.node_id, schedule=self.schedule)

@@ -43,6 +43,7 @@ from hosted_llm import (
     shared_backend,
 )
 from relay.config import Settings
+from relay.egress import answer_summary, describe
 from relay.logs import get_logger
 from relay.signing import signature_headers
 from relay.timefmt import iso
@@ -449,6 +450,8 @@ class HostedBrain:
         }
         timeout = spec.timeout_ms / 1000
         assert spec.url is not None
+        limit = MAX_TOOL_RESULT_CHARS * 4
+        sent = time.perf_counter()
         try:
             async with asyncio.timeout(timeout):
                 async with self.http.post(
@@ -465,12 +468,12 @@ class HostedBrain:
             )
             return ToolOutcome(error=error, status=status)
         except aiohttp.ClientError as exc:
-            return ToolOutcome(error=f"{spec.name} is unreachable ({type(exc).__name__})")
+            return ToolOutcome(error=f"{spec.name} is unreachable ({describe(exc)})")
         text = raw.decode("utf-8", "replace")
         if status >= 300:
-            return ToolOutcome(
-                error=f"{spec.name} answered HTTP {status}: {text[:300]}", status=status
-            )
+            ms = (time.perf_counter() - sent) * 1000
+            answer = answer_summary(status, len(raw), ms, more=len(raw) >= limit)
+            return ToolOutcome(error=f"{spec.name} answered {answer}", status=status)
         if ctype == "application/json" or ctype.endswith("+json"):
             try:
                 value = json.loads(text)

@@ -5,7 +5,8 @@ line, each handed on the moment its line ends). Each object may carry ``text``, 
 ``hangup``, ``transfer``, ``dtmf``, ``state`` and ``interruptible``.
 
     TurnError                        why a turn got no usable answer (``reason`` is stable)
-    ├── reason "connection_failed"   refused, DNS failure, reset before any byte
+    ├── reason "connection_failed"   refused, DNS failure, reset before any byte, or the
+    │                                address is not public (:mod:`relay.egress`)
     ├── reason "http_status"         a 4xx/5xx answer
     ├── reason "timeout"             no first chunk within the agent's webhookTimeoutMs
     ├── reason "invalid_line"        an NDJSON line that is not a JSON object, or is too long
@@ -24,6 +25,7 @@ from typing import Any
 
 import aiohttp
 
+from relay.egress import describe
 from relay.signing import signature_headers
 
 MAX_LINE_BYTES = 256 * 1024
@@ -125,7 +127,7 @@ async def stream_turn(
     except TimeoutError as exc:
         raise TurnError("timeout", f"no response within {turn.timeout_s:g} s") from exc
     except aiohttp.ClientError as exc:
-        raise TurnError("connection_failed", f"{type(exc).__name__}: {exc}") from exc
+        raise TurnError("connection_failed", describe(exc)) from exc
     async with response:
         if response.status >= 300:
             raise TurnError(

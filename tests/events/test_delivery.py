@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from email.utils import formatdate
 
@@ -87,7 +88,7 @@ async def test_a_failing_receiver_gets_retries_with_the_same_webhook_id(
     log = d["attemptLog"]
     assert [a["statusCode"] for a in log] == [500, 500, 500, 200]
     assert [a["number"] for a in log] == [1, 2, 3, 4]
-    assert log[0]["error"] == "HTTP 500: boom"
+    assert re.fullmatch(r"HTTP 500 \(4 bytes in \d+ ms\)", log[0]["error"]), log[0]["error"]
     assert log[-1]["error"] is None
     assert all(a["latencyMs"] >= 0 for a in log)
     await asyncio.sleep(0.2)
@@ -149,6 +150,46 @@ async def test_connection_refused_and_timeouts_are_recorded(relay, database):
     assert t["status"] == "failed"
     assert t["lastError"] == "no answer within 0.3 s"
     assert 250 <= t["attemptLog"][0]["latencyMs"] < 2000
+
+
+async def test_a_receivers_body_never_comes_back_to_the_tenant(client, auth, database, receiver):
+    inside = "root:x:0:0:root:/root:/bin/bash"  # what an internal service might answer
+
+    async def leaky(got: Received, n: int) -> web.StreamResponse:
+        return web.Response(status=500, text=inside)
+
+    receiver.answer = leaky
+    endpoint = await add_endpoint(client, auth, receiver.url)
+    await emit_events(database, await project_id(database), ("call.queued", "call_1"))
+    [d] = await settled(client, auth, endpoint["id"], 1)
+    assert d["status"] == "failed"
+    assert re.fullmatch(r"HTTP 500 \(31 bytes in \d+ ms\)", d["lastError"]), d["lastError"]
+    assert all("root" not in a["error"] for a in d["attemptLog"])
+
+
+@pytest.mark.parametrize("allow_private", [False, True], ids=["checked", "private-allowed"])
+async def test_an_endpoint_whose_name_resolves_to_loopback_is_refused_at_connect(
+    relay, database, receiver, allow_private
+):
+    client = await relay(
+        allow_private_webhooks=allow_private,
+        webhook_hosts={"hooks.test": "127.0.0.1"},
+        webhook_retry_schedule="0",
+    )
+    auth = await key_headers(database)
+    # The name passes the check when the URL is saved; only its address gives it away.
+    url = receiver.url.replace("127.0.0.1", "hooks.test")
+    endpoint = await add_endpoint(client, auth, url)
+    await emit_events(database, await project_id(database), ("call.queued", "call_1"))
+    [d] = await settled(client, auth, endpoint["id"], 1)
+    if allow_private:
+        assert d["status"] == "succeeded"
+        assert len(receiver.requests) == 1
+    else:
+        assert d["status"] == "failed"
+        assert d["lastStatusCode"] is None
+        assert d["lastError"] == "hooks.test is not a public address"
+        assert receiver.requests == []
 
 
 async def test_410_gone_disables_the_endpoint_and_enabling_it_resumes(

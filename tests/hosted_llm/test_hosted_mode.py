@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 from dataclasses import replace
 from typing import Any
 
@@ -13,6 +14,8 @@ import pytest
 from aiohttp import web
 
 from hosted_llm import OpenAIBackend
+from relay.config import Settings
+from relay.egress import client_session
 from relay.turns.hosted import MAX_TOOL_RESULT_BYTES, HostedBrain, phrase, with_templates
 from relay.turns.protocol import Chunk, TurnError, TurnRequest
 from tests.engine.harness import call_setup
@@ -256,9 +259,33 @@ async def test_a_failing_tool_reports_its_status(scripted, http, tool_server):
     scripted.add([("tool", "lookup_order", {"orderId": "C"})], text("It's down."))
     brain = Brain(scripted, http, tools=[{**LOOKUP, "url": tool_server.url}])
     await brain.turn("Where is C?")
-    assert scripted.messages(1)[-1]["content"] == (
-        "Error: lookup_order answered HTTP 503: down for maintenance"
+    # Its status, size and time; never its body (which the call's tool event would show).
+    content = scripted.messages(1)[-1]["content"]
+    assert re.fullmatch(r"Error: lookup_order answered HTTP 503 \(20 bytes in \d+ ms\)", content)
+    assert brain.tools[0][1]["status"] == 503
+    await brain.backend.aclose()
+
+
+@pytest.mark.parametrize("allow_private", [False, True], ids=["checked", "private-allowed"])
+async def test_a_tool_whose_name_resolves_to_loopback_is_refused(
+    scripted, tool_server, allow_private
+):
+    settings = Settings(
+        allow_private_webhooks=allow_private, webhook_hosts={"tools.test": "127.0.0.1"}
     )
+    url = tool_server.url.replace("127.0.0.1", "tools.test")
+    scripted.add([("tool", "lookup_order", {"orderId": "D"})], text("Let me see."))
+    async with client_session(settings) as http:
+        brain = Brain(scripted, http, tools=[{**LOOKUP, "url": url}])
+        await brain.turn("Where is D?")
+    content = scripted.messages(1)[-1]["content"]
+    if allow_private:
+        assert content == '{"status": "shipped"}'
+        assert len(tool_server.requests) == 1
+    else:
+        assert content == "Error: lookup_order is unreachable (tools.test is not a public address)"
+        assert tool_server.requests == []
+        assert brain.tools[0][1]["error"] == content.removeprefix("Error: ")
     await brain.backend.aclose()
 
 
