@@ -47,7 +47,8 @@ class LiveCall:
 class MediaDeps:
     db: Database
     node_id: str
-    runner: CallRunner
+    # The engine, made (and its models loaded) only once a call's media token was checked.
+    runner: Callable[[], CallRunner]
     http: aiohttp.ClientSession
     signing_key: bytes
     live: dict[str, LiveCall] = field(default_factory=dict)
@@ -88,7 +89,7 @@ class MediaRuntime:
         if self.http is None or self.http.closed:
             self.http = client_session(self.settings)
         return MediaDeps(
-            self.db, self.node_id, self._runner_for(), self.http, self.signing_key, self.live
+            self.db, self.node_id, self._runner_for, self.http, self.signing_key, self.live
         )
 
     def _runner_for(self) -> CallRunner:
@@ -220,9 +221,8 @@ async def run_call(
     into the handle and returns when the caller is gone (carrier ``stop``, socket closed)."""
     call_id = setup.call_id
     try:
-        handle = await deps.runner.engine.start_call(
-            setup, line, deps.runner.sink(deps.db, setup), deps.http
-        )
+        runner = deps.runner()
+        handle = await runner.engine.start_call(setup, line, runner.sink(deps.db, setup), deps.http)
     except Exception:
         log.exception("engine_start_failed", call_id=call_id)
         await finish(deps.db, call_id, CallEnd("failed", "agent_error"))

@@ -98,11 +98,17 @@ async def _wait_for_start(ws: web.WebSocketResponse) -> tp.Start | None:
             continue
         try:
             event = tp.parse(msg.data)
-        except tp.ProtocolError:
-            continue
+        except tp.ProtocolError as exc:
+            # Twilio sends `connected` then `start`: anything malformed before the call is
+            # identified ends the socket, so it cannot be held open with garbage.
+            raise StartRefused(f"bad frame before start: {exc}") from exc
         if isinstance(event, tp.Start):
             return event
     return None
+
+
+class StartRefused(Exception):
+    """The socket's first frames were not Twilio's ``connected`` and ``start``."""
 
 
 class TwilioConnection:
@@ -115,7 +121,11 @@ class TwilioConnection:
         self._start: tp.Start | None = None
 
     async def handshake(self) -> Handshake | None:
-        self._start = await _wait_for_start(self._ws)
+        try:
+            self._start = await _wait_for_start(self._ws)
+        except StartRefused as exc:
+            await self.refuse(str(exc))
+            return None
         if self._start is None:
             await self.refuse("no start frame")
             return None

@@ -66,7 +66,7 @@ def parse(text: str | bytes) -> Event:
     """One websocket text frame to an event; :class:`ProtocolError` for anything malformed."""
     try:
         msg = json.loads(text)
-    except (ValueError, UnicodeDecodeError) as exc:
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
         raise ProtocolError("frame is not JSON") from exc
     msg = _obj(msg, "frame")
     kind = msg.get("event")
@@ -79,12 +79,17 @@ def parse(text: str | bytes) -> Event:
         stream_sid = start.get("streamSid") or msg.get("streamSid")
         if not isinstance(stream_sid, str) or not isinstance(params, dict):
             raise ProtocolError("start needs a streamSid")
+        rate = _obj(fmt, "mediaFormat").get("sampleRate", 8000)
+        if isinstance(rate, str) and rate.isdigit():
+            rate = int(rate)
+        if not isinstance(rate, int) or isinstance(rate, bool) or not 0 < rate <= 192_000:
+            raise ProtocolError("start's mediaFormat.sampleRate must be a sample rate")
         return Start(
             stream_sid=stream_sid,
             call_sid=str(start.get("callSid", "")),
             custom_parameters={str(k): str(v) for k, v in params.items()},
-            encoding=str(_obj(fmt, "mediaFormat").get("encoding", "audio/x-mulaw")),
-            sample_rate=int(fmt.get("sampleRate", 8000)),
+            encoding=str(fmt.get("encoding", "audio/x-mulaw")),
+            sample_rate=rate,
         )
     if kind == "media":
         media = _obj(msg.get("media"), "media")

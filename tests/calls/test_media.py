@@ -55,5 +55,5 @@ async def test_a_voice_webhook_whose_name_resolves_to_loopback_is_refused(
             assert seen == []
     finally:
         await deps.http.close()
-        await deps.runner.close()
+        await deps.runner().close()
         await db.close()

@@ -21,10 +21,12 @@ from relay.engine.codecs import ulaw_decode, ulaw_encode
 from relay.state import APP_STATE
 from relay.transports.twilio import dtmf_tones
 from tests.transports.support import (
+    ScriptedEngine,
     agent_with_number,
     call_events,
     calls,
     lifecycle_types,
+    phone_settings,
     twilio_post,
     voice_params,
     wait_for,
@@ -157,6 +159,32 @@ async def test_a_forged_token_in_the_start_frame_is_closed_as_a_policy_violation
     ws = await phone.ws_connect("/media/twilio")
     await ws.send_str(start_frame(token=forged))
     msg = await ws.receive()
+    assert (msg.type, msg.data) == (aiohttp.WSMsgType.CLOSE, 1008)
+    assert engine.calls == []
+
+
+async def test_an_unauthenticated_socket_loads_no_engine(database, app_client):
+    client = await app_client(phone_settings())
+    made: list[ScriptedEngine] = []
+
+    def factory() -> ScriptedEngine:
+        made.append(ScriptedEngine())
+        return made[-1]
+
+    client.app[MEDIA].engine_factory = factory
+    ws = await client.ws_connect("/media/twilio")
+    await ws.send_str(start_frame(token="not a token"))
+    msg = await ws.receive()
+    assert (msg.type, msg.data) == (aiohttp.WSMsgType.CLOSE, 1008)
+    assert made == []  # no speech models were loaded for a socket that proved nothing
+
+
+async def test_a_malformed_frame_before_start_ends_the_socket(phone, engine):
+    ws = await phone.ws_connect("/media/twilio")
+    await ws.send_str(
+        '{"event":"start","start":{"streamSid":"MZ1","mediaFormat":{"sampleRate":"x"}}}'
+    )
+    msg = await asyncio.wait_for(ws.receive(), 5)
     assert (msg.type, msg.data) == (aiohttp.WSMsgType.CLOSE, 1008)
     assert engine.calls == []
 

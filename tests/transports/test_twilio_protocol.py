@@ -49,6 +49,21 @@ def test_malformed_frames_raise_protocol_error(frame):
         tp.parse(frame)
 
 
+@pytest.mark.parametrize(
+    "fmt",
+    [{"sampleRate": "fast"}, {"sampleRate": [8000]}, {"sampleRate": -1}, {"sampleRate": True}],
+)
+def test_a_malformed_start_frame_raises_protocol_error(fmt):
+    frame = {"event": "start", "start": {"streamSid": "MZ1", "mediaFormat": fmt}}
+    with pytest.raises(tp.ProtocolError):
+        tp.parse(json.dumps(frame))
+
+
+def test_a_frame_nested_too_deep_raises_protocol_error():
+    with pytest.raises(tp.ProtocolError):
+        tp.parse("[" * 100_000 + "]" * 100_000)
+
+
 def test_outbound_frames():
     assert json.loads(tp.media("MZ1", b"\x00\x01")) == {
         "event": "media",
