@@ -17,6 +17,7 @@ agent: the Calls API keeps its secret in the snapshot, and :func:`begin` takes i
     ├── code "unknown_number"            no active number with that value
     ├── code "unbound_number"            the number has no agent
     ├── code "unknown_agent"             no such agent in the project
+    ├── code "duplicate_carrier_call"    a replayed carrier request for a call already started
     └── code "call_not_connecting"       the media socket came for a call that is not waiting
 """
 
@@ -25,7 +26,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from relay import tokens
@@ -103,6 +104,36 @@ async def _live_agent(session: AsyncSession, agent_id: str, project_id: str) -> 
     return agent
 
 
+async def _same_carrier_call(
+    session: AsyncSession, connection_type: str, carrier_call_id: str
+) -> Call | None:
+    if session.bind is not None and session.bind.dialect.name == "postgresql":
+        key = f"{connection_type}:{carrier_call_id}"
+        await session.execute(select(func.pg_advisory_xact_lock(func.hashtext(key))))
+    found: Call | None = (
+        await session.execute(
+            select(Call).where(
+                Call.connection_type == connection_type, Call.carrier_call_id == carrier_call_id
+            )
+        )
+    ).scalar_one_or_none()
+    return found
+
+
+def _reopened(state: AppState, call: Call) -> OpenedCall:
+    """The call a replayed carrier request names: its media token again while it still waits
+    for media, refused once it has started or ended."""
+    if call.status not in ("queued", "connecting"):
+        log.warning("carrier_call_replayed", call_id=call.id, status=call.status)
+        raise CallUnavailable(
+            "duplicate_carrier_call", f"The carrier's call is already {call.status}."
+        )
+    log.info("carrier_call_retried", call_id=call.id)
+    token = tokens.issue(state.signing_key, call.id, MEDIA_TOKEN_PURPOSE, MEDIA_TOKEN_TTL_SECONDS)
+    assert call.agent_id is not None
+    return OpenedCall(call.id, call.project_id, call.agent_id, token)
+
+
 async def _open_for_media(
     state: AppState,
     *,
@@ -122,7 +153,15 @@ async def _open_for_media(
         raise ValueError(f"connection_type must be one of {CONNECTION_TYPES}")
     if sample_rate not in SAMPLE_RATES:
         raise ValueError(f"sample_rate must be one of {SAMPLE_RATES}")
-    async with state.db.session() as session:
+    # One carrier call opens one call: a webhook replayed (or retried) with the same carrier
+    # call id answers for the call already opened. Writers queue (SQLite) or lock the id
+    # (PostgreSQL), so two copies of one request cannot both miss the first.
+    opening = state.db.writing() if carrier_call_id else state.db.session()
+    async with opening as session:
+        if carrier_call_id:
+            same = await _same_carrier_call(session, connection_type, carrier_call_id)
+            if same is not None:
+                return _reopened(state, same)
         agent = await _live_agent(session, agent_id, project_id)
         if agent is None:
             raise CallUnavailable("unknown_agent", f"No agent {agent_id!r} in this project.")

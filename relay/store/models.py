@@ -157,6 +157,7 @@ class Call(Base):
     __table_args__ = (
         Index("ix_calls_project", "project_id", "id"),
         Index("ix_calls_status", "status"),
+        Index("ix_calls_carrier_call", "carrier_call_id"),
     )
 
     id: Mapped[str] = mapped_column(String(40), primary_key=True)

@@ -196,3 +196,20 @@ async def test_after_the_stream_a_requested_transfer_is_dialled(phone, auth, dat
 
     resp = await twilio_post(phone, path, params, signature="forged")
     assert resp.status == 403
+
+
+async def test_a_replayed_voice_request_never_opens_a_second_call(phone, auth, database):
+    _, number = await agent_with_number(phone, auth)
+    first = await twilio_post(phone, VOICE, voice_params(number, sid="CA77"))
+    again = await twilio_post(phone, VOICE, voice_params(number, sid="CA77"))
+    assert first.status == again.status == 200
+    _, first_params, _ = stream_of(await first.text())
+    _, again_params, _ = stream_of(await again.text())
+    # A retry while the call waits for its media answers for the same call.
+    assert again_params["callId"] == first_params["callId"]
+    assert [c.id for c in await calls(database)] == [first_params["callId"]]
+
+    await inbound.begin(database, first_params["callId"], node_id="node-a")
+    replayed = await twilio_post(phone, VOICE, voice_params(number, sid="CA77"))
+    assert "<Reject" in await replayed.text() or UNAVAILABLE in await replayed.text()
+    assert [c.id for c in await calls(database)] == [first_params["callId"]]
