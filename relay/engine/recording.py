@@ -17,6 +17,7 @@ directly (network jitter must not chop a word into pieces).
 from __future__ import annotations
 
 import contextlib
+import os
 import time
 from fractions import Fraction
 from pathlib import Path
@@ -28,12 +29,25 @@ import soxr
 from relay.engine.codecs import PCM
 
 JITTER_S = 0.12
+PRIVATE_FILE = 0o600
+PRIVATE_DIR = 0o700
 OPUS_RATES = (8000, 12000, 16000, 24000, 48000)
 # Below ~32 kbps libopus codes the two channels jointly and one side leaks into the other
 # (measured: the caller at -26 dB in the agent's channel at 24 kbps, 8 kHz; Whisper still
 # understood them there). At these rates the channels stay apart (-80 dB or better).
 BITRATE = {8000: 40000, 12000: 40000, 16000: 48000}
 _SAMPLE_BYTES = 2
+
+
+def private_dirs(directory: Path) -> None:
+    """``directory`` and the parents it needs, each made owner-only (existing ones are left)."""
+    missing = []
+    while not directory.exists():
+        missing.append(directory)
+        directory = directory.parent
+    for made in reversed(missing):
+        made.mkdir(mode=PRIVATE_DIR, exist_ok=True)
+        made.chmod(PRIVATE_DIR)  # mkdir's mode is masked by the umask
 
 
 class RecordingError(Exception):
@@ -47,7 +61,9 @@ class _Channel:
         self.path = path
         self.rate = rate
         self.samples = 0
-        self._file: IO[bytes] | None = path.open("wb", buffering=64 * 1024)
+        # Owner-only: a call's audio is the tenant's and the caller's, not the host's users'.
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, PRIVATE_FILE)
+        self._file: IO[bytes] | None = open(fd, "wb", buffering=64 * 1024)
         self._resampler: Any = None
         self._resampling_from = 0
         # Where the resampler's next output belongs: it hands back the start of a run only
@@ -105,7 +121,7 @@ class StereoRecorder:
     def __init__(self, directory: Path, call_id: str, *, rate: int, origin: float) -> None:
         if rate not in OPUS_RATES:
             raise ValueError(f"Opus cannot record at {rate} Hz")
-        directory.mkdir(parents=True, exist_ok=True)
+        private_dirs(directory)
         self.rate = rate
         self.origin = origin
         self.output = directory / f"{call_id}.ogg"
@@ -191,5 +207,6 @@ def encode_ogg_opus(left: Path, right: Path, output: Path, rate: int) -> int:
                 container.mux(packet)
         for packet in stream.encode(None):
             container.mux(packet)
+    tmp.chmod(PRIVATE_FILE)
     tmp.replace(output)
     return total

@@ -16,6 +16,7 @@ run on the event loop's thread), :mod:`relay.store.group_commit` (:meth:`Databas
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -41,6 +42,22 @@ from relay.store.versions import TableVersions
 T = TypeVar("T")
 
 
+def _private_file(path: Path) -> None:
+    """Make the SQLite file owner-only before SQLite does (its WAL and shared-memory files
+    take the database file's permissions); a file that exists is left as it is."""
+    if path.exists():
+        return
+    missing = []
+    directory = path.parent
+    while not directory.exists():
+        missing.append(directory)
+        directory = directory.parent
+    for made in reversed(missing):
+        made.mkdir(exist_ok=True)
+        made.chmod(0o700)
+    os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))
+
+
 class Database:
     """Owns the engine and hands out sessions. ``url`` is any SQLAlchemy async URL;
     ``schema`` (PostgreSQL only) is the search_path every connection starts with."""
@@ -60,7 +77,7 @@ class Database:
         if self.is_sqlite:
             database = parsed.database or ""
             if database and database != ":memory:":
-                Path(database).parent.mkdir(parents=True, exist_ok=True)
+                _private_file(Path(database))
             if parsed.get_driver_name() == "aiosqlite" and not parsed.query:
                 kwargs["async_creator"] = in_loop_connector(database or ":memory:")
         else:

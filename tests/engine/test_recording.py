@@ -3,6 +3,7 @@ absorbed, gaps are silence, and the file is real OGG/Opus that decodes back."""
 
 from __future__ import annotations
 
+import stat
 from pathlib import Path
 
 import av
@@ -128,3 +129,14 @@ def test_one_side_does_not_leak_into_the_other(tmp_path, rate):
     left, right = audio[:, 0], audio[:, 1]
     leak_db = 20 * np.log10(np.sqrt((left**2).mean()) / np.sqrt((right**2).mean()) + 1e-12)
     assert leak_db < -60, leak_db
+
+
+def test_recordings_and_their_folders_are_readable_by_the_owner_only(tmp_path):
+    folder = tmp_path / "recordings" / "proj"
+    rec = StereoRecorder(folder, "call_p", rate=RATE, origin=0.0)
+    spools = [folder / "call_p.agent.pcm", folder / "call_p.caller.pcm"]
+    assert [stat.S_IMODE(p.stat().st_mode) for p in spools] == [0o600, 0o600]
+    rec.agent(tone(0.2, 440), RATE, at=0.1)
+    rec.encode()
+    assert stat.S_IMODE((folder / "call_p.ogg").stat().st_mode) == 0o600
+    assert [stat.S_IMODE(d.stat().st_mode) for d in (folder, folder.parent)] == [0o700, 0o700]

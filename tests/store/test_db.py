@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import stat
 from typing import Any
 
 import pytest
@@ -200,3 +201,18 @@ def test_sqlite_stores_aware_times_as_sqlalchemy_would_and_refuses_naive_ones():
     assert ours(None) is None
     with pytest.raises(ValueError, match="naive"):
         ours(datetime(2026, 11, 22))
+
+
+async def test_a_new_sqlite_file_and_its_wal_are_readable_by_the_owner_only(tmp_path):
+    path = tmp_path / "data" / "relay.db"
+    db = Database(f"sqlite+aiosqlite:///{path}")
+    try:
+        await db.migrate()
+        async with db.session() as session:
+            session.add(Project(id="proj_modes", name="modes"))
+        wal = path.with_name("relay.db-wal")
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600
+        assert not wal.exists() or stat.S_IMODE(wal.stat().st_mode) == 0o600
+        assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
+    finally:
+        await db.close()
