@@ -19,7 +19,7 @@ import secrets
 import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Literal, NoReturn
 
 from aiohttp import web
 from sqlalchemy import or_, select
@@ -39,6 +39,7 @@ KEY_CACHE_SECONDS = 5.0
 MAX_GRACE_SECONDS = 7 * 24 * 3600  # a rotated key works at most this long beside its successor
 MISSING_KEY = "Send your API key as 'Authorization: Bearer KEY' or 'X-API-Key: KEY'."
 BAD_KEY = "The API key is not valid."
+TOO_MANY_BAD_KEYS = "Too many invalid API keys from this address; wait before trying again."
 PUBLISHABLE_FORBIDDEN = "Publishable keys may only create calls; use a secret key for this."
 
 
@@ -89,19 +90,22 @@ async def authenticate(request: web.Request, state: AppState, required: str) -> 
     raw = _presented_key(request)
     if raw is None:
         raise Unauthorized(MISSING_KEY)
+    client = request.remote or ""
     if not raw.startswith(("sk_", "pk_")) or len(raw) > 200:
-        raise Unauthorized(BAD_KEY, code="invalid_api_key")
+        _failed(state, client)
     digest = hash_key(raw)
     now = time.monotonic()
     cached = state.key_cache.get(digest)
     if cached is not None and cached[0] > now:
         key: AuthKey | None = cached[1]
     else:
+        # An address that keeps presenting bad keys waits before it may look one up again.
+        _slow_down(state.failed_keys.wait(client, now), state)
         key = await _load_key_once(state, digest, now)
     if key is not None and key.until is not None and key.until <= utcnow():
         key = None  # its grace period ended while it sat in the cache
     if key is None:
-        raise Unauthorized(BAD_KEY, code="invalid_api_key")
+        _failed(state, client)
     wait = state.limiter.take(key.id)
     if wait > 0:
         raise RateLimited(
@@ -111,6 +115,23 @@ async def authenticate(request: web.Request, state: AppState, required: str) -> 
     if required == "secret" and not key.is_secret:
         raise Forbidden(PUBLISHABLE_FORBIDDEN, code="publishable_key_not_allowed")
     return key
+
+
+def _failed(state: AppState, client: str) -> NoReturn:
+    """A bad key from ``client``: 401, or 429 once it has been failing too often."""
+    _slow_down(state.failed_keys.take(client), state)
+    if len(state.failed_keys) > 100_000:
+        state.failed_keys.forget_full()
+    raise Unauthorized(BAD_KEY, code="invalid_api_key")
+
+
+def _slow_down(wait: float, state: AppState) -> None:
+    if wait > 0:
+        raise RateLimited(
+            TOO_MANY_BAD_KEYS,
+            code="too_many_invalid_keys",
+            headers={"Retry-After": state.limiter.retry_after_header(wait)},
+        )
 
 
 async def _load_key_once(state: AppState, digest: str, now: float) -> AuthKey | None:

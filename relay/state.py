@@ -17,6 +17,10 @@ if TYPE_CHECKING:
     from relay.carriers import CarrierRegistry
 
 
+FAILED_KEYS_PER_SECOND = 1.0
+FAILED_KEYS_BURST = 20
+
+
 @dataclass
 class AppState:
     settings: Settings
@@ -26,6 +30,10 @@ class AppState:
     signing_key: bytes = field(default_factory=lambda: secrets.token_bytes(32))
     key_cache: dict[str, tuple[float, Any]] = field(default_factory=dict)
     key_loads: dict[str, asyncio.Future[Any]] = field(default_factory=dict)
+    # Failed key lookups per client address: a guesser is slowed, and costs no query.
+    failed_keys: RateLimiter = field(
+        default_factory=lambda: RateLimiter(FAILED_KEYS_PER_SECOND, FAILED_KEYS_BURST)
+    )
 
 
 APP_STATE: web.AppKey[AppState] = web.AppKey("relay_state", AppState)

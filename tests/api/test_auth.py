@@ -189,3 +189,17 @@ def test_rate_limiter_refills_at_rate_up_to_burst():
 @pytest.mark.parametrize(("wait", "header"), [(0.001, "1"), (0.5, "1"), (1.0, "1"), (1.2, "2")])
 def test_retry_after_header_is_a_positive_whole_number_of_seconds(wait, header):
     assert RateLimiter.retry_after_header(wait) == header
+
+
+async def test_an_address_presenting_bad_keys_is_slowed_down(client, auth):
+    assert (await client.get("/v1/agents", headers=auth)).status == 200
+    bad = {"Authorization": "Bearer sk_" + "x" * 40}
+    statuses = [(await client.get("/v1/agents", headers=bad)).status for _ in range(20)]
+    assert statuses == [401] * 20
+    resp = await client.get("/v1/agents", headers=bad)
+    assert resp.status == 429
+    body = await resp.json()
+    assert body["error"]["code"] == "too_many_invalid_keys"
+    assert int(resp.headers["Retry-After"]) >= 1
+    # a key this node looked up moments ago still works from there: no query to make
+    assert (await client.get("/v1/agents", headers=auth)).status == 200
