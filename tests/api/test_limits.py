@@ -53,6 +53,7 @@ class World:
     number: str
     phone: str
     endpoint: str
+    call: str
 
 
 @pytest.fixture
@@ -68,7 +69,12 @@ async def world(client, auth) -> World:
     )
     assert resp.status == 201, await resp.text()
     endpoint = await resp.json()
-    return World(agent["id"], number["id"], number["phoneNumber"], endpoint["id"])
+    resp = await client.post(
+        "/v1/calls", json={"agentId": agent["id"], "connectionType": "websocket"}, headers=auth
+    )
+    assert resp.status == 201, await resp.text()
+    call = await resp.json()
+    return World(agent["id"], number["id"], number["phoneNumber"], endpoint["id"], call["id"])
 
 
 @dataclass
@@ -138,6 +144,9 @@ ROUTES: dict[str, Route] = {
             "variables": {"v": v},
         },
         "/v1/calls",
+    ),
+    "reprocess a call": Route(
+        "POST", "/v1/calls/{call}/reprocess", lambda w, v: {"postCall": v}, "/v1/calls/{call}"
     ),
     "create webhook endpoint": Route(
         "POST",
