@@ -1,7 +1,7 @@
 """Errors a client of the API can cause, each with an HTTP status and a stable code.
 
 APIError                      any error answered as {"error": {...}}
-├── BadRequest        400     malformed_json, invalid_request
+├── BadRequest        400     malformed_json, invalid_json, invalid_request
 ├── Unauthorized      401     unauthorized
 ├── Forbidden         403     forbidden, publishable_key_not_allowed, ...
 ├── NotFound          404     not_found
@@ -9,7 +9,7 @@ APIError                      any error answered as {"error": {...}}
 ├── Conflict          409     conflict, phone_number_taken, ...
 ├── PayloadTooLarge   413     payload_too_large
 ├── UnsupportedMedia  415     unsupported_media_type
-├── ValidationFailed  422     validation_error, invalid_phone_number, ... (names every field)
+├── ValidationFailed  422     validation_error, invalid_text, metadata_too_large, ...
 ├── RateLimited       429     rate_limited (carries Retry-After)
 └── ServiceUnavailable 503    unavailable
 """

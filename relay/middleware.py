@@ -14,6 +14,7 @@ from aiohttp import web
 
 from relay.errors import (
     APIError,
+    BadRequest,
     MethodNotAllowed,
     NotFound,
     PayloadTooLarge,
@@ -26,6 +27,7 @@ log = get_logger("relay.http")
 INTERNAL = "Something went wrong on our side. Quote the request id when you report it."
 # Logged (and counted) for a request whose client left before it was answered (nginx's 499).
 CLIENT_CLOSED = 499
+UNREADABLE_BODY = "The request body could not be read as sent; check its Content-Encoding."
 
 
 def _overloaded() -> ServiceUnavailable:
@@ -93,6 +95,8 @@ async def request_middleware(
             response = _error_response(_translate_http(exc), request_id)
         except APIError as err:
             response = _error_response(err, request_id)
+        except web.RequestPayloadError:  # from read(): e.g. a body whose gzip is corrupt
+            response = _error_response(BadRequest(UNREADABLE_BODY), request_id)
         except sqlalchemy.exc.TimeoutError:  # every pooled connection busy: shed, don't fail
             log.warning("overloaded", method=request.method, path=request.path)
             response = _error_response(_overloaded(), request_id)

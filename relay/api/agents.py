@@ -12,6 +12,7 @@ from pydantic import AnyHttpUrl, Field, TypeAdapter, field_validator, model_vali
 from sqlalchemy import bindparam, select, update
 
 from relay.agent_config import STORED_KEYS, AgentConfig
+from relay.api.limits import Metadata
 from relay.api.pagination import fetch_page, newest_first
 from relay.api.routing import Context, Router
 from relay.api.schema import APIModel, Deleted, OutModel, Page, PageQuery
@@ -24,7 +25,6 @@ router = Router()
 TAG = "Agents"
 WEBHOOK_URL_REQUIRED = "webhookUrl is required when voiceMode is 'webhook'."
 SYSTEM_PROMPT_REQUIRED = "systemPrompt is required when voiceMode is 'hosted'."
-METADATA_TOO_BIG = "metadata may hold at most 50 keys."
 BUILTIN_TOOLS = ("end_call", "transfer_call")
 TOOL_URL_REQUIRED = "A tool needs a url, except the built-in end_call and transfer_call."
 TOOL_NAMES_UNIQUE = "Tool names must be unique."
@@ -123,7 +123,7 @@ class AgentFields(APIModel):
     inactivity_action: Literal["reprompt", "hangup"] | None = None
     recording_enabled: bool | None = None
     post_call: PostCallConfig | None = None
-    metadata: dict[str, Any] | None = None
+    metadata: Metadata | None = None
     stt: Literal["whisper", "pocketsphinx"] | None = Field(
         default=None, description="Speech-to-text engine; default from RELAY_STT."
     )
@@ -153,13 +153,6 @@ class AgentFields(APIModel):
     def _unique_tools(cls, value: list[AgentTool] | None) -> list[AgentTool] | None:
         if value is not None and len({t.name for t in value}) != len(value):
             raise ValueError(TOOL_NAMES_UNIQUE)
-        return value
-
-    @field_validator("metadata")
-    @classmethod
-    def _metadata_size(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
-        if value is not None and len(value) > 50:
-            raise ValueError(METADATA_TOO_BIG)
         return value
 
 
@@ -342,7 +335,8 @@ async def create_agent(ctx: Context, body: AgentCreate) -> AgentWithSecret:
     )
     async with ctx.state.db.session() as session:
         session.add(agent)
-    result: AgentWithSecret = _to_out(agent, [], AgentWithSecret)
+        # Built before the commit: if the answer cannot be made, nothing is stored.
+        result: AgentWithSecret = _to_out(agent, [], AgentWithSecret)
     return result
 
 

@@ -9,10 +9,10 @@ is once created, and every read of it, is :mod:`relay.api.calls`.
 from __future__ import annotations
 
 from datetime import datetime, timedelta
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from aiohttp import web
-from pydantic import AnyHttpUrl, Field, field_validator, model_validator
+from pydantic import AnyHttpUrl, Field, model_validator
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -21,6 +21,7 @@ from relay import tokens
 from relay.agent_config import STORED_DEFAULTS
 from relay.api.agents import PostCallConfig, load_agent, new_webhook_secret
 from relay.api.calls import TAG, CallOut, call_out
+from relay.api.limits import KEYS_SCHEMA, Metadata, cap
 from relay.api.routing import Context, Router
 from relay.api.schema import APIModel
 from relay.calls.inbound import (
@@ -62,19 +63,13 @@ NO_VOICE = "This number cannot place voice calls."
 PUBLISHABLE_FROM = "Publishable keys cannot choose the caller id; leave out 'from'."
 INLINE_NEEDS = "Send 'webhookUrl' (your webhook answers) or 'systemPrompt' (hosted)."
 NOT_SERVED = "This relay has no media socket for {kind!r} yet; it serves: {served}."
-TOO_MANY_KEYS = "at most 50 keys"
 POST_CALL_OVERRIDE = (
     "Overrides the agent's postCall for this call: the keys sent replace the agent's "
     "(null turns that part off), the rest stay as the agent has them."
 )
 
 Scalar = str | int | float | bool | None
-
-
-def _small(value: dict[str, Any] | None) -> dict[str, Any] | None:
-    if value is not None and len(value) > 50:
-        raise ValueError(TOO_MANY_KEYS)
-    return value
+Variables = Annotated[dict[str, Scalar], cap("variables_too_large"), KEYS_SCHEMA]
 
 
 class CallCreate(APIModel):
@@ -95,13 +90,11 @@ class CallCreate(APIModel):
     sample_rate: Literal[8000, 16000, 24000, 48000] | None = Field(
         default=None, description="PCM rate of a `websocket` call (default 16000)."
     )
-    metadata: dict[str, Any] | None = Field(default=None, description="Stored with the call.")
-    variables: dict[str, Scalar] | None = Field(
+    metadata: Metadata | None = Field(default=None, description="Stored with the call.")
+    variables: Variables | None = Field(
         default=None, description="Fill `{{variables.name}}` in the greeting and system prompt."
     )
     post_call: PostCallConfig | None = Field(default=None, description=POST_CALL_OVERRIDE)
-
-    _small_metadata = field_validator("metadata", "variables")(_small)
 
     @model_validator(mode="after")
     def _one_kind(self) -> CallCreate:
@@ -135,13 +128,11 @@ class InlineCallCreate(APIModel):
     recording_enabled: bool = False
     connection_type: ConnectionType = "twilio"
     sample_rate: Literal[8000, 16000, 24000, 48000] | None = None
-    metadata: dict[str, Any] | None = None
-    variables: dict[str, Scalar] | None = None
+    metadata: Metadata | None = None
+    variables: Variables | None = None
     post_call: PostCallConfig | None = Field(
         default=None, description="Post-call analysis of this call (summary, sentiment, ...)."
     )
-
-    _small_metadata = field_validator("metadata", "variables")(_small)
 
     @model_validator(mode="after")
     def _brain(self) -> InlineCallCreate:

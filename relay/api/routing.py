@@ -15,15 +15,22 @@ from typing import Any, Literal
 from aiohttp import web
 from pydantic import BaseModel, ValidationError
 
+from relay.api.limits import FIELD_CODES, parse_body, refuse_bad_text
 from relay.api.schema import OutModel
 from relay.auth import AuthKey, authenticate
-from relay.errors import BadRequest, PayloadTooLarge, UnsupportedMedia, ValidationFailed
+from relay.errors import (
+    BadRequest,
+    NotFound,
+    PayloadTooLarge,
+    UnsupportedMedia,
+    ValidationFailed,
+)
 from relay.state import APP_STATE, AppState
 
 Auth = Literal["secret", "any", "none"]
-MALFORMED_JSON = "The request body is not valid JSON."
 NOT_AN_OBJECT = "The request body must be a JSON object."
 JSON_REQUIRED = "Send the body as application/json."
+NO_SUCH_OBJECT = "No such object in this project."
 
 
 @dataclass(slots=True)
@@ -126,7 +133,11 @@ def validation_error(exc: ValidationError, *, prefix: str = "") -> ValidationFai
         )
     fields = [d["field"] for d in details if d["field"]]
     message = "Invalid " + (", ".join(dict.fromkeys(fields)) if fields else "request") + "."
-    return ValidationFailed(message, field=fields[0] if fields else None, details=details)
+    codes = {d["code"] for d in details}
+    code = codes.pop() if len(codes) == 1 and codes <= FIELD_CODES else None
+    return ValidationFailed(
+        message, code=code, field=fields[0] if fields else None, details=details
+    )
 
 
 async def read_json(request: web.Request) -> Any:
@@ -137,16 +148,15 @@ async def read_json(request: web.Request) -> Any:
         raw = await request.read()
     except web.HTTPRequestEntityTooLarge as exc:
         raise PayloadTooLarge("The request body is larger than 1 MiB.") from exc
-    try:
-        return json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise BadRequest(MALFORMED_JSON, code="malformed_json") from exc
+    return parse_body(raw)
 
 
 def _parse_query(model: type[BaseModel], request: web.Request) -> BaseModel:
     raw: dict[str, Any] = {}
     for name in request.query:
         values = request.query.getall(name)
+        for value in values:
+            refuse_bad_text(name, value)
         raw[name] = values if len(values) > 1 else values[0]
     try:
         return model.model_validate(raw)
@@ -158,6 +168,8 @@ def _aiohttp_handler(ep: Endpoint) -> Callable[[web.Request], Awaitable[web.Stre
     async def handle(request: web.Request) -> web.StreamResponse:
         state = request.app[APP_STATE]
         key = await authenticate(request, state, ep.auth) if ep.auth != "none" else None
+        if any("\x00" in value for value in request.match_info.values()):
+            raise NotFound(NO_SUCH_OBJECT)  # no id holds one, and PostgreSQL refuses to look
         ctx = Context(request, state, key)
         kwargs: dict[str, Any] = {}
         if ep.body is not None and ep.body_optional and not request.body_exists:

@@ -12,10 +12,15 @@ T = TypeVar("T")
 
 
 class APIModel(BaseModel):
-    """Input model: camelCase keys, unknown keys refused (a typo should not pass silently)."""
+    """Input model: camelCase keys, unknown keys refused (a typo should not pass silently),
+    no NaN or Infinity in a number field (not even written as a string)."""
 
     model_config = ConfigDict(
-        alias_generator=to_camel, populate_by_name=True, extra="forbid", str_strip_whitespace=True
+        alias_generator=to_camel,
+        populate_by_name=True,
+        extra="forbid",
+        str_strip_whitespace=True,
+        allow_inf_nan=False,
     )
 
 

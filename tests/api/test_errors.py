@@ -107,6 +107,13 @@ async def test_body_over_one_mebibyte_is_413(client, auth):
     assert (await (await client.get("/v1/agents", headers=auth)).json())["data"] == []
 
 
+async def test_a_body_that_cannot_be_decoded_is_400(client, auth):
+    headers = {**auth, "Content-Type": "application/json", "Content-Encoding": "gzip"}
+    resp = await client.post("/v1/agents", data=b"not gzip at all", headers=headers)
+    err = await error_of(resp, 400, "invalid_request")
+    assert "Content-Encoding" in err["message"]
+
+
 async def test_non_json_body_is_415(client, auth):
     resp = await client.post(
         "/v1/agents", data="name=Ava", headers={**auth, "Content-Type": "text/plain"}

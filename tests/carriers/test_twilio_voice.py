@@ -211,5 +211,19 @@ async def test_a_replayed_voice_request_never_opens_a_second_call(phone, auth, d
 
     await inbound.begin(database, first_params["callId"], node_id="node-a")
     replayed = await twilio_post(phone, VOICE, voice_params(number, sid="CA77"))
-    assert "<Reject" in await replayed.text() or UNAVAILABLE in await replayed.text()
+    assert UNAVAILABLE in await replayed.text() and "<Connect" not in await replayed.text()
     assert [c.id for c in await calls(database)] == [first_params["callId"]]
+
+
+async def test_a_signed_field_holding_a_nul_is_refused_and_opens_no_call(phone, auth, database):
+    """Twilio's signature proves who sent a form, not that PostgreSQL can store it."""
+    _, number = await agent_with_number(phone, auth)
+    resp = await twilio_post(phone, VOICE, voice_params(number, frm="+6141\x00"))
+    assert resp.status == 422
+    error = (await resp.json())["error"]
+    assert (error["code"], error["field"]) == ("invalid_text", "From")
+    assert await calls(database) == []
+    path = "/carriers/twilio/voice/after?callId=call_%00"
+    resp = await twilio_post(phone, path, {"CallSid": "CA0001", "AccountSid": "AC0001"})
+    assert resp.status == 422
+    assert (await resp.json())["error"]["code"] == "invalid_text"

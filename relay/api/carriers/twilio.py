@@ -19,6 +19,7 @@ from __future__ import annotations
 from aiohttp import web
 from sqlalchemy import select
 
+from relay.api.limits import refuse_bad_text
 from relay.calls import inbound
 from relay.calls.media import MEDIA
 from relay.carriers import InboundWebhook
@@ -66,6 +67,8 @@ async def signed_form(request: web.Request) -> dict[str, str]:
     if not request.app[TWILIO].verify_webhook(webhook):
         log.warning("twilio_signature_rejected", path=request.path)
         raise Forbidden(BAD_SIGNATURE, code="invalid_signature")
+    for name, value in (*fields.items(), *request.query.items()):
+        refuse_bad_text(name, value)  # signed is not sane: PostgreSQL refuses a NUL
     return fields
 
 
