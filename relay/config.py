@@ -76,6 +76,12 @@ class Settings(BaseSettings):
     # which is fine for one node; set it when several nodes serve the same calls.
     signing_secret: str = ""
 
+    # Web calls: the ICE servers (STUN/TURN) both the page and the relay's peer use, JSON as
+    # in RTCConfiguration: [{"urls": ["stun:stun.example.com:3478"]}, {"urls": [...],
+    # "username": ..., "credential": ...}]. Empty: host candidates only (a LAN, or a relay
+    # with a public address).
+    webrtc_ice_servers: list[dict[str, str | list[str]]] = Field(default_factory=list)
+
     # Voice engine. Per-agent ``stt`` / ``tts`` settings override the first two.
     stt: Literal["whisper", "pocketsphinx"] = "whisper"
     tts: Literal["piper", "espeak"] = "piper"

@@ -1,6 +1,7 @@
 """``POST /v1/calls`` and ``/v1/calls/inline``: place an outbound call, or open a
 bring-your-own-telephony call (a ``joinUrl`` for your carrier's media stream or your own
-raw PCM websocket).
+raw PCM websocket), or a web call (``webrtc``: a WHIP ``joinUrl`` and a one-time token for
+the page, :mod:`relay.api.webrtc`).
 
 Publishable keys may create calls on the channels and agents they are scoped to; what a call
 is once created, and every read of it, is :mod:`relay.api.calls`.
@@ -28,10 +29,13 @@ from relay.calls.inbound import (
     MEDIA_TOKEN_PURPOSE,
     MEDIA_TOKEN_TTL_SECONDS,
     TRANSPORT_KEY,
+    WEB_TOKEN_PURPOSE,
+    WEB_TOKEN_TTL_SECONDS,
     agent_snapshot,
 )
 from relay.calls.intelligence import OVERRIDE_KEY as POST_CALL_KEY
 from relay.calls.lifecycle import open_call
+from relay.calls.media import MEDIA
 from relay.calls.outbound import DIALLER
 from relay.errors import Forbidden, invalid_field
 from relay.events.writing import writing
@@ -43,7 +47,7 @@ from sms import refuse_if_opted_out
 
 router = Router()
 
-ConnectionType = Literal["twilio", "telnyx", "plivo", "websocket"]
+ConnectionType = Literal["twilio", "telnyx", "plivo", "websocket", "webrtc"]
 # The channel a publishable key must allow for each way of calling.
 CHANNEL_OF: dict[str, str] = {
     "phone": "phone",
@@ -51,7 +55,10 @@ CHANNEL_OF: dict[str, str] = {
     "telnyx": "phone",
     "plivo": "phone",
     "websocket": "websocket",
+    "webrtc": "web",
 }
+# The engine's rate for each kind of media (a websocket call may choose its own).
+LINE_RATE = {"websocket": 16000, "webrtc": 48000}
 TEMPLATED = ("greeting", "system_prompt")
 
 TO_OR_CONNECTION = "Send either 'to' (an outbound phone call) or 'connectionType' (BYOT)."
@@ -143,11 +150,27 @@ class InlineCallCreate(APIModel):
         return self
 
 
+class IceServer(APIModel):
+    urls: str | list[str]
+    username: str | None = None
+    credential: str | None = None
+
+
 class CallCreated(CallOut):
     join_url: str | None = Field(
-        default=None, description="BYOT: where your carrier opens the media stream."
+        default=None,
+        description="BYOT: where your carrier opens the media stream. Web calls: the WHIP "
+        "endpoint the page POSTs its SDP offer to, with `token`.",
     )
     join_url_expires_at: datetime | None = None
+    token: str | None = Field(
+        default=None,
+        description="Web calls: the page's one-time credential for `joinUrl` "
+        "(`Authorization: Bearer TOKEN`); good for 5 minutes, for this call only.",
+    )
+    ice_servers: list[IceServer] | None = Field(
+        default=None, description="Web calls: the RTCPeerConnection's `iceServers`."
+    )
     webhook_secret: str | None = Field(
         default=None, description="Inline calls with a webhookUrl: verifies agent.message."
     )
@@ -202,6 +225,8 @@ def _require_media_route(ctx: Context, connection_type: str) -> None:
 
 
 def _join(ctx: Context, call: Call) -> dict[str, Any]:
+    if call.connection_type == "webrtc":
+        return _web_join(ctx, call)
     token = tokens.issue(
         ctx.state.signing_key, call.id, MEDIA_TOKEN_PURPOSE, MEDIA_TOKEN_TTL_SECONDS
     )
@@ -209,6 +234,20 @@ def _join(ctx: Context, call: Call) -> dict[str, Any]:
     return {
         "join_url": f"{base}/media/{call.connection_type}?token={token}",
         "join_url_expires_at": utcnow() + timedelta(seconds=MEDIA_TOKEN_TTL_SECONDS),
+    }
+
+
+def _web_join(ctx: Context, call: Call) -> dict[str, Any]:
+    """A web call's WHIP endpoint and token; the call fails ``network_timeout`` if the page
+    never comes."""
+    token = tokens.issue(ctx.state.signing_key, call.id, WEB_TOKEN_PURPOSE, WEB_TOKEN_TTL_SECONDS)
+    ctx.request.app[MEDIA].expect(call.id, within=WEB_TOKEN_TTL_SECONDS + 15)
+    ice = ctx.state.settings.webrtc_ice_servers
+    return {
+        "join_url": f"{ctx.state.settings.effective_public_url()}/media/webrtc",
+        "join_url_expires_at": utcnow() + timedelta(seconds=WEB_TOKEN_TTL_SECONDS),
+        "token": token,
+        "ice_servers": [IceServer.model_validate(server) for server in ice],
     }
 
 
@@ -241,8 +280,13 @@ async def create_call(ctx: Context, body: CallCreate) -> web.Response:
     ``joinUrl`` (good for 60 s) for your carrier's media stream (Twilio, Telnyx, Plivo) or
     your own raw PCM websocket.
 
+    With ``connectionType: "webrtc"``: a web call, answered **201** with a WHIP ``joinUrl``,
+    a one-time ``token`` (5 minutes) and ``iceServers`` for the page; the browser POSTs its
+    SDP offer there (README, "Web calls").
+
     Publishable keys may use this on the agents and channels they allow (``phone`` for
-    phone and carrier streams, ``websocket`` for raw websockets), and may not set ``from``."""
+    phone and carrier streams, ``websocket`` for raw websockets, ``web`` for web calls),
+    and may not set ``from``."""
     key = ctx.key
     assert key is not None
     key.require_channel(CHANNEL_OF[body.connection_type or "phone"])
@@ -302,7 +346,7 @@ async def _caller_number(
 async def _create_byot(ctx: Context, body: CallCreate) -> web.Response:
     assert body.connection_type is not None
     _require_media_route(ctx, body.connection_type)
-    rate = body.sample_rate or (16000 if body.connection_type == "websocket" else 8000)
+    rate = body.sample_rate or LINE_RATE.get(body.connection_type, 8000)
     async with writing(ctx.state.db) as session:
         agent = await load_agent(ctx, session, body.agent_id)
         call = _new_call(
@@ -363,7 +407,7 @@ async def create_inline_call(ctx: Context, body: InlineCallCreate) -> web.Respon
         "recording_enabled": body.recording_enabled,
         "post_call": body.post_call.model_dump(exclude_unset=True) if body.post_call else None,
     }
-    rate = body.sample_rate or (16000 if body.connection_type == "websocket" else 8000)
+    rate = body.sample_rate or LINE_RATE.get(body.connection_type, 8000)
     async with writing(ctx.state.db) as session:
         call = _new_call(
             ctx,

@@ -1,0 +1,148 @@
+"""A web page's side of a web call, in Python: an aiortc peer that speaks WHIP to the relay.
+
+It is what the browser module does (relay/api/static/relay-call.js): an audio track and a
+``relay`` data channel in one offer, ICE gathered first, POSTed as ``application/sdp`` with
+the call's token. The microphone is a queue of 48 kHz PCM sent in real time (silence when
+empty); what the relay says is kept with arrival times, and so are the data channel's events.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fractions
+import json
+import time
+from typing import Any
+
+import av
+import numpy as np
+from aiortc import MediaStreamTrack, RTCPeerConnection, RTCSessionDescription
+from aiortc.mediastreams import MediaStreamError
+
+RATE = 48000
+FRAME = RATE // 50
+
+
+class Microphone(MediaStreamTrack):
+    kind = "audio"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.queue: list[np.ndarray] = []
+        self.spoken = asyncio.Event()
+        self.last_loud_at = 0.0
+        self._start: float | None = None
+        self._n = 0
+
+    def say(self, pcm: np.ndarray) -> None:
+        pad = (-len(pcm)) % FRAME
+        pcm = np.concatenate([pcm.astype(np.int16), np.zeros(pad, np.int16)])
+        self.spoken.clear()
+        self.queue.extend(pcm[i : i + FRAME] for i in range(0, len(pcm), FRAME))
+
+    async def recv(self) -> av.AudioFrame:
+        if self.readyState != "live":
+            raise MediaStreamError
+        if self._start is None:
+            self._start = time.monotonic()
+        else:
+            self._n += FRAME
+            await asyncio.sleep(self._start + self._n / RATE - time.monotonic())
+        if self.queue:
+            pcm = self.queue.pop(0)
+            if np.sqrt(np.mean(pcm.astype(np.float64) ** 2)) > 300:
+                self.last_loud_at = time.perf_counter()
+            if not self.queue:
+                self.spoken.set()
+        else:
+            pcm = np.zeros(FRAME, np.int16)
+        frame = av.AudioFrame.from_ndarray(pcm.reshape(1, -1), format="s16", layout="mono")
+        frame.sample_rate = RATE
+        frame.pts = self._n
+        frame.time_base = fractions.Fraction(1, RATE)
+        return frame
+
+
+class Page:
+    """One web call from the page's side."""
+
+    def __init__(self) -> None:
+        self.pc = RTCPeerConnection()
+        self.mic = Microphone()
+        self.pc.addTrack(self.mic)
+        self.events: list[dict[str, Any]] = []
+        self.event_arrived = asyncio.Event()
+        self.heard: list[tuple[float, np.ndarray]] = []
+        self.channel = self.pc.createDataChannel("relay")
+        self.channel.on("message", self._on_message)
+        self.pc.on("track", self._on_track)
+        self._reader: asyncio.Task[None] | None = None
+        self.location: str | None = None
+
+    def _on_message(self, message: str) -> None:
+        self.events.append(json.loads(message))
+        self.event_arrived.set()
+
+    def _on_track(self, track: MediaStreamTrack) -> None:
+        self._reader = asyncio.ensure_future(self._read(track))
+
+    async def _read(self, track: MediaStreamTrack) -> None:
+        mono = av.AudioResampler(format="s16", layout="mono", rate=RATE)
+        while True:
+            try:
+                frame = await track.recv()
+            except MediaStreamError:
+                return
+            for out in mono.resample(frame):
+                self.heard.append((time.perf_counter(), out.to_ndarray().reshape(-1).copy()))
+
+    async def offer(self) -> str:
+        await self.pc.setLocalDescription(await self.pc.createOffer())
+        return self.pc.localDescription.sdp
+
+    async def answered(self, sdp: str) -> None:
+        await self.pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="answer"))
+
+    async def wait_event(self, check, within: float = 30.0) -> dict[str, Any]:
+        deadline = time.monotonic() + within
+        while True:
+            for event in self.events:
+                if check(event):
+                    return event
+            assert time.monotonic() < deadline, f"no such event in {self.events}"
+            self.event_arrived.clear()
+            try:
+                await asyncio.wait_for(self.event_arrived.wait(), 0.2)
+            except TimeoutError:
+                pass
+
+    def audio(self, since: float = 0.0) -> np.ndarray:
+        parts = [pcm for t, pcm in self.heard if t >= since]
+        return np.concatenate(parts) if parts else np.zeros(0, np.int16)
+
+    def first_loud_after(self, since: float, level: float = 300.0) -> float | None:
+        for t, pcm in self.heard:
+            if t >= since and np.sqrt(np.mean(pcm.astype(np.float64) ** 2)) > level:
+                return t
+        return None
+
+    async def close(self) -> None:
+        await self.pc.close()
+        if self._reader is not None:
+            self._reader.cancel()
+            await asyncio.gather(self._reader, return_exceptions=True)
+
+
+async def join(client, call: dict[str, Any], page: Page | None = None) -> Page:
+    """POST the page's offer to the call's joinUrl (a test client's path) and apply the answer."""
+    page = page or Page()
+    resp = await client.post(
+        "/media/webrtc",
+        data=await page.offer(),
+        headers={"Authorization": f"Bearer {call['token']}", "Content-Type": "application/sdp"},
+    )
+    assert resp.status == 201, await resp.text()
+    assert resp.content_type == "application/sdp"
+    page.location = resp.headers["Location"]
+    await page.answered(await resp.text())
+    return page
