@@ -47,6 +47,9 @@ TRACK_TIMEOUT_SECONDS = 15.0
 # few frames absorb their jitter; more would only be latency.
 MAX_QUEUED_FRAMES = 6
 EVENTS_FLUSH_SECONDS = 1.0
+# Events from before the data channel opens (the engine starts as the answer goes out) wait
+# for it, up to this many.
+MAX_EARLY_EVENTS = 50
 _TIME_BASE = fractions.Fraction(1, wp.RATE)
 
 
@@ -133,6 +136,7 @@ class WebrtcPeer:
         self.track = AgentTrack()
         self._remote: asyncio.Future[MediaStreamTrack] = asyncio.get_running_loop().create_future()
         self._events: RTCDataChannel | None = None
+        self._early: list[str] = []
         self._closed = asyncio.Event()
         self.pc.on("track", self._on_track)
         self.pc.on("datachannel", self._on_datachannel)
@@ -173,8 +177,24 @@ class WebrtcPeer:
             self._remote.set_result(track)
 
     def _on_datachannel(self, channel: RTCDataChannel) -> None:
-        if channel.label == wp.EVENTS_LABEL:
-            self._events = channel
+        if channel.label != wp.EVENTS_LABEL:
+            return
+        self._events = channel
+        if channel.readyState == "open":
+            self._flush_early()
+        else:
+            channel.once("open", self._flush_early)
+
+    def _flush_early(self) -> None:
+        early, self._early = self._early, []
+        for text in early:
+            self._send(text)
+
+    def _send(self, text: str) -> None:
+        channel = self._events
+        if channel is not None and channel.readyState == "open":
+            with contextlib.suppress(Exception):  # the page is gone: the pump will notice
+                channel.send(text)
 
     def _on_state(self) -> None:
         if self.pc.connectionState in ("failed", "closed"):
@@ -182,10 +202,12 @@ class WebrtcPeer:
             self._closed.set()
 
     def live_event(self, event: dict[str, Any]) -> None:
+        text = wp.event_text(event)
         channel = self._events
         if channel is not None and channel.readyState == "open":
-            with contextlib.suppress(Exception):  # the page is gone: the pump will notice
-                channel.send(wp.event_text(event))
+            self._send(text)
+        elif len(self._early) < MAX_EARLY_EVENTS and self.pc.connectionState != "closed":
+            self._early.append(text)
 
     async def close(self) -> None:
         """Hang up: let the last events reach the page, then close the connection."""

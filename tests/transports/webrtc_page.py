@@ -75,9 +75,14 @@ class Page:
         self.heard: list[tuple[float, np.ndarray]] = []
         self.channel = self.pc.createDataChannel("relay")
         self.channel.on("message", self._on_message)
+        self._open = asyncio.Event()
+        self.channel.on("open", self._open.set)
         self.pc.on("track", self._on_track)
         self._reader: asyncio.Task[None] | None = None
         self.location: str | None = None
+
+    async def channel_open(self) -> None:
+        await self._open.wait()
 
     def _on_message(self, message: str) -> None:
         self.events.append(json.loads(message))
