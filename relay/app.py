@@ -26,7 +26,7 @@ from aiohttp import web
 
 from relay import events
 from relay.api import carriers as carrier_webhooks
-from relay.api import media, system, webrtc
+from relay.api import media, system, webrtc, widget
 from relay.api.agents import router as agents_router
 from relay.api.call_create import router as call_create_router
 from relay.api.calls import router as calls_router
@@ -98,6 +98,7 @@ def create_app(settings: Settings | None = None, *, db: Database | None = None) 
     system.install(app)
     media.install(app)
     webrtc.install(app)
+    widget.install(app)
     endpoints = []
     for router in ROUTERS:
         router.install(app)

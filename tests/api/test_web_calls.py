@@ -219,3 +219,12 @@ async def test_the_whip_endpoint_answers_cors_preflights_for_any_origin(relay):
         assert resp.headers["Access-Control-Allow-Origin"] == "*"
         assert "Authorization" in resp.headers["Access-Control-Allow-Headers"]
         assert "Access-Control-Allow-Credentials" not in resp.headers
+
+
+async def test_the_browser_module_is_served_to_any_origin(relay):
+    resp = await relay.get("/widget/relay-call.js", headers={"Origin": "https://shop.example"})
+    assert resp.status == 200
+    assert resp.content_type == "text/javascript"
+    assert resp.headers["Access-Control-Allow-Origin"] == "*"
+    source = await resp.text()
+    assert "export class RelayCall" in source and 'customElements.define("relay-call"' in source
