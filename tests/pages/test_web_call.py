@@ -25,10 +25,12 @@ import pytest
 from aiohttp import web
 from playwright.async_api import async_playwright
 
+from relay import tokens
 from relay.app import create_app
 from relay.engine.codecs import resample
 from relay.events import attach
 from relay.handset import synthesize, transcribe
+from relay.state import APP_STATE
 from relay.store.db import Database
 from relay.store.models import Call
 from tests.carriers.test_sim_calls import Hook
@@ -156,7 +158,7 @@ async def web_relay(database, aiohttp_server, unused_tcp_port, raw_key):
     await runner.setup()
     site = web.TCPSite(runner, "0.0.0.0", unused_tcp_port)
     await site.start()
-    yield base, hook, hook_server
+    yield base, hook, hook_server, app
     await runner.cleanup()
 
 
@@ -169,7 +171,7 @@ async def wait_until(check, within: float):
 
 
 async def test_a_browser_talks_to_the_agent(web_relay, database, tmp_path, raw_key):
-    base, hook, hook_server = web_relay
+    base, hook, hook_server, _ = web_relay
 
     async with aiohttp.ClientSession() as http:
         sk = {"Authorization": f"Bearer {await raw_key('proj-a')}"}
@@ -252,3 +254,49 @@ async def test_a_browser_talks_to_the_agent(web_relay, database, tmp_path, raw_k
     assert "table for two" in heard, heard
     assert "restaurant" in heard or "noon" in heard, heard
     assert ended_after < 5
+
+
+@pytest.mark.parametrize(
+    ("case", "flags", "message"),
+    [
+        (
+            "mic_denied",
+            ["--use-fake-device-for-media-stream", "--deny-permission-prompts"],
+            "denied",
+        ),
+        ("no_microphone", ["--use-fake-ui-for-media-stream"], "No microphone"),
+        (
+            "token_expired",
+            ["--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream"],
+            "expired",
+        ),
+        (
+            "network",
+            ["--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream"],
+            "connection",
+        ),
+    ],
+)
+async def test_the_element_says_what_went_wrong(
+    web_relay, case, flags, message, unused_tcp_port_factory
+):
+    base, app = web_relay[0], web_relay[3]
+    key = app[APP_STATE].signing_key
+    join = {
+        "token_expired": (f"{base}/media/webrtc", tokens.issue(key, "call_x", "webrtc", -1)),
+        "network": (f"http://localhost:{unused_tcp_port_factory()}/media/webrtc", "t"),
+    }.get(case, (f"{base}/media/webrtc", "t"))
+    async with async_playwright() as pw:
+        browser = await pw.chromium.launch(executable_path=CHROMIUM, args=[*CHROMIUM_ARGS, *flags])
+        page = await browser.new_page()
+        await page.goto(f"{base}/example/")
+        await page.locator("relay-call").evaluate(
+            "(el, [url, token]) => { el.setAttribute('join-url', url); el.setAttribute('token', token); }",
+            list(join),
+        )
+        await page.locator("relay-call button").click()
+        error = page.locator("relay-call .error")
+        await error.filter(has_text=message).wait_for(timeout=15000)
+        state = await page.locator("relay-call").get_attribute("state")
+        await browser.close()
+    assert state == case
