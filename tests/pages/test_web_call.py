@@ -291,7 +291,8 @@ async def test_the_element_says_what_went_wrong(
         page = await browser.new_page()
         await page.goto(f"{base}/example/")
         await page.locator("relay-call").evaluate(
-            "(el, [url, token]) => { el.setAttribute('join-url', url); el.setAttribute('token', token); }",
+            "(el, [url, token]) => {"
+            " el.setAttribute('join-url', url); el.setAttribute('token', token); }",
             list(join),
         )
         await page.locator("relay-call button").click()
