@@ -103,7 +103,7 @@ def create_app(settings: Settings | None = None, *, db: Database | None = None) 
     for router in ROUTERS:
         router.install(app)
         endpoints.extend(router.endpoints)
-    app[system.OPENAPI_DOC] = build_openapi(endpoints)
+    app[system.OPENAPI_DOC] = build_openapi(endpoints, webrtc.OPENAPI_PATHS)
     carrier_webhooks.sim.install(app)
     carrier_webhooks.twilio.install(app, twilio)
     app.cleanup_ctx.extend((_schema, _node, _sms, _post_call, _recordings, _media))

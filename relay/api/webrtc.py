@@ -15,6 +15,7 @@ five minutes are up, for the call it names only.
 from __future__ import annotations
 
 from collections.abc import Awaitable
+from typing import Any
 
 from aiohttp import web
 
@@ -43,6 +44,64 @@ PREFLIGHT = {
     "Access-Control-Allow-Methods": "POST, DELETE, OPTIONS",
     "Access-Control-Allow-Headers": "Authorization, Content-Type",
     "Access-Control-Max-Age": "600",
+}
+
+_ERROR = {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorResponse"}}}
+_SDP = {wp.SDP_CONTENT_TYPE: {"schema": {"type": "string"}}}
+_TOKEN: list[dict[str, list[str]]] = [{"callToken": []}]
+
+
+def _errors(*codes: tuple[int, str]) -> dict[str, Any]:
+    return {str(status): {"description": text, "content": _ERROR} for status, text in codes}
+
+
+# The WHIP routes in the OpenAPI document (their bodies are SDP, not the JSON routes' models).
+OPENAPI_PATHS: dict[str, Any] = {
+    PATH: {
+        "post": {
+            "operationId": "join_web_call",
+            "summary": "Join a web call: WHIP offer in, answer out (RFC 9725)",
+            "tags": ["Calls"],
+            "description": "The page's SDP offer (ICE gathered, an Opus audio section, an "
+            "optional `relay` data channel for live events), with the token of "
+            "`POST /v1/calls` (`connectionType: webrtc`). Uses the token once. Any origin "
+            "may call it (CORS `*`, no cookies).",
+            "security": _TOKEN,
+            "requestBody": {"required": True, "content": _SDP},
+            "responses": {
+                "201": {
+                    "description": "The relay's SDP answer; `Location` hangs up the call",
+                    "headers": {"Location": {"schema": {"type": "string"}}},
+                    "content": _SDP,
+                },
+                **_errors(
+                    (400, "Not an SDP offer (`invalid_sdp`), or no Opus audio (`no_audio`)"),
+                    (401, "Token missing, invalid or expired (`call_token_expired`)"),
+                    (409, "The token was used already (`call_token_used`)"),
+                    (413, "Body larger than 1 MiB"),
+                    (415, "Body is not application/sdp"),
+                ),
+            },
+        }
+    },
+    PATH + "/{call_id}": {
+        "delete": {
+            "operationId": "leave_web_call",
+            "summary": "Hang up a web call (the WHIP session's DELETE)",
+            "tags": ["Calls"],
+            "security": _TOKEN,
+            "parameters": [
+                {"name": "call_id", "in": "path", "required": True, "schema": {"type": "string"}}
+            ],
+            "responses": {
+                "200": {"description": "The call ends `completed`"},
+                **_errors(
+                    (401, "Token missing or invalid"),
+                    (404, "No live session of this call on this relay"),
+                ),
+            },
+        }
+    },
 }
 
 PEERS: web.AppKey[dict[str, WebrtcPeer]] = web.AppKey("relay_webrtc_peers", dict)

@@ -10,6 +10,7 @@ import pytest
 
 from relay import tokens
 from relay.calls.media import MEDIA
+from relay.handset.web import WebPage
 from relay.state import APP_STATE
 from relay.store.models import Call
 from tests.transports.support import (
@@ -19,7 +20,6 @@ from tests.transports.support import (
     phone_settings,
     wait_for,
 )
-from tests.transports.webrtc_page import Page, join
 
 ICE = [{"urls": ["stun:stun.example.com:3478"]}, {"urls": "turn:t.example.com", "username": "u"}]
 OFFER_HEADERS = {"Content-Type": "application/sdp"}
@@ -165,9 +165,9 @@ async def test_bad_offers_are_refused_and_the_call_still_waits(
 async def test_a_token_opens_one_session_only(relay, auth, database):
     agent, _ = await agent_with_number(relay, auth)
     call = await web_call(relay, auth, agent["id"])
-    page = await join(relay, call)
+    page = await WebPage.join(relay, "/media/webrtc", call["token"])
     assert page.location == f"/media/webrtc/{call['id']}"
-    second = Page()
+    second = WebPage()
     resp = await relay.post(
         "/media/webrtc", data=await second.offer(), headers=bearer(call["token"])
     )
@@ -195,7 +195,7 @@ async def test_a_hang_up_needs_the_calls_own_token(relay, auth, database):
     agent, _ = await agent_with_number(relay, auth)
     call = await web_call(relay, auth, agent["id"])
     other = await web_call(relay, auth, agent["id"])
-    page = await join(relay, call)
+    page = await WebPage.join(relay, "/media/webrtc", call["token"])
     for token, status in ((other["token"], 404), ("junk", 401)):
         resp = await relay.delete(page.location, headers={"Authorization": f"Bearer {token}"})
         assert resp.status == status
@@ -228,3 +228,14 @@ async def test_the_browser_module_is_served_to_any_origin(relay):
     assert resp.headers["Access-Control-Allow-Origin"] == "*"
     source = await resp.text()
     assert "export class RelayCall" in source and 'customElements.define("relay-call"' in source
+
+
+async def test_openapi_documents_web_calls_and_whip(relay):
+    doc = await (await relay.get("/openapi.json")).json()
+    created = doc["components"]["schemas"]["CallCreated"]["properties"]
+    assert {"joinUrl", "token", "iceServers"} <= set(created)
+    assert "webrtc" in str(doc["components"]["schemas"]["CallCreate"]["properties"])
+    whip = doc["paths"]["/media/webrtc"]["post"]
+    assert "application/sdp" in whip["requestBody"]["content"]
+    assert {"201", "400", "401", "409", "415"} <= set(whip["responses"])
+    assert "delete" in doc["paths"]["/media/webrtc/{call_id}"]

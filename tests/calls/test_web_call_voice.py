@@ -17,10 +17,10 @@ from aiohttp import web
 from relay.engine.codecs import resample
 from relay.events import attach
 from relay.handset import synthesize, transcribe
+from relay.handset.web import RATE, WebPage
 from relay.store.db import Database
 from tests.carriers.test_sim_calls import GREETING, Hook
 from tests.transports.support import agent_with_number, calls, lifecycle_types, phone_settings
-from tests.transports.webrtc_page import RATE, join
 
 pytestmark = pytest.mark.slow
 
@@ -73,7 +73,7 @@ async def test_a_web_call_hears_the_caller_and_the_page_hears_the_agent(web_rela
     client, hook, call, auth = await web_relay(
         {"table": "Sure, a table for two it is."}, greeting=GREETING
     )
-    page = await join(client, call)
+    page = await WebPage.join(client, "/media/webrtc", call["token"])
     await page.wait_event(lambda e: e.get("role") == "agent" and e.get("final"), within=30)
 
     page.mic.say(speech48("I would like to book a table for two people."))
@@ -119,7 +119,7 @@ async def test_barging_in_from_the_page_cuts_the_agent(web_relay):
     client, hook, call, _ = await web_relay(
         {"hours": LONG}, interruptible=True, firstSpeaker="user"
     )
-    page = await join(client, call)
+    page = await WebPage.join(client, "/media/webrtc", call["token"])
     await page.wait_event(lambda e: e.get("state") == "listening", within=30)
     page.mic.say(speech48("What are your opening hours?"))
     await page.wait_event(lambda e: "restaurant" in e.get("text", "").lower(), within=30)

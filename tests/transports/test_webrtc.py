@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 
 from relay.calls.media import MEDIA
+from relay.handset.web import RATE, WebPage
 from relay.store.models import Call
 from tests.transports.support import agent_with_number, lifecycle_types, wait_for
-from tests.transports.webrtc_page import RATE, join
 
 
 async def web_call(phone, auth) -> dict:
@@ -47,7 +47,7 @@ def loud(pcm: np.ndarray) -> bool:
 @pytest.fixture
 async def connected(phone, engine, auth, database):
     call = await web_call(phone, auth)
-    page = await join(phone, call)
+    page = await WebPage.join(phone, "/media/webrtc", call["token"])
     await asyncio.wait_for(engine.started.wait(), 10)
     [scripted] = engine.calls
     await asyncio.wait_for(page.channel_open(), 10)

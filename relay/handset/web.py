@@ -1,9 +1,13 @@
 """A web page's side of a web call, in Python: an aiortc peer that speaks WHIP to the relay.
 
-It is what the browser module does (relay/api/static/relay-call.js): an audio track and a
-``relay`` data channel in one offer, ICE gathered first, POSTed as ``application/sdp`` with
-the call's token. The microphone is a queue of 48 kHz PCM sent in real time (silence when
-empty); what the relay says is kept with arrival times, and so are the data channel's events.
+It does what the browser module does (``relay/api/static/relay-call.js``): an audio track
+and a ``relay`` data channel in one offer, ICE gathered first, POSTed as ``application/sdp``
+with the call's token. The microphone is a queue of 48 kHz PCM sent in real time (silence
+when empty); what the relay says is kept with arrival times, and so are the data channel's
+events. Tests and ``bench/web_voice.py`` use it::
+
+    page = await WebPage.join(http, call["joinUrl"], call["token"])
+    page.mic.say(pcm_48k)
 """
 
 from __future__ import annotations
@@ -12,15 +16,18 @@ import asyncio
 import fractions
 import json
 import time
+from collections.abc import Callable
 from typing import Any
 
 import av
 import numpy as np
+import numpy.typing as npt
 from aiortc import MediaStreamTrack, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError
 
 RATE = 48000
 FRAME = RATE // 50
+PCM = npt.NDArray[np.int16]
 
 
 class Microphone(MediaStreamTrack):
@@ -28,13 +35,14 @@ class Microphone(MediaStreamTrack):
 
     def __init__(self) -> None:
         super().__init__()
-        self.queue: list[np.ndarray] = []
+        self.queue: list[PCM] = []
         self.spoken = asyncio.Event()
         self.last_loud_at = 0.0
         self._start: float | None = None
         self._n = 0
 
-    def say(self, pcm: np.ndarray) -> None:
+    def say(self, pcm: PCM) -> None:
+        """Speak ``pcm`` (48 kHz) from the next frame on, in real time."""
         pad = (-len(pcm)) % FRAME
         pcm = np.concatenate([pcm.astype(np.int16), np.zeros(pad, np.int16)])
         self.spoken.clear()
@@ -63,7 +71,7 @@ class Microphone(MediaStreamTrack):
         return frame
 
 
-class Page:
+class WebPage:
     """One web call from the page's side."""
 
     def __init__(self) -> None:
@@ -72,7 +80,7 @@ class Page:
         self.pc.addTrack(self.mic)
         self.events: list[dict[str, Any]] = []
         self.event_arrived = asyncio.Event()
-        self.heard: list[tuple[float, np.ndarray]] = []
+        self.heard: list[tuple[float, PCM]] = []
         self.channel = self.pc.createDataChannel("relay")
         self.channel.on("message", self._on_message)
         self._open = asyncio.Event()
@@ -98,17 +106,24 @@ class Page:
                 frame = await track.recv()
             except MediaStreamError:
                 return
+            if not isinstance(frame, av.AudioFrame):
+                continue
             for out in mono.resample(frame):
-                self.heard.append((time.perf_counter(), out.to_ndarray().reshape(-1).copy()))
+                pcm: PCM = out.to_ndarray().reshape(-1).astype(np.int16)
+                self.heard.append((time.perf_counter(), pcm))
 
     async def offer(self) -> str:
         await self.pc.setLocalDescription(await self.pc.createOffer())
-        return self.pc.localDescription.sdp
+        sdp: str = self.pc.localDescription.sdp
+        return sdp
 
     async def answered(self, sdp: str) -> None:
         await self.pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="answer"))
 
-    async def wait_event(self, check, within: float = 30.0) -> dict[str, Any]:
+    async def wait_event(
+        self, check: Callable[[dict[str, Any]], Any], within: float = 30.0
+    ) -> dict[str, Any]:
+        """The first event ``check`` accepts, waiting up to ``within`` seconds for it."""
         deadline = time.monotonic() + within
         while True:
             for event in self.events:
@@ -121,7 +136,7 @@ class Page:
             except TimeoutError:
                 pass
 
-    def audio(self, since: float = 0.0) -> np.ndarray:
+    def audio(self, since: float = 0.0) -> PCM:
         parts = [pcm for t, pcm in self.heard if t >= since]
         return np.concatenate(parts) if parts else np.zeros(0, np.int16)
 
@@ -137,17 +152,27 @@ class Page:
             self._reader.cancel()
             await asyncio.gather(self._reader, return_exceptions=True)
 
+    @classmethod
+    async def join(
+        cls, http: Any, join_url: str, token: str, page: WebPage | None = None
+    ) -> WebPage:
+        """POST the page's offer to ``join_url`` (with an ``aiohttp`` session or a test
+        client, for which a path will do) and apply the answer."""
+        page = page or cls()
+        resp = await http.post(
+            join_url,
+            data=await page.offer(),
+            headers={"Authorization": f"Bearer {token}", "Content-Type": "application/sdp"},
+        )
+        if resp.status != 201:
+            raise WebCallRefused(resp.status, await resp.text())
+        page.location = resp.headers["Location"]
+        await page.answered(await resp.text())
+        return page
 
-async def join(client, call: dict[str, Any], page: Page | None = None) -> Page:
-    """POST the page's offer to the call's joinUrl (a test client's path) and apply the answer."""
-    page = page or Page()
-    resp = await client.post(
-        "/media/webrtc",
-        data=await page.offer(),
-        headers={"Authorization": f"Bearer {call['token']}", "Content-Type": "application/sdp"},
-    )
-    assert resp.status == 201, await resp.text()
-    assert resp.content_type == "application/sdp"
-    page.location = resp.headers["Location"]
-    await page.answered(await resp.text())
-    return page
+
+class WebCallRefused(Exception):
+    def __init__(self, status: int, body: str) -> None:
+        super().__init__(f"the relay refused the offer: {status} {body}")
+        self.status = status
+        self.body = body
