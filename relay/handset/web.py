@@ -25,6 +25,8 @@ import numpy.typing as npt
 from aiortc import MediaStreamTrack, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError
 
+from relay.transports.webrtc import low_latency
+
 RATE = 48000
 FRAME = RATE // 50
 PCM = npt.NDArray[np.int16]
@@ -77,7 +79,9 @@ class WebPage:
     def __init__(self) -> None:
         self.pc = RTCPeerConnection()
         self.mic = Microphone()
+        # A browser's receive buffer on a LAN is a packet or two, not aiortc's default five.
         self.pc.addTrack(self.mic)
+        low_latency(self.pc.getTransceivers()[0].receiver)
         self.events: list[dict[str, Any]] = []
         self.event_arrived = asyncio.Event()
         self.heard: list[tuple[float, PCM]] = []
