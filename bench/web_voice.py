@@ -67,6 +67,11 @@ class Step:
     v2v_p90_ms: float | None = None
     v2v_p99_ms: float | None = None
     v2v_max_ms: float | None = None
+    # the engine's own end of speech -> first audio to the line (GET /v1/calls/{id}/metrics):
+    # what the page measures beyond it is the WebRTC path (Opus, jitter buffers, network)
+    engine_e2e_p50_ms: float | None = None
+    engine_e2e_p90_ms: float | None = None
+    premature_turns: int = 0
     relay_cpu_pct: float = 0.0
     callers_cpu_pct: float = 0.0
     relay_rss_mib: float = 0.0
@@ -91,13 +96,23 @@ async def agent_turns_done(page: WebPage, count: int) -> None:
 
 
 class Bench:
-    def __init__(self, server: harness.Server, key: str, agent_id: str, lines: list[Any]):
+    def __init__(
+        self,
+        server: harness.Server,
+        key: str,
+        agent_id: str,
+        lines: list[Any],
+        hook: phone_bench.InstantWebhook,
+    ):
+        self.hook = hook
         self.server = server
         self.key = key
         self.agent_id = agent_id
         self.lines = lines
 
-    async def _one_call(self, delay: float, turns: int, offset: int) -> tuple[list[float], int]:
+    async def _one_call(
+        self, delay: float, turns: int, offset: int
+    ) -> tuple[list[float], int, str]:
         await asyncio.sleep(delay)
         headers = {"Authorization": f"Bearer {self.key}"}
         async with aiohttp.ClientSession(headers=headers) as http:
@@ -130,7 +145,19 @@ class Bench:
                     headers={"Authorization": f"Bearer {call['token']}"},
                 )
                 await page.close()
-        return latencies, unanswered
+        return latencies, unanswered, call["id"]
+
+    async def _engine_e2e(self, call_id: str, turns: int) -> list[float]:
+        headers = {"Authorization": f"Bearer {self.key}"}
+        async with aiohttp.ClientSession(base_url=self.server.base, headers=headers) as http:
+            for _ in range(100):
+                async with http.get(f"/v1/calls/{call_id}/metrics") as resp:
+                    rows = [r for r in (await resp.json()).get("perTurn", [])]
+                speech_rows = [r for r in rows if r.get("kind") == "speech"]
+                if len(speech_rows) >= turns:
+                    break
+                await asyncio.sleep(0.1)
+        return [float(r["e2eMs"]) for r in speech_rows if isinstance(r.get("e2eMs"), int | float)]
 
     @staticmethod
     async def _first_answer(page: WebPage, since: float) -> float | None:
@@ -147,6 +174,7 @@ class Bench:
         pid = self.server.proc.pid
         cpu0, wall0, own0 = harness._cpu_seconds(pid), time.monotonic(), time.process_time()
         spread = stagger / calls if calls > 1 else 0.0
+        webhook_turns = self.hook.turns
         outcomes = await asyncio.gather(
             *(self._one_call(i * spread, turns, i) for i in range(calls)), return_exceptions=True
         )
@@ -154,18 +182,23 @@ class Bench:
         result.relay_cpu_pct = round(100 * (harness._cpu_seconds(pid) - cpu0) / result.seconds, 1)
         result.callers_cpu_pct = round(100 * (time.process_time() - own0) / result.seconds, 1)
         result.relay_rss_mib = round(harness._rss_mib(pid)[0], 1)
+        engine: list[float] = []
         for outcome in outcomes:
             if isinstance(outcome, BaseException):
                 result.failed_calls += 1
                 result.unanswered += turns
                 result.errors.append(repr(outcome)[:200])
                 continue
-            latencies, unanswered = outcome
+            latencies, unanswered, call_id = outcome
             result.turns += turns
             result.unanswered += unanswered
             result.latencies_ms += latencies
+            engine += await self._engine_e2e(call_id, turns)
+        # The greeting is spoken, not a webhook turn; a turn ended inside a line is one more.
+        result.premature_turns = max(0, self.hook.turns - webhook_turns - result.turns)
         lat = result.latencies_ms
         pct = phone_bench.pct
+        result.engine_e2e_p50_ms, result.engine_e2e_p90_ms = pct(engine, 50), pct(engine, 90)
         result.v2v_p50_ms, result.v2v_p90_ms = pct(lat, 50), pct(lat, 90)
         result.v2v_p99_ms = pct(lat, 99)
         result.v2v_max_ms = round(max(lat), 1) if lat else None
@@ -183,7 +216,9 @@ def print_step(name: str, s: Step, verdict: str = "") -> None:
     print(
         f"  {name}: {s.calls} calls x {s.turns_per_call} turns: answered "
         f"{s.turns - s.unanswered}/{s.calls * s.turns_per_call}; voice to voice at the page ms "
-        f"p50 {ms(s.v2v_p50_ms)} p90 {ms(s.v2v_p90_ms)} p99 {ms(s.v2v_p99_ms)}; relay CPU "
+        f"p50 {ms(s.v2v_p50_ms)} p90 {ms(s.v2v_p90_ms)} p99 {ms(s.v2v_p99_ms)}; engine e2e p50 "
+        f"{ms(s.engine_e2e_p50_ms)} p90 {ms(s.engine_e2e_p90_ms)}; premature turn ends "
+        f"{s.premature_turns}; relay CPU "
         f"{s.relay_cpu_pct:.0f}%, RSS {s.relay_rss_mib:.0f} MiB; pages CPU "
         f"{s.callers_cpu_pct:.0f}%" + (f"  [{verdict}]" if verdict else ""),
         flush=True,
@@ -205,7 +240,7 @@ async def run(server: harness.Server, key: str, args: argparse.Namespace) -> dic
         loop = asyncio.get_running_loop()
         lines = [await loop.run_in_executor(None, wideband, t) for t in phone_bench.LINES]
         gc.freeze()
-        bench = Bench(server, key, agent_id, lines)
+        bench = Bench(server, key, agent_id, lines, hook)
         await bench.step(1, 1, 0.0)  # the first call of the relay loads its models
         print("  (warm-up call done)", flush=True)
         main = await bench.step(args.calls, args.turns, args.stagger)

@@ -13,6 +13,7 @@ events. Tests and ``bench/web_voice.py`` use it::
 from __future__ import annotations
 
 import asyncio
+import bisect
 import fractions
 import json
 import time
@@ -85,6 +86,7 @@ class WebPage:
         self.events: list[dict[str, Any]] = []
         self.event_arrived = asyncio.Event()
         self.heard: list[tuple[float, PCM]] = []
+        self._levels: list[float] = []  # each heard frame's RMS, measured once
         self.channel = self.pc.createDataChannel("relay")
         self.channel.on("message", self._on_message)
         self._open = asyncio.Event()
@@ -115,6 +117,7 @@ class WebPage:
             for out in mono.resample(frame):
                 pcm: PCM = out.to_ndarray().reshape(-1).astype(np.int16)
                 self.heard.append((time.perf_counter(), pcm))
+                self._levels.append(float(np.sqrt(np.mean(pcm.astype(np.float64) ** 2))))
 
     async def offer(self) -> str:
         await self.pc.setLocalDescription(await self.pc.createOffer())
@@ -145,9 +148,11 @@ class WebPage:
         return np.concatenate(parts) if parts else np.zeros(0, np.int16)
 
     def first_loud_after(self, since: float, level: float = 300.0) -> float | None:
-        for t, pcm in self.heard:
-            if t >= since and np.sqrt(np.mean(pcm.astype(np.float64) ** 2)) > level:
-                return t
+        """When the first frame louder than ``level`` (RMS) arrived at or after ``since``."""
+        start = bisect.bisect_left(self.heard, since, key=lambda item: item[0])
+        for i in range(start, len(self.heard)):
+            if self._levels[i] > level:
+                return self.heard[i][0]
         return None
 
     async def close(self) -> None:
