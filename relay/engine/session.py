@@ -343,9 +343,15 @@ class CallSession:
             self.history.remember("agent", text, interrupted=item.interrupted, at=start)
             self.history.segment("agent", text, ms(start), ms(end), item.interrupted)
         if self.live is not None and text:
-            role = "user" if item.role == "user" else "agent"
-            event = {"type": "transcript", "role": role, "text": text, "final": True}
-            self.live.live_event(event | {"interrupted": bool(item.interrupted)})
+            self.live.live_event(
+                {
+                    "type": "transcript",
+                    "role": "user" if item.role == "user" else "agent",
+                    "text": text,
+                    "final": True,
+                    "interrupted": bool(item.interrupted),
+                }
+            )
 
     def _tool_segment(self, text: str, start: float, end: float, data: dict[str, Any]) -> None:
         ms = self.history.ms
