@@ -84,6 +84,22 @@ async def test_patching_in_transfer_call_without_destinations_is_refused(client,
     assert shown["tools"] is None
 
 
+async def test_an_agent_stored_before_destinations_were_required_can_still_be_patched(
+    client, auth, database
+):
+    tools = [{"name": "transfer_call", "destinations": ["+61255501999"]}]
+    agent = await (
+        await client.post("/v1/agents", json={**HOSTED, "tools": tools}, headers=auth)
+    ).json()
+    async with database.session() as session:  # as an agent stored before this release
+        row = await session.get(Agent, agent["id"])
+        row.config = {**row.config, "tools": [{"name": "transfer_call"}]}
+    url = f"/v1/agents/{agent['id']}"
+    resp = await client.patch(url, json={"greeting": "Hello."}, headers=auth)
+    assert resp.status == 200, await resp.text()  # its transfers are refused at run time
+    assert (await resp.json())["tools"][0]["destinations"] is None
+
+
 async def test_transfer_call_destinations_are_checked_and_normalised(client, auth):
     tools = [{"name": "transfer_call", "destinations": ["+61 2 5550 1999", "sip:a@10.0.0.8"]}]
     resp = await client.post("/v1/agents", json={**HOSTED, "tools": tools}, headers=auth)
