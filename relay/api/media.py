@@ -18,9 +18,9 @@ from relay import tokens
 from relay.calls import inbound, media
 from relay.calls.media import MEDIA
 from relay.errors import Forbidden, RateLimited
-from relay.transports import Handshake
 from relay.state import APP_STATE
 from relay.store.models import Call
+from relay.transports import Handshake
 from relay.transports.twilio import TwilioConnection
 from relay.transports.websocket import WebsocketConnection
 
