@@ -9,14 +9,18 @@ in :mod:`relay.api.carriers`.
 
 from __future__ import annotations
 
+from collections import Counter
+from collections.abc import Callable
+
 from aiohttp import web
 
 from relay import tokens
 from relay.calls import inbound, media
 from relay.calls.media import MEDIA
-from relay.errors import Forbidden
+from relay.errors import Forbidden, RateLimited
 from relay.state import APP_STATE
 from relay.store.models import Call
+from relay.transports import Handshake
 from relay.transports.twilio import TwilioConnection
 from relay.transports.websocket import WebsocketConnection
 
@@ -26,6 +30,69 @@ CALL_NOT_WAITING = "This call is not waiting for a media connection."
 HEARTBEAT_SECONDS = 20.0
 # How long a hangup waits for the peer to answer our close frame.
 CLOSE_TIMEOUT_SECONDS = 2.0
+# Sockets still waiting for the frame that carries their token, per client address and in
+# all: Twilio's media servers open a handful of sockets per address at once and each sends
+# its token within milliseconds, so these only bite on a peer holding sockets open unnamed.
+UNAUTHENTICATED_PER_ADDRESS = 16
+UNAUTHENTICATED_TOTAL = 256
+TOO_MANY_UNAUTHENTICATED = (
+    "Too many media sockets from this address have not yet sent their token; "
+    "finish or close those first."
+)
+
+
+class Unauthenticated:
+    """The media sockets that have not shown a token yet, counted per client address."""
+
+    def __init__(
+        self, per_address: int = UNAUTHENTICATED_PER_ADDRESS, total: int = UNAUTHENTICATED_TOTAL
+    ) -> None:
+        self.per_address = per_address
+        self.total = total
+        self._open: Counter[str] = Counter()
+
+    def __len__(self) -> int:
+        return self._open.total()
+
+    def admit(self, address: str) -> Callable[[], None]:
+        """Count one socket from ``address``; the returned function (idempotent) uncounts it.
+        Past a cap: 429 ``too_many_unauthenticated_sockets``, before any upgrade."""
+        if self._open[address] >= self.per_address or len(self) >= self.total:
+            raise RateLimited(
+                TOO_MANY_UNAUTHENTICATED,
+                code="too_many_unauthenticated_sockets",
+                headers={"Retry-After": "1"},
+            )
+        self._open[address] += 1
+        left = False
+
+        def leave() -> None:
+            nonlocal left
+            if not left:
+                left = True
+                self._open[address] -= 1
+                if self._open[address] <= 0:
+                    del self._open[address]
+
+        return leave
+
+
+UNAUTHENTICATED: web.AppKey[Unauthenticated] = web.AppKey("relay_media_unnamed", Unauthenticated)
+
+
+class _CountedUntilNamed(TwilioConnection):
+    """A Twilio socket without a token in its URL: it holds its place in
+    :class:`Unauthenticated` until its ``start`` frame has been read (or it gave up)."""
+
+    def __init__(self, ws: web.WebSocketResponse, leave: Callable[[], None]) -> None:
+        super().__init__(ws)
+        self._leave = leave
+
+    async def handshake(self) -> Handshake | None:
+        try:
+            return await super().handshake()
+        finally:
+            self._leave()
 
 
 def _socket() -> web.WebSocketResponse:
@@ -39,6 +106,7 @@ def install(app: web.Application) -> None:
     """Add the media routes (the media runtime is built by ``relay.app``)."""
     app.router.add_get("/media/twilio", twilio_media)
     app.router.add_get("/media/websocket", websocket_media)
+    app[UNAUTHENTICATED] = Unauthenticated()
 
 
 def _verify(request: web.Request, token: str | None) -> str:
@@ -66,16 +134,25 @@ async def _waiting_call(
 async def twilio_media(request: web.Request) -> web.StreamResponse:
     """Twilio Media Streams. The token is checked here when it is in the URL; otherwise the
     socket opens and the ``start`` frame's ``token`` parameter must carry it."""
-    call_id: str | None = None
     if "token" in request.query:
         call_id = _verify(request, request.query["token"])
         await _waiting_call(request, call_id, ("twilio", "sim"))
-    elif not web.WebSocketResponse().can_prepare(request).ok:
+        deps = request.app[MEDIA].deps()
+        ws = _socket()
+        await ws.prepare(request)
+        await request.app[MEDIA].serve(media.serve(deps, TwilioConnection(ws), call_id))
+        return ws
+    if not web.WebSocketResponse().can_prepare(request).ok:
         raise Forbidden(MEDIA_TOKEN_REFUSED.format(why="no token"), code="invalid_media_token")
-    deps = request.app[MEDIA].deps()
-    ws = _socket()
-    await ws.prepare(request)
-    await request.app[MEDIA].serve(media.serve(deps, TwilioConnection(ws), call_id))
+    leave = request.app[UNAUTHENTICATED].admit(request.remote or "")
+    try:
+        deps = request.app[MEDIA].deps()
+        ws = _socket()
+        await ws.prepare(request)
+        conn = _CountedUntilNamed(ws, leave)
+        await request.app[MEDIA].serve(media.serve(deps, conn, None))
+    finally:
+        leave()
     return ws
 
 

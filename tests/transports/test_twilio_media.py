@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 from relay import tokens
+from relay.api.media import UNAUTHENTICATED
 from relay.calls.media import MEDIA
 from relay.engine.codecs import ulaw_decode, ulaw_encode
 from relay.state import APP_STATE
@@ -177,6 +178,37 @@ async def test_an_unauthenticated_socket_loads_no_engine(database, app_client):
     msg = await ws.receive()
     assert (msg.type, msg.data) == (aiohttp.WSMsgType.CLOSE, 1008)
     assert made == []  # no speech models were loaded for a socket that proved nothing
+
+
+async def test_unauthenticated_sockets_per_address_are_capped_until_they_name_their_call(
+    phone, engine, auth
+):
+    limit = phone.app[UNAUTHENTICATED].per_address
+    silent = [await phone.ws_connect("/media/twilio") for _ in range(limit)]
+    with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
+        await phone.ws_connect("/media/twilio")
+    assert refused.value.status == 429
+    upgrade = {
+        "Connection": "Upgrade",
+        "Upgrade": "websocket",
+        "Sec-WebSocket-Version": "13",
+        "Sec-WebSocket-Key": base64.b64encode(b"0123456789abcdef").decode(),
+    }
+    resp = await phone.get("/media/twilio", headers=upgrade)  # the refusal's JSON shape
+    assert resp.status == 429
+    assert (await resp.json())["error"]["code"] == "too_many_unauthenticated_sockets"
+    # A socket that names its call with a good token frees its place at once.
+    call_id, token = await new_call(phone, auth)
+    await silent[0].send_str(start_frame(token=token))
+    await asyncio.wait_for(engine.started.wait(), 5)
+    assert engine.calls[0].call_id == call_id
+    await wait_for(lambda: len(phone.app[UNAUTHENTICATED]) == limit - 1)
+    extra = await phone.ws_connect("/media/twilio")
+    # Closing silent sockets frees theirs; a socket with its token in the URL never counts.
+    for ws in [*silent[1:], extra]:
+        await ws.close()
+    await wait_for(lambda: len(phone.app[UNAUTHENTICATED]) == 0)
+    await silent[0].close()
 
 
 async def test_a_malformed_frame_before_start_ends_the_socket(phone, engine):
