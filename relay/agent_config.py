@@ -45,6 +45,8 @@ class AgentConfig:
     help_text: str | None = None
     # Where a webhook's ``transfer`` may send a call (relay.transfer); none: nowhere.
     transfer_destinations: list[str] | None = None
+    # When its outbound calls may ring (relay.calling_hours); None: the project's policy.
+    calling_hours: dict[str, Any] | None = None
     tools: list[dict[str, Any]] | None = None
     # Frozen with a call, not part of Agent.config.
     name: str | None = None

@@ -30,6 +30,7 @@ from relay.api import media, system, webrtc, widget
 from relay.api.agents import router as agents_router
 from relay.api.call_create import router as call_create_router
 from relay.api.calls import router as calls_router
+from relay.api.compliance import router as compliance_router
 from relay.api.dnc import router as dnc_router
 from relay.api.intelligence import router as intelligence_router
 from relay.api.keys import router as keys_router
@@ -73,6 +74,7 @@ ROUTERS: tuple[Router, ...] = (
     project_router,
     keys_router,
     dnc_router,
+    compliance_router,
 )
 
 

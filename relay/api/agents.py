@@ -20,6 +20,7 @@ from pydantic_core import PydanticCustomError
 from sqlalchemy import bindparam, select, update
 
 from relay.agent_config import STORED_KEYS, AgentConfig
+from relay.api.compliance import CallingHours, CallingHoursOut
 from relay.api.limits import Metadata
 from relay.api.pagination import fetch_page, newest_first
 from relay.api.routing import Context, Router
@@ -189,6 +190,10 @@ class AgentFields(APIModel):
             "(the call goes on and its event log says so)."
         ),
     )
+    calling_hours: CallingHours | None = Field(
+        default=None,
+        description="When its outbound calls may ring (callee local time); else the project's.",
+    )
     tools: list[AgentTool] | None = Field(
         default=None, max_length=32, description="Functions the hosted LLM may call."
     )
@@ -238,6 +243,7 @@ class AgentOut(OutModel):
     max_webhook_failures: int
     help_text: str | None
     transfer_destinations: list[str] | None
+    calling_hours: CallingHoursOut | None
     tools: list[AgentToolOut] | None
     number_ids: list[str]
     created_at: datetime

@@ -1,8 +1,11 @@
 """``/v1/project``: the settings of the project the API key belongs to.
 
-Today that is how long call recordings are kept: ``recordingRetentionDays``, 30-365, default
-90. A change applies to recordings already stored too: the next purge (hourly,
+How long call recordings are kept: ``recordingRetentionDays``, 30-365, default 90. A change
+applies to recordings already stored too: the next purge (hourly,
 ``RELAY_RECORDING_PURGE_SECONDS``) deletes whatever is older than the new limit.
+
+When outbound calls may ring: ``callingHours`` (:mod:`relay.api.compliance`), by the
+callee's local time; an agent's own ``callingHours`` overrides it. Default: no limit.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from typing import Literal
 from pydantic import Field
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from relay.api.compliance import CallingHours, CallingHoursOut, hours_out
 from relay.api.routing import Context, Router
 from relay.api.schema import APIModel, OutModel
 from relay.calls.recordings import RETENTION_DAYS
@@ -28,6 +32,7 @@ class ProjectOut(OutModel):
     object: Literal["project"] = "project"
     name: str
     recording_retention_days: int
+    calling_hours: CallingHoursOut | None
     created_at: datetime
 
 
@@ -38,6 +43,10 @@ class ProjectUpdate(APIModel):
         le=RETENTION_DAYS[1],
         description="Days a call recording is kept before it is deleted (30-365).",
     )
+    calling_hours: CallingHours | None = Field(
+        default=None,
+        description="When outbound calls may ring, callee local time (null: no limit).",
+    )
 
 
 def _out(project: Project) -> ProjectOut:
@@ -45,6 +54,7 @@ def _out(project: Project) -> ProjectOut:
         id=project.id,
         name=project.name,
         recording_retention_days=project.recording_retention_days,
+        calling_hours=hours_out(project.calling_hours),
         created_at=project.created_at,
     )
 
@@ -80,9 +90,13 @@ async def get_project(ctx: Context) -> ProjectOut:
 )
 async def update_project(ctx: Context, body: ProjectUpdate) -> ProjectOut:
     """``recordingRetentionDays`` (30-365): recordings older than this are deleted by the
-    next purge, those stored already included."""
+    next purge, those stored already included. ``callingHours``: when outbound calls may
+    ring (``null``: no limit)."""
     async with ctx.state.db.session() as session:
         project = await _load(ctx, session, lock=True)
         if body.recording_retention_days is not None:
             project.recording_retention_days = body.recording_retention_days
+        if "calling_hours" in body.model_fields_set:
+            hours = body.calling_hours
+            project.calling_hours = None if hours is None else hours.model_dump(exclude_unset=True)
         return _out(project)

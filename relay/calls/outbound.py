@@ -21,11 +21,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Awaitable
+from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 from aiohttp import web
+from sqlalchemy.ext.asyncio import AsyncSession
 
-from relay import tokens
+from relay import calling_hours, tokens
 from relay.calls.event_log import log_event
 from relay.calls.lifecycle import LIVE, TRANSITIONS, transition
 from relay.calls.recovery import hold_call, lock_call, release_call
@@ -33,7 +35,8 @@ from relay.carriers import CarrierError, CarrierRegistry, DialFailed, DialReques
 from relay.events.writing import writing
 from relay.logs import get_logger
 from relay.store.db import Database
-from relay.store.models import Number
+from relay.store.models import Call, Number, Project
+from relay.timefmt import iso
 from relay.urls import media_base_url
 
 log = get_logger("relay.calls.outbound")
@@ -168,6 +171,10 @@ class Dialler:
                 return None
             if not await hold_call(session, call_id, self.node_id):
                 return None
+            verdict = await _calling_hours(session, call)
+            if not verdict.allowed:
+                await _block(session, call, verdict)
+                return None
             number = await session.get(Number, call.number_id) if call.number_id else None
             await transition(session, call, "connecting")
         token = tokens.issue(self.signing_key, call_id, MEDIA_TOKEN_PURPOSE, self.ring_timeout + 60)
@@ -213,6 +220,32 @@ class Dialler:
         if leg is not None:
             with contextlib.suppress(Exception):
                 await leg.hangup()
+
+
+async def _calling_hours(session: AsyncSession, call: Call) -> calling_hours.Verdict:
+    """The calling hours of the call's agent (as frozen with the call), else its project's."""
+    project = await session.get(Project, call.project_id)
+    agent_policy = (call.agent_snapshot or {}).get("calling_hours")
+    policy = calling_hours.effective(project.calling_hours if project else None, agent_policy)
+    return calling_hours.decide(policy, call.to_number or "", datetime.now(UTC))
+
+
+async def _block(session: AsyncSession, call: Call, verdict: calling_hours.Verdict) -> None:
+    """Outside the calling hours: the call ends before any carrier is asked, its event log
+    saying why and when it could ring."""
+    data = {
+        "reason": verdict.reason,
+        "policy": verdict.policy,
+        "timeZones": list(verdict.time_zones),
+        "localTimes": verdict.local_times,
+        "nextAllowedAt": iso(verdict.next_allowed_at) if verdict.next_allowed_at else None,
+    }
+    await log_event(
+        session, call.id, "compliance", verdict.message or "", level="warning", data=data
+    )
+    await transition(session, call, "failed", reason="compliance_block")
+    await release_call(session, call.id)
+    log.info("dial_blocked", call_id=call.id, reason=verdict.reason)
 
 
 DIALLER: web.AppKey[Dialler] = web.AppKey("relay_dialler", Dialler)

@@ -74,6 +74,9 @@ class Project(Base):
     recording_retention_days: Mapped[int] = mapped_column(
         Integer, default=90, server_default=text("90")
     )
+    # When outbound calls may ring, by the callee's local time (relay.calling_hours); an
+    # agent's own policy overrides it. None: no limit.
+    calling_hours: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
