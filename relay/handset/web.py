@@ -14,9 +14,9 @@ from __future__ import annotations
 
 import asyncio
 import bisect
-import fractions
 import json
 import time
+from collections import deque
 from collections.abc import Callable
 from typing import Any
 
@@ -26,23 +26,22 @@ import numpy.typing as npt
 from aiortc import MediaStreamTrack, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError
 
-from relay.transports.webrtc import low_latency
+from relay.transports.webrtc import PacedTrack, low_latency
 
 RATE = 48000
 FRAME = RATE // 50
+LOUD = 300.0  # RMS of a frame that is speech, not silence or codec noise
 PCM = npt.NDArray[np.int16]
 
 
-class Microphone(MediaStreamTrack):
-    kind = "audio"
+class Microphone(PacedTrack):
+    """The page's microphone: what it is told to say, in real time, then silence."""
 
     def __init__(self) -> None:
         super().__init__()
-        self.queue: list[PCM] = []
+        self.queue: deque[PCM] = deque()
         self.spoken = asyncio.Event()
-        self.last_loud_at = 0.0
-        self._start: float | None = None
-        self._n = 0
+        self.last_loud_at = 0.0  # when the last loud frame went to the encoder
 
     def say(self, pcm: PCM) -> None:
         """Speak ``pcm`` (48 kHz) from the next frame on, in real time."""
@@ -51,27 +50,15 @@ class Microphone(MediaStreamTrack):
         self.spoken.clear()
         self.queue.extend(pcm[i : i + FRAME] for i in range(0, len(pcm), FRAME))
 
-    async def recv(self) -> av.AudioFrame:
-        if self.readyState != "live":
-            raise MediaStreamError
-        if self._start is None:
-            self._start = time.monotonic()
-        else:
-            self._n += FRAME
-            await asyncio.sleep(self._start + self._n / RATE - time.monotonic())
-        if self.queue:
-            pcm = self.queue.pop(0)
-            if np.sqrt(np.mean(pcm.astype(np.float64) ** 2)) > 300:
-                self.last_loud_at = time.perf_counter()
-            if not self.queue:
-                self.spoken.set()
-        else:
-            pcm = np.zeros(FRAME, np.int16)
-        frame = av.AudioFrame.from_ndarray(pcm.reshape(1, -1), format="s16", layout="mono")
-        frame.sample_rate = RATE
-        frame.pts = self._n
-        frame.time_base = fractions.Fraction(1, RATE)
-        return frame
+    def next_pcm(self) -> PCM | None:
+        if not self.queue:
+            return None
+        pcm = self.queue.popleft()
+        if np.sqrt(np.mean(pcm.astype(np.float64) ** 2)) > LOUD:
+            self.last_loud_at = time.perf_counter()
+        if not self.queue:
+            self.spoken.set()
+        return pcm
 
 
 class WebPage:

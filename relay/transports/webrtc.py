@@ -66,17 +66,49 @@ def low_latency(receiver: RTCRtpReceiver) -> None:
         setattr(receiver, name, JitterBuffer(capacity=16, prefetch=JITTER_PREFETCH_PACKETS))
 
 
-class AgentTrack(MediaStreamTrack):
-    """The agent's voice: 20 ms frames from the engine, silence when it has none."""
+class PacedTrack(MediaStreamTrack):
+    """An audio track of 20 ms, 48 kHz frames at real-time pace: each frame is what
+    :meth:`next_pcm` gives, or silence."""
 
     kind = "audio"
 
     def __init__(self) -> None:
         super().__init__()
-        self._queue: deque[PCM] = deque()
         self._start: float | None = None
         self._samples = 0
         self._silence = np.zeros(wp.FRAME_SAMPLES, np.int16)
+
+    def next_pcm(self) -> PCM | None:
+        return None
+
+    async def recv(self) -> av.AudioFrame:
+        if self.readyState != "live":
+            raise MediaStreamError
+        if self._start is None:
+            self._start = time.monotonic()
+        else:
+            self._samples += wp.FRAME_SAMPLES
+            await asyncio.sleep(self._start + self._samples / wp.RATE - time.monotonic())
+        pcm = self.next_pcm()
+        if pcm is None:
+            pcm = self._silence
+        elif len(pcm) < wp.FRAME_SAMPLES:
+            pcm = np.concatenate([pcm, np.zeros(wp.FRAME_SAMPLES - len(pcm), np.int16)])
+        frame = av.AudioFrame.from_ndarray(
+            np.ascontiguousarray(pcm, dtype=np.int16).reshape(1, -1), format="s16", layout="mono"
+        )
+        frame.sample_rate = wp.RATE
+        frame.pts = self._samples
+        frame.time_base = _TIME_BASE
+        return frame
+
+
+class AgentTrack(PacedTrack):
+    """The agent's voice: the engine's frames as they come, silence when it has none."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._queue: deque[PCM] = deque()
 
     def put(self, pcm: PCM) -> None:
         for i in range(0, len(pcm), wp.FRAME_SAMPLES):
@@ -87,24 +119,8 @@ class AgentTrack(MediaStreamTrack):
     def drop(self) -> None:
         self._queue.clear()
 
-    async def recv(self) -> av.AudioFrame:
-        if self.readyState != "live":
-            raise MediaStreamError
-        if self._start is None:
-            self._start = time.monotonic()
-        else:
-            self._samples += wp.FRAME_SAMPLES
-            await asyncio.sleep(self._start + self._samples / wp.RATE - time.monotonic())
-        pcm = self._queue.popleft() if self._queue else self._silence
-        if len(pcm) < wp.FRAME_SAMPLES:
-            pcm = np.concatenate([pcm, np.zeros(wp.FRAME_SAMPLES - len(pcm), np.int16)])
-        frame = av.AudioFrame.from_ndarray(
-            np.ascontiguousarray(pcm, dtype=np.int16).reshape(1, -1), format="s16", layout="mono"
-        )
-        frame.sample_rate = wp.RATE
-        frame.pts = self._samples
-        frame.time_base = _TIME_BASE
-        return frame
+    def next_pcm(self) -> PCM | None:
+        return self._queue.popleft() if self._queue else None
 
 
 class WebrtcLine:

@@ -239,3 +239,11 @@ async def test_openapi_documents_web_calls_and_whip(relay):
     assert "application/sdp" in whip["requestBody"]["content"]
     assert {"201", "400", "401", "409", "415"} <= set(whip["responses"])
     assert "delete" in doc["paths"]["/media/webrtc/{call_id}"]
+
+
+async def test_a_web_calls_token_opens_no_media_socket(relay, auth):
+    agent, _ = await agent_with_number(relay, auth)
+    call = await web_call(relay, auth, agent["id"])
+    for path in ("/media/websocket", "/media/twilio"):
+        resp = await relay.get(f"{path}?token={call['token']}")
+        assert resp.status == 403, path
