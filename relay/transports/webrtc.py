@@ -32,6 +32,7 @@ from aiortc import (
     RTCRtpSender,
     RTCSessionDescription,
 )
+from aiortc.exceptions import InternalError, InvalidAccessError, InvalidStateError
 from aiortc.jitterbuffer import JitterBuffer
 from aiortc.mediastreams import MediaStreamError
 
@@ -53,6 +54,16 @@ EVENTS_FLUSH_SECONDS = 1.0
 # for it, up to this many.
 MAX_EARLY_EVENTS = 50
 _TIME_BASE = fractions.Fraction(1, wp.RATE)
+# What aiortc raises for an offer it cannot take (its parser's errors and its own).
+_REFUSED = (
+    ValueError,
+    KeyError,
+    IndexError,
+    TypeError,
+    InternalError,
+    InvalidAccessError,
+    InvalidStateError,
+)
 # Opus packets aiortc holds before decoding one (its default, 4, is 80 ms more before the
 # VAD hears the caller's last word); one still puts a packet that overtook another in order.
 JITTER_PREFETCH_PACKETS = 1
@@ -167,6 +178,7 @@ class WebrtcPeer:
         self._events: RTCDataChannel | None = None
         self._early: list[str] = []
         self._closed = asyncio.Event()
+        self._call_id: str | None = None
         self.pc.on("track", self._on_track)
         self.pc.on("datachannel", self._on_datachannel)
         self.pc.on("connectionstatechange", self._on_state)
@@ -178,7 +190,7 @@ class WebrtcPeer:
         :class:`~relay.transports.webrtc_protocol.SdpRefused`)."""
         try:
             await self.pc.setRemoteDescription(RTCSessionDescription(sdp=offer, type="offer"))
-        except (ValueError, KeyError, IndexError, TypeError) as exc:
+        except _REFUSED as exc:
             await self.close()
             raise wp.SdpRefused("invalid_sdp", wp.NOT_ACCEPTED.format(why=exc)) from exc
         audio = [t for t in self.pc.getTransceivers() if t.kind == "audio"]
@@ -197,7 +209,7 @@ class WebrtcPeer:
         try:
             answer = await self.pc.createAnswer()
             await self.pc.setLocalDescription(answer)
-        except (ValueError, KeyError, IndexError, TypeError) as exc:
+        except _REFUSED as exc:
             await self.close()
             raise wp.SdpRefused("no_audio", wp.NOT_ACCEPTED.format(why=exc)) from exc
         return self.pc.localDescription.sdp
@@ -228,7 +240,7 @@ class WebrtcPeer:
 
     def _on_state(self) -> None:
         if self.pc.connectionState in ("failed", "closed"):
-            log.info("webrtc_connection_gone", state=self.pc.connectionState)
+            log.info("webrtc_connection_gone", call_id=self._call_id, state=self.pc.connectionState)
             self._closed.set()
 
     def live_event(self, event: dict[str, Any]) -> None:
@@ -263,6 +275,7 @@ class WebrtcPeer:
         await self.close()
 
     async def accept(self, call_id: str, note: Note) -> WebrtcLine:
+        self._call_id = call_id
         return WebrtcLine(self)
 
     async def pump(self, handle: CallHandle, bad_frame: BadFrame) -> None:
