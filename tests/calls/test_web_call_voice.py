@@ -117,7 +117,7 @@ async def test_a_web_call_hears_the_caller_and_the_page_hears_the_agent(web_rela
 
 async def test_barging_in_from_the_page_cuts_the_agent(web_relay):
     client, hook, call, _ = await web_relay(
-        {"hours": LONG}, interruptible=True, firstSpeaker="user"
+        {"opening": LONG}, interruptible=True, firstSpeaker="user"
     )
     page = await WebPage.join(client, "/media/webrtc", call["token"])
     await page.wait_event(lambda e: e.get("state") == "listening", within=30)

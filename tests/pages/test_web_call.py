@@ -143,7 +143,8 @@ async def database(tmp_path):
 
 @pytest.fixture
 async def web_relay(database, aiohttp_server, unused_tcp_port, raw_key):
-    hook = Hook({"hours": HOURS, "table": BOOKED})
+    # Keyed on words Whisper tiny hears reliably ("hours" was once "now").
+    hook = Hook({"opening": HOURS, "table": BOOKED})
     hooks = web.Application()
     hooks.router.add_post("/hook", hook.handle)
     hook_server = await aiohttp_server(hooks)
@@ -237,22 +238,27 @@ async def test_a_browser_talks_to_the_agent(web_relay, database, tmp_path, raw_k
 
     # The webhook heard the caller, both times.
     first, second = hook.requests
-    assert "hours" in first["data"]["transcript"].lower()
+    assert "opening" in first["data"]["transcript"].lower()
     assert "table" in second["data"]["transcript"].lower()
     # The caller's barge-in cut the long answer: the next turn's history says so.
     cut = [h for h in second["recentHistory"] if h["role"] == "agent"]
     assert cut and cut[-1]["interrupted"] is True
     assert "every single day" not in cut[-1]["content"]
     # The page showed both sides live.
-    assert any(line.startswith("You:") and "hours" in line.lower() for line in lines), lines
+    assert any(line.startswith("You:") and "opening" in line.lower() for line in lines), lines
     assert any(line.startswith("Agent:") for line in lines), lines
     assert {"listening", "thinking", "speaking"} <= {
         e["state"] for e in events if e["type"] == "agentstate"
     }
     # The page heard what the webhook said.
-    heard = transcribe(decode_webm(recorded), 16000).lower()
-    assert "table for two" in heard, heard
-    assert "restaurant" in heard or "noon" in heard, heard
+    # Whisper over the page's recording, in two parts (one pass over the whole call once
+    # stopped early): the start of the long answer, and the last seconds, the booking.
+    audio = decode_webm(recorded)
+    tail = 6 * 16000
+    answer = transcribe(audio[:-tail], 16000).lower()
+    booking = transcribe(audio[-tail:], 16000).lower()
+    assert "restaurant" in answer or "noon" in answer, answer
+    assert "table for two" in booking, booking
     assert ended_after < 5
 
 
