@@ -251,10 +251,12 @@ async def create_call(ctx: Context, body: CallCreate) -> web.Response:
 
     Publishable keys may use this on the agents and channels they allow (``phone`` for
     phone and carrier streams, ``websocket`` for raw websockets), from the web pages they
-    list (``Origin``; else 403 ``origin_not_allowed``), to the destinations they allow (else
-    403 ``destination_not_allowed``), and may not set ``from``. ``variables`` and
-    ``postCall`` need a key that allows them (else 403 ``key_scope_violation``), and
-    metadata may be as large as the key allows (else 422 ``metadata_too_large``).
+    list (CORS: the preflight needs no key; a request whose ``Origin`` the key does not
+    list answers 403 ``origin_not_allowed``, a secret key from a page 403
+    ``secret_key_in_browser``), to the destinations they allow (else 403
+    ``destination_not_allowed``), and may not set ``from``. ``variables`` and ``postCall``
+    need a key that allows them (else 403 ``key_scope_violation``), and metadata may be as
+    large as the key allows (else 422 ``metadata_too_large``).
 
     ``connectionType: "webrtc"`` (web calls) answers 422 ``web_calls_unavailable`` on this
     relay version."""

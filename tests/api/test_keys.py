@@ -342,3 +342,14 @@ async def test_openapi_documents_the_keys_api(client):
     assert "post" in doc["paths"]["/v1/keys/{key_id}/revoke"]
     assert "post" in doc["paths"]["/v1/keys/{key_id}/rotate"]
     assert "post" in doc["paths"]["/v1/webhook-endpoints/{endpoint_id}/rotate-secret"]
+    schemas = doc["components"]["schemas"]
+    create = schemas["KeyCreate"]["properties"]
+    assert {"allowedOrigins", "allowedDestinations", "allowVariables", "allowPostCall"} <= set(
+        create
+    )
+    assert create["maxMetadataBytes"]["anyOf"][0]["maximum"] == 16 * 1024
+    assert "`*` is refused" in create["allowedOrigins"]["description"]
+    assert set(PUBLISHABLE_ONLY) <= set(schemas["KeyOut"]["properties"])
+    calls = doc["paths"]["/v1/calls"]["post"]["description"]
+    for code in ("origin_not_allowed", "destination_not_allowed", "web_calls_unavailable"):
+        assert code in calls
