@@ -52,15 +52,14 @@ SCOPES_ARE_PUBLISHABLE = (
     "Scopes (agents, channels, allowed origins and destinations, allowances) apply to "
     "publishable keys only."
 )
-PUBLISHABLE_FIELDS = (
-    "agents",
-    "channels",
+ALLOWANCE_FIELDS = (
     "allowed_origins",
     "allowed_destinations",
     "allow_variables",
     "allow_post_call",
     "max_metadata_bytes",
 )
+PUBLISHABLE_FIELDS = ("agents", "channels", *ALLOWANCE_FIELDS)
 UNKNOWN_CHANNEL = "Unknown channel {name!r}; choose from: {names}."
 UNKNOWN_AGENT = "No agent {agent_id!r} in this project."
 
@@ -221,7 +220,7 @@ def _fields(row: ApiKey) -> dict[str, Any]:
 
 def _allowances(row: ApiKey) -> dict[str, Any]:
     if row.kind == "secret":
-        return dict.fromkeys(PUBLISHABLE_FIELDS[2:])
+        return dict.fromkeys(ALLOWANCE_FIELDS)
     allows = Allowances.of(row)
     return {
         "allowed_origins": list(allows.origins),
