@@ -26,7 +26,7 @@ from aiohttp import web
 
 from relay import events
 from relay.api import carriers as carrier_webhooks
-from relay.api import media, system
+from relay.api import cors, media, system
 from relay.api.agents import router as agents_router
 from relay.api.call_create import router as call_create_router
 from relay.api.calls import router as calls_router
@@ -96,7 +96,10 @@ def create_app(settings: Settings | None = None, *, db: Database | None = None) 
     )
     if settings.signing_secret:
         state.signing_key = hashlib.sha256(settings.signing_secret.encode()).digest()
-    app = web.Application(middlewares=[request_middleware], client_max_size=settings.max_body_bytes)
+    app = web.Application(
+        middlewares=[cors.cors_middleware, request_middleware],
+        client_max_size=settings.max_body_bytes,
+    )
     app[APP_STATE] = state
     _build_workers(app, state, sim=sim, twilio=twilio)
     system.install(app)
@@ -106,6 +109,7 @@ def create_app(settings: Settings | None = None, *, db: Database | None = None) 
         router.install(app)
         endpoints.extend(router.endpoints)
     app[system.OPENAPI_DOC] = build_openapi(endpoints)
+    cors.install(app)
     carrier_webhooks.sim.install(app)
     carrier_webhooks.twilio.install(app, twilio)
     app.cleanup_ctx.extend((_schema, _node, _sms, _post_call, _recordings, _media))

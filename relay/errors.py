@@ -3,13 +3,15 @@
 APIError                      any error answered as {"error": {...}}
 ├── BadRequest        400     malformed_json, invalid_json, invalid_request
 ├── Unauthorized      401     unauthorized
-├── Forbidden         403     forbidden, publishable_key_not_allowed, ...
+├── Forbidden         403     forbidden, publishable_key_not_allowed, key_scope_violation,
+│                             origin_not_allowed, destination_not_allowed, ...
 ├── NotFound          404     not_found
 ├── MethodNotAllowed  405     method_not_allowed
 ├── Conflict          409     conflict, phone_number_taken, ...
 ├── PayloadTooLarge   413     payload_too_large
 ├── UnsupportedMedia  415     unsupported_media_type
-├── ValidationFailed  422     validation_error, invalid_text, metadata_too_large, ...
+├── ValidationFailed  422     validation_error, invalid_text, metadata_too_large,
+│                             web_calls_unavailable, ...
 ├── RateLimited       429     rate_limited (carries Retry-After)
 └── ServiceUnavailable 503    unavailable
 """

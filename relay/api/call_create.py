@@ -2,8 +2,9 @@
 bring-your-own-telephony call (a ``joinUrl`` for your carrier's media stream or your own
 raw PCM websocket).
 
-Publishable keys may create calls on the channels and agents they are scoped to; what a call
-is once created, and every read of it, is :mod:`relay.api.calls`.
+Publishable keys may create calls on the channels and agents they are scoped to, to the
+destinations they allow, carrying what their allowances let through (:mod:`relay.auth`); what
+a call is once created, and every read of it, is :mod:`relay.api.calls`.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from relay.api.agents import (
     new_webhook_secret,
 )
 from relay.api.calls import TAG, CallOut, call_out
-from relay.api.limits import KEYS_SCHEMA, Metadata, cap
+from relay.api.limits import KEYS_SCHEMA, Metadata, cap, json_size
 from relay.api.routing import Context, Router
 from relay.api.schema import APIModel
 from relay.calls.inbound import (
@@ -49,7 +50,7 @@ from sms import refuse_if_opted_out
 
 router = Router()
 
-ConnectionType = Literal["twilio", "telnyx", "plivo", "websocket"]
+ConnectionType = Literal["twilio", "telnyx", "plivo", "websocket", "webrtc"]
 # The channel a publishable key must allow for each way of calling.
 CHANNEL_OF: dict[str, str] = {
     "phone": "phone",
@@ -57,6 +58,7 @@ CHANNEL_OF: dict[str, str] = {
     "telnyx": "phone",
     "plivo": "phone",
     "websocket": "websocket",
+    "webrtc": "web",
 }
 TEMPLATED = ("greeting", "system_prompt")
 
@@ -69,6 +71,10 @@ NO_VOICE = "This number cannot place voice calls."
 PUBLISHABLE_FROM = "Publishable keys cannot choose the caller id; leave out 'from'."
 INLINE_NEEDS = "Send 'webhookUrl' (your webhook answers) or 'systemPrompt' (hosted)."
 NOT_SERVED = "This relay has no media socket for {kind!r} yet; it serves: {served}."
+NO_WEB_CALLS = (
+    "Web calls (connectionType 'webrtc') are not available on this relay version yet; "
+    "place a phone call with 'to', or open a 'websocket' call."
+)
 POST_CALL_OVERRIDE = (
     "Overrides the agent's postCall for this call: the keys sent replace the agent's "
     "(null turns that part off), the rest stay as the agent has them."
@@ -199,6 +205,8 @@ def _new_call(ctx: Context, **fields: Any) -> Call:
 
 def _require_media_route(ctx: Context, connection_type: str) -> None:
     """Hand out a join URL only where a media socket will answer it."""
+    if connection_type == "webrtc":
+        raise invalid_field("connectionType", NO_WEB_CALLS, "web_calls_unavailable")
     served = sorted(
         r.canonical.removeprefix("/media/")
         for r in ctx.request.app.router.resources()
@@ -253,11 +261,25 @@ async def create_call(ctx: Context, body: CallCreate) -> web.Response:
     your own raw PCM websocket.
 
     Publishable keys may use this on the agents and channels they allow (``phone`` for
-    phone and carrier streams, ``websocket`` for raw websockets), and may not set ``from``."""
+    phone and carrier streams, ``websocket`` for raw websockets), from the web pages they
+    list (CORS: the preflight needs no key; a request whose ``Origin`` the key does not
+    list answers 403 ``origin_not_allowed``, a secret key from a page 403
+    ``secret_key_in_browser``), to the destinations they allow (else 403
+    ``destination_not_allowed``), and may not set ``from``. ``variables`` and ``postCall``
+    need a key that allows them (else 403 ``key_scope_violation``), and metadata may be as
+    large as the key allows (else 422 ``metadata_too_large``).
+
+    ``connectionType: "webrtc"`` (web calls) answers 422 ``web_calls_unavailable`` on this
+    relay version."""
     key = ctx.key
     assert key is not None
     key.require_channel(CHANNEL_OF[body.connection_type or "phone"])
     key.require_agent(body.agent_id)
+    key.require_extras(
+        variables=bool(body.variables),
+        post_call=body.post_call is not None,
+        metadata_bytes=json_size(body.metadata) if body.metadata else 0,
+    )
     if body.connection_type is not None:
         return await _create_byot(ctx, body)
     if body.from_ is not None and not key.is_secret:
@@ -269,6 +291,8 @@ async def create_call(ctx: Context, body: CallCreate) -> web.Response:
     async with writing(ctx.state.db) as session:
         agent = await load_agent(ctx, session, body.agent_id)
         number = await _caller_number(ctx, session, agent, caller_id)
+        # Before the opt-out check, which would tell a page who texted STOP.
+        key.require_destination(to, number.phone_number)
         await refuse_if_opted_out(session, ctx.project_id, to)
         call = _new_call(
             ctx,

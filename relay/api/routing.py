@@ -15,6 +15,7 @@ from typing import Any, Literal
 from aiohttp import web
 from pydantic import BaseModel, ValidationError
 
+from relay.api.cors import is_public, require_origin
 from relay.api.limits import FIELD_CODES, parse_body, refuse_bad_text
 from relay.api.schema import OutModel
 from relay.auth import AuthKey, authenticate
@@ -165,9 +166,13 @@ def _parse_query(model: type[BaseModel], request: web.Request) -> BaseModel:
 
 
 def _aiohttp_handler(ep: Endpoint) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+    public = is_public(ep.method, ep.path)
+
     async def handle(request: web.Request) -> web.StreamResponse:
         state = request.app[APP_STATE]
         key = await authenticate(request, state, ep.auth) if ep.auth != "none" else None
+        if key is not None and public:
+            require_origin(request, state.settings, key)
         if any("\x00" in value for value in request.match_info.values()):
             raise NotFound(NO_SUCH_OBJECT)  # no id holds one, and PostgreSQL refuses to look
         ctx = Context(request, state, key)

@@ -6,7 +6,19 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import JSON, DateTime, Dialect, ForeignKey, Index, Integer, String, Text, text
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    DateTime,
+    Dialect,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    false,
+    text,
+)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
 
@@ -91,6 +103,13 @@ class ApiKey(Base):
     name: Mapped[str | None] = mapped_column(String(200))
     allowed_agents: Mapped[list[Any] | None] = mapped_column(JSON)
     allowed_channels: Mapped[list[Any] | None] = mapped_column(JSON)
+    # Publishable keys only: the pages that may use it, the numbers it may ring (None: its
+    # caller number's country), and what a call it makes may carry.
+    allowed_origins: Mapped[list[Any] | None] = mapped_column(JSON)
+    allowed_destinations: Mapped[list[Any] | None] = mapped_column(JSON)
+    allow_variables: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    allow_post_call: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    max_metadata_bytes: Mapped[int | None] = mapped_column(Integer)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     # When the key stops being honoured: now or past once revoked, later while a rotated
     # key's grace period runs; None while it is live.
