@@ -5,7 +5,7 @@ and the carrier accounts numbers belong to (``/v1/carrier-accounts``).
 standard-library ``numbers`` module, which ``decimal``, ``fractions`` and numpy import.)
 """
 
-from relay_numbers.keys import TWILIO_DEPLOYMENT_KEY, sim_key, twilio_inbound_keys, twilio_key
+from relay_numbers.keys import TWILIO_DEPLOYMENT_KEY, sim_key, twilio_key, twilio_keys
 from relay_numbers.routing import number_for_inbound, project_number
 
 __all__ = [
@@ -13,6 +13,6 @@ __all__ = [
     "number_for_inbound",
     "project_number",
     "sim_key",
-    "twilio_inbound_keys",
     "twilio_key",
+    "twilio_keys",
 ]

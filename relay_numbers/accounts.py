@@ -12,10 +12,11 @@ from __future__ import annotations
 import json
 
 from sqlalchemy import select
+from sqlalchemy.exc import DBAPIError
 
 from relay.carriers.twilio.accounts import TwilioCredentials
 from relay.logs import get_logger
-from relay.secretbox import KeyMissing, SecretBox
+from relay.secretbox import KeyMissing, SecretBox, SecretBoxError
 from relay.store.db import Database
 from relay.store.models import CarrierAccount, utcnow
 from relay_numbers.keys import sim_key, twilio_key
@@ -54,7 +55,8 @@ def carrier_key_of(account: CarrierAccount) -> str:
 
 async def twilio_tokens(db: Database, box: SecretBox, account_sid: str) -> list[str]:
     """The auth tokens of the live carrier accounts named ``account_sid`` (any project's:
-    each was verified with Twilio, so each is the account's)."""
+    each was verified with Twilio, so each is the account's). One the key cannot open is
+    left out (and logged): its webhooks are refused, its texts not sent."""
     if not account_sid or not box.configured:
         return []
     async with db.session() as session:
@@ -67,13 +69,30 @@ async def twilio_tokens(db: Database, box: SecretBox, account_sid: str) -> list[
                 )
             )
         ).scalars()
-        return [twilio_credentials(box, a).auth_token for a in accounts]
+        tokens = []
+        for account in accounts:
+            try:
+                tokens.append(twilio_credentials(box, account).auth_token)
+            except SecretBoxError as exc:
+                log.error("carrier_credentials_unreadable", account_id=account.id, code=exc.code)
+        return tokens
 
 
 async def check_stored_credentials(db: Database, box: SecretBox) -> int:
     """At start-up: every stored credential opens with the configured key (raises
     :class:`relay.secretbox.SecretBoxError` if not), and, while several keys are configured,
-    is re-encrypted with the first, so the old key can be dropped after this start."""
+    is re-encrypted with the first, so the old key can be dropped after this start.
+
+    A database that cannot be asked (unreachable, not migrated) is left to ``/readyz`` to
+    report; credentials found unreadable later are refused where they are used."""
+    try:
+        return await _check_stored_credentials(db, box)
+    except DBAPIError as exc:
+        log.warning("carrier_credentials_unchecked", error=type(exc).__name__)
+        return 0
+
+
+async def _check_stored_credentials(db: Database, box: SecretBox) -> int:
     async with db.writing() as session:
         accounts = list(
             (

@@ -20,13 +20,11 @@ def twilio_key(account_sid: str) -> str:
     return f"twilio:{account_sid}"
 
 
-def twilio_inbound_keys(account_sid: str, deployment_sid: str) -> tuple[str, ...]:
-    """The keys a signed Twilio webhook for ``account_sid`` may reach: the account's own,
-    and the deployment's when it is the deployment's account (or names none)."""
-    keys: list[str] = []
-    if account_sid:
-        keys.append(twilio_key(account_sid))
-    if not account_sid or account_sid == deployment_sid:
+def twilio_keys(account_sid: str, *, deployment: bool) -> tuple[str, ...]:
+    """The keys a Twilio webhook for ``account_sid`` reaches, once signed: the account's own,
+    and the deployment's too when the deployment's token signed it."""
+    keys = [twilio_key(account_sid)] if account_sid else []
+    if deployment:
         keys.append(TWILIO_DEPLOYMENT_KEY)
     return tuple(keys)
 
@@ -35,6 +33,6 @@ __all__ = [
     "DEPLOYMENT",
     "TWILIO_DEPLOYMENT_KEY",
     "sim_key",
-    "twilio_inbound_keys",
+    "twilio_keys",
     "twilio_key",
 ]

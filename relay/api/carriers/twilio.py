@@ -44,7 +44,7 @@ from relay.logs import get_logger
 from relay.state import APP_STATE
 from relay.store.models import CallEvent
 from relay.urls import media_base_url
-from relay_numbers import TWILIO_DEPLOYMENT_KEY, twilio_inbound_keys
+from relay_numbers import twilio_keys
 from relay_numbers.accounts import twilio_tokens
 from sms.inbound import receive
 from sms.outbound import set_status
@@ -72,9 +72,12 @@ async def signed_form(request: web.Request) -> tuple[dict[str, str], tuple[str, 
     state = request.app[APP_STATE]
     url = state.settings.effective_public_url() + request.path_qs
     account_sid = fields.get("AccountSid", "")
-    keys = twilio_inbound_keys(account_sid, state.settings.twilio_account_sid)
+    deployment_sid = state.settings.twilio_account_sid
     webhook = InboundWebhook(url, request.headers, await request.read(), fields)
-    signed = TWILIO_DEPLOYMENT_KEY in keys and request.app[TWILIO].verify_webhook(webhook)
+    # The deployment's token speaks for the deployment's account only (any, if unnamed).
+    by_deployment = account_sid in ("", deployment_sid) or not deployment_sid
+    by_deployment = by_deployment and request.app[TWILIO].verify_webhook(webhook)
+    signed = by_deployment
     if not signed:
         for token in await twilio_tokens(state.db, state.secret_box, account_sid):
             if signature_is_valid(url, fields, request.headers, auth_token=token, signing_key=""):
@@ -85,7 +88,7 @@ async def signed_form(request: web.Request) -> tuple[dict[str, str], tuple[str, 
         raise Forbidden(BAD_SIGNATURE, code="invalid_signature")
     for name, value in (*fields.items(), *request.query.items()):
         refuse_bad_text(name, value)  # signed is not sane: PostgreSQL refuses a NUL
-    return fields, keys
+    return fields, twilio_keys(account_sid, deployment=by_deployment)
 
 
 async def voice_webhook(request: web.Request) -> web.Response:

@@ -17,7 +17,7 @@ depends_on = None
 ACTIVE = sa.text('released_at IS NULL')
 # Numbers and texts stored before carrier accounts: the sim's belong to their project's sim
 # account; every other carrier's to the deployment's own account (RELAY_TWILIO_*).
-NUMBER_KEY = "CASE WHEN provider = 'sim' THEN 'sim:' || project_id ELSE provider || ':deployment' END"
+NUMBER_KEY = "CASE WHEN provider = 'sim' THEN 'sim:' || project_id ELSE provider || ':' || 'deployment' END"
 
 
 def upgrade() -> None:
@@ -67,7 +67,7 @@ def upgrade() -> None:
     op.execute(
         "UPDATE messages SET carrier_key = COALESCE("
         "(SELECT numbers.carrier_key FROM numbers WHERE numbers.id = messages.number_id), "
-        "CASE WHEN provider = 'sim' THEN 'sim:' || project_id ELSE provider || ':deployment' END)"
+        "CASE WHEN provider = 'sim' THEN 'sim:' || project_id ELSE provider || ':' || 'deployment' END)"
     )
     with op.batch_alter_table('messages', schema=None) as batch_op:
         batch_op.drop_index('uq_messages_carrier_id')
