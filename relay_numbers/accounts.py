@@ -87,7 +87,7 @@ async def check_stored_credentials(db: Database, box: SecretBox) -> int:
     report; credentials found unreadable later are refused where they are used."""
     try:
         return await _check_stored_credentials(db, box)
-    except DBAPIError as exc:
+    except (DBAPIError, OSError) as exc:  # asyncpg raises a refused connection as it is
         log.warning("carrier_credentials_unchecked", error=type(exc).__name__)
         return 0
 
