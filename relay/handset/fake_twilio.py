@@ -23,6 +23,7 @@ where the relay under test listens, as a reverse proxy in front of it would.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import base64
 import hashlib
@@ -276,3 +277,30 @@ class FakeTwilio:
     async def settle(self) -> None:
         while self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Serve the fake on 127.0.0.1 (``python -m relay.handset.fake_twilio --port 18999``)."""
+    parser = argparse.ArgumentParser(
+        prog="python -m relay.handset.fake_twilio",
+        description="A fake of Twilio's REST API; point RELAY_TWILIO_API_BASE_URL at it.",
+    )
+    parser.add_argument("--port", type=int, default=18999)
+    parser.add_argument(
+        "--account",
+        action="append",
+        default=[],
+        metavar="SID:TOKEN",
+        help="an account it holds (repeat); it owns any number asked about",
+    )
+    args = parser.parse_args(argv)
+    accounts = [tuple(a.split(":", 1)) for a in args.account]
+    first = accounts[0] if accounts else ("AC" + "0" * 32, secrets.token_hex(16))
+    fake = FakeTwilio(first[0], first[1])
+    for sid, token in accounts[1:]:
+        fake.add_account(sid, token)
+    web.run_app(fake.app(), host="127.0.0.1", port=args.port, print=None)
+
+
+if __name__ == "__main__":
+    main()
