@@ -1,4 +1,4 @@
-"""``relay serve | demo | migrate | keys create|list|revoke|rotate | phone call|sms``."""
+"""``relay serve | demo | migrate | keys create|list|revoke|rotate|encryption | phone call|sms``."""
 
 from __future__ import annotations
 
@@ -219,6 +219,19 @@ def cmd_keys_rotate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_keys_encryption(args: argparse.Namespace) -> int:
+    from relay.secretbox import new_key
+
+    print(new_key())
+    print(
+        "Set it as RELAY_ENCRYPTION_KEY. To rotate, put the new key first and keep the old:"
+        " RELAY_ENCRYPTION_KEY=new,old; a start re-encrypts every credential with the new"
+        " key, after which the old one can go.",
+        file=sys.stderr,
+    )
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     # As in cmd_serve: the demo loads the speech engines (seconds).
     from relay.demo import DEFAULT_LINES, DemoOptions, run_demo
@@ -323,6 +336,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="seconds the old key still works (default 0: it stops at once; at most 7 days)",
     )
     rotate.set_defaults(func=cmd_keys_rotate)
+    encryption = keys_sub.add_parser(
+        "encryption", help="print a new RELAY_ENCRYPTION_KEY (carrier credentials at rest)"
+    )
+    encryption.set_defaults(func=cmd_keys_encryption)
 
     phone = sub.add_parser("phone", help="a simulated handset on the sim carrier")
     phone_sub = phone.add_subparsers(dest="phone_command", required=True)

@@ -61,3 +61,29 @@ async def test_0010_gives_keys_made_before_it_the_narrow_publishable_defaults(da
     async with database.engine.connect() as conn:
         kept = (await conn.execute(text("SELECT id FROM api_keys ORDER BY id"))).scalars()
         assert list(kept) == ["key_pk", "key_sk"]
+
+
+async def test_an_upgrade_that_rebuilds_a_table_keeps_every_row_that_references_it(database):
+    # 0011 rebuilds `numbers` on SQLite (batch mode: copy, drop, rename); with foreign keys
+    # on during the upgrade, the drop nulled every call's number_id.
+    await to_revision(database, "0010")
+    async with database.engine.begin() as conn:
+        for sql in (
+            "INSERT INTO projects (id, name, recording_retention_days, created_at) "
+            "VALUES ('p1', 'p', 90, CURRENT_TIMESTAMP)",
+            "INSERT INTO numbers (id, project_id, phone_number, country, provider, source, "
+            "capabilities, created_at) VALUES ('num_1', 'p1', '+14155550100', 'US', 'sim', "
+            "'provisioned', '[]', CURRENT_TIMESTAMP)",
+            "INSERT INTO calls (id, project_id, number_id, direction, connection_type, status, "
+            "voice_mode, agent_snapshot, metadata, created_at) VALUES ('call_1', 'p1', 'num_1', "
+            "'inbound', 'sim', 'completed', 'webhook', '{}', '{}', CURRENT_TIMESTAMP)",
+        ):
+            await conn.execute(text(sql))
+    await database.migrate()
+    async with database.engine.connect() as conn:
+        kept = (
+            await conn.execute(text("SELECT number_id FROM calls WHERE id = 'call_1'"))
+        ).scalar()
+        if database.engine.dialect.name == "sqlite":  # and foreign keys are on again
+            assert (await conn.exec_driver_sql("PRAGMA foreign_keys")).scalar() == 1
+    assert kept == "num_1"
