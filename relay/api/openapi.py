@@ -9,6 +9,7 @@ from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
 from relay import __version__
+from relay.api import webhook_payloads
 from relay.api.routing import Endpoint
 from relay.api.schema import ErrorResponse
 
@@ -27,6 +28,12 @@ STATUS_TEXT = {
     502: "The carrier failed",
 }
 
+WWW_AUTHENTICATE = {
+    "description": 'The scheme to use: `Bearer realm="conversation-relay"`, with '
+    '`error="invalid_token"` when the key sent is not valid.',
+    "schema": {"type": "string"},
+}
+
 
 def _params(model: type[BaseModel], defs: dict[str, Any]) -> list[dict[str, Any]]:
     schema = model.model_json_schema(by_alias=True, ref_template=REF)
@@ -40,6 +47,7 @@ def _params(model: type[BaseModel], defs: dict[str, Any]) -> list[dict[str, Any]
 
 def build(endpoints: list[Endpoint], extra_paths: dict[str, Any] | None = None) -> dict[str, Any]:
     models: list[tuple[type[BaseModel], Any]] = [(ErrorResponse, "serialization")]
+    models += [(m, "serialization") for m in webhook_payloads.MODELS]
     for ep in endpoints:
         if ep.body is not None:
             models.append((ep.body, "validation"))
@@ -96,6 +104,8 @@ def build(endpoints: list[Endpoint], extra_paths: dict[str, Any] | None = None) 
                 "description": STATUS_TEXT.get(status, "Error"),
                 "content": error_ref,
             }
+        if "401" in op["responses"]:
+            op["responses"]["401"]["headers"] = {"WWW-Authenticate": WWW_AUTHENTICATE}
         if ep.auth != "none":
             op["security"] = [{"bearer": []}, {"apiKey": []}]
         paths.setdefault(ep.path, {})[ep.method.lower()] = op
@@ -111,6 +121,9 @@ def build(endpoints: list[Endpoint], extra_paths: dict[str, Any] | None = None) 
         },
         "servers": [{"url": "/"}],
         "paths": paths,
+        "webhooks": webhook_payloads.webhooks(
+            {m: keys[(m, "serialization")] for m in webhook_payloads.MODELS}
+        ),
         "components": {
             "schemas": schemas,
             "securitySchemes": {
