@@ -34,6 +34,21 @@ WWW_AUTHENTICATE = {
     "schema": {"type": "string"},
 }
 
+IDEMPOTENCY_KEY = {
+    "name": "Idempotency-Key",
+    "in": "header",
+    "required": False,
+    "schema": {"type": "string", "minLength": 1, "maxLength": 255},
+    "description": "Send the request again with the same key and get the first answer back "
+    "(kept 24 h, per project). The same key with another request: 422 "
+    "`idempotency_key_reused`; while the first is still running: 409 `idempotency_key_in_use` "
+    "with Retry-After. A request that failed is not kept.",
+}
+REPLAYED = {
+    "description": "`true` when this is the first answer to the same Idempotency-Key, replayed.",
+    "schema": {"type": "string", "enum": ["true"]},
+}
+
 
 def _params(model: type[BaseModel], defs: dict[str, Any]) -> list[dict[str, Any]]:
     schema = model.model_json_schema(by_alias=True, ref_template=REF)
@@ -76,6 +91,8 @@ def build(endpoints: list[Endpoint], extra_paths: dict[str, Any] | None = None) 
         ]
         if ep.query is not None:
             params += _params(ep.query, schemas)
+        if ep.idempotent:
+            params.append(IDEMPOTENCY_KEY)
         if params:
             op["parameters"] = params
         if ep.body is not None:
@@ -99,11 +116,15 @@ def build(endpoints: list[Endpoint], extra_paths: dict[str, Any] | None = None) 
             else:
                 op["responses"][str(status)] = {"description": STATUS_TEXT.get(status, "OK")}
         error_ref = {"application/json": {"schema": {"$ref": REF.format(model="ErrorResponse")}}}
-        for status in ep.errors:
+        errors = sorted({*ep.errors, 400, 409, 422}) if ep.idempotent else ep.errors
+        for status in errors:
             op["responses"][str(status)] = {
                 "description": STATUS_TEXT.get(status, "Error"),
                 "content": error_ref,
             }
+        if ep.idempotent:
+            for status in (ep.status, *ep.also):
+                op["responses"][str(status)]["headers"] = {"Idempotent-Replayed": REPLAYED}
         if "401" in op["responses"]:
             op["responses"]["401"]["headers"] = {"WWW-Authenticate": WWW_AUTHENTICATE}
         if ep.auth != "none":
