@@ -10,7 +10,10 @@ with the same key and gets the first answer back instead of a second object:
   (``Retry-After: 1``): one runs, the other is told to come back, nothing waits on a lock.
 
 Keys are scoped to the project and kept 24 hours, in the database (every relay node sees
-them). Only answers are kept: a request that fails (an error, a validation failure, a lost
+them). An answer may hold a secret shown once (a new API key, a webhook secret), so neither
+the key nor the answer is stored as sent: the row is found by the key's SHA-256, and the
+answer is encrypted (AES-GCM) with a key derived from the Idempotency-Key, which only the
+client holds. Only answers are kept: a request that fails (an error, a validation failure, a lost
 connection) forgets its key, so the same key may be sent again. A key whose request is
 still marked running after :data:`ABANDONED_AFTER` was left by a relay that died mid-request
 and runs again.
@@ -19,8 +22,10 @@ and runs again.
 from __future__ import annotations
 
 import asyncio
+import base64
 import hashlib
 import json
+import os
 import re
 import time
 from dataclasses import dataclass
@@ -28,6 +33,7 @@ from datetime import timedelta
 from typing import Any
 
 from aiohttp import web
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from sqlalchemy import delete, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
@@ -55,13 +61,32 @@ IN_USE = (
 _last_purge = 0.0
 
 
+def _lookup(key: str) -> str:
+    return hashlib.sha256(b"lookup\0" + key.encode()).hexdigest()
+
+
+def _cipher(project_id: str, key: str) -> AESGCM:
+    return AESGCM(hashlib.sha256(f"answer\0{project_id}\0{key}".encode()).digest())
+
+
+def seal(project_id: str, key: str, body: bytes) -> str:
+    nonce = os.urandom(12)
+    sealed = _cipher(project_id, key).encrypt(nonce, body, project_id.encode())
+    return base64.b64encode(nonce + sealed).decode()
+
+
+def unseal(project_id: str, key: str, stored: str) -> bytes:
+    raw = base64.b64decode(stored)
+    return _cipher(project_id, key).decrypt(raw[:12], raw[12:], project_id.encode())
+
+
 @dataclass(slots=True)
 class Claim:
     """A key this request holds while it runs: :meth:`keep` its answer, or :meth:`forget`."""
 
     db: Database
     project_id: str
-    key: str
+    key: str  # as the client sent it (never stored)
 
     async def keep(self, response: web.StreamResponse) -> None:
         """Store a whole JSON answer for replay; anything else is not replayable (forgotten)."""
@@ -72,11 +97,14 @@ class Claim:
         async with self.db.writing() as session:
             await session.execute(
                 update(IdempotencyKey)
-                .where(IdempotencyKey.project_id == self.project_id, IdempotencyKey.key == self.key)
+                .where(
+                    IdempotencyKey.project_id == self.project_id,
+                    IdempotencyKey.key == _lookup(self.key),
+                )
                 .values(
                     status=response.status,
                     content_type=response.content_type,
-                    body=body.decode(),
+                    body=seal(self.project_id, self.key, body),
                 )
             )
 
@@ -88,7 +116,8 @@ class Claim:
         async with self.db.writing() as session:
             await session.execute(
                 delete(IdempotencyKey).where(
-                    IdempotencyKey.project_id == self.project_id, IdempotencyKey.key == self.key
+                    IdempotencyKey.project_id == self.project_id,
+                    IdempotencyKey.key == _lookup(self.key),
                 )
             )
 
@@ -108,7 +137,7 @@ async def claim(
     key = raw_key.strip()
     if not KEY_PATTERN.fullmatch(key):
         raise BadRequest(INVALID_KEY, code="invalid_idempotency_key", field=HEADER)
-    digest = fingerprint(method, path, body)
+    digest, lookup = fingerprint(method, path, body), _lookup(key)
     now = utcnow()
     await _purge(db)
     try:
@@ -116,7 +145,7 @@ async def claim(
             await session.execute(
                 delete(IdempotencyKey).where(
                     IdempotencyKey.project_id == project_id,
-                    IdempotencyKey.key == key,
+                    IdempotencyKey.key == lookup,
                     or_(
                         IdempotencyKey.created_at < now - KEPT,
                         (IdempotencyKey.status.is_(None))
@@ -127,7 +156,7 @@ async def claim(
             await session.execute(
                 insert(IdempotencyKey).values(
                     project_id=project_id,
-                    key=key,
+                    key=lookup,
                     method=method,
                     path=path[:500],
                     fingerprint=digest,
@@ -141,7 +170,7 @@ async def claim(
         row = (
             await session.execute(
                 select(IdempotencyKey).where(
-                    IdempotencyKey.project_id == project_id, IdempotencyKey.key == key
+                    IdempotencyKey.project_id == project_id, IdempotencyKey.key == lookup
                 )
             )
         ).scalar_one_or_none()
@@ -157,7 +186,7 @@ async def claim(
         raise Conflict(IN_USE, code="idempotency_key_in_use", headers={"Retry-After": "1"})
     return web.Response(
         status=row.status,
-        text=row.body,
+        body=unseal(project_id, key, row.body),
         content_type=row.content_type or "application/json",
         headers={REPLAYED: "true"},
     )

@@ -500,11 +500,11 @@ class IdempotencyKey(Base):
     project_id: Mapped[str] = mapped_column(
         ForeignKey("projects.id", ondelete="CASCADE"), primary_key=True
     )
-    key: Mapped[str] = mapped_column(String(255), primary_key=True)
+    key: Mapped[str] = mapped_column(String(64), primary_key=True)  # SHA-256 of the key sent
     method: Mapped[str] = mapped_column(String(10))
     path: Mapped[str] = mapped_column(String(500))
     fingerprint: Mapped[str] = mapped_column(String(64))  # sha256 of method, path and body
     status: Mapped[int | None] = mapped_column(Integer)
     content_type: Mapped[str | None] = mapped_column(String(100))
-    body: Mapped[str | None] = mapped_column(Text)
+    body: Mapped[str | None] = mapped_column(Text)  # sealed: relay.api.idempotency.seal
     created_at: Mapped[datetime] = mapped_column(default=utcnow)

@@ -156,3 +156,15 @@ async def test_the_document_names_the_header_on_every_post_of_the_api(client):
         names = [p["name"] for p in post.get("parameters", [])]
         assert "Idempotency-Key" in names, path
         assert {"409", "422"} <= set(post["responses"]), path
+
+
+async def test_the_database_keeps_neither_the_key_nor_a_secret_it_answered(client, auth, database):
+    resp = await client.post("/v1/keys", json={"name": "ci"}, headers=keyed(auth, "k-secret"))
+    assert resp.status == 201, await resp.text()
+    secret = (await resp.json())["key"]
+    async with database.session() as session:
+        [row] = (await session.execute(select(IdempotencyKey))).scalars()
+    assert row.key != "k-secret" and len(row.key) == 64
+    assert row.body is not None and secret not in row.body and "sk_" not in row.body
+    again = await client.post("/v1/keys", json={"name": "ci"}, headers=keyed(auth, "k-secret"))
+    assert (await again.json())["key"] == secret  # shown again, to the same retry only

@@ -19,7 +19,7 @@ def upgrade() -> None:
     op.create_table(
         'idempotency_keys',
         sa.Column('project_id', sa.String(length=40), nullable=False),
-        sa.Column('key', sa.String(length=255), nullable=False),
+        sa.Column('key', sa.String(length=64), nullable=False),
         sa.Column('method', sa.String(length=10), nullable=False),
         sa.Column('path', sa.String(length=500), nullable=False),
         sa.Column('fingerprint', sa.String(length=64), nullable=False),
