@@ -43,6 +43,8 @@ class AgentConfig:
     filler_text: str | None = None
     max_webhook_failures: int = 3
     help_text: str | None = None
+    # Where a webhook's ``transfer`` may send a call (relay.transfer); none: nowhere.
+    transfer_destinations: list[str] | None = None
     tools: list[dict[str, Any]] | None = None
     # Frozen with a call, not part of Agent.config.
     name: str | None = None

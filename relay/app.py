@@ -30,6 +30,7 @@ from relay.api import media, system
 from relay.api.agents import router as agents_router
 from relay.api.call_create import router as call_create_router
 from relay.api.calls import router as calls_router
+from relay.api.dnc import router as dnc_router
 from relay.api.intelligence import router as intelligence_router
 from relay.api.keys import router as keys_router
 from relay.api.messages import router as messages_router
@@ -71,6 +72,7 @@ ROUTERS: tuple[Router, ...] = (
     recordings_router,
     project_router,
     keys_router,
+    dnc_router,
 )
 
 

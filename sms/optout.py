@@ -13,7 +13,7 @@ from typing import Literal
 from sqlalchemy import BindParameter, Exists, Table, exists, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from relay.errors import Forbidden
+from relay.errors import Conflict, Forbidden
 from relay.ids import new_id
 from relay.store.models import OptOut, utcnow
 from sms.store import upsert
@@ -34,8 +34,16 @@ OPTED_OUT = (
     "{number} has opted out of texts and calls from this project (it replied STOP); "
     "it can opt back in by texting START."
 )
+ON_DNC_LIST = (
+    "{number} is on this project's do-not-contact list; remove it there "
+    "(DELETE /v1/dnc/{number}) to contact it again."
+)
 COMPLIANCE_BLOCK = "compliance_block"
+DNC_CONFLICT = "dnc_conflict"
 REASON_OPTED_OUT = "opted_out"
+# Who put a number on the list: only what the recipient's STOP listed, START lifts.
+LISTED_BY_RECIPIENT = "recipient"
+LISTED_BY_PROJECT = "project"
 
 
 def keyword_of(text: str) -> Keyword | None:
@@ -65,16 +73,31 @@ async def is_opted_out(session: AsyncSession, project_id: str, number: str) -> b
 
 
 async def refuse_if_opted_out(session: AsyncSession, project_id: str, number: str) -> None:
-    """Raise ``403 compliance_block`` (reason ``opted_out``, field ``to``) if ``number`` has
-    opted out: what every outbound text and call checks before it contacts a number."""
-    if await is_opted_out(session, project_id, number):
-        message = OPTED_OUT.format(number=number)
-        raise Forbidden(
-            message,
-            code=COMPLIANCE_BLOCK,
-            field="to",
-            details=[{"field": "to", "code": REASON_OPTED_OUT, "message": message}],
+    """What every outbound text and call checks, in the transaction that creates it, before
+    it contacts a number: ``403 compliance_block`` (reason ``opted_out``, field ``to``) if
+    the number texted STOP, ``409 dnc_conflict`` if the project put it on its do-not-contact
+    list."""
+    listed_by = (
+        await session.execute(
+            select(OptOut.listed_by).where(
+                OptOut.project_id == project_id,
+                OptOut.phone_number == number,
+                OptOut.opted_in_at.is_(None),
+            )
         )
+    ).scalar_one_or_none()
+    if listed_by is None:
+        return
+    if listed_by == LISTED_BY_PROJECT:
+        message = ON_DNC_LIST.format(number=number)
+        raise Conflict(message, code=DNC_CONFLICT, field="to")
+    message = OPTED_OUT.format(number=number)
+    raise Forbidden(
+        message,
+        code=COMPLIANCE_BLOCK,
+        field="to",
+        details=[{"field": "to", "code": REASON_OPTED_OUT, "message": message}],
+    )
 
 
 async def opt_out(
@@ -96,12 +119,14 @@ async def opt_out(
 
 
 async def opt_in(session: AsyncSession, project_id: str, number: str) -> None:
+    """START: lifts the number's STOP, never a listing the project made itself."""
     await session.execute(
         update(OptOut)
         .where(
             OptOut.project_id == project_id,
             OptOut.phone_number == number,
             OptOut.opted_in_at.is_(None),
+            OptOut.listed_by == LISTED_BY_RECIPIENT,
         )
         .values(opted_in_at=utcnow())
     )
@@ -110,6 +135,9 @@ async def opt_in(session: AsyncSession, project_id: str, number: str) -> None:
 __all__ = [
     "COMPLIANCE_BLOCK",
     "DEFAULT_HELP",
+    "DNC_CONFLICT",
+    "LISTED_BY_PROJECT",
+    "LISTED_BY_RECIPIENT",
     "REASON_OPTED_OUT",
     "START_CONFIRMATION",
     "STOP_CONFIRMATION",

@@ -5,10 +5,18 @@ from __future__ import annotations
 import base64
 import secrets
 from datetime import datetime, timedelta
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import jsonschema
-from pydantic import AnyHttpUrl, Field, TypeAdapter, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    AnyHttpUrl,
+    Field,
+    TypeAdapter,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import PydanticCustomError
 from sqlalchemy import bindparam, select, update
 
 from relay.agent_config import STORED_KEYS, AgentConfig
@@ -19,6 +27,7 @@ from relay.api.schema import APIModel, Deleted, OutModel, Page, PageQuery
 from relay.errors import NotFound, ValidationFailed, invalid_field
 from relay.ids import new_id
 from relay.store.models import Agent, Number, utcnow
+from relay.transfer import MAX_DESTINATION, InvalidDestination, destination
 from relay.urls import check_webhook_url
 
 router = Router()
@@ -30,8 +39,32 @@ TOOL_URL_REQUIRED = "A tool needs a url, except the built-in end_call and transf
 TOOL_NAMES_UNIQUE = "Tool names must be unique."
 TOOL_PARAMETERS_OBJECT = "parameters must be a JSON schema of type 'object'."
 DESTINATIONS_ONLY_TRANSFER = "destinations apply to the built-in transfer_call only."
+DESTINATIONS_REQUIRED = (
+    "The built-in transfer_call needs destinations: the E.164 numbers or sip: URIs it may "
+    "transfer to."
+)
+MAX_DESTINATIONS = 20
 
 VoiceMode = Literal["webhook", "hosted"]
+
+
+def _destination(value: str) -> str:
+    try:
+        return destination(value)
+    except InvalidDestination as exc:
+        raise PydanticCustomError("invalid_transfer_destination", str(exc)) from exc
+
+
+# Checked by relay.transfer (our own code, not a length constraint) so that every refusal
+# carries the one code; the schema still shows the bound.
+TransferDestination = Annotated[
+    str,
+    AfterValidator(_destination),
+    Field(
+        json_schema_extra={"maxLength": MAX_DESTINATION},
+        description="An E.164 number (not premium-rate) or sip:user@host (a public host).",
+    ),
+]
 
 
 class PostCallExtraction(APIModel):
@@ -64,8 +97,10 @@ class AgentTool(APIModel):
     )
     url: str | None = Field(default=None, max_length=2000, description="Gets tool.call.")
     timeout_ms: int = Field(default=5000, ge=100, le=30000)
-    destinations: list[str] | None = Field(
-        default=None, max_length=20, description="transfer_call: the numbers it may dial."
+    destinations: list[TransferDestination] | None = Field(
+        default=None,
+        max_length=MAX_DESTINATIONS,
+        description="transfer_call (required): the only destinations it may transfer to.",
     )
 
     @field_validator("url")
@@ -91,6 +126,8 @@ class AgentTool(APIModel):
             raise ValueError(TOOL_URL_REQUIRED)
         if self.destinations is not None and (self.url or self.name != "transfer_call"):
             raise ValueError(DESTINATIONS_ONLY_TRANSFER)
+        if self.url is None and self.name == "transfer_call" and not self.destinations:
+            raise PydanticCustomError("transfer_destinations_required", DESTINATIONS_REQUIRED)
         return self
 
 
@@ -144,6 +181,14 @@ class AgentFields(APIModel):
         default=None, ge=1, le=20, description="Consecutive failed turns before the call ends."
     )
     help_text: str | None = Field(default=None, max_length=320, description="SMS HELP reply.")
+    transfer_destinations: list[TransferDestination] | None = Field(
+        default=None,
+        max_length=MAX_DESTINATIONS,
+        description=(
+            "Where the webhook's `transfer` may send a call; without any, transfers are refused "
+            "(the call goes on and its event log says so)."
+        ),
+    )
     tools: list[AgentTool] | None = Field(
         default=None, max_length=32, description="Functions the hosted LLM may call."
     )
@@ -192,6 +237,7 @@ class AgentOut(OutModel):
     filler_text: str | None
     max_webhook_failures: int
     help_text: str | None
+    transfer_destinations: list[str] | None
     tools: list[AgentToolOut] | None
     number_ids: list[str]
     created_at: datetime

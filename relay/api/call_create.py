@@ -19,7 +19,13 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from hosted_llm.templates import render as render_template
 from relay import tokens
 from relay.agent_config import STORED_DEFAULTS
-from relay.api.agents import PostCallConfig, load_agent, new_webhook_secret
+from relay.api.agents import (
+    MAX_DESTINATIONS,
+    PostCallConfig,
+    TransferDestination,
+    load_agent,
+    new_webhook_secret,
+)
 from relay.api.calls import TAG, CallOut, call_out
 from relay.api.limits import KEYS_SCHEMA, Metadata, cap
 from relay.api.routing import Context, Router
@@ -132,6 +138,11 @@ class InlineCallCreate(APIModel):
     variables: Variables | None = None
     post_call: PostCallConfig | None = Field(
         default=None, description="Post-call analysis of this call (summary, sentiment, ...)."
+    )
+    transfer_destinations: list[TransferDestination] | None = Field(
+        default=None,
+        max_length=MAX_DESTINATIONS,
+        description="Where the webhook's `transfer` may send this call; none: refused.",
     )
 
     @model_validator(mode="after")
@@ -362,6 +373,7 @@ async def create_inline_call(ctx: Context, body: InlineCallCreate) -> web.Respon
         "inactivity_action": body.inactivity_action,
         "recording_enabled": body.recording_enabled,
         "post_call": body.post_call.model_dump(exclude_unset=True) if body.post_call else None,
+        "transfer_destinations": body.transfer_destinations,
     }
     rate = body.sample_rate or (16000 if body.connection_type == "websocket" else 8000)
     async with writing(ctx.state.db) as session:

@@ -138,4 +138,11 @@ def cap(code: str) -> AfterValidator:
 KEYS_SCHEMA = Field(json_schema_extra={"maxProperties": MAX_OBJECT_KEYS})
 Metadata = Annotated[dict[str, Any], cap("metadata_too_large"), KEYS_SCHEMA]
 # Codes a model's field may raise that the response carries instead of validation_error.
-FIELD_CODES = frozenset({"metadata_too_large", "variables_too_large"})
+FIELD_CODES = frozenset(
+    {
+        "metadata_too_large",
+        "variables_too_large",
+        "invalid_transfer_destination",
+        "transfer_destinations_required",
+    }
+)

@@ -113,6 +113,9 @@ class CallSession:
                 hosted_backend(settings),
                 http,
                 on_tool=self._tool_segment,
+                on_event=lambda source, message, level, data: sink.event(
+                    source, message, level=level, data=data
+                ),
                 max_tokens=settings.llm_max_tokens,
                 max_tool_rounds=settings.llm_max_tool_rounds,
             )

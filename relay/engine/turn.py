@@ -6,7 +6,9 @@ so text handed to ``emit`` is spoken while the brain is still answering. A faile
 speaks the agent's ``fallbackText``; the ``maxWebhookFailures``-th failure in a row also
 plans the call's end (``failed`` / ``webhook_error``). If the brain is slow to start, the
 ``fillerText`` is spoken once after ``fillerAfterMs``. A reply's text past ``MAX_TURN_TEXT``
-characters is not spoken (one ``webhook`` event says so); the call goes on.
+characters is not spoken (one ``webhook`` event says so); the call goes on. A ``transfer`` to
+a destination the agent does not list (:mod:`relay.transfer`) is not planned: one
+``telephony`` event says why, and the caller stays with the agent.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from relay.engine.text import join_chunk
 from relay.engine.webhook import Action, Emit, ReplyPlan, TurnRecord
 from relay.ids import new_id
 from relay.logs import get_logger
+from relay.transfer import TransferRefused, allowed_destinations, check_transfer
 from relay.turns import Brain, TurnError, TurnRequest, agent_message
 
 log = get_logger("relay.engine.turn")
@@ -66,6 +69,7 @@ class Turns:
         self.filler_text = agent.filler_text or DEFAULT_FILLER
         self.filler_after_ms = agent.filler_after_ms
         self.max_failures = agent.max_webhook_failures or 3
+        self.transfer_allowed = allowed_destinations(setup.voice_mode, agent)
         self.state: dict[str, Any] | None = None
         self.records: list[TurnRecord] = []
         self.failures = 0
@@ -148,7 +152,7 @@ class Turns:
                     if chunk.dtmf:
                         plan.actions.append((Action.DTMF, chunk.dtmf))
                     if chunk.transfer:
-                        plan.actions.append((Action.TRANSFER, chunk.transfer))
+                        self._transfer(plan, chunk.transfer)
                     if chunk.hangup:
                         plan.actions.append((Action.HANGUP, ""))
             self.failures = 0
@@ -178,6 +182,14 @@ class Turns:
                 filler.cancel()
         if speech is None:
             self._unspoken(plan)
+
+    def _transfer(self, plan: ReplyPlan, to: str) -> None:
+        try:
+            plan.actions.append((Action.TRANSFER, check_transfer(to, self.transfer_allowed)))
+        except TransferRefused as refused:
+            data = {**refused.data(), "turnId": plan.turn.turn_id}
+            self.sink.event("telephony", refused.log_message(), level="warning", data=data)
+            log.warning("transfer_refused", call_id=self.setup.call_id, reason=refused.reason)
 
     def _text_cut(self, turn: TurnRecord) -> None:
         self.sink.event(

@@ -475,8 +475,10 @@ class MessageEvent(Base):
 
 
 class OptOut(Base):
-    """A number that texted STOP (or another opt-out keyword) to one of the project's numbers.
-    While ``opted_in_at`` is empty, no text or call of the project may reach it."""
+    """A number on the project's do-not-contact list: it texted STOP (or another opt-out
+    keyword) to one of the project's numbers (``listed_by`` ``recipient``), or the project
+    listed it (``project``: ``/v1/dnc``, one by one or from a CSV). While ``opted_in_at`` is
+    empty, no text or call of the project may reach it. START lifts only what STOP listed."""
 
     __tablename__ = "opt_outs"
     __table_args__ = (Index("uq_opt_outs_number", "project_id", "phone_number", unique=True),)
@@ -485,9 +487,14 @@ class OptOut(Base):
     project_id: Mapped[str] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"))
     phone_number: Mapped[str] = mapped_column(String(20))
     our_number: Mapped[str | None] = mapped_column(String(20))
-    keyword: Mapped[str] = mapped_column(String(20))
+    keyword: Mapped[str | None] = mapped_column(String(20))
     opted_out_at: Mapped[datetime] = mapped_column(default=utcnow)
     opted_in_at: Mapped[datetime | None] = mapped_column()
+    listed_by: Mapped[str] = mapped_column(
+        String(10), default="recipient", server_default="recipient"
+    )
+    reason: Mapped[str | None] = mapped_column(String(200))
+    source: Mapped[str | None] = mapped_column(String(100))
 
 
 class IdempotencyKey(Base):

@@ -15,7 +15,10 @@ a reply cut short by barge-in is kept as heard, and lines the session spoke by i
 Tools (the agent's ``tools``): the LLM calls them, the relay POSTs a signed ``tool.call``
 event to the tool's URL and feeds the answer back (an error text if it failed or timed
 out), and the transcript gets a ``tool`` segment. ``end_call`` and ``transfer_call`` are
-built in: listed without a URL, they end or transfer the call once the reply is spoken.
+built in: listed without a URL, they end or transfer the call once the reply is spoken. A
+transfer goes only to one of the tool's ``destinations`` (:mod:`relay.transfer`); any other is
+refused: the LLM is told so, the call's event log gets a ``telephony`` warning, and the call
+goes on.
 """
 
 from __future__ import annotations
@@ -47,6 +50,7 @@ from relay.egress import answer_summary, describe
 from relay.logs import get_logger
 from relay.signing import signature_headers
 from relay.timefmt import iso
+from relay.transfer import TransferRefused, check_transfer
 from relay.turns.protocol import BodyTooLarge, Chunk, TurnError, TurnRequest, read_body
 from relay.turns.setup import CallSetup
 
@@ -62,6 +66,8 @@ HISTORY_CHARS = 9000
 USER_AGENT = "conversation-relay/0.1"
 
 ToolRecorder = Callable[[str, float, float, dict[str, Any]], None]
+# A line of the call's event log: (source, message, level, data), as the call's sink takes it.
+EventRecorder = Callable[[str, str, str, dict[str, Any]], None]
 
 
 def llm_config(settings: Settings) -> LLMConfig:
@@ -207,6 +213,7 @@ class HostedBrain:
         http: aiohttp.ClientSession,
         *,
         on_tool: ToolRecorder,
+        on_event: EventRecorder,
         max_tokens: int = 200,
         max_tool_rounds: int = 4,
     ) -> None:
@@ -215,6 +222,7 @@ class HostedBrain:
         self.backend = backend
         self.http = http
         self.on_tool = on_tool
+        self.on_event = on_event
         self.max_tokens = max_tokens
         self.max_tool_rounds = max_tool_rounds
         self.model: str | None = agent.model or None
@@ -384,13 +392,16 @@ class HostedBrain:
         else:
             try:
                 arguments = call.parsed_arguments()
-                jsonschema.validate(arguments, spec.parameters)
+                # A built-in checks its own arguments: a transfer to a number outside the
+                # schema's enum is a refused transfer (logged), not a malformed call.
+                if not spec.builtin:
+                    jsonschema.validate(arguments, spec.parameters)
             except (ValueError, jsonschema.ValidationError) as exc:
                 detail = exc.message if isinstance(exc, jsonschema.ValidationError) else exc
                 outcome = ToolOutcome(error=f"invalid arguments for {call.name}: {detail}")
             else:
                 if spec.builtin:
-                    outcome = self._builtin(spec, arguments)
+                    outcome = self._builtin(spec, arguments, turn_id)
                 else:
                     outcome = await self._post_tool(spec, call, arguments, turn_id)
         elapsed_ms = round((time.perf_counter() - clock) * 1000, 1)
@@ -410,15 +421,23 @@ class HostedBrain:
         self.on_tool(summary, started, time.time(), data)
         return outcome
 
-    def _builtin(self, spec: ToolSpec, arguments: dict[str, Any]) -> ToolOutcome:
+    def _builtin(self, spec: ToolSpec, arguments: dict[str, Any], turn_id: str) -> ToolOutcome:
         if spec.name == "end_call":
             return ToolOutcome(
                 result="The call ends once your reply has been spoken.", chunk=Chunk(hangup=True)
             )
-        to = str(arguments.get("to") or "")
-        if spec.destinations and to not in spec.destinations:
-            return ToolOutcome(error=f"{to!r} is not one of the allowed transfer numbers")
-        return ToolOutcome(result=f"Transferring the caller to {to}.", chunk=Chunk(transfer=to))
+        to = arguments.get("to")
+        try:
+            dial = check_transfer("" if to is None else str(to), spec.destinations)
+        except TransferRefused as refused:
+            data = {**refused.data(), "turnId": turn_id}
+            self.on_event("telephony", refused.log_message(), "warning", data)
+            allowed = ", ".join(spec.destinations) or "none"
+            return ToolOutcome(
+                error=f"the transfer was refused: {refused.detail} Allowed: {allowed}. "
+                "The caller is still on the line with you."
+            )
+        return ToolOutcome(result=f"Transferring the caller to {dial}.", chunk=Chunk(transfer=dial))
 
     async def _post_tool(
         self, spec: ToolSpec, call: ToolCallDelta, arguments: dict[str, Any], turn_id: str

@@ -198,6 +198,20 @@ async def test_after_the_stream_a_requested_transfer_is_dialled(phone, auth, dat
     assert resp.status == 403
 
 
+async def test_a_transfer_to_a_sip_address_is_dialled_with_sip(phone, auth, database):
+    _, number = await agent_with_number(phone, auth)
+    resp = await twilio_post(phone, VOICE, voice_params(number))
+    call_id = stream_of(await resp.text())[1]["callId"]
+    await inbound.telephony_event(
+        database, call_id, "transfer", level="info", data={"transfer": "sip:desk@example.com"}
+    )
+    path = f"/carriers/twilio/voice/after?callId={call_id}"
+    resp = await twilio_post(phone, path, {"CallSid": "CA0001", "AccountSid": "AC0001"})
+    [dial] = ET.fromstring(await resp.text())
+    assert dial.tag == "Dial" and not (dial.text or "").strip()
+    assert [(c.tag, c.text) for c in dial] == [("Sip", "sip:desk@example.com")]
+
+
 async def test_a_replayed_voice_request_never_opens_a_second_call(phone, auth, database):
     _, number = await agent_with_number(phone, auth)
     first = await twilio_post(phone, VOICE, voice_params(number, sid="CA77"))

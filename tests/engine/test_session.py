@@ -239,7 +239,8 @@ async def test_reply_actions_state_dtmf_transfer(aiohttp_server, engine, sqlite_
     hook = Hook(reply)
     url = await start_hook(aiohttp_server, hook)
     call_id = await make_call(sqlite_db)
-    handle = await engine.start_call(call_setup(call_id, url), line, sqlite_db, http)
+    setup = call_setup(call_id, url, transfer_destinations=["+61255509999"])
+    handle = await engine.start_call(setup, line, sqlite_db, http)
     await _dtmf(handle, "1#")
     await hook.wait_request(1)
     await line.wait_audio(0.0)
@@ -256,6 +257,44 @@ async def test_reply_actions_state_dtmf_transfer(aiohttp_server, engine, sqlite_
     assert call.status == "completed" and call.conversation_state == {"step": 1}
     messages = [m for _, _, m, _ in await _events(sqlite_db, call_id)]
     assert "transfer to +61255509999" in messages and "sent DTMF 123" in messages
+
+
+async def test_a_transfer_the_agent_does_not_allow_is_refused_and_the_call_goes_on(
+    aiohttp_server, engine, sqlite_db, http
+):
+    line = RecordingLine()
+    asked = ["+61255501234", "+61255509999"]  # the first is not the agent's to dial
+
+    async def reply(request, payload):
+        return web_json({"text": "Putting you through.", "transfer": asked[len(hook.requests) - 1]})
+
+    hook = Hook(reply)
+    url = await start_hook(aiohttp_server, hook)
+    call_id = await make_call(sqlite_db)
+    setup = call_setup(call_id, url, transfer_destinations=["+61255509999"])
+    handle = await engine.start_call(setup, line, sqlite_db, http)
+    await _dtmf(handle, "0#")
+    await hook.wait_request(1)
+    await line.wait_audio(0.0)
+    await line.wait_quiet()
+    assert not line.transfers and not line.hangups  # still with the agent
+    await _dtmf(handle, "0#")
+    status = await asyncio.wait_for(handle.wait(), 15)
+    assert line.transfers == ["+61255509999"]
+    assert status == ("completed", None)
+    telephony = [
+        (lvl, m, d) for src, lvl, m, d in await _events(sqlite_db, call_id) if src == "telephony"
+    ]
+    assert telephony[0] == (
+        "warning",
+        "transfer to +61255501234 refused: Not one of the agent's transfer destinations.",
+        {
+            "to": "+61255501234",
+            "reason": "destination_not_allowed",
+            "turnId": telephony[0][2]["turnId"],
+        },
+    )
+    assert telephony[1][1] == "transfer to +61255509999"
 
 
 async def test_hangup_chunk_ends_the_call_after_speaking(aiohttp_server, engine, sqlite_db, http):

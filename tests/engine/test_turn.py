@@ -18,13 +18,14 @@ from relay.turns import WebhookBrain
 from tests.engine.harness import Hook, call_setup, make_call, ndjson_line, ndjson_start, start_hook
 
 
-async def run_turn(aiohttp_server, sqlite_db, http, reply):
-    """One DTMF turn answered by ``reply``: (the text handed to speech, the plan, events)."""
+async def run_turn(aiohttp_server, sqlite_db, http, reply, source="webhook", **agent):
+    """One DTMF turn answered by ``reply``: (the text handed to speech, the plan, the events
+    from ``source``), the agent's settings from ``agent``."""
     call_id = await make_call(sqlite_db)
     sink = CallRecorder(sqlite_db, call_id)
     plans = []
     turns = Turns(
-        call_setup(call_id, await start_hook(aiohttp_server, Hook(reply))),
+        call_setup(call_id, await start_hook(aiohttp_server, Hook(reply)), **agent),
         WebhookBrain(http),
         sink,
         History(sink, time.time()),
@@ -38,7 +39,7 @@ async def run_turn(aiohttp_server, sqlite_db, http, reply):
     await sink.flush()
     async with sqlite_db.session() as session:
         found = await session.scalars(select(CallEvent).where(CallEvent.call_id == call_id))
-        events = [e for e in found.all() if e.source == "webhook"]
+        events = [e for e in found.all() if e.source == source]
     [plan] = plans
     assert "".join(emitted) == plan.text
     return plan, events, turns
@@ -84,3 +85,51 @@ async def test_reply_text_up_to_the_cap_is_whole(aiohttp_server, sqlite_db, http
 
     plan, events, _ = await run_turn(aiohttp_server, sqlite_db, http, reply)
     assert (plan.text, events) == (text, [])
+
+
+def transfer_reply(to):
+    async def reply(request, payload):
+        return web.json_response({"text": "Putting you through.", "transfer": to})
+
+    return reply
+
+
+async def test_a_transfer_to_a_listed_destination_is_planned(aiohttp_server, sqlite_db, http):
+    plan, events, _ = await run_turn(
+        aiohttp_server,
+        sqlite_db,
+        http,
+        transfer_reply("+61 2 5550 9999"),
+        source="telephony",
+        transfer_destinations=["+61255509999", "sip:desk@example.com"],
+    )
+    assert plan.actions == [("transfer", "+61255509999")]  # normalised, as the carrier dials it
+    assert events == []
+
+
+@pytest.mark.parametrize(
+    ("to", "allowed", "reason"),
+    [
+        ("+61255501234", ["+61255509999"], "destination_not_allowed"),
+        ("sip:admin@10.0.0.1", ["+61255509999"], "invalid_destination"),
+        ("+61255509999", None, "no_transfer_destinations"),  # an agent stored before the list
+    ],
+)
+async def test_a_transfer_the_agent_does_not_allow_is_refused_and_the_turn_goes_on(
+    aiohttp_server, sqlite_db, http, to, allowed, reason
+):
+    plan, events, turns = await run_turn(
+        aiohttp_server,
+        sqlite_db,
+        http,
+        transfer_reply(to),
+        source="telephony",
+        transfer_destinations=allowed,
+    )
+    assert plan.actions == []  # nothing is dialled, nor is the call ended
+    assert plan.text == "Putting you through."
+    assert turns.failures == 0
+    [event] = events
+    assert event.level == "warning"
+    assert event.data == {"to": to, "reason": reason, "turnId": plan.turn.turn_id}
+    assert event.message.startswith(f"transfer to {to} refused: ")

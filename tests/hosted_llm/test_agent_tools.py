@@ -67,7 +67,7 @@ async def test_patch_replaces_and_null_clears_tools(client, auth):
         ),
         ({**LOOKUP, "timeoutMs": 10}, "tools.0.timeoutMs", "greater than or equal"),
         ({**LOOKUP, "url": "ftp://x"}, "tools.0.url", "URL"),
-        ({"name": "end_call", "destinations": ["+1"]}, "tools.0", "transfer_call only"),
+        ({"name": "end_call", "destinations": ["+61255501999"]}, "tools.0", "transfer_call only"),
     ],
 )
 async def test_invalid_tools_are_refused_with_the_field(client, auth, tool, field, words):

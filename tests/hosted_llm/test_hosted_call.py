@@ -12,7 +12,7 @@ from sqlalchemy import select
 from relay.calls.live import CallRunner
 from relay.config import Settings
 from relay.engine import VoiceEngine
-from relay.store.models import Call, TranscriptSegment
+from relay.store.models import Call, CallEvent, TranscriptSegment
 from tests.engine.harness import RecordingLine, call_setup, make_call, transcribe
 from tests.hosted_llm.scripted_llm import text
 from tests.hosted_llm.tools_server import ToolServer
@@ -97,3 +97,51 @@ async def test_hosted_call_speaks_runs_a_tool_and_hangs_up(
     assert tool.data["result"] == {"status": "shipped"} and tool.data["durationMs"] >= 0
     assert segs[5].data["name"] == "end_call"
     assert call.status == "completed"
+
+
+async def test_a_refused_transfer_call_is_logged_and_the_caller_stays(
+    aiohttp_server, scripted, speech_models, sqlite_db, http
+):
+    allowed = "+61255501999"
+    scripted.add(
+        [("tool", "transfer_call", {"to": "+61255501234"})],
+        text("I can only put you through to the front desk."),
+        [("text", "Putting you through."), ("tool", "transfer_call", {"to": allowed})],
+    )
+    voice = VoiceEngine(Settings(llm_base_url=scripted.url, llm_model="tiny"))
+    engine = CallRunner(voice, Settings())
+    line = RecordingLine()
+    call_id = await make_call(sqlite_db)
+    setup = call_setup(
+        call_id,
+        "",
+        system_prompt="You are Ava from Acme.",
+        tools=[{"name": "transfer_call", "destinations": [allowed]}],
+    )
+    handle = await engine.start_call(replace(setup, voice_mode="hosted"), line, sqlite_db, http)
+    try:
+        await dtmf(handle, "0#")
+        await line.wait_audio(0.0)
+        await line.wait_quiet()
+        assert not line.transfers and not line.hangups  # the caller is still with the agent
+        await dtmf(handle, "0#")
+        status = await asyncio.wait_for(handle.wait(), 20)
+    finally:
+        await voice.close()
+        await engine.close()
+
+    assert line.transfers == [allowed] and status == ("completed", None)
+    assert scripted.messages(1)[-1]["content"].startswith("Error: the transfer was refused: ")
+    async with sqlite_db.session() as s:
+        events = (
+            await s.scalars(
+                select(CallEvent)
+                .where(CallEvent.call_id == call_id, CallEvent.source == "telephony")
+                .order_by(CallEvent.id)
+            )
+        ).all()
+    assert [(e.level, e.data["reason"]) for e in events[:1]] == [
+        ("warning", "destination_not_allowed")
+    ]
+    assert events[0].message.startswith("transfer to +61255501234 refused")
+    assert events[1].message == f"transfer to {allowed}"

@@ -48,12 +48,14 @@ class Brain:
         agent.setdefault("system_prompt", "You are Ava from Acme.")
         self.setup = replace(call_setup("call_test", "", **agent), voice_mode="hosted")
         self.tools: list[tuple[str, dict[str, Any]]] = []
+        self.events: list[tuple[str, str, str, dict[str, Any]]] = []
         self.backend = OpenAIBackend(scripted.url, model="tiny", timeout_s=2)
         self.brain = HostedBrain(
             with_templates(self.setup),
             self.backend,
             http,
             on_tool=lambda summary, start, end, data: self.tools.append((summary, data)),
+            on_event=lambda *event: self.events.append(event),
         )
         self.number = 0
 
@@ -324,7 +326,7 @@ async def test_end_call_hangs_up_after_the_goodbye(scripted, http):
 async def test_transfer_call_only_to_an_allowed_number(scripted, http):
     allowed = ["+61255501999"]
     scripted.add(
-        [("tool", "transfer_call", {"to": "+19005550000"})],
+        [("tool", "transfer_call", {"to": "+61255501234"})],
         [("text", "Transferring you now."), ("tool", "transfer_call", {"to": allowed[0]})],
     )
     brain = Brain(scripted, http, tools=[{"name": "transfer_call", "destinations": allowed}])
@@ -333,8 +335,36 @@ async def test_transfer_call_only_to_an_allowed_number(scripted, http):
     params = scripted.requests[0]["tools"][0]["function"]["parameters"]
     assert params["properties"]["to"]["enum"] == allowed
     assert scripted.messages(1)[-1]["content"] == (
-        "Error: invalid arguments for transfer_call: '+19005550000' is not one of ['+61255501999']"
+        "Error: the transfer was refused: Not one of the agent's transfer destinations. "
+        "Allowed: +61255501999. The caller is still on the line with you."
     )
+    assert brain.events == [
+        (
+            "telephony",
+            "transfer to +61255501234 refused: Not one of the agent's transfer destinations.",
+            "warning",
+            {"to": "+61255501234", "reason": "destination_not_allowed", "turnId": "turn_1"},
+        )
+    ]
+    assert [data["error"] is None for _, data in brain.tools] == [False, True]
+    await brain.backend.aclose()
+
+
+async def test_transfer_call_stored_without_destinations_transfers_nowhere(scripted, http):
+    # Agents stored before destinations were required: the LLM is told, the call goes on.
+    scripted.add(
+        [("tool", "transfer_call", {"to": "+61255501999"})],
+        text("I can't transfer you, but I can help."),
+    )
+    brain = Brain(scripted, http, tools=[{"name": "transfer_call"}])
+    chunks = await brain.turn("Get me a human")
+    assert spoken(chunks) == "I can't transfer you, but I can help."
+    assert not any(c.transfer for c in chunks)
+    assert scripted.messages(1)[-1]["content"].startswith(
+        "Error: the transfer was refused: The agent lists no transfer destinations."
+    )
+    [(source, _, level, data)] = brain.events
+    assert (source, level, data["reason"]) == ("telephony", "warning", "no_transfer_destinations")
     await brain.backend.aclose()
 
 

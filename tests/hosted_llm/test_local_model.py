@@ -119,6 +119,7 @@ async def test_a_hosted_turn_answers_from_the_system_prompt(backend):
             backend,
             http,
             on_tool=lambda *a: None,
+            on_event=lambda *a: None,
             max_tokens=40,
         )
         brain.start()  # warms the prompt, as while the greeting plays

@@ -3,7 +3,7 @@
 A call to one of our numbers is answered with ``<Connect><Stream>`` to the relay's Media
 Streams socket (:mod:`relay.transports.twilio`), or a polite ``<Say>`` and a hang-up; when
 the stream ends, Twilio asks again (``<Connect action>``) and hears ``<Dial>`` if the agent
-asked for a transfer, else a hang-up.
+asked for a transfer (already checked against the agent's destinations), else a hang-up.
 """
 
 from __future__ import annotations
@@ -36,9 +36,12 @@ def reject_twiml(message: str) -> str:
 
 
 def after_stream_twiml(transfer_to: str | None) -> str:
-    """What the call does once its media stream ended: transfer, or hang up."""
+    """What the call does once its media stream ended: transfer (to a number, or a ``sip:``
+    URI through ``<Sip>``), or hang up."""
     response = VoiceResponse()
-    if transfer_to:
+    if transfer_to and transfer_to.startswith("sip:"):
+        response.dial().sip(transfer_to)
+    elif transfer_to:
         response.dial(transfer_to)
     else:
         response.hangup()
