@@ -56,9 +56,18 @@ class BadRequest(APIError):
     code = "invalid_request"
 
 
+# RFC 9110 (11.6.1): a 401 names the scheme that would work; RFC 6750 adds why a key failed.
+WWW_AUTHENTICATE = 'Bearer realm="conversation-relay"'
+
+
 class Unauthorized(APIError):
     status = 401
     code = "unauthorized"
+
+    def __init__(self, message: str, **kwargs: Any) -> None:
+        super().__init__(message, **kwargs)
+        bad_key = ', error="invalid_token"' if self.code == "invalid_api_key" else ""
+        self.headers.setdefault("WWW-Authenticate", WWW_AUTHENTICATE + bad_key)
 
 
 class Forbidden(APIError):

@@ -552,3 +552,23 @@ class OptOut(Base):
     )
     reason: Mapped[str | None] = mapped_column(String(200))
     source: Mapped[str | None] = mapped_column(String(100))
+
+
+class IdempotencyKey(Base):
+    """A POST sent with an ``Idempotency-Key``: while it runs (``status`` empty), then its
+    answer, replayed to a retry with the same key for 24 hours (:mod:`relay.api.idempotency`)."""
+
+    __tablename__ = "idempotency_keys"
+    __table_args__ = (Index("ix_idempotency_keys_created", "created_at"),)
+
+    project_id: Mapped[str] = mapped_column(
+        ForeignKey("projects.id", ondelete="CASCADE"), primary_key=True
+    )
+    key: Mapped[str] = mapped_column(String(64), primary_key=True)  # SHA-256 of the key sent
+    method: Mapped[str] = mapped_column(String(10))
+    path: Mapped[str] = mapped_column(String(500))
+    fingerprint: Mapped[str] = mapped_column(String(64))  # sha256 of method, path and body
+    status: Mapped[int | None] = mapped_column(Integer)
+    content_type: Mapped[str | None] = mapped_column(String(100))
+    body: Mapped[str | None] = mapped_column(Text)  # sealed: relay.api.idempotency.seal
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
