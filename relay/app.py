@@ -4,7 +4,9 @@ Every long-lived worker is built here, from settings and the database, and start
 stopped through ``app.cleanup_ctx`` in the order written below (started top to bottom,
 stopped bottom to top, so nothing outlives what it needs):
 
-    schema         migrations (RELAY_AUTO_MIGRATE), the database's session hooks
+    schema         migrations (RELAY_AUTO_MIGRATE), the database's session hooks, the stored
+                   carrier credentials (opened with RELAY_ENCRYPTION_KEY, re-encrypted
+                   with its first key)
     node           webhook delivery, then recovery of what a dead node left, then dialling
     sms            the SMS service: carriers' texts in, workers, outbound
     post_call      summaries and extraction of completed calls
@@ -26,10 +28,11 @@ from aiohttp import web
 
 from relay import events
 from relay.api import carriers as carrier_webhooks
-from relay.api import media, system, webrtc, widget
+from relay.api import cors, media, system, webrtc, widget
 from relay.api.agents import router as agents_router
 from relay.api.call_create import router as call_create_router
 from relay.api.calls import router as calls_router
+from relay.api.carrier_accounts import router as carrier_accounts_router
 from relay.api.compliance import router as compliance_router
 from relay.api.dnc import router as dnc_router
 from relay.api.intelligence import router as intelligence_router
@@ -55,15 +58,18 @@ from relay.events import DELIVERY, DeliveryWorker
 from relay.logs import get_logger
 from relay.middleware import request_middleware
 from relay.ratelimit import RateLimiter
+from relay.secretbox import SecretBox
 from relay.state import APP_STATE, AppState
 from relay.store.db import Database
 from relay.turns import hosted_backend
+from relay_numbers.accounts import check_stored_credentials
 from sms.service import SMS, SmsService
 
 log = get_logger("relay.app")
 ROUTERS: tuple[Router, ...] = (
     agents_router,
     numbers_router,
+    carrier_accounts_router,
     messages_router,
     carrier_webhooks.sim.router,
     call_create_router,  # first: the Calls section of the OpenAPI document opens with it
@@ -93,10 +99,14 @@ def create_app(settings: Settings | None = None, *, db: Database | None = None) 
         db=database,
         carriers=CarrierRegistry([sim], default="sim"),
         limiter=RateLimiter(settings.rate_limit_per_second, settings.rate_limit_burst),
+        secret_box=SecretBox(settings.encryption_key),  # a malformed key refuses to start here
     )
     if settings.signing_secret:
         state.signing_key = hashlib.sha256(settings.signing_secret.encode()).digest()
-    app = web.Application(middlewares=[request_middleware], client_max_size=settings.max_body_bytes)
+    app = web.Application(
+        middlewares=[cors.cors_middleware, request_middleware],
+        client_max_size=settings.max_body_bytes,
+    )
     app[APP_STATE] = state
     _build_workers(app, state, sim=sim, twilio=twilio)
     system.install(app)
@@ -108,6 +118,7 @@ def create_app(settings: Settings | None = None, *, db: Database | None = None) 
         router.install(app)
         endpoints.extend(router.endpoints)
     app[system.OPENAPI_DOC] = build_openapi(endpoints, webrtc.OPENAPI_PATHS)
+    cors.install(app)
     carrier_webhooks.sim.install(app)
     carrier_webhooks.twilio.install(app, twilio)
     app.cleanup_ctx.extend((_schema, _node, _sms, _post_call, _recordings, _media))
@@ -131,7 +142,8 @@ def _build_workers(
     )
     app[DELIVERY] = DeliveryWorker(db, settings, node_id=node_id)
     app[RECOVERY] = Recovery(db, node_id, settings.node_timeout_seconds, app[DIALLER].redial)
-    app[SMS] = SmsService(settings, db, sim=sim, twilio=twilio)  # it closes their clients
+    # It closes their clients.
+    app[SMS] = SmsService(settings, db, sim=sim, twilio=twilio, secret_box=state.secret_box)
     app[INTELLIGENCE] = IntelligenceWorker(db, settings, lambda: hosted_backend(settings))
     app[RECORDINGS] = RecordingWorker(db, settings)
     app[MEDIA] = MediaRuntime(
@@ -158,6 +170,8 @@ async def _schema(app: web.Application) -> AsyncIterator[None]:
     state = app[APP_STATE]
     if state.settings.auto_migrate:
         await state.db.migrate()
+    # Refuse to start on credentials the configured key cannot open (or with no key at all).
+    await check_stored_credentials(state.db, state.secret_box)
     yield
     await state.db.detach()
     log.info("relay_stopped")

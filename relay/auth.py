@@ -1,5 +1,7 @@
 """API keys: ``sk_...`` (secret, full access to one project) and ``pk_...`` (publishable,
-safe in a web page: may only create calls on the agents and channels it was scoped to).
+safe in a web page: may only create calls on the agents and channels it was scoped to, from
+the pages (origins) it lists, to the destinations it allows, carrying only what its
+:class:`Allowances` let a call carry).
 
 Keys carry 192 random bits, so a plain SHA-256 is a sound one-way hash for them (a slow
 password hash buys nothing against a search space that size). Only the hash is stored.
@@ -24,9 +26,11 @@ from typing import TYPE_CHECKING, Literal, NoReturn
 from aiohttp import web
 from sqlalchemy import or_, select
 
-from relay.errors import Forbidden, RateLimited, Unauthorized
+from relay.errors import Forbidden, RateLimited, Unauthorized, invalid_field
 from relay.ids import new_id
+from relay.phone import destination_pattern, destination_refusal
 from relay.store.models import ApiKey, Project, utcnow
+from relay.urls import normalize_origin
 
 if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncSession
@@ -41,6 +45,86 @@ MISSING_KEY = "Send your API key as 'Authorization: Bearer KEY' or 'X-API-Key: K
 BAD_KEY = "The API key is not valid."
 TOO_MANY_BAD_KEYS = "Too many invalid API keys from this address; wait before trying again."
 PUBLISHABLE_FORBIDDEN = "Publishable keys may only create calls; use a secret key for this."
+DEFAULT_MAX_METADATA_BYTES = 1024
+MAX_METADATA_BYTES = 16 * 1024  # the cap every call's metadata has (relay.api.limits)
+WEB_ONLY = (
+    " Its only channel is 'web' (web calls: connectionType 'webrtc'); for a call-me button,"
+    " create a publishable key with the 'phone' channel."
+)
+VARIABLES_REFUSED = (
+    "This publishable key may not send variables (they fill the agent's system prompt); "
+    "create the key with allowVariables: true to allow them."
+)
+POST_CALL_REFUSED = (
+    "This publishable key may not set postCall (it runs jobs after the call); create the key "
+    "with allowPostCall: true to allow it."
+)
+METADATA_REFUSED = (
+    "This publishable key's calls may carry at most {limit} bytes of metadata (JSON); this "
+    "is {size}. Create the key with a larger maxMetadataBytes to allow more."
+)
+DESTINATIONS_NEED_PHONE = "allowedDestinations applies to keys with the 'phone' channel."
+PUBLISHABLE_ONLY = "{what} apply to publishable keys only"
+
+
+@dataclass(frozen=True, slots=True)
+class Allowances:
+    """What a publishable key may do beyond choosing agents and channels.
+
+    ``origins``: the web pages (``Origin``) that may use it; none: no page may.
+    ``destinations``: numbers (E.164) and prefixes (``+1415*``) it may ring; None: numbers
+    in its caller number's country. Premium-rate numbers need to be listed exactly.
+    ``variables``, ``post_call``: whether a call may carry them. ``max_metadata_bytes``:
+    how much metadata (compact JSON) a call may carry.
+    """
+
+    origins: tuple[str, ...] = ()
+    destinations: tuple[str, ...] | None = None
+    variables: bool = False
+    post_call: bool = False
+    max_metadata_bytes: int = DEFAULT_MAX_METADATA_BYTES
+
+    @classmethod
+    def checked(
+        cls,
+        *,
+        origins: list[str] | None = None,
+        destinations: list[str] | None = None,
+        variables: bool = False,
+        post_call: bool = False,
+        max_metadata_bytes: int | None = None,
+    ) -> Allowances:
+        """Normalised and validated; raises ValueError with a message for the user."""
+        size = DEFAULT_MAX_METADATA_BYTES if max_metadata_bytes is None else max_metadata_bytes
+        if not 0 <= size <= MAX_METADATA_BYTES:
+            raise ValueError(f"maxMetadataBytes must lie between 0 and {MAX_METADATA_BYTES}")
+        return cls(
+            origins=tuple(dict.fromkeys(normalize_origin(o) for o in origins or ())),
+            destinations=(
+                tuple(dict.fromkeys(destination_pattern(d) for d in destinations))
+                if destinations is not None
+                else None
+            ),
+            variables=variables,
+            post_call=post_call,
+            max_metadata_bytes=size,
+        )
+
+    @classmethod
+    def of(cls, row: ApiKey) -> Allowances:
+        return cls(
+            origins=tuple(row.allowed_origins or ()),
+            destinations=(
+                tuple(row.allowed_destinations) if row.allowed_destinations is not None else None
+            ),
+            variables=row.allow_variables,
+            post_call=row.allow_post_call,
+            max_metadata_bytes=(
+                DEFAULT_MAX_METADATA_BYTES
+                if row.max_metadata_bytes is None
+                else row.max_metadata_bytes
+            ),
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,6 +135,7 @@ class AuthKey:
     allowed_agents: tuple[str, ...] | None
     allowed_channels: tuple[str, ...] | None
     until: datetime | None = None  # a rotated key's grace period ends then
+    allowances: Allowances | None = None  # None: a secret key, limited by none of them
 
     @property
     def is_secret(self) -> bool:
@@ -58,10 +143,34 @@ class AuthKey:
 
     def require_channel(self, channel: str) -> None:
         if self.allowed_channels is not None and channel not in self.allowed_channels:
+            web_only = self.allowed_channels == ("web",)
             raise Forbidden(
-                f"This publishable key is not allowed to use the '{channel}' channel.",
+                f"This publishable key is not allowed to use the '{channel}' channel."
+                + (WEB_ONLY if web_only else ""),
                 code="key_scope_violation",
             )
+
+    def require_destination(self, to: str, caller: str) -> None:
+        """``to`` and ``caller`` in E.164; 403 ``destination_not_allowed`` when refused."""
+        if self.allowances is None:
+            return
+        reason = destination_refusal(to, caller, self.allowances.destinations)
+        if reason is not None:
+            raise Forbidden(reason, code="destination_not_allowed", field="to")
+
+    def require_extras(self, *, variables: bool, post_call: bool, metadata_bytes: int) -> None:
+        """Whether a call may carry ``variables``, a ``postCall`` override, and metadata of
+        ``metadata_bytes`` (compact JSON; 0 for none or ``{}``)."""
+        allows = self.allowances
+        if allows is None:
+            return
+        if variables and not allows.variables:
+            raise Forbidden(VARIABLES_REFUSED, code="key_scope_violation", field="variables")
+        if post_call and not allows.post_call:
+            raise Forbidden(POST_CALL_REFUSED, code="key_scope_violation", field="postCall")
+        if metadata_bytes > allows.max_metadata_bytes:
+            message = METADATA_REFUSED.format(limit=allows.max_metadata_bytes, size=metadata_bytes)
+            raise invalid_field("metadata", message, "metadata_too_large")
 
     def require_agent(self, agent_id: str) -> None:
         if self.allowed_agents is not None and agent_id not in self.allowed_agents:
@@ -172,6 +281,7 @@ async def _load_key(state: AppState, digest: str) -> AuthKey | None:
         allowed_agents=tuple(row.allowed_agents) if row.allowed_agents is not None else None,
         allowed_channels=tuple(row.allowed_channels) if row.allowed_channels is not None else None,
         until=row.revoked_at,
+        allowances=None if row.kind == "secret" else Allowances.of(row),
     )
 
 
@@ -204,13 +314,22 @@ async def create_key(
     name: str | None = None,
     agents: list[str] | None = None,
     channels: list[str] | None = None,
+    allowances: Allowances | None = None,
 ) -> tuple[str, ApiKey]:
-    """Make a key and return it in the clear (the only time it is ever seen) with its row."""
+    """Make a key and return it in the clear (the only time it is ever seen) with its row.
+    A publishable key made without ``allowances`` gets the defaults of :class:`Allowances`."""
     if kind == "secret" and (agents or channels):
-        raise ValueError("scopes (agents, channels) apply to publishable keys only")
+        raise ValueError(PUBLISHABLE_ONLY.format(what="scopes (agents, channels)"))
+    if kind == "secret" and allowances is not None:
+        raise ValueError(PUBLISHABLE_ONLY.format(what="origins, destinations and allowances"))
     for channel in channels or ():
         if channel not in CHANNELS:
             raise ValueError(f"unknown channel {channel!r}; choose from {', '.join(CHANNELS)}")
+    channels = list(dict.fromkeys(channels or ["web"])) if kind == "publishable" else None
+    if kind == "publishable":
+        allowances = allowances or Allowances()
+        if allowances.destinations is not None and "phone" not in (channels or ()):
+            raise ValueError(DESTINATIONS_NEED_PHONE)
     project = await ensure_project(session, project_name)
     return await _add_key(
         session,
@@ -218,7 +337,8 @@ async def create_key(
         kind,
         name,
         list(agents) if kind == "publishable" and agents else None,
-        list(channels or ["web"]) if kind == "publishable" else None,
+        channels,
+        allowances,
     )
 
 
@@ -229,6 +349,7 @@ async def _add_key(
     name: str | None,
     agents: list[str] | None,
     channels: list[str] | None,
+    allowances: Allowances | None,
 ) -> tuple[str, ApiKey]:
     raw = ("sk_" if kind == "secret" else "pk_") + secrets.token_urlsafe(24)
     row = ApiKey(
@@ -241,6 +362,14 @@ async def _add_key(
         allowed_agents=agents,
         allowed_channels=channels,
     )
+    if allowances is not None:
+        row.allowed_origins = list(allowances.origins)
+        row.allowed_destinations = (
+            list(allowances.destinations) if allowances.destinations is not None else None
+        )
+        row.allow_variables = allowances.variables
+        row.allow_post_call = allowances.post_call
+        row.max_metadata_bytes = allowances.max_metadata_bytes
     session.add(row)
     await session.flush()
     return raw, row
@@ -272,13 +401,19 @@ def revoke_key(key: ApiKey, now: datetime) -> None:
 async def rotate_key(
     session: AsyncSession, key: ApiKey, grace_seconds: int, now: datetime
 ) -> tuple[str, ApiKey]:
-    """A new key of the same project, kind, name and scopes, returned in the clear; ``key``
-    is honoured for ``grace_seconds`` more (0: refused at once). ``key`` must be live and
-    not already rotated (raises ValueError). Then :func:`forget_key` on this node."""
+    """A new key of the same project, kind, name, scopes and allowances, returned in the
+    clear; ``key`` is honoured for ``grace_seconds`` more (0: refused at once). ``key`` must
+    be live and not already rotated (raises ValueError). Then :func:`forget_key` here."""
     if key.revoked_at is not None:
         raise ValueError("the key is revoked or already rotated")
     raw, new = await _add_key(
-        session, key.project_id, key.kind, key.name, key.allowed_agents, key.allowed_channels
+        session,
+        key.project_id,
+        key.kind,
+        key.name,
+        key.allowed_agents,
+        key.allowed_channels,
+        None if key.kind == "secret" else Allowances.of(key),
     )
     key.revoked_at = now + timedelta(seconds=grace_seconds)
     return raw, new

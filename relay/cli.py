@@ -1,4 +1,4 @@
-"""``relay serve | demo | migrate | keys create|list|revoke|rotate | phone call|sms``."""
+"""``relay serve | demo | migrate | keys create|list|revoke|rotate|encryption | phone call|sms``."""
 
 from __future__ import annotations
 
@@ -93,12 +93,28 @@ def _in_session(args: argparse.Namespace, work: Callable[[AsyncSession], Awaitab
 
 
 def cmd_keys_create(args: argparse.Namespace) -> int:
-    from relay.auth import create_key  # as in cmd_serve: only what the command runs
+    from relay.auth import Allowances, create_key  # as in cmd_serve: only what it runs
 
-    agents = [a for a in (args.agents or "").split(",") if a]
-    channels = [c for c in (args.channels or "").split(",") if c]
+    agents = _listed(args.agents)
+    channels = _listed(args.channels)
+    limited = (
+        args.allow_variables
+        or args.allow_post_call
+        or any(x is not None for x in (args.origins, args.destinations, args.max_metadata_bytes))
+    )
 
     async def work(session: AsyncSession) -> str:
+        allowances = (
+            Allowances.checked(
+                origins=_listed(args.origins),
+                destinations=_listed(args.destinations) if args.destinations else None,
+                variables=args.allow_variables,
+                post_call=args.allow_post_call,
+                max_metadata_bytes=args.max_metadata_bytes,
+            )
+            if args.publishable or limited  # a secret key with them: create_key refuses
+            else None
+        )
         raw, _ = await create_key(
             session,
             args.project,
@@ -106,6 +122,7 @@ def cmd_keys_create(args: argparse.Namespace) -> int:
             name=args.name,
             agents=agents or None,
             channels=channels or None,
+            allowances=allowances,
         )
         return raw
 
@@ -117,6 +134,10 @@ def cmd_keys_create(args: argparse.Namespace) -> int:
     print(raw)
     print(STORE_IT, file=sys.stderr)
     return 0
+
+
+def _listed(value: str | None) -> list[str]:
+    return [item.strip() for item in (value or "").split(",") if item.strip()]
 
 
 def cmd_keys_list(args: argparse.Namespace) -> int:
@@ -198,6 +219,19 @@ def cmd_keys_rotate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_keys_encryption(args: argparse.Namespace) -> int:
+    from relay.secretbox import new_key
+
+    print(new_key())
+    print(
+        "Set it as RELAY_ENCRYPTION_KEY. To rotate, put the new key first and keep the old:"
+        " RELAY_ENCRYPTION_KEY=new,old; a start re-encrypts every credential with the new"
+        " key, after which the old one can go.",
+        file=sys.stderr,
+    )
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     # As in cmd_serve: the demo loads the speech engines (seconds).
     from relay.demo import DEFAULT_LINES, DemoOptions, run_demo
@@ -257,7 +291,32 @@ def build_parser() -> argparse.ArgumentParser:
     create.add_argument("--name", help="a label for the key")
     create.add_argument("--publishable", action="store_true", help="pk_ key, safe in web pages")
     create.add_argument("--agents", help="publishable: comma-separated agent ids it may call")
-    create.add_argument("--channels", help="publishable: comma-separated, from web,phone,websocket")
+    create.add_argument(
+        "--channels",
+        help="publishable: comma-separated, from web,phone,websocket (default web; web calls "
+        "are not available on this version yet)",
+    )
+    create.add_argument(
+        "--origins",
+        help="publishable: comma-separated web origins that may use it, like "
+        "https://example.com (default: none, so no web page may)",
+    )
+    create.add_argument(
+        "--destinations",
+        help="publishable, phone: comma-separated E.164 numbers or prefixes like +1415* it may "
+        "ring (default: the caller number's country; premium-rate only if listed exactly)",
+    )
+    create.add_argument(
+        "--allow-variables", action="store_true", help="publishable: its calls may send variables"
+    )
+    create.add_argument(
+        "--allow-post-call", action="store_true", help="publishable: its calls may set postCall"
+    )
+    create.add_argument(
+        "--max-metadata-bytes",
+        type=int,
+        help="publishable: the most metadata (JSON) its calls may carry (default 1024)",
+    )
     create.set_defaults(func=cmd_keys_create)
     listing = keys_sub.add_parser("list", help="list keys (never the keys themselves)")
     common(listing, server=False)
@@ -277,6 +336,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="seconds the old key still works (default 0: it stops at once; at most 7 days)",
     )
     rotate.set_defaults(func=cmd_keys_rotate)
+    encryption = keys_sub.add_parser(
+        "encryption", help="print a new RELAY_ENCRYPTION_KEY (carrier credentials at rest)"
+    )
+    encryption.set_defaults(func=cmd_keys_encryption)
 
     phone = sub.add_parser("phone", help="a simulated handset on the sim carrier")
     phone_sub = phone.add_subparsers(dest="phone_command", required=True)

@@ -40,11 +40,14 @@ class Settings(BaseSettings):
     # default); turn it off in production. Twilio's webhooks are verified with the auth
     # token, or with the shared key when Twilio signs with one.
     sim_enabled: bool = True
-    twilio_auth_token: str = ""
+    twilio_auth_token: str = Field(default="", repr=False)
     twilio_webhook_signing_key: str = ""
     # Outbound texts through Twilio's REST API. The base URL is for a test double or proxy.
     twilio_account_sid: str = ""
     twilio_api_base_url: str = ""
+    # Carrier accounts' credentials are stored encrypted with this Fernet key (several,
+    # comma-separated, while rotating: the first encrypts). `relay keys encryption` makes one.
+    encryption_key: str = Field(default="", repr=False)
 
     rate_limit_per_second: float = Field(default=50.0, gt=0)
     rate_limit_burst: int = Field(default=100, ge=1)

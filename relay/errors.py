@@ -3,7 +3,8 @@
 APIError                      any error answered as {"error": {...}}
 ├── BadRequest        400     malformed_json, invalid_json, invalid_request
 ├── Unauthorized      401     unauthorized
-├── Forbidden         403     forbidden, publishable_key_not_allowed, ...
+├── Forbidden         403     forbidden, publishable_key_not_allowed, key_scope_violation,
+│                             origin_not_allowed, destination_not_allowed, ...
 ├── NotFound          404     not_found
 ├── MethodNotAllowed  405     method_not_allowed
 ├── Conflict          409     conflict, phone_number_taken, ...
@@ -54,9 +55,18 @@ class BadRequest(APIError):
     code = "invalid_request"
 
 
+# RFC 9110 (11.6.1): a 401 names the scheme that would work; RFC 6750 adds why a key failed.
+WWW_AUTHENTICATE = 'Bearer realm="conversation-relay"'
+
+
 class Unauthorized(APIError):
     status = 401
     code = "unauthorized"
+
+    def __init__(self, message: str, **kwargs: Any) -> None:
+        super().__init__(message, **kwargs)
+        bad_key = ', error="invalid_token"' if self.code == "invalid_api_key" else ""
+        self.headers.setdefault("WWW-Authenticate", WWW_AUTHENTICATE + bad_key)
 
 
 class Forbidden(APIError):

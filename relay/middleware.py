@@ -1,4 +1,5 @@
-"""The outermost layer: request ids, access logs, metrics and the one error shape."""
+"""The outer layer (only CORS, :mod:`relay.api.cors`, wraps it): request ids, access logs,
+metrics and the one error shape."""
 
 from __future__ import annotations
 

@@ -11,6 +11,7 @@ from aiohttp import web
 
 from relay.config import Settings
 from relay.ratelimit import RateLimiter
+from relay.secretbox import SecretBox
 from relay.store.db import Database
 
 if TYPE_CHECKING:
@@ -28,6 +29,8 @@ class AppState:
     carriers: CarrierRegistry
     limiter: RateLimiter
     signing_key: bytes = field(default_factory=lambda: secrets.token_bytes(32))
+    # Opens carrier accounts' stored credentials (RELAY_ENCRYPTION_KEY).
+    secret_box: SecretBox = field(default_factory=lambda: SecretBox(""))
     key_cache: dict[str, tuple[float, Any]] = field(default_factory=dict)
     key_loads: dict[str, asyncio.Future[Any]] = field(default_factory=dict)
     # Failed key lookups per client address: a guesser is slowed, and costs no query.

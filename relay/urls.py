@@ -1,8 +1,10 @@
-"""Checks on URLs users give us to call (webhooks, tools): scheme and where they point."""
+"""Checks on URLs users give us: ones we call (webhooks, tools), scheme and where they point;
+and web origins (a publishable key's pages), in the form browsers send them."""
 
 from __future__ import annotations
 
 import ipaddress
+import re
 import socket
 from urllib.parse import urlsplit
 
@@ -13,6 +15,16 @@ PRIVATE = (
 )
 LOCAL_NAMES = ("localhost", "localhost.localdomain", "ip6-localhost")
 LOCAL_SUFFIXES = (".localhost", ".local", ".internal", ".lan", ".home.arpa")
+BAD_ORIGIN = (
+    "{value!r} is not a web origin: send scheme://host[:port] (like https://example.com), "
+    "with no path, query or credentials."
+)
+ANY_ORIGIN = (
+    "'*' is not allowed: list each page's origin, so other sites cannot use the key from "
+    "their visitors' browsers."
+)
+DEFAULT_PORTS = {"http": 80, "https": 443}
+_HOST = re.compile(r"[a-z0-9_](?:[a-z0-9_.-]*[a-z0-9_])?")
 # NAT64's well-known prefix carries an IPv4 address in its last 32 bits (RFC 6052).
 NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
 
@@ -75,3 +87,39 @@ def media_base_url(public_url: str) -> str:
         if public_url.startswith(http):
             return ws + public_url[len(http) :]
     return public_url
+
+
+def normalize_origin(value: str) -> str:
+    """``value`` as a browser's ``Origin`` header spells it (RFC 6454: lower-case scheme and
+    host, no default port). Raises ValueError with a message for the user."""
+    if value.strip() == "*":
+        raise ValueError(ANY_ORIGIN)
+    try:
+        parts = urlsplit(value)
+        host, port = parts.hostname, parts.port
+    except ValueError:
+        raise ValueError(BAD_ORIGIN.format(value=value)) from None
+    scheme = parts.scheme.lower()
+    if (
+        scheme not in DEFAULT_PORTS
+        or not host
+        or "*" in host
+        or parts.username is not None
+        or parts.path not in ("", "/")
+        or parts.query
+        or parts.fragment
+        or value != value.strip()
+    ):
+        raise ValueError(BAD_ORIGIN.format(value=value))
+    if ":" in host:
+        host = f"[{host}]"  # an IPv6 literal keeps its brackets
+    else:
+        try:  # browsers send an internationalised name in its ASCII (punycode) form
+            host = host.encode("idna").decode("ascii")
+        except UnicodeError:
+            raise ValueError(BAD_ORIGIN.format(value=value)) from None
+        if not _HOST.fullmatch(host):
+            raise ValueError(BAD_ORIGIN.format(value=value))
+    if port is None or port == DEFAULT_PORTS[scheme]:
+        return f"{scheme}://{host}"
+    return f"{scheme}://{host}:{port}"

@@ -59,12 +59,15 @@ class Receipt:
     replies: asyncio.Future[list[SmsRow]] | None = None
 
 
-async def _stored(svc: Receiving, incoming: IncomingText) -> tuple[str, str] | None:
+async def _stored(
+    svc: Receiving, incoming: IncomingText, carrier_key: str
+) -> tuple[str, str] | None:
+    # Within the carrier account only: another account's text with the same id is not ours.
     async with svc.db.session() as session:
         row = (
             await session.execute(
                 select(Message.id, Message.conversation_id).where(
-                    Message.provider == incoming.provider,
+                    Message.carrier_key == carrier_key,
                     Message.carrier_message_id == incoming.carrier_message_id,
                 )
             )
@@ -73,11 +76,18 @@ async def _stored(svc: Receiving, incoming: IncomingText) -> tuple[str, str] | N
 
 
 async def receive(
-    svc: Receiving, incoming: IncomingText, *, number: Number | None = None, wait: bool = False
+    svc: Receiving,
+    incoming: IncomingText,
+    *,
+    number: Number | None = None,
+    carrier_keys: tuple[str, ...] = (),
+    wait: bool = False,
 ) -> Receipt:
-    """Store ``incoming`` and queue its answer. ``wait``: the receipt carries a future that
-    resolves to the replies once they are handed to the carrier."""
-    number = number or await number_for_inbound(svc.db, incoming.to_number)
+    """Store ``incoming`` and queue its answer: to ``number``, or to the number it was sent
+    to under the first of ``carrier_keys`` (the accounts the carrier's request names).
+    ``wait``: the receipt carries a future that resolves to the replies once they are
+    handed to the carrier."""
+    number = number or await number_for_inbound(svc.db, incoming.to_number, carrier_keys)
     if number is None:
         log.warning("sms_for_unknown_number", to=incoming.to_number, provider=incoming.provider)
         return Receipt(None, None)
@@ -95,6 +105,7 @@ async def receive(
         media=list(incoming.media) or None,
         status="received",
         provider=incoming.provider,
+        carrier_key=number.carrier_key,
         carrier_message_id=incoming.carrier_message_id,
         keyword_handled=incoming.keyword_handled,
         segments=seg.count,
@@ -140,7 +151,7 @@ async def receive(
         except IntegrityError:
             # The carrier delivered this text before (a retry): the unique carrier id refused
             # it, and the rollback took the seq back too.
-            found = await _stored(svc, incoming)
+            found = await _stored(svc, incoming, number.carrier_key)
             if found is None:
                 raise
             return Receipt(found[0], found[1], duplicate=True)

@@ -21,7 +21,7 @@ from sqlalchemy import String, bindparam, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from relay.carriers import Carrier, CarrierError
-from relay.carriers.sms import DeliveryStatus, OutgoingText
+from relay.carriers.sms import DeliveryStatus, OutgoingText, SentText
 from relay.events import emit
 from relay.ids import new_id
 from relay.logs import get_logger
@@ -42,6 +42,10 @@ STEPS: dict[str, tuple[str, ...]] = {
 NO_CARRIER = "This relay has no SMS carrier {name!r}."
 
 
+class TextCarrier(Protocol):
+    async def send_sms(self, text: OutgoingText) -> SentText: ...
+
+
 class Sending(Protocol):
     """What handing texts to carriers uses of the process's :class:`sms.service.SmsService`."""
 
@@ -49,6 +53,7 @@ class Sending(Protocol):
     carriers: dict[str, Carrier]
 
     def status_callback_url(self, msg: SmsRow) -> str | None: ...
+    async def carrier_for(self, msg: SmsRow) -> TextCarrier | None: ...
 
 
 def message_payload(msg: SmsRow) -> dict[str, Any]:
@@ -80,6 +85,7 @@ def outbound_row(
     number_id: str | None,
     agent_id: str | None,
     provider: str,
+    carrier_key: str | None,
     from_number: str,
     to_number: str,
     text: str,
@@ -102,6 +108,7 @@ def outbound_row(
         text=text,
         status="queued",
         provider=provider,
+        carrier_key=carrier_key,
         in_reply_to=in_reply_to,
         segments=seg.count,
         encoding=seg.encoding,
@@ -208,7 +215,7 @@ def log_event(
 
 async def deliver(svc: Sending, msg: SmsRow) -> SmsRow:
     """Hand a stored, claimed outbound text to its carrier and record the outcome."""
-    carrier = svc.carriers.get(msg.provider)
+    carrier = await svc.carrier_for(msg)
     try:
         if carrier is None:
             raise CarrierError(NO_CARRIER.format(name=msg.provider))

@@ -39,12 +39,16 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from relay.carriers import Carrier
 from relay.carriers.sim import SimCarrier
-from relay.carriers.twilio import TwilioCarrier
+from relay.carriers.twilio import TwilioCarrier, TwilioSms
 from relay.config import Settings
 from relay.egress import client_session
 from relay.logs import get_logger
+from relay.secretbox import SecretBox
 from relay.store.db import Database
 from relay.store.models import Message, utcnow
+from relay_numbers import TWILIO_DEPLOYMENT_KEY
+from relay_numbers.accounts import twilio_tokens
+from sms.outbound import TextCarrier
 from sms.queue import ConversationQueues
 from sms.store import SmsRow
 from sms.worker import TurnInputs, drain, release
@@ -75,9 +79,13 @@ class SmsService:
         *,
         sim: SimCarrier | None = None,
         twilio: TwilioCarrier | None = None,
+        secret_box: SecretBox | None = None,
     ) -> None:
         self.settings = settings
         self.db = db
+        self.secret_box = secret_box or SecretBox(settings.encryption_key)
+        # Project carrier accounts' Twilio clients, by (AccountSid, token): made on first use.
+        self._accounts: dict[tuple[str, str], TwilioSms] = {}
         self.sim = sim or SimCarrier()
         self.twilio = twilio or TwilioCarrier.from_settings(settings)
         self.carriers: dict[str, Carrier] = carriers or {"sim": self.sim, "twilio": self.twilio}
@@ -147,6 +155,26 @@ class SmsService:
             return None
         base = self.settings.effective_public_url()
         return f"{base}{STATUS_CALLBACK_PATH}?messageId={msg.id}"
+
+    async def carrier_for(self, msg: SmsRow) -> TextCarrier | None:
+        """Who sends ``msg``: its number's carrier account when a project added it, else the
+        relay's own carrier of that provider."""
+        key = msg.carrier_key or ""
+        if (
+            msg.provider != "twilio"
+            or not key.startswith("twilio:")
+            or key == TWILIO_DEPLOYMENT_KEY
+        ):
+            return self.carriers.get(msg.provider)
+        sid = key.removeprefix("twilio:")
+        tokens = await twilio_tokens(self.db, self.secret_box, sid)
+        if not tokens:
+            return None
+        client = self._accounts.get((sid, tokens[0]))
+        if client is None:
+            client = TwilioSms(sid, tokens[0], api_base_url=self.settings.twilio_api_base_url)
+            self._accounts[(sid, tokens[0])] = client
+        return client
 
     def expect_replies(self, message_id: str) -> asyncio.Future[list[SmsRow]]:
         future: asyncio.Future[list[SmsRow]] = asyncio.get_running_loop().create_future()
@@ -248,6 +276,9 @@ class SmsService:
         if self._http is not None:
             await self._http.close()
         await self.twilio.close()
+        for client in self._accounts.values():
+            await client.close()
+        self._accounts.clear()
 
 
 SMS: web.AppKey[SmsService] = web.AppKey("sms", SmsService)

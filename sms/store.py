@@ -70,6 +70,7 @@ class SmsRow:
     media: list[Any] | None
     status: str
     provider: str
+    carrier_key: str | None
     carrier_message_id: str | None
     in_reply_to: str | None
     keyword_handled: bool

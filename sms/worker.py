@@ -414,6 +414,7 @@ async def _finish(svc: Answering, msg: SmsRow, outcome: Outcome) -> list[SmsRow]
                 number_id=msg.number_id,
                 agent_id=msg.agent_id,
                 provider=msg.provider,
+                carrier_key=msg.carrier_key,
                 from_number=msg.to_number,
                 to_number=msg.from_number,
                 text=text,

@@ -16,6 +16,7 @@ from relay.app import create_app
 from relay.auth import create_key
 from relay.config import Settings
 from relay.events import attach
+from relay.handset.fake_twilio import FakeTwilio
 from relay.store.db import Database
 
 PG_DSN = os.environ.get("RELAY_TEST_PG_DSN", "postgresql://postgres@127.0.0.1:5432/test")
@@ -44,9 +45,37 @@ async def database(request: pytest.FixtureRequest, tmp_path: Any) -> AsyncIterat
         await conn.close()
 
 
+# The deployment's own Twilio account (RELAY_TWILIO_*), at a fake of Twilio's REST API that
+# says it owns any number asked about: imports under it succeed in tests not about ownership.
+DEPLOYMENT_SID = "AC" + "d" * 32
+DEPLOYMENT_TOKEN = "deployment-twilio-auth-token"
+
+
 @pytest.fixture
-def settings() -> Settings:
-    return Settings(allow_private_webhooks=True, rate_limit_per_second=1000, rate_limit_burst=1000)
+async def twilio_rest(aiohttp_server: Any) -> tuple[FakeTwilio, str]:
+    """A fake Twilio REST API and its base URL, holding the deployment's account."""
+    fake = FakeTwilio(DEPLOYMENT_SID, DEPLOYMENT_TOKEN)
+    server = await aiohttp_server(fake.app())
+    return fake, str(server.make_url("")).rstrip("/")
+
+
+def deployment_twilio(base_url: str) -> dict[str, str]:
+    """Settings for the deployment's own Twilio account at ``base_url``."""
+    return {
+        "twilio_account_sid": DEPLOYMENT_SID,
+        "twilio_auth_token": DEPLOYMENT_TOKEN,
+        "twilio_api_base_url": base_url,
+    }
+
+
+@pytest.fixture
+def settings(twilio_rest: tuple[FakeTwilio, str]) -> Settings:
+    return Settings(
+        allow_private_webhooks=True,
+        rate_limit_per_second=1000,
+        rate_limit_burst=1000,
+        **deployment_twilio(twilio_rest[1]),
+    )
 
 
 # Every fixture that starts an app asks for ``database`` BEFORE ``aiohttp_client``: fixtures

@@ -119,12 +119,60 @@ async def test_keys_create_publishable_with_scopes(env, database):
     assert row.allowed_agents == ["agt_x"]
 
 
+async def test_keys_create_publishable_with_origins_destinations_and_allowances(env, database):
+    code, out, err = await run(
+        env,
+        "keys",
+        "create",
+        "--publishable",
+        "--channels",
+        "phone",
+        "--origins",
+        "https://Shop.Example.com, http://localhost:3000",
+        "--destinations",
+        "+14155550123,+1212*",
+        "--allow-variables",
+        "--max-metadata-bytes",
+        "2048",
+    )
+    assert code == 0, err
+    [(row, _)] = await key_rows(database)
+    assert row.allowed_origins == ["https://shop.example.com", "http://localhost:3000"]
+    assert row.allowed_destinations == ["+14155550123", "+1212*"]
+    assert (row.allow_variables, row.allow_post_call, row.max_metadata_bytes) == (
+        True,
+        False,
+        2048,
+    )
+    # Without the flags: no page, the caller number's country, nothing extra.
+    code, out, err = await run(env, "keys", "create", "--project", "p2", "--publishable")
+    assert code == 0, err
+    [row] = [r for r, project in await key_rows(database) if project == "p2"]
+    assert (row.allowed_channels, row.allowed_origins, row.allowed_destinations) == (
+        ["web"],
+        [],
+        None,
+    )
+    assert (row.allow_variables, row.allow_post_call, row.max_metadata_bytes) == (
+        False,
+        False,
+        1024,
+    )
+
+
 @pytest.mark.parametrize(
     "args",
     [
         ["--publishable", "--channels", "web,fax"],
         ["--channels", "web"],  # scopes are for publishable keys only
         ["--agents", "agt_x"],
+        ["--origins", "https://example.com"],
+        ["--allow-variables"],
+        ["--publishable", "--origins", "*"],
+        ["--publishable", "--origins", "https://example.com/app"],
+        ["--publishable", "--channels", "phone", "--destinations", "+1415"],
+        ["--publishable", "--destinations", "+1415*"],  # the key may not phone
+        ["--publishable", "--max-metadata-bytes", "99999"],
     ],
 )
 async def test_keys_create_refuses_bad_scopes_with_exit_code_2(env, database, args):

@@ -3,8 +3,9 @@ bring-your-own-telephony call (a ``joinUrl`` for your carrier's media stream or 
 raw PCM websocket), or a web call (``webrtc``: a WHIP ``joinUrl`` and a one-time token for
 the page, :mod:`relay.api.webrtc`).
 
-Publishable keys may create calls on the channels and agents they are scoped to; what a call
-is once created, and every read of it, is :mod:`relay.api.calls`.
+Publishable keys may create calls on the channels and agents they are scoped to, to the
+destinations they allow, carrying what their allowances let through (:mod:`relay.auth`); what
+a call is once created, and every read of it, is :mod:`relay.api.calls`.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from relay.api.agents import (
     new_webhook_secret,
 )
 from relay.api.calls import TAG, CallOut, call_out
-from relay.api.limits import KEYS_SCHEMA, Metadata, cap
+from relay.api.limits import KEYS_SCHEMA, Metadata, cap, json_size
 from relay.api.routing import Context, Router
 from relay.api.schema import APIModel
 from relay.calls.inbound import (
@@ -296,12 +297,23 @@ async def create_call(ctx: Context, body: CallCreate) -> web.Response:
     SDP offer there (README, "Web calls").
 
     Publishable keys may use this on the agents and channels they allow (``phone`` for
-    phone and carrier streams, ``websocket`` for raw websockets, ``web`` for web calls),
-    and may not set ``from``."""
+    phone and carrier streams, ``websocket`` for raw websockets, ``web`` for web calls), from
+    the web pages they
+    list (CORS: the preflight needs no key; a request whose ``Origin`` the key does not
+    list answers 403 ``origin_not_allowed``, a secret key from a page 403
+    ``secret_key_in_browser``), to the destinations they allow (else 403
+    ``destination_not_allowed``), and may not set ``from``. ``variables`` and ``postCall``
+    need a key that allows them (else 403 ``key_scope_violation``), and metadata may be as
+    large as the key allows (else 422 ``metadata_too_large``)."""
     key = ctx.key
     assert key is not None
     key.require_channel(CHANNEL_OF[body.connection_type or "phone"])
     key.require_agent(body.agent_id)
+    key.require_extras(
+        variables=bool(body.variables),
+        post_call=body.post_call is not None,
+        metadata_bytes=json_size(body.metadata) if body.metadata else 0,
+    )
     if body.connection_type is not None:
         return await _create_byot(ctx, body)
     if body.from_ is not None and not key.is_secret:
@@ -313,6 +325,8 @@ async def create_call(ctx: Context, body: CallCreate) -> web.Response:
     async with writing(ctx.state.db) as session:
         agent = await load_agent(ctx, session, body.agent_id)
         number = await _caller_number(ctx, session, agent, caller_id)
+        # Before the opt-out check, which would tell a page who texted STOP.
+        key.require_destination(to, number.phone_number)
         await refuse_if_opted_out(session, ctx.project_id, to)
         call = _new_call(
             ctx,

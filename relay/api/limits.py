@@ -119,6 +119,11 @@ def _walk(data: Any) -> None:
             raise BadRequest(NOT_FINITE, code="invalid_json", field=field or None)
 
 
+def json_size(value: Any) -> int:
+    """Bytes of ``value`` as compact UTF-8 JSON: how free-form objects are measured."""
+    return len(json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode())
+
+
 def cap(code: str) -> AfterValidator:
     """Annotate a free-form object with this: at most 50 keys and 16 KiB of JSON, or the
     field's error (and the response's, when it is the only one) has ``code``."""
@@ -126,8 +131,7 @@ def cap(code: str) -> AfterValidator:
     def check(value: dict[str, Any]) -> dict[str, Any]:
         if len(value) > MAX_OBJECT_KEYS:
             raise PydanticCustomError(code, TOO_MANY_KEYS)
-        size = len(json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode())
-        if size > MAX_OBJECT_BYTES:
+        if json_size(value) > MAX_OBJECT_BYTES:
             raise PydanticCustomError(code, TOO_MANY_BYTES)
         return value
 

@@ -249,6 +249,7 @@ async def send_message(ctx: Context, body: MessageCreate) -> MessageOut:
             number_id=number.id,
             agent_id=agent_id,
             provider=number.provider,
+            carrier_key=number.carrier_key,
             from_number=number.phone_number,
             to_number=to,
             text=body.text,

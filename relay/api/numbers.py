@@ -1,7 +1,15 @@
-"""``/v1/numbers``: provision from a carrier, import one you own, bind to an agent, release."""
+"""``/v1/numbers``: provision from a carrier, import one you own, bind to an agent, release.
+
+An import is proved: the carrier account it names (or the project's sim account, or the
+deployment's own Twilio account) must own the number, as the carrier says. A number the
+account does not own and a number another project already imported under the same account
+get the same answer (422 ``number_not_owned``), so an import tells nothing about other
+projects. Numbers are routed by (carrier account, number): :mod:`relay_numbers.keys`.
+"""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal
 
@@ -10,18 +18,32 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
 from relay.api.agents import load_agent
+from relay.api.carrier_accounts import carrier_api_error, load_account, twilio_of
 from relay.api.pagination import fetch_page, newest_first
 from relay.api.routing import Context, Router
 from relay.api.schema import APIModel, Deleted, OutModel, Page, PageQuery
 from relay.carriers import CarrierError, NoNumberAvailable, ProvisionRequest
+from relay.carriers.sim import SIM_RANGES, sim_country_of
+from relay.carriers.twilio.accounts import TwilioAccounts, TwilioCredentials
 from relay.errors import APIError, Conflict, NotFound, invalid_field
 from relay.ids import new_id
 from relay.phone import region_of, to_e164
-from relay.store.models import Number, utcnow
+from relay.store.models import CarrierAccount, Number, utcnow
+from relay_numbers import TWILIO_DEPLOYMENT_KEY, sim_key, twilio_key
 
 router = Router()
 TAG = "Numbers"
-NUMBER_TAKEN = "This number is already in use in the relay."
+NUMBER_TAKEN = "This project already has this number on this carrier account."
+NOT_OWNED = "{account} has no number {phone}."
+NOT_IN_SIM_RANGES = "The sim carrier has no number {phone}: its ranges are {ranges}."
+NOT_VERIFIABLE = (
+    "This relay cannot prove who owns {provider} numbers yet; it imports twilio and sim numbers."
+)
+NEEDS_ACCOUNT = (
+    "Name the Twilio carrier account that owns the number (carrierAccountId): this relay has "
+    "no Twilio account of its own (RELAY_TWILIO_ACCOUNT_SID)."
+)
+WRONG_PROVIDER = "Carrier account {id} is a {provider} account, not {wanted}."
 UNKNOWN_CARRIER = "Unknown carrier {name!r}; this relay has: {names}."
 
 
@@ -40,14 +62,25 @@ class NumberCreate(APIModel):
 
 
 class NumberImport(APIModel):
-    provider: Literal["twilio", "telnyx", "plivo", "vonage", "sip"]
+    provider: Literal["twilio", "sim", "telnyx", "plivo", "vonage", "sip"]
     phone_number: str = Field(max_length=40)
-    credentials_ref: str = Field(
+    carrier_account_id: str | None = Field(
+        default=None,
+        max_length=60,
+        description="The carrier account that owns the number (``/v1/carrier-accounts``). "
+        "Without it: the project's sim account for ``sim``, the deployment's own Twilio "
+        "account (RELAY_TWILIO_*) for ``twilio``.",
+    )
+    credentials_ref: str | None = Field(
+        default=None,
         min_length=1,
         max_length=200,
-        description="Name of the stored carrier credentials (never the credentials themselves).",
+        description="Deprecated: a label kept with the number; ownership is proved with "
+        "``carrierAccountId``.",
     )
-    provider_sid: str | None = Field(default=None, max_length=100)
+    provider_sid: str | None = Field(
+        default=None, max_length=100, description="Ignored where the carrier reports its own."
+    )
     agent_id: str | None = Field(default=None, max_length=60)
 
 
@@ -64,6 +97,7 @@ class NumberOut(OutModel):
     source: Literal["provisioned", "imported"]
     agent_id: str | None
     capabilities: list[str]
+    carrier_account_id: str | None
     credentials_ref: str | None
     created_at: datetime
 
@@ -81,6 +115,7 @@ def _out(n: Number) -> NumberOut:
         source="imported" if n.source == "imported" else "provisioned",
         agent_id=n.agent_id,
         capabilities=list(n.capabilities),
+        carrier_account_id=n.carrier_account_id,
         credentials_ref=n.credentials_ref,
         created_at=n.created_at,
     )
@@ -153,6 +188,7 @@ async def create_number(ctx: Context, body: NumberCreate) -> NumberOut:
             provider=carrier.name,
             source="provisioned",
             provider_sid=got.provider_sid,
+            carrier_key=sim_key(ctx.project_id),
             agent_id=body.agent_id,
             capabilities=list(got.capabilities),
             created_at=utcnow(),
@@ -174,10 +210,18 @@ async def create_number(ctx: Context, body: NumberCreate) -> NumberOut:
     body=NumberImport,
     response=NumberOut,
     status=201,
-    errors=(400, 401, 403, 404, 409, 415, 422, 429),
+    errors=(400, 401, 403, 404, 409, 415, 422, 429, 502, 503),
 )
 async def import_number(ctx: Context, body: NumberImport) -> NumberOut:
+    """The carrier must confirm that the account owns the number: Twilio lists it among the
+    account's incoming phone numbers; the sim carrier imports only from its own ranges. Not
+    owned, or already imported by another project under the same account: 422
+    ``number_not_owned``, the same answer either way."""
     phone = to_e164(body.phone_number, field="phoneNumber")
+    if body.agent_id is not None:
+        async with ctx.state.db.session() as session:
+            await load_agent(ctx, session, body.agent_id)
+    proof = await _prove(ctx, body, phone)
     number = Number(
         id=new_id("num"),
         project_id=ctx.project_id,
@@ -186,9 +230,11 @@ async def import_number(ctx: Context, body: NumberImport) -> NumberOut:
         provider=body.provider,
         source="imported",
         credentials_ref=body.credentials_ref,
-        provider_sid=body.provider_sid,
+        provider_sid=proof.provider_sid or body.provider_sid,
+        carrier_account_id=proof.account_id,
+        carrier_key=proof.carrier_key,
         agent_id=body.agent_id,
-        capabilities=["voice", "sms"],
+        capabilities=list(proof.capabilities),
         created_at=utcnow(),
     )
     try:
@@ -197,8 +243,90 @@ async def import_number(ctx: Context, body: NumberImport) -> NumberOut:
                 await load_agent(ctx, session, body.agent_id)
             session.add(number)
     except IntegrityError as exc:
-        raise Conflict(NUMBER_TAKEN, code="phone_number_taken", field="phoneNumber") from exc
+        if await _project_has(ctx, proof.carrier_key, phone):
+            raise Conflict(NUMBER_TAKEN, code="phone_number_taken", field="phoneNumber") from exc
+        raise proof.not_owned() from None  # another project's: as if the account had none
     return _out(number)
+
+
+@dataclass(frozen=True, slots=True)
+class _Proof:
+    carrier_key: str
+    account_id: str | None
+    provider_sid: str | None
+    capabilities: tuple[str, ...]
+    refusal: str
+
+    def not_owned(self) -> APIError:
+        return invalid_field("phoneNumber", self.refusal, "number_not_owned")
+
+
+async def _prove(ctx: Context, body: NumberImport, phone: str) -> _Proof:
+    """Which account the number is imported under, once its carrier confirmed it owns it."""
+    account: CarrierAccount | None = None
+    if body.carrier_account_id is not None:
+        async with ctx.state.db.session() as session:
+            try:
+                account = await load_account(ctx, session, body.carrier_account_id)
+            except NotFound as exc:
+                raise NotFound(exc.message, field="carrierAccountId") from None
+        if account.provider != body.provider:
+            message = WRONG_PROVIDER.format(
+                id=account.id, provider=account.provider, wanted=body.provider
+            )
+            raise invalid_field("carrierAccountId", message, "carrier_account_mismatch")
+    if body.provider == "sim":
+        ranges = "; ".join(f"{c} {r}" for c, r in SIM_RANGES.items())
+        proof = _Proof(
+            sim_key(ctx.project_id),
+            account.id if account is not None else None,
+            None,
+            ("voice", "sms"),
+            NOT_IN_SIM_RANGES.format(phone=phone, ranges=ranges),
+        )
+        if sim_country_of(phone) is None:
+            raise proof.not_owned()
+        return proof
+    if body.provider != "twilio":
+        raise invalid_field(
+            "provider", NOT_VERIFIABLE.format(provider=body.provider), "provider_not_verifiable"
+        )
+    settings = ctx.state.settings
+    if account is not None:
+        creds = twilio_of(ctx, account)
+        key, label = twilio_key(creds.account_sid), f"Carrier account {account.id}"
+    elif settings.twilio_account_sid and settings.twilio_auth_token:
+        creds = TwilioCredentials(settings.twilio_account_sid, settings.twilio_auth_token)
+        key, label = TWILIO_DEPLOYMENT_KEY, "The relay's own Twilio account"
+    else:
+        raise invalid_field("carrierAccountId", NEEDS_ACCOUNT, "carrier_account_required")
+    refusal = NOT_OWNED.format(account=label, phone=phone)
+    try:
+        owned = await TwilioAccounts(settings.twilio_api_base_url).owned_number(creds, phone)
+    except CarrierError as exc:
+        raise carrier_api_error(exc) from None
+    if owned is None:
+        raise invalid_field("phoneNumber", refusal, "number_not_owned")
+    return _Proof(
+        key,
+        account.id if account is not None else None,
+        owned.provider_sid or None,
+        owned.capabilities,
+        refusal,
+    )
+
+
+async def _project_has(ctx: Context, carrier_key: str, phone: str) -> bool:
+    async with ctx.state.db.session() as session:
+        found = await session.execute(
+            select(Number.id).where(
+                Number.project_id == ctx.project_id,
+                Number.carrier_key == carrier_key,
+                Number.phone_number == phone,
+                Number.released_at.is_(None),
+            )
+        )
+        return found.first() is not None
 
 
 @router.route(

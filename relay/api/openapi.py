@@ -9,6 +9,7 @@ from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
 from relay import __version__
+from relay.api import webhook_payloads
 from relay.api.routing import Endpoint
 from relay.api.schema import ErrorResponse
 
@@ -27,6 +28,27 @@ STATUS_TEXT = {
     502: "The carrier failed",
 }
 
+WWW_AUTHENTICATE = {
+    "description": 'The scheme to use: `Bearer realm="conversation-relay"`, with '
+    '`error="invalid_token"` when the key sent is not valid.',
+    "schema": {"type": "string"},
+}
+
+IDEMPOTENCY_KEY = {
+    "name": "Idempotency-Key",
+    "in": "header",
+    "required": False,
+    "schema": {"type": "string", "minLength": 1, "maxLength": 255},
+    "description": "Send the request again with the same key and get the first answer back "
+    "(kept 24 h, per project). The same key with another request: 422 "
+    "`idempotency_key_reused`; while the first is still running: 409 `idempotency_key_in_use` "
+    "with Retry-After. A request that failed is not kept.",
+}
+REPLAYED = {
+    "description": "`true` when this is the first answer to the same Idempotency-Key, replayed.",
+    "schema": {"type": "string", "enum": ["true"]},
+}
+
 
 def _params(model: type[BaseModel], defs: dict[str, Any]) -> list[dict[str, Any]]:
     schema = model.model_json_schema(by_alias=True, ref_template=REF)
@@ -40,6 +62,7 @@ def _params(model: type[BaseModel], defs: dict[str, Any]) -> list[dict[str, Any]
 
 def build(endpoints: list[Endpoint], extra_paths: dict[str, Any] | None = None) -> dict[str, Any]:
     models: list[tuple[type[BaseModel], Any]] = [(ErrorResponse, "serialization")]
+    models += [(m, "serialization") for m in webhook_payloads.MODELS]
     for ep in endpoints:
         if ep.body is not None:
             models.append((ep.body, "validation"))
@@ -68,6 +91,8 @@ def build(endpoints: list[Endpoint], extra_paths: dict[str, Any] | None = None) 
         ]
         if ep.query is not None:
             params += _params(ep.query, schemas)
+        if ep.idempotent:
+            params.append(IDEMPOTENCY_KEY)
         if params:
             op["parameters"] = params
         if ep.body is not None:
@@ -91,11 +116,17 @@ def build(endpoints: list[Endpoint], extra_paths: dict[str, Any] | None = None) 
             else:
                 op["responses"][str(status)] = {"description": STATUS_TEXT.get(status, "OK")}
         error_ref = {"application/json": {"schema": {"$ref": REF.format(model="ErrorResponse")}}}
-        for status in ep.errors:
+        errors = sorted({*ep.errors, 400, 409, 422}) if ep.idempotent else ep.errors
+        for status in errors:
             op["responses"][str(status)] = {
                 "description": STATUS_TEXT.get(status, "Error"),
                 "content": error_ref,
             }
+        if ep.idempotent:
+            for status in (ep.status, *ep.also):
+                op["responses"][str(status)]["headers"] = {"Idempotent-Replayed": REPLAYED}
+        if "401" in op["responses"]:
+            op["responses"]["401"]["headers"] = {"WWW-Authenticate": WWW_AUTHENTICATE}
         if ep.auth != "none":
             op["security"] = [{"bearer": []}, {"apiKey": []}]
         paths.setdefault(ep.path, {})[ep.method.lower()] = op
@@ -111,6 +142,9 @@ def build(endpoints: list[Endpoint], extra_paths: dict[str, Any] | None = None) 
         },
         "servers": [{"url": "/"}],
         "paths": paths,
+        "webhooks": webhook_payloads.webhooks(
+            {m: keys[(m, "serialization")] for m in webhook_payloads.MODELS}
+        ),
         "components": {
             "schemas": schemas,
             "securitySchemes": {

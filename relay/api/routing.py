@@ -15,6 +15,8 @@ from typing import Any, Literal
 from aiohttp import web
 from pydantic import BaseModel, ValidationError
 
+from relay.api import idempotency
+from relay.api.cors import is_public, require_origin
 from relay.api.limits import FIELD_CODES, parse_body, refuse_bad_text
 from relay.api.schema import OutModel
 from relay.auth import AuthKey, authenticate
@@ -68,6 +70,11 @@ class Endpoint:
     also: tuple[int, ...] = ()  # further success statuses the handler may answer with
     body_optional: bool = False  # no body at all is fine too (the handler gets None)
     media_type: str | None = None  # a non-JSON success response (the handler streams it)
+
+    @property
+    def idempotent(self) -> bool:
+        """Honours ``Idempotency-Key``: every POST of the REST API (not carriers' hooks)."""
+        return self.method == "POST" and self.path.startswith("/v1/") and self.auth != "none"
 
 
 @dataclass
@@ -165,39 +172,66 @@ def _parse_query(model: type[BaseModel], request: web.Request) -> BaseModel:
 
 
 def _aiohttp_handler(ep: Endpoint) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+    public = is_public(ep.method, ep.path)
+
     async def handle(request: web.Request) -> web.StreamResponse:
         state = request.app[APP_STATE]
         key = await authenticate(request, state, ep.auth) if ep.auth != "none" else None
+        if key is not None and public:
+            require_origin(request, state.settings, key)
         if any("\x00" in value for value in request.match_info.values()):
             raise NotFound(NO_SUCH_OBJECT)  # no id holds one, and PostgreSQL refuses to look
         ctx = Context(request, state, key)
-        kwargs: dict[str, Any] = {}
-        if ep.body is not None and ep.body_optional and not request.body_exists:
-            kwargs["body"] = None
-        elif ep.body is not None:
+        data: Any = None
+        if ep.body is not None and not (ep.body_optional and not request.body_exists):
             data = await read_json(request)
             if not isinstance(data, dict):
                 raise BadRequest(NOT_AN_OBJECT)  # well-formed JSON: invalid_request
-            try:
-                kwargs["body"] = ep.body.model_validate(data)
-            except ValidationError as exc:
-                raise validation_error(exc) from exc
-        if ep.query is not None:
-            kwargs["query"] = _parse_query(ep.query, request)
-        result = await ep.handler(ctx, **kwargs)
-        if isinstance(result, web.StreamResponse):
-            return result
-        if result is None:
-            return web.Response(status=ep.status)
-        payload = (
-            result.model_dump(mode="json", by_alias=True)
-            if isinstance(result, OutModel | BaseModel)
-            else result
-        )
-        return web.json_response(payload, status=ep.status, dumps=_dumps)
+        claim = None
+        raw_key = request.headers.get(idempotency.HEADER)
+        if ep.idempotent and raw_key is not None:
+            claimed = await idempotency.claim(
+                state.db, ctx.project_id, raw_key, ep.method, request.path, data
+            )
+            if isinstance(claimed, web.Response):
+                return claimed  # the first answer, replayed
+            claim = claimed
+        try:
+            response = await _respond(ep, ctx, request, data)
+        except BaseException:
+            if claim is not None:
+                await claim.forget()
+            raise
+        if claim is not None:
+            await claim.keep(response)
+        return response
 
     handle.__name__ = ep.handler.__name__
     return handle
+
+
+async def _respond(
+    ep: Endpoint, ctx: Context, request: web.Request, data: Any
+) -> web.StreamResponse:
+    kwargs: dict[str, Any] = {}
+    if ep.body is not None:
+        try:
+            kwargs["body"] = None if data is None else ep.body.model_validate(data)
+        except ValidationError as exc:
+            raise validation_error(exc) from exc
+    if ep.query is not None:
+        kwargs["query"] = _parse_query(ep.query, request)
+    result = await ep.handler(ctx, **kwargs)
+    if isinstance(result, web.StreamResponse):
+        return result
+    if result is None:
+        return web.Response(status=ep.status)
+    payload = (
+        result.model_dump(mode="json", by_alias=True)
+        if isinstance(result, OutModel | BaseModel)
+        else result
+    )
+    return web.json_response(payload, status=ep.status, dumps=_dumps)
 
 
 def _dumps(obj: Any) -> str:

@@ -41,7 +41,7 @@ from relay.state import AppState
 from relay.store.db import Database
 from relay.store.models import Agent, Call, Number, utcnow
 from relay.urls import media_base_url
-from relay_numbers.routing import number_for_inbound
+from relay_numbers.routing import number_for_inbound, project_number
 
 log = get_logger("relay.calls.inbound")
 
@@ -205,14 +205,19 @@ async def open_inbound_call(
     from_number: str | None,
     connection_type: str,
     carrier_call_id: str | None = None,
+    carrier_keys: tuple[str, ...] = (),
     project_id: str | None = None,
 ) -> OpenedCall:
     """A call to ``to_number`` (E.164), answered by the agent bound to it.
 
-    ``project_id``, when given, must own the number (an API key's project); otherwise
-    the number is looked up across projects, as a carrier's webhook does."""
-    number = await number_for_inbound(state.db, to_number)
-    if number is None or (project_id is not None and number.project_id != project_id):
+    ``project_id``, when given, must own the number (an API key's project); otherwise the
+    number is looked up under ``carrier_keys``, the carrier accounts the carrier's webhook
+    names (:mod:`relay_numbers.keys`)."""
+    if project_id is not None:
+        number = await project_number(state.db, project_id, to_number)
+    else:
+        number = await number_for_inbound(state.db, to_number, carrier_keys)
+    if number is None:
         raise CallUnavailable("unknown_number", f"No active number {to_number}.")
     if number.agent_id is None:
         raise CallUnavailable("unbound_number", f"The number {to_number} has no agent.")
@@ -245,8 +250,8 @@ async def start_websocket_call(
     if (agent_id is None) == (number is None):
         raise ValueError("give exactly one of agent_id and number")
     if number is not None:
-        found = await number_for_inbound(state.db, number)
-        if found is None or found.project_id != project_id:
+        found = await project_number(state.db, project_id, number)
+        if found is None:
             raise CallUnavailable("unknown_number", f"No active number {number}.")
         if found.agent_id is None:
             raise CallUnavailable("unbound_number", f"The number {number} has no agent.")

@@ -19,10 +19,12 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from relay.calls import recordings
 from relay.calls.event_log import log_event
+from relay.calls.intelligence import transcript_text
 from relay.calls.lifecycle import LIVE, transition
 from relay.config import Settings
 from relay.engine.ports import Segment
 from relay.engine.recording import StereoRecorder
+from relay.events import emit
 from relay.ids import new_id
 from relay.logs import get_logger
 from relay.store.db import Database
@@ -60,7 +62,43 @@ async def end_call(
     if status == "completed" and call.status != "in_progress":
         await transition(session, call, "in_progress")
     await transition(session, call, status, reason=reason)
+    await _transcript_ready(session, call)
     return True
+
+
+async def _transcript_ready(session: AsyncSession, call: Call) -> None:
+    """``transcript.ready``: the engine flushed every segment before the call's end is
+    stored, so the transcript is final in this transaction."""
+    segments = (
+        await session.scalars(
+            select(TranscriptSegment)
+            .where(TranscriptSegment.call_id == call.id)
+            .order_by(TranscriptSegment.seq, TranscriptSegment.id)
+        )
+    ).all()
+    await emit(
+        session,
+        project_id=call.project_id,
+        type="transcript.ready",
+        ordering_key=call.id,
+        data={
+            "callId": call.id,
+            "agentId": call.agent_id,
+            "status": call.status,
+            "text": transcript_text(list(segments)),
+            "segments": [
+                {
+                    "seq": s.seq,
+                    "speaker": s.speaker,
+                    "text": s.text,
+                    "startMs": s.start_ms,
+                    "endMs": s.end_ms,
+                    "interrupted": s.interrupted,
+                }
+                for s in segments
+            ],
+        },
+    )
 
 
 class CallRecorder:

@@ -9,11 +9,13 @@ send a text, verify an inbound webhook. The HTTP handlers carriers call live in
     CarrierError                 refused or failed: 502 at the API, provider_error on a call
     ├── NoNumberAvailable        nothing left in the asked-for range (409 no_number_available)
     ├── CarrierUnavailable       could not reach the carrier (502 carrier_unavailable)
+    ├── CarrierCredentialsInvalid  the carrier refused an account's credentials (422)
     └── DialFailed               the far end was not connected (``reason``: busy, no_answer...)
 """
 
 from relay.carriers.base import (
     Carrier,
+    CarrierCredentialsInvalid,
     CarrierError,
     CarrierRegistry,
     CarrierUnavailable,
@@ -28,6 +30,7 @@ from relay.carriers.base import (
 
 __all__ = [
     "Carrier",
+    "CarrierCredentialsInvalid",
     "CarrierError",
     "CarrierRegistry",
     "CarrierUnavailable",

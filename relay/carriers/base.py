@@ -29,6 +29,12 @@ class CarrierUnavailable(CarrierError):
     code = "carrier_unavailable"
 
 
+class CarrierCredentialsInvalid(CarrierError):
+    """The carrier refused the account's credentials (or the account is not active)."""
+
+    code = "carrier_credentials_invalid"
+
+
 class DialFailed(CarrierError):
     """The far end was not connected; ``reason`` is a call failure reason (``busy``...)."""
 
@@ -134,6 +140,7 @@ class CarrierRegistry:
 
 __all__ = [
     "Carrier",
+    "CarrierCredentialsInvalid",
     "CarrierError",
     "CarrierRegistry",
     "CarrierUnavailable",

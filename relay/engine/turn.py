@@ -156,6 +156,8 @@ class Turns:
                     if chunk.hangup:
                         plan.actions.append((Action.HANGUP, ""))
             self.failures = 0
+            if request.timing.ignored_lines:
+                self._ignored(turn, request.timing.ignored_lines)
         except Exception as exc:
             # Anything else is our bug, but it must cost this turn only, never the call.
             err = exc if isinstance(exc, TurnError) else TurnError("internal", repr(exc))
@@ -190,6 +192,16 @@ class Turns:
             data = {**refused.data(), "turnId": plan.turn.turn_id}
             self.sink.event("telephony", refused.log_message(), level="warning", data=data)
             log.warning("transfer_refused", call_id=self.setup.call_id, reason=refused.reason)
+
+    def _ignored(self, turn: TurnRecord, lines: int) -> None:
+        self.sink.event(
+            "webhook",
+            f"{lines} line(s) after the chunk without 'interim' were ignored: that chunk "
+            'closes the turn (mark the chunks before the last one "interim": true)',
+            level="warning",
+            data={"turnId": turn.turn_id, "reason": "after_final_chunk", "lines": lines},
+        )
+        log.warning("webhook_lines_ignored", call_id=self.setup.call_id, lines=lines)
 
     def _text_cut(self, turn: TurnRecord) -> None:
         self.sink.event(
@@ -227,6 +239,9 @@ class Turns:
         else:
             data["transcript"] = value
             data["confidence"] = utterance.confidence if utterance else None
+        # What the call was created with, so a webhook need not look the call up.
+        data["metadata"] = setup.metadata
+        data["variables"] = setup.agent.variables
         return agent_message(
             channel="voice",
             agent_id=setup.agent_id,

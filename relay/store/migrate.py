@@ -31,8 +31,27 @@ async def upgrade_to_head(engine: AsyncEngine, url: str) -> None:
         cfg.attributes["connection"] = conn
         command.upgrade(cfg, "head")
 
-    async with engine.begin() as conn:
-        await conn.run_sync(run)
+    async with engine.connect() as conn:
+        sqlite = conn.dialect.name == "sqlite"
+        if sqlite:
+            # SQLite's batch mode copies a table and drops the old one, and with foreign
+            # keys on, that drop deletes or nulls every row referencing the table. The
+            # pragma is a no-op inside a transaction, so it is set before and after one.
+            await conn.exec_driver_sql("PRAGMA foreign_keys=OFF")
+            await conn.commit()
+        try:
+            await conn.run_sync(run)
+            await conn.commit()
+            if sqlite:
+                broken = (await conn.exec_driver_sql("PRAGMA foreign_key_check")).fetchall()
+                await conn.commit()
+                if broken:
+                    raise RuntimeError(f"migrations left broken references: {broken[:5]}")
+        finally:
+            if sqlite:
+                await conn.rollback()
+                await conn.exec_driver_sql("PRAGMA foreign_keys=ON")
+                await conn.commit()
 
 
 async def at_head(engine: AsyncEngine, url: str) -> bool:

@@ -6,7 +6,19 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import JSON, DateTime, Dialect, ForeignKey, Index, Integer, String, Text, text
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    DateTime,
+    Dialect,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    false,
+    text,
+)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
 
@@ -91,6 +103,13 @@ class ApiKey(Base):
     name: Mapped[str | None] = mapped_column(String(200))
     allowed_agents: Mapped[list[Any] | None] = mapped_column(JSON)
     allowed_channels: Mapped[list[Any] | None] = mapped_column(JSON)
+    # Publishable keys only: the pages that may use it, the numbers it may ring (None: its
+    # caller number's country), and what a call it makes may carry.
+    allowed_origins: Mapped[list[Any] | None] = mapped_column(JSON)
+    allowed_destinations: Mapped[list[Any] | None] = mapped_column(JSON)
+    allow_variables: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    allow_post_call: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    max_metadata_bytes: Mapped[int | None] = mapped_column(Integer)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     # When the key stops being honoured: now or past once revoked, later while a rotated
     # key's grace period runs; None while it is live.
@@ -125,12 +144,41 @@ class Agent(Base):
         ).live(utcnow())
 
 
+class CarrierAccount(Base):
+    """A project's account at a carrier. ``account_sid`` is the carrier's name for the account
+    (Twilio's AccountSid; inbound webhooks carry it); ``credentials`` is a Fernet token
+    (:mod:`relay.secretbox`), never the secret itself; ``credentials_hint`` is what the API
+    shows of it."""
+
+    __tablename__ = "carrier_accounts"
+    __table_args__ = (
+        Index("ix_carrier_accounts_project", "project_id", "id"),
+        Index("ix_carrier_accounts_sid", "provider", "account_sid"),
+    )
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    project_id: Mapped[str] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"))
+    provider: Mapped[str] = mapped_column(String(20))
+    name: Mapped[str | None] = mapped_column(String(200))
+    account_sid: Mapped[str | None] = mapped_column(String(100))
+    credentials: Mapped[str | None] = mapped_column(Text)
+    credentials_hint: Mapped[str | None] = mapped_column(String(20))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+    deleted_at: Mapped[datetime | None] = mapped_column()
+
+
 class Number(Base):
+    """``carrier_key`` names the carrier account the number is routed by: ``sim:<project>``,
+    ``twilio:<AccountSid>``, or ``twilio:deployment`` for the account in ``RELAY_TWILIO_*``.
+    A number is active once per key; inbound calls and texts are routed by (key, number)."""
+
     __tablename__ = "numbers"
     __table_args__ = (
         Index("ix_numbers_project", "project_id", "id"),
         Index(
-            "uq_numbers_active_phone",
+            "uq_numbers_active_route",
+            "carrier_key",
             "phone_number",
             unique=True,
             sqlite_where=text("released_at IS NULL"),
@@ -147,6 +195,10 @@ class Number(Base):
     source: Mapped[str] = mapped_column(String(20), default="provisioned")  # or imported
     credentials_ref: Mapped[str | None] = mapped_column(String(200))
     provider_sid: Mapped[str | None] = mapped_column(String(100))
+    carrier_account_id: Mapped[str | None] = mapped_column(
+        ForeignKey("carrier_accounts.id", ondelete="SET NULL")
+    )
+    carrier_key: Mapped[str] = mapped_column(String(120))
     agent_id: Mapped[str | None] = mapped_column(ForeignKey("agents.id", ondelete="SET NULL"))
     capabilities: Mapped[list[Any]] = mapped_column(JSON, default=list)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
@@ -428,7 +480,8 @@ class Message(Base):
     __table_args__ = (
         Index("ix_messages_project", "project_id", "id"),
         Index("ix_messages_conversation", "conversation_id", "seq"),
-        Index("uq_messages_carrier_id", "provider", "carrier_message_id", unique=True),
+        # A carrier's message ids are unique within one of its accounts, not across them.
+        Index("uq_messages_carrier_id", "carrier_key", "carrier_message_id", unique=True),
         Index("ix_messages_work", "work", "claimed_at"),
     )
 
@@ -445,6 +498,7 @@ class Message(Base):
     media: Mapped[list[Any] | None] = mapped_column(JSON)
     status: Mapped[str] = mapped_column(String(12))  # received | queued | sent | delivered | failed
     provider: Mapped[str] = mapped_column(String(20))
+    carrier_key: Mapped[str | None] = mapped_column(String(120))  # the number's, at the time
     carrier_message_id: Mapped[str | None] = mapped_column(String(100))
     in_reply_to: Mapped[str | None] = mapped_column(String(40))
     # The carrier already answered this opt-out keyword itself (Twilio's Advanced Opt-Out).
@@ -498,3 +552,23 @@ class OptOut(Base):
     )
     reason: Mapped[str | None] = mapped_column(String(200))
     source: Mapped[str | None] = mapped_column(String(100))
+
+
+class IdempotencyKey(Base):
+    """A POST sent with an ``Idempotency-Key``: while it runs (``status`` empty), then its
+    answer, replayed to a retry with the same key for 24 hours (:mod:`relay.api.idempotency`)."""
+
+    __tablename__ = "idempotency_keys"
+    __table_args__ = (Index("ix_idempotency_keys_created", "created_at"),)
+
+    project_id: Mapped[str] = mapped_column(
+        ForeignKey("projects.id", ondelete="CASCADE"), primary_key=True
+    )
+    key: Mapped[str] = mapped_column(String(64), primary_key=True)  # SHA-256 of the key sent
+    method: Mapped[str] = mapped_column(String(10))
+    path: Mapped[str] = mapped_column(String(500))
+    fingerprint: Mapped[str] = mapped_column(String(64))  # sha256 of method, path and body
+    status: Mapped[int | None] = mapped_column(Integer)
+    content_type: Mapped[str | None] = mapped_column(String(100))
+    body: Mapped[str | None] = mapped_column(Text)  # sealed: relay.api.idempotency.seal
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)

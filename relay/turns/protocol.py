@@ -2,7 +2,9 @@
 
 A reply is ``application/json`` (one object) or ``application/x-ndjson`` (one object per
 line, each handed on the moment its line ends). Each object may carry ``text``, ``interim``,
-``hangup``, ``transfer``, ``dtmf``, ``state`` and ``interruptible``.
+``hangup``, ``transfer``, ``dtmf``, ``state`` and ``interruptible``. In a stream, the first
+object without ``"interim": true`` closes the turn: later lines are not read (the turn's
+timing counts those that had arrived, ``ignored_lines``).
 
     TurnError                        why a turn got no usable answer (``reason`` is stable)
     ├── reason "connection_failed"   refused, DNS failure, reset before any byte, or the
@@ -92,6 +94,8 @@ class TurnTiming:
     sent_at: float = 0.0
     first_chunk_at: float | None = None
     done_at: float | None = None
+    # Lines that had arrived after the chunk that closed the turn (not read, not used).
+    ignored_lines: int = 0
 
 
 @dataclass(slots=True)
@@ -214,6 +218,11 @@ async def _ndjson(response: aiohttp.ClientResponse, turn: TurnRequest) -> AsyncI
         except ValueError as exc:
             raise TurnError("invalid_line", f"line {number}: {exc}") from exc
         yield chunk
+        if not chunk.interim:
+            # The first chunk without ``interim`` closes the turn: what else had arrived is
+            # counted, and the connection is closed without reading on.
+            turn.timing.ignored_lines = lines.pending()
+            return
 
 
 class _LineTooLong(Exception):
@@ -249,6 +258,11 @@ class _Lines:
                 self._buffer += data
             else:
                 self._eof = True
+
+    def pending(self) -> int:
+        """How many non-blank lines have arrived and not been read (without waiting)."""
+        self._buffer += self._content.read_nowait(-1)
+        return sum(1 for line in bytes(self._buffer).split(b"\n") if line.strip())
 
     def _take(self, size: int) -> bytes:
         line = bytes(self._buffer[:size])

@@ -47,9 +47,11 @@ async def test_bearer_and_x_api_key_are_both_accepted(client, raw_key):
     ids=["no-header", "empty-bearer", "empty-x-api-key", "other-scheme"],
 )
 async def test_missing_key_is_401_unauthorized(client, headers):
-    err = await error_of(await client.get("/v1/agents", headers=headers), 401)
+    resp = await client.get("/v1/agents", headers=headers)
+    err = await error_of(resp, 401)
     assert err["code"] == "unauthorized"
     assert "Authorization: Bearer" in err["message"]
+    assert resp.headers["WWW-Authenticate"] == 'Bearer realm="conversation-relay"'
 
 
 @pytest.mark.parametrize(
@@ -64,8 +66,12 @@ async def test_missing_key_is_401_unauthorized(client, headers):
 )
 async def test_unknown_or_garbage_key_is_401_invalid_api_key(client, key):
     for headers in ({"Authorization": f"Bearer {key}"}, {"X-API-Key": key}):
-        err = await error_of(await client.get("/v1/agents", headers=headers), 401)
+        resp = await client.get("/v1/agents", headers=headers)
+        err = await error_of(resp, 401)
         assert err["code"] == "invalid_api_key"
+        assert resp.headers["WWW-Authenticate"] == (
+            'Bearer realm="conversation-relay", error="invalid_token"'
+        )
 
 
 async def test_revoked_key_is_refused_once_the_cache_expires(client, app_client, raw_key, database):

@@ -89,11 +89,12 @@ async def test_importing_an_active_number_is_409(client, auth, make_key):
         await client.post("/v1/numbers/import", json=body, headers=auth), 409, "phone_number_taken"
     )
     assert err["field"] == "phoneNumber"
+    # Another project is told what it would be told of a number the account does not own.
     other = await make_key("proj-b")
     await error_of(
         await client.post("/v1/numbers/import", json=body, headers=other),
-        409,
-        "phone_number_taken",
+        422,
+        "number_not_owned",
     )
 
 

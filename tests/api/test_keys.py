@@ -10,6 +10,14 @@ from sqlalchemy import select
 
 from relay.store.models import ApiKey
 
+PUBLISHABLE_ONLY = (
+    "allowedOrigins",
+    "allowedDestinations",
+    "allowVariables",
+    "allowPostCall",
+    "maxMetadataBytes",
+)
+
 
 async def error_of(resp, status: int) -> dict:
     assert resp.status == status, await resp.text()
@@ -59,8 +67,18 @@ async def test_list_shows_this_projects_keys_by_hint_and_never_a_secret(client, 
     assert publishable["channels"] == ["web", "phone"]
     assert secret["revokedAt"] is None and secret["createdAt"].endswith("Z")
     assert set(secret) == {
-        "id", "object", "kind", "name", "hint", "agents", "channels", "createdAt", "revokedAt"
+        "id", "object", "kind", "name", "hint", "agents", "channels", "createdAt", "revokedAt",
+        *PUBLISHABLE_ONLY,
     }  # fmt: skip
+    assert {name: secret[name] for name in PUBLISHABLE_ONLY} == dict.fromkeys(PUBLISHABLE_ONLY)
+    # What a publishable key made with no more than its channels may do.
+    assert {name: publishable[name] for name in PUBLISHABLE_ONLY} == {
+        "allowedOrigins": [],
+        "allowedDestinations": None,
+        "allowVariables": False,
+        "allowPostCall": False,
+        "maxMetadataBytes": 1024,
+    }
     async with database.session() as session:
         hashes = set(await session.scalars(select(ApiKey.key_hash)))
     assert not any(h in text for h in hashes)
@@ -89,6 +107,10 @@ async def test_create_shows_the_key_once_and_it_works(client, auth):
     assert (await new_key(client, auth, kind="publishable"))["channels"] == ["web"]
 
 
+PK = {"kind": "publishable"}
+PHONE = {"kind": "publishable", "channels": ["phone"]}
+
+
 @pytest.mark.parametrize(
     ("body", "field", "code"),
     [
@@ -100,13 +122,89 @@ async def test_create_shows_the_key_once_and_it_works(client, auth):
         ({"name": "x" * 201}, "name", "validation_error"),
         ({"expires": 1}, "expires", "validation_error"),
         ({"kind": "publishable", "agents": ["agt_nope"]}, "agents", "unknown_agent"),
+        # What a page may do is chosen for publishable keys only.
+        ({"allowedOrigins": ["https://example.com"]}, "allowedOrigins", "validation_error"),
+        ({"allowVariables": False}, "allowVariables", "validation_error"),
+        ({"maxMetadataBytes": 10}, "maxMetadataBytes", "validation_error"),
+        # Origins as a browser sends them, each page listed: no wildcard, path or credentials.
+        ({**PK, "allowedOrigins": ["*"]}, "allowedOrigins.0", "validation_error"),
+        (
+            {**PK, "allowedOrigins": ["https://*.example.com"]},
+            "allowedOrigins.0",
+            "validation_error",
+        ),
+        (
+            {**PK, "allowedOrigins": ["https://example.com/app"]},
+            "allowedOrigins.0",
+            "validation_error",
+        ),
+        ({**PK, "allowedOrigins": ["example.com"]}, "allowedOrigins.0", "validation_error"),
+        ({**PK, "allowedOrigins": ["null"]}, "allowedOrigins.0", "validation_error"),
+        (
+            {**PK, "allowedOrigins": ["https://u:p@example.com"]},
+            "allowedOrigins.0",
+            "validation_error",
+        ),
+        ({**PK, "allowedOrigins": ["ftp://example.com"]}, "allowedOrigins.0", "validation_error"),
+        ({**PK, "allowedOrigins": []}, "allowedOrigins", "validation_error"),
+        # Destinations: E.164 numbers or +prefix*, and only for keys that may phone.
+        ({**PHONE, "allowedDestinations": ["+1415"]}, "allowedDestinations.0", "validation_error"),
+        ({**PHONE, "allowedDestinations": ["1415*"]}, "allowedDestinations.0", "validation_error"),
+        ({**PHONE, "allowedDestinations": ["+*"]}, "allowedDestinations.0", "validation_error"),
+        ({**PHONE, "allowedDestinations": ["*"]}, "allowedDestinations.0", "validation_error"),
+        (
+            {**PHONE, "allowedDestinations": ["+1 415*"]},
+            "allowedDestinations.0",
+            "validation_error",
+        ),
+        ({**PHONE, "allowedDestinations": []}, "allowedDestinations", "validation_error"),
+        ({**PK, "allowedDestinations": ["+1415*"]}, "allowedDestinations", "validation_error"),
+        ({**PK, "allowVariables": "yes"}, "allowVariables", "validation_error"),
+        ({**PK, "maxMetadataBytes": -1}, "maxMetadataBytes", "validation_error"),
+        ({**PK, "maxMetadataBytes": 16 * 1024 + 1}, "maxMetadataBytes", "validation_error"),
     ],
 )
 async def test_create_refuses_bad_bodies_and_stores_nothing(client, auth, body, field, code):
     before = await listed(client, auth)
     err = await error_of(await client.post("/v1/keys", json=body, headers=auth), 422)
     assert (err["code"], err["field"]) == (code, field)
+    assert err["details"][0]["field"] == field
     assert await listed(client, auth) == before
+
+
+async def test_a_publishable_key_keeps_its_origins_destinations_and_allowances(client, auth):
+    made = await new_key(
+        client,
+        auth,
+        kind="publishable",
+        channels=["phone"],
+        allowedOrigins=[
+            "https://Shop.Example.com:443",
+            "http://localhost:3000",
+            "https://bücher.de",
+        ],
+        allowedDestinations=["+1 (415) 555-0123", "+1415*", "+1415*", "+44*"],
+        allowVariables=True,
+        allowPostCall=True,
+        maxMetadataBytes=4096,
+    )
+    expected = {
+        # As browsers send them: lower case, no default port, international names in ASCII.
+        "allowedOrigins": [
+            "https://shop.example.com",
+            "http://localhost:3000",
+            "https://xn--bcher-kva.de",
+        ],
+        "allowedDestinations": ["+14155550123", "+1415*", "+44*"],
+        "allowVariables": True,
+        "allowPostCall": True,
+        "maxMetadataBytes": 4096,
+    }
+    assert {name: made[name] for name in PUBLISHABLE_ONLY} == expected
+    [row] = [k for k in await listed(client, auth) if k["id"] == made["id"]]
+    assert {name: row[name] for name in PUBLISHABLE_ONLY} == expected
+    rotated = await (await client.post(f"/v1/keys/{made['id']}/rotate", headers=auth)).json()
+    assert {name: rotated[name] for name in PUBLISHABLE_ONLY} == expected
 
 
 async def test_a_key_cannot_be_scoped_to_another_projects_agent(client, auth, make_key):
@@ -244,3 +342,14 @@ async def test_openapi_documents_the_keys_api(client):
     assert "post" in doc["paths"]["/v1/keys/{key_id}/revoke"]
     assert "post" in doc["paths"]["/v1/keys/{key_id}/rotate"]
     assert "post" in doc["paths"]["/v1/webhook-endpoints/{endpoint_id}/rotate-secret"]
+    schemas = doc["components"]["schemas"]
+    create = schemas["KeyCreate"]["properties"]
+    assert {"allowedOrigins", "allowedDestinations", "allowVariables", "allowPostCall"} <= set(
+        create
+    )
+    assert create["maxMetadataBytes"]["anyOf"][0]["maximum"] == 16 * 1024
+    assert "`*` is refused" in create["allowedOrigins"]["description"]
+    assert set(PUBLISHABLE_ONLY) <= set(schemas["KeyOut"]["properties"])
+    calls = doc["paths"]["/v1/calls"]["post"]["description"]
+    for code in ("origin_not_allowed", "destination_not_allowed"):
+        assert code in calls

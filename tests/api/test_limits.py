@@ -15,6 +15,7 @@ import pytest
 from relay.api.limits import MAX_DEPTH, MAX_INTEGER, MAX_OBJECT_BYTES, MAX_OBJECT_KEYS
 from relay.config import Settings
 from tests.api.test_errors import error_of
+from tests.conftest import deployment_twilio
 
 HOOK = "http://127.0.0.1:9/hook"
 SLOT = "@BAD@"
@@ -38,12 +39,13 @@ BAD_VALUES: dict[str, tuple[str, int, str]] = {
 
 
 @pytest.fixture
-def settings() -> Settings:
+def settings(twilio_rest) -> Settings:
     return Settings(
         allow_private_webhooks=True,
         rate_limit_per_second=10_000,
         rate_limit_burst=10_000,
         public_url="https://relay.example.com",
+        **deployment_twilio(twilio_rest[1]),
     )
 
 

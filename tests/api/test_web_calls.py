@@ -187,6 +187,7 @@ async def test_a_token_opens_one_session_only(relay, auth, database):
         "call.connecting",
         "call.in_progress",
         "call.completed",
+        "transcript.ready",
     ]
     await page.close()
 

@@ -14,6 +14,7 @@ from relay.calls.recovery import expire_unconnected
 from relay.engine.ports import CallEnd
 from relay.state import APP_STATE
 from relay.store.models import Agent, Call, CallLease
+from relay_numbers import TWILIO_DEPLOYMENT_KEY
 from tests.transports.support import agent_with_number, phone_settings
 
 NODE = "node-a"
@@ -27,7 +28,11 @@ async def phone(database, app_client):
 async def opened_call(phone, auth, database, **agent_fields):
     agent, number = await agent_with_number(phone, auth, **agent_fields)
     opened = await inbound.open_inbound_call(
-        phone.app[APP_STATE], to_number=number, from_number="+61412345678", connection_type="sim"
+        phone.app[APP_STATE],
+        to_number=number,
+        from_number="+61412345678",
+        connection_type="sim",
+        carrier_keys=(TWILIO_DEPLOYMENT_KEY,),
     )
     return agent, opened
 
@@ -114,7 +119,11 @@ async def test_a_deleted_agents_number_is_unbound(phone, auth, database):
     await phone.delete(f"/v1/agents/{agent['id']}", headers=auth)
     with pytest.raises(inbound.CallUnavailable) as info:
         await inbound.open_inbound_call(
-            phone.app[APP_STATE], to_number=number, from_number=None, connection_type="twilio"
+            phone.app[APP_STATE],
+            to_number=number,
+            from_number=None,
+            connection_type="twilio",
+            carrier_keys=(TWILIO_DEPLOYMENT_KEY,),
         )
     assert info.value.code == "unbound_number"
 

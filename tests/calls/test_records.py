@@ -59,4 +59,4 @@ async def test_end_call_is_one_transaction_and_idempotent(db):
         ("engine", "3 webhook turns failed in a row"),
         ("lifecycle", "status -> failed (webhook_error)"),
     ]
-    assert [e.type for e in lifecycle] == ["call.failed"]
+    assert [e.type for e in lifecycle] == ["call.failed", "transcript.ready"]

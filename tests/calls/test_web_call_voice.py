@@ -112,6 +112,7 @@ async def test_a_web_call_hears_the_caller_and_the_page_hears_the_agent(web_rela
         "call.connecting",
         "call.in_progress",
         "call.completed",
+        "transcript.ready",
     ]
 
 

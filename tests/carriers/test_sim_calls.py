@@ -27,7 +27,7 @@ from relay.events import attach
 from relay.handset import Dtmf, SimHandset, synthesize, transcribe
 from relay.state import APP_STATE
 from relay.store.db import Database
-from relay.store.models import Agent, TranscriptSegment
+from relay.store.models import Agent, LifecycleEvent, TranscriptSegment
 from tests.transports.support import agent_with_number, calls, lifecycle_types, phone_settings
 
 pytestmark = pytest.mark.slow
@@ -116,10 +116,28 @@ async def test_a_sim_call_over_media_streams_hears_the_webhooks_answers(relay, d
         "call.connecting",
         "call.in_progress",
         "call.completed",
+        "transcript.ready",
     ]
     async with database.session() as session:
-        rows = (await session.execute(select(TranscriptSegment.speaker))).scalars().all()
+        rows = (
+            (
+                await session.execute(
+                    select(TranscriptSegment.speaker).order_by(TranscriptSegment.seq)
+                )
+            )
+            .scalars()
+            .all()
+        )
+        ready = await session.scalar(
+            select(LifecycleEvent).where(
+                LifecycleEvent.ordering_key == call.id, LifecycleEvent.type == "transcript.ready"
+            )
+        )
     assert "user" in rows and "agent" in rows
+    # The final transcript, as the webhook gets it: every stored segment, in order.
+    assert ready is not None and ready.data["callId"] == call.id
+    assert [s["speaker"] for s in ready.data["segments"]] == rows
+    assert "table" in ready.data["text"].lower() and ready.data["text"].startswith("Agent:")
 
 
 async def test_keys_pressed_on_the_handset_reach_the_webhook_as_dtmf(relay):

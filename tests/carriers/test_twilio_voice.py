@@ -19,6 +19,7 @@ from tests.transports.support import (
     agent_with_number,
     call_events,
     calls,
+    deployment_number,
     lifecycle_types,
     phone_settings,
     twilio_post,
@@ -160,8 +161,7 @@ async def test_an_unknown_number_hears_it_is_not_in_service(phone, auth, databas
 
 
 async def test_a_number_without_an_agent_says_no_one_is_available(phone, auth, database):
-    resp = await phone.post("/v1/numbers", json={}, headers=auth)
-    number = (await resp.json())["phoneNumber"]
+    number = await deployment_number(phone, auth)
     resp = await twilio_post(phone, VOICE, voice_params(number))
     assert resp.status == 200
     assert said_then_hung_up(await resp.text()) == UNAVAILABLE

@@ -276,7 +276,14 @@ async def make_call(db: Database) -> str:
     return call_id
 
 
-def call_setup(call_id: str, url: str, *, timeout_ms: int = 5000, **agent: Any) -> CallSetup:
+def call_setup(
+    call_id: str,
+    url: str,
+    *,
+    timeout_ms: int = 5000,
+    metadata: dict[str, Any] | None = None,
+    **agent: Any,
+) -> CallSetup:
     settings: dict[str, Any] = {
         "first_speaker": "user",
         "greeting": None,
@@ -306,4 +313,5 @@ def call_setup(call_id: str, url: str, *, timeout_ms: int = 5000, **agent: Any) 
         webhook_secrets=(SECRET,),
         webhook_timeout_ms=timeout_ms,
         agent=AgentConfig.from_stored(settings),
+        metadata=metadata or {},
     )

@@ -133,3 +133,38 @@ async def test_a_transfer_the_agent_does_not_allow_is_refused_and_the_turn_goes_
     assert event.level == "warning"
     assert event.data == {"to": to, "reason": reason, "turnId": plan.turn.turn_id}
     assert event.message.startswith(f"transfer to {to} refused: ")
+
+
+async def test_lines_after_the_final_chunk_are_ignored_with_an_event(
+    aiohttp_server, sqlite_db, http
+):
+    seen = []
+
+    async def reply(request, payload):
+        seen.append(payload)
+        resp = await ndjson_start(request)
+        await ndjson_line(resp, {"text": "One moment.", "interim": True})
+        await resp.write(b'{"text": "Here it is."}\n{"text": "And more."}\n{"hangup": true}\n')
+        await resp.write_eof()
+        return resp
+
+    plan, events, turns = await run_turn(
+        aiohttp_server,
+        sqlite_db,
+        http,
+        reply,
+        variables={"customer": "Ann"},
+        metadata={"crm": 7},
+    )
+    assert plan.text == "One moment. Here it is."
+    assert plan.actions == []  # the hangup came after the turn closed
+    [event] = events
+    assert (event.level, event.data["reason"], event.data["lines"]) == (
+        "warning",
+        "after_final_chunk",
+        2,
+    )
+    assert turns.failures == 0
+    # The webhook is told what the call was created with.
+    assert seen[0]["data"]["variables"] == {"customer": "Ann"}
+    assert seen[0]["data"]["metadata"] == {"crm": 7}

@@ -156,13 +156,13 @@ async def test_import_refuses_invalid_numbers(client, auth, given):
     assert "E.164" in err["message"]
 
 
-async def test_import_needs_a_known_provider_and_credentials_ref(client, auth):
+async def test_import_needs_a_known_provider(client, auth):
     resp = await client.post(
         "/v1/numbers/import", json={"provider": "acme", "phoneNumber": "+14155550123"}, headers=auth
     )
     assert resp.status == 422
     fields = {d["field"] for d in (await resp.json())["error"]["details"]}
-    assert fields == {"provider", "credentialsRef"}
+    assert fields == {"provider"}
 
 
 async def test_duplicate_import_is_409_whatever_the_spelling(client, auth):

@@ -35,7 +35,7 @@ from relay.store.db import Database
 from relay.store.models import Call
 from tests.carriers.test_sim_calls import Hook
 from tests.pages.test_docs import CHROMIUM, CHROMIUM_ARGS
-from tests.transports.support import agent_with_number, phone_settings
+from tests.transports.support import phone_settings
 
 
 def _lan_address() -> str | None:
@@ -176,18 +176,15 @@ async def test_a_browser_talks_to_the_agent(web_relay, database, tmp_path, raw_k
 
     async with aiohttp.ClientSession() as http:
         sk = {"Authorization": f"Bearer {await raw_key('proj-a')}"}
-
-        class Client:  # agent_with_number speaks to a test client; this is the same by URL
-            async def post(self, path, **kw):
-                return await http.post(base + path, **kw)
-
-        agent, _ = await agent_with_number(
-            Client(),
-            sk,
-            webhookUrl=str(hook_server.make_url("/hook")),
-            firstSpeaker="user",
-            interruptible=True,
-        )
+        body = {
+            "name": "Ava",
+            "webhookUrl": str(hook_server.make_url("/hook")),
+            "firstSpeaker": "user",
+            "interruptible": True,
+        }
+        async with http.post(f"{base}/v1/agents", json=body, headers=sk) as resp:
+            assert resp.status == 201, await resp.text()
+            agent = await resp.json()
     hook.secret = agent["webhookSecret"]
     pk = await raw_key("proj-a", kind="publishable", channels=["web"], agents=[agent["id"]])
     wav = microphone_wav(tmp_path / "mic.wav")

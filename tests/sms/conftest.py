@@ -17,9 +17,9 @@ from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 from twilio.request_validator import RequestValidator
 
 from relay.config import Settings
+from relay.handset.fake_twilio import FakeTwilio
 from relay.store.models import LifecycleEvent
 from sms.service import SMS, SmsService
-from tests.sms.fake_twilio import FakeTwilio
 
 PUBLIC_URL = "https://relay.example.com"
 TWILIO_SID = "AC" + "5" * 32

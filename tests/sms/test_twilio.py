@@ -235,9 +235,11 @@ async def test_twilio_refusal_is_a_failed_text_with_its_code(client, auth, hook,
 
 
 async def test_wrong_twilio_credentials_fail_the_text(
-    app_client, raw_key, hook, fake_twilio, database
+    client, auth, app_client, hook, fake_twilio, database
 ):
     fake, base = fake_twilio
+    agent = await make_agent(client, auth, hook, provider="twilio", phone=OUR)
+    # A relay of the same deployment whose auth token is wrong (revoked at Twilio since).
     settings = Settings(
         allow_private_webhooks=True,
         public_url=PUBLIC_URL,
@@ -246,8 +248,6 @@ async def test_wrong_twilio_credentials_fail_the_text(
         twilio_api_base_url=base,
     )
     client = await app_client(settings)
-    auth = {"Authorization": f"Bearer {await raw_key()}"}
-    agent = await make_agent(client, auth, hook, provider="twilio", phone=OUR)
     resp = await client.post(
         "/v1/messages", json={"agentId": agent.id, "to": THEM, "text": "hello"}, headers=auth
     )

@@ -12,7 +12,9 @@ from twilio.request_validator import RequestValidator
 
 from relay.config import Settings
 from relay.engine.ports import PCM, CallEnd, CallerLine, CallSetup
-from relay.store.models import Call, CallEvent, LifecycleEvent
+from relay.state import APP_STATE
+from relay.store.models import Call, CallEvent, LifecycleEvent, Number
+from relay_numbers import TWILIO_DEPLOYMENT_KEY
 
 PUBLIC_URL = "https://relay.example.com"
 TWILIO_TOKEN = "twilio-test-auth-token"
@@ -29,15 +31,29 @@ def phone_settings(**overrides: Any) -> Settings:
     return Settings(**{**values, **overrides})
 
 
+async def deployment_number(client, auth, agent_id: str | None = None) -> str:
+    """A number on the deployment's own Twilio account (which the sim handset reaches too).
+
+    It is provisioned from the sim's fictional ranges and then stored as imported under the
+    deployment's account: these tests run no fake of Twilio's REST API to prove ownership
+    with (:mod:`tests.numbers.test_ownership` tests the proof)."""
+    body = {"agentId": agent_id} if agent_id else {}
+    resp = await client.post("/v1/numbers", json=body, headers=auth)
+    assert resp.status == 201, await resp.text()
+    number = await resp.json()
+    async with client.app[APP_STATE].db.session() as session:
+        row = await session.get(Number, number["id"])
+        row.provider, row.source, row.carrier_key = "twilio", "imported", TWILIO_DEPLOYMENT_KEY
+    return str(number["phoneNumber"])
+
+
 async def agent_with_number(client, auth, **agent: Any) -> tuple[dict, str]:
-    """A webhook agent bound to a fresh sim number: (agent json, E.164 number)."""
+    """A webhook agent bound to a fresh :func:`deployment_number`: (agent json, number)."""
     body = {"name": "Ava", "webhookUrl": "http://127.0.0.1:9/hook", **agent}
     resp = await client.post("/v1/agents", json=body, headers=auth)
     assert resp.status == 201, await resp.text()
     created = await resp.json()
-    resp = await client.post("/v1/numbers", json={"agentId": created["id"]}, headers=auth)
-    assert resp.status == 201, await resp.text()
-    return created, (await resp.json())["phoneNumber"]
+    return created, await deployment_number(client, auth, created["id"])
 
 
 def twilio_signature(path: str, params: dict[str, str], token: str = TWILIO_TOKEN) -> str:

@@ -125,6 +125,7 @@ async def test_a_call_streams_both_ways_and_ends_when_the_carrier_stops(
         "call.connecting",
         "call.in_progress",
         "call.completed",
+        "transcript.ready",
     ]
     [row] = await calls(database)
     assert row.carrier_call_id == "CA7"

@@ -107,6 +107,7 @@ async def test_a_page_that_vanishes_ends_the_call_completed(connected, database)
         "call.connecting",
         "call.in_progress",
         "call.completed",
+        "transcript.ready",
     ]
 
 

@@ -91,6 +91,7 @@ async def test_pcm_and_control_messages_flow_both_ways_at_16_khz(phone, engine, 
         "call.connecting",
         "call.in_progress",
         "call.completed",
+        "transcript.ready",
     ]
     await ws.close()
 

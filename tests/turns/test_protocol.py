@@ -298,16 +298,16 @@ def ndjson_body(*lines: bytes):
     return handler
 
 
-def line_of(size: int) -> bytes:
-    head = b'{"text": "'
+def line_of(size: int, *, interim: bool = False) -> bytes:
+    head = b'{"interim": true, "text": "' if interim else b'{"text": "'
     return head + b"b" * (size - len(head) - 2) + b'"}'
 
 
 async def test_ndjson_line_up_to_256_kib_is_read(aiohttp_server):
-    long = line_of(MAX_LINE_BYTES)  # over aiohttp 3.10's own readline limit (128 KiB)
+    long = line_of(MAX_LINE_BYTES, interim=True)  # over aiohttp 3.10's readline limit (128 KiB)
     handler = ndjson_body(b'{"text": "Hi.", "interim": true}\n', long + b"\r\n", b'{"text": "end"}')
     chunks = await collect(turn(await start(aiohttp_server, handler)))
-    assert [len(c.text) for c in chunks] == [3, MAX_LINE_BYTES - 12, 3]
+    assert [len(c.text) for c in chunks] == [3, MAX_LINE_BYTES - 29, 3]
 
 
 async def test_ndjson_line_over_256_kib_is_refused(aiohttp_server):
@@ -329,3 +329,27 @@ async def test_ndjson_endless_line_is_refused_without_waiting_for_its_end(aiohtt
     with pytest.raises(TurnError) as err:
         await collect(turn(await start(aiohttp_server, handler)))
     assert (err.value.reason, err.value.detail) == ("invalid_line", "line 1 is too long")
+
+
+async def test_the_first_chunk_without_interim_closes_the_turn(aiohttp_server):
+    handler = ndjson_body(
+        b'{"text": "One.", "interim": true}\n',
+        b'{"text": "Two."}\n{"text": "Three."}\n{"hangup": true}\n',
+    )
+    t = turn(await start(aiohttp_server, handler))
+    chunks = await collect(t)
+    assert [c.text for c in chunks] == ["One.", "Two."]
+    assert t.timing.ignored_lines == 2  # "Three." and the hangup had arrived with "Two."
+
+
+async def test_a_stream_still_open_after_its_final_chunk_is_not_waited_for(aiohttp_server):
+    async def handler(request):
+        resp = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
+        await resp.prepare(request)
+        await resp.write(b'{"text": "Done."}\n')
+        await asyncio.sleep(30)  # a webhook that never ends its body
+        return resp
+
+    t = turn(await start(aiohttp_server, handler), timeout=5.0)
+    chunks = await asyncio.wait_for(collect(t), 3)
+    assert [c.text for c in chunks] == ["Done."] and t.timing.ignored_lines == 0

@@ -39,7 +39,7 @@ from relay.ids import random_hex
 from relay.phone import to_e164
 from relay.state import APP_STATE
 from relay.urls import media_base_url
-from relay_numbers.routing import number_for_inbound
+from relay_numbers import number_for_inbound, project_number, sim_key
 from sms.inbound import receive
 from sms.service import SMS
 
@@ -138,11 +138,12 @@ async def sim_text(ctx: Context, body: SimTextIn) -> SimTextOut:
         raise ServiceUnavailable(OVERLOADED, code="overloaded", headers={"Retry-After": "1"})
     to = _e164(body.to, field="to")
     sender = _e164(body.from_, field="from")
-    number = await number_for_inbound(ctx.state.db, to)
-    if number is None or number.project_id != ctx.project_id:
-        raise NotFound(f"No number {to} in this project.", field="to")
-    if number.provider != "sim":
-        raise invalid_field("to", NOT_SIM.format(provider=number.provider), "not_a_sim_number")
+    number = await number_for_inbound(ctx.state.db, to, (sim_key(ctx.project_id),))
+    if number is None:
+        other = await project_number(ctx.state.db, ctx.project_id, to)
+        if other is None:
+            raise NotFound(f"No number {to} in this project.", field="to")
+        raise invalid_field("to", NOT_SIM.format(provider=other.provider), "not_a_sim_number")
     if sender == to:
         raise invalid_field("from", "from must differ from to.")
     incoming = IncomingText(

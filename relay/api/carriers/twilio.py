@@ -10,8 +10,11 @@
 ``POST /carriers/twilio/sms/status``     a delivery report for one of our texts
 
 Every request must carry a valid ``X-Twilio-Signature`` over ``RELAY_PUBLIC_URL`` + path and
-query (:mod:`relay.carriers.twilio.signature`). Anything else is answered 403 before it
-touches a call or the store.
+query (:mod:`relay.carriers.twilio.signature`), made with the auth token of the account its
+``AccountSid`` names: a project's carrier account, or the deployment's own account
+(``RELAY_TWILIO_*``, also when the form names none). Anything else is answered 403 before it
+touches a call or the store. The call or text then reaches only a number imported under that
+account: routing is by (AccountSid, To).
 """
 
 from __future__ import annotations
@@ -34,12 +37,15 @@ from relay.carriers.twilio import (
     parse_inbound,
     parse_status,
     reject_twiml,
+    signature_is_valid,
 )
 from relay.errors import BadRequest, Forbidden
 from relay.logs import get_logger
 from relay.state import APP_STATE
 from relay.store.models import CallEvent
 from relay.urls import media_base_url
+from relay_numbers import twilio_keys
+from relay_numbers.accounts import twilio_tokens
 from sms.inbound import receive
 from sms.outbound import set_status
 from sms.service import SMS, STATUS_CALLBACK_PATH
@@ -58,23 +64,36 @@ def _twiml(body: str) -> web.Response:
     return web.Response(text=body, content_type="text/xml")
 
 
-async def signed_form(request: web.Request) -> dict[str, str]:
-    """The form Twilio posted, once its signature checks out (403 otherwise)."""
+async def signed_form(request: web.Request) -> tuple[dict[str, str], tuple[str, ...]]:
+    """The form Twilio posted, once its signature checks out with the token of the account it
+    names (403 otherwise), and the carrier keys of that account (what it may reach)."""
     form = await request.post()
     fields = {k: v for k, v in form.items() if isinstance(v, str)}
-    url = request.app[APP_STATE].settings.effective_public_url() + request.path_qs
+    state = request.app[APP_STATE]
+    url = state.settings.effective_public_url() + request.path_qs
+    account_sid = fields.get("AccountSid", "")
+    deployment_sid = state.settings.twilio_account_sid
     webhook = InboundWebhook(url, request.headers, await request.read(), fields)
-    if not request.app[TWILIO].verify_webhook(webhook):
-        log.warning("twilio_signature_rejected", path=request.path)
+    # The deployment's token speaks for the deployment's account only (any, if unnamed).
+    by_deployment = account_sid in ("", deployment_sid) or not deployment_sid
+    by_deployment = by_deployment and request.app[TWILIO].verify_webhook(webhook)
+    signed = by_deployment
+    if not signed:
+        for token in await twilio_tokens(state.db, state.secret_box, account_sid):
+            if signature_is_valid(url, fields, request.headers, auth_token=token, signing_key=""):
+                signed = True
+                break
+    if not signed:
+        log.warning("twilio_signature_rejected", path=request.path, account_sid=account_sid)
         raise Forbidden(BAD_SIGNATURE, code="invalid_signature")
     for name, value in (*fields.items(), *request.query.items()):
         refuse_bad_text(name, value)  # signed is not sane: PostgreSQL refuses a NUL
-    return fields
+    return fields, twilio_keys(account_sid, deployment=by_deployment)
 
 
 async def voice_webhook(request: web.Request) -> web.Response:
     """A call to one of our numbers: connect it to its agent."""
-    params = await signed_form(request)
+    params, keys = await signed_form(request)
     state = request.app[APP_STATE]
     to = params.get("To", "")
     try:
@@ -84,6 +103,7 @@ async def voice_webhook(request: web.Request) -> web.Response:
             from_number=params.get("From") or None,
             connection_type="twilio",
             carrier_call_id=params.get("CallSid") or None,
+            carrier_keys=keys,
         )
     except inbound.CallUnavailable as exc:
         log.info("twilio_call_rejected", to=to, code=exc.code)
@@ -102,7 +122,7 @@ async def voice_webhook(request: web.Request) -> web.Response:
 
 async def after_stream(request: web.Request) -> web.Response:
     """The media stream ended: carry out a transfer the agent asked for, else hang up."""
-    await signed_form(request)
+    await signed_form(request)  # the call id rides in the signed URL
     call_id = request.query.get("callId", "")
     async with request.app[APP_STATE].db.session() as session:
         event = (
@@ -123,22 +143,23 @@ async def after_stream(request: web.Request) -> web.Response:
 
 async def sms_inbound(request: web.Request) -> web.Response:
     """A text to one of our numbers: stored and handed to its conversation's worker."""
-    form = await signed_form(request)
+    form, keys = await signed_form(request)
     try:
         incoming = parse_inbound(form)
     except ValueError as exc:
         raise BadRequest(f"Not a Twilio message webhook: {exc}.") from exc
-    await receive(request.app[SMS], incoming)
+    await receive(request.app[SMS], incoming, carrier_keys=keys)
     return web.Response(text=EMPTY_TWIML, content_type="text/xml")
 
 
 async def sms_status(request: web.Request) -> web.Response:
     """A delivery report: the text moves on to its new status."""
-    form = await signed_form(request)
+    form, keys = await signed_form(request)
     sid, new_status, error = parse_status(form)
     svc = request.app[SMS]
     message_id = request.query.get("messageId")
-    lookup = select(*messages.c).where(messages.c.provider == "twilio")
+    # Only a text of the account that signed: its message ids are its own.
+    lookup = select(*messages.c).where(messages.c.carrier_key.in_(keys))
     lookup = lookup.where(
         messages.c.id == message_id if message_id else messages.c.carrier_message_id == sid
     )

@@ -15,6 +15,7 @@ outbox (the simulated handsets' inbox), delivered at once; ``relay phone sms`` p
 from __future__ import annotations
 
 import asyncio
+import re
 import secrets
 from collections import deque
 from dataclasses import dataclass
@@ -71,6 +72,27 @@ def _candidates(country: str, area_code: str | None) -> list[str]:
         mobile = [f"+61491570{n:03d}" for n in range(1000)] if area_code in (None, "491") else []
         return fixed + mobile
     return []
+
+
+_RANGES = (
+    (re.compile(r"^\+1([2-9][0-9]{2})5550(1[0-9]{2})$"), ("US", "CA")),
+    (re.compile(r"^\+442079460[0-9]{3}$"), ("GB",)),
+    (re.compile(r"^\+6125550[0-9]{4}$"), ("AU",)),
+    (re.compile(r"^\+61491570[0-9]{3}$"), ("AU",)),
+)
+
+
+def sim_country_of(phone_number: str) -> str | None:
+    """The country of an E.164 number in one of the sim's ranges, or None outside them."""
+    for pattern, countries in _RANGES:
+        found = pattern.match(phone_number)
+        if found is None:
+            continue
+        if len(countries) == 1:
+            return countries[0]
+        area_code = found.group(1)
+        return next((c for c in countries if _nanp_area_code_of(c, area_code)), None)
+    return None
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,7 +10,7 @@ from alembic import op
 
 
 revision = '0013'
-down_revision = '0009'  # lead: set to '0012' at merge
+down_revision = '0012'
 branch_labels = None
 depends_on = None
 

@@ -21,5 +21,6 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    with op.batch_alter_table('projects', schema=None) as batch_op:
-        batch_op.drop_column('calling_hours')
+    # Not a batch operation: on SQLite that copies and drops ``projects``, and the drop
+    # cascades to every table that references it. SQLite drops a column itself since 3.35.
+    op.execute('ALTER TABLE projects DROP COLUMN calling_hours')

@@ -1,0 +1,267 @@
+"""``/v1/carrier-accounts``: a project's accounts at carriers, the numbers' proof of ownership.
+
+A Twilio account is verified with Twilio when it is added (and when its credentials change):
+a cheap authenticated read of the account. Its credentials are stored encrypted with
+``RELAY_ENCRYPTION_KEY`` and never answered again: responses show the AccountSid and the
+last characters of the auth token. A ``sim`` account needs no credentials: it is the
+project's account at the relay's embedded carrier.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import Field
+from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from relay.api.pagination import fetch_page, newest_first
+from relay.api.routing import Context, Router
+from relay.api.schema import APIModel, Deleted, OutModel, Page, PageQuery
+from relay.carriers import CarrierCredentialsInvalid, CarrierError
+from relay.carriers.twilio.accounts import TwilioAccounts, TwilioCredentials
+from relay.errors import APIError, Conflict, NotFound, ServiceUnavailable, invalid_field
+from relay.ids import new_id
+from relay.secretbox import SecretBoxError
+from relay.store.models import CarrierAccount, Number, utcnow
+from relay_numbers.accounts import hint_of, seal_twilio, twilio_credentials
+
+router = Router()
+TAG = "Carrier accounts"
+NEEDS_CREDENTIALS = "A twilio account needs credentials: {accountSid, authToken}."
+SIM_NEEDS_NONE = "A sim account takes no credentials."
+SAME_ACCOUNT = "New credentials must be for the same account ({sid}); add another account instead."
+IN_USE = "The account still has {count} active number(s); release them first."
+SID_PATTERN = r"^AC[0-9a-fA-F]{32}$"
+
+
+class TwilioCredentialsIn(APIModel):
+    account_sid: str = Field(pattern=SID_PATTERN, description="The account's SID, AC...")
+    auth_token: str = Field(
+        min_length=16, max_length=128, pattern=r"^[A-Za-z0-9]+$", description="Never answered."
+    )
+
+
+class CarrierAccountCreate(APIModel):
+    provider: Literal["twilio", "sim"]
+    name: str | None = Field(default=None, max_length=200)
+    credentials: TwilioCredentialsIn | None = None
+
+
+class CarrierAccountUpdate(APIModel):
+    name: str | None = Field(default=None, max_length=200)
+    credentials: TwilioCredentialsIn | None = Field(
+        default=None, description="New credentials for the same account, verified again."
+    )
+
+
+class MaskedCredentials(OutModel):
+    account_sid: str
+    auth_token: str = Field(description="Masked: only its last characters.")
+
+
+class CarrierAccountOut(OutModel):
+    id: str
+    object: Literal["carrier_account"] = "carrier_account"
+    provider: str
+    name: str | None
+    credentials: MaskedCredentials | None
+    created_at: datetime
+    updated_at: datetime
+
+
+def account_out(a: CarrierAccount) -> CarrierAccountOut:
+    masked = None
+    if a.account_sid is not None:
+        masked = MaskedCredentials(account_sid=a.account_sid, auth_token=a.credentials_hint or "")
+    return CarrierAccountOut(
+        id=a.id,
+        provider=a.provider,
+        name=a.name,
+        credentials=masked,
+        created_at=a.created_at,
+        updated_at=a.updated_at,
+    )
+
+
+def carrier_api_error(exc: CarrierError) -> APIError:
+    """A carrier's answer about credentials as the API's: refused is the caller's mistake
+    (422), unreachable is not (502)."""
+    if isinstance(exc, CarrierCredentialsInvalid):
+        return invalid_field("credentials", str(exc), exc.code)
+    err = APIError(str(exc), code=exc.code)
+    err.status = 502
+    return err
+
+
+def secret_box_error(exc: SecretBoxError) -> ServiceUnavailable:
+    return ServiceUnavailable(str(exc), code=exc.code)
+
+
+async def load_account(ctx: Context, session: AsyncSession, account_id: str) -> CarrierAccount:
+    account: CarrierAccount | None = (
+        await session.execute(
+            select(CarrierAccount).where(
+                CarrierAccount.id == account_id,
+                CarrierAccount.project_id == ctx.project_id,
+                CarrierAccount.deleted_at.is_(None),
+            )
+        )
+    ).scalar_one_or_none()
+    if account is None:
+        raise NotFound(f"No carrier account {account_id!r} in this project.")
+    return account
+
+
+async def _verified(ctx: Context, given: TwilioCredentialsIn) -> tuple[TwilioCredentials, str]:
+    """The credentials, once Twilio accepted them, and their sealed form."""
+    creds = TwilioCredentials(given.account_sid, given.auth_token)
+    try:
+        sealed = seal_twilio(ctx.state.secret_box, creds)  # before asking Twilio: no key, no ask
+    except SecretBoxError as exc:
+        raise secret_box_error(exc) from None
+    try:
+        await TwilioAccounts(ctx.state.settings.twilio_api_base_url).verify(creds)
+    except CarrierError as exc:
+        raise carrier_api_error(exc) from None
+    return creds, sealed
+
+
+def twilio_of(ctx: Context, account: CarrierAccount) -> TwilioCredentials:
+    try:
+        return twilio_credentials(ctx.state.secret_box, account)
+    except SecretBoxError as exc:
+        raise secret_box_error(exc) from None
+
+
+@router.route(
+    "POST",
+    "/v1/carrier-accounts",
+    summary="Add a carrier account",
+    tag=TAG,
+    body=CarrierAccountCreate,
+    response=CarrierAccountOut,
+    status=201,
+    errors=(400, 401, 403, 415, 422, 429, 502, 503),
+)
+async def create_account(ctx: Context, body: CarrierAccountCreate) -> CarrierAccountOut:
+    """Twilio credentials are verified with Twilio first (422 ``carrier_credentials_invalid``
+    if it refuses them, 502 ``carrier_unavailable`` if it cannot be reached) and stored
+    encrypted (503 ``encryption_key_missing`` while the relay has no key)."""
+    now = utcnow()
+    account = CarrierAccount(
+        id=new_id("ca"),
+        project_id=ctx.project_id,
+        provider=body.provider,
+        name=body.name,
+        created_at=now,
+        updated_at=now,
+    )
+    if body.provider == "sim":
+        if body.credentials is not None:
+            raise invalid_field("credentials", SIM_NEEDS_NONE)
+    else:
+        if body.credentials is None:
+            raise invalid_field("credentials", NEEDS_CREDENTIALS)
+        creds, account.credentials = await _verified(ctx, body.credentials)
+        account.account_sid = creds.account_sid
+        account.credentials_hint = hint_of(creds.auth_token)
+    async with ctx.state.db.session() as session:
+        session.add(account)
+    return account_out(account)
+
+
+@router.route(
+    "GET",
+    "/v1/carrier-accounts",
+    summary="List carrier accounts",
+    tag=TAG,
+    query=PageQuery,
+    response=Page[CarrierAccountOut],
+    errors=(401, 403, 422, 429),
+)
+async def list_accounts(ctx: Context, query: PageQuery) -> Page[CarrierAccountOut]:
+    stmt = select(CarrierAccount).where(
+        CarrierAccount.project_id == ctx.project_id, CarrierAccount.deleted_at.is_(None)
+    )
+    stmt = newest_first(stmt, CarrierAccount.id, query)
+    async with ctx.state.db.session() as session:
+        window = await fetch_page(session, stmt, query)
+    return window.page(Page[CarrierAccountOut], account_out)
+
+
+@router.route(
+    "GET",
+    "/v1/carrier-accounts/{account_id}",
+    summary="Get a carrier account",
+    tag=TAG,
+    response=CarrierAccountOut,
+    errors=(401, 403, 404, 429),
+)
+async def get_account(ctx: Context) -> CarrierAccountOut:
+    async with ctx.state.db.session() as session:
+        return account_out(await load_account(ctx, session, ctx.path("account_id")))
+
+
+@router.route(
+    "PATCH",
+    "/v1/carrier-accounts/{account_id}",
+    summary="Rename a carrier account or replace its credentials",
+    tag=TAG,
+    body=CarrierAccountUpdate,
+    response=CarrierAccountOut,
+    errors=(400, 401, 403, 404, 415, 422, 429, 502, 503),
+)
+async def update_account(ctx: Context, body: CarrierAccountUpdate) -> CarrierAccountOut:
+    """New credentials (a rotated auth token) must be for the same account and are verified
+    with the carrier before they replace the old ones."""
+    async with ctx.state.db.session() as session:
+        account = await load_account(ctx, session, ctx.path("account_id"))
+    fields: dict[str, Any] = {}
+    if "name" in body.model_fields_set:
+        fields["name"] = body.name
+    if body.credentials is not None:
+        if account.provider == "sim":
+            raise invalid_field("credentials", SIM_NEEDS_NONE)
+        if body.credentials.account_sid != account.account_sid:
+            raise invalid_field("credentials", SAME_ACCOUNT.format(sid=account.account_sid))
+        creds, fields["credentials"] = await _verified(ctx, body.credentials)
+        fields["credentials_hint"] = hint_of(creds.auth_token)
+    async with ctx.state.db.session() as session:
+        account = await load_account(ctx, session, ctx.path("account_id"))
+        for name, value in fields.items():
+            setattr(account, name, value)
+        if fields:
+            account.updated_at = utcnow()
+        return account_out(account)
+
+
+@router.route(
+    "DELETE",
+    "/v1/carrier-accounts/{account_id}",
+    summary="Remove a carrier account",
+    tag=TAG,
+    response=Deleted,
+    errors=(401, 403, 404, 409, 429),
+)
+async def delete_account(ctx: Context) -> Deleted:
+    """Refused (409 ``carrier_account_in_use``) while numbers are imported under it. Its
+    credentials are erased, not only hidden."""
+    async with ctx.state.db.session() as session:
+        account = await load_account(ctx, session, ctx.path("account_id"))
+        active = (
+            await session.execute(
+                select(func.count())
+                .select_from(Number)
+                .where(Number.carrier_account_id == account.id, Number.released_at.is_(None))
+            )
+        ).scalar_one()
+        if active:
+            raise Conflict(IN_USE.format(count=active), code="carrier_account_in_use")
+        account.deleted_at = account.updated_at = utcnow()
+        account.credentials = None
+    return Deleted(id=account.id, object="carrier_account")
+
+
+__all__ = ["carrier_api_error", "load_account", "router", "secret_box_error", "twilio_of"]

@@ -1,0 +1,125 @@
+"""Carrier accounts: a project's credentials at a carrier, verified with the carrier when
+added, stored encrypted (:mod:`relay.secretbox`), and what the relay reads them for:
+checking that an account owns a number, and checking a webhook's signature with the token
+of the account the webhook names.
+
+Only the carrier's name for the account (Twilio's AccountSid) is stored in the clear: inbound
+webhooks carry it, and routing is by it.
+"""
+
+from __future__ import annotations
+
+import json
+
+from sqlalchemy import select
+from sqlalchemy.exc import DBAPIError
+
+from relay.carriers.twilio.accounts import TwilioCredentials
+from relay.logs import get_logger
+from relay.secretbox import KeyMissing, SecretBox, SecretBoxError
+from relay.store.db import Database
+from relay.store.models import CarrierAccount, utcnow
+from relay_numbers.keys import sim_key, twilio_key
+
+log = get_logger("relay_numbers.accounts")
+
+PROVIDERS = ("twilio", "sim")
+STORED_WITHOUT_KEY = (
+    "The database holds {count} carrier account(s) with encrypted credentials and "
+    "RELAY_ENCRYPTION_KEY is not set: the relay cannot read them. Set the key they were "
+    "stored with."
+)
+
+
+def hint_of(secret: str) -> str:
+    """What the API shows of a secret: enough to tell two apart, never enough to use."""
+    return "..." + secret[-4:] if len(secret) >= 12 else "..."
+
+
+def seal_twilio(box: SecretBox, creds: TwilioCredentials) -> str:
+    return box.encrypt(json.dumps({"accountSid": creds.account_sid, "authToken": creds.auth_token}))
+
+
+def twilio_credentials(box: SecretBox, account: CarrierAccount) -> TwilioCredentials:
+    assert account.credentials is not None
+    data = json.loads(box.decrypt(account.credentials))
+    return TwilioCredentials(str(data["accountSid"]), str(data["authToken"]))
+
+
+def carrier_key_of(account: CarrierAccount) -> str:
+    if account.provider == "sim":
+        return sim_key(account.project_id)
+    assert account.account_sid is not None
+    return twilio_key(account.account_sid)
+
+
+async def twilio_tokens(db: Database, box: SecretBox, account_sid: str) -> list[str]:
+    """The auth tokens of the live carrier accounts named ``account_sid`` (any project's:
+    each was verified with Twilio, so each is the account's). One the key cannot open is
+    left out (and logged): its webhooks are refused, its texts not sent."""
+    if not account_sid or not box.configured:
+        return []
+    async with db.session() as session:
+        accounts = (
+            await session.execute(
+                select(CarrierAccount).where(
+                    CarrierAccount.provider == "twilio",
+                    CarrierAccount.account_sid == account_sid,
+                    CarrierAccount.deleted_at.is_(None),
+                )
+            )
+        ).scalars()
+        tokens = []
+        for account in accounts:
+            try:
+                tokens.append(twilio_credentials(box, account).auth_token)
+            except SecretBoxError as exc:
+                log.error("carrier_credentials_unreadable", account_id=account.id, code=exc.code)
+        return tokens
+
+
+async def check_stored_credentials(db: Database, box: SecretBox) -> int:
+    """At start-up: every stored credential opens with the configured key (raises
+    :class:`relay.secretbox.SecretBoxError` if not), and, while several keys are configured,
+    is re-encrypted with the first, so the old key can be dropped after this start.
+
+    A database that cannot be asked (unreachable, not migrated) is left to ``/readyz`` to
+    report; credentials found unreadable later are refused where they are used."""
+    try:
+        return await _check_stored_credentials(db, box)
+    except (DBAPIError, OSError) as exc:  # asyncpg raises a refused connection as it is
+        log.warning("carrier_credentials_unchecked", error=type(exc).__name__)
+        return 0
+
+
+async def _check_stored_credentials(db: Database, box: SecretBox) -> int:
+    async with db.writing() as session:
+        accounts = list(
+            (
+                await session.execute(
+                    select(CarrierAccount).where(CarrierAccount.credentials.is_not(None))
+                )
+            ).scalars()
+        )
+        if accounts and not box.configured:
+            raise KeyMissing(STORED_WITHOUT_KEY.format(count=len(accounts)))
+        for account in accounts:
+            assert account.credentials is not None
+            box.decrypt(account.credentials)
+            if box.key_count > 1:
+                account.credentials = box.rotate(account.credentials)
+                account.updated_at = utcnow()
+    if accounts and box.key_count > 1:
+        log.info("carrier_credentials_reencrypted", accounts=len(accounts))
+    return len(accounts)
+
+
+__all__ = [
+    "PROVIDERS",
+    "carrier_key_of",
+    "check_stored_credentials",
+    "hint_of",
+    "seal_twilio",
+    "twilio_credentials",
+    "twilio_tokens",
+]
