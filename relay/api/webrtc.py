@@ -20,6 +20,7 @@ from typing import Any
 from aiohttp import web
 
 from relay import tokens
+from relay.api.openapi import WWW_AUTHENTICATE
 from relay.calls import inbound, media
 from relay.calls.inbound import WEB_TOKEN_PURPOSE
 from relay.calls.media import MEDIA
@@ -52,7 +53,12 @@ _TOKEN: list[dict[str, list[str]]] = [{"callToken": []}]
 
 
 def _errors(*codes: tuple[int, str]) -> dict[str, Any]:
-    return {str(status): {"description": text, "content": _ERROR} for status, text in codes}
+    out: dict[str, Any] = {
+        str(status): {"description": text, "content": _ERROR} for status, text in codes
+    }
+    if "401" in out:
+        out["401"]["headers"] = {"WWW-Authenticate": WWW_AUTHENTICATE}
+    return out
 
 
 # The WHIP routes in the OpenAPI document (their bodies are SDP, not the JSON routes' models).
