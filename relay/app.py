@@ -28,7 +28,7 @@ from aiohttp import web
 
 from relay import events
 from relay.api import carriers as carrier_webhooks
-from relay.api import cors, media, system
+from relay.api import cors, media, system, webrtc, widget
 from relay.api.agents import router as agents_router
 from relay.api.call_create import router as call_create_router
 from relay.api.calls import router as calls_router
@@ -111,11 +111,13 @@ def create_app(settings: Settings | None = None, *, db: Database | None = None) 
     _build_workers(app, state, sim=sim, twilio=twilio)
     system.install(app)
     media.install(app)
+    webrtc.install(app)
+    widget.install(app)
     endpoints = []
     for router in ROUTERS:
         router.install(app)
         endpoints.extend(router.endpoints)
-    app[system.OPENAPI_DOC] = build_openapi(endpoints)
+    app[system.OPENAPI_DOC] = build_openapi(endpoints, webrtc.OPENAPI_PATHS)
     cors.install(app)
     carrier_webhooks.sim.install(app)
     carrier_webhooks.twilio.install(app, twilio)

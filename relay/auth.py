@@ -48,8 +48,8 @@ PUBLISHABLE_FORBIDDEN = "Publishable keys may only create calls; use a secret ke
 DEFAULT_MAX_METADATA_BYTES = 1024
 MAX_METADATA_BYTES = 16 * 1024  # the cap every call's metadata has (relay.api.limits)
 WEB_ONLY = (
-    " Its only channel is 'web', and web calls are not available on this relay version yet;"
-    " for a call-me button, create a publishable key with the 'phone' channel."
+    " Its only channel is 'web' (web calls: connectionType 'webrtc'); for a call-me button,"
+    " create a publishable key with the 'phone' channel."
 )
 VARIABLES_REFUSED = (
     "This publishable key may not send variables (they fill the agent's system prompt); "

@@ -6,7 +6,7 @@ import socket
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, IPvAnyAddress
+from pydantic import AliasChoices, Field, IPvAnyAddress
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_DATABASE_URL = "sqlite+aiosqlite:///./relay.db"
@@ -78,6 +78,29 @@ class Settings(BaseSettings):
     # Secret for signing short-lived URLs and media tokens. Generated per process if empty,
     # which is fine for one node; set it when several nodes serve the same calls.
     signing_secret: str = ""
+
+    # Web calls: the ICE servers (STUN/TURN) both the page and the relay's peer use, JSON as
+    # in RTCConfiguration: [{"urls": ["stun:stun.example.com:3478"]}, {"urls": [...],
+    # "username": ..., "credential": ...}]. Empty: host candidates only (a LAN, or a relay
+    # with a public address).
+    webrtc_ice_servers: list[dict[str, str | list[str]]] = Field(default_factory=list)
+    # LiveKit, the scale-out path for web calls (README, "LiveKit rooms"): LiveKit's own
+    # variable names are read too. Rooms and tokens only, so far.
+    livekit_url: str = Field(
+        default="", validation_alias=AliasChoices("livekit_url", "RELAY_LIVEKIT_URL", "LIVEKIT_URL")
+    )
+    livekit_api_key: str = Field(
+        default="",
+        validation_alias=AliasChoices(
+            "livekit_api_key", "RELAY_LIVEKIT_API_KEY", "LIVEKIT_API_KEY"
+        ),
+    )
+    livekit_api_secret: str = Field(
+        default="",
+        validation_alias=AliasChoices(
+            "livekit_api_secret", "RELAY_LIVEKIT_API_SECRET", "LIVEKIT_API_SECRET"
+        ),
+    )
 
     # Voice engine. Per-agent ``stt`` / ``tts`` settings override the first two.
     stt: Literal["whisper", "pocketsphinx"] = "whisper"

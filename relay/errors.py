@@ -10,8 +10,7 @@ APIError                      any error answered as {"error": {...}}
 ├── Conflict          409     conflict, phone_number_taken, ...
 ├── PayloadTooLarge   413     payload_too_large
 ├── UnsupportedMedia  415     unsupported_media_type
-├── ValidationFailed  422     validation_error, invalid_text, metadata_too_large,
-│                             web_calls_unavailable, ...
+├── ValidationFailed  422     validation_error, invalid_text, metadata_too_large, ...
 ├── RateLimited       429     rate_limited (carries Retry-After)
 └── ServiceUnavailable 503    unavailable
 """

@@ -1,6 +1,7 @@
 """``POST /v1/calls`` and ``/v1/calls/inline``: place an outbound call, or open a
 bring-your-own-telephony call (a ``joinUrl`` for your carrier's media stream or your own
-raw PCM websocket).
+raw PCM websocket), or a web call (``webrtc``: a WHIP ``joinUrl`` and a one-time token for
+the page, :mod:`relay.api.webrtc`).
 
 Publishable keys may create calls on the channels and agents they are scoped to, to the
 destinations they allow, carrying what their allowances let through (:mod:`relay.auth`); what
@@ -35,10 +36,13 @@ from relay.calls.inbound import (
     MEDIA_TOKEN_PURPOSE,
     MEDIA_TOKEN_TTL_SECONDS,
     TRANSPORT_KEY,
+    WEB_TOKEN_PURPOSE,
+    WEB_TOKEN_TTL_SECONDS,
     agent_snapshot,
 )
 from relay.calls.intelligence import OVERRIDE_KEY as POST_CALL_KEY
 from relay.calls.lifecycle import open_call
+from relay.calls.media import MEDIA
 from relay.calls.outbound import DIALLER
 from relay.errors import Forbidden, invalid_field
 from relay.events.writing import writing
@@ -60,6 +64,8 @@ CHANNEL_OF: dict[str, str] = {
     "websocket": "websocket",
     "webrtc": "web",
 }
+# The engine's rate for each kind of media (a websocket call may choose its own).
+LINE_RATE = {"websocket": 16000, "webrtc": 48000}
 TEMPLATED = ("greeting", "system_prompt")
 
 TO_OR_CONNECTION = "Send either 'to' (an outbound phone call) or 'connectionType' (BYOT)."
@@ -71,10 +77,6 @@ NO_VOICE = "This number cannot place voice calls."
 PUBLISHABLE_FROM = "Publishable keys cannot choose the caller id; leave out 'from'."
 INLINE_NEEDS = "Send 'webhookUrl' (your webhook answers) or 'systemPrompt' (hosted)."
 NOT_SERVED = "This relay has no media socket for {kind!r} yet; it serves: {served}."
-NO_WEB_CALLS = (
-    "Web calls (connectionType 'webrtc') are not available on this relay version yet; "
-    "place a phone call with 'to', or open a 'websocket' call."
-)
 POST_CALL_OVERRIDE = (
     "Overrides the agent's postCall for this call: the keys sent replace the agent's "
     "(null turns that part off), the rest stay as the agent has them."
@@ -160,11 +162,27 @@ class InlineCallCreate(APIModel):
         return self
 
 
+class IceServer(APIModel):
+    urls: str | list[str]
+    username: str | None = None
+    credential: str | None = None
+
+
 class CallCreated(CallOut):
     join_url: str | None = Field(
-        default=None, description="BYOT: where your carrier opens the media stream."
+        default=None,
+        description="BYOT: where your carrier opens the media stream. Web calls: the WHIP "
+        "endpoint the page POSTs its SDP offer to, with `token`.",
     )
     join_url_expires_at: datetime | None = None
+    token: str | None = Field(
+        default=None,
+        description="Web calls: the page's one-time credential for `joinUrl` "
+        "(`Authorization: Bearer TOKEN`); good for 5 minutes, for this call only.",
+    )
+    ice_servers: list[IceServer] | None = Field(
+        default=None, description="Web calls: the RTCPeerConnection's `iceServers`."
+    )
     webhook_secret: str | None = Field(
         default=None, description="Inline calls with a webhookUrl: verifies agent.message."
     )
@@ -205,8 +223,6 @@ def _new_call(ctx: Context, **fields: Any) -> Call:
 
 def _require_media_route(ctx: Context, connection_type: str) -> None:
     """Hand out a join URL only where a media socket will answer it."""
-    if connection_type == "webrtc":
-        raise invalid_field("connectionType", NO_WEB_CALLS, "web_calls_unavailable")
     served = sorted(
         r.canonical.removeprefix("/media/")
         for r in ctx.request.app.router.resources()
@@ -221,6 +237,8 @@ def _require_media_route(ctx: Context, connection_type: str) -> None:
 
 
 def _join(ctx: Context, call: Call) -> dict[str, Any]:
+    if call.connection_type == "webrtc":
+        return _web_join(ctx, call)
     token = tokens.issue(
         ctx.state.signing_key, call.id, MEDIA_TOKEN_PURPOSE, MEDIA_TOKEN_TTL_SECONDS
     )
@@ -228,6 +246,20 @@ def _join(ctx: Context, call: Call) -> dict[str, Any]:
     return {
         "join_url": f"{base}/media/{call.connection_type}?token={token}",
         "join_url_expires_at": utcnow() + timedelta(seconds=MEDIA_TOKEN_TTL_SECONDS),
+    }
+
+
+def _web_join(ctx: Context, call: Call) -> dict[str, Any]:
+    """A web call's WHIP endpoint and token; the call fails ``network_timeout`` if the page
+    never comes."""
+    token = tokens.issue(ctx.state.signing_key, call.id, WEB_TOKEN_PURPOSE, WEB_TOKEN_TTL_SECONDS)
+    ctx.request.app[MEDIA].expect(call.id, within=WEB_TOKEN_TTL_SECONDS + 15)
+    ice = ctx.state.settings.webrtc_ice_servers
+    return {
+        "join_url": f"{ctx.state.settings.effective_public_url()}/media/webrtc",
+        "join_url_expires_at": utcnow() + timedelta(seconds=WEB_TOKEN_TTL_SECONDS),
+        "token": token,
+        "ice_servers": [IceServer.model_validate(server) for server in ice],
     }
 
 
@@ -260,17 +292,19 @@ async def create_call(ctx: Context, body: CallCreate) -> web.Response:
     ``joinUrl`` (good for 60 s) for your carrier's media stream (Twilio, Telnyx, Plivo) or
     your own raw PCM websocket.
 
+    With ``connectionType: "webrtc"``: a web call, answered **201** with a WHIP ``joinUrl``,
+    a one-time ``token`` (5 minutes) and ``iceServers`` for the page; the browser POSTs its
+    SDP offer there (README, "Web calls").
+
     Publishable keys may use this on the agents and channels they allow (``phone`` for
-    phone and carrier streams, ``websocket`` for raw websockets), from the web pages they
+    phone and carrier streams, ``websocket`` for raw websockets, ``web`` for web calls), from
+    the web pages they
     list (CORS: the preflight needs no key; a request whose ``Origin`` the key does not
     list answers 403 ``origin_not_allowed``, a secret key from a page 403
     ``secret_key_in_browser``), to the destinations they allow (else 403
     ``destination_not_allowed``), and may not set ``from``. ``variables`` and ``postCall``
     need a key that allows them (else 403 ``key_scope_violation``), and metadata may be as
-    large as the key allows (else 422 ``metadata_too_large``).
-
-    ``connectionType: "webrtc"`` (web calls) answers 422 ``web_calls_unavailable`` on this
-    relay version."""
+    large as the key allows (else 422 ``metadata_too_large``)."""
     key = ctx.key
     assert key is not None
     key.require_channel(CHANNEL_OF[body.connection_type or "phone"])
@@ -337,7 +371,7 @@ async def _caller_number(
 async def _create_byot(ctx: Context, body: CallCreate) -> web.Response:
     assert body.connection_type is not None
     _require_media_route(ctx, body.connection_type)
-    rate = body.sample_rate or (16000 if body.connection_type == "websocket" else 8000)
+    rate = body.sample_rate or LINE_RATE.get(body.connection_type, 8000)
     async with writing(ctx.state.db) as session:
         agent = await load_agent(ctx, session, body.agent_id)
         call = _new_call(
@@ -399,7 +433,7 @@ async def create_inline_call(ctx: Context, body: InlineCallCreate) -> web.Respon
         "post_call": body.post_call.model_dump(exclude_unset=True) if body.post_call else None,
         "transfer_destinations": body.transfer_destinations,
     }
-    rate = body.sample_rate or (16000 if body.connection_type == "websocket" else 8000)
+    rate = body.sample_rate or LINE_RATE.get(body.connection_type, 8000)
     async with writing(ctx.state.db) as session:
         call = _new_call(
             ctx,

@@ -150,6 +150,11 @@ def build(endpoints: list[Endpoint], extra_paths: dict[str, Any] | None = None) 
             "securitySchemes": {
                 "bearer": {"type": "http", "scheme": "bearer"},
                 "apiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key"},
+                "callToken": {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "description": "A web call's token",
+                },
             },
         },
     }

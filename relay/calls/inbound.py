@@ -47,6 +47,9 @@ log = get_logger("relay.calls.inbound")
 
 MEDIA_TOKEN_TTL_SECONDS = 60
 MEDIA_TOKEN_PURPOSE = "media"
+# A web call's token: the page presents it once, with its WHIP offer (relay.api.webrtc).
+WEB_TOKEN_PURPOSE = "webrtc"
+WEB_TOKEN_TTL_SECONDS = 300
 SAMPLE_RATES = (8000, 16000, 24000, 48000)
 CONNECTION_TYPES = ("twilio", "sim", "websocket")
 # The key in ``Call.agent_snapshot`` holding how the media travels (not an agent setting).

@@ -85,6 +85,14 @@ class MediaRuntime:
         task.add_done_callback(self._sockets.discard)
         await asyncio.shield(task)
 
+    def detach(self, call: Awaitable[None], call_id: str) -> None:
+        """Run a call whose request has already been answered (a WHIP offer): tracked like a
+        socket, so shutdown waits for its end to be recorded."""
+        task: asyncio.Task[None] = asyncio.ensure_future(call)
+        task.set_name(f"call:{call_id}")
+        self._sockets.add(task)
+        task.add_done_callback(self._sockets.discard)
+
     def deps(self) -> MediaDeps:
         if self.http is None or self.http.closed:
             self.http = client_session(self.settings)
@@ -116,14 +124,15 @@ class MediaRuntime:
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
-    def expect(self, call_id: str) -> None:
-        """A carrier was told to open a media socket for ``call_id``; fail the call with
-        ``network_timeout`` if it never does."""
+    def expect(self, call_id: str, within: float | None = None) -> None:
+        """A carrier (or a web page) was told to open the media for ``call_id``; fail the
+        call with ``network_timeout`` if it does not within ``within`` seconds (default
+        :attr:`connect_deadline`)."""
         self._engine()
-        self._spawn(self._expire(call_id), f"expect:{call_id}")
+        self._spawn(self._expire(call_id, within or self.connect_deadline), f"expect:{call_id}")
 
-    async def _expire(self, call_id: str) -> None:
-        await asyncio.sleep(self.connect_deadline)
+    async def _expire(self, call_id: str, within: float) -> None:
+        await asyncio.sleep(within)
         if await expire_unconnected(self.db, call_id):
             log.warning("media_never_connected", call_id=call_id)
 
@@ -193,25 +202,37 @@ async def serve(deps: MediaDeps, conn: MediaConnection, call_id: str | None) -> 
             await conn.refuse(f"media token: {exc}")
             return
     try:
-        setup = await inbound.begin(
-            deps.db,
-            call_id,
-            node_id=deps.node_id,
-            connection_types=conn.connection_types,
-            carrier_call_id=shake.carrier_call_id,
-        )
+        run = await begin(deps, conn, call_id, shake.carrier_call_id)
     except inbound.CallUnavailable as exc:
         await conn.refuse(exc.message)
         return
+    await run
+
+
+async def begin(
+    deps: MediaDeps, conn: MediaConnection, call_id: str, carrier_call_id: str | None = None
+) -> Awaitable[None]:
+    """The call goes ``in_progress`` now (raises :class:`inbound.CallUnavailable` if it is
+    not waiting for media); the returned work runs it to its end. A transport whose
+    handshake is an HTTP request (WebRTC's WHIP offer) answers it in between."""
+    setup = await inbound.begin(
+        deps.db,
+        call_id,
+        node_id=deps.node_id,
+        connection_types=conn.connection_types,
+        carrier_call_id=carrier_call_id,
+    )
     db = deps.db
-    known = call_id
 
     async def note(message: str, data: dict[str, Any]) -> None:
-        await inbound.telephony_event(db, known, message, level="info", data=data)
+        await inbound.telephony_event(db, call_id, message, level="info", data=data)
 
-    line = await conn.accept(call_id, note)
-    bad = BadFrames(db, call_id)
-    await run_call(deps, setup, line, lambda handle: conn.pump(handle, bad.record))
+    async def run() -> None:
+        line = await conn.accept(call_id, note)
+        bad = BadFrames(db, call_id)
+        await run_call(deps, setup, line, lambda handle: conn.pump(handle, bad.record))
+
+    return run()
 
 
 async def run_call(

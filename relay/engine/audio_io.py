@@ -88,7 +88,7 @@ class CallAudioInput(io.AudioInput):
 
 
 class _Segment:
-    __slots__ = ("buf", "pos", "flushed", "started", "markers", "texts")
+    __slots__ = ("buf", "pos", "flushed", "started", "markers", "texts", "spoken")
 
     def __init__(self) -> None:
         self.buf = bytearray()
@@ -97,6 +97,7 @@ class _Segment:
         self.started = False
         self.markers: deque[tuple[int, dict[str, Any]]] = deque()
         self.texts: list[tuple[int, str]] = []  # (byte offset where its audio starts, text)
+        self.spoken = 0  # how many of ``texts`` have started playing
 
     def heard(self) -> str:
         """The text whose audio has been played, to the last whole word."""
@@ -136,6 +137,7 @@ class CallAudioOutput(io.AudioOutput):
         *,
         on_marker: Callable[[dict[str, Any], float], None] | None = None,
         on_line_error: Callable[[BaseException], None] | None = None,
+        on_text: Callable[[str], None] | None = None,
     ) -> None:
         super().__init__(
             label="call",
@@ -147,6 +149,7 @@ class CallAudioOutput(io.AudioOutput):
         self.frame_bytes = self.rate * FRAME_MS // 1000 * 2
         self.on_marker = on_marker
         self.on_line_error = on_line_error
+        self.on_text = on_text  # the words whose audio has just started playing
         self._segments: deque[_Segment] = deque()
         self._open: _Segment | None = None
         self._discard_until_flush = False
@@ -256,6 +259,10 @@ class CallAudioOutput(io.AudioOutput):
             if self.on_marker is not None:
                 for marker in markers:
                     self.on_marker(marker, sent_at)
+            while seg.spoken < len(seg.texts) and seg.texts[seg.spoken][0] < seg.pos + size:
+                if self.on_text is not None:
+                    self.on_text(seg.texts[seg.spoken][1])
+                seg.spoken += 1
             self.frames_sent += 1
             self.last_frame_at = sent_at
             # the segment may have been cleared while send_audio ran

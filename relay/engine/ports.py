@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, Protocol, runtime_checkable
 
 import numpy as np
 import numpy.typing as npt
@@ -72,6 +72,15 @@ class CallerLine(Protocol):
         """End the call from our side (after the engine has finished speaking)."""
 
 
+@runtime_checkable
+class LiveView(Protocol):
+    """A line that also shows the call as it happens (a web page's data channel). Events are
+    small JSON objects (``{"type": "transcript" | "agent_state" | "ended", ...}``, README
+    "Web calls"); the method returns at once and drops what it cannot deliver."""
+
+    def live_event(self, event: dict[str, Any]) -> None: ...
+
+
 class CallHandle(Protocol):
     """What a transport holds for a running call."""
 
@@ -119,4 +128,13 @@ class CallSink(Protocol):
         """Return once everything reported so far is stored."""
 
 
-__all__ = ["PCM", "CallEnd", "CallHandle", "CallSetup", "CallSink", "CallerLine", "Segment"]
+__all__ = [
+    "PCM",
+    "CallEnd",
+    "CallHandle",
+    "CallSetup",
+    "CallSink",
+    "CallerLine",
+    "LiveView",
+    "Segment",
+]

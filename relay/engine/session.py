@@ -48,7 +48,7 @@ from relay.engine import speech, timers
 from relay.engine.audio_io import CallAudioInput, CallAudioOutput, session_rate
 from relay.engine.codecs import PCM
 from relay.engine.history import History
-from relay.engine.ports import CallEnd, CallerLine, CallSetup, CallSink
+from relay.engine.ports import CallEnd, CallerLine, CallSetup, CallSink, LiveView
 from relay.engine.recording import StereoRecorder
 from relay.engine.speaking import Speaker
 from relay.engine.speech import CallVAD, EarlySTT, UtteranceTiming, local_stt, local_tts
@@ -125,8 +125,13 @@ class CallSession:
         # Hosted replies come in whole clauses (relay.turns.hosted.phrase): none to wait for.
         pause = 0.0 if setup.voice_mode == "hosted" else settings.text_pause_ms / 1000
         self.speaker = Speaker(self.tts, sink, pause=pause, playing=self._current_speech)
+        # A web page's line shows the call live: transcript lines, agent state, the end.
+        self.live = line if isinstance(line, LiveView) else None
         self.audio_out = CallAudioOutput(
-            line, on_marker=self.speaker.on_marker, on_line_error=self._on_line_error
+            line,
+            on_marker=self.speaker.on_marker,
+            on_line_error=self._on_line_error,
+            on_text=self._on_agent_words if self.live is not None else None,
         )
         if agent.recording_enabled:
             self._open_recording(rate)
@@ -340,6 +345,16 @@ class CallSession:
         else:
             self.history.remember("agent", text, interrupted=item.interrupted, at=start)
             self.history.segment("agent", text, ms(start), ms(end), item.interrupted)
+        if self.live is not None and text:
+            self.live.live_event(
+                {
+                    "type": "transcript",
+                    "role": "user" if item.role == "user" else "agent",
+                    "text": text,
+                    "final": True,
+                    "interrupted": bool(item.interrupted),
+                }
+            )
 
     def _tool_segment(self, text: str, start: float, end: float, data: dict[str, Any]) -> None:
         ms = self.history.ms
@@ -352,6 +367,12 @@ class CallSession:
     def _on_agent_state(self, ev: AgentStateChangedEvent) -> None:
         self._agent_state = ev.new_state
         self.activity.touch()
+        if self.live is not None and ev.new_state in ("listening", "thinking", "speaking"):
+            self.live.live_event({"type": "agent_state", "state": ev.new_state})
+
+    def _on_agent_words(self, text: str) -> None:
+        assert self.live is not None
+        self.live.live_event({"type": "transcript", "role": "agent", "text": text, "final": False})
 
     def _on_error(self, ev: ErrorEvent) -> None:
         recoverable = bool(getattr(ev.error, "recoverable", True))
@@ -399,6 +420,8 @@ class CallSession:
             await self.wait()
             return
         self._ending = True
+        if self.live is not None:
+            self.live.live_event({"type": "ended", "status": end.status, "reason": end.reason})
         try:
             if hangup_line:
                 with contextlib.suppress(Exception):

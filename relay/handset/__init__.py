@@ -8,6 +8,9 @@ on the sim carrier would, and speaks the carrier side of the wire protocols a ca
     report = await SimHandset("http://127.0.0.1:8080", api_key).call(
         "+14155550142", ["I'd like to book a table.", Dtmf("1"), "Thanks, bye."]
     )
+
+:class:`WebPage` (:mod:`relay.handset.web`) is a web page's side of a web call (WHIP and
+WebRTC, as ``/widget/relay-call.js`` speaks them), for tests and ``bench/web_voice.py``.
 """
 
 from typing import TYPE_CHECKING, Any
@@ -24,6 +27,7 @@ if TYPE_CHECKING:
         synthesize,
         transcribe,
     )
+    from relay.handset.web import WebCallRefused, WebPage
 
 __all__ = [
     "CallReport",
@@ -32,6 +36,8 @@ __all__ = [
     "Line",
     "SimHandset",
     "Turn",
+    "WebCallRefused",
+    "WebPage",
     "read_wav",
     "synthesize",
     "transcribe",
@@ -41,6 +47,10 @@ __all__ = [
 def __getattr__(name: str) -> Any:
     # Loaded when first asked for: the handset imports the voice engine (seconds), and every
     # ``relay`` command imports this package for its ``phone`` subcommands.
+    if name in ("WebCallRefused", "WebPage"):
+        from relay.handset import web  # aiortc: loaded only by those who make web calls
+
+        return getattr(web, name)
     if name in __all__:
         from relay.handset import voice  # see above: on first use
 

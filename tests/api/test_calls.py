@@ -350,7 +350,7 @@ async def test_inline_hosted_call_defaults(client, auth):
         ({"systemPrompt": "x", "inactivityTimeout": 9}, "inactivityTimeout"),
         ({"systemPrompt": "x", "inactivityTimeout": 301}, "inactivityTimeout"),
         ({"systemPrompt": "x", "temperature": 1.5}, "temperature"),
-        ({"systemPrompt": "x", "connectionType": "webrtc"}, "connectionType"),
+        ({"systemPrompt": "x", "connectionType": "sip"}, "connectionType"),
         ({"webhookUrl": "ftp://x"}, "webhookUrl"),
     ],
 )

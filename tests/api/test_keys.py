@@ -351,5 +351,5 @@ async def test_openapi_documents_the_keys_api(client):
     assert "`*` is refused" in create["allowedOrigins"]["description"]
     assert set(PUBLISHABLE_ONLY) <= set(schemas["KeyOut"]["properties"])
     calls = doc["paths"]["/v1/calls"]["post"]["description"]
-    for code in ("origin_not_allowed", "destination_not_allowed", "web_calls_unavailable"):
+    for code in ("origin_not_allowed", "destination_not_allowed"):
         assert code in calls

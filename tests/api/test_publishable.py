@@ -8,9 +8,11 @@ from typing import Any
 import pytest
 from sqlalchemy import func, select
 
+from relay.calls.media import MEDIA
 from relay.config import Settings
 from relay.store.models import Call
 from tests.api.test_calls import BASE, byot_call, new_agent, new_number
+from tests.transports.support import ScriptedEngine
 
 
 @pytest.fixture
@@ -145,17 +147,19 @@ async def test_a_publishable_key_with_no_metadata_allowance_sends_none(client, a
     assert (await byot_call(client, pk, agent["id"], metadata={}))["metadata"] == {}
 
 
-async def test_the_default_key_says_web_calls_are_not_available_yet(
+async def test_the_default_key_makes_web_calls_and_says_so_when_asked_for_a_phone_call(
     client, auth, make_key, database
 ):
+    client.app[MEDIA].engine = ScriptedEngine()  # a web call warms the engine: not here
     agent = await phone_agent(client, auth)
     default = await make_key("proj-a", kind="publishable")  # channels: web
     for headers in (default, auth):
         body = {"agentId": agent, "connectionType": "webrtc"}
-        err = await refused(client, headers, body, 422, "web_calls_unavailable", "connectionType")
-        assert "not available on this relay version yet" in err["message"]
+        resp = await client.post("/v1/calls", json=body, headers=headers)
+        assert resp.status == 201, await resp.text()
+        assert (await resp.json())["token"]
     body = {"agentId": agent, "to": "+14155550123"}
     err = await refused(client, default, body, 403, "key_scope_violation", None)
-    assert "web calls are not available on this relay version yet" in err["message"]
+    assert "Its only channel is 'web'" in err["message"]
     assert "'phone' channel" in err["message"]
-    assert await calls_stored(database) == 0
+    assert await calls_stored(database) == 2
