@@ -36,6 +36,7 @@ from relay.ids import new_id
 from relay.logs import configure as configure_logs
 from relay.store.db import Database
 from relay.store.models import Agent, Number, utcnow
+from relay_numbers.keys import sim_key
 
 DEMO_PROJECT = "demo"
 DEMO_AGENT = "Demo agent"
@@ -140,6 +141,7 @@ async def seed(settings: Settings, webhook_url: str) -> tuple[str, Agent, Number
                     country="US",
                     provider="sim",
                     source="provisioned",
+                    carrier_key=sim_key(row.project_id),
                     provider_sid=got.provider_sid,
                     agent_id=agent.id,
                     capabilities=list(got.capabilities),

@@ -151,7 +151,12 @@ async def test_a_call_reaches_the_example_and_the_caller_hears_its_streamed_repl
 
 
 async def test_texts_are_answered_by_the_example_and_its_state_comes_back(live):
-    client, key, _, number, llm, _ = live
+    client, key, agent, _, llm, _ = live
+    auth = {"Authorization": f"Bearer {key}"}
+    # A sim number of the agent's own: texts come in through the sim carrier.
+    resp = await client.post("/v1/numbers", json={"agentId": agent["id"]}, headers=auth)
+    assert resp.status == 201, await resp.text()
+    number = (await resp.json())["phoneNumber"]
 
     async def sms(words: str) -> list[str]:
         resp = await client.post(
