@@ -294,7 +294,7 @@ def _to_out(agent: Agent, number_ids: list[str], cls: type[AgentOut] = AgentOut)
     )
 
 
-def _check_mode(
+def check_mode(
     ctx: Context,
     mode: str,
     webhook_url: str | None,
@@ -370,7 +370,7 @@ async def create_agent(ctx: Context, body: AgentCreate) -> AgentWithSecret:
     given = body.model_dump(exclude_unset=True)
     mode = body.voice_mode or "webhook"
     url = str(body.webhook_url) if body.webhook_url else None
-    _check_mode(ctx, mode, url, body.system_prompt, given.get("tools"))
+    check_mode(ctx, mode, url, body.system_prompt, given.get("tools"))
     config = {k: given[k] for k in STORED_KEYS if k in given and given[k] is not None}
     now = utcnow()
     agent = Agent(
@@ -460,7 +460,7 @@ async def update_agent(ctx: Context, body: AgentUpdate) -> AgentOut:
             else (None if "webhook_url" in given else agent.webhook_url)
         )
         stored = AgentConfig.from_stored(config)
-        _check_mode(ctx, mode, url, stored.system_prompt, stored.tools)
+        check_mode(ctx, mode, url, stored.system_prompt, stored.tools)
         agent.name = given.get("name") or agent.name
         agent.voice_mode = mode
         agent.webhook_url = url

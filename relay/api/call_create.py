@@ -23,8 +23,11 @@ from relay import tokens
 from relay.agent_config import STORED_DEFAULTS
 from relay.api.agents import (
     MAX_DESTINATIONS,
+    TOOL_NAMES_UNIQUE,
+    AgentTool,
     PostCallConfig,
     TransferDestination,
+    check_mode,
     load_agent,
     new_webhook_secret,
 )
@@ -49,7 +52,7 @@ from relay.events.writing import writing
 from relay.ids import new_id
 from relay.phone import to_e164
 from relay.store.models import Agent, Call, Number, utcnow
-from relay.urls import check_webhook_url, media_base_url
+from relay.urls import media_base_url
 from sms import refuse_if_opted_out
 
 router = Router()
@@ -139,7 +142,7 @@ class InlineCallCreate(APIModel):
     max_duration: int = Field(default=3000, ge=60, le=7200, description="Seconds.")
     inactivity_timeout: int = Field(default=30, ge=10, le=300, description="Seconds.")
     inactivity_action: Literal["reprompt", "hangup"] = "reprompt"
-    recording_enabled: bool = False
+    recording_enabled: bool = True
     connection_type: ConnectionType = "twilio"
     sample_rate: Literal[8000, 16000, 24000, 48000] | None = None
     metadata: Metadata | None = None
@@ -152,6 +155,9 @@ class InlineCallCreate(APIModel):
         max_length=MAX_DESTINATIONS,
         description="Where the webhook's `transfer` may send this call; none: refused.",
     )
+    tools: list[AgentTool] | None = Field(
+        default=None, max_length=32, description="Functions the hosted LLM may call."
+    )
 
     @model_validator(mode="after")
     def _brain(self) -> InlineCallCreate:
@@ -159,6 +165,8 @@ class InlineCallCreate(APIModel):
             raise ValueError(INLINE_NEEDS)
         if self.sample_rate is not None and self.connection_type != "websocket":
             raise ValueError(SAMPLE_RATE_WEBSOCKET)
+        if self.tools is not None and len({t.name for t in self.tools}) != len(self.tools):
+            raise ValueError(TOOL_NAMES_UNIQUE)
         return self
 
 
@@ -406,12 +414,10 @@ async def create_inline_call(ctx: Context, body: InlineCallCreate) -> web.Respon
     inline call chooses its own webhook and prompt, which a publishable key must not."""
     _require_media_route(ctx, body.connection_type)
     url = str(body.webhook_url) if body.webhook_url is not None else None
-    if url is not None:
-        reason = check_webhook_url(url, allow_private=ctx.state.settings.allow_private_webhooks)
-        if reason:
-            raise invalid_field("webhookUrl", reason, "invalid_webhook_url")
-    secret = new_webhook_secret() if url is not None else None
     mode = "webhook" if url is not None else "hosted"
+    tools = body.model_dump(exclude_unset=True).get("tools")
+    check_mode(ctx, mode, url, body.system_prompt, tools)
+    secret = new_webhook_secret() if url is not None else None
     config = {
         "name": "inline",
         "voice_mode": mode,
@@ -432,6 +438,7 @@ async def create_inline_call(ctx: Context, body: InlineCallCreate) -> web.Respon
         "recording_enabled": body.recording_enabled,
         "post_call": body.post_call.model_dump(exclude_unset=True) if body.post_call else None,
         "transfer_destinations": body.transfer_destinations,
+        "tools": tools,
     }
     rate = body.sample_rate or LINE_RATE.get(body.connection_type, 8000)
     async with writing(ctx.state.db) as session:

@@ -339,6 +339,37 @@ async def test_inline_hosted_call_defaults(client, auth):
     assert agent["maxDurationSeconds"] == 3000
     assert agent["temperature"] == 0
     assert agent["interruptible"] is False
+    assert agent["recordingEnabled"] is True  # as the inline-call reference defaults it
+
+
+async def test_an_inline_hosted_call_takes_tools_checked_like_an_agents(client, auth):
+    tools = [
+        {
+            "name": "lookup_order",
+            "description": "Find an order.",
+            "url": "https://tools.example.com/orders",
+            "parameters": {"type": "object", "properties": {"id": {"type": "string"}}},
+        },
+        {"name": "end_call"},
+    ]
+    resp = await client.post(
+        "/v1/calls/inline", json={"systemPrompt": "Be brief.", "tools": tools}, headers=auth
+    )
+    assert resp.status == 201, await resp.text()
+    agent = (await get_call(client, auth, (await resp.json())["id"]))["agent"]
+    assert [t["name"] for t in agent["tools"]] == ["lookup_order", "end_call"]
+    assert agent["tools"][0]["url"] == "https://tools.example.com/orders"
+    for bad, field in (
+        ([{**tools[0], "url": "ftp://tools.example.com/orders"}], "tools.0.url"),
+        ([tools[1], tools[1]], None),
+        ([{"name": "transfer_call"}], None),
+    ):
+        resp = await client.post(
+            "/v1/calls/inline", json={"systemPrompt": "Be brief.", "tools": bad}, headers=auth
+        )
+        assert resp.status == 422, await resp.text()
+        if field is not None:
+            assert (await resp.json())["error"]["field"] == field
 
 
 @pytest.mark.parametrize(
