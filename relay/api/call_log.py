@@ -15,9 +15,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from relay.api.pagination import cursor_row, fetch_page, keyset
 from relay.api.schema import OutModel, Page, PageQuery
+from relay.calls.transcripts import transcript_text
 from relay.store.models import Call, CallEvent, TranscriptSegment, TurnMetrics, utcnow
-
-SPEAKERS = {"user": "Caller", "agent": "Agent", "dtmf": "Caller (keypad)", "tool": "Tool"}
 
 
 class SegmentOut(OutModel):
@@ -77,14 +76,6 @@ def duration_seconds(call: Call) -> float | None:
         return None
     end = call.ended_at or utcnow()
     return round((end - call.started_at).total_seconds(), 3)
-
-
-def transcript_text(segments: list[TranscriptSegment]) -> str:
-    lines = []
-    for seg in segments:
-        who = SPEAKERS.get(seg.speaker, seg.speaker.capitalize())
-        lines.append(f"{who}: {seg.text}" + (" [interrupted]" if seg.interrupted else ""))
-    return "\n".join(lines)
 
 
 async def transcript(session: AsyncSession, call_id: str) -> TranscriptOut:

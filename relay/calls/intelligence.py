@@ -35,6 +35,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from hosted_llm import ChatBackend, LLMError, Message, Priority, TextDelta
 from relay.agent_config import AgentConfig
 from relay.calls.event_log import log_event
+from relay.calls.transcripts import transcript_text
 from relay.config import Settings
 from relay.events import emit
 from relay.logs import get_logger
@@ -47,7 +48,6 @@ PENDING, COMPLETED, FAILED = "pending", "completed", "failed"
 SENTIMENTS = ("positive", "neutral", "negative")
 LEASE = timedelta(minutes=10)
 TRANSCRIPT_CHARS = 9000  # a small local model's context holds about this much, plus the task
-SPEAKERS = {"user": "Caller", "agent": "Agent", "dtmf": "Caller (keypad)", "tool": "Tool"}
 ANALYST = (
     "You analyse phone calls between a caller and an AI voice agent. Base every answer only "
     "on the transcript below; never invent facts.\n\nTranscript:\n"
@@ -169,12 +169,9 @@ class Result:
         self.errors.append({"task": task, "code": code, "message": message})
 
 
-def transcript_text(segments: list[TranscriptSegment]) -> str:
-    lines = []
-    for seg in segments:
-        who = SPEAKERS.get(seg.speaker, seg.speaker.capitalize())
-        lines.append(f"{who}: {seg.text}" + (" [interrupted]" if seg.interrupted else ""))
-    text = "\n".join(lines)
+def analysis_text(segments: list[TranscriptSegment]) -> str:
+    """The transcript as the analysis model reads it: its head and tail when too long."""
+    text = transcript_text(segments)
     if len(text) > TRANSCRIPT_CHARS:
         head = TRANSCRIPT_CHARS // 3
         text = text[:head] + "\n[...]\n" + text[-(TRANSCRIPT_CHARS - head) :]
@@ -415,7 +412,7 @@ class IntelligenceWorker:
         try:
             spoken = [s for s in segments if s.speaker in ("user", "agent")]
             if spoken:
-                analyst = Analyst(backend, transcript_text(segments), model=model)
+                analyst = Analyst(backend, analysis_text(segments), model=model)
                 self._job = asyncio.create_task(analyst.run(plan), name=f"post-call:{call_id}")
                 try:
                     result = await self._job

@@ -19,8 +19,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from relay.calls import recordings
 from relay.calls.event_log import log_event
-from relay.calls.intelligence import transcript_text
 from relay.calls.lifecycle import LIVE, transition
+from relay.calls.transcripts import transcript_text
 from relay.config import Settings
 from relay.engine.ports import Segment
 from relay.engine.recording import StereoRecorder
@@ -85,7 +85,7 @@ async def _transcript_ready(session: AsyncSession, call: Call) -> None:
             "callId": call.id,
             "agentId": call.agent_id,
             "status": call.status,
-            "text": transcript_text(list(segments)),
+            "text": transcript_text(segments),
             "segments": [
                 {
                     "seq": s.seq,
