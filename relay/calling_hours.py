@@ -168,6 +168,8 @@ def _window_starts(policy: Policy, zones: tuple[ZoneInfo, ...], after: datetime)
 
 def decide(stored: dict[str, Any] | None, e164: str, now: datetime) -> Verdict:
     """May ``e164`` be called at ``now`` (aware) under the stored policy?"""
+    if not stored:  # the default: every dial asks, so no number is parsed for it
+        return Verdict(True, UNLIMITED.name)
     number = phonenumbers.parse(e164)
     region = phonenumbers.region_code_for_number(number) or "ZZ"
     policy = policy_for(stored, region)

@@ -39,15 +39,29 @@ COSTLY_TYPES = frozenset(
 _PREFIX = re.compile(r"\+[1-9][0-9]{0,14}\*")
 
 
-def to_e164(value: str, *, field: str, region: str | None = None) -> str:
-    """Validate and normalise; raises a 422 ``invalid_phone_number`` naming ``field``."""
+def e164_or_none(value: str, region: str | None = None) -> str | None:
+    """``value`` as E.164 if it is a valid number, else None."""
     try:
         parsed = phonenumbers.parse(value, region)
-    except phonenumbers.NumberParseException as exc:
-        raise invalid_field(field, INVALID_PHONE, "invalid_phone_number") from exc
+    except phonenumbers.NumberParseException:
+        return None
     if not phonenumbers.is_valid_number(parsed):
-        raise invalid_field(field, INVALID_PHONE, "invalid_phone_number")
+        return None
     return str(phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.E164))
+
+
+def to_e164(value: str, *, field: str, region: str | None = None) -> str:
+    """Validate and normalise; raises a 422 ``invalid_phone_number`` naming ``field``."""
+    number = e164_or_none(value, region)
+    if number is None:
+        raise invalid_field(field, INVALID_PHONE, "invalid_phone_number")
+    return number
+
+
+def query_e164(value: str, *, field: str) -> str:
+    """A number from a query string: an unencoded ``+`` arrives there as a space (stripped),
+    so digits alone are read as E.164 without it."""
+    return to_e164("+" + value if value.isdigit() else value, field=field)
 
 
 def region_of(e164: str) -> str:

@@ -14,13 +14,13 @@ import csv
 import io
 from dataclasses import dataclass, field
 
-import phonenumbers
 from sqlalchemy import Table, case, delete, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.sql import Executable
 
 from relay.ids import new_id
+from relay.phone import e164_or_none
 from relay.store.models import OptOut, utcnow
 from sms.optout import LISTED_BY_PROJECT, LISTED_BY_RECIPIENT
 
@@ -60,17 +60,6 @@ class Listing:
             self.invalid.append(Invalid(index, value[:64], code, message))
 
 
-def e164_or_none(value: str) -> str | None:
-    """``value`` as E.164 if it is a valid number written with its country code."""
-    try:
-        parsed = phonenumbers.parse(value.strip(), None)
-    except phonenumbers.NumberParseException:
-        return None
-    if not phonenumbers.is_valid_number(parsed):
-        return None
-    return str(phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.E164))
-
-
 def read_csv(text: str, default_reason: str | None) -> list[tuple[int, str, str | None]]:
     """The CSV's rows as (line, number as written, reason): the first column is the number,
     a second one, if any, the reason; a first line naming the columns is skipped. Rows that
@@ -107,7 +96,7 @@ async def add(
     listing = listing if listing is not None else Listing()
     wanted: dict[str, str | None] = {}
     for index, written, reason in rows:
-        number = e164_or_none(written)
+        number = e164_or_none(written.strip())
         if number is None:
             listing.refuse(index, written, "invalid_phone_number", NOT_E164)
         elif number in wanted:
@@ -213,7 +202,6 @@ __all__ = [
     "ListedByRecipient",
     "Listing",
     "add",
-    "e164_or_none",
     "entry",
     "read_csv",
     "remove",

@@ -18,8 +18,9 @@ from relay import calling_hours
 from relay.api.routing import Context, Router
 from relay.api.schema import APIModel, OutModel
 from relay.errors import NotFound
-from relay.phone import to_e164
-from relay.store.models import Agent, OptOut, Project
+from relay.phone import query_e164
+from relay.store.models import Agent, Project
+from sms import dnc
 from sms.optout import LISTED_BY_PROJECT
 
 router = Router()
@@ -122,8 +123,7 @@ async def check(ctx: Context, query: CheckQuery) -> ComplianceCheck:
     """What the relay would do with a call to ``to`` placed now: the do-not-contact list, the
     STOP opt-outs and the calling hours (the agent's, else the project's), with the callee's
     local time and, when outside the hours, when the next window opens."""
-    written = query.to
-    to = to_e164("+" + written if written.isdigit() else written, field="to")
+    to = query_e164(query.to, field="to")
     async with ctx.state.db.session() as session:
         project = await session.get(Project, ctx.project_id)
         if project is None:
@@ -134,20 +134,12 @@ async def check(ctx: Context, query: CheckQuery) -> ComplianceCheck:
             if agent is None or agent.project_id != ctx.project_id or agent.deleted_at:
                 raise NotFound(f"No agent {query.agent_id!r} in this project.")
             agent_hours = agent.config.get("calling_hours")
-        listed = await session.scalar(
-            OptOut.__table__.select()
-            .with_only_columns(OptOut.listed_by)
-            .where(
-                OptOut.project_id == ctx.project_id,
-                OptOut.phone_number == to,
-                OptOut.opted_in_at.is_(None),
-            )
-        )
+        listed = await dnc.entry(session, ctx.project_id, to)
     policy = calling_hours.effective(project.calling_hours, agent_hours)
     verdict = calling_hours.decide(policy, to, datetime.now(UTC))
     blocked = []
     if listed is not None:
-        blocked.append("dnc_conflict" if listed == LISTED_BY_PROJECT else "opted_out")
+        blocked.append("dnc_conflict" if listed.listed_by == LISTED_BY_PROJECT else "opted_out")
     if not verdict.allowed and verdict.reason is not None:
         blocked.append(verdict.reason)
     return ComplianceCheck(

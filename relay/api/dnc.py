@@ -23,7 +23,7 @@ from relay.api.pagination import fetch_page, newest_first
 from relay.api.routing import Context, Router
 from relay.api.schema import APIModel, OutModel, Page, PageQuery
 from relay.errors import Conflict, NotFound, invalid_field
-from relay.phone import to_e164
+from relay.phone import query_e164, to_e164
 from relay.store.models import OptOut
 from sms import dnc
 
@@ -171,11 +171,8 @@ async def list_entries(ctx: Context, query: DncQuery) -> Page[DncEntry]:
     """Newest first: the numbers the project listed and those that texted STOP."""
     stmt = select(OptOut).where(OptOut.project_id == ctx.project_id, OptOut.opted_in_at.is_(None))
     if query.phone_number is not None:
-        # An unencoded "+" in a query string arrives as a space, stripped: digits alone are
-        # read as E.164 without it.
-        written = query.phone_number
-        written = "+" + written if written.isdigit() else written
-        stmt = stmt.where(OptOut.phone_number == to_e164(written, field="phoneNumber"))
+        number = query_e164(query.phone_number, field="phoneNumber")
+        stmt = stmt.where(OptOut.phone_number == number)
     stmt = newest_first(stmt, OptOut.id, query)
     async with ctx.state.db.session() as session:
         window = await fetch_page(session, stmt, query)
