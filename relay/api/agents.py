@@ -141,6 +141,13 @@ class AgentToolOut(OutModel):
     destinations: list[str] | None = None
 
 
+def unique_tool_names(value: list[AgentTool] | None) -> list[AgentTool] | None:
+    """A field validator: an agent's (or an inline call's) tools have distinct names."""
+    if value is not None and len({t.name for t in value}) != len(value):
+        raise ValueError(TOOL_NAMES_UNIQUE)
+    return value
+
+
 class AgentFields(APIModel):
     """Fields shared by create and update; every one optional here, defaults applied on create."""
 
@@ -198,12 +205,7 @@ class AgentFields(APIModel):
         default=None, max_length=32, description="Functions the hosted LLM may call."
     )
 
-    @field_validator("tools")
-    @classmethod
-    def _unique_tools(cls, value: list[AgentTool] | None) -> list[AgentTool] | None:
-        if value is not None and len({t.name for t in value}) != len(value):
-            raise ValueError(TOOL_NAMES_UNIQUE)
-        return value
+    _unique_tools = field_validator("tools")(unique_tool_names)
 
 
 class AgentCreate(AgentFields):

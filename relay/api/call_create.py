@@ -14,7 +14,7 @@ from datetime import datetime, timedelta
 from typing import Annotated, Any, Literal
 
 from aiohttp import web
-from pydantic import AnyHttpUrl, Field, model_validator
+from pydantic import AnyHttpUrl, Field, field_validator, model_validator
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -23,13 +23,13 @@ from relay import tokens
 from relay.agent_config import STORED_DEFAULTS
 from relay.api.agents import (
     MAX_DESTINATIONS,
-    TOOL_NAMES_UNIQUE,
     AgentTool,
     PostCallConfig,
     TransferDestination,
     check_mode,
     load_agent,
     new_webhook_secret,
+    unique_tool_names,
 )
 from relay.api.calls import TAG, CallOut, call_out
 from relay.api.limits import KEYS_SCHEMA, Metadata, cap, json_size
@@ -159,14 +159,14 @@ class InlineCallCreate(APIModel):
         default=None, max_length=32, description="Functions the hosted LLM may call."
     )
 
+    _unique_tools = field_validator("tools")(unique_tool_names)
+
     @model_validator(mode="after")
     def _brain(self) -> InlineCallCreate:
         if self.webhook_url is None and not self.system_prompt:
             raise ValueError(INLINE_NEEDS)
         if self.sample_rate is not None and self.connection_type != "websocket":
             raise ValueError(SAMPLE_RATE_WEBSOCKET)
-        if self.tools is not None and len({t.name for t in self.tools}) != len(self.tools):
-            raise ValueError(TOOL_NAMES_UNIQUE)
         return self
 
 
