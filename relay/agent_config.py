@@ -16,6 +16,9 @@ FirstSpeaker = Literal["agent", "user"]
 InactivityAction = Literal["reprompt", "hangup"]
 
 
+DEFAULT_LANGUAGE = "en-US"
+
+
 @dataclass(frozen=True, slots=True)
 class AgentConfig:
     """The settings an agent answers with. The fields from ``system_prompt`` to ``tools``
@@ -26,7 +29,7 @@ class AgentConfig:
     greeting: str | None = None
     first_speaker: FirstSpeaker = "agent"
     voice: str | None = None
-    language: str = "en-US"
+    language: str = DEFAULT_LANGUAGE
     model: str | None = None
     temperature: float | None = None
     interruptible: bool = True
@@ -92,4 +95,4 @@ STORED_KEYS = _NAMES[: _NAMES.index("tools") + 1]
 # ``Agent.config``'s defaults, for the API's responses and its PATCH semantics.
 STORED_DEFAULTS: dict[str, Any] = AgentConfig().stored()
 
-__all__ = ["STORED_DEFAULTS", "STORED_KEYS", "AgentConfig", "VoiceMode"]
+__all__ = ["DEFAULT_LANGUAGE", "STORED_DEFAULTS", "STORED_KEYS", "AgentConfig", "VoiceMode"]

@@ -43,6 +43,7 @@ from relay.api.openapi import build as build_openapi
 from relay.api.project import router as project_router
 from relay.api.recordings import router as recordings_router
 from relay.api.routing import Router
+from relay.api.voices import router as voices_router
 from relay.api.webhook_endpoints import router as webhook_endpoints_router
 from relay.calls.intelligence import INTELLIGENCE, IntelligenceWorker
 from relay.calls.live import VoiceEngine
@@ -81,6 +82,7 @@ ROUTERS: tuple[Router, ...] = (
     keys_router,
     dnc_router,
     compliance_router,
+    voices_router,
 )
 
 

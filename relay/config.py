@@ -103,7 +103,7 @@ class Settings(BaseSettings):
     )
 
     # Voice engine. Per-agent ``stt`` / ``tts`` settings override the first two.
-    stt: Literal["whisper", "pocketsphinx"] = "whisper"
+    stt: Literal["whisper", "whisper-multilingual", "pocketsphinx"] = "whisper"
     tts: Literal["piper", "espeak"] = "piper"
     # Silence after speech before STT starts on the utterance so far ("first silence").
     early_stt_silence_ms: int = Field(default=150, ge=50, le=2000)

@@ -19,12 +19,13 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 from sqlalchemy import bindparam, select, update
 
-from relay.agent_config import STORED_KEYS, AgentConfig
+from relay.agent_config import DEFAULT_LANGUAGE, STORED_KEYS, AgentConfig
 from relay.api.compliance import CallingHours, CallingHoursOut
 from relay.api.limits import Metadata
 from relay.api.pagination import fetch_page, newest_first
 from relay.api.routing import Context, Router
 from relay.api.schema import APIModel, Deleted, OutModel, Page, PageQuery
+from relay.api.voices import check_speech
 from relay.errors import NotFound, ValidationFailed, invalid_field
 from relay.ids import new_id
 from relay.store.models import Agent, Number, utcnow
@@ -158,8 +159,15 @@ class AgentFields(APIModel):
     system_prompt: str | None = Field(default=None, max_length=32000)
     greeting: str | None = Field(default=None, max_length=2000)
     first_speaker: Literal["agent", "user"] | None = None
-    voice: str | None = Field(default=None, max_length=100)
-    language: str | None = Field(default=None, min_length=2, max_length=35)
+    voice: str | None = Field(
+        default=None, max_length=100, description="A voice id of GET /v1/voices."
+    )
+    language: str | None = Field(
+        default=None,
+        min_length=2,
+        max_length=35,
+        description="BCP 47; one of the languages of GET /v1/voices (default en-US).",
+    )
     model: str | None = Field(default=None, max_length=200)
     temperature: float | None = Field(default=None, ge=0, le=1)
     interruptible: bool | None = None
@@ -169,7 +177,7 @@ class AgentFields(APIModel):
     recording_enabled: bool | None = None
     post_call: PostCallConfig | None = None
     metadata: Metadata | None = None
-    stt: Literal["whisper", "pocketsphinx"] | None = Field(
+    stt: Literal["whisper", "whisper-multilingual", "pocketsphinx"] | None = Field(
         default=None, description="Speech-to-text engine; default from RELAY_STT."
     )
     tts: Literal["piper", "espeak"] | None = Field(
@@ -296,6 +304,9 @@ def _to_out(agent: Agent, number_ids: list[str], cls: type[AgentOut] = AgentOut)
     )
 
 
+SPEECH_KEYS = {"voice", "language", "stt", "tts"}
+
+
 def check_mode(
     ctx: Context,
     mode: str,
@@ -373,6 +384,13 @@ async def create_agent(ctx: Context, body: AgentCreate) -> AgentWithSecret:
     mode = body.voice_mode or "webhook"
     url = str(body.webhook_url) if body.webhook_url else None
     check_mode(ctx, mode, url, body.system_prompt, given.get("tools"))
+    check_speech(
+        ctx.state.settings,
+        voice=body.voice,
+        language=body.language or DEFAULT_LANGUAGE,
+        stt=body.stt,
+        tts=body.tts,
+    )
     config = {k: given[k] for k in STORED_KEYS if k in given and given[k] is not None}
     now = utcnow()
     agent = Agent(
@@ -463,6 +481,15 @@ async def update_agent(ctx: Context, body: AgentUpdate) -> AgentOut:
         )
         stored = AgentConfig.from_stored(config)
         check_mode(ctx, mode, url, stored.system_prompt, stored.tools)
+        if given.keys() & SPEECH_KEYS:
+            # Only when they change: an agent stored before voices were checked keeps working.
+            check_speech(
+                ctx.state.settings,
+                voice=stored.voice,
+                language=stored.language,
+                stt=stored.stt,
+                tts=stored.tts,
+            )
         agent.name = given.get("name") or agent.name
         agent.voice_mode = mode
         agent.webhook_url = url

@@ -35,6 +35,7 @@ from relay.api.calls import TAG, CallOut, call_out
 from relay.api.limits import KEYS_SCHEMA, Metadata, cap, json_size
 from relay.api.routing import Context, Router
 from relay.api.schema import APIModel
+from relay.api.voices import check_speech
 from relay.calls.inbound import (
     MEDIA_TOKEN_PURPOSE,
     MEDIA_TOKEN_TTL_SECONDS,
@@ -417,6 +418,7 @@ async def create_inline_call(ctx: Context, body: InlineCallCreate) -> web.Respon
     mode = "webhook" if url is not None else "hosted"
     tools = body.model_dump(exclude_unset=True).get("tools")
     check_mode(ctx, mode, url, body.system_prompt, tools)
+    check_speech(ctx.state.settings, voice=body.voice, language=body.language, stt=None, tts=None)
     secret = new_webhook_secret() if url is not None else None
     config = {
         "name": "inline",

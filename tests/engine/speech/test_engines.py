@@ -48,7 +48,7 @@ async def test_a_fragment_before_a_pause_is_heard_without_the_30_s_window(voice,
     full_runs = []
     real_full = speech.whisper._whisper_full
     monkeypatch.setattr(
-        speech.whisper, "_whisper_full", lambda a: full_runs.append(1) or real_full(a)
+        speech.whisper, "_whisper_full", lambda *a: full_runs.append(1) or real_full(*a)
     )
     text, _ = speech.whisper_transcribe(resample(fragment, RATE, 16000))
     assert "great" in text.lower() and text.lower().count("great") == 1
