@@ -72,7 +72,7 @@ class BatchCreate(APIModel):
         max_length=40,
         description="Caller id: a number of this project (default: the agent's first).",
     )
-    recipients: list[dict[str, Any]] = Field(
+    recipients: list[Any] = Field(
         min_length=1,
         max_length=MAX_RECIPIENTS,
         description="`{to, variables?, metadata?}` each; a bad row is reported, not fatal.",
@@ -148,7 +148,7 @@ class QueueStats(OutModel):
 
 
 def _check_rows(
-    raw: list[dict[str, Any]],
+    raw: list[Any],
 ) -> tuple[list[tuple[int, batches.Recipient]], list[dict[str, Any]]]:
     good: list[tuple[int, batches.Recipient]] = []
     bad: list[dict[str, Any]] = []
@@ -159,7 +159,8 @@ def _check_rows(
         except ValidationError as exc:
             err = exc.errors(include_url=False)[0]
             code = err["type"] if err["type"].endswith("_too_large") else "invalid_recipient"
-            bad.append({"index": index, "to": row.get("to"), "code": code, "message": err["msg"]})
+            to = row.get("to") if isinstance(row, dict) else None
+            bad.append({"index": index, "to": to, "code": code, "message": err["msg"]})
             continue
         to = e164_or_none(parsed.to)
         if to is None:
