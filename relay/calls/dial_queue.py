@@ -23,8 +23,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from aiohttp import web
@@ -153,6 +154,7 @@ class DialQueue:
         self._wake = asyncio.Event()
         self._stop = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._next_adoption = 0.0
 
     def wake(self) -> None:
         self._wake.set()
@@ -180,7 +182,11 @@ class DialQueue:
     async def tick(self) -> list[str]:
         """One round; returns the call ids handed to the dialler."""
         await self.settle()
-        dialled = await self.adopt()
+        dialled: list[str] = []
+        if time.monotonic() >= self._next_adoption:
+            # Crash recovery, not the fast path: as often as the heartbeat.
+            self._next_adoption = time.monotonic() + self.node_timeout / 3
+            dialled = await self.adopt()
         for project_id in await self._due_projects():
             claimed = await self.claim(project_id)
             for call_id in claimed:
@@ -242,8 +248,9 @@ class DialQueue:
                 if lane_room <= 0:
                     continue
                 jobs = await _ready_jobs(session, project_id, lane, now, lane_room)
+                lane_of = await _lane_of(session, project, lane, jobs)
                 for job in jobs:
-                    call_id = await self._start(session, project, lane, job, now)
+                    call_id = await self._start(session, lane_of, job, now)
                     if call_id is not None:
                         out.append(call_id)
                         room -= 1
@@ -252,15 +259,11 @@ class DialQueue:
         return out
 
     async def _start(
-        self,
-        session: AsyncSession,
-        project: Project,
-        batch: Batch | None,
-        job: DialJob,
-        now: datetime,
+        self, session: AsyncSession, lane: _Lane, job: DialJob, now: datetime
     ) -> str | None:
         """Make ``job`` active with a call to dial, or tell why not (it waits or ends)."""
         job.updated_at = now
+        batch = lane.batch
         if batch is None:
             call = await session.get(Call, job.call_id) if job.call_id else None
             if call is None or call.status != "queued":  # ended (or canceled) before its turn
@@ -269,7 +272,7 @@ class DialQueue:
                 return None
             job.state, job.node_id, job.attempts = ACTIVE, self.node_id, job.attempts + 1
             return call.id
-        call = await _batch_call(session, project, batch, job, now)
+        call = await _batch_call(session, lane, job, now)
         if call is None:
             return None
         job.state, job.node_id, job.attempts = ACTIVE, self.node_id, job.attempts + 1
@@ -426,18 +429,44 @@ async def _ready_jobs(
     return list(rows.scalars())
 
 
+@dataclass(slots=True)
+class _Lane:
+    """What the calls of one claim in one lane share, read once: no query per recipient
+    (each would flush the calls made before it, one INSERT at a time)."""
+
+    project: Project
+    batch: Batch | None
+    agent: Agent | None = None
+    number: Number | None = None
+    listed: dict[str, str] = field(default_factory=dict)
+
+
+async def _lane_of(
+    session: AsyncSession, project: Project, batch: Batch | None, jobs: list[DialJob]
+) -> _Lane:
+    if batch is None:
+        return _Lane(project, None)
+    return _Lane(
+        project,
+        batch,
+        await session.get(Agent, batch.agent_id) if batch.agent_id else None,
+        await session.get(Number, batch.number_id) if batch.number_id else None,
+        await _listed(session, project.id, [j.to_number for j in jobs]),
+    )
+
+
 async def _batch_call(
-    session: AsyncSession, project: Project, batch: Batch, job: DialJob, now: datetime
+    session: AsyncSession, lane: _Lane, job: DialJob, now: datetime
 ) -> Call | None:
     """Create the call of a batch recipient's attempt, or leave the job waiting (outside
     the calling hours) or ended (on the do-not-call list, agent or number gone)."""
-    agent = await session.get(Agent, batch.agent_id) if batch.agent_id else None
-    number = await session.get(Number, batch.number_id) if batch.number_id else None
+    project, batch, agent, number = lane.project, lane.batch, lane.agent, lane.number
+    assert batch is not None
+    listed_by = lane.listed.get(job.to_number)
     if agent is None or number is None or number.released_at is not None:
         _end(job, "failed")
         job.outcome = "agent_deleted" if agent is None else "number_released"
         return None
-    listed_by = await _listed_by(session, project.id, job.to_number)
     if listed_by is not None:
         _end(job, "skipped")
         job.outcome = "dnc_conflict" if listed_by == LISTED_BY_PROJECT else "opted_out"
@@ -469,17 +498,19 @@ async def _batch_call(
     return call
 
 
-async def _listed_by(session: AsyncSession, project_id: str, number: str) -> str | None:
-    found: str | None = (
-        await session.execute(
-            select(OptOut.listed_by).where(
-                OptOut.project_id == project_id,
-                OptOut.phone_number == number,
-                OptOut.opted_in_at.is_(None),
-            )
+async def _listed(session: AsyncSession, project_id: str, numbers: list[str]) -> dict[str, str]:
+    """Which of ``numbers`` the project may not call, and who listed each (the project, or
+    the number itself by texting STOP): read in the transaction that creates the calls."""
+    if not numbers:
+        return {}
+    rows = await session.execute(
+        select(OptOut.phone_number, OptOut.listed_by).where(
+            OptOut.project_id == project_id,
+            OptOut.phone_number.in_(numbers),
+            OptOut.opted_in_at.is_(None),
         )
-    ).scalar_one_or_none()
-    return found
+    )
+    return {number: by for number, by in rows}
 
 
 DIAL_QUEUE: web.AppKey[DialQueue] = web.AppKey("relay_dial_queue", DialQueue)
