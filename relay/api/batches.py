@@ -22,12 +22,13 @@ from relay.api.limits import Metadata
 from relay.api.pagination import fetch_page, newest_first
 from relay.api.routing import Context, Router
 from relay.api.schema import APIModel, OutModel, Page, PageQuery
+from relay.api.webhook_payloads import BatchCounts
 from relay.calls import batches
 from relay.calls.dial_queue import DIAL_QUEUE, stats
 from relay.errors import Conflict, NotFound, ValidationFailed
 from relay.events.writing import writing
 from relay.phone import e164_or_none
-from relay.store.models import Batch, DialJob, OptOut
+from relay.store.models import Batch, DialJob
 
 router = Router()
 TAG = "Batches"
@@ -108,15 +109,6 @@ class RecipientOut(OutModel):
     next_attempt_at: datetime | None
 
 
-class BatchCounts(OutModel):
-    waiting: int
-    active: int
-    completed: int
-    failed: int
-    skipped: int
-    canceled: int
-
-
 class BatchOut(OutModel):
     id: str
     object: Literal["batch"] = "batch"
@@ -186,17 +178,6 @@ def _check_rows(
         first[to] = index
         good.append((index, batches.Recipient(to, parsed.variables or {}, parsed.metadata or {})))
     return good, bad
-
-
-async def _listed(session: AsyncSession, project_id: str, numbers: list[str]) -> dict[str, str]:
-    rows = await session.execute(
-        select(OptOut.phone_number, OptOut.listed_by).where(
-            OptOut.project_id == project_id,
-            OptOut.phone_number.in_(numbers),
-            OptOut.opted_in_at.is_(None),
-        )
-    )
-    return {number: by for number, by in rows}
 
 
 async def _recipients(session: AsyncSession, batch_id: str) -> list[DialJob]:
@@ -296,11 +277,11 @@ async def create_batch(ctx: Context, body: BatchCreate) -> BatchDetail:
     async with writing(ctx.state.db) as session:
         agent = await load_agent(ctx, session, body.agent_id)
         number = await caller_number(ctx, session, agent, caller_id)
-        listed = await _listed(session, ctx.project_id, [r.to for _, r in good])
+        listed = await batches.listed(session, ctx.project_id, [r.to for _, r in good])
         for i, (index, r) in enumerate(good):
             by = listed.get(r.to)
             if by is not None:
-                reason = "dnc_conflict" if by == "project" else "opted_out"
+                reason = batches.skip_reason(by)
                 good[i] = (index, batches.Recipient(r.to, r.variables, r.metadata, reason))
         retry = (body.retry or RetryPolicy()).model_dump()
         batch = batches.create(

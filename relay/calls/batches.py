@@ -21,12 +21,13 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from relay.events import emit
 from relay.ids import new_id
-from relay.store.models import Batch, DialJob, utcnow
+from relay.store.models import Batch, DialJob, OptOut, utcnow
 from relay.timefmt import iso
 
 DIALLING = ("scheduled", "running")
 OPEN = ("waiting", "active")
 JOB_STATES = ("waiting", "active", "completed", "failed", "skipped", "canceled")
+LISTED_BY_PROJECT = "project"  # sms.optout's value for the do-not-contact list
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,6 +37,27 @@ class Recipient:
     metadata: dict[str, Any] = field(default_factory=dict)
     # Why it is not dialled (``dnc_conflict``...), decided when the batch is created.
     skipped: str | None = None
+
+
+async def listed(session: AsyncSession, project_id: str, numbers: list[str]) -> dict[str, str]:
+    """Which of ``numbers`` the project may not call, and who listed each (``project``, or
+    ``recipient`` for a STOP): read in the transaction that stores the batch or makes a
+    call. (The opt-out table itself; the domain layers do not import :mod:`sms`.)"""
+    if not numbers:
+        return {}
+    rows = await session.execute(
+        select(OptOut.phone_number, OptOut.listed_by).where(
+            OptOut.project_id == project_id,
+            OptOut.phone_number.in_(numbers),
+            OptOut.opted_in_at.is_(None),
+        )
+    )
+    return {number: by for number, by in rows}
+
+
+def skip_reason(listed_by: str) -> str:
+    """A listed recipient's reason: ``dnc_conflict`` (the project listed it), ``opted_out``."""
+    return "dnc_conflict" if listed_by == LISTED_BY_PROJECT else "opted_out"
 
 
 def create(
@@ -175,14 +197,17 @@ async def cancel(session: AsyncSession, batch: Batch) -> None:
 
 __all__ = [
     "DIALLING",
+    "LISTED_BY_PROJECT",
     "JOB_STATES",
     "Recipient",
     "cancel",
     "counts",
     "create",
     "finish_if_done",
+    "listed",
     "pause",
     "payload",
     "resume",
+    "skip_reason",
     "started",
 ]

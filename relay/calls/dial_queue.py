@@ -48,7 +48,6 @@ from relay.store.models import (
     CallLease,
     DialJob,
     Number,
-    OptOut,
     Project,
     RelayNode,
     utcnow,
@@ -63,7 +62,6 @@ ENDED = ("completed", "failed")
 UNCAPPED_CLAIM = 50
 # A recipient whose local time cannot be told is retried no sooner than this.
 UNKNOWN_ZONE_WAIT = timedelta(hours=1)
-LISTED_BY_PROJECT = "project"  # sms.optout's value; the domain layers may not import sms
 
 Dial = Callable[[str], None]
 
@@ -405,6 +403,8 @@ async def _lanes(session: AsyncSession, project_id: str, now: datetime) -> list[
             select(Batch)
             .where(Batch.id.in_(ids), Batch.state.in_(batches.DIALLING))
             .order_by(Batch.id)
+            # A batch being paused or canceled right now waits for the next round.
+            .with_for_update(skip_locked=True)
         )
         lanes.extend(found.scalars())
     return lanes
@@ -451,7 +451,7 @@ async def _lane_of(
         batch,
         await session.get(Agent, batch.agent_id) if batch.agent_id else None,
         await session.get(Number, batch.number_id) if batch.number_id else None,
-        await _listed(session, project.id, [j.to_number for j in jobs]),
+        await batches.listed(session, project.id, [j.to_number for j in jobs]),
     )
 
 
@@ -469,7 +469,7 @@ async def _batch_call(
         return None
     if listed_by is not None:
         _end(job, "skipped")
-        job.outcome = "dnc_conflict" if listed_by == LISTED_BY_PROJECT else "opted_out"
+        job.outcome = batches.skip_reason(listed_by)
         return None
     base = agent_snapshot(agent)
     policy = calling_hours.effective(project.calling_hours, base.get("calling_hours"))
@@ -496,21 +496,6 @@ async def _batch_call(
     )
     await open_call(session, call)
     return call
-
-
-async def _listed(session: AsyncSession, project_id: str, numbers: list[str]) -> dict[str, str]:
-    """Which of ``numbers`` the project may not call, and who listed each (the project, or
-    the number itself by texting STOP): read in the transaction that creates the calls."""
-    if not numbers:
-        return {}
-    rows = await session.execute(
-        select(OptOut.phone_number, OptOut.listed_by).where(
-            OptOut.project_id == project_id,
-            OptOut.phone_number.in_(numbers),
-            OptOut.opted_in_at.is_(None),
-        )
-    )
-    return {number: by for number, by in rows}
 
 
 DIAL_QUEUE: web.AppKey[DialQueue] = web.AppKey("relay_dial_queue", DialQueue)

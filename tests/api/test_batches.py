@@ -35,8 +35,15 @@ def distinct_numbers(count: int) -> list[str]:
 
 
 @pytest.fixture
-async def client(database, aiohttp_client):
-    return await aiohttp_client(create_app(Settings(**FAST), db=database))
+def extra() -> dict[str, Any]:
+    """Settings a test changes (by parametrizing ``extra``): one app per test, since the
+    ``auth`` fixture starts this one."""
+    return {}
+
+
+@pytest.fixture
+async def client(database, aiohttp_client, extra):
+    return await aiohttp_client(create_app(Settings(**{**FAST, **extra}), db=database))
 
 
 async def ready_agent(client, auth, **fields) -> dict[str, Any]:
@@ -216,9 +223,8 @@ async def test_a_retry_waits_its_backoff(client, auth):
 # --- pause, resume, cancel ----------------------------------------------------------------------
 
 
-async def test_pause_resume_and_cancel(database, aiohttp_client, auth):
-    slow = {**FAST, "outbound_ring_timeout_seconds": 0.3}
-    client = await aiohttp_client(create_app(Settings(**slow), db=database))
+@pytest.mark.parametrize("extra", [{"outbound_ring_timeout_seconds": 0.3}])
+async def test_pause_resume_and_cancel(client, auth, database):
     agent = await ready_agent(client, auth)
     numbers = distinct_numbers(6)
     created = await create_batch(
@@ -420,9 +426,8 @@ async def test_a_scheduled_batch_starts_at_its_time(client, auth):
 # --- single calls share the queue --------------------------------------------------------------
 
 
-async def test_single_calls_wait_for_room_under_the_project_cap(database, aiohttp_client, auth):
-    ringing = {**FAST, "outbound_ring_timeout_seconds": 60}
-    client = await aiohttp_client(create_app(Settings(**ringing), db=database))
+@pytest.mark.parametrize("extra", [{"outbound_ring_timeout_seconds": 60}])
+async def test_single_calls_wait_for_room_under_the_project_cap(client, auth):
     await client.patch("/v1/project", json={"maxConcurrentCalls": 1}, headers=auth)
     agent = await ready_agent(client, auth)
     calls = []
