@@ -151,6 +151,7 @@ def _build_workers(
         node_id=node_id,
         node_timeout=settings.node_timeout_seconds,
         interval=settings.dial_queue_interval_seconds,
+        dial_rate=settings.dial_rate_per_second,
     )
     app[RECOVERY] = Recovery(db, node_id, settings.node_timeout_seconds, app[DIAL_QUEUE].take_in)
     # It closes their clients.

@@ -40,6 +40,7 @@ from relay.calls.snapshots import freeze
 from relay.events.writing import writing
 from relay.ids import new_id
 from relay.logs import get_logger
+from relay.ratelimit import RateLimiter
 from relay.store.db import Database
 from relay.store.models import (
     Agent,
@@ -142,6 +143,7 @@ class DialQueue:
         node_id: str,
         node_timeout: float,
         interval: float = 0.25,
+        dial_rate: float = 0.0,
     ) -> None:
         self.db = db
         self.dial = dial
@@ -149,6 +151,9 @@ class DialQueue:
         self.node_id = node_id
         self.node_timeout = node_timeout
         self.interval = interval
+        # Calls this node starts per second and carrier, at most (0: no limit): a carrier
+        # account's calls-per-second limit. Per node, as the API's rate limits are.
+        self._rate = RateLimiter(dial_rate, max(1, int(dial_rate))) if dial_rate > 0 else None
         self._wake = asyncio.Event()
         self._stop = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -268,9 +273,11 @@ class DialQueue:
                 _end(job, "completed" if call and call.status == "completed" else "failed")
                 job.outcome = call.failure_reason if call else "canceled"
                 return None
+            if not self._may_dial(call.connection_type):
+                return None
             job.state, job.node_id, job.attempts = ACTIVE, self.node_id, job.attempts + 1
             return call.id
-        call = await _batch_call(session, lane, job, now)
+        call = await _batch_call(session, lane, job, now, self._may_dial)
         if call is None:
             return None
         job.state, job.node_id, job.attempts = ACTIVE, self.node_id, job.attempts + 1
@@ -278,6 +285,10 @@ class DialQueue:
         job.call_ids = [*job.call_ids, call.id]
         await batches.started(session, batch, now)
         return call.id
+
+    def _may_dial(self, carrier: str) -> bool:
+        """Spend one of the carrier's dials for this second, if one is left."""
+        return self._rate is None or self._rate.take(carrier) == 0.0
 
     # --- settling ----------------------------------------------------------------------
 
@@ -456,10 +467,15 @@ async def _lane_of(
 
 
 async def _batch_call(
-    session: AsyncSession, lane: _Lane, job: DialJob, now: datetime
+    session: AsyncSession,
+    lane: _Lane,
+    job: DialJob,
+    now: datetime,
+    may_dial: Callable[[str], bool],
 ) -> Call | None:
     """Create the call of a batch recipient's attempt, or leave the job waiting (outside
-    the calling hours) or ended (on the do-not-call list, agent or number gone)."""
+    the calling hours, or past the carrier's rate) or ended (on the do-not-call list, agent
+    or number gone)."""
     project, batch, agent, number = lane.project, lane.batch, lane.agent, lane.number
     assert batch is not None
     listed_by = lane.listed.get(job.to_number)
@@ -479,6 +495,8 @@ async def _batch_call(
             job.not_before = verdict.next_allowed_at or now + UNKNOWN_ZONE_WAIT
             job.outcome = verdict.reason
             return None
+    if not may_dial(number.provider):
+        return None
     call = Call(
         id=new_id("call"),
         project_id=project.id,

@@ -455,3 +455,25 @@ async def test_single_calls_wait_for_room_under_the_project_cap(client, auth):
     await asyncio.sleep(0.3)
     stats = await (await client.get("/v1/calls/queue/stats", headers=auth)).json()
     assert (stats["active"], stats["waiting"], stats["failed"]) == (1, 0, 2)
+
+
+@pytest.mark.parametrize("extra", [{"dial_rate_per_second": 4}])
+async def test_calls_start_no_faster_than_the_carriers_rate(client, auth):
+    agent = await ready_agent(client, auth)
+    created = await create_batch(
+        client, auth, agent["id"], [{"to": n} for n in distinct_numbers(12)]
+    )
+    done = await wait_batch(client, auth, created["id"], "completed", within=30)
+    starts = sorted(
+        [
+            datetime.fromisoformat((await get_call(client, auth, c))["createdAt"])
+            for r in done["recipients"]
+            for c in r["callIds"]
+        ]
+    )
+    assert len(starts) == 12
+    # A burst of 4, then 4 a second: the last of 12 starts 2 s after the first at the soonest.
+    assert (starts[-1] - starts[0]).total_seconds() >= 1.9
+    for i, start in enumerate(starts):
+        within_a_second = [s for s in starts[i:] if (s - start).total_seconds() < 1.0]
+        assert len(within_a_second) <= 8
