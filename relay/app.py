@@ -30,6 +30,7 @@ from relay import events
 from relay.api import carriers as carrier_webhooks
 from relay.api import cors, media, system, webrtc, widget
 from relay.api.agents import router as agents_router
+from relay.api.batches import router as batches_router
 from relay.api.call_create import router as call_create_router
 from relay.api.calls import router as calls_router
 from relay.api.carrier_accounts import router as carrier_accounts_router
@@ -45,6 +46,7 @@ from relay.api.recordings import router as recordings_router
 from relay.api.routing import Router
 from relay.api.voices import router as voices_router
 from relay.api.webhook_endpoints import router as webhook_endpoints_router
+from relay.calls.dial_queue import DIAL_QUEUE, DialQueue
 from relay.calls.intelligence import INTELLIGENCE, IntelligenceWorker
 from relay.calls.live import VoiceEngine
 from relay.calls.media import MEDIA, MediaRuntime
@@ -83,6 +85,7 @@ ROUTERS: tuple[Router, ...] = (
     dnc_router,
     compliance_router,
     voices_router,
+    batches_router,
 )
 
 
@@ -143,7 +146,16 @@ def _build_workers(
         ring_timeout=settings.outbound_ring_timeout_seconds,
     )
     app[DELIVERY] = DeliveryWorker(db, settings, node_id=node_id)
-    app[RECOVERY] = Recovery(db, node_id, settings.node_timeout_seconds, app[DIALLER].redial)
+    app[DIAL_QUEUE] = DialQueue(
+        db,
+        app[DIALLER].dial,
+        app[DIALLER].dialling,
+        node_id=node_id,
+        node_timeout=settings.node_timeout_seconds,
+        interval=settings.dial_queue_interval_seconds,
+        dial_rate=settings.dial_rate_per_second,
+    )
+    app[RECOVERY] = Recovery(db, node_id, settings.node_timeout_seconds, app[DIAL_QUEUE].take_in)
     # It closes their clients.
     app[SMS] = SmsService(settings, db, sim=sim, twilio=twilio, secret_box=state.secret_box)
     app[INTELLIGENCE] = IntelligenceWorker(db, settings, lambda: hosted_backend(settings))
@@ -183,9 +195,11 @@ async def _node(app: web.Application) -> AsyncIterator[None]:
     """Deliver webhooks, recover what a dead node left, dial; on the way out, stop dialling,
     deliver what is ready, stop."""
     await app[RECOVERY].start(app[DELIVERY].start)
+    app[DIAL_QUEUE].start()
     db = app[APP_STATE].db
     log.info("relay_started", database=db.engine.url.render_as_string(hide_password=True))
     yield
+    await app[DIAL_QUEUE].stop()
     await app[DIALLER].stop()
     await app[RECOVERY].stop()
     await app[DELIVERY].stop()

@@ -74,6 +74,12 @@ class Settings(BaseSettings):
     node_timeout_seconds: float = Field(default=30.0, ge=1)
     # An outbound call that rings this long unanswered fails with ``no_answer``.
     outbound_ring_timeout_seconds: float = Field(default=30.0, gt=0, le=600)
+    # How often the dialling queue looks for calls that may start and calls that ended
+    # (it also looks at once when a call or batch is created).
+    dial_queue_interval_seconds: float = Field(default=0.25, gt=0, le=10)
+    # Outbound calls this relay starts per second on each carrier, at most (0: no limit):
+    # set it to your carrier account's calls-per-second limit.
+    dial_rate_per_second: float = Field(default=0.0, ge=0, le=1000)
 
     # Secret for signing short-lived URLs and media tokens. Generated per process if empty,
     # which is fine for one node; set it when several nodes serve the same calls.

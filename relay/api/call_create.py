@@ -18,7 +18,6 @@ from pydantic import AnyHttpUrl, Field, field_validator, model_validator
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from hosted_llm.templates import render as render_template
 from relay import tokens
 from relay.agent_config import STORED_DEFAULTS
 from relay.api.agents import (
@@ -36,18 +35,17 @@ from relay.api.limits import KEYS_SCHEMA, Metadata, cap, json_size
 from relay.api.routing import Context, Router
 from relay.api.schema import APIModel
 from relay.api.voices import check_speech
+from relay.calls.dial_queue import DIAL_QUEUE, enqueue_call
 from relay.calls.inbound import (
     MEDIA_TOKEN_PURPOSE,
     MEDIA_TOKEN_TTL_SECONDS,
-    TRANSPORT_KEY,
     WEB_TOKEN_PURPOSE,
     WEB_TOKEN_TTL_SECONDS,
     agent_snapshot,
 )
-from relay.calls.intelligence import OVERRIDE_KEY as POST_CALL_KEY
 from relay.calls.lifecycle import open_call
 from relay.calls.media import MEDIA
-from relay.calls.outbound import DIALLER
+from relay.calls.snapshots import freeze
 from relay.errors import Forbidden, invalid_field
 from relay.events.writing import writing
 from relay.ids import new_id
@@ -70,7 +68,6 @@ CHANNEL_OF: dict[str, str] = {
 }
 # The engine's rate for each kind of media (a websocket call may choose its own).
 LINE_RATE = {"websocket": 16000, "webrtc": 48000}
-TEMPLATED = ("greeting", "system_prompt")
 
 TO_OR_CONNECTION = "Send either 'to' (an outbound phone call) or 'connectionType' (BYOT)."
 FROM_NEEDS_TO = "'from' applies to outbound phone calls only."
@@ -206,18 +203,9 @@ def snapshot(
     sample_rate: int | None,
     post_call: PostCallConfig | None = None,
 ) -> Any:
-    """What the call freezes: ``base`` (the agent's settings) with ``{{variables.x}}``
-    filled in the greeting and system prompt, the variables, the media's sample rate, and
-    the call's own ``postCall`` override (only the keys it was sent with)."""
-    out = dict(base)
-    for key in TEMPLATED:
-        out[key] = render_template(out.get(key), {"variables": variables})
-    out["variables"] = dict(variables)
-    if sample_rate is not None:
-        out[TRANSPORT_KEY] = {"sample_rate": sample_rate}
-    if post_call is not None:
-        out[POST_CALL_KEY] = post_call.model_dump(exclude_unset=True)
-    return out
+    """What the call freezes (:func:`relay.calls.snapshots.freeze`)."""
+    override = post_call.model_dump(exclude_unset=True) if post_call is not None else None
+    return freeze(base, variables, sample_rate, override)
 
 
 def _new_call(ctx: Context, **fields: Any) -> Call:
@@ -333,7 +321,7 @@ async def create_call(ctx: Context, body: CallCreate) -> web.Response:
     variables = body.variables or {}
     async with writing(ctx.state.db) as session:
         agent = await load_agent(ctx, session, body.agent_id)
-        number = await _caller_number(ctx, session, agent, caller_id)
+        number = await caller_number(ctx, session, agent, caller_id)
         # Before the opt-out check, which would tell a page who texted STOP.
         key.require_destination(to, number.phone_number)
         await refuse_if_opted_out(session, ctx.project_id, to)
@@ -350,11 +338,12 @@ async def create_call(ctx: Context, body: CallCreate) -> web.Response:
             call_metadata=body.metadata or {},
         )
         await open_call(session, call)
-    ctx.request.app[DIALLER].dial(call.id)
+        await enqueue_call(session, call)
+    ctx.request.app[DIAL_QUEUE].wake()
     return _created(call, 202)
 
 
-async def _caller_number(
+async def caller_number(
     ctx: Context, session: AsyncSession, agent: Agent, caller_id: str | None
 ) -> Number:
     active = select(Number).where(Number.project_id == ctx.project_id, Number.released_at.is_(None))

@@ -6,6 +6,9 @@ applies to recordings already stored too: the next purge (hourly,
 
 When outbound calls may ring: ``callingHours`` (:mod:`relay.api.compliance`), by the
 callee's local time; an agent's own ``callingHours`` overrides it. Default: no limit.
+
+How many outbound calls may be live at once: ``maxConcurrentCalls`` (the dialling queue,
+:mod:`relay.calls.dial_queue`, keeps the rest waiting). Default: no cap.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ class ProjectOut(OutModel):
     name: str
     recording_retention_days: int
     calling_hours: CallingHoursOut | None
+    max_concurrent_calls: int | None
     created_at: datetime
 
 
@@ -47,6 +51,12 @@ class ProjectUpdate(APIModel):
         default=None,
         description="When outbound calls may ring, callee local time (null: no limit).",
     )
+    max_concurrent_calls: int | None = Field(
+        default=None,
+        ge=1,
+        le=1000,
+        description="Outbound calls of the project live at once, at most (null: no cap).",
+    )
 
 
 def _out(project: Project) -> ProjectOut:
@@ -55,6 +65,7 @@ def _out(project: Project) -> ProjectOut:
         name=project.name,
         recording_retention_days=project.recording_retention_days,
         calling_hours=hours_out(project.calling_hours),
+        max_concurrent_calls=project.max_concurrent_calls,
         created_at=project.created_at,
     )
 
@@ -91,7 +102,8 @@ async def get_project(ctx: Context) -> ProjectOut:
 async def update_project(ctx: Context, body: ProjectUpdate) -> ProjectOut:
     """``recordingRetentionDays`` (30-365): recordings older than this are deleted by the
     next purge, those stored already included. ``callingHours``: when outbound calls may
-    ring (``null``: no limit)."""
+    ring (``null``: no limit). ``maxConcurrentCalls``: outbound calls live at once (``null``:
+    no cap)."""
     async with ctx.state.db.session() as session:
         project = await _load(ctx, session, lock=True)
         if body.recording_retention_days is not None:
@@ -99,4 +111,6 @@ async def update_project(ctx: Context, body: ProjectUpdate) -> ProjectOut:
         if "calling_hours" in body.model_fields_set:
             hours = body.calling_hours
             project.calling_hours = None if hours is None else hours.model_dump(exclude_unset=True)
+        if "max_concurrent_calls" in body.model_fields_set:
+            project.max_concurrent_calls = body.max_concurrent_calls
         return _out(project)

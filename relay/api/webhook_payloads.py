@@ -214,6 +214,26 @@ class TranscriptReadyData(Payload):
     segments: list[TranscriptSegmentData]
 
 
+class BatchCounts(Payload):
+    waiting: int
+    active: int
+    completed: int
+    failed: int
+    skipped: int
+    canceled: int
+
+
+class BatchEventData(Payload):
+    batch_id: str
+    agent_id: str | None
+    state: Literal["scheduled", "running", "paused", "canceled", "completed"]
+    counts: BatchCounts = Field(description="Recipients by state.")
+    invalid: int = Field(description="Rows refused when the batch was created.")
+    created_at: AwareDatetime
+    started_at: AwareDatetime | None
+    completed_at: AwareDatetime | None
+
+
 class _Lifecycle(Payload):
     id: str = Field(description="The event's id; `webhook-id` is the delivery's.")
     timestamp: AwareDatetime
@@ -244,12 +264,19 @@ class TranscriptReadyEvent(_Lifecycle):
     data: TranscriptReadyData
 
 
+class BatchLifecycleEvent(_Lifecycle):
+    type: Literal["batch.started", "batch.completed"]
+    data: BatchEventData
+
+
 LIFECYCLE: dict[str, type[_Lifecycle]] = {
     **dict.fromkeys(get_args(CallEventType), CallLifecycleEvent),
     "transcript.ready": TranscriptReadyEvent,
     "recording.ready": RecordingReadyEvent,
     "call.analyzed": CallAnalyzedEvent,
     **dict.fromkeys(get_args(MessageEventType), MessageLifecycleEvent),
+    "batch.started": BatchLifecycleEvent,
+    "batch.completed": BatchLifecycleEvent,
 }
 MODELS: tuple[type[BaseModel], ...] = (
     AgentMessageVoice,

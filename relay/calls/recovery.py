@@ -11,7 +11,8 @@ On startup (:meth:`Recovery.start`) a node
   ``ringing``, ``in_progress``) whose lease names itself (its previous life) or a node
   whose heartbeat stopped; a live call with no lease at all is closed too, unless another
   node is alive (it may be running it),
-* hands ``queued`` outbound calls that nobody dials to the dialler.
+* hands ``queued`` outbound calls that are in no dialling job (stored before the queue
+  existed) to the dialling queue (:mod:`relay.calls.dial_queue`), which dials the rest.
 
 Then, every third of ``RELAY_NODE_TIMEOUT_SECONDS``, it beats its heartbeat and closes the
 calls of nodes that died since. Every close goes through the state machine, so each one is
@@ -27,7 +28,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from aiohttp import web
-from sqlalchemy import bindparam, delete, or_, select, update
+from sqlalchemy import bindparam, delete, exists, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from relay.calls.event_log import log_event
@@ -35,7 +36,7 @@ from relay.calls.lifecycle import IllegalTransition, transition
 from relay.events import release_leases
 from relay.logs import get_logger
 from relay.store.db import Database
-from relay.store.models import Call, CallLease, RelayNode, utcnow
+from relay.store.models import Call, CallLease, DialJob, RelayNode, utcnow
 
 log = get_logger("relay.calls.recovery")
 
@@ -172,6 +173,7 @@ async def unheld_queued_outbound(db: Database, *, older_than: float = 0.0) -> li
                 Call.number_id.is_not(None),
                 CallLease.call_id.is_(None),
                 Call.created_at <= before,
+                ~exists().where(DialJob.call_id == Call.id),
             )
             .order_by(Call.id)
         )

@@ -34,6 +34,8 @@ EVENT_TYPES = (
     "message.sent",
     "message.delivered",
     "message.failed",
+    "batch.started",
+    "batch.completed",
 )
 
 

@@ -89,6 +89,8 @@ class Project(Base):
     # When outbound calls may ring, by the callee's local time (relay.calling_hours); an
     # agent's own policy overrides it. None: no limit.
     calling_hours: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    # How many of its outbound calls may be live at once (relay.calls.dial_queue); None: no cap.
+    max_concurrent_calls: Mapped[int | None] = mapped_column(Integer)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
@@ -443,6 +445,61 @@ class CallLease(Base):
     )
     node_id: Mapped[str] = mapped_column(String(100))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Batch(Base):
+    """Many outbound calls from one agent, dialled through the queue (relay.calls.batches)."""
+
+    __tablename__ = "batches"
+    __table_args__ = (Index("ix_batches_project", "project_id", "id"),)
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    project_id: Mapped[str] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"))
+    agent_id: Mapped[str | None] = mapped_column(ForeignKey("agents.id", ondelete="SET NULL"))
+    number_id: Mapped[str | None] = mapped_column(ForeignKey("numbers.id", ondelete="SET NULL"))
+    state: Mapped[str] = mapped_column(String(12))  # scheduled|running|paused|canceled|completed
+    scheduled_at: Mapped[datetime | None] = mapped_column()
+    # A calling-hours policy for this batch's calls (else the agent's, else the project's).
+    window: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    max_concurrency: Mapped[int | None] = mapped_column(Integer)
+    retry: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    invalid: Mapped[list[Any]] = mapped_column(JSON, default=list)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    started_at: Mapped[datetime | None] = mapped_column()
+    completed_at: Mapped[datetime | None] = mapped_column()
+
+
+class DialJob(Base):
+    """One recipient in the dialling queue: every outbound call is dialled through one.
+
+    ``waiting`` until ``not_before``, then claimed (``active``, by ``node_id``) with its
+    current call in ``call_id``; it ends ``completed``, ``failed``, ``skipped`` or
+    ``canceled``, or waits again for a retry by its batch's policy."""
+
+    __tablename__ = "dial_jobs"
+    __table_args__ = (
+        Index("ix_dial_jobs_ready", "state", "not_before"),
+        Index("ix_dial_jobs_batch", "batch_id", "position"),
+        Index("ix_dial_jobs_project", "project_id", "state"),
+        Index("ix_dial_jobs_call", "call_id"),
+    )
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    project_id: Mapped[str] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"))
+    batch_id: Mapped[str | None] = mapped_column(ForeignKey("batches.id", ondelete="CASCADE"))
+    position: Mapped[int] = mapped_column(Integer, default=0)
+    to_number: Mapped[str] = mapped_column(String(40))
+    variables: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    job_metadata: Mapped[dict[str, Any]] = mapped_column("metadata", JSON, default=dict)
+    state: Mapped[str] = mapped_column(String(10))
+    not_before: Mapped[datetime] = mapped_column(default=utcnow)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    call_id: Mapped[str | None] = mapped_column(String(40))
+    call_ids: Mapped[list[Any]] = mapped_column(JSON, default=list)
+    node_id: Mapped[str | None] = mapped_column(String(100))
+    outcome: Mapped[str | None] = mapped_column(String(40))  # the last call's failure reason
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
 class Conversation(Base):

@@ -8,7 +8,8 @@ sim number can never ring a real phone:
 
 Calls come in from the simulated handset (:mod:`relay.handset`) through the sim voice
 webhook, which an API key guards instead of a signature. Outbound calls ring and nobody
-answers, until a handset can: they end ``no_answer``. Texts the relay sends land in an
+answers, until a handset can: they end ``no_answer`` (test callees that end busy or refused:
+:mod:`relay.carriers.sim.callees`). Texts the relay sends land in an
 outbox (the simulated handsets' inbox), delivered at once; ``relay phone sms`` prints them.
 """
 
@@ -31,6 +32,7 @@ from relay.carriers.base import (
     ProvisionedNumber,
     ProvisionRequest,
 )
+from relay.carriers.sim import callees
 from relay.carriers.sms import OutgoingText, SentText
 from relay.store.models import utcnow
 
@@ -143,6 +145,7 @@ class SimCarrier:
         return None
 
     async def dial(self, request: DialRequest) -> OutboundLeg:
+        callees.refuse(request.to_number)
         return _RingsForever("SIMOUT" + request.call_id.removeprefix("call_"))
 
     async def hangup(self, carrier_call_id: str) -> None:

@@ -1,0 +1,529 @@
+"""The dialling queue: every outbound call, single or in a batch, is dialled through it.
+
+A :class:`~relay.store.models.DialJob` is one recipient. It is ``waiting`` until its
+``not_before``; a node *claims* it (``active``) when the project has room under its
+``maxConcurrentCalls`` (and its batch under ``maxConcurrency``), in one transaction that
+locks the project row (``FOR UPDATE SKIP LOCKED`` on PostgreSQL: another node claiming for
+the same project skips it rather than waits; SQLite has one writer, so a plain claim). A batch
+recipient's call is created in that same transaction, after the calling hours (a recipient
+outside them waits for the next legal window) and the do-not-call list (skipped,
+``dnc_conflict``) were checked. The claiming node hands the call to its
+:class:`~relay.calls.outbound.Dialler`, whose call lease keeps it from being dialled twice.
+
+When the job's call ends, the queue records the outcome: ``completed``, or a retry by the
+batch's policy (``busy``, ``no_answer``, ``failed``), or ``failed``.
+
+Crashes: a claimed job whose call never left ``queued`` and that no node holds (its claimer
+died between the claim and the dial) is dialled by a live node; a call that was ringing
+when its node died is closed by :mod:`relay.calls.recovery` (``relay_restart``) and counts as
+an attempt, retried only if the policy retries ``failed``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+from aiohttp import web
+from sqlalchemy import case, exists, func, or_, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from relay import calling_hours
+from relay.calls import batches
+from relay.calls.inbound import agent_snapshot
+from relay.calls.lifecycle import open_call
+from relay.calls.snapshots import freeze
+from relay.events.writing import writing
+from relay.ids import new_id
+from relay.logs import get_logger
+from relay.ratelimit import RateLimiter
+from relay.store.db import Database
+from relay.store.models import (
+    Agent,
+    Batch,
+    Call,
+    CallLease,
+    DialJob,
+    Number,
+    Project,
+    RelayNode,
+    utcnow,
+)
+
+log = get_logger("relay.calls.dial_queue")
+
+WAITING, ACTIVE = "waiting", "active"
+FINAL = ("completed", "failed", "skipped", "canceled")
+ENDED = ("completed", "failed")
+# How many jobs one claim takes for a project with no cap; the next tick takes more.
+UNCAPPED_CLAIM = 50
+# A recipient whose local time cannot be told is retried no sooner than this.
+UNKNOWN_ZONE_WAIT = timedelta(hours=1)
+
+Dial = Callable[[str], None]
+
+
+def retry_kind(reason: str | None) -> str:
+    """The retry policy's name for a failure reason: ``busy``, ``no_answer`` or ``failed``."""
+    return reason if reason in ("busy", "no_answer") else "failed"
+
+
+async def enqueue_call(session: AsyncSession, call: Call) -> DialJob:
+    """Put a single outbound call (just opened, ``queued``) in the queue, in its transaction."""
+    now = utcnow()
+    job = DialJob(
+        id=new_id("djb"),
+        project_id=call.project_id,
+        to_number=call.to_number or "",
+        variables={},
+        job_metadata={},
+        state=WAITING,
+        not_before=now,
+        attempts=0,
+        call_id=call.id,
+        call_ids=[call.id],
+        created_at=now,
+        updated_at=now,
+    )
+    session.add(job)
+    return job
+
+
+@dataclass(frozen=True, slots=True)
+class Stats:
+    waiting: int
+    scheduled: int
+    active: int
+    completed: int
+    failed: int
+    canceled: int
+
+
+async def stats(session: AsyncSession, project_id: str) -> Stats:
+    """The project's queue: ``waiting`` (due now), ``scheduled`` (due later), ``active``,
+    ``completed``, ``failed`` (skipped ones included), ``canceled``."""
+    now = utcnow()
+    due = func.sum(case((DialJob.not_before <= now, 1), else_=0))
+    rows = await session.execute(
+        select(DialJob.state, func.count(), due)
+        .where(DialJob.project_id == project_id)
+        .group_by(DialJob.state)
+    )
+    counts: dict[str, int] = {}
+    ready = 0
+    for state, count, due_now in rows:
+        counts[state] = int(count)
+        if state == WAITING:
+            ready = int(due_now or 0)
+    return Stats(
+        waiting=ready,
+        scheduled=counts.get(WAITING, 0) - ready,
+        active=counts.get(ACTIVE, 0),
+        completed=counts.get("completed", 0),
+        failed=counts.get("failed", 0) + counts.get("skipped", 0),
+        canceled=counts.get("canceled", 0),
+    )
+
+
+class DialQueue:
+    """This node's claimer: ``tick()`` settles ended calls, claims what may ring now and
+    hands it to ``dial``; ``start()`` runs it every ``interval`` seconds, or at once on
+    :meth:`wake`."""
+
+    def __init__(
+        self,
+        db: Database,
+        dial: Dial,
+        dialling: Callable[[str], bool],
+        *,
+        node_id: str,
+        node_timeout: float,
+        interval: float = 0.25,
+        dial_rate: float = 0.0,
+    ) -> None:
+        self.db = db
+        self.dial = dial
+        self.dialling = dialling
+        self.node_id = node_id
+        self.node_timeout = node_timeout
+        self.interval = interval
+        # Calls this node starts per second and carrier, at most (0: no limit): a carrier
+        # account's calls-per-second limit. Per node, as the API's rate limits are.
+        self._rate = RateLimiter(dial_rate, max(1, int(dial_rate))) if dial_rate > 0 else None
+        self._wake = asyncio.Event()
+        self._stop = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._next_adoption = 0.0
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.create_task(self._loop(), name="dial-queue")
+
+    async def stop(self) -> None:
+        self._stop.set()  # not cancel(): a tick may be inside a transaction
+        self._wake.set()
+        if self._task is not None:
+            await self._task
+
+    async def _loop(self) -> None:
+        while not self._stop.is_set():
+            self._wake.clear()
+            try:
+                await self.tick()
+            except Exception as exc:  # the loop must outlive a database hiccup
+                log.warning("dial_queue_tick_failed", error=repr(exc))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self.interval)
+
+    async def tick(self) -> list[str]:
+        """One round; returns the call ids handed to the dialler."""
+        await self.settle()
+        dialled: list[str] = []
+        if time.monotonic() >= self._next_adoption:
+            # Crash recovery, not the fast path: as often as the heartbeat.
+            self._next_adoption = time.monotonic() + self.node_timeout / 3
+            dialled = await self.adopt()
+        for project_id in await self._due_projects():
+            claimed = await self.claim(project_id)
+            for call_id in claimed:
+                self.dial(call_id)
+            dialled.extend(claimed)
+        return dialled
+
+    async def take_in(self, call_ids: Sequence[str]) -> None:
+        """Queue outbound calls that are ``queued`` with no job (stored before the queue
+        existed); the rest are the queue's already. Recovery hands it what nobody dials."""
+        if not call_ids:
+            return
+        async with writing(self.db) as session:
+            queued = await session.execute(
+                select(Call).where(
+                    Call.id.in_(list(call_ids)),
+                    Call.status == "queued",
+                    ~exists().where(DialJob.call_id == Call.id),
+                )
+            )
+            for call in queued.scalars():
+                await enqueue_call(session, call)
+        self.wake()
+
+    # --- claiming ----------------------------------------------------------------------
+
+    async def _due_projects(self) -> list[str]:
+        async with self.db.session() as session:
+            rows = await session.execute(
+                select(DialJob.project_id)
+                .where(DialJob.state == WAITING, DialJob.not_before <= utcnow())
+                .distinct()
+            )
+            return list(rows.scalars())
+
+    async def claim(self, project_id: str) -> list[str]:
+        """Claim what ``project_id`` may dial now; returns the calls to dial."""
+        async with writing(self.db) as session:
+            project = (
+                await session.execute(
+                    select(Project)
+                    .where(Project.id == project_id)
+                    .with_for_update(skip_locked=True)
+                )
+            ).scalar_one_or_none()
+            if project is None:  # another node is claiming for it (or it is gone)
+                return []
+            now = utcnow()
+            active = await _active_by_batch(session, project_id)
+            cap = project.max_concurrent_calls
+            room = UNCAPPED_CLAIM if cap is None else cap - sum(active.values())
+            out: list[str] = []
+            for lane in await _lanes(session, project_id, now):
+                if room <= 0:
+                    break
+                lane_room = room
+                if lane is not None and lane.max_concurrency is not None:
+                    lane_room = min(room, lane.max_concurrency - active.get(lane.id, 0))
+                if lane_room <= 0:
+                    continue
+                jobs = await _ready_jobs(session, project_id, lane, now, lane_room)
+                lane_of = await _lane_of(session, project, lane, jobs)
+                for job in jobs:
+                    call_id = await self._start(session, lane_of, job, now)
+                    if call_id is not None:
+                        out.append(call_id)
+                        room -= 1
+        if out:
+            log.info("dial_queue_claimed", project_id=project_id, calls=len(out))
+        return out
+
+    async def _start(
+        self, session: AsyncSession, lane: _Lane, job: DialJob, now: datetime
+    ) -> str | None:
+        """Make ``job`` active with a call to dial, or tell why not (it waits or ends)."""
+        job.updated_at = now
+        batch = lane.batch
+        if batch is None:
+            call = await session.get(Call, job.call_id) if job.call_id else None
+            if call is None or call.status != "queued":  # ended (or canceled) before its turn
+                _end(job, "completed" if call and call.status == "completed" else "failed")
+                job.outcome = call.failure_reason if call else "canceled"
+                return None
+            if not self._may_dial(call.connection_type):
+                return None
+            job.state, job.node_id, job.attempts = ACTIVE, self.node_id, job.attempts + 1
+            return call.id
+        call = await _batch_call(session, lane, job, now, self._may_dial)
+        if call is None:
+            return None
+        job.state, job.node_id, job.attempts = ACTIVE, self.node_id, job.attempts + 1
+        job.call_id = call.id
+        job.call_ids = [*job.call_ids, call.id]
+        await batches.started(session, batch, now)
+        return call.id
+
+    def _may_dial(self, carrier: str) -> bool:
+        """Spend one of the carrier's dials for this second, if one is left."""
+        return self._rate is None or self._rate.take(carrier) == 0.0
+
+    # --- settling ----------------------------------------------------------------------
+
+    async def settle(self) -> int:
+        """Record the outcome of every job whose call ended; returns how many."""
+        async with self.db.session() as session:
+            rows = await session.execute(
+                select(DialJob.id)
+                .join(Call, Call.id == DialJob.call_id)
+                .where(DialJob.state.in_((WAITING, ACTIVE)), Call.status.in_(ENDED))
+                .limit(500)
+            )
+            ids = list(rows.scalars())
+        if not ids:
+            return 0
+        async with writing(self.db) as session:
+            jobs = (
+                await session.execute(
+                    select(DialJob, Call)
+                    .join(Call, Call.id == DialJob.call_id)
+                    .where(DialJob.id.in_(ids), DialJob.state.in_((WAITING, ACTIVE)))
+                    .with_for_update(of=DialJob, skip_locked=True)
+                )
+            ).all()
+            touched: dict[str, Batch] = {}
+            now = utcnow()
+            for job, call in jobs:
+                batch = await session.get(Batch, job.batch_id) if job.batch_id else None
+                _settle(job, call, batch, now)
+                if batch is not None:
+                    touched[batch.id] = batch
+            for batch in touched.values():
+                await batches.finish_if_done(session, batch, now)
+        return len(jobs)
+
+    # --- crashes -----------------------------------------------------------------------
+
+    async def adopt(self) -> list[str]:
+        """Dial the claimed calls that never left ``queued`` and that nobody holds, whose
+        claimer is dead (or is this node's previous life)."""
+        since = utcnow() - timedelta(seconds=self.node_timeout)
+        async with writing(self.db) as session:
+            alive = select(RelayNode.id).where(
+                RelayNode.heartbeat_at >= since, RelayNode.id != self.node_id
+            )
+            rows = await session.execute(
+                select(DialJob)
+                .join(Call, Call.id == DialJob.call_id)
+                .where(
+                    DialJob.state == ACTIVE,
+                    Call.status == "queued",
+                    ~exists().where(CallLease.call_id == Call.id),
+                    or_(DialJob.node_id.is_(None), DialJob.node_id.not_in(alive)),
+                )
+                .with_for_update(of=DialJob, skip_locked=True)
+            )
+            out = []
+            for job in rows.scalars():
+                if job.call_id is None or self.dialling(job.call_id):
+                    continue
+                job.node_id = self.node_id
+                out.append(job.call_id)
+        for call_id in out:
+            self.dial(call_id)
+        if out:
+            log.warning("dial_queue_adopted", calls=len(out))
+        return out
+
+
+def _end(job: DialJob, state: str) -> None:
+    job.state = state
+    job.node_id = None
+
+
+def _settle(job: DialJob, call: Call, batch: Batch | None, now: datetime) -> None:
+    job.updated_at = now
+    job.outcome = call.failure_reason
+    if call.status == "completed":
+        _end(job, "completed")
+        return
+    policy = batch.retry if batch is not None else {}
+    retry_on = policy.get("on") or []
+    retryable = (
+        batch is not None
+        and batch.state not in ("canceled", "completed")
+        and retry_kind(call.failure_reason) in retry_on
+        and job.attempts < int(policy.get("attempts", 1))
+        and call.failure_reason not in ("canceled", "compliance_block")
+    )
+    if not retryable:
+        _end(job, "failed")
+        return
+    job.state = WAITING
+    job.node_id = None
+    job.call_id = None
+    job.not_before = now + timedelta(seconds=float(policy.get("backoff", 0)))
+
+
+async def _active_by_batch(session: AsyncSession, project_id: str) -> dict[str | None, int]:
+    rows = await session.execute(
+        select(DialJob.batch_id, func.count())
+        .where(DialJob.project_id == project_id, DialJob.state == ACTIVE)
+        .group_by(DialJob.batch_id)
+    )
+    return {batch_id: int(count) for batch_id, count in rows}
+
+
+async def _lanes(session: AsyncSession, project_id: str, now: datetime) -> list[Batch | None]:
+    """Single calls first (``None``), then each dialling batch with recipients due, oldest
+    first."""
+    rows = await session.execute(
+        select(DialJob.batch_id)
+        .where(
+            DialJob.project_id == project_id, DialJob.state == WAITING, DialJob.not_before <= now
+        )
+        .distinct()
+    )
+    ids = set(rows.scalars())
+    lanes: list[Batch | None] = [None] if None in ids else []
+    ids.discard(None)
+    if ids:
+        found = await session.execute(
+            select(Batch)
+            .where(Batch.id.in_(ids), Batch.state.in_(batches.DIALLING))
+            .order_by(Batch.id)
+            # A batch being paused or canceled right now waits for the next round.
+            .with_for_update(skip_locked=True)
+        )
+        lanes.extend(found.scalars())
+    return lanes
+
+
+async def _ready_jobs(
+    session: AsyncSession, project_id: str, lane: Batch | None, now: datetime, limit: int
+) -> list[DialJob]:
+    in_lane = DialJob.batch_id.is_(None) if lane is None else DialJob.batch_id == lane.id
+    rows = await session.execute(
+        select(DialJob)
+        .where(
+            DialJob.project_id == project_id,
+            in_lane,
+            DialJob.state == WAITING,
+            DialJob.not_before <= now,
+        )
+        .order_by(DialJob.not_before, DialJob.position, DialJob.id)
+        .limit(limit)
+        .with_for_update(skip_locked=True)
+    )
+    return list(rows.scalars())
+
+
+@dataclass(slots=True)
+class _Lane:
+    """What the calls of one claim in one lane share, read once: no query per recipient
+    (each would flush the calls made before it, one INSERT at a time)."""
+
+    project: Project
+    batch: Batch | None
+    agent: Agent | None = None
+    number: Number | None = None
+    listed: dict[str, str] = field(default_factory=dict)
+
+
+async def _lane_of(
+    session: AsyncSession, project: Project, batch: Batch | None, jobs: list[DialJob]
+) -> _Lane:
+    if batch is None:
+        return _Lane(project, None)
+    return _Lane(
+        project,
+        batch,
+        await session.get(Agent, batch.agent_id) if batch.agent_id else None,
+        await session.get(Number, batch.number_id) if batch.number_id else None,
+        await batches.listed(session, project.id, [j.to_number for j in jobs]),
+    )
+
+
+async def _batch_call(
+    session: AsyncSession,
+    lane: _Lane,
+    job: DialJob,
+    now: datetime,
+    may_dial: Callable[[str], bool],
+) -> Call | None:
+    """Create the call of a batch recipient's attempt, or leave the job waiting (outside
+    the calling hours, or past the carrier's rate) or ended (on the do-not-call list, agent
+    or number gone)."""
+    project, batch, agent, number = lane.project, lane.batch, lane.agent, lane.number
+    assert batch is not None
+    listed_by = lane.listed.get(job.to_number)
+    if agent is None or number is None or number.released_at is not None:
+        _end(job, "failed")
+        job.outcome = "agent_deleted" if agent is None else "number_released"
+        return None
+    if listed_by is not None:
+        _end(job, "skipped")
+        job.outcome = batches.skip_reason(listed_by)
+        return None
+    base = agent_snapshot(agent)
+    policy = calling_hours.effective(project.calling_hours, base.get("calling_hours"))
+    for stored in (policy, batch.window):
+        verdict = calling_hours.decide(stored, job.to_number, now)
+        if not verdict.allowed:
+            job.not_before = verdict.next_allowed_at or now + UNKNOWN_ZONE_WAIT
+            job.outcome = verdict.reason
+            return None
+    if not may_dial(number.provider):
+        return None
+    call = Call(
+        id=new_id("call"),
+        project_id=project.id,
+        agent_id=agent.id,
+        number_id=number.id,
+        direction="outbound",
+        connection_type=number.provider,
+        from_number=number.phone_number,
+        to_number=job.to_number,
+        status="queued",
+        voice_mode=agent.voice_mode,
+        agent_snapshot=freeze(base, job.variables),
+        call_metadata={**job.job_metadata, "batchId": batch.id},
+        created_at=now,
+    )
+    await open_call(session, call)
+    return call
+
+
+DIAL_QUEUE: web.AppKey[DialQueue] = web.AppKey("relay_dial_queue", DialQueue)
+
+__all__ = [
+    "DIAL_QUEUE",
+    "FINAL",
+    "DialQueue",
+    "Stats",
+    "enqueue_call",
+    "retry_kind",
+    "stats",
+]

@@ -1,0 +1,118 @@
+"""The dialling queue's claims between relay nodes sharing one database (SQLite and
+PostgreSQL): a project's cap holds across nodes, no job is claimed twice, and a job a dead
+node claimed but never dialled is dialled by a live one."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import timedelta
+
+import pytest
+from sqlalchemy import func, select
+
+from relay.app import create_app
+from relay.calls import batches
+from relay.calls.dial_queue import DIAL_QUEUE, DialQueue
+from relay.config import Settings
+from relay.store.models import Call, DialJob, Project, RelayNode, utcnow
+from tests.api.test_calls import BASE, new_agent, new_number
+
+
+@pytest.fixture
+async def client(database, aiohttp_client):
+    app = create_app(Settings(**BASE), db=database)
+    client = await aiohttp_client(app)
+    # This test plays the nodes itself: the app's own claimer stays out of the way.
+    await app[DIAL_QUEUE].stop()
+    return client
+
+
+class Node:
+    """A relay node's claimer, whose dialler only writes down what it was handed."""
+
+    def __init__(self, database, name: str) -> None:
+        self.dialled: list[str] = []
+        self.queue = DialQueue(
+            database,
+            self.dialled.append,
+            lambda call_id: call_id in self.dialled,
+            node_id=name,
+            node_timeout=30,
+        )
+
+
+async def batch_of(client, auth, database, count: int, **fields) -> str:
+    """A batch of ``count`` recipients; returns the project's id."""
+    project_id = (await (await client.get("/v1/project", headers=auth)).json())["id"]
+    agent = await new_agent(client, auth)
+    number = await new_number(client, auth, agent["id"])
+    rows = [(i, batches.Recipient(f"+1415555{i + 1000:04d}")) for i in range(count)]
+    async with database.session() as session:
+        batches.create(
+            session,
+            project_id=project_id,
+            agent_id=agent["id"],
+            number_id=number["id"],
+            recipients=rows,
+            invalid=[],
+            scheduled_at=None,
+            window=None,
+            max_concurrency=fields.get("max_concurrency"),
+            retry={"attempts": 1, "backoff": 0, "on": []},
+        )
+    return project_id
+
+
+async def set_cap(database, project_id: str, cap: int | None) -> None:
+    async with database.session() as session:
+        (await session.get(Project, project_id)).max_concurrent_calls = cap
+
+
+async def test_two_nodes_never_claim_more_than_the_cap_or_a_job_twice(client, auth, database):
+    project = await batch_of(client, auth, database, 40)
+    await set_cap(database, project, 7)
+    nodes = [Node(database, f"node-{i}") for i in range(3)]
+    claimed: list[str] = []
+    for _ in range(3):
+        for got in await asyncio.gather(*(n.queue.claim(project) for n in nodes)):
+            claimed.extend(got)
+    assert len(claimed) == len(set(claimed)) == 7
+    async with database.session() as session:
+        active = (
+            await session.execute(select(func.count()).where(DialJob.state == "active"))
+        ).scalar_one()
+        calls = (await session.execute(select(func.count()).select_from(Call))).scalar_one()
+    assert active == 7
+    assert calls == 7  # a batch recipient's call exists once it is claimed, not before
+
+
+async def test_a_batch_cap_holds_under_a_larger_project_cap(client, auth, database):
+    project = await batch_of(client, auth, database, 10, max_concurrency=3)
+    await set_cap(database, project, 8)
+    node = Node(database, "node-a")
+    await node.queue.tick()
+    await node.queue.tick()
+    assert len(node.dialled) == 3
+
+
+async def test_a_dead_nodes_claimed_calls_are_dialled_by_a_live_one(client, auth, database):
+    project = await batch_of(client, auth, database, 4)
+    dead, alive = Node(database, "node-dead"), Node(database, "node-alive")
+    async with database.session() as session:
+        session.add(RelayNode(id="node-dead", heartbeat_at=utcnow() - timedelta(minutes=5)))
+        session.add(RelayNode(id="node-alive", heartbeat_at=utcnow()))
+        session.add(RelayNode(id="node-b", heartbeat_at=utcnow()))
+    claimed = await dead.queue.claim(project)  # it died before handing them to its dialler
+    assert len(claimed) == 4
+    other = Node(database, "node-b")
+    assert sorted(await other.queue.adopt()) == sorted(claimed)
+    assert sorted(other.dialled) == sorted(claimed)
+    async with database.session() as session:
+        holders = set(
+            (await session.execute(select(DialJob.node_id).where(DialJob.state == "active")))
+            .scalars()
+            .all()
+        )
+    assert holders == {"node-b"}
+    # Claimed by a node that is alive: nobody else touches them.
+    assert await alive.queue.adopt() == []
