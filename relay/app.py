@@ -56,6 +56,7 @@ from relay.carriers.twilio import TwilioCarrier
 from relay.config import Settings
 from relay.events import DELIVERY, DeliveryWorker
 from relay.logs import get_logger
+from relay.metrics import NODE
 from relay.middleware import request_middleware
 from relay.ratelimit import RateLimiter
 from relay.secretbox import SecretBox
@@ -132,6 +133,7 @@ def _build_workers(
 ) -> None:
     settings, db = state.settings, state.db
     node_id = settings.effective_node_id()
+    NODE.info({"node_id": node_id})
     app[DIALLER] = Dialler(
         db,
         state.carriers,

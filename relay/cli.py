@@ -8,8 +8,6 @@ import sys
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, TypeVar
 
-from aiohttp import web
-
 from relay.config import Settings
 from relay.handset.cli import add_phone_call_command
 from relay.handset.sms import add_sms_command
@@ -39,22 +37,17 @@ def _settings(args: argparse.Namespace) -> Settings:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     # Each command imports what it runs: `relay phone` need not load the whole app.
-    from relay.app import create_app
+    from relay import serve
 
     settings = _settings(args)
     configure_logs(settings.log_level, json=settings.log_json)
-    app = create_app(settings)
-    # run_app stops on SIGTERM/SIGINT: it closes the listening sockets first, then waits up
-    # to shutdown_timeout for requests in flight, then runs cleanup (DB pool close).
-    web.run_app(
-        app,
-        host=settings.host,
-        port=settings.port,
-        shutdown_timeout=settings.shutdown_timeout_seconds,
-        print=lambda msg: print(msg, file=sys.stderr),
-        access_log=None,
-    )
-    return 0
+    workers = args.workers if args.workers is not None else settings.workers
+    workers = workers or serve.default_workers(settings)
+    refused = serve.refusal(settings, workers)
+    if refused is not None:
+        print(f"error: {refused}", file=sys.stderr)
+        return 2
+    return serve.run(settings, workers)
 
 
 def cmd_migrate(args: argparse.Namespace) -> int:
@@ -263,6 +256,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     serve = sub.add_parser("serve", help="run the relay service")
     common(serve, server=True)
+    serve.add_argument(
+        "--workers",
+        type=int,
+        help="processes sharing the port, each a node (RELAY_WORKERS; default: the number of "
+        "cores on PostgreSQL, 1 on SQLite, which allows no more)",
+    )
     serve.set_defaults(func=cmd_serve)
 
     demo = sub.add_parser(

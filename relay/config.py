@@ -54,6 +54,9 @@ class Settings(BaseSettings):
 
     max_body_bytes: int = 1024 * 1024
     shutdown_timeout_seconds: float = 30.0
+    # Processes of `relay serve` sharing the port, each a node; 0: one per core on
+    # PostgreSQL, 1 on SQLite (one writer, so never more).
+    workers: int = Field(default=0, ge=0, le=64)
     log_level: str = "INFO"
     log_json: bool = True
 
