@@ -7,7 +7,8 @@ stopped bottom to top, so nothing outlives what it needs):
     schema         migrations (RELAY_AUTO_MIGRATE), the database's session hooks, the stored
                    carrier credentials (opened with RELAY_ENCRYPTION_KEY, re-encrypted
                    with its first key)
-    node           webhook delivery, then recovery of what a dead node left, then dialling
+    node           webhook delivery, then recovery of what a dead node left, then dialling,
+                   then (PostgreSQL) the commands other nodes send for calls held here
     sms            the SMS service: carriers' texts in, workers, outbound
     post_call      summaries and extraction of completed calls
     recordings     the retention purge
@@ -44,6 +45,7 @@ from relay.api.project import router as project_router
 from relay.api.recordings import router as recordings_router
 from relay.api.routing import Router
 from relay.api.webhook_endpoints import router as webhook_endpoints_router
+from relay.calls.commands import COMMANDS, END, CommandBus
 from relay.calls.intelligence import INTELLIGENCE, IntelligenceWorker
 from relay.calls.live import VoiceEngine
 from relay.calls.media import MEDIA, MediaRuntime
@@ -144,6 +146,7 @@ def _build_workers(
     )
     app[DELIVERY] = DeliveryWorker(db, settings, node_id=node_id)
     app[RECOVERY] = Recovery(db, node_id, settings.node_timeout_seconds, app[DIALLER].redial)
+    app[COMMANDS] = CommandBus(db, node_id, lambda kind, call_id: _command(app, kind, call_id))
     # It closes their clients.
     app[SMS] = SmsService(settings, db, sim=sim, twilio=twilio, secret_box=state.secret_box)
     app[INTELLIGENCE] = IntelligenceWorker(db, settings, lambda: hosted_backend(settings))
@@ -155,6 +158,16 @@ def _build_workers(
         signing_key=state.signing_key,
         engine_factory=lambda: _voice_engine(settings),
     )
+
+
+async def _command(app: web.Application, kind: str, call_id: str) -> None:
+    """What another node asked of a call this one runs (see relay.calls.commands)."""
+    if kind == END:
+        live = app[MEDIA].live.get(call_id)
+        if live is not None:
+            await live.handle.end("completed")
+        else:
+            await app[DIALLER].cancel(call_id, "canceled")
 
 
 def _voice_engine(settings: Settings) -> VoiceEngine:
@@ -184,8 +197,11 @@ async def _node(app: web.Application) -> AsyncIterator[None]:
     deliver what is ready, stop."""
     await app[RECOVERY].start(app[DELIVERY].start)
     db = app[APP_STATE].db
+    if not db.is_sqlite:  # one SQLite process holds every call: nobody to hear from
+        app[COMMANDS].start()
     log.info("relay_started", database=db.engine.url.render_as_string(hide_password=True))
     yield
+    await app[COMMANDS].stop()
     await app[DIALLER].stop()
     await app[RECOVERY].stop()
     await app[DELIVERY].stop()
