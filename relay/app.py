@@ -39,6 +39,7 @@ from relay.api.dnc import router as dnc_router
 from relay.api.intelligence import router as intelligence_router
 from relay.api.keys import router as keys_router
 from relay.api.messages import router as messages_router
+from relay.api.nodes import router as nodes_router
 from relay.api.numbers import router as numbers_router
 from relay.api.openapi import build as build_openapi
 from relay.api.project import router as project_router
@@ -47,6 +48,7 @@ from relay.api.routing import Router
 from relay.api.webhook_endpoints import router as webhook_endpoints_router
 from relay.calls.commands import COMMANDS, END, CommandBus
 from relay.calls.intelligence import INTELLIGENCE, IntelligenceWorker
+from relay.calls.intelligence import release_claims as release_analyses
 from relay.calls.live import VoiceEngine
 from relay.calls.media import MEDIA, MediaRuntime
 from relay.calls.outbound import DIALLER, Dialler
@@ -84,6 +86,7 @@ ROUTERS: tuple[Router, ...] = (
     keys_router,
     dnc_router,
     compliance_router,
+    nodes_router,
 )
 
 
@@ -145,7 +148,16 @@ def _build_workers(
         ring_timeout=settings.outbound_ring_timeout_seconds,
     )
     app[DELIVERY] = DeliveryWorker(db, settings, node_id=node_id)
-    app[RECOVERY] = Recovery(db, node_id, settings.node_timeout_seconds, app[DIALLER].redial)
+    app[RECOVERY] = Recovery(
+        db,
+        node_id,
+        settings.node_timeout_seconds,
+        app[DIALLER].redial,
+        take_over=(
+            lambda dead: _deliveries_of(app, dead),
+            lambda dead: release_analyses(db, dead),
+        ),
+    )
     app[COMMANDS] = CommandBus(db, node_id, lambda kind, call_id: _command(app, kind, call_id))
     # It closes their clients.
     app[SMS] = SmsService(settings, db, sim=sim, twilio=twilio, secret_box=state.secret_box)
@@ -158,6 +170,14 @@ def _build_workers(
         signing_key=state.signing_key,
         engine_factory=lambda: _voice_engine(settings),
     )
+
+
+async def _deliveries_of(app: web.Application, dead: str) -> int:
+    """The webhook deliveries a dead node had in flight: due again, and looked for now."""
+    released = await events.release_leases(app[APP_STATE].db, dead)
+    if released:
+        app[DELIVERY].wake(claim=True)
+    return released
 
 
 async def _command(app: web.Application, kind: str, call_id: str) -> None:
@@ -228,8 +248,17 @@ async def _media(app: web.Application) -> AsyncIterator[None]:
     await app[MEDIA].close()
 
 
+async def drain(app: web.Application) -> None:
+    """The server stopped listening: start no more dials, and give live calls up to
+    RELAY_DRAIN_SECONDS to finish before shutdown ends them. ``relay serve`` runs it
+    between the two (see relay.serve)."""
+    app[RECOVERY].stop_dialling()
+    await app[MEDIA].drain(app[APP_STATE].settings.drain_seconds)
+
+
 async def _stop_taking_work(app: web.Application) -> None:
     # Live calls end first: their media sockets are requests the server waits for.
+    app[RECOVERY].stop_dialling()
     await app[MEDIA].shutdown()
     await app[SMS].stop()
     await app[INTELLIGENCE].stop()

@@ -1,4 +1,5 @@
-"""``relay serve | demo | migrate | keys create|list|revoke|rotate|encryption | phone call|sms``."""
+"""``relay serve | demo | migrate | nodes | keys create|list|revoke|rotate|encryption |
+phone call|sms``."""
 
 from __future__ import annotations
 
@@ -225,6 +226,22 @@ def cmd_keys_encryption(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_nodes(args: argparse.Namespace) -> int:
+    from relay.calls.nodes import NodeStatus, node_statuses  # as in cmd_serve
+
+    timeout = _settings(args).node_timeout_seconds
+
+    async def work(session: AsyncSession) -> list[NodeStatus]:
+        return await node_statuses(session, timeout)
+
+    nodes = _in_session(args, work)
+    print("\t".join(["NODE", "ALIVE", "LIVE CALLS", "STARTED", "HEARTBEAT"]))
+    for n in nodes:
+        alive = "yes" if n.alive else "no"
+        print("\t".join([n.id, alive, str(n.live_calls), iso(n.started_at), iso(n.heartbeat_at)]))
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     # As in cmd_serve: the demo loads the speech engines (seconds).
     from relay.demo import DEFAULT_LINES, DemoOptions, run_demo
@@ -281,6 +298,10 @@ def build_parser() -> argparse.ArgumentParser:
     migrate = sub.add_parser("migrate", help="bring the database schema up to date")
     common(migrate, server=False)
     migrate.set_defaults(func=cmd_migrate)
+
+    nodes = sub.add_parser("nodes", help="list the relay processes serving this database")
+    common(nodes, server=False)
+    nodes.set_defaults(func=cmd_nodes)
 
     keys = sub.add_parser("keys", help="manage API keys")
     keys_sub = keys.add_subparsers(dest="keys_command", required=True)

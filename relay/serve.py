@@ -30,7 +30,7 @@ from types import FrameType
 
 from aiohttp import web
 
-from relay.app import create_app
+from relay.app import create_app, drain
 from relay.config import Settings
 from relay.logs import get_logger
 from relay.store.db import Database
@@ -84,18 +84,43 @@ def run(settings: Settings, workers: int) -> int:
 
 
 def _serve(settings: Settings, *, reuse_port: bool) -> None:
-    # run_app stops on SIGTERM/SIGINT: it closes the listening sockets first, then runs the
-    # app's on_shutdown (live calls drain), waits up to shutdown_timeout for requests in
-    # flight, then runs cleanup (DB pool close).
-    web.run_app(
-        create_app(settings),
-        host=settings.host,
-        port=settings.port,
-        reuse_port=reuse_port or None,
-        shutdown_timeout=settings.shutdown_timeout_seconds,
-        print=lambda msg: print(msg, file=sys.stderr),
+    asyncio.run(_serve_until_stopped(settings, reuse_port=reuse_port))
+
+
+async def _serve_until_stopped(settings: Settings, *, reuse_port: bool) -> None:
+    """Serve until SIGTERM / SIGINT; then stop listening, let live calls drain (a second
+    signal cuts that short), and shut down: requests in flight get ``shutdown_timeout``,
+    then cleanup closes the database.
+
+    The drain runs before aiohttp's own shutdown on purpose: from its first step aiohttp
+    ignores what open connections send, a caller's audio on a media socket included."""
+    loop = asyncio.get_running_loop()
+    signalled = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, signalled.set)
+    app = create_app(settings)
+    runner = web.AppRunner(
+        app,
+        handle_signals=False,
         access_log=None,
+        shutdown_timeout=settings.shutdown_timeout_seconds,
     )
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, settings.host, settings.port, reuse_port=reuse_port or None)
+        await site.start()
+        print(f"======== Running on {site.name} ========", file=sys.stderr)
+        await signalled.wait()
+        signalled.clear()
+        await site.stop()
+        draining = asyncio.ensure_future(drain(app))
+        again = asyncio.ensure_future(signalled.wait())
+        await asyncio.wait((draining, again), return_when=asyncio.FIRST_COMPLETED)
+        for task in (draining, again):
+            task.cancel()
+        await asyncio.gather(draining, again, return_exceptions=True)
+    finally:
+        await runner.cleanup()
 
 
 async def _migrate(settings: Settings) -> None:
@@ -161,7 +186,7 @@ class Supervisor:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 signal.signal(sig, signal.SIG_DFL)
             _serve(worker_settings(self.settings, index), reuse_port=True)
-        except (web.GracefulExit, KeyboardInterrupt):
+        except KeyboardInterrupt:
             pass
         except BaseException:  # a worker never returns into the parent's loop
             log.exception("worker_failed", worker=index)
