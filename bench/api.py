@@ -54,12 +54,17 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
 def _cpu_seconds(pid: int) -> float:
-    """User + system CPU time the process has used so far."""
+    """User + system CPU time the process (and, with ``--workers``, its workers) has used so
+    far."""
     try:
         import psutil
 
-        t = psutil.Process(pid).cpu_times()
-        return float(t.user + t.system)
+        process = psutil.Process(pid)
+        total = 0.0
+        for p in [process, *process.children(recursive=True)]:
+            t = p.cpu_times()
+            total += t.user + t.system
+        return total
     except ImportError:
         stat = Path(f"/proc/{pid}/stat").read_text()
         fields = stat[stat.rindex(")") + 2 :].split()  # the name may hold spaces
@@ -104,6 +109,7 @@ class Scenario:
     backend: str
     name: str
     seconds: float
+    workers: int = 1  # relay serve --workers
     requests: int = 0
     rps: float = 0.0
     p50_ms: float = 0.0
@@ -149,11 +155,13 @@ def _free_port() -> int:
         return port
 
 
-def _relay_env(database_url: str, schema: str, port: int) -> dict[str, str]:
+def _relay_env(database_url: str, schema: str, port: int, workers: int = 1) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("RELAY_")}
     env.update(
         RELAY_DATABASE_URL=database_url,
         RELAY_PORT=str(port),
+        # Always said: on PostgreSQL `relay serve` would otherwise start one worker per core.
+        RELAY_WORKERS=str(workers),
         RELAY_RATE_LIMIT_PER_SECOND="1000000000",
         RELAY_RATE_LIMIT_BURST="1000000000",
         RELAY_LOG_LEVEL="WARNING",
@@ -412,17 +420,21 @@ def create_key(env: dict[str, str], workdir: Path, *, project: str = "bench") ->
     return created.stdout.strip().splitlines()[-1]
 
 
-def run_backend(backend: str, args: argparse.Namespace) -> list[Scenario]:
+def run_backend(backend: str, args: argparse.Namespace, workers: int = 1) -> list[Scenario]:
     database = _sqlite_database() if backend == "sqlite" else _postgres_database(args.pg_dsn)
     with database as (url, schema), tempfile.TemporaryDirectory(prefix="relay-bench-") as tmp:
         workdir = Path(tmp)
         port = args.port or _free_port()
-        env = _relay_env(url, schema, port)
+        env = _relay_env(url, schema, port, workers)
         key = create_key(env, workdir)
-        print(f"\n[{backend}] {url}" + (f" (schema {schema})" if schema else ""), flush=True)
+        where = url + (f" (schema {schema})" if schema else "")
+        print(f"\n[{backend}, {workers} worker(s)] {where}", flush=True)
         server = Server(env, port, workdir)
         try:
-            return asyncio.run(_bench_backend(backend, server, key, args))
+            results = asyncio.run(_bench_backend(backend, server, key, args))
+            for result in results:
+                result.workers = workers
+            return results
         except BaseException:
             print(server.log_tail(), file=sys.stderr)
             raise
@@ -487,6 +499,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--quick", action="store_true", help="3 s per scenario, for smoke runs")
     parser.add_argument("--port", type=int, default=0, help="server port (default: a free one)")
     parser.add_argument(
+        "--workers",
+        type=int,
+        nargs="+",
+        default=[1],
+        help="relay serve --workers, each in turn (e.g. 1 2; SQLite runs 1)",
+    )
+    parser.add_argument(
         "--pg-dsn",
         default=os.environ.get("RELAY_BENCH_PG_DSN", DEFAULT_PG_DSN),
         help=f"PostgreSQL to use; a schema is made and dropped (default {DEFAULT_PG_DSN})",
@@ -505,7 +524,8 @@ def main(argv: list[str] | None = None) -> int:
     _print_header(args)
     results: list[Scenario] = []
     for backend in backends:
-        results.extend(run_backend(backend, args))
+        for workers in args.workers if backend == "postgresql" else [1]:
+            results.extend(run_backend(backend, args, workers))
     summary: dict[str, Any] = {
         "benchmark": "relay-api",
         "concurrency": args.concurrency,

@@ -64,6 +64,7 @@ class Result:
     scenario: str
     seconds: float
     target_rate: float | None
+    workers: int = 1  # relay serve --workers
     sent: int = 0
     messages: int = 0
     messages_per_second: float = 0.0
@@ -300,7 +301,7 @@ async def _bench_backend(
         await webhook.stop()
 
 
-def run_backend(backend: str, args: argparse.Namespace) -> list[Result]:
+def run_backend(backend: str, args: argparse.Namespace, workers: int = 1) -> list[Result]:
     database = (
         harness._sqlite_database()
         if backend == "sqlite"
@@ -309,13 +310,17 @@ def run_backend(backend: str, args: argparse.Namespace) -> list[Result]:
     with database as (url, schema), tempfile.TemporaryDirectory(prefix="relay-bench-") as tmp:
         workdir = Path(tmp)
         port = harness._free_port()
-        env = harness._relay_env(url, schema, port)
+        env = harness._relay_env(url, schema, port, workers)
         env["RELAY_ALLOW_PRIVATE_WEBHOOKS"] = "true"
         key = harness.create_key(env, workdir)
-        print(f"\n[{backend}] {url}" + (f" (schema {schema})" if schema else ""), flush=True)
+        where = url + (f" (schema {schema})" if schema else "")
+        print(f"\n[{backend}, {workers} worker(s)] {where}", flush=True)
         server = harness.Server(env, port, workdir)
         try:
-            return asyncio.run(_bench_backend(backend, server, key, args))
+            results = asyncio.run(_bench_backend(backend, server, key, args))
+            for result in results:
+                result.workers = workers
+            return results
         except BaseException:
             print(server.log_tail(), file=sys.stderr)
             raise
@@ -342,6 +347,13 @@ def _print(r: Result) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--backend", choices=["sqlite", "postgresql", "both"], default="both")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        nargs="+",
+        default=[1],
+        help="relay serve --workers, each in turn (e.g. 1 2: one then two, same run; SQLite: 1)",
+    )
     parser.add_argument("--rate", type=float, default=300.0, help="paced messages per second")
     parser.add_argument(
         "--conversations", type=int, default=200, help="handsets the paced texts rotate over"
@@ -383,7 +395,8 @@ def main(argv: list[str] | None = None) -> int:
     backends = ["sqlite", "postgresql"] if args.backend == "both" else [args.backend]
     results: list[Result] = []
     for backend in backends:
-        results += run_backend(backend, args)
+        for workers in args.workers if backend == "postgresql" else [1]:
+            results += run_backend(backend, args, workers)
     for r in results:
         if r.backend == "sqlite" and r.scenario == "paced" and (r.target_rate or 0) >= TARGET_RATE:
             met = r.messages_per_second >= TARGET_RATE and r.overhead_p99_ms <= TARGET_P99_MS

@@ -49,6 +49,7 @@ class Result:
     scenario: str
     seconds: float
     target_rate: float | None
+    workers: int = 1  # relay serve --workers
     events_expected: int = 0
     events_delivered: int = 0
     duplicates: int = 0
@@ -244,7 +245,7 @@ async def _bench_backend(
         await receiver.stop()
 
 
-def run_backend(backend: str, args: argparse.Namespace) -> list[Result]:
+def run_backend(backend: str, args: argparse.Namespace, workers: int = 1) -> list[Result]:
     database = (
         harness._sqlite_database()
         if backend == "sqlite"
@@ -253,13 +254,17 @@ def run_backend(backend: str, args: argparse.Namespace) -> list[Result]:
     with database as (url, schema), tempfile.TemporaryDirectory(prefix="relay-bench-") as tmp:
         workdir = Path(tmp)
         port = harness._free_port()
-        env = harness._relay_env(url, schema, port)
+        env = harness._relay_env(url, schema, port, workers)
         env["RELAY_ALLOW_PRIVATE_WEBHOOKS"] = "true"
         key = harness.create_key(env, workdir)
-        print(f"\n[{backend}] {url}" + (f" (schema {schema})" if schema else ""), flush=True)
+        where = url + (f" (schema {schema})" if schema else "")
+        print(f"\n[{backend}, {workers} worker(s)] {where}", flush=True)
         server = harness.Server(env, port, workdir)
         try:
-            return asyncio.run(_bench_backend(backend, server, key, args))
+            results = asyncio.run(_bench_backend(backend, server, key, args))
+            for result in results:
+                result.workers = workers
+            return results
         except BaseException:
             print(server.log_tail(), file=sys.stderr)
             raise
@@ -285,6 +290,13 @@ def _print(r: Result) -> None:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--backend", choices=["sqlite", "postgresql", "both"], default="both")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        nargs="+",
+        default=[1],
+        help="relay serve --workers, each in turn (e.g. 1 2: one then two, same run; SQLite: 1)",
+    )
     parser.add_argument("--rate", type=float, default=200.0, help="paced events per second")
     parser.add_argument("--seconds", type=float, default=20.0, help="measured per scenario")
     parser.add_argument("--warmup", type=float, default=3.0)
@@ -317,7 +329,8 @@ def main() -> int:
     backends = ["sqlite", "postgresql"] if args.backend == "both" else [args.backend]
     results: list[Result] = []
     for backend in backends:
-        results += run_backend(backend, args)
+        for workers in args.workers if backend == "postgresql" else [1]:
+            results += run_backend(backend, args, workers)
     print(json.dumps({"benchmark": "webhooks", "results": [asdict(r) for r in results]}))
     return 0
 

@@ -7,7 +7,8 @@ stopped bottom to top, so nothing outlives what it needs):
     schema         migrations (RELAY_AUTO_MIGRATE), the database's session hooks, the stored
                    carrier credentials (opened with RELAY_ENCRYPTION_KEY, re-encrypted
                    with its first key)
-    node           webhook delivery, then recovery of what a dead node left, then dialling
+    node           webhook delivery, then recovery of what a dead node left, then dialling,
+                   then (PostgreSQL) the commands other nodes send for calls held here
     sms            the SMS service: carriers' texts in, workers, outbound
     post_call      summaries and extraction of completed calls
     recordings     the retention purge
@@ -39,6 +40,7 @@ from relay.api.dnc import router as dnc_router
 from relay.api.intelligence import router as intelligence_router
 from relay.api.keys import router as keys_router
 from relay.api.messages import router as messages_router
+from relay.api.nodes import router as nodes_router
 from relay.api.numbers import router as numbers_router
 from relay.api.openapi import build as build_openapi
 from relay.api.project import router as project_router
@@ -46,8 +48,10 @@ from relay.api.recordings import router as recordings_router
 from relay.api.routing import Router
 from relay.api.voices import router as voices_router
 from relay.api.webhook_endpoints import router as webhook_endpoints_router
+from relay.calls.commands import COMMANDS, END, CommandBus
 from relay.calls.dial_queue import DIAL_QUEUE, DialQueue
 from relay.calls.intelligence import INTELLIGENCE, IntelligenceWorker
+from relay.calls.intelligence import release_claims as release_analyses
 from relay.calls.live import VoiceEngine
 from relay.calls.media import MEDIA, MediaRuntime
 from relay.calls.outbound import DIALLER, Dialler
@@ -59,6 +63,7 @@ from relay.carriers.twilio import TwilioCarrier
 from relay.config import Settings
 from relay.events import DELIVERY, DeliveryWorker
 from relay.logs import get_logger
+from relay.metrics import NODE
 from relay.middleware import request_middleware
 from relay.ratelimit import RateLimiter
 from relay.secretbox import SecretBox
@@ -86,6 +91,7 @@ ROUTERS: tuple[Router, ...] = (
     compliance_router,
     voices_router,
     batches_router,
+    nodes_router,
 )
 
 
@@ -137,6 +143,7 @@ def _build_workers(
 ) -> None:
     settings, db = state.settings, state.db
     node_id = settings.effective_node_id()
+    NODE.info({"node_id": node_id})
     app[DIALLER] = Dialler(
         db,
         state.carriers,
@@ -155,7 +162,17 @@ def _build_workers(
         interval=settings.dial_queue_interval_seconds,
         dial_rate=settings.dial_rate_per_second,
     )
-    app[RECOVERY] = Recovery(db, node_id, settings.node_timeout_seconds, app[DIAL_QUEUE].take_in)
+    app[RECOVERY] = Recovery(
+        db,
+        node_id,
+        settings.node_timeout_seconds,
+        app[DIAL_QUEUE].take_in,
+        take_over=(
+            lambda dead: _deliveries_of(app, dead),
+            lambda dead: release_analyses(db, dead),
+        ),
+    )
+    app[COMMANDS] = CommandBus(db, node_id, lambda kind, call_id: _command(app, kind, call_id))
     # It closes their clients.
     app[SMS] = SmsService(settings, db, sim=sim, twilio=twilio, secret_box=state.secret_box)
     app[INTELLIGENCE] = IntelligenceWorker(db, settings, lambda: hosted_backend(settings))
@@ -167,6 +184,24 @@ def _build_workers(
         signing_key=state.signing_key,
         engine_factory=lambda: _voice_engine(settings),
     )
+
+
+async def _deliveries_of(app: web.Application, dead: str) -> int:
+    """The webhook deliveries a dead node had in flight: due again, and looked for now."""
+    released = await events.release_leases(app[APP_STATE].db, dead)
+    if released:
+        app[DELIVERY].wake(claim=True)
+    return released
+
+
+async def _command(app: web.Application, kind: str, call_id: str) -> None:
+    """What another node asked of a call this one runs (see relay.calls.commands)."""
+    if kind == END:
+        live = app[MEDIA].live.get(call_id)
+        if live is not None:
+            await live.handle.end("completed")
+        else:
+            await app[DIALLER].cancel(call_id, "canceled")
 
 
 def _voice_engine(settings: Settings) -> VoiceEngine:
@@ -197,9 +232,12 @@ async def _node(app: web.Application) -> AsyncIterator[None]:
     await app[RECOVERY].start(app[DELIVERY].start)
     app[DIAL_QUEUE].start()
     db = app[APP_STATE].db
+    if not db.is_sqlite:  # one SQLite process holds every call: nobody to hear from
+        app[COMMANDS].start()
     log.info("relay_started", database=db.engine.url.render_as_string(hide_password=True))
     yield
     await app[DIAL_QUEUE].stop()
+    await app[COMMANDS].stop()
     await app[DIALLER].stop()
     await app[RECOVERY].stop()
     await app[DELIVERY].stop()
@@ -226,8 +264,17 @@ async def _media(app: web.Application) -> AsyncIterator[None]:
     await app[MEDIA].close()
 
 
+async def drain(app: web.Application) -> None:
+    """The server stopped listening: start no more dials, and give live calls up to
+    RELAY_DRAIN_SECONDS to finish before shutdown ends them. ``relay serve`` runs it
+    between the two (see relay.serve)."""
+    app[RECOVERY].stop_dialling()
+    await app[MEDIA].drain(app[APP_STATE].settings.drain_seconds)
+
+
 async def _stop_taking_work(app: web.Application) -> None:
     # Live calls end first: their media sockets are requests the server waits for.
+    app[RECOVERY].stop_dialling()
     await app[MEDIA].shutdown()
     await app[SMS].stop()
     await app[INTELLIGENCE].stop()

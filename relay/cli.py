@@ -1,4 +1,5 @@
-"""``relay serve | demo | migrate | keys create|list|revoke|rotate|encryption | phone call|sms``."""
+"""``relay serve | demo | migrate | nodes | keys create|list|revoke|rotate|encryption |
+phone call|sms``."""
 
 from __future__ import annotations
 
@@ -7,8 +8,6 @@ import asyncio
 import sys
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, TypeVar
-
-from aiohttp import web
 
 from relay.config import Settings
 from relay.handset.cli import add_phone_call_command
@@ -39,22 +38,17 @@ def _settings(args: argparse.Namespace) -> Settings:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     # Each command imports what it runs: `relay phone` need not load the whole app.
-    from relay.app import create_app
+    from relay import serve
 
     settings = _settings(args)
     configure_logs(settings.log_level, json=settings.log_json)
-    app = create_app(settings)
-    # run_app stops on SIGTERM/SIGINT: it closes the listening sockets first, then waits up
-    # to shutdown_timeout for requests in flight, then runs cleanup (DB pool close).
-    web.run_app(
-        app,
-        host=settings.host,
-        port=settings.port,
-        shutdown_timeout=settings.shutdown_timeout_seconds,
-        print=lambda msg: print(msg, file=sys.stderr),
-        access_log=None,
-    )
-    return 0
+    workers = args.workers if args.workers is not None else settings.workers
+    workers = workers or serve.default_workers(settings)
+    refused = serve.refusal(settings, workers)
+    if refused is not None:
+        print(f"error: {refused}", file=sys.stderr)
+        return 2
+    return serve.run(settings, workers)
 
 
 def cmd_migrate(args: argparse.Namespace) -> int:
@@ -232,6 +226,22 @@ def cmd_keys_encryption(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_nodes(args: argparse.Namespace) -> int:
+    from relay.calls.nodes import NodeStatus, node_statuses  # as in cmd_serve
+
+    timeout = _settings(args).node_timeout_seconds
+
+    async def work(session: AsyncSession) -> list[NodeStatus]:
+        return await node_statuses(session, timeout)
+
+    nodes = _in_session(args, work)
+    print("\t".join(["NODE", "ALIVE", "LIVE CALLS", "STARTED", "HEARTBEAT"]))
+    for n in nodes:
+        alive = "yes" if n.alive else "no"
+        print("\t".join([n.id, alive, str(n.live_calls), iso(n.started_at), iso(n.heartbeat_at)]))
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     # As in cmd_serve: the demo loads the speech engines (seconds).
     from relay.demo import DEFAULT_LINES, DemoOptions, run_demo
@@ -263,6 +273,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     serve = sub.add_parser("serve", help="run the relay service")
     common(serve, server=True)
+    serve.add_argument(
+        "--workers",
+        type=int,
+        help="processes sharing the port, each a node (RELAY_WORKERS; default: the number of "
+        "cores on PostgreSQL, 1 on SQLite, which allows no more)",
+    )
     serve.set_defaults(func=cmd_serve)
 
     demo = sub.add_parser(
@@ -282,6 +298,10 @@ def build_parser() -> argparse.ArgumentParser:
     migrate = sub.add_parser("migrate", help="bring the database schema up to date")
     common(migrate, server=False)
     migrate.set_defaults(func=cmd_migrate)
+
+    nodes = sub.add_parser("nodes", help="list the relay processes serving this database")
+    common(nodes, server=False)
+    nodes.set_defaults(func=cmd_nodes)
 
     keys = sub.add_parser("keys", help="manage API keys")
     keys_sub = keys.add_subparsers(dest="keys_command", required=True)

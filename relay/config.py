@@ -54,6 +54,12 @@ class Settings(BaseSettings):
 
     max_body_bytes: int = 1024 * 1024
     shutdown_timeout_seconds: float = 30.0
+    # SIGTERM: live calls may go on this long before they are ended (failed /
+    # relay_restart); the node takes no new ones meanwhile. 0 ends them at once.
+    drain_seconds: float = Field(default=0.0, ge=0, le=3600)
+    # Processes of `relay serve` sharing the port, each a node; 0: one per core on
+    # PostgreSQL, 1 on SQLite (one writer, so never more).
+    workers: int = Field(default=0, ge=0, le=64)
     log_level: str = "INFO"
     log_json: bool = True
 
@@ -70,6 +76,9 @@ class Settings(BaseSettings):
     # This process's name for crash recovery. Default ``hostname:port``, stable across a
     # restart, so a restarted relay knows the calls and deliveries it held before it died.
     node_id: str = Field(default="", max_length=100)
+    # Projects (by name, comma-separated) whose secret keys may list the nodes
+    # (GET /v1/nodes); the nodes are the deployment's, so by default no project may.
+    admin_projects: str = ""
     # A node whose heartbeat is older than this is dead; its live calls are closed.
     node_timeout_seconds: float = Field(default=30.0, ge=1)
     # An outbound call that rings this long unanswered fails with ``no_answer``.
@@ -163,6 +172,9 @@ class Settings(BaseSettings):
 
     def effective_node_id(self) -> str:
         return self.node_id or f"{socket.gethostname()}:{self.port}"
+
+    def admin_project_names(self) -> set[str]:
+        return {name.strip() for name in self.admin_projects.split(",") if name.strip()}
 
     def post_call_schedule(self) -> tuple[float, ...]:
         """Seconds to wait before each post-call analysis attempt."""

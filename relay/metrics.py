@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Histogram, Info
 
 REGISTRY = CollectorRegistry(auto_describe=True)
 
+# Which node answered: several relay processes behind one address each serve their own.
+NODE = Info("relay_node", "The relay node (process) serving these metrics.", registry=REGISTRY)
 HTTP_REQUESTS = Counter(
     "relay_http_requests_total",
     "HTTP requests answered, by route and status.",

@@ -51,11 +51,13 @@ from relay_numbers.accounts import twilio_tokens
 from sms.outbound import TextCarrier
 from sms.queue import ConversationQueues
 from sms.store import SmsRow
-from sms.worker import TurnInputs, drain, release
+from sms.worker import CLAIM_TIMEOUT, TurnInputs, drain, release
 
 log = get_logger("sms.service")
 
-CLAIM_TIMEOUT_SECONDS = 300.0
+CLAIM_TIMEOUT_SECONDS = CLAIM_TIMEOUT.total_seconds()
+# How soon a node looks again at a conversation another node was answering.
+BUSY_RETRY_SECONDS = 0.1
 SWEEP_SECONDS = 30.0
 # Pending work younger than this belongs to the node that stored it, which is about to start.
 SWEEP_MIN_AGE_SECONDS = 30.0
@@ -113,6 +115,13 @@ class SmsService:
 
     async def _drain(self, conversation_id: str, pushed: list[SmsRow], look: bool) -> None:
         await drain(self, conversation_id, pushed, look)
+
+    def busy_elsewhere(self, conversation_id: str) -> None:
+        """Another node answers the conversation: look at its pending texts again soon (it
+        may have finished with what it claimed before they came)."""
+        if not self._stopping.is_set():
+            loop = asyncio.get_running_loop()
+            loop.call_later(BUSY_RETRY_SECONDS, self.queues.notify, conversation_id)
 
     @property
     def claims_on_receipt(self) -> bool:

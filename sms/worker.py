@@ -57,6 +57,8 @@ log = get_logger("sms.worker")
 DEFAULT_FALLBACK = "Sorry, I can't reply right now. Please try again in a little while."
 # Claims older than the sweeper's timeout are taken over; a live worker renews long before.
 CLAIM_REFRESH = timedelta(seconds=60)
+# The sweeper's (sms.service.CLAIM_TIMEOUT_SECONDS): a claim older than this is abandoned.
+CLAIM_TIMEOUT = timedelta(seconds=300)
 SENTENCE_END = ".!?:;,"
 
 _messages = table_of(Message)
@@ -117,6 +119,8 @@ class Answering(Sending, Protocol):
     def writing(self) -> AbstractAsyncContextManager[AsyncSession]: ...
     def http_session(self) -> aiohttp.ClientSession: ...
     def resolve_replies(self, message_id: str, replies: list[SmsRow]) -> None: ...
+    def busy_elsewhere(self, conversation_id: str) -> None:
+        """Another node works on the conversation: look at its pending texts again soon."""
 
 
 def join_text(parts: list[str]) -> str:
@@ -136,20 +140,10 @@ async def drain(svc: Answering, conversation_id: str, pushed: list[SmsRow], look
     batch = list(pushed)
     if look:
         async with svc.writing() as session:
-            batch += map(
-                message_of,
-                (
-                    await session.execute(
-                        update(_messages)
-                        .where(
-                            _messages.c.conversation_id == conversation_id,
-                            _messages.c.work == "pending",
-                        )
-                        .values(work="claimed", claimed_at=utcnow())
-                        .returning(*_messages.c)
-                    )
-                ).mappings(),
-            )
+            if svc.db.is_sqlite or await _conversation_free(session, conversation_id):
+                batch += await _claim_pending(session, conversation_id)
+            else:
+                svc.busy_elsewhere(conversation_id)
     # A pushed text whose claim went stale waiting (the sweeper put it back) is claimed
     # again above: one copy of each.
     batch = sorted({m.id: m for m in batch}.values(), key=lambda m: m.seq)
@@ -171,6 +165,39 @@ async def drain(svc: Answering, conversation_id: str, pushed: list[SmsRow], look
         except Exception as exc:
             log.exception("sms_processing_failed", message_id=msg.id)
             await _give_up(svc, msg, exc)
+
+
+async def _claim_pending(session: AsyncSession, conversation_id: str) -> list[SmsRow]:
+    rows = await session.execute(
+        update(_messages)
+        .where(_messages.c.conversation_id == conversation_id, _messages.c.work == "pending")
+        .values(work="claimed", claimed_at=utcnow())
+        .returning(*_messages.c)
+    )
+    return list(map(message_of, rows.mappings()))
+
+
+async def _conversation_free(session: AsyncSession, conversation_id: str) -> bool:
+    """PostgreSQL, several nodes: whether no node works on the conversation, which stays so
+    until the transaction ends. The conversation's row lock orders the nodes' claims (and
+    waits for texts being stored, which take it too); then, in a statement of its own (a
+    fresh snapshot), a claim younger than the sweeper's timeout means a node is at work,
+    and it answers in order what it claimed. Texts that reach another node meanwhile stay
+    pending for the next claim."""
+    await session.execute(
+        select(_conversations.c.id).where(_conversations.c.id == conversation_id).with_for_update()
+    )
+    fresh = utcnow() - CLAIM_TIMEOUT
+    busy = await session.scalar(
+        select(_messages.c.id)
+        .where(
+            _messages.c.conversation_id == conversation_id,
+            _messages.c.work == "claimed",
+            _messages.c.claimed_at > fresh,
+        )
+        .limit(1)
+    )
+    return busy is None
 
 
 async def _refresh_claims(svc: Answering, conversation_id: str) -> datetime:

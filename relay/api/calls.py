@@ -24,6 +24,7 @@ from relay.api.pagination import fetch_page, newest_first
 from relay.api.recordings import RecordingOut, recording_out
 from relay.api.routing import Context, Router
 from relay.api.schema import OutModel, Page, PageQuery
+from relay.calls import commands
 from relay.calls.event_log import log_event
 from relay.calls.inbound import TRANSPORT_KEY
 from relay.calls.intelligence import OVERRIDE_KEY as POST_CALL_KEY
@@ -41,6 +42,7 @@ TAG = "Calls"
 DETAIL_EVENTS = 100
 # How long POST /end waits for the engine to record the end of a call it runs.
 ENGINE_END_SECONDS = 10.0
+HOLDER_POLL_SECONDS = 0.02
 ALREADY_ENDED = "The call has already ended ({status})."
 
 
@@ -288,6 +290,33 @@ def _live_here(ctx: Context, call_id: str) -> LiveCall | None:
     return media.live.get(call_id) if media is not None else None
 
 
+async def _ask_holder(ctx: Context, call_id: str) -> bool:
+    """If another node runs the call, ask it to end it and wait (a while) until it has:
+    then its end is recorded as the holder saw it. False if no other node runs it."""
+    db = ctx.state.db
+    if db.is_sqlite:
+        return False
+    async with writing(db) as session:
+        call = await load_call(ctx, session, call_id)
+        node = await commands.holder(session, call_id)
+        if (
+            call.status not in LIVE
+            or node is None
+            or node == ctx.state.settings.effective_node_id()
+        ):
+            return False
+        await commands.send(session, node, call_id, commands.END)
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + ENGINE_END_SECONDS
+    while loop.time() < deadline:
+        await asyncio.sleep(HOLDER_POLL_SECONDS)
+        async with db.session() as session:
+            status = await session.scalar(select(Call.status).where(Call.id == call_id))
+        if status not in LIVE:
+            break
+    return True  # still live: the holder is gone or stuck; the caller below ends it
+
+
 @router.route(
     "POST",
     "/v1/calls/{call_id}/end",
@@ -316,6 +345,8 @@ async def end_call(ctx: Context) -> CallOut:
                 await asyncio.wait_for(live.recorded.wait(), ENGINE_END_SECONDS)
         else:
             await dialler.cancel(call_id, "canceled")
+        ended_here = True
+    elif await _ask_holder(ctx, call_id):
         ended_here = True
     async with writing(ctx.state.db) as session:
         locked = await lock_call(session, call_id, ctx.project_id)

@@ -21,7 +21,7 @@ from aiohttp import web
 
 from relay import tokens
 from relay.api.openapi import WWW_AUTHENTICATE
-from relay.calls import inbound, media
+from relay.calls import commands, inbound, media
 from relay.calls.inbound import WEB_TOKEN_PURPOSE
 from relay.calls.media import MEDIA
 from relay.errors import APIError, BadRequest, Conflict, NotFound, Unauthorized, UnsupportedMedia
@@ -103,7 +103,7 @@ OPENAPI_PATHS: dict[str, Any] = {
                 "200": {"description": "The call ends `completed`"},
                 **_errors(
                     (401, "Token missing or invalid"),
-                    (404, "No live session of this call on this relay"),
+                    (404, "No live session of this call on any node"),
                 ),
             },
         }
@@ -206,7 +206,24 @@ async def hang_up(request: web.Request) -> web.Response:
 async def _hang_up(request: web.Request) -> web.Response:
     call_id = _call_of(request, expired_ok=True)
     peer = request.app[PEERS].get(call_id)
-    if call_id != request.match_info["call_id"] or peer is None:
+    if call_id != request.match_info["call_id"]:
         raise NotFound(NO_SESSION)
-    await peer.close()
+    if peer is not None:
+        await peer.close()
+    elif not await _end_elsewhere(request, call_id):
+        raise NotFound(NO_SESSION)
     return web.Response(status=200)
+
+
+async def _end_elsewhere(request: web.Request, call_id: str) -> bool:
+    """The page's DELETE reached a node that does not run the call: tell the one that does
+    (relay.calls.commands). False if no other node runs it."""
+    state = request.app[APP_STATE]
+    if state.db.is_sqlite:
+        return False
+    async with state.db.session() as session:
+        node = await commands.holder(session, call_id)
+        if node is None or node == state.settings.effective_node_id():
+            return False
+        await commands.send(session, node, call_id, commands.END)
+    return True

@@ -154,6 +154,17 @@ async def schedule(session: AsyncSession, call: Call, config: dict[str, Any]) ->
     return row
 
 
+async def release_claims(db: Database, node_id: str) -> int:
+    """Make the analyses ``node_id`` (a dead node) was running due now, for another node."""
+    async with db.session() as session:
+        result = await session.execute(
+            update(CallAnalysis)
+            .where(CallAnalysis.status == PENDING, CallAnalysis.claimed_by == node_id)
+            .values(claimed_by=None, next_attempt_at=utcnow())
+        )
+    return int(getattr(result, "rowcount", 0) or 0)
+
+
 # --------------------------------------------------------------------------------- running
 
 

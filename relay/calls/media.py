@@ -136,6 +136,19 @@ class MediaRuntime:
         if await expire_unconnected(self.db, call_id):
             log.warning("media_never_connected", call_id=call_id)
 
+    async def drain(self, seconds: float) -> None:
+        """Let live calls finish on their own for up to ``seconds`` (no new ones come: the
+        server stopped listening)."""
+        if seconds <= 0 or not self.live:
+            return
+        log.info("draining_live_calls", count=len(self.live), seconds=seconds)
+        waiting = [asyncio.ensure_future(c.recorded.wait()) for c in self.live.values()]
+        try:
+            await asyncio.wait(waiting, timeout=seconds)
+        finally:
+            for waiter in waiting:
+                waiter.cancel()
+
     async def shutdown(self) -> None:
         """End every live call (``failed`` / ``relay_restart``) and wait until each end is
         recorded, before the database goes away."""

@@ -9,14 +9,16 @@ On startup (:meth:`Recovery.start`) a node
 * makes the webhook deliveries its previous life had in flight due again at once,
 * closes as ``failed`` (reason ``relay_restart``) every live call (``connecting``,
   ``ringing``, ``in_progress``) whose lease names itself (its previous life) or a node
-  whose heartbeat stopped; a live call with no lease at all is closed too, unless another
-  node is alive (it may be running it),
+  whose heartbeat stopped; a live call with no lease at all is closed too, unless a live
+  node started before the call was made (it may be running it),
 * hands ``queued`` outbound calls that are in no dialling job (stored before the queue
   existed) to the dialling queue (:mod:`relay.calls.dial_queue`), which dials the rest.
 
 Then, every third of ``RELAY_NODE_TIMEOUT_SECONDS``, it beats its heartbeat and closes the
 calls of nodes that died since. Every close goes through the state machine, so each one is
-stored, logged and delivered as a ``call.failed`` webhook.
+stored, logged and delivered as a ``call.failed`` webhook. A node whose heartbeat stopped
+is then taken over (:data:`TakeOver`: the webhook deliveries and post-call jobs it had
+claimed are due again at once, for any node) and its row removed, so this happens once.
 """
 
 from __future__ import annotations
@@ -50,6 +52,9 @@ READY_RETRY_SECONDS = 5.0
 UNJOINED_SECONDS = 90.0
 
 Redial = Callable[[list[str]], Awaitable[None]]
+# What a survivor does for each kind of work a dead node had claimed: release it (idempotent,
+# since two survivors may both do it); returns how many were released.
+TakeOver = Callable[[str], Awaitable[int]]
 
 
 def _lock_statement(*where: Any) -> Any:
@@ -108,30 +113,37 @@ async def heartbeat(db: Database, node_id: str, *, starting: bool = False) -> No
                 node.started_at = now
 
 
-async def _other_live_nodes(session: AsyncSession, node_id: str, since: datetime) -> set[str]:
+async def _other_live_nodes(
+    session: AsyncSession, node_id: str, since: datetime
+) -> dict[str, datetime]:
+    """The other nodes alive, with when each started."""
     rows = await session.execute(
-        select(RelayNode.id).where(RelayNode.heartbeat_at >= since, RelayNode.id != node_id)
+        select(RelayNode.id, RelayNode.started_at).where(
+            RelayNode.heartbeat_at >= since, RelayNode.id != node_id
+        )
     )
-    return set(rows.scalars())
+    return {node: started for node, started in rows}
 
 
 async def orphaned_calls(
     db: Database, node_id: str, node_timeout: float, *, starting: bool
 ) -> list[str]:
     """Live calls whose holder is dead. ``starting``: this node's previous life counts as
-    dead, and so do unheld calls when no other node is alive."""
+    dead, and so do unheld calls older than every other live node (none of them can have
+    opened it: it is a dead one's; with workers, several nodes restart at once)."""
     async with db.session() as session:
         since = utcnow() - timedelta(seconds=node_timeout)
         alive = await _other_live_nodes(session, node_id, since)
+        oldest = min(alive.values(), default=None)
         rows = await session.execute(
-            select(Call.id, CallLease.node_id)
+            select(Call.id, CallLease.node_id, Call.created_at)
             .outerjoin(CallLease, CallLease.call_id == Call.id)
             .where(Call.status.in_(RUNNING))
         )
         out = []
-        for call_id, holder in rows:
+        for call_id, holder, created in rows:
             if holder is None:
-                dead = starting and not alive
+                dead = starting and (oldest is None or created < oldest)
             elif holder == node_id:
                 dead = starting
             else:
@@ -214,14 +226,26 @@ async def _forget_ended_leases(db: Database) -> None:
         await session.execute(delete(CallLease).where(CallLease.call_id.not_in(live)))
 
 
+async def _no_dial(_call_ids: list[str]) -> None:
+    return None
+
+
 class Recovery:
     """Startup recovery and the heartbeat loop of one node."""
 
-    def __init__(self, db: Database, node_id: str, timeout: float, redial: Redial) -> None:
+    def __init__(
+        self,
+        db: Database,
+        node_id: str,
+        timeout: float,
+        redial: Redial,
+        take_over: tuple[TakeOver, ...] = (),
+    ) -> None:
         self.db = db
         self.node_id = node_id
         self.timeout = timeout
         self.redial = redial
+        self.take_over = take_over
         self._task: asyncio.Task[None] | None = None
         self._stop = asyncio.Event()
         self._recovered = False
@@ -283,6 +307,33 @@ class Recovery:
                 closed.append(call_id)
         return closed
 
+    def stop_dialling(self) -> None:
+        """Shutting down: hand no more queued calls to this node's dialler."""
+        self.redial = _no_dial
+
+    async def bury(self) -> list[str]:
+        """Take over what dead nodes had claimed (their calls were closed by the sweep),
+        then forget them. Returns their ids."""
+        since = utcnow() - timedelta(seconds=self.timeout)
+        async with self.db.session() as session:
+            dead = list(
+                (
+                    await session.execute(
+                        select(RelayNode.id).where(
+                            RelayNode.heartbeat_at < since, RelayNode.id != self.node_id
+                        )
+                    )
+                ).scalars()
+            )
+        for node in dead:
+            released = [await release(node) for release in self.take_over]
+            async with self.db.session() as session:
+                await session.execute(
+                    delete(RelayNode).where(RelayNode.id == node, RelayNode.heartbeat_at < since)
+                )
+            log.warning("dead_node_taken_over", node_id=node, by=self.node_id, released=released)
+        return dead
+
     async def _beat(self) -> None:
         while True:
             with contextlib.suppress(TimeoutError):
@@ -295,6 +346,7 @@ class Recovery:
                     continue
                 await heartbeat(self.db, self.node_id)
                 await self.sweep()
+                await self.bury()
                 await self.redial(
                     await unheld_queued_outbound(self.db, older_than=STALE_QUEUED_SECONDS)
                 )

@@ -14,6 +14,7 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
+MIGRATION_LOCK = 0x72656C6179  # "relay": the advisory lock key of a migration on PostgreSQL
 
 
 def alembic_config(url: str) -> Config:
@@ -39,6 +40,10 @@ async def upgrade_to_head(engine: AsyncEngine, url: str) -> None:
             # pragma is a no-op inside a transaction, so it is set before and after one.
             await conn.exec_driver_sql("PRAGMA foreign_keys=OFF")
             await conn.commit()
+        else:
+            # Several nodes (or workers) starting at once: one migrates, the others wait for
+            # it and then find nothing left to do. Released at the commit.
+            await conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({MIGRATION_LOCK})")
         try:
             await conn.run_sync(run)
             await conn.commit()

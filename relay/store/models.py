@@ -434,6 +434,19 @@ class RelayNode(Base):
     heartbeat_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
+class NodeCommand(Base):
+    """Something a node asks the node holding a live call to do (``kind``: ``end``)."""
+
+    __tablename__ = "node_commands"
+    __table_args__ = (Index("ix_node_commands_node", "node_id"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    node_id: Mapped[str] = mapped_column(String(100))
+    call_id: Mapped[str] = mapped_column(String(40), ForeignKey("calls.id", ondelete="CASCADE"))
+    kind: Mapped[str] = mapped_column(String(20))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
 class CallLease(Base):
     """Which node runs a live call. When that node dies, another closes the call."""
 
