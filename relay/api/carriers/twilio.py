@@ -4,6 +4,8 @@
                                          Media Streams socket, or a polite ``<Say>`` + hangup
 ``POST /carriers/twilio/voice/after``    the stream ended: ``<Dial>`` if the agent asked for a
                                          transfer, else hang up
+``POST /carriers/twilio/voice/status``   progress of an outbound call the relay placed (busy,
+                                         no-answer...), handed to the dialler
 ``POST /carriers/twilio/sms``            a text came in: stored, answered with empty TwiML at
                                          once (``<Response/>``); the agent's reply goes out
                                          later through the REST API, not in the TwiML
@@ -25,15 +27,19 @@ from sqlalchemy import select
 from relay.api.limits import refuse_bad_text
 from relay.calls import inbound
 from relay.calls.media import MEDIA
+from relay.calls.outbound import DIALLER
 from relay.carriers import InboundWebhook
 from relay.carriers.twilio import (
+    AFTER_PATH,
     BAD_SIGNATURE,
     EMPTY_TWIML,
     NOT_IN_SERVICE,
+    STATUS_PATH,
     UNAVAILABLE,
     TwilioCarrier,
     after_stream_twiml,
     answer_twiml,
+    parse_call_status,
     parse_inbound,
     parse_status,
     reject_twiml,
@@ -42,7 +48,7 @@ from relay.carriers.twilio import (
 from relay.errors import BadRequest, Forbidden
 from relay.logs import get_logger
 from relay.state import APP_STATE
-from relay.store.models import CallEvent
+from relay.store.models import Call, CallEvent, Number
 from relay.urls import media_base_url
 from relay_numbers import twilio_keys
 from relay_numbers.accounts import twilio_tokens
@@ -54,7 +60,6 @@ from sms.store import message_of, messages
 log = get_logger("relay.api.carriers.twilio")
 
 VOICE_PATH = "/carriers/twilio/voice"
-AFTER_PATH = "/carriers/twilio/voice/after"
 SMS_PATH = "/carriers/twilio/sms"
 # The account whose signature the webhooks must carry.
 TWILIO: web.AppKey[TwilioCarrier] = web.AppKey("relay_twilio", TwilioCarrier)
@@ -141,6 +146,29 @@ async def after_stream(request: web.Request) -> web.Response:
     return _twiml(after_stream_twiml(to))
 
 
+async def voice_status(request: web.Request) -> web.Response:
+    """Progress of an outbound call: the dialler learns it rings, or why it ended."""
+    form, keys = await signed_form(request)
+    update = parse_call_status(form)
+    call_id = request.query.get("callId", "")
+    if update is None or not call_id:
+        return web.Response(status=204)
+    async with request.app[APP_STATE].db.session() as session:
+        # Only a call placed from a number of the account that signed.
+        carrier_key = (
+            await session.execute(
+                select(Number.carrier_key)
+                .join(Call, Call.number_id == Number.id)
+                .where(Call.id == call_id, Call.direction == "outbound")
+            )
+        ).scalar_one_or_none()
+    if carrier_key not in keys:
+        log.info("twilio_call_status_ignored", call_id=call_id, status=form.get("CallStatus"))
+        return web.Response(status=204)
+    await request.app[DIALLER].report(call_id, update)
+    return web.Response(status=204)
+
+
 async def sms_inbound(request: web.Request) -> web.Response:
     """A text to one of our numbers: stored and handed to its conversation's worker."""
     form, keys = await signed_form(request)
@@ -184,8 +212,17 @@ def install(app: web.Application, carrier: TwilioCarrier) -> None:
     app[TWILIO] = carrier
     app.router.add_post(VOICE_PATH, voice_webhook)
     app.router.add_post(AFTER_PATH, after_stream)
+    app.router.add_post(STATUS_PATH, voice_status)
     app.router.add_post(SMS_PATH, sms_inbound)
     app.router.add_post(STATUS_CALLBACK_PATH, sms_status)
 
 
-__all__ = ["AFTER_PATH", "SMS_PATH", "TWILIO", "VOICE_PATH", "install", "signed_form"]
+__all__ = [
+    "AFTER_PATH",
+    "SMS_PATH",
+    "STATUS_PATH",
+    "TWILIO",
+    "VOICE_PATH",
+    "install",
+    "signed_form",
+]

@@ -14,10 +14,10 @@ outbox (the simulated handsets' inbox), delivered at once; ``relay phone sms`` p
 
 from __future__ import annotations
 
-import asyncio
 import re
 import secrets
 from collections import deque
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -107,10 +107,7 @@ class SimText:
 
 class _RingsForever:
     def __init__(self, carrier_call_id: str) -> None:
-        self.carrier_call_id: str | None = carrier_call_id
-
-    async def answered(self) -> None:
-        await asyncio.Event().wait()
+        self.carrier_call_id = carrier_call_id
 
     async def hangup(self) -> None:
         return None
@@ -161,6 +158,9 @@ class SimCarrier:
 
     def verify_webhook(self, webhook: InboundWebhook) -> bool:
         return False  # the sim signs nothing: its webhooks take a secret API key instead
+
+    def for_account(self, credentials: Mapping[str, str]) -> SimCarrier:
+        return self  # a project's sim account is the sim itself
 
     async def close(self) -> None:
         return None
