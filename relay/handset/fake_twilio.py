@@ -76,6 +76,7 @@ class FakeTwilio:
     auth_token: str
     numbers: set[str] | None = None
     down: bool = False
+    stall_seconds: float = 0.0  # every request waits this long first, as a slow Twilio would
     accounts: dict[str, FakeAccount] = field(default_factory=dict)
     requests: list[tuple[str, str]] = field(default_factory=list)  # (method, path)
     deliver_to: tuple[str, str] | None = None  # (public origin, real origin)
@@ -138,6 +139,8 @@ class FakeTwilio:
     @web.middleware
     async def _gate(self, request: web.Request, handler: Any) -> web.StreamResponse:
         self.requests.append((request.method, request.path))
+        if self.stall_seconds:
+            await asyncio.sleep(self.stall_seconds)
         if self.down:
             body = {"code": 20500, "message": "Internal Server Error", "status": 503}
             return web.json_response(body, status=503)

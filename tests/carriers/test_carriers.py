@@ -5,10 +5,11 @@ from __future__ import annotations
 import pytest
 from twilio.request_validator import RequestValidator
 
-from relay.carriers import CarrierError, DialRequest, InboundWebhook, LegUpdate
+from relay.carriers import CarrierError, DialFailed, DialRequest, InboundWebhook, LegUpdate
 from relay.carriers.sim import SimCarrier
 from relay.carriers.sms import OutgoingText
 from relay.carriers.twilio import TwilioCarrier, parse_call_status
+from relay.handset.fake_twilio import FakeTwilio
 
 TOKEN = "carrier-test-auth-token"
 URL = "https://relay.example.com/carriers/twilio/sms?messageId=msg_1"
@@ -90,3 +91,20 @@ async def test_sim_texts_land_in_the_handsets_inbox():
     )
     assert sim.inbox("+12025550143") == []
     assert not sim.verify_webhook(InboundWebhook(URL, {}, form=FORM))
+
+
+async def test_a_twilio_that_does_not_answer_in_time_fails_the_dial_network_timeout(
+    aiohttp_server,
+):
+    fake = FakeTwilio("AC" + "1" * 32, TOKEN, stall_seconds=2.0)
+    server = await aiohttp_server(fake.app())
+    twilio = TwilioCarrier(
+        fake.account_sid, TOKEN, api_base_url=str(server.make_url("")), timeout=0.3
+    )
+    try:
+        with pytest.raises(DialFailed) as caught:
+            await twilio.dial(dial_request("twilio"))
+    finally:
+        await twilio.close()
+    assert caught.value.reason == "network_timeout"
+    assert fake.requests == [("POST", f"/2010-04-01/Accounts/{fake.account_sid}/Calls.json")]

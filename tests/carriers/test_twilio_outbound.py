@@ -214,6 +214,20 @@ async def test_an_answered_call_goes_in_progress_when_its_media_socket_opens(
     assert (await call_of(phone, auth, call["id"]))["status"] == "completed"
 
 
+async def test_an_answered_call_transfers_when_its_stream_ends(phone, auth, fake):
+    agent, _ = await agent_with_number(phone, auth)
+    await place(phone, auth, agent["id"])
+    engine = phone.app[MEDIA].engine
+    await asyncio.wait_for(engine.started.wait(), 8)
+    [scripted] = engine.calls
+    # What the engine does for a webhook's ``transfer``: note it, then end the stream.
+    await scripted.line.transfer("+14155550188")
+    await scripted.line.hangup()
+    [placed] = fake.voice.calls.values()
+    await asyncio.wait_for(placed.ended.wait(), 8)
+    assert placed.transfer_to == "+14155550188"
+
+
 async def test_a_status_callback_with_a_bad_signature_is_refused(phone, auth, fake):
     fake.voice.unanswered.add(CALLEE)
     agent, _ = await agent_with_number(phone, auth)

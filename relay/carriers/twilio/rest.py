@@ -50,6 +50,8 @@ def _http_client(timeout: float) -> Any:
             if auth is not None:
                 token = base64.b64encode(f"{auth[0]}:{auth[1]}".encode()).decode()
                 headers["Authorization"] = f"Basic {token}"
+            # No per-request timeout: the session's. (An explicit None would turn it off.)
+            limit = aiohttp.ClientTimeout(total=timeout) if timeout else self.session.timeout
             async with self.session.request(
                 method.upper(),
                 url,
@@ -57,7 +59,7 @@ def _http_client(timeout: float) -> Any:
                 data=_form(data),
                 headers=headers,
                 allow_redirects=allow_redirects,
-                timeout=aiohttp.ClientTimeout(total=timeout) if timeout else None,
+                timeout=limit,
             ) as resp:
                 return Response(resp.status, await resp.text(), resp.headers)
 
