@@ -51,6 +51,10 @@ class ProvisionRequest:
     country: str
     area_code: str | None
     taken: frozenset[str]
+    number_type: Literal["local", "mobile", "toll_free"] = "local"
+    # The relay's public URL: the carrier points the new number's voice and SMS webhooks at
+    # its own paths under it, in the same request that buys the number.
+    webhook_base_url: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,6 +128,12 @@ class Carrier(Protocol):
 
     async def release(self, phone_number: str, provider_sid: str | None) -> None:
         """Give a provisioned number back to the carrier."""
+
+    async def configure(
+        self, phone_number: str, provider_sid: str | None, webhook_base_url: str
+    ) -> None:
+        """Point a number the account owns (an import) at the relay: its voice and SMS
+        webhooks to the carrier's paths under ``webhook_base_url``."""
 
     async def dial(self, request: DialRequest) -> OutboundLeg:
         """Ask the carrier to ring ``to_number`` and stream the answered call to

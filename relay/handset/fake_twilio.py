@@ -11,6 +11,9 @@ ownership):
                                                      the account's numbers with that value
 ``POST /2010-04-01/Accounts/{AccountSid}/Messages.json``
                                                      send a text
+``.../AvailablePhoneNumbers/...``, ``.../IncomingPhoneNumbers...``
+                                                     search, buy, configure, release numbers:
+                                                     :mod:`relay.handset.fake_twilio_numbers`
 ``POST /2010-04-01/Accounts/{AccountSid}/Calls.json``, ``GET|POST .../Calls/{CallSid}.json``
                                                      place, read, cancel or hang up a call:
                                                      :mod:`relay.handset.fake_twilio_voice`
@@ -30,7 +33,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
-import hashlib
 import secrets
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -43,6 +45,7 @@ import aiohttp
 from aiohttp import web
 from twilio.request_validator import RequestValidator
 
+from relay.handset.fake_twilio_numbers import FakeTwilioNumbers
 from relay.handset.fake_twilio_voice import FakeTwilioVoice
 
 API_VERSION = "2010-04-01"
@@ -88,10 +91,12 @@ class FakeTwilio:
     callbacks: list[tuple[str, dict[str, str], int]] = field(default_factory=list)
     _tasks: set[asyncio.Task[None]] = field(default_factory=set)
     voice: FakeTwilioVoice = field(init=False)
+    phone_numbers: FakeTwilioNumbers = field(init=False)
 
     def __post_init__(self) -> None:
         self.add_account(self.account_sid, self.auth_token, self.numbers)
         self.voice = FakeTwilioVoice(self)
+        self.phone_numbers = FakeTwilioNumbers(lambda sid: self.accounts[sid].numbers)
 
     def add_account(
         self, sid: str, auth_token: str, numbers: set[str] | None = None
@@ -107,6 +112,7 @@ class FakeTwilio:
         app.router.add_get(base + "/IncomingPhoneNumbers.json", self.list_numbers)
         app.router.add_post(base + "/Messages.json", self.create_message)
         self.voice.install(app, base)
+        self.phone_numbers.install(app, base)
         return app
 
     def local(self, url: str) -> str:
@@ -189,21 +195,7 @@ class FakeTwilio:
         uri = f"/{API_VERSION}/Accounts/{account.sid}/IncomingPhoneNumbers.json"
         items = []
         if wanted and owned:
-            pn = "PN" + hashlib.sha256(f"{account.sid}{wanted}".encode()).hexdigest()[:32]
-            items.append(
-                {
-                    "account_sid": account.sid,
-                    "api_version": API_VERSION,
-                    "capabilities": {"fax": False, "mms": True, "sms": True, "voice": True},
-                    "friendly_name": wanted,
-                    "phone_number": wanted,
-                    "sid": pn,
-                    "sms_url": "",
-                    "status": "in-use",
-                    "uri": f"/{API_VERSION}/Accounts/{account.sid}/IncomingPhoneNumbers/{pn}.json",
-                    "voice_url": "",
-                }
-            )
+            items.append(self.phone_numbers.known(account.sid, wanted).resource())
         return web.json_response(
             {
                 "end": max(len(items) - 1, 0),

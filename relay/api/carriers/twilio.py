@@ -34,8 +34,10 @@ from relay.carriers.twilio import (
     BAD_SIGNATURE,
     EMPTY_TWIML,
     NOT_IN_SERVICE,
+    SMS_PATH,
     STATUS_PATH,
     UNAVAILABLE,
+    VOICE_PATH,
     TwilioCarrier,
     after_stream_twiml,
     answer_twiml,
@@ -59,8 +61,6 @@ from sms.store import message_of, messages
 
 log = get_logger("relay.api.carriers.twilio")
 
-VOICE_PATH = "/carriers/twilio/voice"
-SMS_PATH = "/carriers/twilio/sms"
 # The account whose signature the webhooks must carry.
 TWILIO: web.AppKey[TwilioCarrier] = web.AppKey("relay_twilio", TwilioCarrier)
 

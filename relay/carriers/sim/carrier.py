@@ -139,6 +139,11 @@ class SimCarrier:
     async def release(self, phone_number: str, provider_sid: str | None) -> None:
         return None
 
+    async def configure(
+        self, phone_number: str, provider_sid: str | None, webhook_base_url: str
+    ) -> None:
+        return None  # the sim's handset finds the relay by itself
+
     async def dial(self, request: DialRequest) -> OutboundLeg:
         return _RingsForever("SIMOUT" + request.call_id.removeprefix("call_"))
 

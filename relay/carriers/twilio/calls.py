@@ -17,7 +17,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 import aiohttp
-from twilio.base.exceptions import TwilioRestException
+from twilio.base import values
+from twilio.base.exceptions import TwilioException, TwilioRestException
 
 from relay.carriers.base import CarrierError, DialFailed, DialRequest, LegUpdate
 from relay.carriers.twilio.rest import TwilioRest
@@ -100,6 +101,8 @@ class TwilioCalls:
             )
         except TwilioRestException as exc:
             raise _refused(exc) from exc
+        except TwilioException as exc:
+            raise DialFailed("provider_error", f"Twilio answered: {exc}") from exc
         except TimeoutError as exc:
             raise DialFailed("network_timeout", "Twilio did not answer in time.") from exc
         except aiohttp.ClientError as exc:
@@ -120,17 +123,11 @@ class TwilioCalls:
             raise CarrierError(
                 f"Twilio refused to update call {carrier_call_id}: {exc.msg}"
             ) from exc
-        except (TimeoutError, aiohttp.ClientError) as exc:
+        except (TwilioException, TimeoutError, aiohttp.ClientError) as exc:
             raise CarrierError(f"Twilio unreachable: {type(exc).__name__}") from exc
         return str(call.status)
 
 
-def _unset() -> object:
-    from twilio.base import values
-
-    return values.unset
-
-
-_UNSET = _unset()
+_UNSET = values.unset
 
 __all__ = ["ENDED", "STATUS_EVENTS", "TwilioCalls", "TwilioLeg", "parse_call_status"]

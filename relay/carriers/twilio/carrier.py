@@ -4,7 +4,8 @@
 Texts both ways (:mod:`relay.carriers.twilio.sms`), inbound calls answered with TwiML
 (:mod:`relay.carriers.twilio.voice`), outbound calls through the Calls resource
 (:mod:`relay.carriers.twilio.calls`), and the signature check on every webhook
-(:mod:`relay.carriers.twilio.signature`). Twilio numbers are imported, not provisioned.
+(:mod:`relay.carriers.twilio.signature`); numbers bought, configured and released
+(:mod:`relay.carriers.twilio.numbers`).
 """
 
 from __future__ import annotations
@@ -21,11 +22,10 @@ from relay.carriers.base import (
 )
 from relay.carriers.sms import OutgoingText, SentText
 from relay.carriers.twilio.calls import TwilioCalls
+from relay.carriers.twilio.numbers import TwilioNumbers
 from relay.carriers.twilio.signature import signature_is_valid
 from relay.carriers.twilio.sms import NOT_CONFIGURED, TwilioSms
 from relay.config import Settings
-
-NOT_YET = "The twilio carrier cannot {what} from this relay yet."
 
 
 class TwilioCarrier:
@@ -47,6 +47,7 @@ class TwilioCarrier:
         self.timeout = timeout
         self.sms = TwilioSms(account_sid, auth_token, api_base_url=api_base_url, timeout=timeout)
         self.calls = TwilioCalls(self.sms.rest)
+        self.numbers = TwilioNumbers(self.sms.rest)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> TwilioCarrier:
@@ -65,15 +66,26 @@ class TwilioCarrier:
             timeout=self.timeout,
         )
 
-    async def provision(self, request: ProvisionRequest) -> ProvisionedNumber:
-        raise CarrierError(NOT_YET.format(what="provision numbers (import them)"))
-
-    async def release(self, phone_number: str, provider_sid: str | None) -> None:
-        return None  # none was provisioned here; an imported number stays its owner's
-
-    async def dial(self, request: DialRequest) -> OutboundLeg:
+    def _configured(self) -> None:
         if not (self.account_sid and self.auth_token):
             raise CarrierError(NOT_CONFIGURED)
+
+    async def provision(self, request: ProvisionRequest) -> ProvisionedNumber:
+        self._configured()
+        return await self.numbers.provision(request)
+
+    async def release(self, phone_number: str, provider_sid: str | None) -> None:
+        self._configured()
+        await self.numbers.release(phone_number, provider_sid)
+
+    async def configure(
+        self, phone_number: str, provider_sid: str | None, webhook_base_url: str
+    ) -> None:
+        self._configured()
+        await self.numbers.configure(phone_number, provider_sid, webhook_base_url)
+
+    async def dial(self, request: DialRequest) -> OutboundLeg:
+        self._configured()
         return await self.calls.dial(request)
 
     async def hangup(self, carrier_call_id: str) -> None:
@@ -95,4 +107,4 @@ class TwilioCarrier:
         await self.sms.close()
 
 
-__all__ = ["NOT_YET", "TwilioCarrier"]
+__all__ = ["TwilioCarrier"]
