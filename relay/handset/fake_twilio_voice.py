@@ -84,6 +84,10 @@ class FakeCall:
     ended: asyncio.Event = field(default_factory=asyncio.Event)
     hangup: asyncio.Event = field(default_factory=asyncio.Event)
     callbacks: list[tuple[str, int]] = field(default_factory=list)  # (CallStatus, HTTP status)
+    # When the create request reached the fake, and each callback's round trip (perf_counter
+    # seconds): what bench/twilio_dial.py measures the relay by.
+    arrived_at: float = field(default_factory=time.perf_counter)
+    callback_seconds: list[float] = field(default_factory=list)
 
     def resource(self) -> dict[str, Any]:
         now = format_datetime(datetime.now(UTC))
@@ -127,6 +131,7 @@ class FakeTwilioVoice:
         self.unanswered: set[str] = set()
         self.ring_seconds = 0.2
         self._tasks: set[asyncio.Task[None]] = set()
+        self._placed = asyncio.Event()  # set whenever a call is placed
 
     def install(self, app: web.Application, base: str) -> None:
         app.router.add_post(base + "/Calls.json", self.create_call)
@@ -134,6 +139,7 @@ class FakeTwilioVoice:
         app.router.add_get(base + "/Calls/{call_sid}.json", self.fetch_call)
 
     async def create_call(self, request: web.Request) -> web.Response:
+        arrived_at = time.perf_counter()
         sid = request.match_info["sid"]
         posted = await request.post()
         form = {k: str(v) for k, v in posted.items()}
@@ -144,8 +150,9 @@ class FakeTwilioVoice:
         if not (form.get("Twiml") or form.get("Url") or form.get("ApplicationSid")):
             return _error(400, 21205, "Url parameter is required.")
         events = [str(v) for v in posted.getall("StatusCallbackEvent", [])]
-        call = FakeCall("CA" + secrets.token_hex(16), sid, form, events)
+        call = FakeCall("CA" + secrets.token_hex(16), sid, form, events, arrived_at=arrived_at)
         self.calls[call.sid] = call
+        self._placed.set()
         self._spawn(self._run(call))
         return web.json_response(call.resource(), status=201)
 
@@ -175,6 +182,13 @@ class FakeTwilioVoice:
             call.status = "canceled"
             call.hangup.set()
         return web.json_response(call.resource())
+
+    async def call_to(self, to: str) -> FakeCall:
+        """The call placed to ``to``, once the relay has asked for one."""
+        while (found := next((c for c in self.calls.values() if c.form["To"] == to), None)) is None:
+            self._placed.clear()
+            await self._placed.wait()
+        return found
 
     def _spawn(self, work: Any) -> None:
         task = asyncio.ensure_future(work)
@@ -294,9 +308,11 @@ class FakeTwilioVoice:
             params["CallDuration"] = str(int(time.monotonic() - answered) if answered else 0)
             if status == "failed":
                 params["SipResponseCode"] = "503"
+        began = time.perf_counter()
         try:
             async with self.cloud.signed_post(http, url, params, call.account_sid) as resp:
                 call.callbacks.append((status, resp.status))
+                call.callback_seconds.append(time.perf_counter() - began)
         except aiohttp.ClientError:  # as Twilio: the failure is the webhook owner's to see
             call.callbacks.append((status, 0))
 
