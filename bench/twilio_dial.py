@@ -185,7 +185,8 @@ def main(argv: list[str] | None = None) -> int:
         print(
             f"  {r['calls']} calls, {r['concurrency']} at a time:"
             f" dial p50 {d['p50_ms']} / p90 {d['p90_ms']} / p99 {d['p99_ms']} / max"
-            f" {d['max_ms']} ms; the 202 p50 {a['p50_ms']} ms; status callback p50 {c['p50_ms']} / p99 {c['p99_ms']} ms"
+            f" {d['max_ms']} ms; the 202 p50 {a['p50_ms']} ms;"
+            f" status callback p50 {c['p50_ms']} / p99 {c['p99_ms']} ms"
             f" ({r['callbacks']} callbacks)"
         )
     print(json.dumps({"backend": args.backend, "rounds": rounds}))
