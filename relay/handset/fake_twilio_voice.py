@@ -78,6 +78,7 @@ class FakeCall:
     form: dict[str, str]
     events: list[str]
     status: str = "queued"
+    direction: str = "outbound-api"
     transfer_to: str | None = None
     report: CallReport | None = None
     answered_at: float | None = None
@@ -99,7 +100,7 @@ class FakeCall:
             "caller_name": None,
             "date_created": now,
             "date_updated": now,
-            "direction": "outbound-api",
+            "direction": self.direction,
             "duration": None,
             "end_time": None,
             "forwarded_from": None,
@@ -235,12 +236,46 @@ class FakeTwilioVoice:
         await self._callback(http, call, "answered")
         await self._connect(http, call)
 
-    async def _connect(self, http: aiohttp.ClientSession, call: FakeCall) -> None:
+    async def call_in(
+        self,
+        http: aiohttp.ClientSession,
+        relay_url: str,
+        to: str,
+        from_number: str,
+        caller: Callee,
+    ) -> FakeCall:
+        """A call to one of the relay's numbers, as Twilio places it: the signed voice
+        webhook (``relay_url`` + ``/carriers/twilio/voice``), then the TwiML it answers
+        runs with ``caller`` on the line (its report in :attr:`FakeCall.report`; a call the
+        relay refused has none, and its ``<Say>`` text in ``refused``)."""
+        account = self.cloud.account_sid
+        form = {"To": to, "From": from_number}
+        sid = "CA" + secrets.token_hex(16)
+        call = FakeCall(sid, account, form, [], status="ringing", direction="inbound")
+        self.calls[call.sid] = call
+        params = self._params(call, "ringing")
+        url = f"{relay_url.rstrip('/')}/carriers/twilio/voice"
+        async with self.cloud.signed_post(http, url, params, account) as resp:
+            if resp.status != 200:
+                raise FakeCallRefused(f"the relay answered HTTP {resp.status}: {await resp.text()}")
+            call.form["Twiml"] = await resp.text()
+        if _stream_of(call.form["Twiml"])[0] is None:
+            call.status = "completed"
+            raise FakeCallRefused(_said(call.form["Twiml"]) or "the relay hung up")
+        call.status = "in-progress"
+        call.answered_at = time.monotonic()
+        await self._connect(http, call, caller)
+        call.status = "completed"
+        return call
+
+    async def _connect(
+        self, http: aiohttp.ClientSession, call: FakeCall, on_line: Callee | None = None
+    ) -> None:
         """Run the TwiML: stream to the relay, then ask the ``<Connect action>``."""
         stream_url, params, action = _stream_of(call.form.get("Twiml", ""))
         if stream_url is None:
             return
-        callee = self.callees.get(call.form["To"], Callee())
+        callee = on_line or self.callees.get(call.form["To"], Callee())
         from relay.handset.voice import SimHandset  # the voice engine: seconds, on first use
 
         handset = SimHandset(
@@ -286,7 +321,7 @@ class FakeTwilioVoice:
             "ApiVersion": API_VERSION,
             "CallSid": call.sid,
             "CallStatus": status,
-            "Direction": "outbound-api",
+            "Direction": call.direction,
             "From": call.form["From"],
             "To": call.form["To"],
         }
@@ -331,6 +366,17 @@ def _stream_of(twiml: str) -> tuple[str | None, dict[str, str], str | None]:
     return stream.get("url"), params, connect.get("action")
 
 
+class FakeCallRefused(Exception):
+    """The relay did not stream the call (it said why, or answered an HTTP error)."""
+
+
+def _said(twiml: str) -> str:
+    try:
+        return " ".join((say.text or "").strip() for say in ET.fromstring(twiml).iter("Say"))
+    except ET.ParseError:
+        return ""
+
+
 def _dial_of(twiml: str) -> str | None:
     """The number (or SIP URI) a ``<Dial>`` in the TwiML rings, if any."""
     try:
@@ -344,4 +390,4 @@ def _dial_of(twiml: str) -> str | None:
     return (target or "").strip() or None
 
 
-__all__ = ["Callee", "FakeCall", "FakeTwilioVoice"]
+__all__ = ["Callee", "FakeCall", "FakeCallRefused", "FakeTwilioVoice"]
