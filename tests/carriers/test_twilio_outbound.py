@@ -17,6 +17,7 @@ import pytest
 from twilio.request_validator import RequestValidator
 
 from relay import tokens
+from relay.calls import inbound
 from relay.calls.media import MEDIA
 from relay.config import Settings
 from relay.secretbox import new_key
@@ -309,3 +310,27 @@ async def test_the_fakes_media_socket_is_where_deliver_to_points(phone, fake):
     assert fake.local("wss://relay.example.com/media/twilio?token=t").startswith("ws://127.0.0.1")
     assert fake.local("https://relay.example.com/x").startswith("http://127.0.0.1")
     assert fake.local("https://elsewhere.example/x") == "https://elsewhere.example/x"
+
+
+async def test_another_account_learns_nothing_of_a_calls_transfer(phone, make_key, fake, database):
+    a, b = await make_key("proj-a"), await make_key("proj-b")
+    account_a = await add_account(phone, a, SID_A, TOKEN_A)
+    await add_account(phone, b, SID_B, TOKEN_B)
+    agent = await account_number(phone, a, account_a["id"], "+14155550101")
+    fake.voice.unanswered.add(CALLEE)
+    call = await place(phone, a, agent["id"])
+    await inbound.telephony_event(
+        database, call["id"], "transfer", level="info", data={"transfer": "+14155550188"}
+    )
+    path = f"/carriers/twilio/voice/after?callId={call['id']}"
+
+    def asked_by(sid: str, token: str):
+        form = {"AccountSid": sid, "CallSid": "CA1", "CallStatus": "in-progress"}
+        signature = RequestValidator(token).compute_signature(PUBLIC_URL + path, form)
+        return phone.post(path, data=form, headers={"X-Twilio-Signature": signature})
+
+    resp = await asked_by(SID_B, TOKEN_B)
+    assert resp.status == 200
+    assert [c.tag for c in ET.fromstring(await resp.text())] == ["Hangup"]
+    resp = await asked_by(SID_A, TOKEN_A)
+    assert [(c.tag, c.text) for c in ET.fromstring(await resp.text())] == [("Dial", "+14155550188")]

@@ -125,10 +125,27 @@ async def voice_webhook(request: web.Request) -> web.Response:
     )
 
 
+async def _signers_call(request: web.Request, call_id: str, keys: tuple[str, ...]) -> bool:
+    """Whether ``call_id`` is a call of a number of the account that signed the request: any
+    Twilio account can sign a request naming any call id."""
+    async with request.app[APP_STATE].db.session() as session:
+        carrier_key = (
+            await session.execute(
+                select(Number.carrier_key)
+                .join(Call, Call.number_id == Number.id)
+                .where(Call.id == call_id)
+            )
+        ).scalar_one_or_none()
+    return carrier_key is not None and carrier_key in keys
+
+
 async def after_stream(request: web.Request) -> web.Response:
     """The media stream ended: carry out a transfer the agent asked for, else hang up."""
-    await signed_form(request)  # the call id rides in the signed URL
+    _form, keys = await signed_form(request)  # the call id rides in the signed URL
     call_id = request.query.get("callId", "")
+    if not await _signers_call(request, call_id, keys):
+        log.info("twilio_after_stream_ignored", call_id=call_id)
+        return _twiml(after_stream_twiml(None))
     async with request.app[APP_STATE].db.session() as session:
         event = (
             await session.execute(
@@ -153,16 +170,7 @@ async def voice_status(request: web.Request) -> web.Response:
     call_id = request.query.get("callId", "")
     if update is None or not call_id:
         return web.Response(status=204)
-    async with request.app[APP_STATE].db.session() as session:
-        # Only a call placed from a number of the account that signed.
-        carrier_key = (
-            await session.execute(
-                select(Number.carrier_key)
-                .join(Call, Call.number_id == Number.id)
-                .where(Call.id == call_id, Call.direction == "outbound")
-            )
-        ).scalar_one_or_none()
-    if carrier_key not in keys:
+    if not await _signers_call(request, call_id, keys):
         log.info("twilio_call_status_ignored", call_id=call_id, status=form.get("CallStatus"))
         return web.Response(status=204)
     await request.app[DIALLER].report(call_id, update)
