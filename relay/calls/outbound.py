@@ -112,8 +112,10 @@ class Dialler:
         # A stop request per call, resolved with the failure reason. Dialling is stopped
         # between steps, never by cancelling a task that may be inside a transaction.
         self._stops: dict[str, asyncio.Future[str]] = {}
-        # What the carrier reported about each call's leg, while it rings.
+        # What the carrier reported about each call's leg, while it rings; the leg's carrier
+        # call id once the carrier accepted it (the call is ``ringing`` from then on).
         self._updates: dict[str, asyncio.Future[LegUpdate]] = {}
+        self._legs: dict[str, str] = {}
 
     def dial(self, call_id: str) -> None:
         if call_id in self._tasks:
@@ -130,6 +132,7 @@ class Dialler:
             self._tasks.pop(call_id, None)
             self._stops.pop(call_id, None)
             self._updates.pop(call_id, None)
+            self._legs.pop(call_id, None)
 
         task.add_done_callback(forget)
 
@@ -145,8 +148,12 @@ class Dialler:
         leg fails the call with its reason, here if this node dials it, else in the store;
         a report for another leg than the call's, or for a call past ringing, changes
         nothing."""
+        leg = self._legs.get(call_id)
+        if leg is not None and leg != update.carrier_call_id:
+            return
         if update.status == "ringing":
-            await self._advance(call_id, "ringing", update.carrier_call_id)
+            if leg is None:  # else the call rings already: no write to make
+                await self._advance(call_id, "ringing", update.carrier_call_id)
             return
         waiting = self._updates.get(call_id)
         if waiting is not None:
@@ -180,16 +187,18 @@ class Dialler:
     async def _run(
         self, call_id: str, stop: asyncio.Future[str], update: asyncio.Future[LegUpdate]
     ) -> None:
-        request = await self._claim(call_id)
-        if request is None:
+        claimed = await self._claim(call_id)
+        if claimed is None:
             return
+        request = claimed.dial
         leg: OutboundLeg | None = None
         try:
-            carrier = await self.carriers.for_key(request.carrier, request.carrier_key)
+            carrier = await self.carriers.for_key(request.carrier, claimed.carrier_key)
             if carrier is None:
                 raise DialFailed("provider_error", NO_DIALLER.format(carrier=request.carrier))
-            leg = await _unless_stopped(carrier.dial(request.dial), stop)
+            leg = await _unless_stopped(carrier.dial(request), stop)
             await self._advance(call_id, "ringing", leg.carrier_call_id)
+            self._legs[call_id] = leg.carrier_call_id
             await self._await_answer(call_id, stop, update)
         except _Ended:
             return
@@ -293,11 +302,7 @@ class Dialler:
 @dataclass(frozen=True, slots=True)
 class _Claimed:
     dial: DialRequest
-    carrier_key: str
-
-    @property
-    def carrier(self) -> str:
-        return self.dial.carrier
+    carrier_key: str  # the number's carrier account (relay_numbers.keys)
 
 
 async def _calling_hours(session: AsyncSession, call: Call) -> calling_hours.Verdict:
