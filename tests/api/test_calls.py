@@ -1035,6 +1035,9 @@ class ScriptedCarrier:
     async def release(self, phone_number, provider_sid):
         return None
 
+    async def configure(self, phone_number, provider_sid, webhook_base_url):
+        return None
+
     async def dial(self, request):
         from relay.carriers import CarrierUnavailable, DialFailed
 
