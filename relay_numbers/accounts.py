@@ -91,26 +91,27 @@ class AccountCarriers:
         self.registry = registry
         self._made: dict[tuple[str, str, str], Carrier] = {}
 
-    async def for_key(self, provider: str, carrier_key: str) -> Carrier | None:
-        """The carrier for ``carrier_key`` (``<provider>:<account>``), or None when the
-        relay has no such carrier or the account is gone or unreadable."""
+    async def for_key(
+        self, provider: str, carrier_key: str, account_id: str | None = None
+    ) -> Carrier | None:
+        """The carrier for ``carrier_key`` (``<provider>:<account>``), with the credentials
+        of the project's carrier account ``account_id`` (the number's own) when given; None
+        when the relay has no such carrier or the account is gone or unreadable."""
         base = self.registry.get(provider)
         account_name = carrier_key.partition(":")[2]
         if base is None or provider == "sim" or account_name in ("", DEPLOYMENT):
             return base
+        lookup = select(CarrierAccount).where(
+            CarrierAccount.provider == provider,
+            CarrierAccount.account_sid == account_name,
+            CarrierAccount.deleted_at.is_(None),
+            CarrierAccount.credentials.is_not(None),
+        )
+        if account_id is not None:
+            lookup = lookup.where(CarrierAccount.id == account_id)
         async with self.db.session() as session:
             account = (
-                await session.execute(
-                    select(CarrierAccount)
-                    .where(
-                        CarrierAccount.provider == provider,
-                        CarrierAccount.account_sid == account_name,
-                        CarrierAccount.deleted_at.is_(None),
-                        CarrierAccount.credentials.is_not(None),
-                    )
-                    .order_by(CarrierAccount.created_at)
-                    .limit(1)
-                )
+                await session.execute(lookup.order_by(CarrierAccount.created_at).limit(1))
             ).scalar_one_or_none()
         if account is None or account.credentials is None:
             return None

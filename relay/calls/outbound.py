@@ -193,7 +193,9 @@ class Dialler:
         request = claimed.dial
         leg: OutboundLeg | None = None
         try:
-            carrier = await self.carriers.for_key(request.carrier, claimed.carrier_key)
+            carrier = await self.carriers.for_key(
+                request.carrier, claimed.carrier_key, claimed.account_id
+            )
             if carrier is None:
                 raise DialFailed("provider_error", NO_DIALLER.format(carrier=request.carrier))
             leg = await _unless_stopped(carrier.dial(request), stop)
@@ -266,7 +268,9 @@ class Dialler:
             ring_timeout_seconds=self.ring_timeout,
             webhook_base_url=self.public_url,
         )
-        return _Claimed(dial, number.carrier_key if number is not None else "")
+        if number is None:
+            return _Claimed(dial, "", None)
+        return _Claimed(dial, number.carrier_key, number.carrier_account_id)
 
     async def _advance(self, call_id: str, status: str, carrier_call_id: str | None = None) -> None:
         """Move the call on unless it has moved there (or past it) already."""
@@ -303,6 +307,7 @@ class Dialler:
 class _Claimed:
     dial: DialRequest
     carrier_key: str  # the number's carrier account (relay_numbers.keys)
+    account_id: str | None  # the project's carrier account it was imported under, if any
 
 
 async def _calling_hours(session: AsyncSession, call: Call) -> calling_hours.Verdict:
