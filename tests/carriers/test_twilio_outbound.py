@@ -334,3 +334,15 @@ async def test_another_account_learns_nothing_of_a_calls_transfer(phone, make_ke
     assert [c.tag for c in ET.fromstring(await resp.text())] == ["Hangup"]
     resp = await asked_by(SID_A, TOKEN_A)
     assert [(c.tag, c.text) for c in ET.fromstring(await resp.text())] == [("Dial", "+14155550188")]
+
+
+async def test_twilio_hangs_up_an_answered_call_through_its_rest_api(phone, auth, fake):
+    agent, _ = await agent_with_number(phone, auth)
+    call = await place(phone, auth, agent["id"])
+    await asyncio.wait_for(phone.app[MEDIA].engine.started.wait(), 8)
+    await until(phone, auth, call["id"], "in_progress")
+    [placed] = fake.voice.calls.values()
+    await phone.app[APP_STATE].carriers.get("twilio").hangup(placed.sid)
+    await asyncio.wait_for(placed.ended.wait(), 8)
+    assert placed.status == "completed"
+    assert (await until(phone, auth, call["id"], "completed"))["status"] == "completed"
