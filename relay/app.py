@@ -70,7 +70,7 @@ from relay.secretbox import SecretBox
 from relay.state import APP_STATE, AppState
 from relay.store.db import Database
 from relay.turns import hosted_backend
-from relay_numbers.accounts import check_stored_credentials
+from relay_numbers.accounts import AccountCarriers, check_stored_credentials
 from sms.service import SMS, SmsService
 
 log = get_logger("relay.app")
@@ -102,13 +102,13 @@ def create_app(settings: Settings | None = None, *, db: Database | None = None) 
     database = db or Database(settings.database_url, schema=settings.database_schema)
     database.attach()
     events.attach(database)  # its sessions write the lifecycle events emitted in them
-    # One of each carrier per app. Twilio numbers are imported, not provisioned, and Twilio
-    # places no calls yet: the registry (what numbers and calls go through) has the sim only.
+    # One of each carrier per app, on the deployment's account; a project's own account gets
+    # its carrier from this one (relay_numbers.accounts.AccountCarriers).
     sim, twilio = SimCarrier(), TwilioCarrier.from_settings(settings)
     state = AppState(
         settings=settings,
         db=database,
-        carriers=CarrierRegistry([sim], default="sim"),
+        carriers=CarrierRegistry([sim, twilio], default="sim"),
         limiter=RateLimiter(settings.rate_limit_per_second, settings.rate_limit_burst),
         secret_box=SecretBox(settings.encryption_key),  # a malformed key refuses to start here
     )
@@ -146,7 +146,7 @@ def _build_workers(
     NODE.info({"node_id": node_id})
     app[DIALLER] = Dialler(
         db,
-        state.carriers,
+        AccountCarriers(db, state.secret_box, state.carriers),
         node_id=node_id,
         signing_key=state.signing_key,
         public_url=settings.effective_public_url(),

@@ -9,17 +9,19 @@ webhooks carry it, and routing is by it.
 
 from __future__ import annotations
 
+import hashlib
 import json
 
 from sqlalchemy import select
 from sqlalchemy.exc import DBAPIError
 
+from relay.carriers import Carrier, CarrierRegistry
 from relay.carriers.twilio.accounts import TwilioCredentials
 from relay.logs import get_logger
 from relay.secretbox import KeyMissing, SecretBox, SecretBoxError
 from relay.store.db import Database
 from relay.store.models import CarrierAccount, utcnow
-from relay_numbers.keys import sim_key, twilio_key
+from relay_numbers.keys import DEPLOYMENT, sim_key, twilio_key
 
 log = get_logger("relay_numbers.accounts")
 
@@ -78,6 +80,61 @@ async def twilio_tokens(db: Database, box: SecretBox, account_sid: str) -> list[
         return tokens
 
 
+class AccountCarriers:
+    """The carrier that carries a number's calls: the registry's own (the sim, the
+    deployment's account) or the registry's carrier on the project account the number's
+    carrier key names, made once per account and credentials and kept (its HTTP session)."""
+
+    def __init__(self, db: Database, box: SecretBox, registry: CarrierRegistry) -> None:
+        self.db = db
+        self.box = box
+        self.registry = registry
+        self._made: dict[tuple[str, str, str], Carrier] = {}
+
+    async def for_key(
+        self, provider: str, carrier_key: str, account_id: str | None = None
+    ) -> Carrier | None:
+        """The carrier for ``carrier_key`` (``<provider>:<account>``), with the credentials
+        of the project's carrier account ``account_id`` (the number's own) when given; None
+        when the relay has no such carrier or the account is gone or unreadable."""
+        base = self.registry.get(provider)
+        account_name = carrier_key.partition(":")[2]
+        if base is None or provider == "sim" or account_name in ("", DEPLOYMENT):
+            return base
+        lookup = select(CarrierAccount).where(
+            CarrierAccount.provider == provider,
+            CarrierAccount.account_sid == account_name,
+            CarrierAccount.deleted_at.is_(None),
+            CarrierAccount.credentials.is_not(None),
+        )
+        if account_id is not None:
+            lookup = lookup.where(CarrierAccount.id == account_id)
+        async with self.db.session() as session:
+            account = (
+                await session.execute(lookup.order_by(CarrierAccount.created_at).limit(1))
+            ).scalar_one_or_none()
+        if account is None or account.credentials is None:
+            return None
+        try:
+            opened = self.box.decrypt(account.credentials)
+        except SecretBoxError as exc:
+            log.error("carrier_credentials_unreadable", account_id=account.id, code=exc.code)
+            return None
+        # Keyed by a digest of the credentials: new credentials make a new client.
+        key = (provider, account_name, hashlib.sha256(opened.encode()).hexdigest())
+        carrier = self._made.get(key)
+        if carrier is None:
+            creds = json.loads(opened)
+            carrier = base.for_account({str(k): str(v) for k, v in creds.items()})
+            self._made[key] = carrier
+        return carrier
+
+    async def close(self) -> None:
+        made, self._made = list(self._made.values()), {}
+        for carrier in made:
+            await carrier.close()
+
+
 async def check_stored_credentials(db: Database, box: SecretBox) -> int:
     """At start-up: every stored credential opens with the configured key (raises
     :class:`relay.secretbox.SecretBoxError` if not), and, while several keys are configured,
@@ -116,6 +173,7 @@ async def _check_stored_credentials(db: Database, box: SecretBox) -> int:
 
 __all__ = [
     "PROVIDERS",
+    "AccountCarriers",
     "carrier_key_of",
     "check_stored_credentials",
     "hint_of",

@@ -9,6 +9,8 @@ projects. Numbers are routed by (carrier account, number): :mod:`relay_numbers.k
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal
@@ -22,7 +24,7 @@ from relay.api.carrier_accounts import carrier_api_error, load_account, twilio_o
 from relay.api.pagination import fetch_page, newest_first
 from relay.api.routing import Context, Router
 from relay.api.schema import APIModel, Deleted, OutModel, Page, PageQuery
-from relay.carriers import CarrierError, NoNumberAvailable, ProvisionRequest
+from relay.carriers import Carrier, CarrierError, NoNumberAvailable, ProvisionRequest
 from relay.carriers.sim import SIM_RANGES, sim_country_of
 from relay.carriers.twilio.accounts import TwilioAccounts, TwilioCredentials
 from relay.errors import APIError, Conflict, NotFound, invalid_field
@@ -50,7 +52,17 @@ UNKNOWN_CARRIER = "Unknown carrier {name!r}; this relay has: {names}."
 class NumberCreate(APIModel):
     country: str = Field(default="US", min_length=2, max_length=2, description="ISO 3166 alpha-2.")
     area_code: str | None = Field(default=None, pattern=r"^[0-9]{1,5}$")
+    type: Literal["local", "mobile", "toll_free"] = Field(
+        default="local", description="The kind of number to buy (``twilio``; the sim's are local)."
+    )
     provider: str = Field(default="sim", max_length=20, description="Carrier to provision from.")
+    carrier_account_id: str | None = Field(
+        default=None,
+        max_length=60,
+        description="The carrier account to buy it with (``/v1/carrier-accounts``). Without "
+        "it: the project's sim account for ``sim``, the deployment's own Twilio account for "
+        "``twilio``.",
+    )
     agent_id: str | None = Field(default=None, max_length=60)
 
     @field_validator("country")
@@ -82,6 +94,11 @@ class NumberImport(APIModel):
         default=None, max_length=100, description="Ignored where the carrier reports its own."
     )
     agent_id: str | None = Field(default=None, max_length=60)
+    configure_webhooks: bool = Field(
+        default=True,
+        description="Point the number's voice and SMS webhooks at this relay at the carrier "
+        "(``twilio``); false leaves them as they are.",
+    )
 
 
 class NumberUpdate(APIModel):
@@ -162,44 +179,90 @@ def _carrier_error(exc: CarrierError) -> APIError:
 )
 async def create_number(ctx: Context, body: NumberCreate) -> NumberOut:
     """Provisions from ``provider`` (default ``sim``, the embedded carrier, whose numbers lie
-    in ranges reserved for fiction). ``areaCode`` is honoured where the range allows."""
-    carrier = ctx.state.carriers.get(body.provider)
-    if carrier is None:
+    in ranges reserved for fiction). ``areaCode`` is honoured where the range allows. A
+    ``twilio`` number is bought on the carrier account named (or the deployment's own), with
+    its voice and SMS webhooks already pointing at this relay."""
+    if ctx.state.carriers.get(body.provider) is None:
         raise invalid_field(
             "provider",
             UNKNOWN_CARRIER.format(name=body.provider, names=", ".join(ctx.state.carriers.names)),
             "unknown_provider",
         )
-    if body.agent_id is not None:
-        async with ctx.state.db.session() as session:
+    account: CarrierAccount | None = None
+    async with ctx.state.db.session() as session:
+        if body.agent_id is not None:
             await load_agent(ctx, session, body.agent_id)
-    for _attempt in range(5):
-        try:
-            got = await carrier.provision(
-                ProvisionRequest(body.country, body.area_code, await _taken(ctx))
+        if body.carrier_account_id is not None:
+            account = await _account_for(ctx, session, body.carrier_account_id, body.provider)
+    public_url = ctx.state.settings.effective_public_url()
+    async with _carrier_of(ctx, body.provider, account) as (carrier, carrier_key):
+        for _attempt in range(5):
+            request = ProvisionRequest(
+                body.country, body.area_code, await _taken(ctx), body.type, public_url
             )
-        except CarrierError as exc:
-            raise _carrier_error(exc) from exc
-        number = Number(
-            id=new_id("num"),
-            project_id=ctx.project_id,
-            phone_number=got.phone_number,
-            country=got.country,
-            provider=carrier.name,
-            source="provisioned",
-            provider_sid=got.provider_sid,
-            carrier_key=sim_key(ctx.project_id),
-            agent_id=body.agent_id,
-            capabilities=list(got.capabilities),
-            created_at=utcnow(),
-        )
-        try:
-            async with ctx.state.db.session() as session:
-                session.add(number)
-        except IntegrityError:
-            continue  # another request took the same number at the same moment: pick again
-        return _out(number)
+            try:
+                got = await carrier.provision(request)
+            except CarrierError as exc:
+                raise _carrier_error(exc) from exc
+            number = Number(
+                id=new_id("num"),
+                project_id=ctx.project_id,
+                phone_number=got.phone_number,
+                country=got.country,
+                provider=carrier.name,
+                source="provisioned",
+                provider_sid=got.provider_sid,
+                carrier_account_id=account.id if account is not None else None,
+                carrier_key=carrier_key,
+                agent_id=body.agent_id,
+                capabilities=list(got.capabilities),
+                created_at=utcnow(),
+            )
+            try:
+                async with ctx.state.db.session() as session:
+                    session.add(number)
+            except IntegrityError:
+                continue  # another request took the same number at the same moment: pick again
+            return _out(number)
     raise Conflict("Could not reserve a free number; try again.", code="no_number_available")
+
+
+async def _account_for(
+    ctx: Context, session: Any, account_id: str, provider: str
+) -> CarrierAccount:
+    try:
+        account = await load_account(ctx, session, account_id)
+    except NotFound as exc:
+        raise NotFound(exc.message, field="carrierAccountId") from None
+    if account.provider != provider:
+        message = WRONG_PROVIDER.format(id=account.id, provider=account.provider, wanted=provider)
+        raise invalid_field("carrierAccountId", message, "carrier_account_mismatch")
+    return account
+
+
+@asynccontextmanager
+async def _carrier_of(
+    ctx: Context, provider: str, account: CarrierAccount | None
+) -> AsyncIterator[tuple[Carrier, str]]:
+    """The carrier to reach ``provider`` with, on ``account`` (or the relay's own), and the
+    carrier key its numbers are routed by; a project account's client is closed after."""
+    base = ctx.state.carriers.get(provider)
+    assert base is not None
+    if provider == "sim":
+        yield base, sim_key(ctx.project_id)
+        return
+    if account is None:
+        settings = ctx.state.settings
+        if not (settings.twilio_account_sid and settings.twilio_auth_token):
+            raise invalid_field("carrierAccountId", NEEDS_ACCOUNT, "carrier_account_required")
+        yield base, TWILIO_DEPLOYMENT_KEY
+        return
+    creds = twilio_of(ctx, account)
+    carrier = base.for_account({"accountSid": creds.account_sid, "authToken": creds.auth_token})
+    try:
+        yield carrier, twilio_key(creds.account_sid)
+    finally:
+        await carrier.close()
 
 
 @router.route(
@@ -222,6 +285,8 @@ async def import_number(ctx: Context, body: NumberImport) -> NumberOut:
         async with ctx.state.db.session() as session:
             await load_agent(ctx, session, body.agent_id)
     proof = await _prove(ctx, body, phone)
+    if body.provider == "twilio" and body.configure_webhooks:
+        await _configure(ctx, body.provider, proof, phone)
     number = Number(
         id=new_id("num"),
         project_id=ctx.project_id,
@@ -316,6 +381,21 @@ async def _prove(ctx: Context, body: NumberImport, phone: str) -> _Proof:
     )
 
 
+async def _configure(ctx: Context, provider: str, proof: _Proof, phone: str) -> None:
+    """Point the number's webhooks at this relay before it is stored (a carrier that refuses
+    leaves nothing stored)."""
+    account = None
+    if proof.account_id is not None:
+        async with ctx.state.db.session() as session:
+            account = await load_account(ctx, session, proof.account_id)
+    public_url = ctx.state.settings.effective_public_url()
+    async with _carrier_of(ctx, provider, account) as (carrier, _key):
+        try:
+            await carrier.configure(phone, proof.provider_sid, public_url)
+        except CarrierError as exc:
+            raise _carrier_error(exc) from exc
+
+
 async def _project_has(ctx: Context, carrier_key: str, phone: str) -> bool:
     async with ctx.state.db.session() as session:
         found = await session.execute(
@@ -392,12 +472,15 @@ async def release_number(ctx: Context) -> Deleted:
     """Provisioned numbers go back to their carrier; imported ones are only forgotten."""
     async with ctx.state.db.session() as session:
         number = await _load(ctx, session, ctx.path("number_id"))
-        carrier = ctx.state.carriers.get(number.provider)
-        if number.source == "provisioned" and carrier is not None:
-            try:
-                await carrier.release(number.phone_number, number.provider_sid)
-            except CarrierError as exc:
-                raise _carrier_error(exc) from exc
+        account = None
+        if number.carrier_account_id is not None:
+            account = await session.get(CarrierAccount, number.carrier_account_id)
+        if number.source == "provisioned" and ctx.state.carriers.get(number.provider) is not None:
+            async with _carrier_of(ctx, number.provider, account) as (carrier, _key):
+                try:
+                    await carrier.release(number.phone_number, number.provider_sid)
+                except CarrierError as exc:
+                    raise _carrier_error(exc) from exc
         number.released_at = utcnow()
         number.agent_id = None
     return Deleted(id=number.id, object="number")

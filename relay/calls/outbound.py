@@ -1,19 +1,28 @@
 """Outbound phone calls: ``queued -> connecting -> ringing -> in_progress``, or ``failed``.
 
-Calls are placed through the number's carrier (:class:`relay.carriers.Carrier`):
-``dial(DialRequest) -> OutboundLeg`` returns once the carrier has accepted the call and the
-far end rings, or raises :class:`~relay.carriers.DialFailed` with a failure reason
-(``busy``, ``provider_error``...). The leg's ``answered()`` returns once the far end picked
-up and the carrier opened the media socket (at ``request.media_url``, whose token names the
-call); from there the media transport runs the call exactly as it runs an inbound one.
-``hangup()`` abandons the leg.
+The one outbound seam every carrier uses (:mod:`relay.carriers.base`):
 
-The sim carrier's outbound calls ring and nobody answers: after
-``RELAY_OUTBOUND_RING_TIMEOUT_SECONDS`` they fail with ``no_answer``. A carrier the relay has
-no client for fails the call with ``provider_error``.
+* ``Carrier.dial(DialRequest) -> OutboundLeg`` asks the number's carrier (on the number's
+  carrier account, :class:`relay_numbers.accounts.AccountCarriers`) to ring the callee and
+  stream the answered call to the relay's media socket; it returns once the carrier accepted
+  the call (the call goes ``ringing``), or raises :class:`~relay.carriers.DialFailed`.
+* The carrier's signed status webhooks become :class:`~relay.carriers.LegUpdate` s and reach
+  :meth:`Dialler.report`: ``ended`` with ``busy``, ``no_answer``, ``provider_error`` or
+  ``canceled`` fails the call with that reason.
+* The call is answered when its media socket opens and presents the call's media token
+  (:func:`relay.calls.inbound.begin` moves it to ``in_progress``, on whichever node the
+  socket lands). The dialler sees that in the store; it never asks the carrier.
+* Nobody answered within ``RELAY_OUTBOUND_RING_TIMEOUT_SECONDS`` (the carrier is told the
+  same timeout): ``no_answer``. A call ended while it rings (the API, shutdown) is cancelled
+  at the carrier (``OutboundLeg.hangup``) and fails ``canceled``.
+
+The sim carrier's outbound calls ring and nobody answers. A carrier the relay has no client
+for (or an account it cannot open) fails the call with ``provider_error``.
 
 A call is dialled by the node that holds its lease (:func:`relay.calls.recovery.hold_call`),
-so a call is never dialled twice; a queued call whose node died is dialled by another.
+so a call is never dialled twice; a queued call whose node died is dialled by another. A
+status webhook that lands on a node not dialling the call fails the call there (the
+dialling node sees the failure in the store).
 """
 
 from __future__ import annotations
@@ -21,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Awaitable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
@@ -31,13 +41,14 @@ from relay import calling_hours, tokens
 from relay.calls.event_log import log_event
 from relay.calls.lifecycle import LIVE, TRANSITIONS, transition
 from relay.calls.recovery import hold_call, lock_call, release_call
-from relay.carriers import CarrierError, CarrierRegistry, DialFailed, DialRequest, OutboundLeg
+from relay.carriers import CarrierError, DialFailed, DialRequest, LegUpdate, OutboundLeg
 from relay.events.writing import writing
 from relay.logs import get_logger
 from relay.store.db import Database
 from relay.store.models import Call, Number, Project
 from relay.timefmt import iso
 from relay.urls import media_base_url
+from relay_numbers.accounts import AccountCarriers
 
 log = get_logger("relay.calls.outbound")
 T = TypeVar("T")
@@ -46,6 +57,10 @@ T = TypeVar("T")
 MEDIA_TOKEN_PURPOSE = "media"
 NO_DIALLER = "The {carrier} carrier cannot place calls from this relay yet."
 NO_ANSWER = "Nobody answered within {seconds:g} s."
+ENDED_BY_CARRIER = "The carrier ended the call before its media connected."
+# How often a ringing call's status is read from the store, to see an answer (its media
+# socket, on any node) or an end written elsewhere.
+ANSWER_POLL_SECONDS = 0.2
 
 
 class _Stopped(Exception):
@@ -70,13 +85,17 @@ async def _unless_stopped(step: Awaitable[T], stop: asyncio.Future[str]) -> T:
                 await task
 
 
+class _Ended(Exception):
+    """The call was answered or ended elsewhere while it rang: nothing left to do here."""
+
+
 class Dialler:
     """Runs the dialling of outbound calls in this process, one task per call."""
 
     def __init__(
         self,
         db: Database,
-        carriers: CarrierRegistry,
+        carriers: AccountCarriers,
         *,
         node_id: str,
         signing_key: bytes,
@@ -93,18 +112,27 @@ class Dialler:
         # A stop request per call, resolved with the failure reason. Dialling is stopped
         # between steps, never by cancelling a task that may be inside a transaction.
         self._stops: dict[str, asyncio.Future[str]] = {}
+        # What the carrier reported about each call's leg, while it rings; the leg's carrier
+        # call id once the carrier accepted it (the call is ``ringing`` from then on).
+        self._updates: dict[str, asyncio.Future[LegUpdate]] = {}
+        self._legs: dict[str, str] = {}
 
     def dial(self, call_id: str) -> None:
         if call_id in self._tasks:
             return
-        stop: asyncio.Future[str] = asyncio.get_running_loop().create_future()
-        task = asyncio.create_task(self._run(call_id, stop), name=f"dial:{call_id}")
+        loop = asyncio.get_running_loop()
+        stop: asyncio.Future[str] = loop.create_future()
+        update: asyncio.Future[LegUpdate] = loop.create_future()
+        task = asyncio.create_task(self._run(call_id, stop, update), name=f"dial:{call_id}")
         self._tasks[call_id] = task
         self._stops[call_id] = stop
+        self._updates[call_id] = update
 
         def forget(_task: asyncio.Task[None]) -> None:
             self._tasks.pop(call_id, None)
             self._stops.pop(call_id, None)
+            self._updates.pop(call_id, None)
+            self._legs.pop(call_id, None)
 
         task.add_done_callback(forget)
 
@@ -114,6 +142,29 @@ class Dialler:
 
     def dialling(self, call_id: str) -> bool:
         return call_id in self._tasks
+
+    async def report(self, call_id: str, update: LegUpdate) -> None:
+        """A carrier's (signed) status webhook about the leg of ``call_id``. An ``ended``
+        leg fails the call with its reason, here if this node dials it, else in the store;
+        a report for another leg than the call's, or for a call past ringing, changes
+        nothing."""
+        leg = self._legs.get(call_id)
+        if leg is not None and leg != update.carrier_call_id:
+            return
+        if update.status == "ringing":
+            if leg is None:  # else the call rings already: no write to make
+                await self._advance(call_id, "ringing", update.carrier_call_id)
+            return
+        waiting = self._updates.get(call_id)
+        if waiting is not None:
+            if not waiting.done():
+                waiting.set_result(update)
+            return
+        async with self.db.session() as session:
+            call = await session.get(Call, call_id)
+            known = call.carrier_call_id if call is not None else None
+        if known == update.carrier_call_id:
+            await self._fail(call_id, update.reason, update.detail or update.reason)
 
     async def cancel(self, call_id: str, reason: str = "canceled") -> bool:
         """Stop dialling ``call_id`` (it fails with ``reason``); False if not dialling here."""
@@ -131,40 +182,67 @@ class Dialler:
 
     async def stop(self) -> None:
         await asyncio.gather(*(self.cancel(c, "relay_restart") for c in list(self._tasks)))
+        await self.carriers.close()
 
-    async def _run(self, call_id: str, stop: asyncio.Future[str]) -> None:
-        request = await self._claim(call_id)
-        if request is None:
+    async def _run(
+        self, call_id: str, stop: asyncio.Future[str], update: asyncio.Future[LegUpdate]
+    ) -> None:
+        claimed = await self._claim(call_id)
+        if claimed is None:
             return
+        request = claimed.dial
         leg: OutboundLeg | None = None
         try:
-            carrier = self.carriers.get(request.carrier)
+            carrier = await self.carriers.for_key(
+                request.carrier, claimed.carrier_key, claimed.account_id
+            )
             if carrier is None:
                 raise DialFailed("provider_error", NO_DIALLER.format(carrier=request.carrier))
             leg = await _unless_stopped(carrier.dial(request), stop)
-            if not await self._advance(call_id, "ringing", leg.carrier_call_id):
-                await leg.hangup()
-                return
-            try:
-                await asyncio.wait_for(_unless_stopped(leg.answered(), stop), self.ring_timeout)
-            except TimeoutError:
-                raise DialFailed("no_answer", NO_ANSWER.format(seconds=self.ring_timeout)) from None
-            await self._advance(call_id, "in_progress")
+            await self._advance(call_id, "ringing", leg.carrier_call_id)
+            self._legs[call_id] = leg.carrier_call_id
+            await self._await_answer(call_id, stop, update)
+        except _Ended:
+            return
         except _Stopped as exc:
-            await self._hangup(leg)
-            await self._fail(call_id, exc.reason, "Dialling was stopped.")
+            await self._fail(call_id, exc.reason, "Dialling was stopped.", leg)
         except DialFailed as exc:
-            await self._hangup(leg)
-            await self._fail(call_id, exc.reason, exc.detail)
+            await self._fail(call_id, exc.reason, exc.detail, leg)
         except CarrierError as exc:
-            await self._hangup(leg)
-            await self._fail(call_id, "provider_error", str(exc))
+            await self._fail(call_id, "provider_error", str(exc), leg)
         except Exception as exc:
             log.exception("dial_failed", call_id=call_id)
-            await self._hangup(leg)
-            await self._fail(call_id, "provider_error", f"{type(exc).__name__}: {exc}")
+            await self._fail(call_id, "provider_error", f"{type(exc).__name__}: {exc}", leg)
 
-    async def _claim(self, call_id: str) -> DialRequest | None:
+    async def _await_answer(
+        self, call_id: str, stop: asyncio.Future[str], update: asyncio.Future[LegUpdate]
+    ) -> None:
+        """Return once the call's media socket opened; raise how the ringing ended else."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.ring_timeout
+        while True:
+            if stop.done():
+                raise _Stopped(stop.result())
+            if update.done():
+                ended = update.result()
+                raise DialFailed(ended.reason or "provider_error", ended.detail or ENDED_BY_CARRIER)
+            status = await self._status(call_id)
+            if status == "in_progress":
+                return
+            if status not in ("connecting", "ringing"):
+                raise _Ended
+            left = deadline - loop.time()
+            if left <= 0:
+                raise DialFailed("no_answer", NO_ANSWER.format(seconds=self.ring_timeout))
+            waiters: list[asyncio.Future[Any]] = [stop, update]
+            await asyncio.wait(waiters, timeout=min(ANSWER_POLL_SECONDS, left))
+
+    async def _status(self, call_id: str) -> str | None:
+        async with self.db.session() as session:
+            call = await session.get(Call, call_id, populate_existing=True)
+            return call.status if call is not None else None
+
+    async def _claim(self, call_id: str) -> _Claimed | None:
         async with writing(self.db) as session:
             call = await lock_call(session, call_id)
             if call is None or call.status != "queued":
@@ -179,7 +257,7 @@ class Dialler:
             await transition(session, call, "connecting")
         token = tokens.issue(self.signing_key, call_id, MEDIA_TOKEN_PURPOSE, self.ring_timeout + 60)
         log.info("dialling", call_id=call_id, carrier=number.provider if number else None)
-        return DialRequest(
+        dial = DialRequest(
             call_id=call_id,
             project_id=call.project_id,
             carrier=number.provider if number is not None else "",
@@ -188,24 +266,28 @@ class Dialler:
             media_base_url=media_base_url(self.public_url),
             media_token=token,
             ring_timeout_seconds=self.ring_timeout,
+            webhook_base_url=self.public_url,
         )
+        if number is None:
+            return _Claimed(dial, "", None)
+        return _Claimed(dial, number.carrier_key, number.carrier_account_id)
 
-    async def _advance(self, call_id: str, status: str, carrier_call_id: str | None = None) -> bool:
-        """Move the call on unless it has moved there (or ended) already."""
+    async def _advance(self, call_id: str, status: str, carrier_call_id: str | None = None) -> None:
+        """Move the call on unless it has moved there (or past it) already."""
         async with writing(self.db) as session:
             call = await lock_call(session, call_id)
             if call is None:
-                return False
+                return
             if carrier_call_id and not call.carrier_call_id:
                 call.carrier_call_id = carrier_call_id
-            if call.status == status:
-                return True
-            if status not in TRANSITIONS[call.status]:
-                return False
-            await transition(session, call, status)
-        return True
+            if status in TRANSITIONS[call.status]:
+                await transition(session, call, status)
 
-    async def _fail(self, call_id: str, reason: str, detail: str) -> None:
+    async def _fail(
+        self, call_id: str, reason: str, detail: str, leg: OutboundLeg | None = None
+    ) -> None:
+        """Fail a call that is still being connected, and cancel its leg at the carrier. A
+        call answered meanwhile (its media socket won the race) is left to run."""
         async with writing(self.db) as session:
             call = await lock_call(session, call_id)
             if call is None or call.status not in LIVE or call.status == "in_progress":
@@ -214,12 +296,18 @@ class Dialler:
             await transition(session, call, "failed", reason=reason)
             await release_call(session, call_id)
         log.info("dial_ended", call_id=call_id, reason=reason)
-
-    @staticmethod
-    async def _hangup(leg: OutboundLeg | None) -> None:
         if leg is not None:
-            with contextlib.suppress(Exception):
+            try:
                 await leg.hangup()
+            except Exception as exc:  # the carrier ends an unanswered leg itself in the end
+                log.warning("leg_hangup_failed", call_id=call_id, error=repr(exc))
+
+
+@dataclass(frozen=True, slots=True)
+class _Claimed:
+    dial: DialRequest
+    carrier_key: str  # the number's carrier account (relay_numbers.keys)
+    account_id: str | None  # the project's carrier account it was imported under, if any
 
 
 async def _calling_hours(session: AsyncSession, call: Call) -> calling_hours.Verdict:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Literal, Protocol
 
 from relay.carriers.sms import OutgoingText, SentText
 
@@ -51,6 +51,10 @@ class ProvisionRequest:
     country: str
     area_code: str | None
     taken: frozenset[str]
+    number_type: Literal["local", "mobile", "toll_free"] = "local"
+    # The relay's public URL: the carrier points the new number's voice and SMS webhooks at
+    # its own paths under it, in the same request that buys the number.
+    webhook_base_url: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,16 +77,34 @@ class DialRequest:
     media_base_url: str
     media_token: str
     ring_timeout_seconds: float
+    # The relay's public URL: the carrier's status callbacks go to its own path under it
+    # (a path of the vendor's folder), with ``call_id`` in the signed URL.
+    webhook_base_url: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class LegUpdate:
+    """What a carrier's status webhook said about an outbound leg, in the relay's terms.
+
+    ``ringing``: the far end rings. ``ended``: the leg ended before it was answered, with
+    ``reason`` a call failure reason (``busy``, ``no_answer``, ``provider_error``,
+    ``canceled``). There is no ``answered``: a call is answered when its media socket opens
+    (:func:`relay.calls.inbound.begin`), whatever the carrier says before that."""
+
+    carrier_call_id: str
+    status: Literal["ringing", "ended"]
+    reason: str = ""
+    detail: str = ""
 
 
 class OutboundLeg(Protocol):
-    carrier_call_id: str | None
+    """A call the carrier accepted to place. Its progress comes back through the carrier's
+    status webhooks (:class:`LegUpdate`, handed to the dialler) and its media socket."""
 
-    async def answered(self) -> None:
-        """Return once the far end answered and its media socket is open."""
+    carrier_call_id: str
 
     async def hangup(self) -> None:
-        """Abandon the leg, ringing or answered."""
+        """Cancel the leg while it rings (or end it if it was answered); idempotent."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,8 +129,16 @@ class Carrier(Protocol):
     async def release(self, phone_number: str, provider_sid: str | None) -> None:
         """Give a provisioned number back to the carrier."""
 
+    async def configure(
+        self, phone_number: str, provider_sid: str | None, webhook_base_url: str
+    ) -> None:
+        """Point a number the account owns (an import) at the relay: its voice and SMS
+        webhooks to the carrier's paths under ``webhook_base_url``."""
+
     async def dial(self, request: DialRequest) -> OutboundLeg:
-        """Ring ``to_number``, return once it rings; DialFailed if it cannot (busy...)."""
+        """Ask the carrier to ring ``to_number`` and stream the answered call to
+        ``request.media_base_url``; return once the carrier accepted the call. DialFailed
+        (or another CarrierError) if it refused."""
 
     async def hangup(self, carrier_call_id: str) -> None:
         """End a call the carrier carries, in either direction."""
@@ -118,6 +148,10 @@ class Carrier(Protocol):
 
     def verify_webhook(self, webhook: InboundWebhook) -> bool:
         """Whether the carrier signed this request (checked before it touches anything)."""
+
+    def for_account(self, credentials: Mapping[str, str]) -> Carrier:
+        """This carrier on a project's own account (its stored credentials, decrypted); the
+        carrier in the registry runs on the deployment's account."""
 
     async def close(self) -> None:
         """Release what the carrier holds open (HTTP sessions)."""
@@ -147,6 +181,7 @@ __all__ = [
     "DialFailed",
     "DialRequest",
     "InboundWebhook",
+    "LegUpdate",
     "NoNumberAvailable",
     "OutboundLeg",
     "ProvisionRequest",

@@ -2,6 +2,11 @@
 
     relay phone call +14155550142 --say "I'd like to book a table." --say "Tomorrow at seven."
 
+With ``--carrier twilio`` the handset is Twilio instead: it posts the signed voice webhook a
+Twilio number's call makes (with the account's auth token, ``--auth-token`` or
+``RELAY_TWILIO_AUTH_TOKEN``), runs the TwiML the relay answers and talks over Media Streams,
+so the relay's whole Twilio path runs on one machine.
+
 Each ``--say`` (spoken with Piper, or espeak with ``--voice espeak``), ``--wav`` (a 16-bit
 WAV file) and ``--dtmf`` (keys) is one turn, in the order given. The handset waits for the
 agent's answer before the next turn (or barges in ``--barge-in-after-ms`` into it), prints
@@ -53,6 +58,14 @@ def add_phone_call_command(phone_sub: Any) -> None:
     )
     call.add_argument("--relay", help="the relay's URL (default: RELAY_PUBLIC_URL or local)")
     call.add_argument("--key", help="a secret API key of the number's project (or RELAY_KEY)")
+    call.add_argument(
+        "--carrier",
+        choices=("sim", "twilio"),
+        default="sim",
+        help="how the call reaches the relay: the sim carrier, or as Twilio (signed webhook)",
+    )
+    call.add_argument("--account-sid", help="twilio: the AccountSid (RELAY_TWILIO_ACCOUNT_SID)")
+    call.add_argument("--auth-token", help="twilio: its auth token (RELAY_TWILIO_AUTH_TOKEN)")
     call.add_argument("--from", dest="from_number", default="+15005550006", help="caller id")
     call.add_argument("--voice", choices=("piper", "espeak"), default="piper")
     call.add_argument("--no-listen", action="store_true", help="timings only, no transcripts")
@@ -64,14 +77,29 @@ def cmd_phone_call(args: argparse.Namespace) -> int:
     # Here, not at the top: the handset imports the voice engine (seconds); other commands don't.
     from relay.handset.voice import Dtmf, HandsetError, Line, SimHandset
 
+    settings = Settings()
+    relay_url = args.relay or settings.effective_public_url()
+    lines: list[Line] = []
+    for kind, value in args.turns:
+        lines.append(Dtmf(value) if kind == "dtmf" else Path(value) if kind == "wav" else value)
+    if args.carrier == "twilio":
+        sid = args.account_sid or settings.twilio_account_sid
+        token = args.auth_token or settings.twilio_auth_token
+        if not (sid and token):
+            print("error: give --account-sid and --auth-token (or RELAY_TWILIO_*)", file=sys.stderr)
+            return 2
+        if not args.json:
+            print(f"calling {args.number} as Twilio through {relay_url}", flush=True)
+        try:
+            report = asyncio.run(_as_twilio(args, relay_url, sid, token, lines))
+        except HandsetError as exc:
+            print(f"error: {exc} ({exc.code})", file=sys.stderr)
+            return 2
+        return _print(report, args.json)
     key = args.key or os.environ.get("RELAY_KEY")
     if not key:
         print("error: give --key or set RELAY_KEY (a secret key, sk_...)", file=sys.stderr)
         return 2
-    relay_url = args.relay or Settings().effective_public_url()
-    lines: list[Line] = []
-    for kind, value in args.turns:
-        lines.append(Dtmf(value) if kind == "dtmf" else Path(value) if kind == "wav" else value)
     handset = SimHandset(
         relay_url,
         key,
@@ -88,7 +116,37 @@ def cmd_phone_call(args: argparse.Namespace) -> int:
     except HandsetError as exc:
         print(f"error: {exc} ({exc.code})", file=sys.stderr)
         return 2
-    if args.json:
+    return _print(report, args.json)
+
+
+async def _as_twilio(
+    args: argparse.Namespace, relay_url: str, sid: str, token: str, lines: list[Any]
+) -> Any:
+    """The call as Twilio places it (the fake Twilio's side), ``lines`` said on it."""
+    import aiohttp
+
+    from relay.handset.fake_twilio import FakeTwilio
+    from relay.handset.fake_twilio_voice import Callee, FakeCallRefused
+    from relay.handset.voice import HandsetError
+
+    twilio = FakeTwilio(sid, token)
+    caller = Callee(lines, voice=args.voice, listen=not args.no_listen)
+    async with aiohttp.ClientSession() as http:
+        try:
+            call = await twilio.voice.call_in(
+                http, relay_url, args.number, args.from_number, caller
+            )
+        except FakeCallRefused as exc:
+            raise HandsetError(str(exc), "call_refused") from exc
+        except aiohttp.ClientError as exc:
+            raise HandsetError(f"cannot reach the relay at {relay_url}: {exc}") from exc
+    if call.report is None:
+        raise HandsetError("the media stream never opened", "no_media")
+    return call.report
+
+
+def _print(report: Any, as_json: bool) -> int:
+    if as_json:
         print(json.dumps(report.as_dict(), indent=2))
         return 0
     if report.greeting:

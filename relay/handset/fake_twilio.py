@@ -11,6 +11,12 @@ ownership):
                                                      the account's numbers with that value
 ``POST /2010-04-01/Accounts/{AccountSid}/Messages.json``
                                                      send a text
+``.../AvailablePhoneNumbers/...``, ``.../IncomingPhoneNumbers...``
+                                                     search, buy, configure, release numbers:
+                                                     :mod:`relay.handset.fake_twilio_numbers`
+``POST /2010-04-01/Accounts/{AccountSid}/Calls.json``, ``GET|POST .../Calls/{CallSid}.json``
+                                                     place, read, cancel or hang up a call:
+                                                     :mod:`relay.handset.fake_twilio_voice`
 
 A text is a form body (``To``, ``From``, ``Body``, ``StatusCallback``), answered 201 with
 Twilio's Message resource as JSON, or Twilio's error JSON (a To in ``invalid`` gets 400 code
@@ -18,7 +24,8 @@ Twilio's Message resource as JSON, or Twilio's error JSON (a To in ``invalid`` g
 to ``StatusCallback`` (``sent``, then ``delivered``, or ``failed`` with an ErrorCode for a To
 in ``undeliverable``), form-encoded and signed with X-Twilio-Signature (the sending
 account's token) over the callback URL; ``deliver_to`` rewrites the callback's origin to
-where the relay under test listens, as a reverse proxy in front of it would.
+where the relay under test listens, as a reverse proxy in front of it would (for callbacks
+and for the media websockets of calls alike).
 """
 
 from __future__ import annotations
@@ -26,8 +33,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
-import hashlib
 import secrets
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from email.utils import format_datetime
@@ -36,6 +44,9 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 from twilio.request_validator import RequestValidator
+
+from relay.handset.fake_twilio_numbers import FakeTwilioNumbers
+from relay.handset.fake_twilio_voice import FakeTwilioVoice
 
 API_VERSION = "2010-04-01"
 AUTHENTICATE = {
@@ -68,6 +79,7 @@ class FakeTwilio:
     auth_token: str
     numbers: set[str] | None = None
     down: bool = False
+    stall_seconds: float = 0.0  # every request waits this long first, as a slow Twilio would
     accounts: dict[str, FakeAccount] = field(default_factory=dict)
     requests: list[tuple[str, str]] = field(default_factory=list)  # (method, path)
     deliver_to: tuple[str, str] | None = None  # (public origin, real origin)
@@ -78,9 +90,13 @@ class FakeTwilio:
     senders: list[str] = field(default_factory=list)  # the AccountSid of each of ``messages``
     callbacks: list[tuple[str, dict[str, str], int]] = field(default_factory=list)
     _tasks: set[asyncio.Task[None]] = field(default_factory=set)
+    voice: FakeTwilioVoice = field(init=False)
+    phone_numbers: FakeTwilioNumbers = field(init=False)
 
     def __post_init__(self) -> None:
         self.add_account(self.account_sid, self.auth_token, self.numbers)
+        self.voice = FakeTwilioVoice(self)
+        self.phone_numbers = FakeTwilioNumbers(lambda sid: self.accounts[sid].numbers)
 
     def add_account(
         self, sid: str, auth_token: str, numbers: set[str] | None = None
@@ -95,11 +111,42 @@ class FakeTwilio:
         app.router.add_get(base + ".json", self.fetch_account)
         app.router.add_get(base + "/IncomingPhoneNumbers.json", self.list_numbers)
         app.router.add_post(base + "/Messages.json", self.create_message)
+        self.voice.install(app, base)
+        self.phone_numbers.install(app, base)
         return app
+
+    def local(self, url: str) -> str:
+        """Where ``url`` (a callback or a media websocket at the relay's public URL) really
+        is: ``deliver_to`` rewrites its origin, as a reverse proxy in front of the relay
+        would; ``wss`` becomes ``ws`` along with ``https``."""
+        if not self.deliver_to:
+            return url
+        public, real = self.deliver_to
+        for secure, plain in (("https://", "http://"), ("wss://", "ws://")):
+            origin = public.replace("https://", secure, 1).replace("http://", plain, 1)
+            if url.startswith(origin):
+                target = real.replace("https://", secure, 1).replace("http://", plain, 1)
+                return target + url[len(origin) :]
+        return url
+
+    @asynccontextmanager
+    async def signed_post(
+        self, session: aiohttp.ClientSession, url: str, params: dict[str, str], account_sid: str
+    ) -> AsyncIterator[aiohttp.ClientResponse]:
+        """POST a form to ``url`` signed as Twilio signs: the account's auth token over the
+        URL as given and the form's fields."""
+        token = self.accounts[account_sid].auth_token
+        signature = RequestValidator(token).compute_signature(url, params)
+        async with session.post(
+            self.local(url), data=params, headers={"X-Twilio-Signature": signature}
+        ) as resp:
+            yield resp
 
     @web.middleware
     async def _gate(self, request: web.Request, handler: Any) -> web.StreamResponse:
         self.requests.append((request.method, request.path))
+        if self.stall_seconds:
+            await asyncio.sleep(self.stall_seconds)
         if self.down:
             body = {"code": 20500, "message": "Internal Server Error", "status": 503}
             return web.json_response(body, status=503)
@@ -148,21 +195,7 @@ class FakeTwilio:
         uri = f"/{API_VERSION}/Accounts/{account.sid}/IncomingPhoneNumbers.json"
         items = []
         if wanted and owned:
-            pn = "PN" + hashlib.sha256(f"{account.sid}{wanted}".encode()).hexdigest()[:32]
-            items.append(
-                {
-                    "account_sid": account.sid,
-                    "api_version": API_VERSION,
-                    "capabilities": {"fax": False, "mms": True, "sms": True, "voice": True},
-                    "friendly_name": wanted,
-                    "phone_number": wanted,
-                    "sid": pn,
-                    "sms_url": "",
-                    "status": "in-use",
-                    "uri": f"/{API_VERSION}/Accounts/{account.sid}/IncomingPhoneNumbers/{pn}.json",
-                    "voice_url": "",
-                }
-            )
+            items.append(self.phone_numbers.known(account.sid, wanted).resource())
         return web.json_response(
             {
                 "end": max(len(items) - 1, 0),
@@ -263,20 +296,14 @@ class FakeTwilio:
         }
         if error:
             params["ErrorCode"] = error
-        token = self.accounts[sid].auth_token
-        signature = RequestValidator(token).compute_signature(url, params)
-        target = url
-        if self.deliver_to and url.startswith(self.deliver_to[0]):
-            target = self.deliver_to[1] + url[len(self.deliver_to[0]) :]
-        async with session.post(
-            target, data=params, headers={"X-Twilio-Signature": signature}
-        ) as resp:
+        async with self.signed_post(session, url, params, sid) as resp:
             self.callbacks.append((status, params, resp.status))
             return resp.status
 
     async def settle(self) -> None:
         while self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.voice.settle()
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -297,24 +297,56 @@ class SimHandset:
         audio = [await self._audio(line) for line in lines]
         async with aiohttp.ClientSession() as http:
             placed = await self._place(http, number)
-            report = CallReport(call_id=placed["callId"])
-            ws = await http.ws_connect(
-                self._media_url(placed), params={"token": placed["token"]}, autoping=True
+            start = _start(placed["token"], placed["callId"], "CAsim" + placed["callId"][5:])
+            return await self._talk(
+                http, self._media_url(placed), placed["token"], start, audio, barge_in_after_ms
             )
-            line = _Line(ws, "MZ" + secrets.token_hex(16))
-            started = time.perf_counter()
-            await ws.send_str(json.dumps({"event": "connected", "protocol": "Call"}))
-            await ws.send_str(_start_frame(line.sid, placed))
-            tasks = [asyncio.create_task(line.send()), asyncio.create_task(line.receive())]
-            try:
-                await self._converse(line, audio, report, barge_in_after_ms)
-            finally:
-                if not ws.closed:
-                    await ws.send_str(json.dumps({"event": "stop", "streamSid": line.sid}))
-                    await ws.close()
-                for task in tasks:
-                    task.cancel()
-                await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def answer(
+        self,
+        http: aiohttp.ClientSession,
+        stream_url: str,
+        start: dict[str, Any],
+        lines: Sequence[Line],
+        *,
+        barge_in_after_ms: int | None = None,
+    ) -> CallReport:
+        """Be the callee of a call a carrier connected to the relay: open the media socket at
+        ``stream_url`` (Twilio's ``<Stream url>``), send Twilio's ``connected`` and ``start``
+        (``start`` is its body: ``callSid``, ``customParameters``...), then talk as
+        :meth:`call` does. (:mod:`relay.handset.fake_twilio` answers outbound calls so.)"""
+        audio = [await self._audio(line) for line in lines]
+        return await self._talk(http, stream_url, None, start, audio, barge_in_after_ms)
+
+    async def _talk(
+        self,
+        http: aiohttp.ClientSession,
+        url: str,
+        token: str | None,
+        start: dict[str, Any],
+        audio: list[tuple[str, PCM | Dtmf]],
+        barge_in_after_ms: int | None,
+    ) -> CallReport:
+        params = {"token": token} if token else None
+        ws = await http.ws_connect(url, params=params, autoping=True)
+        line = _Line(ws, str(start["streamSid"]))
+        report = CallReport(call_id=str(start["customParameters"].get("callId", "")))
+        started = time.perf_counter()
+        await ws.send_str(
+            json.dumps({"event": "connected", "protocol": "Call", "version": "1.0.0"})
+        )
+        frame = {"event": "start", "sequenceNumber": "1", "start": start, "streamSid": line.sid}
+        await ws.send_str(json.dumps(frame))
+        tasks = [asyncio.create_task(line.send()), asyncio.create_task(line.receive())]
+        try:
+            await self._converse(line, audio, report, barge_in_after_ms)
+        finally:
+            if not ws.closed:
+                await ws.send_str(json.dumps({"event": "stop", "streamSid": line.sid}))
+                await ws.close()
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
         report.duration_s = round(time.perf_counter() - started, 2)
         report.clears = len(line.clears)
         report.frames_at = [t for t, _ in line.received]
@@ -410,13 +442,13 @@ async def _either(*waits: Any) -> None:
         await asyncio.gather(*tasks, return_exceptions=True)
 
 
-def _start_frame(stream_sid: str, placed: dict[str, Any]) -> str:
-    start = {
-        "streamSid": stream_sid,
-        "accountSid": "ACsim",
-        "callSid": "CAsim" + placed["callId"].removeprefix("call_"),
+def _start(token: str, call_id: str, call_sid: str, account_sid: str = "ACsim") -> dict[str, Any]:
+    """The body of Twilio's ``start`` frame, with the relay's ``<Parameter>`` s."""
+    return {
+        "streamSid": "MZ" + secrets.token_hex(16),
+        "accountSid": account_sid,
+        "callSid": call_sid,
         "tracks": ["inbound"],
-        "customParameters": {"callId": placed["callId"], "token": placed["token"]},
+        "customParameters": {"callId": call_id, "token": token},
         "mediaFormat": {"encoding": "audio/x-mulaw", "sampleRate": RATE, "channels": 1},
     }
-    return json.dumps({"event": "start", "sequenceNumber": "1", "start": start})

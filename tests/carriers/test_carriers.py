@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import asyncio
-
 import pytest
 from twilio.request_validator import RequestValidator
 
-from relay.carriers import CarrierError, DialRequest, InboundWebhook
+from relay.carriers import CarrierError, DialFailed, DialRequest, InboundWebhook, LegUpdate
 from relay.carriers.sim import SimCarrier
 from relay.carriers.sms import OutgoingText
-from relay.carriers.twilio import TwilioCarrier
+from relay.carriers.twilio import TwilioCarrier, parse_call_status
+from relay.handset.fake_twilio import FakeTwilio
 
 TOKEN = "carrier-test-auth-token"
 URL = "https://relay.example.com/carriers/twilio/sms?messageId=msg_1"
@@ -50,18 +49,34 @@ def test_twilio_without_an_auth_token_vouches_for_nothing():
     assert not TwilioCarrier("AC1", "").verify_webhook(signed(FORM))
 
 
-async def test_twilio_refuses_to_dial_yet():
+async def test_twilio_without_an_account_refuses_to_dial():
     with pytest.raises(CarrierError) as caught:
-        await TwilioCarrier("AC1", TOKEN).dial(dial_request("twilio"))
-    assert str(caught.value) == "The twilio carrier cannot place calls from this relay yet."
+        await TwilioCarrier("", "").dial(dial_request("twilio"))
+    assert "RELAY_TWILIO_ACCOUNT_SID" in str(caught.value)
 
 
-async def test_a_sim_call_rings_until_it_is_hung_up():
+async def test_a_sim_leg_is_accepted_and_hung_up():
     leg = await SimCarrier().dial(dial_request("sim"))
     assert leg.carrier_call_id == "SIMOUTabc"
-    with pytest.raises(TimeoutError):
-        await asyncio.wait_for(leg.answered(), 0.05)
     await leg.hangup()
+
+
+def test_twilio_status_callbacks_say_how_a_leg_ended():
+    assert parse_call_status({"CallSid": "CA1", "CallStatus": "ringing"}) == LegUpdate(
+        "CA1", "ringing"
+    )
+    for status, reason in [
+        ("busy", "busy"),
+        ("no-answer", "no_answer"),
+        ("failed", "provider_error"),
+        ("canceled", "canceled"),
+        ("completed", "provider_error"),
+    ]:
+        update = parse_call_status({"CallSid": "CA1", "CallStatus": status})
+        assert update is not None and (update.status, update.reason) == ("ended", reason)
+    for status in ("queued", "initiated", "in-progress", "nonsense", ""):
+        assert parse_call_status({"CallSid": "CA1", "CallStatus": status}) is None
+    assert parse_call_status({"CallStatus": "busy"}) is None
 
 
 async def test_sim_texts_land_in_the_handsets_inbox():
@@ -76,3 +91,20 @@ async def test_sim_texts_land_in_the_handsets_inbox():
     )
     assert sim.inbox("+12025550143") == []
     assert not sim.verify_webhook(InboundWebhook(URL, {}, form=FORM))
+
+
+async def test_a_twilio_that_does_not_answer_in_time_fails_the_dial_network_timeout(
+    aiohttp_server,
+):
+    fake = FakeTwilio("AC" + "1" * 32, TOKEN, stall_seconds=2.0)
+    server = await aiohttp_server(fake.app())
+    twilio = TwilioCarrier(
+        fake.account_sid, TOKEN, api_base_url=str(server.make_url("")), timeout=0.3
+    )
+    try:
+        with pytest.raises(DialFailed) as caught:
+            await twilio.dial(dial_request("twilio"))
+    finally:
+        await twilio.close()
+    assert caught.value.reason == "network_timeout"
+    assert fake.requests == [("POST", f"/2010-04-01/Accounts/{fake.account_sid}/Calls.json")]

@@ -4,6 +4,8 @@
                                          Media Streams socket, or a polite ``<Say>`` + hangup
 ``POST /carriers/twilio/voice/after``    the stream ended: ``<Dial>`` if the agent asked for a
                                          transfer, else hang up
+``POST /carriers/twilio/voice/status``   progress of an outbound call the relay placed (busy,
+                                         no-answer...), handed to the dialler
 ``POST /carriers/twilio/sms``            a text came in: stored, answered with empty TwiML at
                                          once (``<Response/>``); the agent's reply goes out
                                          later through the REST API, not in the TwiML
@@ -25,15 +27,21 @@ from sqlalchemy import select
 from relay.api.limits import refuse_bad_text
 from relay.calls import inbound
 from relay.calls.media import MEDIA
+from relay.calls.outbound import DIALLER
 from relay.carriers import InboundWebhook
 from relay.carriers.twilio import (
+    AFTER_PATH,
     BAD_SIGNATURE,
     EMPTY_TWIML,
     NOT_IN_SERVICE,
+    SMS_PATH,
+    STATUS_PATH,
     UNAVAILABLE,
+    VOICE_PATH,
     TwilioCarrier,
     after_stream_twiml,
     answer_twiml,
+    parse_call_status,
     parse_inbound,
     parse_status,
     reject_twiml,
@@ -42,7 +50,7 @@ from relay.carriers.twilio import (
 from relay.errors import BadRequest, Forbidden
 from relay.logs import get_logger
 from relay.state import APP_STATE
-from relay.store.models import CallEvent
+from relay.store.models import Call, CallEvent, Number
 from relay.urls import media_base_url
 from relay_numbers import twilio_keys
 from relay_numbers.accounts import twilio_tokens
@@ -53,9 +61,6 @@ from sms.store import message_of, messages
 
 log = get_logger("relay.api.carriers.twilio")
 
-VOICE_PATH = "/carriers/twilio/voice"
-AFTER_PATH = "/carriers/twilio/voice/after"
-SMS_PATH = "/carriers/twilio/sms"
 # The account whose signature the webhooks must carry.
 TWILIO: web.AppKey[TwilioCarrier] = web.AppKey("relay_twilio", TwilioCarrier)
 
@@ -120,10 +125,27 @@ async def voice_webhook(request: web.Request) -> web.Response:
     )
 
 
+async def _signers_call(request: web.Request, call_id: str, keys: tuple[str, ...]) -> bool:
+    """Whether ``call_id`` is a call of a number of the account that signed the request: any
+    Twilio account can sign a request naming any call id."""
+    async with request.app[APP_STATE].db.session() as session:
+        carrier_key = (
+            await session.execute(
+                select(Number.carrier_key)
+                .join(Call, Call.number_id == Number.id)
+                .where(Call.id == call_id)
+            )
+        ).scalar_one_or_none()
+    return carrier_key is not None and carrier_key in keys
+
+
 async def after_stream(request: web.Request) -> web.Response:
     """The media stream ended: carry out a transfer the agent asked for, else hang up."""
-    await signed_form(request)  # the call id rides in the signed URL
+    _form, keys = await signed_form(request)  # the call id rides in the signed URL
     call_id = request.query.get("callId", "")
+    if not await _signers_call(request, call_id, keys):
+        log.info("twilio_after_stream_ignored", call_id=call_id)
+        return _twiml(after_stream_twiml(None))
     async with request.app[APP_STATE].db.session() as session:
         event = (
             await session.execute(
@@ -139,6 +161,20 @@ async def after_stream(request: web.Request) -> web.Response:
         ).scalar_one_or_none()
     to = (event.data or {}).get("transfer") if event is not None else None
     return _twiml(after_stream_twiml(to))
+
+
+async def voice_status(request: web.Request) -> web.Response:
+    """Progress of an outbound call: the dialler learns it rings, or why it ended."""
+    form, keys = await signed_form(request)
+    update = parse_call_status(form)
+    call_id = request.query.get("callId", "")
+    if update is None or not call_id:
+        return web.Response(status=204)
+    if not await _signers_call(request, call_id, keys):
+        log.info("twilio_call_status_ignored", call_id=call_id, status=form.get("CallStatus"))
+        return web.Response(status=204)
+    await request.app[DIALLER].report(call_id, update)
+    return web.Response(status=204)
 
 
 async def sms_inbound(request: web.Request) -> web.Response:
@@ -184,8 +220,17 @@ def install(app: web.Application, carrier: TwilioCarrier) -> None:
     app[TWILIO] = carrier
     app.router.add_post(VOICE_PATH, voice_webhook)
     app.router.add_post(AFTER_PATH, after_stream)
+    app.router.add_post(STATUS_PATH, voice_status)
     app.router.add_post(SMS_PATH, sms_inbound)
     app.router.add_post(STATUS_CALLBACK_PATH, sms_status)
 
 
-__all__ = ["AFTER_PATH", "SMS_PATH", "TWILIO", "VOICE_PATH", "install", "signed_form"]
+__all__ = [
+    "AFTER_PATH",
+    "SMS_PATH",
+    "STATUS_PATH",
+    "TWILIO",
+    "VOICE_PATH",
+    "install",
+    "signed_form",
+]

@@ -15,10 +15,10 @@ outbox (the simulated handsets' inbox), delivered at once; ``relay phone sms`` p
 
 from __future__ import annotations
 
-import asyncio
 import re
 import secrets
 from collections import deque
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -109,10 +109,7 @@ class SimText:
 
 class _RingsForever:
     def __init__(self, carrier_call_id: str) -> None:
-        self.carrier_call_id: str | None = carrier_call_id
-
-    async def answered(self) -> None:
-        await asyncio.Event().wait()
+        self.carrier_call_id = carrier_call_id
 
     async def hangup(self) -> None:
         return None
@@ -144,6 +141,11 @@ class SimCarrier:
     async def release(self, phone_number: str, provider_sid: str | None) -> None:
         return None
 
+    async def configure(
+        self, phone_number: str, provider_sid: str | None, webhook_base_url: str
+    ) -> None:
+        return None  # the sim's handset finds the relay by itself
+
     async def dial(self, request: DialRequest) -> OutboundLeg:
         callees.refuse(request.to_number)
         return _RingsForever("SIMOUT" + request.call_id.removeprefix("call_"))
@@ -164,6 +166,9 @@ class SimCarrier:
 
     def verify_webhook(self, webhook: InboundWebhook) -> bool:
         return False  # the sim signs nothing: its webhooks take a secret API key instead
+
+    def for_account(self, credentials: Mapping[str, str]) -> SimCarrier:
+        return self  # a project's sim account is the sim itself
 
     async def close(self) -> None:
         return None

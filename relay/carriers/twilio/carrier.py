@@ -1,13 +1,16 @@
-"""Twilio as a :class:`relay.carriers.Carrier`, on the account in ``RELAY_TWILIO_*``.
+"""Twilio as a :class:`relay.carriers.Carrier`, on one account: the deployment's
+(``RELAY_TWILIO_*``) or a project's (:meth:`TwilioCarrier.for_account`).
 
-What works today: texts both ways (:mod:`relay.carriers.twilio.sms`), inbound calls answered
-with TwiML (:mod:`relay.carriers.twilio.voice`), and the signature check on every webhook
-(:mod:`relay.carriers.twilio.signature`). Twilio numbers are imported, not provisioned, and
-this relay places no Twilio calls yet: those refuse with a :class:`CarrierError` (an outbound
-call fails ``provider_error``).
+Texts both ways (:mod:`relay.carriers.twilio.sms`), inbound calls answered with TwiML
+(:mod:`relay.carriers.twilio.voice`), outbound calls through the Calls resource
+(:mod:`relay.carriers.twilio.calls`), and the signature check on every webhook
+(:mod:`relay.carriers.twilio.signature`); numbers bought, configured and released
+(:mod:`relay.carriers.twilio.numbers`).
 """
 
 from __future__ import annotations
+
+from collections.abc import Mapping
 
 from relay.carriers.base import (
     CarrierError,
@@ -18,11 +21,11 @@ from relay.carriers.base import (
     ProvisionRequest,
 )
 from relay.carriers.sms import OutgoingText, SentText
+from relay.carriers.twilio.calls import TwilioCalls
+from relay.carriers.twilio.numbers import TwilioNumbers
 from relay.carriers.twilio.signature import signature_is_valid
-from relay.carriers.twilio.sms import TwilioSms
+from relay.carriers.twilio.sms import NOT_CONFIGURED, TwilioSms
 from relay.config import Settings
-
-NOT_YET = "The twilio carrier cannot {what} from this relay yet."
 
 
 class TwilioCarrier:
@@ -37,9 +40,14 @@ class TwilioCarrier:
         api_base_url: str = "",
         timeout: float = 10.0,
     ) -> None:
+        self.account_sid = account_sid
         self.auth_token = auth_token
         self.webhook_signing_key = webhook_signing_key
+        self.api_base_url = api_base_url
+        self.timeout = timeout
         self.sms = TwilioSms(account_sid, auth_token, api_base_url=api_base_url, timeout=timeout)
+        self.calls = TwilioCalls(self.sms.rest)
+        self.numbers = TwilioNumbers(self.sms.rest)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> TwilioCarrier:
@@ -50,17 +58,38 @@ class TwilioCarrier:
             api_base_url=settings.twilio_api_base_url,
         )
 
+    def for_account(self, credentials: Mapping[str, str]) -> TwilioCarrier:
+        return TwilioCarrier(
+            credentials["accountSid"],
+            credentials["authToken"],
+            api_base_url=self.api_base_url,
+            timeout=self.timeout,
+        )
+
+    def _configured(self) -> None:
+        if not (self.account_sid and self.auth_token):
+            raise CarrierError(NOT_CONFIGURED)
+
     async def provision(self, request: ProvisionRequest) -> ProvisionedNumber:
-        raise CarrierError(NOT_YET.format(what="provision numbers (import them)"))
+        self._configured()
+        return await self.numbers.provision(request)
 
     async def release(self, phone_number: str, provider_sid: str | None) -> None:
-        return None  # none was provisioned here; an imported number stays its owner's
+        self._configured()
+        await self.numbers.release(phone_number, provider_sid)
+
+    async def configure(
+        self, phone_number: str, provider_sid: str | None, webhook_base_url: str
+    ) -> None:
+        self._configured()
+        await self.numbers.configure(phone_number, provider_sid, webhook_base_url)
 
     async def dial(self, request: DialRequest) -> OutboundLeg:
-        raise CarrierError(NOT_YET.format(what="place calls"))
+        self._configured()
+        return await self.calls.dial(request)
 
     async def hangup(self, carrier_call_id: str) -> None:
-        raise CarrierError(NOT_YET.format(what="hang up calls"))
+        await self.calls.update(carrier_call_id, Status="completed")
 
     async def send_sms(self, text: OutgoingText) -> SentText:
         return await self.sms.send_sms(text)
@@ -78,4 +107,4 @@ class TwilioCarrier:
         await self.sms.close()
 
 
-__all__ = ["NOT_YET", "TwilioCarrier"]
+__all__ = ["TwilioCarrier"]

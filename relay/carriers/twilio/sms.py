@@ -8,16 +8,14 @@ the default is Twilio itself.
 
 from __future__ import annotations
 
-import base64
-import logging
 from collections.abc import Mapping
-from typing import Any
 
 import aiohttp
 from twilio.base.exceptions import TwilioRestException
 
 from relay.carriers import CarrierError, CarrierUnavailable
 from relay.carriers.sms import DeliveryStatus, IncomingText, OutgoingText, SentText
+from relay.carriers.twilio.rest import TwilioRest
 
 EMPTY_TWIML = '<?xml version="1.0" encoding="UTF-8"?><Response/>'
 NOT_CONFIGURED = (
@@ -73,50 +71,6 @@ def parse_status(form: Mapping[str, str]) -> tuple[str, DeliveryStatus | None, s
     return sid, STATUSES.get(raw), form.get("ErrorCode") or None
 
 
-def _http_client(timeout: float) -> Any:
-    """Twilio's async HTTP seam on our own aiohttp session. (The SDK's own async client
-    uses ``aiohttp.BasicAuth``, deprecated since aiohttp 3.14; this sends the header.)"""
-    # On first use: twilio.http imports requests (~80 ms), which a relay without Twilio skips.
-    from twilio.http import AsyncHttpClient
-    from twilio.http.response import Response
-
-    class AiohttpClient(AsyncHttpClient):  # type: ignore[misc]
-        def __init__(self) -> None:
-            super().__init__(logging.getLogger("twilio.http_client"), True, timeout)
-            self.session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout))
-
-        async def request(
-            self,
-            method: str,
-            url: str,
-            params: dict[str, Any] | None = None,
-            data: dict[str, Any] | None = None,
-            headers: dict[str, str] | None = None,
-            auth: tuple[str, str] | None = None,
-            timeout: float | None = None,  # noqa: ASYNC109 (the SDK's interface)
-            allow_redirects: bool = False,
-        ) -> Any:
-            headers = dict(headers or {})
-            if auth is not None:
-                token = base64.b64encode(f"{auth[0]}:{auth[1]}".encode()).decode()
-                headers["Authorization"] = f"Basic {token}"
-            async with self.session.request(
-                method.upper(),
-                url,
-                params=params,
-                data=data,
-                headers=headers,
-                allow_redirects=allow_redirects,
-                timeout=aiohttp.ClientTimeout(total=timeout) if timeout else None,
-            ) as resp:
-                return Response(resp.status, await resp.text(), resp.headers)
-
-        async def close(self) -> None:
-            await self.session.close()
-
-    return AiohttpClient()
-
-
 class TwilioSms:
     """Sends with the account's credentials; the client is made on first use (it opens an
     aiohttp session, which must happen inside the running event loop)."""
@@ -128,27 +82,13 @@ class TwilioSms:
     ) -> None:
         self.account_sid = account_sid
         self.auth_token = auth_token
-        self.api_base_url = api_base_url.rstrip("/")
-        self.timeout = timeout
-        self._client: Any = None
-        self._http: Any = None
-
-    def _rest(self) -> Any:
-        if self._client is None:
-            from twilio.rest import Client  # on first use, as in _http_client
-
-            self._http = _http_client(self.timeout)
-            client = Client(self.account_sid, self.auth_token, http_client=self._http)
-            if self.api_base_url:
-                client.api.base_url = self.api_base_url
-            self._client = client
-        return self._client
+        self.rest = TwilioRest(account_sid, auth_token, api_base_url=api_base_url, timeout=timeout)
 
     async def send_sms(self, text: OutgoingText) -> SentText:
         if not (self.account_sid and self.auth_token):
             raise CarrierError(NOT_CONFIGURED)
         try:
-            sent = await self._rest().messages.create_async(
+            sent = await self.rest.client().messages.create_async(
                 to=text.to_number,
                 from_=text.from_number,
                 body=text.text,
@@ -165,9 +105,7 @@ class TwilioSms:
         return SentText(str(sent.sid), STATUSES.get(str(sent.status), "queued"))
 
     async def close(self) -> None:
-        if self._http is not None:
-            await self._http.close()
-            self._http = self._client = None
+        await self.rest.close()
 
 
 __all__ = ["EMPTY_TWIML", "STATUSES", "TwilioSms", "parse_inbound", "parse_status"]

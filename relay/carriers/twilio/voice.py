@@ -12,6 +12,12 @@ from urllib.parse import quote
 
 from twilio.twiml.voice_response import Connect, VoiceResponse
 
+# Twilio's webhooks on the relay (served by relay.api.carriers.twilio): a number's calls and
+# texts, where a call asks what to do once its media stream ended, where outbound legs report.
+VOICE_PATH = "/carriers/twilio/voice"
+SMS_PATH = "/carriers/twilio/sms"
+AFTER_PATH = "/carriers/twilio/voice/after"
+STATUS_PATH = "/carriers/twilio/voice/status"
 NOT_IN_SERVICE = "Sorry, the number you have called is not in service. Goodbye."
 UNAVAILABLE = "Sorry, no one is available to take your call right now. Please try again later."
 
@@ -48,4 +54,14 @@ def after_stream_twiml(transfer_to: str | None) -> str:
     return str(response)
 
 
-__all__ = ["NOT_IN_SERVICE", "UNAVAILABLE", "after_stream_twiml", "answer_twiml", "reject_twiml"]
+__all__ = [
+    "AFTER_PATH",
+    "NOT_IN_SERVICE",
+    "SMS_PATH",
+    "STATUS_PATH",
+    "UNAVAILABLE",
+    "VOICE_PATH",
+    "after_stream_twiml",
+    "answer_twiml",
+    "reject_twiml",
+]
