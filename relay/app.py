@@ -63,6 +63,7 @@ from relay.state import APP_STATE, AppState
 from relay.store.db import Database
 from relay.turns import hosted_backend
 from relay_numbers.accounts import check_stored_credentials
+from relay_numbers.telnyx_accounts import TelnyxCarriers
 from sms.service import SMS, SmsService
 
 log = get_logger("relay.app")
@@ -121,6 +122,7 @@ def create_app(settings: Settings | None = None, *, db: Database | None = None) 
     cors.install(app)
     carrier_webhooks.sim.install(app)
     carrier_webhooks.twilio.install(app, twilio)
+    carrier_webhooks.telnyx.install(app, app[SMS].telnyx)
     app.cleanup_ctx.extend((_schema, _node, _sms, _post_call, _recordings, _media))
     app.on_shutdown.append(_stop_taking_work)
     app.on_startup.append(_settled)  # after cleanup_ctx's start-up, which runs first
@@ -143,7 +145,15 @@ def _build_workers(
     app[DELIVERY] = DeliveryWorker(db, settings, node_id=node_id)
     app[RECOVERY] = Recovery(db, node_id, settings.node_timeout_seconds, app[DIALLER].redial)
     # It closes their clients.
-    app[SMS] = SmsService(settings, db, sim=sim, twilio=twilio, secret_box=state.secret_box)
+    telnyx = TelnyxCarriers(
+        db,
+        state.secret_box,
+        public_url=settings.effective_public_url(),
+        api_base_url=settings.telnyx_api_base_url,
+    )
+    app[SMS] = SmsService(
+        settings, db, sim=sim, twilio=twilio, secret_box=state.secret_box, telnyx=telnyx
+    )
     app[INTELLIGENCE] = IntelligenceWorker(db, settings, lambda: hosted_backend(settings))
     app[RECORDINGS] = RecordingWorker(db, settings)
     app[MEDIA] = MediaRuntime(
