@@ -17,49 +17,24 @@ from sqlalchemy import select, text
 from relay import tokens
 from relay.config import Settings
 from relay.handset.fake_telnyx import FakeTelnyx, FakeTelnyxAccount
-from relay.secretbox import new_key
 from relay.state import APP_STATE
 from relay.store.models import Call, CarrierAccount, Message, Number
 from sms.service import SMS
-
-PUBLIC_URL = "https://relay.example.com"
-NUMBER_A = "+13125550101"  # owned by account A at the fake Telnyx
-NUMBER_B = "+13125550102"  # owned by account B
-UNOWNED = "+13125550109"
-CALLER = "+12025550142"
-KEY = new_key()
-
-
-@pytest.fixture
-def fake() -> FakeTelnyx:
-    return FakeTelnyx()
+from tests.carriers.telnyx_support import (
+    CALLER,
+    NUMBER_A,
+    PUBLIC_URL,
+    UNOWNED,
+    add_account,
+    bound_number,
+    deliver_to_relay,
+    import_number,
+)
 
 
 @pytest.fixture
-async def telnyx_url(fake, aiohttp_server) -> str:
-    return str((await aiohttp_server(fake.app())).make_url("")).rstrip("/")
-
-
-@pytest.fixture
-def account_a(fake) -> FakeTelnyxAccount:
-    return fake.add_account({NUMBER_A})
-
-
-@pytest.fixture
-def account_b(fake) -> FakeTelnyxAccount:
-    return fake.add_account({NUMBER_B})
-
-
-@pytest.fixture
-def settings(telnyx_url) -> Settings:
-    return Settings(
-        allow_private_webhooks=True,
-        rate_limit_per_second=1000,
-        rate_limit_burst=1000,
-        public_url=PUBLIC_URL,
-        encryption_key=KEY,
-        telnyx_api_base_url=telnyx_url,
-    )
+def settings(telnyx_settings) -> Settings:
+    return telnyx_settings
 
 
 @pytest.fixture
@@ -72,39 +47,6 @@ async def hook_server(aiohttp_server) -> str:
     app = web.Application()
     app.router.add_post("/hook", answer)
     return str((await aiohttp_server(app)).make_url("/hook"))
-
-
-async def add_account(client, headers, fake, account, status=201) -> dict:
-    body = {"provider": "telnyx", "credentials": fake.credentials(account)}
-    resp = await client.post("/v1/carrier-accounts", json=body, headers=headers)
-    assert resp.status == status, await resp.text()
-    return await resp.json()
-
-
-async def import_number(client, headers, phone, account_id, status=201, **extra) -> dict:
-    body = {"provider": "telnyx", "phoneNumber": phone, "carrierAccountId": account_id, **extra}
-    resp = await client.post("/v1/numbers/import", json=body, headers=headers)
-    assert resp.status == status, await resp.text()
-    return await resp.json()
-
-
-async def bound_number(client, headers, fake, account, phone, webhook="http://127.0.0.1:9/h"):
-    agent = await (
-        await client.post(
-            "/v1/agents", json={"name": "Ava", "webhookUrl": webhook}, headers=headers
-        )
-    ).json()
-    created = await add_account(client, headers, fake, account)
-    number = await import_number(client, headers, phone, created["id"], agentId=agent["id"])
-    return agent, created, number
-
-
-def deliver_to_relay(fake: FakeTelnyx, client) -> None:
-    base = str(client.make_url("")).rstrip("/")
-    fake.deliver_to = [
-        (PUBLIC_URL, base),
-        ("wss://relay.example.com", base.replace("http://", "ws://", 1)),
-    ]
 
 
 # -- carrier accounts ----------------------------------------------------------------------

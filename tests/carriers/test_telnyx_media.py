@@ -1,7 +1,8 @@
 """The Telnyx media streaming socket, at the wire: frames in and out, the token, how calls
 end (a ``stop``; or the relay hanging up, which must also end the call at Telnyx, since a
 Telnyx call outlives its stream). The engine is scripted; whole calls with real speech are
-in tests/carriers/test_telnyx_calls.py."""
+in tests/carriers/test_telnyx_calls.py; the wire protocol in
+relay/transports/telnyx_protocol.py."""
 
 from __future__ import annotations
 
@@ -16,17 +17,13 @@ import pytest
 from relay.calls.media import MEDIA
 from relay.engine.codecs import ulaw_decode, ulaw_encode
 from relay.transports import telnyx_protocol as tp
-from tests.carriers.test_telnyx import (  # noqa: F401 (fixtures)
-    CALLER,
-    NUMBER_A,
-    account_a,
-    bound_number,
-    deliver_to_relay,
-    fake,
-    settings,
-    telnyx_url,
-)
+from tests.carriers.telnyx_support import CALLER, NUMBER_A, bound_number, deliver_to_relay
 from tests.transports.support import ScriptedEngine, calls, lifecycle_types, wait_for
+
+
+@pytest.fixture
+def settings(telnyx_settings):
+    return telnyx_settings
 
 
 @pytest.fixture
