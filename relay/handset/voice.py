@@ -308,43 +308,27 @@ class SimHandset:
     ) -> CallReport:
         """Call ``number``, say each line after the agent's answer (or ``barge_in_after_ms``
         into it), then hang up once the last answer is over."""
-        audio = await self.prepare(lines)
+        audio = [await self._audio(line) for line in lines]
         async with aiohttp.ClientSession() as http:
             placed = await self._place(http, number)
+            report = CallReport(call_id=placed["callId"])
             ws = await http.ws_connect(
                 self._media_url(placed), params={"token": placed["token"]}, autoping=True
             )
             line = _Line(ws, "MZ" + secrets.token_hex(16))
+            started = time.perf_counter()
             await ws.send_str(json.dumps({"event": "connected", "protocol": "Call"}))
             await ws.send_str(_start_frame(line.sid, placed))
-            return await self.talk(line, audio, placed["callId"], barge_in_after_ms)
-
-    async def prepare(self, lines: Sequence[Line]) -> list[tuple[str, PCM | Dtmf]]:
-        """The audio of each line, synthesized ahead of the call."""
-        return [await self._audio(line) for line in lines]
-
-    async def talk(
-        self,
-        line: _Line,
-        audio: list[tuple[str, PCM | Dtmf]],
-        call_id: str,
-        barge_in_after_ms: int | None = None,
-    ) -> CallReport:
-        """Converse over a media socket that is open and past its start frames; hang up
-        (``stop``, close) once the last answer is over. Carrier fakes call this too."""
-        report = CallReport(call_id=call_id)
-        ws = line.ws
-        started = time.perf_counter()
-        tasks = [asyncio.create_task(line.send()), asyncio.create_task(line.receive())]
-        try:
-            await self._converse(line, audio, report, barge_in_after_ms)
-        finally:
-            if not ws.closed:
-                await ws.send_str(line.stop_frame())
-                await ws.close()
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+            tasks = [asyncio.create_task(line.send()), asyncio.create_task(line.receive())]
+            try:
+                await self._converse(line, audio, report, barge_in_after_ms)
+            finally:
+                if not ws.closed:
+                    await ws.send_str(json.dumps({"event": "stop", "streamSid": line.sid}))
+                    await ws.close()
+                for task in tasks:
+                    task.cancel()
+                await asyncio.gather(*tasks, return_exceptions=True)
         report.duration_s = round(time.perf_counter() - started, 2)
         report.clears = len(line.clears)
         report.frames_at = [t for t, _ in line.received]
@@ -424,6 +408,38 @@ class SimHandset:
         for i, turn in enumerate(report.turns):
             heard = line.audio_between(marks[i], marks[i + 1])
             turn.heard = await loop.run_in_executor(None, transcribe, heard)
+
+    async def prepare(self, lines: Sequence[Line]) -> list[tuple[str, PCM | Dtmf]]:
+        """The audio of each line, synthesized ahead of a call."""
+        return [await self._audio(line) for line in lines]
+
+    async def talk(
+        self,
+        line: _Line,
+        audio: list[tuple[str, PCM | Dtmf]],
+        call_id: str,
+        barge_in_after_ms: int | None = None,
+    ) -> CallReport:
+        """Converse over a media socket a carrier fake opened and started in its own protocol
+        (``line`` writes its frames: :mod:`relay.handset.fake_telnyx`); hang up (its
+        ``stop``, close) once the last answer is over."""
+        report = CallReport(call_id=call_id)
+        started = time.perf_counter()
+        tasks = [asyncio.create_task(line.send()), asyncio.create_task(line.receive())]
+        try:
+            await self._converse(line, audio, report, barge_in_after_ms)
+        finally:
+            if not line.ws.closed:
+                await line.ws.send_str(line.stop_frame())
+                await line.ws.close()
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+        report.duration_s = round(time.perf_counter() - started, 2)
+        report.clears = len(line.clears)
+        report.frames_at = [t for t, _ in line.received]
+        await self._hearing(line, report, started)
+        return report
 
 
 def _now() -> float:
