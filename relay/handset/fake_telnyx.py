@@ -100,6 +100,7 @@ class FakeCall:
     client_state: str | None = None
     stream_url: str | None = None
     alive: bool = True
+    answered: bool = False
     hangup_cause: str | None = None
     report: CallReport | None = None
     ws: aiohttp.ClientWebSocketResponse | None = None
@@ -162,7 +163,7 @@ class FakeTelnyx:
     """``handset``: how the people on the phone speak and listen (a :class:`SimHandset`
     whose relay URL is unused). ``callees``: what a dialled number does (lines to say once
     it answers, or ``busy`` / ``no_answer`` / ``reject``; not listed: it rings on).
-    ``dial_fails``: numbers whose ``POST /v2/calls`` answers 500."""
+    ``dial_fails``: numbers whose ``POST /v2/calls`` answers 500; ``dial_hangs``: never."""
 
     deliver_to: list[tuple[str, str]] = field(default_factory=list)
     handset: SimHandset | None = None
@@ -170,6 +171,7 @@ class FakeTelnyx:
     ring_seconds: float = 0.2
     callees: dict[str, Sequence[Line] | str] = field(default_factory=dict)
     dial_fails: set[str] = field(default_factory=set)
+    dial_hangs: set[str] = field(default_factory=set)  # POST /v2/calls never answers
     undeliverable: set[str] = field(default_factory=set)
     accounts: dict[str, FakeTelnyxAccount] = field(default_factory=dict)
     calls: dict[str, FakeCall] = field(default_factory=dict)
@@ -337,6 +339,8 @@ class FakeTelnyx:
             return _error(422, "10015", "connection_id is not an application of this account")
         if body["to"] in self.dial_fails:
             return _error(500, "10000", "Internal error")
+        if body["to"] in self.dial_hangs:
+            await asyncio.sleep(3600)
         call = FakeCall(
             call_control_id="v3:" + secrets.token_urlsafe(24),
             account=account,
@@ -371,7 +375,9 @@ class FakeTelnyx:
             call.client_state = body.get("client_state") or call.client_state
             self._spawn(self._answered(call, self._caller_lines(call)))
         elif action == "hangup":
-            self._spawn(self._hang_up(call, "normal_clearing", "callee"))
+            # The relay hanging up: a call still ringing is cancelled by its originator.
+            cause = "normal_clearing" if call.answered else "originator_cancel"
+            self._spawn(self._hang_up(call, cause, "caller"))
         elif action == "transfer":
             call.transfer_to = body.get("to")
         else:
@@ -519,6 +525,7 @@ class FakeTelnyx:
 
     async def _answered(self, call: FakeCall, lines: Sequence[Line]) -> None:
         """The call is up: open the media stream to the relay and let the person talk."""
+        call.answered = True
         if call.stream_url and self.handset is not None:
             try:
                 call.report = await self._stream(call, lines)

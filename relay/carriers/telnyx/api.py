@@ -64,6 +64,10 @@ class StreamSpec:
         return out
 
 
+class TelnyxTimeout(CarrierUnavailable):
+    """Telnyx did not answer within the client's timeout."""
+
+
 class TelnyxApiError(CarrierError):
     """A refusal with Telnyx's own error code (``telnyx_code``)."""
 
@@ -117,7 +121,9 @@ class TelnyxApi:
                         resp.status,
                         code,
                     )
-        except (aiohttp.ClientError, TimeoutError) as exc:
+        except TimeoutError:
+            raise TelnyxTimeout(UNREACHABLE.format(why="no answer in time")) from None
+        except aiohttp.ClientError as exc:
             raise CarrierUnavailable(UNREACHABLE.format(why=type(exc).__name__)) from None
         return body.get("data") if isinstance(body, dict) else None
 
@@ -254,4 +260,5 @@ __all__ = [
     "TelnyxApi",
     "TelnyxApiError",
     "TelnyxCredentials",
+    "TelnyxTimeout",
 ]

@@ -16,6 +16,7 @@ from urllib.parse import quote
 from relay.carriers.base import (
     CarrierCredentialsInvalid,
     CarrierError,
+    DialFailed,
     DialRequest,
     InboundWebhook,
     NoNumberAvailable,
@@ -23,7 +24,7 @@ from relay.carriers.base import (
     ProvisionRequest,
 )
 from relay.carriers.sms import OutgoingText, SentText
-from relay.carriers.telnyx.api import StreamSpec, TelnyxApi, TelnyxCredentials
+from relay.carriers.telnyx.api import StreamSpec, TelnyxApi, TelnyxCredentials, TelnyxTimeout
 from relay.carriers.telnyx.events import STATUSES
 from relay.carriers.telnyx.signature import signature_is_valid
 
@@ -117,17 +118,20 @@ class TelnyxCarrier:
 
     async def dial(self, request: DialRequest) -> TelnyxLeg:
         creds = self._creds()
-        placed = await self.api.dial(
-            connection_id=creds.connection_id,
-            to=request.to_number,
-            from_=request.from_number,
-            stream=StreamSpec(
-                stream_url(request.media_base_url, request.media_token), request.call_id
-            ),
-            # Telnyx stops ringing itself at the relay's own ring timeout.
-            timeout_secs=max(5, min(600, int(request.ring_timeout_seconds))),
-            webhook_url=f"{self.public_url}{CALL_PATH}",
-        )
+        try:
+            placed = await self.api.dial(
+                connection_id=creds.connection_id,
+                to=request.to_number,
+                from_=request.from_number,
+                stream=StreamSpec(
+                    stream_url(request.media_base_url, request.media_token), request.call_id
+                ),
+                # Telnyx stops ringing itself at the relay's own ring timeout.
+                timeout_secs=max(5, min(600, int(request.ring_timeout_seconds))),
+                webhook_url=f"{self.public_url}{CALL_PATH}",
+            )
+        except TelnyxTimeout as exc:
+            raise DialFailed("network_timeout", "Telnyx did not answer in time.") from exc
         call_control_id = placed.get("call_control_id")
         if not isinstance(call_control_id, str) or not call_control_id:
             raise CarrierError("Telnyx accepted the call without a call_control_id.")
