@@ -16,7 +16,7 @@ from collections.abc import Callable
 from aiohttp import web
 
 from relay import tokens
-from relay.api.carriers.telnyx import end_call_for
+from relay.api.carriers.telnyx import control_for
 from relay.calls import inbound, media
 from relay.calls.media import MEDIA
 from relay.errors import Forbidden, RateLimited
@@ -176,10 +176,10 @@ async def telnyx_media(request: web.Request) -> web.StreamResponse:
     """Telnyx media streaming; the token must be in the stream URL."""
     call_id = _verify(request, request.query.get("token"))
     call = await _waiting_call(request, call_id, TelnyxConnection.connection_types)
-    end_call = await end_call_for(request.app, call)
+    control = await control_for(request.app, call)
     deps = request.app[MEDIA].deps()
     ws = _socket()
     await ws.prepare(request)
-    conn = TelnyxConnection(ws, end_call)
+    conn = TelnyxConnection(ws, control)
     await request.app[MEDIA].serve(media.serve(deps, conn, call_id))
     return ws

@@ -1,14 +1,15 @@
 """Telnyx media streaming transport: a call's audio over Telnyx's bidirectional websocket.
 
 The media token is in the stream URL's query, checked before the upgrade. Closing the socket
-does not end a Telnyx call (the call outlives its stream), so the line's hang-up asks Call
-Control to end the call (``end_call``, given by whoever opened the socket).
+does not end a Telnyx call (the call outlives its stream), so the line's hang-up and transfer
+go through Call Control (``control``, given by whoever opened the socket; a BYOT call has
+none: its Telnyx call is its developer's).
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from typing import Protocol
 
 from aiohttp import WSCloseCode, WSMsgType, web
 
@@ -24,8 +25,13 @@ log = get_logger("relay.transports.telnyx")
 RATE = 8000
 FRAME_BYTES = RATE * 20 // 1000  # 160 mu-law bytes = 20 ms
 START_TIMEOUT_SECONDS = 10.0
-# Ends the call at the carrier, given its call_control_id.
-EndCall = Callable[[str], Awaitable[None]]
+
+
+class CallControl(Protocol):
+    """Telnyx Call Control commands on one call, by its ``call_control_id``."""
+
+    async def hangup(self, carrier_call_id: str) -> None: ...
+    async def transfer(self, carrier_call_id: str, to: str) -> None: ...
 
 
 class TelnyxLine:
@@ -34,13 +40,17 @@ class TelnyxLine:
     sample_rate = RATE
 
     def __init__(
-        self, ws: web.WebSocketResponse, call_control_id: str, note: Note, end_call: EndCall | None
+        self,
+        ws: web.WebSocketResponse,
+        call_control_id: str,
+        note: Note,
+        control: CallControl | None,
     ) -> None:
         self._ws = ws
         self._ccid = call_control_id
         self._note = note
-        self._end_call = end_call
-        self._ended = False
+        self._control = control
+        self._ended = False  # hung up, or handed to another number: not ours to end
 
     async def _send(self, text: str) -> None:
         if not self._ws.closed:
@@ -58,15 +68,19 @@ class TelnyxLine:
         await self.send_audio(dtmf_tones(digits))
 
     async def transfer(self, to: str) -> None:
+        """Telnyx dials ``to`` and bridges the caller to it; this stream ends."""
         await self._note("transfer", {"transfer": to})
+        if self._control is not None and self._ccid and not self._ended:
+            await self._control.transfer(self._ccid, to)
+            self._ended = True
 
     async def hangup(self) -> None:
         if not self._ws.closed:
             await self._ws.close()
-        if self._end_call is not None and self._ccid and not self._ended:
+        if self._control is not None and self._ccid and not self._ended:
             self._ended = True
             try:
-                await self._end_call(self._ccid)
+                await self._control.hangup(self._ccid)
             except Exception as exc:  # the carrier ends a call without media itself, later
                 log.warning("telnyx_hangup_failed", error=repr(exc))
 
@@ -103,9 +117,9 @@ class TelnyxConnection:
 
     connection_types: tuple[str, ...] = ("telnyx",)
 
-    def __init__(self, ws: web.WebSocketResponse, end_call: EndCall | None = None) -> None:
+    def __init__(self, ws: web.WebSocketResponse, control: CallControl | None = None) -> None:
         self._ws = ws
-        self._end_call = end_call
+        self._control = control
         self._start: tp.Start | None = None
 
     async def handshake(self) -> Handshake | None:
@@ -125,7 +139,7 @@ class TelnyxConnection:
 
     async def accept(self, call_id: str, note: Note) -> TelnyxLine:
         assert self._start is not None, "accept() follows a handshake"
-        return TelnyxLine(self._ws, self._start.call_control_id, note, self._end_call)
+        return TelnyxLine(self._ws, self._start.call_control_id, note, self._control)
 
     async def pump(self, handle: CallHandle, bad_frame: BadFrame) -> None:
         call_id = handle.call_id

@@ -120,11 +120,12 @@ async def test_a_hangup_by_the_agent_ends_the_call_at_telnyx(
     await ws.send_str('{"event":"connected","version":"1.0.0"}')
     await ws.send_str(start_frame(call.call_control_id))
     await asyncio.wait_for(engine.started.wait(), 5)
+    assert call.alive
     await engine.calls[0].end("completed")
     hangup = f"/v2/calls/{call.call_control_id}/actions/hangup"
     await wait_for(lambda: any(p == hangup for _, p, _ in fake.requests))
     await fake.settle()
-    assert not call.alive
+    assert (call.alive, call.hangup_cause) == (False, "normal_clearing")
 
 
 async def test_a_socket_without_a_token_or_with_another_codec_is_refused(
@@ -162,3 +163,21 @@ def test_the_protocol_reads_telnyx_frames_and_refuses_malformed_ones():
             tp.parse(bad)
     assert json.loads(tp.media(b"\x00")) == {"event": "media", "media": {"payload": "AA=="}}
     assert json.loads(tp.mark("m")) == {"event": "mark", "mark": {"name": "m"}}
+
+
+async def test_a_transfer_is_handed_to_telnyx_and_the_call_is_not_hung_up(
+    client, auth, fake, account_a, engine, database
+):
+    call, path = await answered_call(client, auth, fake, account_a)
+    ws = await client.ws_connect(path)
+    await ws.send_str('{"event":"connected","version":"1.0.0"}')
+    await ws.send_str(start_frame(call.call_control_id))
+    await asyncio.wait_for(engine.started.wait(), 5)
+    [scripted] = engine.calls
+    await scripted.line.transfer("+14155550199")
+    await scripted.end("completed")
+    [row] = await calls(database)
+    await wait_for(lambda: _status(database, row.id, "completed"))
+    assert call.transfer_to == "+14155550199"
+    actions = [p.rsplit("/", 1)[1] for _, p, _ in fake.requests if "/actions/" in p]
+    assert actions == ["answer", "transfer"]  # not hung up: Telnyx bridges it on

@@ -33,7 +33,7 @@ from relay.errors import BadRequest, Forbidden
 from relay.logs import get_logger
 from relay.state import APP_STATE
 from relay.store.models import Call, Number
-from relay.transports.telnyx import EndCall
+from relay.transports.telnyx import CallControl
 from relay.urls import media_base_url
 from relay_numbers.keys import telnyx_key
 from relay_numbers.telnyx_accounts import TelnyxCarriers
@@ -173,17 +173,16 @@ async def _delivery(request: web.Request, report: te.StatusReport, keys: tuple[s
         await set_status(session, message_of(row), report.status, **values)
 
 
-async def end_call_for(app: web.Application, call: Call) -> EndCall | None:
-    """How a Telnyx call of one of our numbers is ended at Telnyx (closing its media socket
-    does not end it). A BYOT call's Telnyx call is its developer's to end."""
+async def control_for(app: web.Application, call: Call) -> CallControl | None:
+    """How a Telnyx call of one of our numbers is hung up or transferred at Telnyx (closing
+    its media socket does not end it). A BYOT call's Telnyx call is its developer's."""
     if call.number_id is None:
         return None
     async with app[APP_STATE].db.session() as session:
         number = await session.get(Number, call.number_id)
     if number is None or number.provider != "telnyx":
         return None
-    carrier = await app[TELNYX].for_key(number.carrier_key)
-    return carrier.hangup if carrier is not None else None
+    return await app[TELNYX].for_key(number.carrier_key)
 
 
 def install(app: web.Application, carriers: TelnyxCarriers) -> None:
@@ -192,4 +191,4 @@ def install(app: web.Application, carriers: TelnyxCarriers) -> None:
     app.router.add_post(MESSAGE_PATH, message_webhook)
 
 
-__all__ = ["TELNYX", "end_call_for", "install", "signed"]
+__all__ = ["TELNYX", "control_for", "install", "signed"]
