@@ -91,7 +91,7 @@ async def call_webhook(request: web.Request) -> web.Response:
         raise BadRequest(NOT_JSON.format(why=exc)) from None
     if hook.event_type == "call.initiated" and event.direction == "incoming":
         await _answer(request, carrier, event)
-    elif hook.event_type == "call.hangup" and event.client_state:
+    elif hook.event_type == "call.hangup" and event.direction == "outgoing" and event.client_state:
         await _leg_ended(request, event)
     return web.json_response({})
 
