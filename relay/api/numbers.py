@@ -29,6 +29,7 @@ from relay.api.routing import Context, Router
 from relay.api.schema import APIModel, Deleted, OutModel, Page, PageQuery
 from relay.carriers import CarrierError, NoNumberAvailable, ProvisionRequest
 from relay.carriers.sim import SIM_RANGES, sim_country_of
+from relay.carriers.telnyx import TelnyxCarrier
 from relay.carriers.telnyx.accounts import TelnyxAccounts
 from relay.carriers.twilio.accounts import TwilioAccounts, TwilioCredentials
 from relay.errors import APIError, Conflict, NotFound, invalid_field
@@ -330,7 +331,8 @@ async def _prove(ctx: Context, body: NumberImport, phone: str) -> _Proof:
 
 
 async def _prove_telnyx(ctx: Context, account: CarrierAccount | None, phone: str) -> _Proof:
-    """Telnyx lists the number among the account's own (``GET /v2/phone_numbers``)."""
+    """Telnyx lists the number among the account's own (``GET /v2/phone_numbers``); it is
+    then assigned to the account's application and messaging profile."""
     if account is None:
         raise invalid_field("carrierAccountId", NEEDS_TELNYX_ACCOUNT, "carrier_account_required")
     try:
@@ -346,6 +348,14 @@ async def _prove_telnyx(ctx: Context, account: CarrierAccount | None, phone: str
         raise carrier_api_error(exc) from None
     if owned is None:
         raise invalid_field("phoneNumber", refusal, "number_not_owned")
+    # Its calls and texts now reach the relay, before the number is stored.
+    carrier = TelnyxCarrier(creds, api_base_url=ctx.state.settings.telnyx_api_base_url)
+    try:
+        await carrier.configure(phone, owned.provider_sid or None, "")
+    except CarrierError as exc:
+        raise carrier_api_error(exc) from None
+    finally:
+        await carrier.close()
     key = telnyx_key(creds.connection_id)
     return _Proof(key, account.id, owned.provider_sid or None, owned.capabilities, refusal)
 

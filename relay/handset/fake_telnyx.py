@@ -210,6 +210,8 @@ class FakeTelnyx:
         r.add_patch("/v2/messaging_profiles/{id}", self.update_profile)
         r.add_get("/v2/phone_numbers", self.list_numbers)
         r.add_delete("/v2/phone_numbers/{id}", self.delete_number)
+        r.add_patch("/v2/phone_numbers/{id}", self.update_number)
+        r.add_patch("/v2/phone_numbers/{id}/messaging", self.update_number)
         r.add_get("/v2/available_phone_numbers", self.available)
         r.add_post("/v2/number_orders", self.order)
         r.add_post("/v2/calls", self.dial)
@@ -301,6 +303,21 @@ class FakeTelnyx:
             )
         meta = {"page_number": 1, "page_size": 20, "total_pages": 1, "total_results": len(items)}
         return web.json_response({"data": items, "meta": meta})
+
+    async def update_number(self, request: web.Request) -> web.Response:
+        account = self._me(request)
+        body = await request.json()
+        wrong = {
+            k
+            for k, mine in (
+                ("connection_id", account.connection_id),
+                ("messaging_profile_id", account.messaging_profile_id),
+            )
+            if k in body and body[k] != mine
+        }
+        if wrong:
+            return _error(422, "10015", f"not this account's: {', '.join(sorted(wrong))}")
+        return web.json_response({"data": {"id": request.match_info["id"], **body}})
 
     async def delete_number(self, request: web.Request) -> web.Response:
         return web.json_response({"data": {"id": request.match_info["id"], "status": "deleted"}})

@@ -125,6 +125,14 @@ async def test_an_import_telnyx_confirms_is_routed_by_the_application(
     async with database.session() as session:
         row = await session.get(Number, number["id"])
     assert row.carrier_key == f"telnyx:{account_a.connection_id}"
+    # Pointed at the relay: onto the account's application and messaging profile.
+    patches = {p: b for m, p, b in fake.requests if m == "PATCH" and "/phone_numbers/" in p}
+    assert patches == {
+        f"/v2/phone_numbers/{row.provider_sid}": {"connection_id": account_a.connection_id},
+        f"/v2/phone_numbers/{row.provider_sid}/messaging": {
+            "messaging_profile_id": account_a.messaging_profile_id
+        },
+    }
     error = (await import_number(client, auth, UNOWNED, created["id"], status=422))["error"]
     assert (error["code"], error["field"]) == ("number_not_owned", "phoneNumber")
 

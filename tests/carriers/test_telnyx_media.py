@@ -181,3 +181,26 @@ async def test_a_transfer_is_handed_to_telnyx_and_the_call_is_not_hung_up(
     assert call.transfer_to == "+14155550199"
     actions = [p.rsplit("/", 1)[1] for _, p, _ in fake.requests if "/actions/" in p]
     assert actions == ["answer", "transfer"]  # not hung up: Telnyx bridges it on
+
+
+async def test_a_byot_call_streams_over_the_telnyx_socket(client, auth, engine, database):
+    body = {"name": "Ava", "webhookUrl": "http://127.0.0.1:9/h"}
+    agent = await (await client.post("/v1/agents", json=body, headers=auth)).json()
+    resp = await client.post(
+        "/v1/calls", json={"agentId": agent["id"], "connectionType": "telnyx"}, headers=auth
+    )
+    assert resp.status == 201, await resp.text()
+    join = urlsplit((await resp.json())["joinUrl"])
+    assert join.path == "/media/telnyx"
+    ws = await client.ws_connect(f"{join.path}?{join.query}")
+    await ws.send_str('{"event":"connected","version":"1.0.0"}')
+    await ws.send_str(start_frame("v3:developers-own"))
+    await asyncio.wait_for(engine.started.wait(), 5)
+    [row] = await calls(database)
+    assert (row.status, row.connection_type, row.carrier_call_id) == (
+        "in_progress",
+        "telnyx",
+        "v3:developers-own",
+    )
+    await engine.calls[0].end("completed")  # the developer's Telnyx call: not ours to end
+    await wait_for(lambda: _status(database, row.id, "completed"))

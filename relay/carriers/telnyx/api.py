@@ -185,6 +185,15 @@ class TelnyxApi:
         data = await self.request("POST", "/number_orders", json=body)
         return data if isinstance(data, dict) else {}
 
+    async def assign(self, number_id: str, creds: TelnyxCredentials) -> None:
+        """Route the number's calls to the account's application and its texts to its
+        messaging profile (whose webhooks point at the relay)."""
+        body = {"connection_id": creds.connection_id}
+        await self.request("PATCH", f"/phone_numbers/{number_id}", json=body)
+        if creds.messaging_profile_id:
+            body = {"messaging_profile_id": creds.messaging_profile_id}
+            await self.request("PATCH", f"/phone_numbers/{number_id}/messaging", json=body)
+
     async def delete_number(self, number_id: str) -> None:
         await self.request("DELETE", f"/phone_numbers/{number_id}")
 

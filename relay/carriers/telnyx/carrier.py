@@ -116,6 +116,19 @@ class TelnyxCarrier:
         if provider_sid is not None:
             await self.api.delete_number(provider_sid)
 
+    async def configure(
+        self, phone_number: str, provider_sid: str | None, webhook_base_url: str
+    ) -> None:
+        """Point an imported number at the relay: onto the account's application and
+        messaging profile, whose webhooks the relay set when the account was added."""
+        creds = self._creds()
+        if provider_sid is None:
+            found = await self.api.phone_numbers(phone_number)
+            provider_sid = str(found[0]["id"]) if found and found[0].get("id") else None
+        if provider_sid is None:
+            raise CarrierError(f"Telnyx has no number {phone_number} on this account.")
+        await self.api.assign(provider_sid, creds)
+
     async def dial(self, request: DialRequest) -> TelnyxLeg:
         creds = self._creds()
         try:
