@@ -107,6 +107,7 @@ class FakeCall:
     done: asyncio.Event = field(default_factory=asyncio.Event)
     transfer_to: str | None = None
     error: str | None = None  # why its media stream failed, if it did
+    arrived_at: float = field(default_factory=time.perf_counter)  # its dial or its ring
 
 
 class _TelnyxLine(_Line):
@@ -178,6 +179,7 @@ class FakeTelnyx:
     messages: list[dict[str, Any]] = field(default_factory=list)
     requests: list[tuple[str, str, Any]] = field(default_factory=list)  # method, path, body
     webhooks: list[tuple[str, str, int]] = field(default_factory=list)  # event, url, status
+    webhook_seconds: list[float] = field(default_factory=list)  # each one's round trip
     _tasks: set[asyncio.Task[Any]] = field(default_factory=set)
 
     def add_account(self, numbers: set[str] | None = None) -> FakeTelnyxAccount:
@@ -347,6 +349,7 @@ class FakeTelnyx:
         return web.json_response({"data": {**data, "phone_numbers": numbers}})
 
     async def dial(self, request: web.Request) -> web.Response:
+        arrived = time.perf_counter()
         account = self._me(request)
         body = await request.json()
         missing = [k for k in ("connection_id", "to", "from") if not body.get(k)]
@@ -367,6 +370,7 @@ class FakeTelnyx:
             webhook_url=body.get("webhook_url"),
             client_state=body.get("client_state"),
             stream_url=body.get("stream_url"),
+            arrived_at=arrived,
         )
         self.calls[call.call_control_id] = call
         self._spawn(self._ring(call, int(body.get("timeout_secs") or 30)))
@@ -466,10 +470,12 @@ class FakeTelnyx:
             "telnyx-signature-ed25519": base64.b64encode(signature).decode(),
             "telnyx-timestamp": timestamp,
         }
+        began = time.perf_counter()
         async with (
             aiohttp.ClientSession() as http,
             http.post(self._rewrite(url), data=body, headers=headers) as resp,
         ):
+            self.webhook_seconds.append(time.perf_counter() - began)
             self.webhooks.append((event_type, url, resp.status))
             return resp.status
 
