@@ -282,3 +282,22 @@ async def test_credentials_appear_in_no_log_line(client, auth, fake, account_a, 
     async with client.app[APP_STATE].db.session() as session:
         accounts = (await session.execute(select(CarrierAccount))).scalars().all()
     assert all(account_a.api_key not in repr(a.credentials) for a in accounts)
+
+
+async def test_a_signed_text_with_a_nul_in_a_number_is_400_and_stores_nothing(
+    client, auth, fake, account_a, database
+):
+    await bound_number(client, auth, fake, account_a, NUMBER_A)
+    payload = {
+        "id": "m1",
+        "direction": "inbound",
+        "from": {"phone_number": CALLER},
+        "to": [{"phone_number": NUMBER_A + "\x00"}],
+        "text": "hi",
+    }
+    url = f"/carriers/telnyx/message?connection={account_a.connection_id}"
+    deliver_to_relay(fake, client)
+    status = await fake.post_webhook(account_a, PUBLIC_URL + url, "message.received", payload)
+    assert status == 400
+    async with database.session() as session:
+        assert (await session.execute(select(Message))).scalars().all() == []

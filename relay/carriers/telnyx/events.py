@@ -84,10 +84,17 @@ def parse(body: bytes) -> Webhook:
     return Webhook(event_type, str(event_id or ""), payload)
 
 
+def _sane(value: str, name: str) -> str:
+    # Signed is not sane: a NUL would reach the store (PostgreSQL refuses one).
+    if "\x00" in value:
+        raise WebhookInvalid(f"payload.{name} holds a NUL character")
+    return value
+
+
 def _text(payload: dict[str, Any], name: str, *, required: bool = True) -> str:
     value = payload.get(name)
     if isinstance(value, str) and value:
-        return value
+        return _sane(value, name)
     if required:
         raise WebhookInvalid(f"payload.{name} is missing")
     return ""
@@ -117,9 +124,8 @@ def call_event(hook: Webhook) -> CallEvent:
 
 def _number(value: Any) -> str:
     if isinstance(value, dict):
-        number = value.get("phone_number")
-        return number if isinstance(number, str) else ""
-    return value if isinstance(value, str) else ""
+        value = value.get("phone_number")
+    return _sane(value, "phone_number") if isinstance(value, str) else ""
 
 
 def incoming_text(hook: Webhook) -> IncomingText:
