@@ -59,6 +59,7 @@ from relay.calls.recordings import RECORDINGS, RecordingWorker
 from relay.calls.recovery import RECOVERY, Recovery
 from relay.carriers import CarrierRegistry
 from relay.carriers.sim import SimCarrier
+from relay.carriers.telnyx import TelnyxCarrier
 from relay.carriers.twilio import TwilioCarrier
 from relay.config import Settings
 from relay.events import DELIVERY, DeliveryWorker
@@ -71,6 +72,7 @@ from relay.state import APP_STATE, AppState
 from relay.store.db import Database
 from relay.turns import hosted_backend
 from relay_numbers.accounts import AccountCarriers, check_stored_credentials
+from relay_numbers.telnyx_accounts import TelnyxCarriers
 from sms.service import SMS, SmsService
 
 log = get_logger("relay.app")
@@ -105,10 +107,14 @@ def create_app(settings: Settings | None = None, *, db: Database | None = None) 
     # One of each carrier per app, on the deployment's account; a project's own account gets
     # its carrier from this one (relay_numbers.accounts.AccountCarriers).
     sim, twilio = SimCarrier(), TwilioCarrier.from_settings(settings)
+    # Telnyx has no deployment account: this one only makes the projects' accounts' carriers.
+    telnyx = TelnyxCarrier(
+        public_url=settings.effective_public_url(), api_base_url=settings.telnyx_api_base_url
+    )
     state = AppState(
         settings=settings,
         db=database,
-        carriers=CarrierRegistry([sim, twilio], default="sim"),
+        carriers=CarrierRegistry([sim, twilio, telnyx], default="sim"),
         limiter=RateLimiter(settings.rate_limit_per_second, settings.rate_limit_burst),
         secret_box=SecretBox(settings.encryption_key),  # a malformed key refuses to start here
     )
@@ -132,6 +138,7 @@ def create_app(settings: Settings | None = None, *, db: Database | None = None) 
     cors.install(app)
     carrier_webhooks.sim.install(app)
     carrier_webhooks.twilio.install(app, twilio)
+    carrier_webhooks.telnyx.install(app, app[SMS].telnyx)
     app.cleanup_ctx.extend((_schema, _node, _sms, _post_call, _recordings, _media))
     app.on_shutdown.append(_stop_taking_work)
     app.on_startup.append(_settled)  # after cleanup_ctx's start-up, which runs first
@@ -174,7 +181,15 @@ def _build_workers(
     )
     app[COMMANDS] = CommandBus(db, node_id, lambda kind, call_id: _command(app, kind, call_id))
     # It closes their clients.
-    app[SMS] = SmsService(settings, db, sim=sim, twilio=twilio, secret_box=state.secret_box)
+    telnyx = TelnyxCarriers(
+        db,
+        state.secret_box,
+        public_url=settings.effective_public_url(),
+        api_base_url=settings.telnyx_api_base_url,
+    )
+    app[SMS] = SmsService(
+        settings, db, sim=sim, twilio=twilio, secret_box=state.secret_box, telnyx=telnyx
+    )
     app[INTELLIGENCE] = IntelligenceWorker(db, settings, lambda: hosted_backend(settings))
     app[RECORDINGS] = RecordingWorker(db, settings)
     app[MEDIA] = MediaRuntime(

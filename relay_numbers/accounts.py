@@ -21,11 +21,11 @@ from relay.logs import get_logger
 from relay.secretbox import KeyMissing, SecretBox, SecretBoxError
 from relay.store.db import Database
 from relay.store.models import CarrierAccount, utcnow
-from relay_numbers.keys import DEPLOYMENT, sim_key, twilio_key
+from relay_numbers.keys import DEPLOYMENT, sim_key, telnyx_key, twilio_key
 
 log = get_logger("relay_numbers.accounts")
 
-PROVIDERS = ("twilio", "sim")
+PROVIDERS = ("twilio", "sim", "telnyx")
 STORED_WITHOUT_KEY = (
     "The database holds {count} carrier account(s) with encrypted credentials and "
     "RELAY_ENCRYPTION_KEY is not set: the relay cannot read them. Set the key they were "
@@ -52,6 +52,8 @@ def carrier_key_of(account: CarrierAccount) -> str:
     if account.provider == "sim":
         return sim_key(account.project_id)
     assert account.account_sid is not None
+    if account.provider == "telnyx":
+        return telnyx_key(account.account_sid)
     return twilio_key(account.account_sid)
 
 

@@ -4,6 +4,7 @@ carrier's message ids. One string, ``<provider>:<the carrier's name for the acco
   ``sim:<project id>``        the sim carrier, one account per project (it needs no credentials)
   ``twilio:<AccountSid>``     a Twilio account a project added (``/v1/carrier-accounts``)
   ``twilio:deployment``       the deployment's own Twilio account (``RELAY_TWILIO_*``)
+  ``telnyx:<connection id>``  a Telnyx account a project added, by its Call Control App
 """
 
 from __future__ import annotations
@@ -20,6 +21,10 @@ def twilio_key(account_sid: str) -> str:
     return f"twilio:{account_sid}"
 
 
+def telnyx_key(connection_id: str) -> str:
+    return f"telnyx:{connection_id}"
+
+
 def twilio_keys(account_sid: str, *, deployment: bool) -> tuple[str, ...]:
     """The keys a Twilio webhook for ``account_sid`` reaches, once signed: the account's own,
     and the deployment's too when the deployment's token signed it."""
@@ -33,6 +38,7 @@ __all__ = [
     "DEPLOYMENT",
     "TWILIO_DEPLOYMENT_KEY",
     "sim_key",
+    "telnyx_key",
     "twilio_keys",
     "twilio_key",
 ]

@@ -39,6 +39,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from relay.carriers import Carrier
 from relay.carriers.sim import SimCarrier
+from relay.carriers.telnyx.accounts import message_webhook_url
 from relay.carriers.twilio import TwilioCarrier, TwilioSms
 from relay.config import Settings
 from relay.egress import client_session
@@ -48,6 +49,7 @@ from relay.store.db import Database
 from relay.store.models import Message, utcnow
 from relay_numbers import TWILIO_DEPLOYMENT_KEY
 from relay_numbers.accounts import twilio_tokens
+from relay_numbers.telnyx_accounts import TelnyxCarriers
 from sms.outbound import TextCarrier
 from sms.queue import ConversationQueues
 from sms.store import SmsRow
@@ -82,6 +84,7 @@ class SmsService:
         sim: SimCarrier | None = None,
         twilio: TwilioCarrier | None = None,
         secret_box: SecretBox | None = None,
+        telnyx: TelnyxCarriers | None = None,
     ) -> None:
         self.settings = settings
         self.db = db
@@ -91,6 +94,10 @@ class SmsService:
         self.sim = sim or SimCarrier()
         self.twilio = twilio or TwilioCarrier.from_settings(settings)
         self.carriers: dict[str, Carrier] = carriers or {"sim": self.sim, "twilio": self.twilio}
+        # Telnyx texts go out on their number's account only (the relay has none of its own).
+        self.telnyx = telnyx or TelnyxCarriers(
+            db, self.secret_box, public_url=settings.effective_public_url()
+        )
         self.queues: ConversationQueues[SmsRow] = ConversationQueues(self._drain)
         self._waiters: dict[str, asyncio.Future[list[SmsRow]]] = {}
         self._http: aiohttp.ClientSession | None = None
@@ -160,15 +167,19 @@ class SmsService:
         return self._http
 
     def status_callback_url(self, msg: SmsRow) -> str | None:
+        base = self.settings.effective_public_url()
+        if msg.provider == "telnyx" and msg.carrier_key:
+            return message_webhook_url(base, msg.carrier_key.removeprefix("telnyx:"))
         if msg.provider != "twilio":
             return None
-        base = self.settings.effective_public_url()
         return f"{base}{STATUS_CALLBACK_PATH}?messageId={msg.id}"
 
     async def carrier_for(self, msg: SmsRow) -> TextCarrier | None:
         """Who sends ``msg``: its number's carrier account when a project added it, else the
         relay's own carrier of that provider."""
         key = msg.carrier_key or ""
+        if msg.provider == "telnyx":
+            return await self.telnyx.for_key(key)
         if (
             msg.provider != "twilio"
             or not key.startswith("twilio:")
@@ -285,6 +296,7 @@ class SmsService:
         if self._http is not None:
             await self._http.close()
         await self.twilio.close()
+        await self.telnyx.close()
         for client in self._accounts.values():
             await client.close()
         self._accounts.clear()

@@ -3,8 +3,10 @@
 A Twilio account is verified with Twilio when it is added (and when its credentials change):
 a cheap authenticated read of the account. Its credentials are stored encrypted with
 ``RELAY_ENCRYPTION_KEY`` and never answered again: responses show the AccountSid and the
-last characters of the auth token. A ``sim`` account needs no credentials: it is the
-project's account at the relay's embedded carrier.
+last characters of the auth token. A Telnyx account is verified the same way (the API key
+opens the account and its Call Control Application, whose webhooks the relay then points at
+itself); responses show the application's id and the API key's last characters. A ``sim``
+account needs no credentials: it is the project's account at the relay's embedded carrier.
 """
 
 from __future__ import annotations
@@ -20,18 +22,26 @@ from relay.api.pagination import fetch_page, newest_first
 from relay.api.routing import Context, Router
 from relay.api.schema import APIModel, Deleted, OutModel, Page, PageQuery
 from relay.carriers import CarrierCredentialsInvalid, CarrierError
+from relay.carriers.telnyx import TelnyxCredentials
+from relay.carriers.telnyx.accounts import TelnyxAccounts
 from relay.carriers.twilio.accounts import TwilioAccounts, TwilioCredentials
 from relay.errors import APIError, Conflict, NotFound, ServiceUnavailable, invalid_field
 from relay.ids import new_id
 from relay.secretbox import SecretBoxError
 from relay.store.models import CarrierAccount, Number, utcnow
 from relay_numbers.accounts import hint_of, seal_twilio, twilio_credentials
+from relay_numbers.telnyx_accounts import seal_telnyx
 
 router = Router()
 TAG = "Carrier accounts"
-NEEDS_CREDENTIALS = "A twilio account needs credentials: {accountSid, authToken}."
+NEEDS_CREDENTIALS = {
+    "twilio": "A twilio account needs credentials: {accountSid, authToken}.",
+    "telnyx": "A telnyx account needs credentials: {apiKey, publicKey, connectionId}.",
+}
+WRONG_CREDENTIALS = "These are not {provider} credentials."
 SIM_NEEDS_NONE = "A sim account takes no credentials."
 SAME_ACCOUNT = "New credentials must be for the same account ({sid}); add another account instead."
+TELNYX_ID = r"^[A-Za-z0-9_-]{1,64}$"
 IN_USE = "The account still has {count} active number(s); release them first."
 SID_PATTERN = r"^AC[0-9a-fA-F]{32}$"
 
@@ -43,15 +53,34 @@ class TwilioCredentialsIn(APIModel):
     )
 
 
+class TelnyxCredentialsIn(APIModel):
+    api_key: str = Field(
+        min_length=16, max_length=200, pattern=r"^[A-Za-z0-9_-]+$", description="Never answered."
+    )
+    public_key: str = Field(
+        min_length=44,
+        max_length=44,
+        pattern=r"^[A-Za-z0-9+/]{43}=$",
+        description="The account's Ed25519 public key (base64), which signs its webhooks.",
+    )
+    connection_id: str = Field(pattern=TELNYX_ID, description="The Call Control Application.")
+    messaging_profile_id: str | None = Field(
+        default=None, pattern=TELNYX_ID, description="Whose texts' webhooks the relay sets."
+    )
+
+
+Credentials = TwilioCredentialsIn | TelnyxCredentialsIn
+
+
 class CarrierAccountCreate(APIModel):
-    provider: Literal["twilio", "sim"]
+    provider: Literal["twilio", "telnyx", "sim"]
     name: str | None = Field(default=None, max_length=200)
-    credentials: TwilioCredentialsIn | None = None
+    credentials: Credentials | None = None
 
 
 class CarrierAccountUpdate(APIModel):
     name: str | None = Field(default=None, max_length=200)
-    credentials: TwilioCredentialsIn | None = Field(
+    credentials: Credentials | None = Field(
         default=None, description="New credentials for the same account, verified again."
     )
 
@@ -61,19 +90,28 @@ class MaskedCredentials(OutModel):
     auth_token: str = Field(description="Masked: only its last characters.")
 
 
+class MaskedTelnyxCredentials(OutModel):
+    connection_id: str
+    api_key: str = Field(description="Masked: only its last characters.")
+
+
 class CarrierAccountOut(OutModel):
     id: str
     object: Literal["carrier_account"] = "carrier_account"
     provider: str
     name: str | None
-    credentials: MaskedCredentials | None
+    credentials: MaskedCredentials | MaskedTelnyxCredentials | None
     created_at: datetime
     updated_at: datetime
 
 
 def account_out(a: CarrierAccount) -> CarrierAccountOut:
-    masked = None
-    if a.account_sid is not None:
+    masked: MaskedCredentials | MaskedTelnyxCredentials | None = None
+    if a.account_sid is not None and a.provider == "telnyx":
+        masked = MaskedTelnyxCredentials(
+            connection_id=a.account_sid, api_key=a.credentials_hint or ""
+        )
+    elif a.account_sid is not None:
         masked = MaskedCredentials(account_sid=a.account_sid, auth_token=a.credentials_hint or "")
     return CarrierAccountOut(
         id=a.id,
@@ -114,18 +152,35 @@ async def load_account(ctx: Context, session: AsyncSession, account_id: str) -> 
     return account
 
 
-async def _verified(ctx: Context, given: TwilioCredentialsIn) -> tuple[TwilioCredentials, str]:
-    """The credentials, once Twilio accepted them, and their sealed form."""
-    creds = TwilioCredentials(given.account_sid, given.auth_token)
+async def _verified(ctx: Context, provider: str, given: Credentials) -> tuple[str, str, str]:
+    """The credentials, once the carrier accepted them: (the account's name at the carrier,
+    the hint the API shows of the secret, the sealed credentials)."""
+    settings = ctx.state.settings
     try:
-        sealed = seal_twilio(ctx.state.secret_box, creds)  # before asking Twilio: no key, no ask
+        # Sealed before asking the carrier: no key, no ask.
+        if provider == "twilio" and isinstance(given, TwilioCredentialsIn):
+            twilio = TwilioCredentials(given.account_sid, given.auth_token)
+            sealed = seal_twilio(ctx.state.secret_box, twilio)
+            name, secret = twilio.account_sid, twilio.auth_token
+        elif provider == "telnyx" and isinstance(given, TelnyxCredentialsIn):
+            telnyx = TelnyxCredentials(
+                given.api_key, given.public_key, given.connection_id, given.messaging_profile_id
+            )
+            sealed = seal_telnyx(ctx.state.secret_box, telnyx)
+            name, secret = telnyx.connection_id, telnyx.api_key
+        else:
+            raise invalid_field("credentials", WRONG_CREDENTIALS.format(provider=provider))
     except SecretBoxError as exc:
         raise secret_box_error(exc) from None
     try:
-        await TwilioAccounts(ctx.state.settings.twilio_api_base_url).verify(creds)
+        if provider == "twilio":
+            await TwilioAccounts(settings.twilio_api_base_url).verify(twilio)
+        else:
+            public = settings.effective_public_url()
+            await TelnyxAccounts(settings.telnyx_api_base_url).verify(telnyx, public)
     except CarrierError as exc:
         raise carrier_api_error(exc) from None
-    return creds, sealed
+    return name, hint_of(secret), sealed
 
 
 def twilio_of(ctx: Context, account: CarrierAccount) -> TwilioCredentials:
@@ -146,9 +201,11 @@ def twilio_of(ctx: Context, account: CarrierAccount) -> TwilioCredentials:
     errors=(400, 401, 403, 415, 422, 429, 502, 503),
 )
 async def create_account(ctx: Context, body: CarrierAccountCreate) -> CarrierAccountOut:
-    """Twilio credentials are verified with Twilio first (422 ``carrier_credentials_invalid``
+    """Credentials are verified with the carrier first (422 ``carrier_credentials_invalid``
     if it refuses them, 502 ``carrier_unavailable`` if it cannot be reached) and stored
-    encrypted (503 ``encryption_key_missing`` while the relay has no key)."""
+    encrypted (503 ``encryption_key_missing`` while the relay has no key). A Telnyx
+    account's Call Control Application (and messaging profile) then sends its webhooks to
+    this relay."""
     now = utcnow()
     account = CarrierAccount(
         id=new_id("ca"),
@@ -163,10 +220,9 @@ async def create_account(ctx: Context, body: CarrierAccountCreate) -> CarrierAcc
             raise invalid_field("credentials", SIM_NEEDS_NONE)
     else:
         if body.credentials is None:
-            raise invalid_field("credentials", NEEDS_CREDENTIALS)
-        creds, account.credentials = await _verified(ctx, body.credentials)
-        account.account_sid = creds.account_sid
-        account.credentials_hint = hint_of(creds.auth_token)
+            raise invalid_field("credentials", NEEDS_CREDENTIALS[body.provider])
+        name, hint, sealed = await _verified(ctx, body.provider, body.credentials)
+        account.account_sid, account.credentials_hint, account.credentials = name, hint, sealed
     async with ctx.state.db.session() as session:
         session.add(account)
     return account_out(account)
@@ -224,10 +280,13 @@ async def update_account(ctx: Context, body: CarrierAccountUpdate) -> CarrierAcc
     if body.credentials is not None:
         if account.provider == "sim":
             raise invalid_field("credentials", SIM_NEEDS_NONE)
-        if body.credentials.account_sid != account.account_sid:
+        given = body.credentials
+        named = given.account_sid if isinstance(given, TwilioCredentialsIn) else given.connection_id
+        if named != account.account_sid:
             raise invalid_field("credentials", SAME_ACCOUNT.format(sid=account.account_sid))
-        creds, fields["credentials"] = await _verified(ctx, body.credentials)
-        fields["credentials_hint"] = hint_of(creds.auth_token)
+        _, fields["credentials_hint"], fields["credentials"] = await _verified(
+            ctx, account.provider, given
+        )
     async with ctx.state.db.session() as session:
         account = await load_account(ctx, session, ctx.path("account_id"))
         for name, value in fields.items():

@@ -5,6 +5,7 @@ in :mod:`relay.api.carriers`.
 
     GET  /media/twilio                  Twilio Media Streams socket (Twilio and sim calls)
     GET  /media/websocket               raw PCM socket (bring your own telephony)
+    GET  /media/telnyx                  Telnyx media streaming socket (Telnyx and BYOT calls)
 """
 
 from __future__ import annotations
@@ -15,12 +16,14 @@ from collections.abc import Callable
 from aiohttp import web
 
 from relay import tokens
+from relay.api.carriers.telnyx import control_for
 from relay.calls import inbound, media
 from relay.calls.media import MEDIA
 from relay.errors import Forbidden, RateLimited
 from relay.state import APP_STATE
 from relay.store.models import Call
 from relay.transports import Handshake
+from relay.transports.telnyx import TelnyxConnection
 from relay.transports.twilio import TwilioConnection
 from relay.transports.websocket import WebsocketConnection
 
@@ -106,6 +109,7 @@ def install(app: web.Application) -> None:
     """Add the media routes (the media runtime is built by ``relay.app``)."""
     app.router.add_get("/media/twilio", twilio_media)
     app.router.add_get("/media/websocket", websocket_media)
+    app.router.add_get("/media/telnyx", telnyx_media)
     app[UNAUTHENTICATED] = Unauthenticated()
 
 
@@ -164,5 +168,18 @@ async def websocket_media(request: web.Request) -> web.StreamResponse:
     ws = _socket()
     await ws.prepare(request)
     conn = WebsocketConnection(ws, inbound.sample_rate_of(call))
+    await request.app[MEDIA].serve(media.serve(deps, conn, call_id))
+    return ws
+
+
+async def telnyx_media(request: web.Request) -> web.StreamResponse:
+    """Telnyx media streaming; the token must be in the stream URL."""
+    call_id = _verify(request, request.query.get("token"))
+    call = await _waiting_call(request, call_id, TelnyxConnection.connection_types)
+    control = await control_for(request.app, call)
+    deps = request.app[MEDIA].deps()
+    ws = _socket()
+    await ws.prepare(request)
+    conn = TelnyxConnection(ws, control)
     await request.app[MEDIA].serve(media.serve(deps, conn, call_id))
     return ws

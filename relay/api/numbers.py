@@ -20,18 +20,28 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
 from relay.api.agents import load_agent
-from relay.api.carrier_accounts import carrier_api_error, load_account, twilio_of
+from relay.api.carrier_accounts import (
+    carrier_api_error,
+    load_account,
+    secret_box_error,
+    twilio_of,
+)
 from relay.api.pagination import fetch_page, newest_first
 from relay.api.routing import Context, Router
 from relay.api.schema import APIModel, Deleted, OutModel, Page, PageQuery
 from relay.carriers import Carrier, CarrierError, NoNumberAvailable, ProvisionRequest
 from relay.carriers.sim import SIM_RANGES, sim_country_of
+from relay.carriers.telnyx import TelnyxCarrier
+from relay.carriers.telnyx.accounts import TelnyxAccounts
 from relay.carriers.twilio.accounts import TwilioAccounts, TwilioCredentials
 from relay.errors import APIError, Conflict, NotFound, invalid_field
 from relay.ids import new_id
 from relay.phone import region_of, to_e164
+from relay.secretbox import SecretBoxError
 from relay.store.models import CarrierAccount, Number, utcnow
 from relay_numbers import TWILIO_DEPLOYMENT_KEY, sim_key, twilio_key
+from relay_numbers.keys import telnyx_key
+from relay_numbers.telnyx_accounts import telnyx_credentials
 
 router = Router()
 TAG = "Numbers"
@@ -39,12 +49,14 @@ NUMBER_TAKEN = "This project already has this number on this carrier account."
 NOT_OWNED = "{account} has no number {phone}."
 NOT_IN_SIM_RANGES = "The sim carrier has no number {phone}: its ranges are {ranges}."
 NOT_VERIFIABLE = (
-    "This relay cannot prove who owns {provider} numbers yet; it imports twilio and sim numbers."
+    "This relay cannot prove who owns {provider} numbers yet; it imports twilio, telnyx and "
+    "sim numbers."
 )
 NEEDS_ACCOUNT = (
     "Name the Twilio carrier account that owns the number (carrierAccountId): this relay has "
     "no Twilio account of its own (RELAY_TWILIO_ACCOUNT_SID)."
 )
+NEEDS_TELNYX_ACCOUNT = "Name the Telnyx carrier account that owns the number (carrierAccountId)."
 WRONG_PROVIDER = "Carrier account {id} is a {provider} account, not {wanted}."
 UNKNOWN_CARRIER = "Unknown carrier {name!r}; this relay has: {names}."
 
@@ -352,6 +364,8 @@ async def _prove(ctx: Context, body: NumberImport, phone: str) -> _Proof:
         if sim_country_of(phone) is None:
             raise proof.not_owned()
         return proof
+    if body.provider == "telnyx":
+        return await _prove_telnyx(ctx, account, phone)
     if body.provider != "twilio":
         raise invalid_field(
             "provider", NOT_VERIFIABLE.format(provider=body.provider), "provider_not_verifiable"
@@ -394,6 +408,36 @@ async def _configure(ctx: Context, provider: str, proof: _Proof, phone: str) -> 
             await carrier.configure(phone, proof.provider_sid, public_url)
         except CarrierError as exc:
             raise _carrier_error(exc) from exc
+
+
+async def _prove_telnyx(ctx: Context, account: CarrierAccount | None, phone: str) -> _Proof:
+    """Telnyx lists the number among the account's own (``GET /v2/phone_numbers``); it is
+    then assigned to the account's application and messaging profile."""
+    if account is None:
+        raise invalid_field("carrierAccountId", NEEDS_TELNYX_ACCOUNT, "carrier_account_required")
+    try:
+        creds = telnyx_credentials(ctx.state.secret_box, account)
+    except SecretBoxError as exc:
+        raise secret_box_error(exc) from None
+    refusal = NOT_OWNED.format(account=f"Carrier account {account.id}", phone=phone)
+    try:
+        owned = await TelnyxAccounts(ctx.state.settings.telnyx_api_base_url).owned_number(
+            creds, phone
+        )
+    except CarrierError as exc:
+        raise carrier_api_error(exc) from None
+    if owned is None:
+        raise invalid_field("phoneNumber", refusal, "number_not_owned")
+    # Its calls and texts now reach the relay, before the number is stored.
+    carrier = TelnyxCarrier(creds, api_base_url=ctx.state.settings.telnyx_api_base_url)
+    try:
+        await carrier.configure(phone, owned.provider_sid or None, "")
+    except CarrierError as exc:
+        raise carrier_api_error(exc) from None
+    finally:
+        await carrier.close()
+    key = telnyx_key(creds.connection_id)
+    return _Proof(key, account.id, owned.provider_sid or None, owned.capabilities, refusal)
 
 
 async def _project_has(ctx: Context, carrier_key: str, phone: str) -> bool:

@@ -145,7 +145,9 @@ def transcribe(pcm: PCM, rate: int = RATE) -> str:
 
 
 class _Line:
-    """The handset's side of one media socket: a paced sender and a receiver."""
+    """The handset's side of one media socket: a paced sender and a receiver. The frames it
+    sends are Twilio Media Streams'; a carrier fake with another protocol overrides the
+    ``*_frame`` methods (``relay.handset.fake_telnyx``)."""
 
     def __init__(self, ws: aiohttp.ClientWebSocketResponse, stream_sid: str) -> None:
         self.ws = ws
@@ -160,6 +162,18 @@ class _Line:
         self.clears: list[float] = []
         self.closed = asyncio.Event()
         self.heard_loud = asyncio.Event()
+
+    def media_frame(self, data: bytes) -> str:
+        return tp.media(self.sid, data)
+
+    def dtmf_frame(self, digit: str) -> str:
+        return json.dumps({"event": "dtmf", "streamSid": self.sid, "dtmf": {"digit": digit}})
+
+    def mark_frame(self, name: str) -> str:
+        return tp.mark(self.sid, name)
+
+    def stop_frame(self) -> str:
+        return json.dumps({"event": "stop", "streamSid": self.sid})
 
     def say(self, pcm: PCM) -> None:
         pcm = np.concatenate([pcm, np.zeros((-len(pcm)) % FRAME, dtype=np.int16)])
@@ -180,12 +194,12 @@ class _Line:
                 self.outbox.popleft() if self.outbox else ("media", SILENT_FRAME, False)
             )
             if kind == "dtmf":
-                frame = {"event": "dtmf", "streamSid": self.sid, "dtmf": {"digit": data}}
-                await self.ws.send_str(json.dumps(frame))
+                assert isinstance(data, str)
+                await self.ws.send_str(self.dtmf_frame(data))
                 self.last_loud_sent = time.perf_counter()
                 continue
             assert isinstance(data, bytes)
-            await self.ws.send_str(tp.media(self.sid, data))
+            await self.ws.send_str(self.media_frame(data))
             if loud:
                 self.last_loud_sent = time.perf_counter()
             if not self.outbox:
@@ -211,7 +225,7 @@ class _Line:
                 elif event == "clear":
                     self.clears.append(now)
                 elif event == "mark":  # played as soon as it arrives: echo it, as Twilio does
-                    await self.ws.send_str(tp.mark(self.sid, frame["mark"]["name"]))
+                    await self.ws.send_str(self.mark_frame(frame["mark"]["name"]))
         finally:
             self.closed.set()
 
@@ -426,6 +440,38 @@ class SimHandset:
         for i, turn in enumerate(report.turns):
             heard = line.audio_between(marks[i], marks[i + 1])
             turn.heard = await loop.run_in_executor(None, transcribe, heard)
+
+    async def prepare(self, lines: Sequence[Line]) -> list[tuple[str, PCM | Dtmf]]:
+        """The audio of each line, synthesized ahead of a call."""
+        return [await self._audio(line) for line in lines]
+
+    async def talk(
+        self,
+        line: _Line,
+        audio: list[tuple[str, PCM | Dtmf]],
+        call_id: str,
+        barge_in_after_ms: int | None = None,
+    ) -> CallReport:
+        """Converse over a media socket a carrier fake opened and started in its own protocol
+        (``line`` writes its frames: :mod:`relay.handset.fake_telnyx`); hang up (its
+        ``stop``, close) once the last answer is over."""
+        report = CallReport(call_id=call_id)
+        started = time.perf_counter()
+        tasks = [asyncio.create_task(line.send()), asyncio.create_task(line.receive())]
+        try:
+            await self._converse(line, audio, report, barge_in_after_ms)
+        finally:
+            if not line.ws.closed:
+                await line.ws.send_str(line.stop_frame())
+                await line.ws.close()
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+        report.duration_s = round(time.perf_counter() - started, 2)
+        report.clears = len(line.clears)
+        report.frames_at = [t for t, _ in line.received]
+        await self._hearing(line, report, started)
+        return report
 
 
 def _now() -> float:
