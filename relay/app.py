@@ -121,6 +121,7 @@ def create_app(settings: Settings | None = None, *, db: Database | None = None) 
     cors.install(app)
     carrier_webhooks.sim.install(app)
     carrier_webhooks.twilio.install(app, twilio)
+    carrier_webhooks.plivo.install(app)
     app.cleanup_ctx.extend((_schema, _node, _sms, _post_call, _recordings, _media))
     app.on_shutdown.append(_stop_taking_work)
     app.on_startup.append(_settled)  # after cleanup_ctx's start-up, which runs first

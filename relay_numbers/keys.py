@@ -4,6 +4,7 @@ carrier's message ids. One string, ``<provider>:<the carrier's name for the acco
   ``sim:<project id>``        the sim carrier, one account per project (it needs no credentials)
   ``twilio:<AccountSid>``     a Twilio account a project added (``/v1/carrier-accounts``)
   ``twilio:deployment``       the deployment's own Twilio account (``RELAY_TWILIO_*``)
+  ``plivo:<auth id>``         a Plivo account a project added
 """
 
 from __future__ import annotations
@@ -20,6 +21,10 @@ def twilio_key(account_sid: str) -> str:
     return f"twilio:{account_sid}"
 
 
+def plivo_key(auth_id: str) -> str:
+    return f"plivo:{auth_id}"
+
+
 def twilio_keys(account_sid: str, *, deployment: bool) -> tuple[str, ...]:
     """The keys a Twilio webhook for ``account_sid`` reaches, once signed: the account's own,
     and the deployment's too when the deployment's token signed it."""
@@ -32,6 +37,7 @@ def twilio_keys(account_sid: str, *, deployment: bool) -> tuple[str, ...]:
 __all__ = [
     "DEPLOYMENT",
     "TWILIO_DEPLOYMENT_KEY",
+    "plivo_key",
     "sim_key",
     "twilio_keys",
     "twilio_key",

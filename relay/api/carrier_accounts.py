@@ -3,8 +3,9 @@
 A Twilio account is verified with Twilio when it is added (and when its credentials change):
 a cheap authenticated read of the account. Its credentials are stored encrypted with
 ``RELAY_ENCRYPTION_KEY`` and never answered again: responses show the AccountSid and the
-last characters of the auth token. A ``sim`` account needs no credentials: it is the
-project's account at the relay's embedded carrier.
+last characters of the auth token. A Plivo account is the same with its auth id and auth token,
+verified by reading the account (``GET /v1/Account/{auth_id}/``). A ``sim`` account needs
+no credentials: it is the project's account at the relay's embedded carrier.
 """
 
 from __future__ import annotations
@@ -20,16 +21,28 @@ from relay.api.pagination import fetch_page, newest_first
 from relay.api.routing import Context, Router
 from relay.api.schema import APIModel, Deleted, OutModel, Page, PageQuery
 from relay.carriers import CarrierCredentialsInvalid, CarrierError
+from relay.carriers.plivo import PlivoCredentials, PlivoRest
 from relay.carriers.twilio.accounts import TwilioAccounts, TwilioCredentials
 from relay.errors import APIError, Conflict, NotFound, ServiceUnavailable, invalid_field
 from relay.ids import new_id
 from relay.secretbox import SecretBoxError
 from relay.store.models import CarrierAccount, Number, utcnow
-from relay_numbers.accounts import hint_of, seal_twilio, twilio_credentials
+from relay_numbers.accounts import (
+    hint_of,
+    plivo_credentials,
+    seal_plivo,
+    seal_twilio,
+    twilio_credentials,
+)
 
 router = Router()
 TAG = "Carrier accounts"
-NEEDS_CREDENTIALS = "A twilio account needs credentials: {accountSid, authToken}."
+NEEDS_CREDENTIALS = (
+    "A twilio account needs credentials {accountSid, authToken}; a plivo account "
+    "{authId, authToken}."
+)
+WRONG_CREDENTIALS = "These are not {provider} credentials: {shape}."
+SHAPES = {"twilio": "{accountSid, authToken}", "plivo": "{authId, authToken}"}
 SIM_NEEDS_NONE = "A sim account takes no credentials."
 SAME_ACCOUNT = "New credentials must be for the same account ({sid}); add another account instead."
 IN_USE = "The account still has {count} active number(s); release them first."
@@ -43,15 +56,27 @@ class TwilioCredentialsIn(APIModel):
     )
 
 
+class PlivoCredentialsIn(APIModel):
+    auth_id: str = Field(
+        pattern=r"^(MA|SA)[A-Z0-9]{18}$", description="The account's auth id, MA... or SA..."
+    )
+    auth_token: str = Field(
+        min_length=16, max_length=128, pattern=r"^[A-Za-z0-9_-]+$", description="Never answered."
+    )
+
+
+CredentialsIn = TwilioCredentialsIn | PlivoCredentialsIn
+
+
 class CarrierAccountCreate(APIModel):
-    provider: Literal["twilio", "sim"]
+    provider: Literal["twilio", "plivo", "sim"]
     name: str | None = Field(default=None, max_length=200)
-    credentials: TwilioCredentialsIn | None = None
+    credentials: CredentialsIn | None = None
 
 
 class CarrierAccountUpdate(APIModel):
     name: str | None = Field(default=None, max_length=200)
-    credentials: TwilioCredentialsIn | None = Field(
+    credentials: CredentialsIn | None = Field(
         default=None, description="New credentials for the same account, verified again."
     )
 
@@ -61,19 +86,26 @@ class MaskedCredentials(OutModel):
     auth_token: str = Field(description="Masked: only its last characters.")
 
 
+class MaskedPlivoCredentials(OutModel):
+    auth_id: str
+    auth_token: str = Field(description="Masked: only its last characters.")
+
+
 class CarrierAccountOut(OutModel):
     id: str
     object: Literal["carrier_account"] = "carrier_account"
     provider: str
     name: str | None
-    credentials: MaskedCredentials | None
+    credentials: MaskedCredentials | MaskedPlivoCredentials | None
     created_at: datetime
     updated_at: datetime
 
 
 def account_out(a: CarrierAccount) -> CarrierAccountOut:
-    masked = None
-    if a.account_sid is not None:
+    masked: MaskedCredentials | MaskedPlivoCredentials | None = None
+    if a.account_sid is not None and a.provider == "plivo":
+        masked = MaskedPlivoCredentials(auth_id=a.account_sid, auth_token=a.credentials_hint or "")
+    elif a.account_sid is not None:
         masked = MaskedCredentials(account_sid=a.account_sid, auth_token=a.credentials_hint or "")
     return CarrierAccountOut(
         id=a.id,
@@ -114,23 +146,52 @@ async def load_account(ctx: Context, session: AsyncSession, account_id: str) -> 
     return account
 
 
-async def _verified(ctx: Context, given: TwilioCredentialsIn) -> tuple[TwilioCredentials, str]:
-    """The credentials, once Twilio accepted them, and their sealed form."""
-    creds = TwilioCredentials(given.account_sid, given.auth_token)
-    try:
-        sealed = seal_twilio(ctx.state.secret_box, creds)  # before asking Twilio: no key, no ask
+def _name_of(given: CredentialsIn) -> str:
+    """The carrier's name for the account: Twilio's AccountSid, Plivo's auth id."""
+    return given.auth_id if isinstance(given, PlivoCredentialsIn) else given.account_sid
+
+
+async def _verified(ctx: Context, provider: str, given: CredentialsIn) -> tuple[str, str]:
+    """The credentials' account name and sealed form, once the carrier accepted them."""
+    wanted = PlivoCredentialsIn if provider == "plivo" else TwilioCredentialsIn
+    if not isinstance(given, wanted):
+        raise invalid_field(
+            "credentials", WRONG_CREDENTIALS.format(provider=provider, shape=SHAPES[provider])
+        )
+    settings = ctx.state.settings
+    try:  # sealed before asking the carrier: no key, no ask
+        if isinstance(given, PlivoCredentialsIn):
+            plivo = PlivoCredentials(given.auth_id, given.auth_token)
+            sealed = seal_plivo(ctx.state.secret_box, plivo)
+        else:
+            twilio = TwilioCredentials(given.account_sid, given.auth_token)
+            sealed = seal_twilio(ctx.state.secret_box, twilio)
     except SecretBoxError as exc:
         raise secret_box_error(exc) from None
     try:
-        await TwilioAccounts(ctx.state.settings.twilio_api_base_url).verify(creds)
+        if isinstance(given, PlivoCredentialsIn):
+            rest = PlivoRest(plivo, settings.plivo_api_base_url)
+            try:
+                await rest.verify()
+            finally:
+                await rest.close()
+        else:
+            await TwilioAccounts(settings.twilio_api_base_url).verify(twilio)
     except CarrierError as exc:
         raise carrier_api_error(exc) from None
-    return creds, sealed
+    return _name_of(given), sealed
 
 
 def twilio_of(ctx: Context, account: CarrierAccount) -> TwilioCredentials:
     try:
         return twilio_credentials(ctx.state.secret_box, account)
+    except SecretBoxError as exc:
+        raise secret_box_error(exc) from None
+
+
+def plivo_of(ctx: Context, account: CarrierAccount) -> PlivoCredentials:
+    try:
+        return plivo_credentials(ctx.state.secret_box, account)
     except SecretBoxError as exc:
         raise secret_box_error(exc) from None
 
@@ -146,9 +207,10 @@ def twilio_of(ctx: Context, account: CarrierAccount) -> TwilioCredentials:
     errors=(400, 401, 403, 415, 422, 429, 502, 503),
 )
 async def create_account(ctx: Context, body: CarrierAccountCreate) -> CarrierAccountOut:
-    """Twilio credentials are verified with Twilio first (422 ``carrier_credentials_invalid``
-    if it refuses them, 502 ``carrier_unavailable`` if it cannot be reached) and stored
-    encrypted (503 ``encryption_key_missing`` while the relay has no key)."""
+    """Twilio and Plivo credentials are verified with the carrier first (422
+    ``carrier_credentials_invalid`` if it refuses them, 502 ``carrier_unavailable`` if it
+    cannot be reached) and stored encrypted (503 ``encryption_key_missing`` while the relay
+    has no key)."""
     now = utcnow()
     account = CarrierAccount(
         id=new_id("ca"),
@@ -164,9 +226,9 @@ async def create_account(ctx: Context, body: CarrierAccountCreate) -> CarrierAcc
     else:
         if body.credentials is None:
             raise invalid_field("credentials", NEEDS_CREDENTIALS)
-        creds, account.credentials = await _verified(ctx, body.credentials)
-        account.account_sid = creds.account_sid
-        account.credentials_hint = hint_of(creds.auth_token)
+        name, account.credentials = await _verified(ctx, body.provider, body.credentials)
+        account.account_sid = name
+        account.credentials_hint = hint_of(body.credentials.auth_token)
     async with ctx.state.db.session() as session:
         session.add(account)
     return account_out(account)
@@ -224,10 +286,10 @@ async def update_account(ctx: Context, body: CarrierAccountUpdate) -> CarrierAcc
     if body.credentials is not None:
         if account.provider == "sim":
             raise invalid_field("credentials", SIM_NEEDS_NONE)
-        if body.credentials.account_sid != account.account_sid:
+        if _name_of(body.credentials) != account.account_sid:
             raise invalid_field("credentials", SAME_ACCOUNT.format(sid=account.account_sid))
-        creds, fields["credentials"] = await _verified(ctx, body.credentials)
-        fields["credentials_hint"] = hint_of(creds.auth_token)
+        _, fields["credentials"] = await _verified(ctx, account.provider, body.credentials)
+        fields["credentials_hint"] = hint_of(body.credentials.auth_token)
     async with ctx.state.db.session() as session:
         account = await load_account(ctx, session, ctx.path("account_id"))
         for name, value in fields.items():
@@ -264,4 +326,11 @@ async def delete_account(ctx: Context) -> Deleted:
     return Deleted(id=account.id, object="carrier_account")
 
 
-__all__ = ["carrier_api_error", "load_account", "router", "secret_box_error", "twilio_of"]
+__all__ = [
+    "carrier_api_error",
+    "load_account",
+    "plivo_of",
+    "router",
+    "secret_box_error",
+    "twilio_of",
+]

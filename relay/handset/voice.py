@@ -144,8 +144,10 @@ def transcribe(pcm: PCM, rate: int = RATE) -> str:
     return speech.whisper_transcribe_standard(resample(pcm, rate, 16000))[0]
 
 
-class _Line:
-    """The handset's side of one media socket: a paced sender and a receiver."""
+class MediaLine:
+    """The handset's side of one media socket: a paced sender and a receiver. It speaks
+    Twilio Media Streams; a carrier with another protocol overrides the three frame methods
+    (:mod:`relay.handset.fake_plivo` does)."""
 
     def __init__(self, ws: aiohttp.ClientWebSocketResponse, stream_sid: str) -> None:
         self.ws = ws
@@ -180,12 +182,12 @@ class _Line:
                 self.outbox.popleft() if self.outbox else ("media", SILENT_FRAME, False)
             )
             if kind == "dtmf":
-                frame = {"event": "dtmf", "streamSid": self.sid, "dtmf": {"digit": data}}
-                await self.ws.send_str(json.dumps(frame))
+                assert isinstance(data, str)
+                await self.ws.send_str(self.dtmf_frame(data))
                 self.last_loud_sent = time.perf_counter()
                 continue
             assert isinstance(data, bytes)
-            await self.ws.send_str(tp.media(self.sid, data))
+            await self.ws.send_str(self.media_frame(data))
             if loud:
                 self.last_loud_sent = time.perf_counter()
             if not self.outbox:
@@ -199,21 +201,30 @@ class _Line:
             async for msg in self.ws:
                 if msg.type != aiohttp.WSMsgType.TEXT:
                     continue
-                frame = json.loads(msg.data)
-                now = time.perf_counter()
-                event = frame.get("event")
-                if event == "media":
-                    pcm = ulaw_decode(base64.b64decode(frame["media"]["payload"]))
-                    self.received.append((now, pcm))
-                    if _rms(pcm) > LOUD_RMS:
-                        self.loud_received.append(now)
-                        self.heard_loud.set()
-                elif event == "clear":
-                    self.clears.append(now)
-                elif event == "mark":  # played as soon as it arrives: echo it, as Twilio does
-                    await self.ws.send_str(tp.mark(self.sid, frame["mark"]["name"]))
+                await self.on_frame(json.loads(msg.data), time.perf_counter())
         finally:
             self.closed.set()
+
+    def media_frame(self, data: bytes) -> str:
+        return tp.media(self.sid, data)
+
+    def dtmf_frame(self, digit: str) -> str:
+        return json.dumps({"event": "dtmf", "streamSid": self.sid, "dtmf": {"digit": digit}})
+
+    async def on_frame(self, frame: dict[str, Any], now: float) -> None:
+        event = frame.get("event")
+        if event == "media":
+            self.heard(now, ulaw_decode(base64.b64decode(frame["media"]["payload"])))
+        elif event == "clear":
+            self.clears.append(now)
+        elif event == "mark":  # played as soon as it arrives: echo it, as Twilio does
+            await self.ws.send_str(tp.mark(self.sid, frame["mark"]["name"]))
+
+    def heard(self, now: float, pcm: PCM) -> None:
+        self.received.append((now, pcm))
+        if _rms(pcm) > LOUD_RMS:
+            self.loud_received.append(now)
+            self.heard_loud.set()
 
     def first_loud_after(self, t: float) -> float | None:
         return next((x for x in self.loud_received if x > t), None)
@@ -296,21 +307,16 @@ class SimHandset:
         into it), then hang up once the last answer is over."""
         audio = [await self._audio(line) for line in lines]
         async with aiohttp.ClientSession() as http:
-            placed = await self._place(http, number)
-            report = CallReport(call_id=placed["callId"])
-            ws = await http.ws_connect(
-                self._media_url(placed), params={"token": placed["token"]}, autoping=True
-            )
-            line = _Line(ws, "MZ" + secrets.token_hex(16))
+            call_id, line = await self._connect(http, number)
+            report = CallReport(call_id=call_id)
+            ws = line.ws
             started = time.perf_counter()
-            await ws.send_str(json.dumps({"event": "connected", "protocol": "Call"}))
-            await ws.send_str(_start_frame(line.sid, placed))
             tasks = [asyncio.create_task(line.send()), asyncio.create_task(line.receive())]
             try:
                 await self._converse(line, audio, report, barge_in_after_ms)
             finally:
                 if not ws.closed:
-                    await ws.send_str(json.dumps({"event": "stop", "streamSid": line.sid}))
+                    await self._hang_up(line)
                     await ws.close()
                 for task in tasks:
                     task.cancel()
@@ -321,9 +327,23 @@ class SimHandset:
         await self._hearing(line, report, started)
         return report
 
+    async def _connect(self, http: aiohttp.ClientSession, number: str) -> tuple[str, MediaLine]:
+        """Place the call and open its media socket: (call id, the line)."""
+        placed = await self._place(http, number)
+        ws = await http.ws_connect(
+            self._media_url(placed), params={"token": placed["token"]}, autoping=True
+        )
+        line = MediaLine(ws, "MZ" + secrets.token_hex(16))
+        await ws.send_str(json.dumps({"event": "connected", "protocol": "Call"}))
+        await ws.send_str(_start_frame(line.sid, placed))
+        return str(placed["callId"]), line
+
+    async def _hang_up(self, line: MediaLine) -> None:
+        await line.ws.send_str(json.dumps({"event": "stop", "streamSid": line.sid}))
+
     async def _converse(
         self,
-        line: _Line,
+        line: MediaLine,
         audio: list[tuple[str, PCM | Dtmf]],
         report: CallReport,
         barge_in_after_ms: int | None,
@@ -357,7 +377,9 @@ class SimHandset:
         if line.closed.is_set():
             report.ended_by = "relay"
 
-    async def _first_agent_audio(self, line: _Line, since: float, within: float) -> float | None:
+    async def _first_agent_audio(
+        self, line: MediaLine, since: float, within: float
+    ) -> float | None:
         deadline = _now() + within
         while (first := line.first_loud_after(since)) is None:
             if line.closed.is_set() or _now() > deadline:
@@ -367,7 +389,9 @@ class SimHandset:
                 await asyncio.wait_for(line.heard_loud.wait(), 0.05)
         return first
 
-    async def _until_agent_done(self, line: _Line, *, since: float, first_within: float) -> None:
+    async def _until_agent_done(
+        self, line: MediaLine, *, since: float, first_within: float
+    ) -> None:
         """Wait for the agent's answer to start (at most ``first_within``), then to end."""
         if await self._first_agent_audio(line, since, first_within) is None:
             return
@@ -377,7 +401,7 @@ class SimHandset:
                 return
             await asyncio.sleep(0.05)
 
-    async def _hearing(self, line: _Line, report: CallReport, started: float) -> None:
+    async def _hearing(self, line: MediaLine, report: CallReport, started: float) -> None:
         """Per turn: when the answer started, and (``listen``) what it said. A turn's answer
         is what came in between its end of speech and the next one's."""
         loop = asyncio.get_running_loop()

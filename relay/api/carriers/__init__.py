@@ -5,6 +5,6 @@ The vendor side of each (signature checks, answer documents, wire formats) is in
 or text to the domain (:mod:`relay.calls.inbound`, :mod:`sms.inbound`).
 """
 
-from relay.api.carriers import sim, twilio
+from relay.api.carriers import plivo, sim, twilio
 
-__all__ = ["sim", "twilio"]
+__all__ = ["plivo", "sim", "twilio"]
