@@ -74,6 +74,9 @@ class FakePlivoAccount:
     numbers: set[str] | None = None  # E.164; None: rents whatever number it is asked about
 
 
+ACCOUNT: web.RequestKey[FakePlivoAccount] = web.RequestKey("account", FakePlivoAccount)
+
+
 @dataclass
 class StreamedCall:
     """One call Plivo carried to the relay: what the relay's XML said, and how it ended."""
@@ -178,12 +181,12 @@ class FakePlivo:
         account = self.accounts.get(request.match_info.get("auth_id", ""))
         if account is None or request.headers.get("Authorization") != _basic(account):
             return web.json_response(UNAUTHORIZED, status=401)
-        request["account"] = account
+        request[ACCOUNT] = account
         response: web.StreamResponse = await handler(request)
         return response
 
     async def _account(self, request: web.Request) -> web.Response:
-        account: FakePlivoAccount = request["account"]
+        account = request[ACCOUNT]
         return web.json_response(
             {
                 "account_type": "standard",
@@ -199,12 +202,14 @@ class FakePlivo:
         )
 
     async def _number(self, request: web.Request) -> web.Response:
-        account: FakePlivoAccount = request["account"]
+        account = request[ACCOUNT]
         number = request.match_info["number"]
         if not number.isdigit() or (
             account.numbers is not None and "+" + number not in account.numbers
         ):
-            return web.json_response({"api_id": str(uuid.uuid4()), "error": "not found"}, status=404)
+            return web.json_response(
+                {"api_id": str(uuid.uuid4()), "error": "not found"}, status=404
+            )
         return web.json_response(
             {
                 "api_id": str(uuid.uuid4()),
@@ -220,7 +225,7 @@ class FakePlivo:
         )
 
     async def _message(self, request: web.Request) -> web.Response:
-        account: FakePlivoAccount = request["account"]
+        account = request[ACCOUNT]
         try:
             body = await request.json()
         except ValueError:
@@ -273,8 +278,12 @@ class FakePlivo:
     # --- Plivo's requests to the relay -------------------------------------------------
 
     def _real(self, url: str) -> str:
-        if self.deliver_to is not None and url.startswith(self.deliver_to[0]):
-            return self.deliver_to[1] + url[len(self.deliver_to[0]) :]
+        if self.deliver_to is None:
+            return url
+        public, real = self.deliver_to
+        for a, b in ((public, real), (_ws(public), _ws(real))):
+            if url.startswith(a):
+                return b + url[len(a) :]
         return url
 
     def signed_headers(self, url: str, form: dict[str, str], auth_token: str) -> dict[str, str]:
@@ -392,6 +401,10 @@ class FakePlivo:
         if call.redirect:
             form = {"CallUUID": call.call_uuid, "CallStatus": "in-progress"}
             _, call.after = await self.post_for_text(call.redirect, form, account, http=http)
+
+
+def _ws(origin: str) -> str:
+    return origin.replace("https://", "wss://", 1).replace("http://", "ws://", 1)
 
 
 def _basic(account: FakePlivoAccount) -> str:
