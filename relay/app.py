@@ -51,6 +51,7 @@ from relay.calls.outbound import DIALLER, Dialler
 from relay.calls.recordings import RECORDINGS, RecordingWorker
 from relay.calls.recovery import RECOVERY, Recovery
 from relay.carriers import CarrierRegistry
+from relay.carriers.plivo import PlivoCarrier
 from relay.carriers.sim import SimCarrier
 from relay.carriers.twilio import TwilioCarrier
 from relay.config import Settings
@@ -97,7 +98,8 @@ def create_app(settings: Settings | None = None, *, db: Database | None = None) 
     state = AppState(
         settings=settings,
         db=database,
-        carriers=CarrierRegistry([sim], default="sim"),
+        # Plivo has no deployment account: its calls go through projects' accounts.
+        carriers=CarrierRegistry([sim, PlivoCarrier.from_settings(settings)], default="sim"),
         limiter=RateLimiter(settings.rate_limit_per_second, settings.rate_limit_burst),
         secret_box=SecretBox(settings.encryption_key),  # a malformed key refuses to start here
     )

@@ -8,6 +8,14 @@ slash, HTTP Basic with the auth id and auth token, JSON bodies):
 ``GET    /v1/Account/{auth_id}/Number/{number}/``   a number the account rents (else 404)
 ``POST   /v1/Account/{auth_id}/Message/``           send a text: 202 with ``message_uuid``;
                                                    delivery reports follow to its ``url``
+``POST   /v1/Account/{auth_id}/Call/``              place a call: 201 with ``request_uuid``;
+                                                   it rings (``ring_url``), then is busy,
+                                                   unanswered or answered by the callee's
+                                                   number (``busy``, ``unanswered``); answered,
+                                                   Plivo asks ``answer_url`` and streams the
+                                                   callee; ``hangup_url`` hears the end
+``DELETE /v1/Account/{auth_id}/Request/{uuid}/``    cancel a call still ringing (else 404)
+``DELETE /v1/Account/{auth_id}/Call/{uuid}/``       hang up a live call (else 404)
 
 Wrong credentials, or another account's path, answer 401; ``down`` answers every request 503.
 
@@ -30,6 +38,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import hashlib
 import hmac
 import json
@@ -150,6 +159,15 @@ class FakePlivo:
     messages: list[dict[str, Any]] = field(default_factory=list)  # JSON bodies of Message/
     callbacks: list[tuple[str, dict[str, str], int]] = field(default_factory=list)
     calls: list[StreamedCall] = field(default_factory=list)
+    busy: set[str] = field(default_factory=set)  # callees (E.164) that answer busy
+    unanswered: set[str] = field(default_factory=set)  # callees that never pick up
+    call_error: int | None = None  # answer POST Call/ with this status instead
+    call_delay: float = 0.0  # seconds before POST Call/ is answered
+    placed: list[dict[str, Any]] = field(default_factory=list)  # JSON bodies of Call/
+    callees: dict[str, PlivoMediaLine] = field(default_factory=dict)  # by request_uuid
+    answered: dict[str, asyncio.Event] = field(default_factory=dict)  # by request_uuid
+    _ringing: dict[str, asyncio.Event] = field(default_factory=dict)  # set: cancelled
+    _live: dict[str, PlivoMediaLine] = field(default_factory=dict)  # by CallUUID
     _tasks: set[asyncio.Task[None]] = field(default_factory=set)
 
     def __post_init__(self) -> None:
@@ -170,6 +188,9 @@ class FakePlivo:
         app.router.add_get(base + "/", self._account)
         app.router.add_get(base + "/Number/{number}/", self._number)
         app.router.add_post(base + "/Message/", self._message)
+        app.router.add_post(base + "/Call/", self._call)
+        app.router.add_delete(base + "/Request/{uuid}/", self._cancel)
+        app.router.add_delete(base + "/Call/{uuid}/", self._hang_up)
         app.on_cleanup.append(self._drain)
         return app
 
@@ -270,6 +291,112 @@ class FakePlivo:
                 status_code = 0
             self.callbacks.append((str(body["url"]), form, status_code))
 
+    async def _call(self, request: web.Request) -> web.Response:
+        account = request[ACCOUNT]
+        if self.call_delay:
+            await asyncio.sleep(self.call_delay)
+        if self.call_error is not None:
+            return web.json_response({"error": "internal error"}, status=self.call_error)
+        try:
+            body = await request.json()
+        except ValueError:
+            return web.json_response({"error": "the body is not JSON"}, status=400)
+        needed = ("from", "to", "answer_url")
+        if not isinstance(body, dict) or not all(body.get(k) for k in needed):
+            return web.json_response({"error": "from, to and answer_url are required"}, status=400)
+        request_uuid = str(uuid.uuid4())
+        self.placed.append({**body, "request_uuid": request_uuid, "auth_id": account.auth_id})
+        self._ringing[request_uuid] = asyncio.Event()
+        self.answered[request_uuid] = asyncio.Event()
+        task = asyncio.create_task(self._place(account, body, request_uuid))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return web.json_response(
+            {"api_id": str(uuid.uuid4()), "message": "call fired", "request_uuid": request_uuid},
+            status=201,
+        )
+
+    async def _place(self, account: FakePlivoAccount, body: dict[str, Any], rid: str) -> None:
+        call_uuid = str(uuid.uuid4())
+        base = {
+            "RequestUUID": rid,
+            "CallUUID": call_uuid,
+            "From": str(body["from"]),
+            "To": str(body["to"]),
+            "Direction": "outbound",
+        }
+
+        async def callback(url_key: str, **fields: str) -> None:
+            if body.get(url_key):
+                form = {**base, **fields}
+                status = await self.post(str(body[url_key]), form, account)
+                self.callbacks.append((str(body[url_key]), form, status))
+
+        cancelled = self._ringing[rid]
+        await callback("ring_url", CallStatus="ringing", Event="Ring")
+        callee = "+" + str(body["to"])
+        if callee in self.busy:
+            self._ringing.pop(rid, None)
+            await callback("hangup_url", CallStatus="busy", HangupCause="USER_BUSY", Event="Hangup")
+            return
+        ring = float(body.get("ring_timeout") or 120)
+        if callee in self.unanswered:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(cancelled.wait(), ring)
+        else:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(cancelled.wait(), 0.05)
+        self._ringing.pop(rid, None)
+        if cancelled.is_set():
+            cause = {"CallStatus": "cancel", "HangupCause": "ORIGINATOR_CANCEL"}
+            await callback("hangup_url", **cause, Event="Hangup")
+            return
+        if callee in self.unanswered:
+            cause = {"CallStatus": "no-answer", "HangupCause": "NO_ANSWER"}
+            await callback("hangup_url", **cause, Event="Hangup")
+            return
+        async with aiohttp.ClientSession() as http:
+            answer = {"CallStatus": "in-progress", "Event": "StartApp"}
+            call = await self._answer(http, str(body["answer_url"]), {**base, **answer}, account)
+            call.call_uuid = call_uuid
+            if call.stream_url:
+                line = await self.open_stream(http, call, account)
+                self.callees[rid] = self._live[call_uuid] = line
+                self.answered[rid].set()
+                await line.receive()  # the callee hears the relay until the stream closes
+                self._live.pop(call_uuid, None)
+                await self.stream_ended(http, call, account)
+        done = {"CallStatus": "completed", "HangupCause": "NORMAL_CLEARING"}
+        await callback("hangup_url", **done, Event="Hangup")
+
+    async def _answer(
+        self,
+        http: aiohttp.ClientSession,
+        answer_url: str,
+        form: dict[str, str],
+        account: FakePlivoAccount,
+    ) -> StreamedCall:
+        call = StreamedCall(call_uuid=form["CallUUID"], answer="")
+        call.status, call.answer = await self.post_for_text(answer_url, form, account, http=http)
+        self.calls.append(call)
+        if call.status == 200:
+            _read_answer(call)
+        return call
+
+    async def _cancel(self, request: web.Request) -> web.Response:
+        ringing = self._ringing.get(request.match_info["uuid"])
+        if ringing is None:
+            return web.json_response({"error": "not found"}, status=404)
+        ringing.set()
+        return web.Response(status=204)
+
+    async def _hang_up(self, request: web.Request) -> web.Response:
+        line = self._live.get(request.match_info["uuid"])
+        if line is None:
+            return web.json_response({"error": "not found"}, status=404)
+        await line.ws.close()
+        return web.Response(status=204)
+
     async def _drain(self, _app: web.Application) -> None:
         for task in list(self._tasks):
             task.cancel()
@@ -360,16 +487,8 @@ class FakePlivo:
         }
         call.status, call.answer = await self.post_for_text(answer_url, form, account, http=http)
         self.calls.append(call)
-        if call.status != 200:
-            return call
-        root = ET.fromstring(call.answer)
-        stream = root.find("Stream")
-        if stream is not None:
-            call.stream_url = (stream.text or "").strip()
-            pairs = (stream.get("extraHeaders") or "").split(",")
-            call.extra_headers = dict(p.split("=", 1) for p in pairs if "=" in p)
-        redirect = root.find("Redirect")
-        call.redirect = (redirect.text or "").strip() if redirect is not None else None
+        if call.status == 200:
+            _read_answer(call)
         return call
 
     async def open_stream(
@@ -401,6 +520,17 @@ class FakePlivo:
         if call.redirect:
             form = {"CallUUID": call.call_uuid, "CallStatus": "in-progress"}
             _, call.after = await self.post_for_text(call.redirect, form, account, http=http)
+
+
+def _read_answer(call: StreamedCall) -> None:
+    root = ET.fromstring(call.answer)
+    stream = root.find("Stream")
+    if stream is not None:
+        call.stream_url = (stream.text or "").strip()
+        pairs = (stream.get("extraHeaders") or "").split(",")
+        call.extra_headers = dict(p.split("=", 1) for p in pairs if "=" in p)
+    redirect = root.find("Redirect")
+    call.redirect = (redirect.text or "").strip() if redirect is not None else None
 
 
 def _ws(origin: str) -> str:

@@ -4,6 +4,9 @@
                                         relay's Plivo socket, or a polite ``<Speak>`` + hangup
 ``POST /carriers/plivo/voice/after``    the stream ended: ``<Dial>`` if the agent asked for a
                                         transfer, else hang up
+``POST /carriers/plivo/voice/outbound`` a call the relay placed was answered: the same
+                                        ``<Stream>``, with the token the dialler gave it
+``POST /carriers/plivo/voice/status``   ring and hang-up callbacks of a call the relay placed
 ``POST /carriers/plivo/sms``            a text came in: stored, answered 200 at once; the
                                         agent's reply goes out later through ``Message/``
 ``POST /carriers/plivo/sms/status``     a delivery report for one of our texts
@@ -20,16 +23,21 @@ from __future__ import annotations
 from aiohttp import web
 from sqlalchemy import select
 
+from relay import tokens
 from relay.api.limits import refuse_bad_text
 from relay.calls import inbound
 from relay.calls.media import MEDIA
 from relay.carriers.plivo import (
     BAD_SIGNATURE,
+    CALL_STATUS_PATH,
     NOT_IN_SERVICE,
+    OUTBOUND_ANSWER_PATH,
     UNAVAILABLE,
+    LegStatus,
     after_stream_xml,
     answer_xml,
     e164_of,
+    parse_call_status,
     parse_inbound,
     parse_status,
     reject_xml,
@@ -38,7 +46,7 @@ from relay.carriers.plivo import (
 from relay.errors import BadRequest, Forbidden
 from relay.logs import get_logger
 from relay.state import APP_STATE
-from relay.store.models import CallEvent
+from relay.store.models import Call, CallEvent, Number
 from relay.urls import media_base_url
 from relay_numbers import plivo_key
 from relay_numbers.accounts import plivo_accounts
@@ -111,6 +119,71 @@ async def voice_webhook(request: web.Request) -> web.Response:
     )
 
 
+async def _placed_by(request: web.Request, call_id: str, key: str) -> Call | None:
+    """The outbound call ``call_id`` if it was placed from a number of the account that
+    signed (its carrier key), else None."""
+    async with request.app[APP_STATE].db.session() as session:
+        row = (
+            await session.execute(
+                select(Call, Number.carrier_key)
+                .join(Number, Call.number_id == Number.id)
+                .where(Call.id == call_id, Call.direction == "outbound")
+            )
+        ).first()
+    if row is None or row[1] != key:
+        return None
+    call: Call = row[0]
+    return call
+
+
+async def outbound_answered(request: web.Request) -> web.Response:
+    """The callee of a call the relay placed answered: stream it to the relay."""
+    _, key = await signed_form(request)
+    call_id, token = request.query.get("callId", ""), request.query.get("token", "")
+    state = request.app[APP_STATE]
+    try:
+        named = tokens.verify(state.signing_key, token, inbound.MEDIA_TOKEN_PURPOSE)
+    except tokens.TokenError:
+        named = None
+    call = await _placed_by(request, call_id, key) if named == call_id else None
+    if call is None or call.status not in inbound.AWAITING_MEDIA:
+        log.info("plivo_outbound_answer_refused", call_id=call_id[:60])
+        return _xml(reject_xml(UNAVAILABLE))
+    public = state.settings.effective_public_url()
+    return _xml(
+        answer_xml(
+            f"{media_base_url(public)}/media/plivo",
+            token,
+            call_id,
+            f"{public}{AFTER_PATH}?authId={request.query['authId']}&callId={call_id}",
+        )
+    )
+
+
+async def call_status(request: web.Request) -> web.Response:
+    """Ring and hang-up callbacks of a call the relay placed."""
+    form, key = await signed_form(request)
+    update = parse_call_status(form)
+    call_id = request.query.get("callId", "")
+    if update is None or not call_id or await _placed_by(request, call_id, key) is None:
+        log.info("plivo_call_status_ignored", call_id=call_id[:60], status=form.get("CallStatus"))
+        return web.Response(status=204)
+    await _to_dialler(request, call_id, update)
+    return web.Response(status=204)
+
+
+async def _to_dialler(request: web.Request, call_id: str, update: LegStatus) -> None:
+    # The outbound seam (issue 19: Dialler.report taking a LegUpdate with these fields) is
+    # merged separately; until then the carrier's word is recorded on the call.
+    await inbound.telephony_event(
+        request.app[APP_STATE].db,
+        call_id,
+        f"plivo leg {update.status}",
+        level="info" if update.status == "ringing" else "warning",
+        data={"reason": update.reason, "detail": update.detail, "leg": update.carrier_call_id},
+    )
+
+
 async def after_stream(request: web.Request) -> web.Response:
     """The stream ended: carry out a transfer the agent asked for, else hang up."""
     await signed_form(request)  # the call id rides in the signed URL
@@ -174,6 +247,8 @@ def install(app: web.Application) -> None:
     """Serve Plivo's webhooks (signed by whichever project's account the URL names)."""
     app.router.add_post(VOICE_PATH, voice_webhook)
     app.router.add_post(AFTER_PATH, after_stream)
+    app.router.add_post(OUTBOUND_ANSWER_PATH, outbound_answered)
+    app.router.add_post(CALL_STATUS_PATH, call_status)
     app.router.add_post(SMS_PATH, sms_inbound)
     app.router.add_post(PLIVO_STATUS_PATH, sms_status)
 

@@ -5,6 +5,13 @@ Plivo's webhooks are served by :mod:`relay.api.carriers.plivo`; its audio stream
 :mod:`relay.transports.plivo`.
 """
 
+from relay.carriers.plivo.calls import (
+    CALL_STATUS_PATH,
+    OUTBOUND_ANSWER_PATH,
+    LegStatus,
+    PlivoLeg,
+    parse_call_status,
+)
 from relay.carriers.plivo.carrier import PlivoCarrier
 from relay.carriers.plivo.rest import (
     AUTH_ID,
@@ -27,6 +34,11 @@ from relay.carriers.plivo.voice import (
 __all__ = [
     "AUTH_ID",
     "BAD_SIGNATURE",
+    "CALL_STATUS_PATH",
+    "OUTBOUND_ANSWER_PATH",
+    "LegStatus",
+    "PlivoLeg",
+    "parse_call_status",
     "NOT_IN_SERVICE",
     "UNAVAILABLE",
     "OwnedNumber",

@@ -1,12 +1,16 @@
 """Plivo as a :class:`relay.carriers.Carrier`, on one carrier account (auth id + token).
 
 Texts both ways (:mod:`relay.carriers.plivo.sms`), inbound calls answered with a streaming
-XML document (:mod:`relay.carriers.plivo.voice`), hang-ups through the Call API, and the V3
-signature check on every webhook (:mod:`relay.carriers.plivo.signature`). Plivo numbers are
-imported (the account must own them), not provisioned here.
+XML document (:mod:`relay.carriers.plivo.voice`), outbound calls and hang-ups through the
+Call API (:mod:`relay.carriers.plivo.calls`), and the V3 signature check on every webhook
+(:mod:`relay.carriers.plivo.signature`). Plivo numbers are imported (the account must own
+them), not provisioned here. The relay has no Plivo account of its own: the registry's
+carrier has no credentials, and :meth:`PlivoCarrier.for_account` makes a project's.
 """
 
 from __future__ import annotations
+
+from collections.abc import Mapping
 
 from relay.carriers.base import (
     CarrierError,
@@ -16,22 +20,49 @@ from relay.carriers.base import (
     ProvisionedNumber,
     ProvisionRequest,
 )
+from relay.carriers.plivo import calls
 from relay.carriers.plivo.rest import PlivoCredentials, PlivoRest
 from relay.carriers.plivo.signature import signature_is_valid
 from relay.carriers.plivo.sms import send_sms
 from relay.carriers.sms import OutgoingText, SentText
+from relay.config import Settings
 
 NOT_YET = "The plivo carrier cannot {what} from this relay yet."
+NO_ACCOUNT = "Plivo calls and texts go through a project's Plivo carrier account; none is set."
 
 
 class PlivoCarrier:
     name = "plivo"
 
     def __init__(
-        self, creds: PlivoCredentials, *, api_base_url: str = "", timeout: float = 10.0
+        self,
+        creds: PlivoCredentials,
+        *,
+        api_base_url: str = "",
+        public_url: str = "",
+        timeout: float = 10.0,
     ) -> None:
         self.creds = creds
+        self.api_base_url = api_base_url
+        self.public_url = public_url.rstrip("/")  # where Plivo's callbacks reach the relay
+        self.timeout = timeout
         self.rest = PlivoRest(creds, api_base_url, timeout=timeout)
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> PlivoCarrier:
+        """The registry's Plivo: no account, only how to reach Plivo and be reached."""
+        return cls(
+            PlivoCredentials("", ""),
+            api_base_url=settings.plivo_api_base_url,
+            public_url=settings.effective_public_url(),
+        )
+
+    def for_account(self, credentials: Mapping[str, str]) -> PlivoCarrier:
+        """This carrier on a project's account (its stored ``authId`` and ``authToken``)."""
+        creds = PlivoCredentials(credentials["authId"], credentials["authToken"])
+        return PlivoCarrier(
+            creds, api_base_url=self.api_base_url, public_url=self.public_url, timeout=self.timeout
+        )
 
     async def provision(self, request: ProvisionRequest) -> ProvisionedNumber:
         raise CarrierError(NOT_YET.format(what="provision numbers (import them)"))
@@ -40,7 +71,9 @@ class PlivoCarrier:
         return None  # none was provisioned here; an imported number stays its owner's
 
     async def dial(self, request: DialRequest) -> OutboundLeg:
-        raise CarrierError(NOT_YET.format(what="place calls"))
+        if not self.creds.auth_id:
+            raise CarrierError(NO_ACCOUNT)
+        return await calls.dial(self.rest, request, self.public_url)
 
     async def hangup(self, carrier_call_id: str) -> None:
         """``DELETE Call/{uuid}/``; a call Plivo no longer knows (404) is already over."""
@@ -61,4 +94,4 @@ class PlivoCarrier:
         await self.rest.close()
 
 
-__all__ = ["NOT_YET", "PlivoCarrier"]
+__all__ = ["NO_ACCOUNT", "NOT_YET", "PlivoCarrier"]
