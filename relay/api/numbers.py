@@ -19,6 +19,7 @@ from sqlalchemy.exc import IntegrityError
 
 from relay.api.agents import load_agent
 from relay.api.carrier_accounts import carrier_api_error, load_account, plivo_of, twilio_of
+from relay.api.carriers.plivo import SMS_PATH, VOICE_PATH
 from relay.api.pagination import fetch_page, newest_first
 from relay.api.routing import Context, Router
 from relay.api.schema import APIModel, Deleted, OutModel, Page, PageQuery
@@ -217,7 +218,8 @@ async def create_number(ctx: Context, body: NumberCreate) -> NumberOut:
 )
 async def import_number(ctx: Context, body: NumberImport) -> NumberOut:
     """The carrier must confirm that the account owns the number: Twilio lists it among the
-    account's incoming phone numbers, Plivo answers ``GET Number/{number}/`` for the account;
+    account's incoming phone numbers, Plivo answers ``GET Number/{number}/`` for the account
+    (and the number is then pointed at the relay's Plivo webhooks, through an application);
     the sim carrier imports only from its own ranges. Not
     owned, or already imported by another project under the same account: 422
     ``number_not_owned``, the same answer either way."""
@@ -328,15 +330,19 @@ async def _prove_plivo(ctx: Context, account: CarrierAccount | None, phone: str)
         raise invalid_field("carrierAccountId", PLIVO_NEEDS_ACCOUNT, "carrier_account_required")
     creds = plivo_of(ctx, account)
     refusal = NOT_OWNED.format(account=f"Carrier account {account.id}", phone=phone)
+    public = ctx.state.settings.effective_public_url()
     rest = PlivoRest(creds, ctx.state.settings.plivo_api_base_url)
     try:
         owned = await rest.owned_number(phone)
+        if owned is None:
+            raise invalid_field("phoneNumber", refusal, "number_not_owned")
+        # The number's webhooks at Plivo, named by the account's auth id (whose token signs).
+        query = f"?authId={creds.auth_id}"
+        await rest.point_number(phone, f"{public}{VOICE_PATH}{query}", f"{public}{SMS_PATH}{query}")
     except CarrierError as exc:
         raise carrier_api_error(exc) from None
     finally:
         await rest.close()
-    if owned is None:
-        raise invalid_field("phoneNumber", refusal, "number_not_owned")
     return _Proof(plivo_key(creds.auth_id), account.id, None, owned.capabilities, refusal)
 
 

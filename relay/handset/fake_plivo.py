@@ -14,6 +14,9 @@ slash, HTTP Basic with the auth id and auth token, JSON bodies):
                                                    number (``busy``, ``unanswered``); answered,
                                                    Plivo asks ``answer_url`` and streams the
                                                    callee; ``hangup_url`` hears the end
+``GET    /v1/Account/{auth_id}/Application/``       the account's applications
+``POST   /v1/Account/{auth_id}/Application/``       make one (its answer and message URLs)
+``POST   /v1/Account/{auth_id}/Number/{number}/``   point a rented number at an application
 ``DELETE /v1/Account/{auth_id}/Request/{uuid}/``    cancel a call still ringing (else 404)
 ``DELETE /v1/Account/{auth_id}/Call/{uuid}/``       hang up a live call (else 404)
 
@@ -81,6 +84,8 @@ class FakePlivoAccount:
     auth_id: str
     auth_token: str
     numbers: set[str] | None = None  # E.164; None: rents whatever number it is asked about
+    applications: dict[str, dict[str, str]] = field(default_factory=dict)  # by app_id
+    number_apps: dict[str, str] = field(default_factory=dict)  # E.164 -> app_id
 
 
 ACCOUNT: web.RequestKey[FakePlivoAccount] = web.RequestKey("account", FakePlivoAccount)
@@ -187,6 +192,9 @@ class FakePlivo:
         base = "/v1/Account/{auth_id}"
         app.router.add_get(base + "/", self._account)
         app.router.add_get(base + "/Number/{number}/", self._number)
+        app.router.add_post(base + "/Number/{number}/", self._point_number)
+        app.router.add_get(base + "/Application/", self._applications)
+        app.router.add_post(base + "/Application/", self._new_application)
         app.router.add_post(base + "/Message/", self._message)
         app.router.add_post(base + "/Call/", self._call)
         app.router.add_delete(base + "/Request/{uuid}/", self._cancel)
@@ -244,6 +252,39 @@ class FakePlivo:
                 "voice_enabled": True,
             }
         )
+
+    async def _applications(self, request: web.Request) -> web.Response:
+        apps = list(request[ACCOUNT].applications.values())
+        meta = {"limit": 20, "offset": 0, "total_count": len(apps), "next": None}
+        return web.json_response({"api_id": str(uuid.uuid4()), "meta": meta, "objects": apps})
+
+    async def _new_application(self, request: web.Request) -> web.Response:
+        account = request[ACCOUNT]
+        body = await request.json()
+        if not isinstance(body, dict) or not body.get("app_name"):
+            return web.json_response({"error": "app_name is required"}, status=400)
+        app_id = str(secrets.randbelow(10**20))
+        account.applications[app_id] = {
+            "app_id": app_id,
+            "app_name": str(body["app_name"]),
+            "answer_url": str(body.get("answer_url", "")),
+            "message_url": str(body.get("message_url", "")),
+        }
+        created = {"api_id": str(uuid.uuid4()), "app_id": app_id, "message": "created"}
+        return web.json_response(created, status=201)
+
+    async def _point_number(self, request: web.Request) -> web.Response:
+        account = request[ACCOUNT]
+        number = "+" + request.match_info["number"]
+        body = await request.json()
+        rented = account.numbers is None or number in account.numbers
+        app_id = str(body.get("app_id", "")) if isinstance(body, dict) else ""
+        if not rented:
+            return web.json_response({"error": "not found"}, status=404)
+        if app_id not in account.applications:
+            return web.json_response({"error": "invalid app_id"}, status=400)
+        account.number_apps[number] = app_id
+        return web.json_response({"api_id": str(uuid.uuid4()), "message": "changed"}, status=202)
 
     async def _message(self, request: web.Request) -> web.Response:
         account = request[ACCOUNT]

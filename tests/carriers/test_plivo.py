@@ -145,10 +145,25 @@ async def test_an_import_the_account_rents_is_confirmed_by_plivo(client, auth, f
     assert ("GET", f"/v1/Account/{AUTH_A}/Number/{NUMBER_A[1:]}/") in fake.requests
 
 
+async def test_an_imported_number_is_pointed_at_the_relays_plivo_webhooks(client, auth, fake):
+    account = await add_account(client, auth)
+    await import_number(client, auth, NUMBER_A, account["id"])
+    plivo = fake.accounts[AUTH_A]
+    [app] = plivo.applications.values()
+    assert (app["answer_url"], app["message_url"]) == (answer_url(), message_url())
+    assert plivo.number_apps == {NUMBER_A: app["app_id"]}
+    # A second number goes through the same application, not a new one.
+    plivo.numbers = {NUMBER_A, "+14155550113"}
+    await import_number(client, auth, "+14155550113", account["id"])
+    assert len(plivo.applications) == 1
+    assert plivo.number_apps["+14155550113"] == app["app_id"]
+
+
 async def test_a_number_the_account_does_not_rent_is_refused(client, auth, fake):
     account = await add_account(client, auth)
     error = (await import_number(client, auth, NUMBER_B, account["id"], status=422))["error"]
     assert error["code"] == "number_not_owned"
+    assert fake.accounts[AUTH_A].number_apps == {}  # nothing was configured for it
 
 
 async def test_a_plivo_import_needs_an_account(client, auth, fake):

@@ -13,6 +13,8 @@ use of it:
                                               ``CallUUID`` arrives with its callbacks)
   DELETE Call/{call_uuid}/                    hang up a call in progress
   DELETE Request/{request_uuid}/              cancel a call still ringing
+  GET    Application/ , POST Application/     the account's applications (webhook URLs)
+  POST   Number/{number}/                     point a number at an application
 
 https://www.plivo.com/docs/voice/api/call/ and .../messaging/api/message/. Numbers are
 written without the ``+`` at Plivo. ``RELAY_PLIVO_API_BASE_URL`` points it elsewhere (a
@@ -145,6 +147,42 @@ class PlivoRest:
         wanted = (("voice", "voice_enabled"), ("sms", "sms_enabled"))
         caps = tuple(name for name, flag in wanted if data.get(flag, True) is not False)
         return OwnedNumber(phone_number, caps or ("voice", "sms"))
+
+    async def point_number(self, phone_number: str, answer_url: str, message_url: str) -> str:
+        """Make ``phone_number`` ring ``answer_url`` and text ``message_url``: through the
+        account's application with exactly these URLs (made if it has none), attached to the
+        number in one update, so the number switches from its old webhooks to these at once.
+        Returns the application's id."""
+        status, data = await self.request("GET", "Application", body={"limit": "20"})
+        if status != 200:
+            raise self.refused(status, data)
+        app_id = next(
+            (
+                str(app.get("app_id"))
+                for app in data.get("objects") or ()
+                if isinstance(app, dict)
+                and app.get("answer_url") == answer_url
+                and app.get("message_url") == message_url
+            ),
+            None,
+        )
+        if app_id is None:
+            body = {
+                "app_name": "conversation relay",
+                "answer_url": answer_url,
+                "answer_method": "POST",
+                "message_url": message_url,
+                "message_method": "POST",
+            }
+            status, data = await self.request("POST", "Application", body=body)
+            if status not in (200, 201) or not data.get("app_id"):
+                raise self.refused(status, data)
+            app_id = str(data["app_id"])
+        number = plivo_number(phone_number)
+        status, data = await self.request("POST", "Number", number, body={"app_id": app_id})
+        if status not in (200, 202):
+            raise self.refused(status, data)
+        return app_id
 
     async def close(self) -> None:
         if self._http is not None:
