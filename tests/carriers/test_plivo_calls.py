@@ -6,6 +6,8 @@ Slow (Piper, Whisper, the VAD; real-time audio) and SQLite only, as the sim's ar
 
 from __future__ import annotations
 
+import asyncio
+import os
 import xml.etree.ElementTree as ET
 
 import aiohttp
@@ -19,12 +21,14 @@ from tests.carriers.plivo_support import (
     AUTH_A,
     NUMBER_A,
     PUBLIC_URL,
+    TOKEN_A,
+    TOKEN_B,
     answer_url,
     origin,
     plivo_agent,
     plivo_settings,
 )
-from tests.carriers.test_sim_calls import GREETING, Hook
+from tests.carriers.test_sim_calls import GREETING, RELAY, REPO, Hook
 from tests.transports.support import calls, lifecycle_types
 
 pytestmark = pytest.mark.slow
@@ -80,3 +84,63 @@ async def test_a_plivo_call_carries_real_speech_both_ways(
     async with aiohttp.ClientSession() as http:
         await fake.stream_ended(http, handset.streamed, fake.accounts[AUTH_A])
     assert [c.tag for c in ET.fromstring(handset.streamed.after or "")] == ["Hangup"]
+
+
+async def plivo_cli(client, *args: str) -> tuple[int, str, str]:
+    """``relay phone call --carrier plivo`` against the relay under test."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RELAY_", "PLIVO_"))}
+    proc = await asyncio.create_subprocess_exec(
+        *RELAY,
+        "phone",
+        "call",
+        NUMBER_A,
+        "--carrier",
+        "plivo",
+        "--relay",
+        origin(client),
+        "--public-url",
+        PUBLIC_URL,
+        *args,
+        env=env,
+        cwd=REPO,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), 240)
+    return proc.returncode or 0, out.decode(), err.decode()
+
+
+async def test_relay_phone_call_rings_a_plivo_number_as_plivo_would(
+    database, app_client, aiohttp_server, raw_key, plivo
+):
+    fake, rest_url = plivo
+    hook = Hook({"weather": "It will be sunny all week."})
+    app = web.Application()
+    app.router.add_post("/hook", hook.handle)
+    server = await aiohttp_server(app)
+    client = await app_client(plivo_settings(rest_url))
+    auth = {"Authorization": f"Bearer {await raw_key('proj-a')}"}
+    agent = await plivo_agent(client, auth, webhook_url=str(server.make_url("/hook")))
+    hook.secret = agent["webhookSecret"]
+
+    code, out, err = await plivo_cli(
+        client,
+        "--plivo-auth-id",
+        AUTH_A,
+        "--plivo-auth-token",
+        TOKEN_A,
+        "--say",
+        "What will the weather be like?",
+    )
+    assert code == 0, err[-2000:]
+    answer = next(line for line in out.splitlines() if line.startswith("agent: [+"))
+    assert "sunny all week" in answer.lower(), out
+    [call] = await calls(database)
+    assert (call.connection_type, call.status) == ("plivo", "completed")
+
+    # Another account's token is no Plivo signature for account A's URL: refused, exit 2.
+    code, _, err = await plivo_cli(
+        client, "--plivo-auth-id", AUTH_A, "--plivo-auth-token", TOKEN_B, "--say", "hello"
+    )
+    assert code == 2 and "invalid_signature" in err
+    assert len(await calls(database)) == 1
