@@ -29,6 +29,12 @@ the first step that fails: capacity is the most calls whose voice-to-voice p90 s
     .venv/bin/python bench/voice.py                      # 4 calls x 4 turns, then the ramp
     .venv/bin/python bench/voice.py --calls 8 --no-ramp
     .venv/bin/python bench/voice.py --quick               # 1 call, 1 turn: a smoke run
+    .venv/bin/python bench/voice.py --carrier plivo       # the same over Plivo's protocol
+
+With ``--carrier plivo`` the number is a Plivo number of a project's carrier account at a
+fake Plivo in this process (:mod:`relay.handset.fake_plivo`): each call is asked of the
+relay's signed answer webhook and its audio flows over Plivo's audio stream protocol
+(``playAudio``/``clearAudio``), so the figures include that path.
 
 Prints a readable report, then one line of JSON with the same numbers. The callers run in
 this process and share the machine's cores with the relay.
@@ -63,6 +69,10 @@ sys.path.insert(0, str(ROOT / "bench"))
 import api as harness  # noqa: E402  (bench/api.py: the relay subprocess, stats)
 
 from relay.handset import CallReport, SimHandset, synthesize  # noqa: E402
+from relay.handset.fake_plivo import FakePlivo, PlivoHandset  # noqa: E402
+from relay.secretbox import new_key  # noqa: E402
+
+PLIVO_AUTH_ID, PLIVO_TOKEN = "MA" + "B" * 18, "benchplivotoken" + "0" * 20
 
 # The callers' lines. Piper pauses 320-440 ms at some commas ("Thank you, that is..."):
 # at 400 ms endpointing the relay rightly takes such a pause for the end of the turn, answers
@@ -200,24 +210,31 @@ class Bench:
         number: str,
         wavs: list[Path],
         hook: InstantWebhook,
+        plivo: FakePlivo | None = None,
     ) -> None:
         self.server = server
         self.key = key
         self.number = number
         self.wavs = wavs
         self.hook = hook
+        self.plivo = plivo
 
     async def _one_call(self, delay: float, turns: int, offset: int) -> CallReport:
         await asyncio.sleep(delay)
         lines: list[str | Path] = [self.wavs[(offset + i) % len(self.wavs)] for i in range(turns)]
-        handset = SimHandset(
-            self.server.base,
-            self.key,
-            listen=False,
-            answer_silence_ms=1000,
-            answer_timeout_s=10.0,
-            greeting_timeout_s=10.0,
-        )
+        timing: dict[str, Any] = {
+            "listen": False,
+            "answer_silence_ms": 1000,
+            "answer_timeout_s": 10.0,
+            "greeting_timeout_s": 10.0,
+        }
+        handset: SimHandset
+        if self.plivo is not None:
+            answer = f"{self.server.base}/carriers/plivo/voice?authId={PLIVO_AUTH_ID}"
+            account = self.plivo.accounts[PLIVO_AUTH_ID]
+            handset = PlivoHandset(self.plivo, answer, account, **timing)
+        else:
+            handset = SimHandset(self.server.base, self.key, **timing)
         return await handset.call(self.number, lines)
 
     async def _metrics(self, http: aiohttp.ClientSession, call_id: str, turns: int) -> list[Any]:
@@ -350,13 +367,34 @@ def database(url: str | None) -> Iterator[tuple[str, str]]:
         yield made
 
 
-async def provision(server: harness.Server, key: str, webhook_url: str) -> str:
-    """An agent on the instant webhook, bound to a sim number; returns the number."""
+async def provision(server: harness.Server, key: str, webhook_url: str, carrier: str) -> str:
+    """An agent on the instant webhook, bound to a sim number (or a Plivo number imported
+    under a Plivo carrier account); returns the number."""
     headers = {"Authorization": f"Bearer {key}"}
     async with aiohttp.ClientSession(base_url=server.base, headers=headers) as http:
         await server.wait_ready(http)
         body = {"name": "bench agent", "webhookUrl": webhook_url, "greeting": GREETING}
-        return await harness.agent_with_number(http, body)
+        if carrier == "sim":
+            return await harness.agent_with_number(http, body)
+        async with http.post("/v1/agents", json=body) as resp:
+            agent_id = (await resp.json())["id"]
+        creds = {"authId": PLIVO_AUTH_ID, "authToken": PLIVO_TOKEN}
+        account = {"provider": "plivo", "credentials": creds}
+        async with http.post("/v1/carrier-accounts", json=account) as resp:
+            if resp.status != 201:
+                raise RuntimeError(f"adding the Plivo account: {await resp.text()}")
+            account_id = (await resp.json())["id"]
+        number = "+14155550160"
+        imported = {
+            "provider": "plivo",
+            "phoneNumber": number,
+            "carrierAccountId": account_id,
+            "agentId": agent_id,
+        }
+        async with http.post("/v1/numbers/import", json=imported) as resp:
+            if resp.status != 201:
+                raise RuntimeError(f"importing the Plivo number: {await resp.text()}")
+        return number
 
 
 def relay_env(url: str, schema: str, port: int, args: argparse.Namespace) -> dict[str, str]:
@@ -367,20 +405,37 @@ def relay_env(url: str, schema: str, port: int, args: argparse.Namespace) -> dic
         RELAY_ENDPOINTING_DELAY_MS=str(args.endpointing_ms),
         RELAY_PUBLIC_URL=f"http://127.0.0.1:{port}",
     )
+    if args.carrier == "plivo":
+        env.update(
+            RELAY_ENCRYPTION_KEY=new_key(),
+            RELAY_PLIVO_API_BASE_URL=f"http://127.0.0.1:{args.plivo_port}",
+        )
     return env
+
+
+async def fake_plivo(port: int) -> tuple[FakePlivo, web.AppRunner]:
+    """Plivo's REST API on ``port``, holding the bench's account (it rents any number)."""
+    fake = FakePlivo(PLIVO_AUTH_ID, PLIVO_TOKEN)
+    runner = web.AppRunner(fake.app())
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    return fake, runner
 
 
 async def run(server: harness.Server, key: str, args: argparse.Namespace) -> dict[str, Any]:
     hook = InstantWebhook()
     await hook.start()
+    plivo, plivo_runner = (None, None)
+    if args.carrier == "plivo":
+        plivo, plivo_runner = await fake_plivo(args.plivo_port)
     try:
-        number = await provision(server, key, hook.url)
+        number = await provision(server, key, hook.url, args.carrier)
         with tempfile.TemporaryDirectory(prefix="relay-voice-") as tmp:
             wavs = await asyncio.get_running_loop().run_in_executor(None, caller_wavs, Path(tmp))
             # The callers' process holds Piper and the relay's modules too: keep its full
             # garbage collections short, or they show up as the relay's jitter.
             gc.freeze()
-            bench = Bench(server, key, number, wavs, hook)
+            bench = Bench(server, key, number, wavs, hook, plivo)
             # The first call of a process loads and warms the models: not counted.
             await bench.step(1, 1, 0.0)
             print("  (warm-up call done)", flush=True)
@@ -405,8 +460,11 @@ async def run(server: harness.Server, key: str, args: argparse.Namespace) -> dic
             transcripts = hook.transcripts[-3:]
     finally:
         await hook.stop()
+        if plivo_runner is not None:
+            await plivo_runner.cleanup()
     return {
         "benchmark": "voice",
+        "carrier": args.carrier,
         "endpointing_ms": args.endpointing_ms,
         "webhook_turns": hook.turns,
         "sample_transcripts": transcripts,
@@ -482,6 +540,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--relay-log", type=Path, help="keep the relay's log in this file")
     parser.add_argument("--quick", action="store_true", help="1 call, 1 turn, no ramp")
+    parser.add_argument(
+        "--carrier",
+        choices=["sim", "plivo"],
+        default="sim",
+        help="sim (Twilio Media Streams) or plivo (a fake Plivo, its audio stream protocol)",
+    )
     return parser
 
 
@@ -492,6 +556,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.calls < 1 or args.turns < 1 or args.stagger < 0:
         print("error: --calls and --turns must be >= 1, --stagger >= 0", file=sys.stderr)
         return 2
+    args.plivo_port = harness._free_port()
     cores = os.cpu_count() or 1
     load = os.getloadavg()[0]
     print("relay voice benchmark")
@@ -499,8 +564,10 @@ def main(argv: list[str] | None = None) -> int:
         f"  {platform.python_implementation()} {platform.python_version()}, {platform.system()} "
         f"{platform.release()}, {cores} CPU cores; load average at start {load:.1f}"
     )
+    path = "Plivo calls over its audio stream" if args.carrier == "plivo" else "sim calls"
     print(
-        f"  sim calls over Twilio Media Streams, Piper caller speech, instant NDJSON webhook; "
+        f"  {path if args.carrier == 'plivo' else path + ' over Twilio Media Streams'}, "
+        "Piper caller speech, instant NDJSON webhook; "
         f"endpointing {args.endpointing_ms} ms; calls start over {args.stagger:g} s"
     )
     print(

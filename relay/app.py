@@ -58,6 +58,7 @@ from relay.calls.outbound import DIALLER, Dialler
 from relay.calls.recordings import RECORDINGS, RecordingWorker
 from relay.calls.recovery import RECOVERY, Recovery
 from relay.carriers import CarrierRegistry
+from relay.carriers.plivo import PlivoCarrier
 from relay.carriers.sim import SimCarrier
 from relay.carriers.telnyx import TelnyxCarrier
 from relay.carriers.twilio import TwilioCarrier
@@ -114,7 +115,10 @@ def create_app(settings: Settings | None = None, *, db: Database | None = None) 
     state = AppState(
         settings=settings,
         db=database,
-        carriers=CarrierRegistry([sim, twilio, telnyx], default="sim"),
+        # Plivo has no deployment account: its calls go through projects' accounts.
+        carriers=CarrierRegistry(
+            [sim, twilio, telnyx, PlivoCarrier.from_settings(settings)], default="sim"
+        ),
         limiter=RateLimiter(settings.rate_limit_per_second, settings.rate_limit_burst),
         secret_box=SecretBox(settings.encryption_key),  # a malformed key refuses to start here
     )
@@ -139,6 +143,7 @@ def create_app(settings: Settings | None = None, *, db: Database | None = None) 
     carrier_webhooks.sim.install(app)
     carrier_webhooks.twilio.install(app, twilio)
     carrier_webhooks.telnyx.install(app, app[SMS].telnyx)
+    carrier_webhooks.plivo.install(app)
     app.cleanup_ctx.extend((_schema, _node, _sms, _post_call, _recordings, _media))
     app.on_shutdown.append(_stop_taking_work)
     app.on_startup.append(_settled)  # after cleanup_ctx's start-up, which runs first

@@ -47,6 +47,8 @@ class Settings(BaseSettings):
     twilio_api_base_url: str = ""
     # Telnyx's REST API, for a test double or proxy (accounts are per project).
     telnyx_api_base_url: str = ""
+    # Where Plivo's REST API is (a test double, a proxy); empty: api.plivo.com.
+    plivo_api_base_url: str = ""
     # Carrier accounts' credentials are stored encrypted with this Fernet key (several,
     # comma-separated, while rotating: the first encrypts). `relay keys encryption` makes one.
     encryption_key: str = Field(default="", repr=False)

@@ -3,8 +3,8 @@ added, stored encrypted (:mod:`relay.secretbox`), and what the relay reads them 
 checking that an account owns a number, and checking a webhook's signature with the token
 of the account the webhook names.
 
-Only the carrier's name for the account (Twilio's AccountSid) is stored in the clear: inbound
-webhooks carry it, and routing is by it.
+Only the carrier's name for the account (Twilio's AccountSid, Plivo's auth id) is stored in
+the clear: inbound webhooks carry it, and routing is by it.
 """
 
 from __future__ import annotations
@@ -16,16 +16,17 @@ from sqlalchemy import select
 from sqlalchemy.exc import DBAPIError
 
 from relay.carriers import Carrier, CarrierRegistry
+from relay.carriers.plivo.rest import PlivoCredentials
 from relay.carriers.twilio.accounts import TwilioCredentials
 from relay.logs import get_logger
 from relay.secretbox import KeyMissing, SecretBox, SecretBoxError
 from relay.store.db import Database
 from relay.store.models import CarrierAccount, utcnow
-from relay_numbers.keys import DEPLOYMENT, sim_key, telnyx_key, twilio_key
+from relay_numbers.keys import DEPLOYMENT, plivo_key, sim_key, telnyx_key, twilio_key
 
 log = get_logger("relay_numbers.accounts")
 
-PROVIDERS = ("twilio", "sim", "telnyx")
+PROVIDERS = ("twilio", "sim", "telnyx", "plivo")
 STORED_WITHOUT_KEY = (
     "The database holds {count} carrier account(s) with encrypted credentials and "
     "RELAY_ENCRYPTION_KEY is not set: the relay cannot read them. Set the key they were "
@@ -48,12 +49,24 @@ def twilio_credentials(box: SecretBox, account: CarrierAccount) -> TwilioCredent
     return TwilioCredentials(str(data["accountSid"]), str(data["authToken"]))
 
 
+def seal_plivo(box: SecretBox, creds: PlivoCredentials) -> str:
+    return box.encrypt(json.dumps({"authId": creds.auth_id, "authToken": creds.auth_token}))
+
+
+def plivo_credentials(box: SecretBox, account: CarrierAccount) -> PlivoCredentials:
+    assert account.credentials is not None
+    data = json.loads(box.decrypt(account.credentials))
+    return PlivoCredentials(str(data["authId"]), str(data["authToken"]))
+
+
 def carrier_key_of(account: CarrierAccount) -> str:
     if account.provider == "sim":
         return sim_key(account.project_id)
     assert account.account_sid is not None
     if account.provider == "telnyx":
         return telnyx_key(account.account_sid)
+    if account.provider == "plivo":
+        return plivo_key(account.account_sid)
     return twilio_key(account.account_sid)
 
 
@@ -137,6 +150,30 @@ class AccountCarriers:
             await carrier.close()
 
 
+async def plivo_accounts(db: Database, box: SecretBox, auth_id: str) -> list[PlivoCredentials]:
+    """The credentials of the live Plivo carrier accounts with this auth id (any project's:
+    each was verified with Plivo). One the key cannot open is left out (and logged)."""
+    if not auth_id or not box.configured:
+        return []
+    async with db.session() as session:
+        accounts = (
+            await session.execute(
+                select(CarrierAccount).where(
+                    CarrierAccount.provider == "plivo",
+                    CarrierAccount.account_sid == auth_id,
+                    CarrierAccount.deleted_at.is_(None),
+                )
+            )
+        ).scalars()
+        found = []
+        for account in accounts:
+            try:
+                found.append(plivo_credentials(box, account))
+            except SecretBoxError as exc:
+                log.error("carrier_credentials_unreadable", account_id=account.id, code=exc.code)
+        return found
+
+
 async def check_stored_credentials(db: Database, box: SecretBox) -> int:
     """At start-up: every stored credential opens with the configured key (raises
     :class:`relay.secretbox.SecretBoxError` if not), and, while several keys are configured,
@@ -179,6 +216,9 @@ __all__ = [
     "carrier_key_of",
     "check_stored_credentials",
     "hint_of",
+    "plivo_accounts",
+    "plivo_credentials",
+    "seal_plivo",
     "seal_twilio",
     "twilio_credentials",
     "twilio_tokens",

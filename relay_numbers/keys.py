@@ -5,6 +5,7 @@ carrier's message ids. One string, ``<provider>:<the carrier's name for the acco
   ``twilio:<AccountSid>``     a Twilio account a project added (``/v1/carrier-accounts``)
   ``twilio:deployment``       the deployment's own Twilio account (``RELAY_TWILIO_*``)
   ``telnyx:<connection id>``  a Telnyx account a project added, by its Call Control App
+  ``plivo:<auth id>``         a Plivo account a project added
 """
 
 from __future__ import annotations
@@ -25,6 +26,10 @@ def telnyx_key(connection_id: str) -> str:
     return f"telnyx:{connection_id}"
 
 
+def plivo_key(auth_id: str) -> str:
+    return f"plivo:{auth_id}"
+
+
 def twilio_keys(account_sid: str, *, deployment: bool) -> tuple[str, ...]:
     """The keys a Twilio webhook for ``account_sid`` reaches, once signed: the account's own,
     and the deployment's too when the deployment's token signed it."""
@@ -37,6 +42,7 @@ def twilio_keys(account_sid: str, *, deployment: bool) -> tuple[str, ...]:
 __all__ = [
     "DEPLOYMENT",
     "TWILIO_DEPLOYMENT_KEY",
+    "plivo_key",
     "sim_key",
     "telnyx_key",
     "twilio_keys",

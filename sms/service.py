@@ -38,6 +38,7 @@ from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from relay.carriers import Carrier
+from relay.carriers.plivo import PlivoCarrier
 from relay.carriers.sim import SimCarrier
 from relay.carriers.telnyx.accounts import message_webhook_url
 from relay.carriers.twilio import TwilioCarrier, TwilioSms
@@ -48,7 +49,7 @@ from relay.secretbox import SecretBox
 from relay.store.db import Database
 from relay.store.models import Message, utcnow
 from relay_numbers import TWILIO_DEPLOYMENT_KEY
-from relay_numbers.accounts import twilio_tokens
+from relay_numbers.accounts import plivo_accounts, twilio_tokens
 from relay_numbers.telnyx_accounts import TelnyxCarriers
 from sms.outbound import TextCarrier
 from sms.queue import ConversationQueues
@@ -65,6 +66,7 @@ SWEEP_SECONDS = 30.0
 SWEEP_MIN_AGE_SECONDS = 30.0
 SHUTDOWN_GRACE_SECONDS = 10.0
 STATUS_CALLBACK_PATH = "/carriers/twilio/sms/status"
+PLIVO_STATUS_PATH = "/carriers/plivo/sms/status"
 # How often the loop's lag is sampled, and the lag past which new sim texts are refused.
 LAG_PROBE_SECONDS = 0.02
 MAX_LAG_SECONDS = 0.05
@@ -91,6 +93,7 @@ class SmsService:
         self.secret_box = secret_box or SecretBox(settings.encryption_key)
         # Project carrier accounts' Twilio clients, by (AccountSid, token): made on first use.
         self._accounts: dict[tuple[str, str], TwilioSms] = {}
+        self._plivo: dict[tuple[str, str], PlivoCarrier] = {}  # the same, by (auth id, token)
         self.sim = sim or SimCarrier()
         self.twilio = twilio or TwilioCarrier.from_settings(settings)
         self.carriers: dict[str, Carrier] = carriers or {"sim": self.sim, "twilio": self.twilio}
@@ -170,9 +173,24 @@ class SmsService:
         base = self.settings.effective_public_url()
         if msg.provider == "telnyx" and msg.carrier_key:
             return message_webhook_url(base, msg.carrier_key.removeprefix("telnyx:"))
+        if msg.provider == "plivo":
+            # The auth id rides in the signed URL: it says whose token signs the report.
+            auth_id = (msg.carrier_key or "").removeprefix("plivo:")
+            return f"{base}{PLIVO_STATUS_PATH}?authId={auth_id}&messageId={msg.id}"
         if msg.provider != "twilio":
             return None
         return f"{base}{STATUS_CALLBACK_PATH}?messageId={msg.id}"
+
+    async def _plivo_for(self, msg: SmsRow) -> TextCarrier | None:
+        auth_id = (msg.carrier_key or "").removeprefix("plivo:")
+        found = await plivo_accounts(self.db, self.secret_box, auth_id)
+        if not found:
+            return None
+        key = (found[0].auth_id, found[0].auth_token)
+        if key not in self._plivo:
+            base = self.settings.plivo_api_base_url
+            self._plivo[key] = PlivoCarrier(found[0], api_base_url=base)
+        return self._plivo[key]
 
     async def carrier_for(self, msg: SmsRow) -> TextCarrier | None:
         """Who sends ``msg``: its number's carrier account when a project added it, else the
@@ -180,6 +198,8 @@ class SmsService:
         key = msg.carrier_key or ""
         if msg.provider == "telnyx":
             return await self.telnyx.for_key(key)
+        if msg.provider == "plivo":
+            return await self._plivo_for(msg)
         if (
             msg.provider != "twilio"
             or not key.startswith("twilio:")
@@ -300,6 +320,9 @@ class SmsService:
         for client in self._accounts.values():
             await client.close()
         self._accounts.clear()
+        for plivo in self._plivo.values():
+            await plivo.close()
+        self._plivo.clear()
 
 
 SMS: web.AppKey[SmsService] = web.AppKey("sms", SmsService)

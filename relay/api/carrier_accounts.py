@@ -5,8 +5,10 @@ a cheap authenticated read of the account. Its credentials are stored encrypted 
 ``RELAY_ENCRYPTION_KEY`` and never answered again: responses show the AccountSid and the
 last characters of the auth token. A Telnyx account is verified the same way (the API key
 opens the account and its Call Control Application, whose webhooks the relay then points at
-itself); responses show the application's id and the API key's last characters. A ``sim``
-account needs no credentials: it is the project's account at the relay's embedded carrier.
+itself); responses show the application's id and the API key's last characters. A Plivo
+account is verified by reading it (``GET /v1/Account/{auth_id}/``) with its auth id and auth
+token. A ``sim`` account needs no credentials: it is the project's account at the relay's
+embedded carrier.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from relay.api.pagination import fetch_page, newest_first
 from relay.api.routing import Context, Router
 from relay.api.schema import APIModel, Deleted, OutModel, Page, PageQuery
 from relay.carriers import CarrierCredentialsInvalid, CarrierError
+from relay.carriers.plivo import PlivoCredentials, PlivoRest
 from relay.carriers.telnyx import TelnyxCredentials
 from relay.carriers.telnyx.accounts import TelnyxAccounts
 from relay.carriers.twilio.accounts import TwilioAccounts, TwilioCredentials
@@ -29,7 +32,13 @@ from relay.errors import APIError, Conflict, NotFound, ServiceUnavailable, inval
 from relay.ids import new_id
 from relay.secretbox import SecretBoxError
 from relay.store.models import CarrierAccount, Number, utcnow
-from relay_numbers.accounts import hint_of, seal_twilio, twilio_credentials
+from relay_numbers.accounts import (
+    hint_of,
+    plivo_credentials,
+    seal_plivo,
+    seal_twilio,
+    twilio_credentials,
+)
 from relay_numbers.telnyx_accounts import seal_telnyx
 
 router = Router()
@@ -37,6 +46,7 @@ TAG = "Carrier accounts"
 NEEDS_CREDENTIALS = {
     "twilio": "A twilio account needs credentials: {accountSid, authToken}.",
     "telnyx": "A telnyx account needs credentials: {apiKey, publicKey, connectionId}.",
+    "plivo": "A plivo account needs credentials: {authId, authToken}.",
 }
 WRONG_CREDENTIALS = "These are not {provider} credentials."
 SIM_NEEDS_NONE = "A sim account takes no credentials."
@@ -69,11 +79,20 @@ class TelnyxCredentialsIn(APIModel):
     )
 
 
-Credentials = TwilioCredentialsIn | TelnyxCredentialsIn
+class PlivoCredentialsIn(APIModel):
+    auth_id: str = Field(
+        pattern=r"^(MA|SA)[A-Z0-9]{18}$", description="The account's auth id, MA... or SA..."
+    )
+    auth_token: str = Field(
+        min_length=16, max_length=128, pattern=r"^[A-Za-z0-9_-]+$", description="Never answered."
+    )
+
+
+Credentials = TwilioCredentialsIn | TelnyxCredentialsIn | PlivoCredentialsIn
 
 
 class CarrierAccountCreate(APIModel):
-    provider: Literal["twilio", "telnyx", "sim"]
+    provider: Literal["twilio", "telnyx", "plivo", "sim"]
     name: str | None = Field(default=None, max_length=200)
     credentials: Credentials | None = None
 
@@ -95,22 +114,29 @@ class MaskedTelnyxCredentials(OutModel):
     api_key: str = Field(description="Masked: only its last characters.")
 
 
+class MaskedPlivoCredentials(OutModel):
+    auth_id: str
+    auth_token: str = Field(description="Masked: only its last characters.")
+
+
 class CarrierAccountOut(OutModel):
     id: str
     object: Literal["carrier_account"] = "carrier_account"
     provider: str
     name: str | None
-    credentials: MaskedCredentials | MaskedTelnyxCredentials | None
+    credentials: MaskedCredentials | MaskedTelnyxCredentials | MaskedPlivoCredentials | None
     created_at: datetime
     updated_at: datetime
 
 
 def account_out(a: CarrierAccount) -> CarrierAccountOut:
-    masked: MaskedCredentials | MaskedTelnyxCredentials | None = None
+    masked: MaskedCredentials | MaskedTelnyxCredentials | MaskedPlivoCredentials | None = None
     if a.account_sid is not None and a.provider == "telnyx":
         masked = MaskedTelnyxCredentials(
             connection_id=a.account_sid, api_key=a.credentials_hint or ""
         )
+    elif a.account_sid is not None and a.provider == "plivo":
+        masked = MaskedPlivoCredentials(auth_id=a.account_sid, auth_token=a.credentials_hint or "")
     elif a.account_sid is not None:
         masked = MaskedCredentials(account_sid=a.account_sid, auth_token=a.credentials_hint or "")
     return CarrierAccountOut(
@@ -162,6 +188,10 @@ async def _verified(ctx: Context, provider: str, given: Credentials) -> tuple[st
             twilio = TwilioCredentials(given.account_sid, given.auth_token)
             sealed = seal_twilio(ctx.state.secret_box, twilio)
             name, secret = twilio.account_sid, twilio.auth_token
+        elif provider == "plivo" and isinstance(given, PlivoCredentialsIn):
+            plivo = PlivoCredentials(given.auth_id, given.auth_token)
+            sealed = seal_plivo(ctx.state.secret_box, plivo)
+            name, secret = plivo.auth_id, plivo.auth_token
         elif provider == "telnyx" and isinstance(given, TelnyxCredentialsIn):
             telnyx = TelnyxCredentials(
                 given.api_key, given.public_key, given.connection_id, given.messaging_profile_id
@@ -175,6 +205,12 @@ async def _verified(ctx: Context, provider: str, given: Credentials) -> tuple[st
     try:
         if provider == "twilio":
             await TwilioAccounts(settings.twilio_api_base_url).verify(twilio)
+        elif provider == "plivo":
+            rest = PlivoRest(plivo, settings.plivo_api_base_url)
+            try:
+                await rest.verify()
+            finally:
+                await rest.close()
         else:
             public = settings.effective_public_url()
             await TelnyxAccounts(settings.telnyx_api_base_url).verify(telnyx, public)
@@ -186,6 +222,13 @@ async def _verified(ctx: Context, provider: str, given: Credentials) -> tuple[st
 def twilio_of(ctx: Context, account: CarrierAccount) -> TwilioCredentials:
     try:
         return twilio_credentials(ctx.state.secret_box, account)
+    except SecretBoxError as exc:
+        raise secret_box_error(exc) from None
+
+
+def plivo_of(ctx: Context, account: CarrierAccount) -> PlivoCredentials:
+    try:
+        return plivo_credentials(ctx.state.secret_box, account)
     except SecretBoxError as exc:
         raise secret_box_error(exc) from None
 
@@ -281,7 +324,13 @@ async def update_account(ctx: Context, body: CarrierAccountUpdate) -> CarrierAcc
         if account.provider == "sim":
             raise invalid_field("credentials", SIM_NEEDS_NONE)
         given = body.credentials
-        named = given.account_sid if isinstance(given, TwilioCredentialsIn) else given.connection_id
+        named = (
+            given.account_sid
+            if isinstance(given, TwilioCredentialsIn)
+            else given.auth_id
+            if isinstance(given, PlivoCredentialsIn)
+            else given.connection_id
+        )
         if named != account.account_sid:
             raise invalid_field("credentials", SAME_ACCOUNT.format(sid=account.account_sid))
         _, fields["credentials_hint"], fields["credentials"] = await _verified(
@@ -323,4 +372,11 @@ async def delete_account(ctx: Context) -> Deleted:
     return Deleted(id=account.id, object="carrier_account")
 
 
-__all__ = ["carrier_api_error", "load_account", "router", "secret_box_error", "twilio_of"]
+__all__ = [
+    "carrier_api_error",
+    "load_account",
+    "plivo_of",
+    "router",
+    "secret_box_error",
+    "twilio_of",
+]

@@ -4,6 +4,7 @@ They stay out of the OpenAPI document. The webhooks that hand out their URLs and
 in :mod:`relay.api.carriers`.
 
     GET  /media/twilio                  Twilio Media Streams socket (Twilio and sim calls)
+    GET  /media/plivo                   Plivo audio stream socket
     GET  /media/websocket               raw PCM socket (bring your own telephony)
     GET  /media/telnyx                  Telnyx media streaming socket (Telnyx and BYOT calls)
 """
@@ -19,10 +20,12 @@ from relay import tokens
 from relay.api.carriers.telnyx import control_for
 from relay.calls import inbound, media
 from relay.calls.media import MEDIA
+from relay.engine.ports import CallerLine, CallHandle
 from relay.errors import Forbidden, RateLimited
 from relay.state import APP_STATE
 from relay.store.models import Call
-from relay.transports import Handshake
+from relay.transports import BadFrame, Handshake, MediaConnection, Note
+from relay.transports.plivo import PlivoConnection
 from relay.transports.telnyx import TelnyxConnection
 from relay.transports.twilio import TwilioConnection
 from relay.transports.websocket import WebsocketConnection
@@ -110,6 +113,7 @@ def install(app: web.Application) -> None:
     app.router.add_get("/media/twilio", twilio_media)
     app.router.add_get("/media/websocket", websocket_media)
     app.router.add_get("/media/telnyx", telnyx_media)
+    app.router.add_get("/media/plivo", plivo_media)
     app[UNAUTHENTICATED] = Unauthenticated()
 
 
@@ -182,4 +186,54 @@ async def telnyx_media(request: web.Request) -> web.StreamResponse:
     await ws.prepare(request)
     conn = TelnyxConnection(ws, control)
     await request.app[MEDIA].serve(media.serve(deps, conn, call_id))
+    return ws
+
+
+class _Unnamed:
+    """Any carrier's socket without a token in its URL, counted in :class:`Unauthenticated`
+    until its handshake has named the call (or it gave up)."""
+
+    def __init__(self, conn: MediaConnection, leave: Callable[[], None]) -> None:
+        self._conn = conn
+        self._leave = leave
+        self.connection_types = conn.connection_types
+
+    async def handshake(self) -> Handshake | None:
+        try:
+            return await self._conn.handshake()
+        finally:
+            self._leave()
+
+    async def refuse(self, why: str) -> None:
+        await self._conn.refuse(why)
+
+    async def accept(self, call_id: str, note: Note) -> CallerLine:
+        return await self._conn.accept(call_id, note)
+
+    async def pump(self, handle: CallHandle, bad_frame: BadFrame) -> None:
+        await self._conn.pump(handle, bad_frame)
+
+
+async def plivo_media(request: web.Request) -> web.StreamResponse:
+    """Plivo's audio stream. The token is checked here when it is in the URL; otherwise the
+    ``start`` event's ``extra_headers`` must carry it."""
+    call_id: str | None = None
+    leave: Callable[[], None] = lambda: None  # noqa: E731
+    if "token" in request.query:
+        call_id = _verify(request, request.query["token"])
+        await _waiting_call(request, call_id, PlivoConnection.connection_types)
+    elif not web.WebSocketResponse().can_prepare(request).ok:
+        raise Forbidden(MEDIA_TOKEN_REFUSED.format(why="no token"), code="invalid_media_token")
+    else:
+        leave = request.app[UNAUTHENTICATED].admit(request.remote or "")
+    try:
+        deps = request.app[MEDIA].deps()
+        ws = _socket()
+        await ws.prepare(request)
+        conn: MediaConnection = PlivoConnection(ws)
+        if call_id is None:
+            conn = _Unnamed(conn, leave)
+        await request.app[MEDIA].serve(media.serve(deps, conn, call_id))
+    finally:
+        leave()
     return ws

@@ -23,6 +23,7 @@ from relay.api.agents import load_agent
 from relay.api.carrier_accounts import (
     carrier_api_error,
     load_account,
+    plivo_of,
     secret_box_error,
     twilio_of,
 )
@@ -30,6 +31,7 @@ from relay.api.pagination import fetch_page, newest_first
 from relay.api.routing import Context, Router
 from relay.api.schema import APIModel, Deleted, OutModel, Page, PageQuery
 from relay.carriers import Carrier, CarrierError, NoNumberAvailable, ProvisionRequest
+from relay.carriers.plivo import SMS_PATH, VOICE_PATH, PlivoRest
 from relay.carriers.sim import SIM_RANGES, sim_country_of
 from relay.carriers.telnyx import TelnyxCarrier
 from relay.carriers.telnyx.accounts import TelnyxAccounts
@@ -39,7 +41,7 @@ from relay.ids import new_id
 from relay.phone import region_of, to_e164
 from relay.secretbox import SecretBoxError
 from relay.store.models import CarrierAccount, Number, utcnow
-from relay_numbers import TWILIO_DEPLOYMENT_KEY, sim_key, twilio_key
+from relay_numbers import TWILIO_DEPLOYMENT_KEY, plivo_key, sim_key, twilio_key
 from relay_numbers.keys import telnyx_key
 from relay_numbers.telnyx_accounts import telnyx_credentials
 
@@ -49,14 +51,15 @@ NUMBER_TAKEN = "This project already has this number on this carrier account."
 NOT_OWNED = "{account} has no number {phone}."
 NOT_IN_SIM_RANGES = "The sim carrier has no number {phone}: its ranges are {ranges}."
 NOT_VERIFIABLE = (
-    "This relay cannot prove who owns {provider} numbers yet; it imports twilio, telnyx and "
-    "sim numbers."
+    "This relay cannot prove who owns {provider} numbers yet; it imports twilio, telnyx, "
+    "plivo and sim numbers."
 )
 NEEDS_ACCOUNT = (
     "Name the Twilio carrier account that owns the number (carrierAccountId): this relay has "
     "no Twilio account of its own (RELAY_TWILIO_ACCOUNT_SID)."
 )
 NEEDS_TELNYX_ACCOUNT = "Name the Telnyx carrier account that owns the number (carrierAccountId)."
+PLIVO_NEEDS_ACCOUNT = "Name the Plivo carrier account that owns the number (carrierAccountId)."
 WRONG_PROVIDER = "Carrier account {id} is a {provider} account, not {wanted}."
 UNKNOWN_CARRIER = "Unknown carrier {name!r}; this relay has: {names}."
 
@@ -289,7 +292,9 @@ async def _carrier_of(
 )
 async def import_number(ctx: Context, body: NumberImport) -> NumberOut:
     """The carrier must confirm that the account owns the number: Twilio lists it among the
-    account's incoming phone numbers; the sim carrier imports only from its own ranges. Not
+    account's incoming phone numbers, Plivo answers ``GET Number/{number}/`` for the account
+    (and the number is then pointed at the relay's Plivo webhooks, through an application);
+    the sim carrier imports only from its own ranges. Not
     owned, or already imported by another project under the same account: 422
     ``number_not_owned``, the same answer either way."""
     phone = to_e164(body.phone_number, field="phoneNumber")
@@ -366,6 +371,8 @@ async def _prove(ctx: Context, body: NumberImport, phone: str) -> _Proof:
         return proof
     if body.provider == "telnyx":
         return await _prove_telnyx(ctx, account, phone)
+    if body.provider == "plivo":
+        return await _prove_plivo(ctx, account, phone)
     if body.provider != "twilio":
         raise invalid_field(
             "provider", NOT_VERIFIABLE.format(provider=body.provider), "provider_not_verifiable"
@@ -438,6 +445,28 @@ async def _prove_telnyx(ctx: Context, account: CarrierAccount | None, phone: str
         await carrier.close()
     key = telnyx_key(creds.connection_id)
     return _Proof(key, account.id, owned.provider_sid or None, owned.capabilities, refusal)
+
+
+async def _prove_plivo(ctx: Context, account: CarrierAccount | None, phone: str) -> _Proof:
+    """Plivo's ``GET Number/{number}/`` answers only for a number the account rents."""
+    if account is None:
+        raise invalid_field("carrierAccountId", PLIVO_NEEDS_ACCOUNT, "carrier_account_required")
+    creds = plivo_of(ctx, account)
+    refusal = NOT_OWNED.format(account=f"Carrier account {account.id}", phone=phone)
+    public = ctx.state.settings.effective_public_url()
+    rest = PlivoRest(creds, ctx.state.settings.plivo_api_base_url)
+    try:
+        owned = await rest.owned_number(phone)
+        if owned is None:
+            raise invalid_field("phoneNumber", refusal, "number_not_owned")
+        # The number's webhooks at Plivo, named by the account's auth id (whose token signs).
+        query = f"?authId={creds.auth_id}"
+        await rest.point_number(phone, f"{public}{VOICE_PATH}{query}", f"{public}{SMS_PATH}{query}")
+    except CarrierError as exc:
+        raise carrier_api_error(exc) from None
+    finally:
+        await rest.close()
+    return _Proof(plivo_key(creds.auth_id), account.id, None, owned.capabilities, refusal)
 
 
 async def _project_has(ctx: Context, carrier_key: str, phone: str) -> bool:

@@ -51,7 +51,7 @@ MEDIA_TOKEN_PURPOSE = "media"
 WEB_TOKEN_PURPOSE = "webrtc"
 WEB_TOKEN_TTL_SECONDS = 300
 SAMPLE_RATES = (8000, 16000, 24000, 48000)
-CONNECTION_TYPES = ("twilio", "sim", "websocket", "telnyx")
+CONNECTION_TYPES = ("twilio", "sim", "websocket", "telnyx", "plivo")
 # The key in ``Call.agent_snapshot`` holding how the media travels (not an agent setting).
 TRANSPORT_KEY = "transport"
 

@@ -12,6 +12,13 @@ WAV file) and ``--dtmf`` (keys) is one turn, in the order given. The handset wai
 agent's answer before the next turn (or barges in ``--barge-in-after-ms`` into it), prints
 what it heard with the time from the end of your speech to the agent's first audio, and
 hangs up after the last answer. Exit status: 0 the call ran, 2 the relay refused it.
+
+``--carrier plivo`` rings a Plivo number as Plivo would: the call is asked of the relay's
+answer webhook (``/carriers/plivo/voice?authId=...``), signed with the account's auth token
+(``--plivo-auth-id``/``--plivo-auth-token`` or ``PLIVO_AUTH_ID``/``PLIVO_AUTH_TOKEN``), and
+its audio flows over Plivo's audio stream protocol (:mod:`relay.handset.fake_plivo`). It
+needs no API key: the signature is what the relay checks. ``--public-url`` is the URL the
+relay signs against (``RELAY_PUBLIC_URL``) when it differs from ``--relay``.
 """
 
 from __future__ import annotations
@@ -60,9 +67,9 @@ def add_phone_call_command(phone_sub: Any) -> None:
     call.add_argument("--key", help="a secret API key of the number's project (or RELAY_KEY)")
     call.add_argument(
         "--carrier",
-        choices=("sim", "twilio"),
+        choices=("sim", "twilio", "plivo"),
         default="sim",
-        help="how the call reaches the relay: the sim carrier, or as Twilio (signed webhook)",
+        help="how the call reaches the relay: the sim carrier, or as Twilio or Plivo would",
     )
     call.add_argument("--account-sid", help="twilio: the AccountSid (RELAY_TWILIO_ACCOUNT_SID)")
     call.add_argument("--auth-token", help="twilio: its auth token (RELAY_TWILIO_AUTH_TOKEN)")
@@ -70,7 +77,24 @@ def add_phone_call_command(phone_sub: Any) -> None:
     call.add_argument("--voice", choices=("piper", "espeak"), default="piper")
     call.add_argument("--no-listen", action="store_true", help="timings only, no transcripts")
     call.add_argument("--json", action="store_true", help="print the call report as JSON")
+    call.add_argument(
+        "--plivo-auth-id", default=os.environ.get("PLIVO_AUTH_ID", ""), help="plivo: the auth id"
+    )
+    call.add_argument(
+        "--plivo-auth-token", default=os.environ.get("PLIVO_AUTH_TOKEN", ""), help="its token"
+    )
+    call.add_argument("--public-url", help="the relay's RELAY_PUBLIC_URL (default: --relay)")
     call.set_defaults(func=cmd_phone_call, turns=[])
+
+
+def _plivo_handset(args: argparse.Namespace, relay_url: str, **options: Any) -> Any:
+    from relay.handset.fake_plivo import FakePlivo, PlivoHandset
+
+    fake = FakePlivo(args.plivo_auth_id, args.plivo_auth_token)
+    public = (args.public_url or relay_url).rstrip("/")
+    fake.deliver_to = (public, relay_url.rstrip("/"))
+    answer = f"{public}/carriers/plivo/voice?authId={args.plivo_auth_id}"
+    return PlivoHandset(fake, answer, fake.accounts[args.plivo_auth_id], **options)
 
 
 def cmd_phone_call(args: argparse.Namespace) -> int:
@@ -97,16 +121,21 @@ def cmd_phone_call(args: argparse.Namespace) -> int:
             return 2
         return _print(report, args.json)
     key = args.key or os.environ.get("RELAY_KEY")
-    if not key:
+    if args.carrier == "plivo" and not (args.plivo_auth_id and args.plivo_auth_token):
+        print("error: --carrier plivo needs the account's auth id and token", file=sys.stderr)
+        return 2
+    if not key and args.carrier == "sim":
         print("error: give --key or set RELAY_KEY (a secret key, sk_...)", file=sys.stderr)
         return 2
-    handset = SimHandset(
-        relay_url,
-        key,
-        from_number=args.from_number,
-        voice=args.voice,
-        listen=not args.no_listen,
-    )
+    options: dict[str, Any] = {
+        "from_number": args.from_number,
+        "voice": args.voice,
+        "listen": not args.no_listen,
+    }
+    if args.carrier == "plivo":
+        handset = _plivo_handset(args, relay_url, **options)
+    else:
+        handset = SimHandset(relay_url, key or "", **options)
     if not args.json:
         print(f"calling {args.number} through {relay_url}", flush=True)
     try:

@@ -45,7 +45,7 @@ from aiohttp import web
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
-from relay.handset.voice import CallReport, Line, SimHandset, _Line
+from relay.handset.voice import CallReport, Line, MediaLine, SimHandset
 
 AUTH_FAILED = {
     "errors": [
@@ -110,7 +110,7 @@ class FakeCall:
     arrived_at: float = field(default_factory=time.perf_counter)  # its dial or its ring
 
 
-class _TelnyxLine(_Line):
+class _TelnyxLine(MediaLine):
     """The phone's side of a Telnyx media socket: Telnyx's frames, numbered."""
 
     def __init__(self, ws: aiohttp.ClientWebSocketResponse, stream_id: str, ccid: str) -> None:

@@ -144,10 +144,11 @@ def transcribe(pcm: PCM, rate: int = RATE) -> str:
     return speech.whisper_transcribe_standard(resample(pcm, rate, 16000))[0]
 
 
-class _Line:
-    """The handset's side of one media socket: a paced sender and a receiver. The frames it
-    sends are Twilio Media Streams'; a carrier fake with another protocol overrides the
-    ``*_frame`` methods (``relay.handset.fake_telnyx``)."""
+class MediaLine:
+    """The handset's side of one media socket: a paced sender and a receiver. It speaks
+    Twilio Media Streams; a carrier fake with another protocol overrides the ``*_frame``
+    methods and :meth:`on_frame` (:mod:`relay.handset.fake_telnyx`,
+    :mod:`relay.handset.fake_plivo`)."""
 
     def __init__(self, ws: aiohttp.ClientWebSocketResponse, stream_sid: str) -> None:
         self.ws = ws
@@ -213,21 +214,24 @@ class _Line:
             async for msg in self.ws:
                 if msg.type != aiohttp.WSMsgType.TEXT:
                     continue
-                frame = json.loads(msg.data)
-                now = time.perf_counter()
-                event = frame.get("event")
-                if event == "media":
-                    pcm = ulaw_decode(base64.b64decode(frame["media"]["payload"]))
-                    self.received.append((now, pcm))
-                    if _rms(pcm) > LOUD_RMS:
-                        self.loud_received.append(now)
-                        self.heard_loud.set()
-                elif event == "clear":
-                    self.clears.append(now)
-                elif event == "mark":  # played as soon as it arrives: echo it, as Twilio does
-                    await self.ws.send_str(self.mark_frame(frame["mark"]["name"]))
+                await self.on_frame(json.loads(msg.data), time.perf_counter())
         finally:
             self.closed.set()
+
+    async def on_frame(self, frame: dict[str, Any], now: float) -> None:
+        event = frame.get("event")
+        if event == "media":
+            self.heard(now, ulaw_decode(base64.b64decode(frame["media"]["payload"])))
+        elif event == "clear":
+            self.clears.append(now)
+        elif event == "mark":  # played as soon as it arrives: echo it, as Twilio does
+            await self.ws.send_str(self.mark_frame(frame["mark"]["name"]))
+
+    def heard(self, now: float, pcm: PCM) -> None:
+        self.received.append((now, pcm))
+        if _rms(pcm) > LOUD_RMS:
+            self.loud_received.append(now)
+            self.heard_loud.set()
 
     def first_loud_after(self, t: float) -> float | None:
         return next((x for x in self.loud_received if x > t), None)
@@ -310,11 +314,8 @@ class SimHandset:
         into it), then hang up once the last answer is over."""
         audio = [await self._audio(line) for line in lines]
         async with aiohttp.ClientSession() as http:
-            placed = await self._place(http, number)
-            start = _start(placed["token"], placed["callId"], "CAsim" + placed["callId"][5:])
-            return await self._talk(
-                http, self._media_url(placed), placed["token"], start, audio, barge_in_after_ms
-            )
+            call_id, line = await self._connect(http, number)
+            return await self.talk(line, audio, call_id, barge_in_after_ms)
 
     async def answer(
         self,
@@ -330,46 +331,42 @@ class SimHandset:
         (``start`` is its body: ``callSid``, ``customParameters``...), then talk as
         :meth:`call` does. (:mod:`relay.handset.fake_twilio` answers outbound calls so.)"""
         audio = [await self._audio(line) for line in lines]
-        return await self._talk(http, stream_url, None, start, audio, barge_in_after_ms)
+        line = await self._open(http, stream_url, None, start)
+        call_id = str(start["customParameters"].get("callId", ""))
+        return await self.talk(line, audio, call_id, barge_in_after_ms)
 
-    async def _talk(
+    async def _open(
         self,
         http: aiohttp.ClientSession,
         url: str,
         token: str | None,
         start: dict[str, Any],
-        audio: list[tuple[str, PCM | Dtmf]],
-        barge_in_after_ms: int | None,
-    ) -> CallReport:
+    ) -> MediaLine:
+        """A Twilio media socket, opened and started as Twilio does."""
         params = {"token": token} if token else None
         ws = await http.ws_connect(url, params=params, autoping=True)
-        line = _Line(ws, str(start["streamSid"]))
-        report = CallReport(call_id=str(start["customParameters"].get("callId", "")))
-        started = time.perf_counter()
+        line = MediaLine(ws, str(start["streamSid"]))
         await ws.send_str(
             json.dumps({"event": "connected", "protocol": "Call", "version": "1.0.0"})
         )
         frame = {"event": "start", "sequenceNumber": "1", "start": start, "streamSid": line.sid}
         await ws.send_str(json.dumps(frame))
-        tasks = [asyncio.create_task(line.send()), asyncio.create_task(line.receive())]
-        try:
-            await self._converse(line, audio, report, barge_in_after_ms)
-        finally:
-            if not ws.closed:
-                await ws.send_str(json.dumps({"event": "stop", "streamSid": line.sid}))
-                await ws.close()
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-        report.duration_s = round(time.perf_counter() - started, 2)
-        report.clears = len(line.clears)
-        report.frames_at = [t for t, _ in line.received]
-        await self._hearing(line, report, started)
-        return report
+        return line
+
+    async def _connect(self, http: aiohttp.ClientSession, number: str) -> tuple[str, MediaLine]:
+        """Place the call and open its media socket: (call id, the line)."""
+        placed = await self._place(http, number)
+        start = _start(placed["token"], placed["callId"], "CAsim" + placed["callId"][5:])
+        line = await self._open(http, self._media_url(placed), placed["token"], start)
+        return str(placed["callId"]), line
+
+    async def _hang_up(self, line: MediaLine) -> None:
+        """The caller's side ends the stream (its protocol's ``stop``), before the close."""
+        await line.ws.send_str(line.stop_frame())
 
     async def _converse(
         self,
-        line: _Line,
+        line: MediaLine,
         audio: list[tuple[str, PCM | Dtmf]],
         report: CallReport,
         barge_in_after_ms: int | None,
@@ -403,7 +400,9 @@ class SimHandset:
         if line.closed.is_set():
             report.ended_by = "relay"
 
-    async def _first_agent_audio(self, line: _Line, since: float, within: float) -> float | None:
+    async def _first_agent_audio(
+        self, line: MediaLine, since: float, within: float
+    ) -> float | None:
         deadline = _now() + within
         while (first := line.first_loud_after(since)) is None:
             if line.closed.is_set() or _now() > deadline:
@@ -413,7 +412,9 @@ class SimHandset:
                 await asyncio.wait_for(line.heard_loud.wait(), 0.05)
         return first
 
-    async def _until_agent_done(self, line: _Line, *, since: float, first_within: float) -> None:
+    async def _until_agent_done(
+        self, line: MediaLine, *, since: float, first_within: float
+    ) -> None:
         """Wait for the agent's answer to start (at most ``first_within``), then to end."""
         if await self._first_agent_audio(line, since, first_within) is None:
             return
@@ -423,7 +424,7 @@ class SimHandset:
                 return
             await asyncio.sleep(0.05)
 
-    async def _hearing(self, line: _Line, report: CallReport, started: float) -> None:
+    async def _hearing(self, line: MediaLine, report: CallReport, started: float) -> None:
         """Per turn: when the answer started, and (``listen``) what it said. A turn's answer
         is what came in between its end of speech and the next one's."""
         loop = asyncio.get_running_loop()
@@ -447,7 +448,7 @@ class SimHandset:
 
     async def talk(
         self,
-        line: _Line,
+        line: MediaLine,
         audio: list[tuple[str, PCM | Dtmf]],
         call_id: str,
         barge_in_after_ms: int | None = None,
@@ -462,7 +463,7 @@ class SimHandset:
             await self._converse(line, audio, report, barge_in_after_ms)
         finally:
             if not line.ws.closed:
-                await line.ws.send_str(line.stop_frame())
+                await self._hang_up(line)
                 await line.ws.close()
             for task in tasks:
                 task.cancel()

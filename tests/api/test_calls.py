@@ -1108,11 +1108,11 @@ async def test_a_carrier_that_cannot_dial_fails_the_call(client, auth):
         json={"provider": "twilio", "phoneNumber": "+14155550198", "agentId": agent["id"]},
         headers=auth,
     )
-    # No Plivo number can be imported yet (nothing proves who owns one): store it as one.
+    # No Vonage number can be imported (this relay has no Vonage carrier): store it as one.
     async with client.app[APP_STATE].db.session() as session:
-        (await session.get(Number, (await resp.json())["id"])).provider = "plivo"
+        (await session.get(Number, (await resp.json())["id"])).provider = "vonage"
     call = await phone_call(client, auth, agent["id"])
     done = await wait_status(client, auth, call["id"], "failed")
     assert done["failureReason"] == "provider_error"
     telephony = [e["message"] for e in done["events"] if e["source"] == "telephony"]
-    assert telephony == ["The plivo carrier cannot place calls from this relay yet."]
+    assert telephony == ["The vonage carrier cannot place calls from this relay yet."]

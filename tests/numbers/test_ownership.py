@@ -299,7 +299,7 @@ async def test_without_an_account_or_a_deployment_account_an_import_is_refused(
 
 
 async def test_a_carrier_nothing_can_prove_ownership_for_is_refused(client, auth):
-    body = {"provider": "plivo", "phoneNumber": NUMBER_A}
+    body = {"provider": "vonage", "phoneNumber": NUMBER_A}
     resp = await client.post("/v1/numbers/import", json=body, headers=auth)
     assert resp.status == 422
     assert (await resp.json())["error"]["code"] == "provider_not_verifiable"

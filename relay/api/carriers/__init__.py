@@ -5,6 +5,6 @@ The vendor side of each (signature checks, answer documents, wire formats) is in
 or text to the domain (:mod:`relay.calls.inbound`, :mod:`sms.inbound`).
 """
 
-from relay.api.carriers import sim, telnyx, twilio
+from relay.api.carriers import plivo, sim, telnyx, twilio
 
-__all__ = ["sim", "telnyx", "twilio"]
+__all__ = ["plivo", "sim", "telnyx", "twilio"]

@@ -1,0 +1,224 @@
+"""Outbound Plivo calls at the carrier seam: ``PlivoCarrier.dial`` asks the fake Plivo's
+Call API to ring the callee; the fake rings (signed ring callback), answers by asking the
+relay's outbound answer URL and streaming the callee to the relay's audio socket, or ends
+busy / unanswered / cancelled (signed hang-up callbacks, which the relay maps to failure
+reasons); a Plivo 5xx or a Plivo that does not answer fails the dial.
+
+The call rows are opened the way the dialler opens them (``connecting``, a media token);
+the dialler itself reaches Plivo once the outbound seam is merged."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from relay.calls import inbound
+from relay.calls.media import MEDIA
+from relay.carriers import DialFailed, DialRequest
+from relay.carriers.plivo import PlivoCarrier, PlivoCredentials, parse_call_status
+from relay.state import APP_STATE
+from relay.store.models import Number
+from relay.urls import media_base_url
+from tests.carriers.plivo_support import (
+    AUTH_A,
+    NUMBER_A,
+    PUBLIC_URL,
+    TOKEN_A,
+    origin,
+    plivo_agent,
+    plivo_settings,
+)
+from tests.transports.support import ScriptedEngine, call_events, calls, wait_for
+
+CALLEE = "+14155550177"
+
+
+@pytest.fixture
+async def phone(database, app_client, plivo):
+    client = await app_client(plivo_settings(plivo[1]))
+    client.app[MEDIA].engine = ScriptedEngine()
+    plivo[0].deliver_to = (PUBLIC_URL, origin(client))
+    return client
+
+
+@pytest.fixture
+def fake(plivo):
+    return plivo[0]
+
+
+@pytest.fixture
+async def carrier(plivo):
+    base = PlivoCarrier(PlivoCredentials("", ""), api_base_url=plivo[1], public_url=PUBLIC_URL)
+    made = base.for_account({"authId": AUTH_A, "authToken": TOKEN_A})
+    yield made
+    await made.close()
+
+
+async def outbound_call(phone, auth) -> DialRequest:
+    """An outbound call from NUMBER_A, opened as the dialler opens one."""
+    agent = await plivo_agent(phone, auth)
+    state = phone.app[APP_STATE]
+    async with state.db.session() as session:
+        number = (await session.execute(Number.__table__.select())).first()
+        number_row = await session.get(Number, number.id)
+    opened = await inbound._open_for_media(
+        state,
+        project_id=number_row.project_id,
+        agent_id=agent["id"],
+        connection_type="plivo",
+        number=number_row,
+        from_number=NUMBER_A,
+        to_number=CALLEE,
+        direction="outbound",
+    )
+    return DialRequest(
+        call_id=opened.call_id,
+        project_id=opened.project_id,
+        carrier="plivo",
+        from_number=NUMBER_A,
+        to_number=CALLEE,
+        media_base_url=media_base_url(PUBLIC_URL),
+        media_token=opened.media_token,
+        ring_timeout_seconds=1,
+    )
+
+
+async def leg_events(database, call_id: str) -> list[tuple[str, str]]:
+    return [
+        (e.message, (e.data or {}).get("reason", ""))
+        for e in await call_events(database, call_id, "telephony")
+        if e.message.startswith("plivo leg")
+    ]
+
+
+async def test_a_dialled_call_rings_is_answered_and_streams_the_callee(
+    phone, auth, fake, carrier, database
+):
+    request = await outbound_call(phone, auth)
+    leg = await carrier.dial(request)
+    [placed] = fake.placed
+    assert placed["request_uuid"] == leg.carrier_call_id
+    assert (placed["auth_id"], placed["from"], placed["to"]) == (AUTH_A, NUMBER_A[1:], CALLEE[1:])
+    query = f"authId={AUTH_A}&callId={request.call_id}"
+    assert placed["answer_url"] == (
+        f"{PUBLIC_URL}/carriers/plivo/voice/outbound?{query}&token={request.media_token}"
+    )
+    assert (
+        placed["ring_url"]
+        == placed["hangup_url"]
+        == (f"{PUBLIC_URL}/carriers/plivo/voice/status?{query}")
+    )
+    assert (placed["answer_method"], placed["ring_timeout"]) == ("POST", 5)
+
+    await asyncio.wait_for(fake.answered[leg.carrier_call_id].wait(), 10)
+    engine = phone.app[MEDIA].engine
+    await asyncio.wait_for(engine.started.wait(), 5)
+    [scripted] = engine.calls
+    assert scripted.call_id == request.call_id and scripted.setup.direction == "outbound"
+
+    async def in_progress() -> bool:
+        return [c.status for c in await calls(database)] == ["in_progress"]
+
+    await wait_for(in_progress)
+    assert await leg_events(database, request.call_id) == [("plivo leg ringing", "")]
+
+    await scripted.line.hangup()  # the agent ends the call: the stream closes
+    await scripted.end()
+    await wait_for(lambda: any(f.get("CallStatus") == "completed" for _, f, _ in fake.callbacks))
+    [answered] = [c for c in fake.calls if c.call_uuid]
+    assert answered.after is not None and "<Hangup" in answered.after
+    [row] = await calls(database)
+    assert row.status == "completed"
+
+
+@pytest.mark.parametrize(("callee_set", "reason"), [("busy", "busy"), ("unanswered", "no_answer")])
+async def test_a_callee_that_does_not_answer_ends_the_leg_with_its_reason(
+    phone, auth, fake, carrier, database, callee_set, reason
+):
+    getattr(fake, callee_set).add(CALLEE)
+    request = await outbound_call(phone, auth)
+    await carrier.dial(request)
+
+    async def ended() -> bool:
+        return len(await leg_events(database, request.call_id)) == 2
+
+    await wait_for(ended, within=10)
+    assert await leg_events(database, request.call_id) == [
+        ("plivo leg ringing", ""),
+        ("plivo leg ended", reason),
+    ]
+
+
+async def test_a_leg_hung_up_while_ringing_is_cancelled_at_plivo(
+    phone, auth, fake, carrier, database
+):
+    fake.unanswered.add(CALLEE)
+    request = await outbound_call(phone, auth)
+    leg = await carrier.dial(request)
+    await wait_for(lambda: len(fake.callbacks) == 1)  # ringing
+    await leg.hangup()
+    assert ("DELETE", f"/v1/Account/{AUTH_A}/Request/{leg.carrier_call_id}/") in fake.requests
+
+    async def cancelled() -> bool:
+        return ("plivo leg ended", "canceled") in await leg_events(database, request.call_id)
+
+    await wait_for(cancelled)
+    await leg.hangup()  # no longer ringing: Plivo's 404 is not an error
+
+
+async def test_a_plivo_5xx_fails_the_dial_with_provider_error(phone, auth, fake, carrier):
+    fake.call_error = 500
+    request = await outbound_call(phone, auth)
+    with pytest.raises(DialFailed) as info:
+        await carrier.dial(request)
+    assert info.value.reason == "provider_error"
+
+
+async def test_a_plivo_that_does_not_answer_fails_the_dial_with_network_timeout(
+    phone, auth, fake, plivo
+):
+    fake.call_delay = 1.0
+    base = PlivoCarrier(
+        PlivoCredentials("", ""), api_base_url=plivo[1], public_url=PUBLIC_URL, timeout=0.2
+    )
+    slow = base.for_account({"authId": AUTH_A, "authToken": TOKEN_A})
+    request = await outbound_call(phone, auth)
+    with pytest.raises(DialFailed) as info:
+        await slow.dial(request)
+    assert info.value.reason == "network_timeout"
+    await slow.close()
+
+
+async def test_the_registrys_plivo_has_no_account_to_dial_with(phone, auth, plivo):
+    base = PlivoCarrier(PlivoCredentials("", ""), api_base_url=plivo[1], public_url=PUBLIC_URL)
+    request = await outbound_call(phone, auth)
+    with pytest.raises(Exception, match="carrier account"):
+        await base.dial(request)
+
+
+async def test_an_answer_with_a_forged_token_streams_nothing(phone, auth, fake, database):
+    request = await outbound_call(phone, auth)
+    url = (
+        f"{PUBLIC_URL}/carriers/plivo/voice/outbound?authId={AUTH_A}"
+        f"&callId={request.call_id}&token=forged"
+    )
+    status, xml = await fake.post_for_text(url, {"CallUUID": "c-9", "CallStatus": "in-progress"})
+    assert status == 200 and "<Stream" not in xml and "<Hangup" in xml
+
+
+@pytest.mark.parametrize(
+    ("form", "expected"),
+    [
+        ({"RequestUUID": "r", "CallStatus": "ringing"}, ("ringing", "")),
+        ({"RequestUUID": "r", "CallStatus": "busy", "HangupCause": "USER_BUSY"}, ("ended", "busy")),
+        ({"RequestUUID": "r", "CallStatus": "timeout"}, ("ended", "no_answer")),
+        ({"RequestUUID": "r", "CallStatus": "cancel"}, ("ended", "canceled")),
+        ({"RequestUUID": "r", "CallStatus": "failed"}, ("ended", "provider_error")),
+        ({"RequestUUID": "r", "CallStatus": "in-progress"}, None),
+        ({"CallStatus": "busy"}, None),
+    ],
+)
+def test_plivos_call_statuses_map_onto_failure_reasons(form, expected):
+    update = parse_call_status(form)
+    assert (None if update is None else (update.status, update.reason)) == expected
