@@ -30,6 +30,10 @@ class AgentConfig:
     model: str | None = None
     temperature: float | None = None
     interruptible: bool = True
+    # Turn-taking (relay.engine.backchannel): how readily caller speech cuts the agent, and
+    # the acknowledgements per language ("en": [...]) that never do; None: the defaults.
+    interruption_sensitivity: Literal["low", "medium", "high"] = "medium"
+    backchannel_words: dict[str, list[str]] | None = None
     max_duration_seconds: int | None = 3000
     inactivity_timeout_seconds: int | None = 30
     inactivity_action: InactivityAction = "reprompt"

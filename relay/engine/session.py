@@ -46,6 +46,7 @@ from livekit.agents.voice.speech_handle import SpeechHandle
 from relay.config import Settings
 from relay.engine import speech, timers
 from relay.engine.audio_io import CallAudioInput, CallAudioOutput, session_rate
+from relay.engine.backchannel import Backchannels, CallFloor
 from relay.engine.codecs import PCM
 from relay.engine.history import History
 from relay.engine.ports import CallEnd, CallerLine, CallSetup, CallSink, LiveView
@@ -145,11 +146,21 @@ class CallSession:
             unspoken=lambda plan: self._spawn(self._run_actions(plan, interrupted=False)),
         )
         vad = CallVAD(speech.vad(min_silence_s=settings.early_stt_silence_ms / 1000))
+        self.floor = CallFloor(
+            Backchannels.for_agent(
+                agent.interruption_sensitivity, agent.language, agent.backchannel_words
+            ),
+            self.audio_out,
+            playing=self._current_speech,
+            cut=self._cut,
+            heard=self._backchannel,
+        )
         self.stt = EarlySTT(
             local_stt(agent.stt or settings.stt),
             vad=vad,
             endpointing_delay=settings.endpointing_delay_ms / 1000,
             on_utterance=self._on_utterance,
+            floor=self.floor,
         )
         self.session: AgentSession[None] = AgentSession(
             vad=vad,
@@ -253,6 +264,27 @@ class CallSession:
 
     def _current_speech(self) -> SpeechHandle | None:
         return self.session.current_speech
+
+    def _cut(self) -> bool:
+        current = self.session.current_speech
+        if current is None or current.interrupted or not current.allow_interruptions:
+            return False
+        current.interrupt()
+        return True
+
+    def _backchannel(self, text: str, timing: UtteranceTiming) -> None:
+        """An acknowledgement the agent talked on through: caller speech, but no turn."""
+        now_wall, now = time.time(), time.perf_counter()
+        ms = self.history.ms
+        start = ms(now_wall - (now - timing.speech_started_at))
+        end = ms(now_wall - (now - timing.speech_ended_at))
+        self.history.segment("user", text, start, end, data={"backchannel": True})
+        self.activity.touch()
+        if self.live is not None:
+            self.live.live_event(
+                {"type": "transcript", "role": "user", "text": text, "final": True,
+                 "backchannel": True}
+            )  # fmt: skip
 
     def _busy(self) -> bool:
         return (
