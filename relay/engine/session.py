@@ -313,9 +313,25 @@ class CallSession:
     def _after_speech(self, handle: SpeechHandle, plan: ReplyPlan) -> None:
         self.speaker.plans.pop(handle.id, None)
         self.speaker.store_turn(plan.turn)
+        if handle.interrupted and not self._ending:
+            self._report_cut(handle, plan)
         self.activity.touch()
         if plan.actions:
             self._spawn(self._run_actions(plan, interrupted=handle.interrupted))
+
+    def _report_cut(self, handle: SpeechHandle, plan: ReplyPlan) -> None:
+        said = [
+            item
+            for item in handle.chat_items
+            if isinstance(item, llm.ChatMessage) and item.role == "assistant"
+        ]
+        if not said:  # cut before a word of it played
+            return
+        item = said[-1]
+        started = item.metrics.get("started_speaking_at")
+        stopped = item.metrics.get("stopped_speaking_at")
+        spoken_ms = int((stopped - started) * 1000) if started and stopped else 0
+        self.sink.agent_interrupted(plan.turn.turn_id, item.text_content or "", spoken_ms)
 
     async def _run_actions(self, plan: ReplyPlan, *, interrupted: bool) -> None:
         for action, arg in plan.actions:

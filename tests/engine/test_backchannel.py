@@ -8,12 +8,14 @@ an acknowledgement still cuts the agent and is the next turn.
 from __future__ import annotations
 
 import asyncio
+from dataclasses import replace
 
 import pytest
 from sqlalchemy import select
 
+from relay.api.webhook_payloads import AgentInterruptedData
 from relay.engine.backchannel import Backchannels
-from relay.store.models import TranscriptSegment
+from relay.store.models import Call, LifecycleEvent, TranscriptSegment
 from tests.engine.harness import (
     Caller,
     Hook,
@@ -74,6 +76,14 @@ def _went_quiet(line: RecordingLine, since: float) -> float:
     raise AssertionError("no agent audio")
 
 
+async def _setup(db, url):
+    """A call of a real project (its lifecycle events are stored under it)."""
+    call_id = await make_call(db)
+    async with db.session() as s:
+        project_id = (await s.get(Call, call_id)).project_id
+    return replace(call_setup(call_id, url), project_id=project_id)
+
+
 async def _segments(db):
     async with db.session() as s:
         return (await s.scalars(select(TranscriptSegment).order_by(TranscriptSegment.seq))).all()
@@ -86,8 +96,7 @@ async def test_a_backchannel_neither_cuts_the_agent_nor_reaches_the_webhook(
     line = RecordingLine()
     hook = Hook(text_reply(LONG))
     url = await start_hook(aiohttp_server, hook)
-    call_id = await make_call(sqlite_db)
-    handle = await engine.start_call(call_setup(call_id, url), line, sqlite_db, http)
+    handle = await engine.start_call(await _setup(sqlite_db, url), line, sqlite_db, http)
     caller = Caller(handle)
     await asyncio.sleep(0.3)
     spoke_until = await caller.say(voice("What are your opening hours?"))
@@ -100,6 +109,9 @@ async def test_a_backchannel_neither_cuts_the_agent_nor_reaches_the_webhook(
     await handle.end()
 
     assert len(hook.requests) == 1, [r["data"].get("transcript") for r in hook.requests]
+    async with sqlite_db.session() as s:
+        events = (await s.scalars(select(LifecycleEvent))).all()
+    assert "agent.interrupted" not in {e.type for e in events}
     assert not line.clears, "the line was cleared: the agent was cut"
     pauses = [(at, size) for at, size in _gaps(line, started) if at > ack_start - 0.1]
     assert pauses, "the agent did not pause while the caller spoke"
@@ -132,8 +144,7 @@ async def test_a_short_word_that_is_not_an_acknowledgement_cuts_and_is_the_next_
 
     hook = Hook(reply)
     url = await start_hook(aiohttp_server, hook)
-    call_id = await make_call(sqlite_db)
-    handle = await engine.start_call(call_setup(call_id, url), line, sqlite_db, http)
+    handle = await engine.start_call(await _setup(sqlite_db, url), line, sqlite_db, http)
     caller = Caller(handle)
     await asyncio.sleep(0.3)
     spoke_until = await caller.say(voice("What are your opening hours?"))
@@ -150,6 +161,13 @@ async def test_a_short_word_that_is_not_an_acknowledgement_cuts_and_is_the_next_
     cut = second["recentHistory"][-1]
     assert cut["role"] == "agent" and cut["interrupted"] is True
     assert LONG.startswith(cut["content"].rstrip(".,")) and cut["content"] != LONG
+    async with sqlite_db.session() as s:
+        events = (await s.scalars(select(LifecycleEvent))).all()
+    cuts = [e.data for e in events if e.type == "agent.interrupted"]
+    assert len(cuts) == 1
+    AgentInterruptedData.model_validate(cuts[0])
+    assert cuts[0]["turnId"] == hook.requests[0]["data"]["turnId"]
+    assert cuts[0]["heard"] == cut["content"] and 1000 < cuts[0]["spokenMs"] < 4000
     quiet = _went_quiet(line, started) - caller.first_loud_at
     assert quiet < 0.5
     print("short interruption: the agent went quiet", round(quiet * 1000), "ms after the caller")
