@@ -181,6 +181,13 @@ class AgentFields(APIModel):
         description='The acknowledgements per language (`{"en": ["mhm", ...]}`), '
         "replacing the built-in list for that language.",
     )
+    unfinished_turn_ms: int | None = Field(
+        default=None,
+        ge=0,
+        le=3000,
+        description="How much longer the caller's turn waits when its transcript stops "
+        'mid-sentence ("a table for ... um"): default 700, 0 ends turns by silence alone.',
+    )
     max_duration_seconds: int | None = Field(default=None, ge=60, le=7200)
     inactivity_timeout_seconds: int | None = Field(default=None, ge=10, le=300)
     inactivity_action: Literal["reprompt", "hangup"] | None = None
@@ -251,6 +258,7 @@ class AgentOut(OutModel):
     interruptible: bool
     interruption_sensitivity: str
     backchannel_words: dict[str, list[str]] | None
+    unfinished_turn_ms: int
     max_duration_seconds: int
     inactivity_timeout_seconds: int
     inactivity_action: str

@@ -152,6 +152,7 @@ class CallFloor:
         output: CallAudioOutput,
         *,
         playing: Callable[[], SpeechHandle | None],
+        speaking: Callable[[], bool],
         cut: Callable[[], bool],
         heard: Callable[[str, UtteranceTiming], None],
     ) -> None:
@@ -159,14 +160,17 @@ class CallFloor:
         self.max_speech_s = policy.max_speech_s
         self._output = output
         self._playing = playing
+        self._speaking = speaking
         self._cut = cut
         self._heard = heard
 
     def contested(self) -> bool:
         speech = self._playing()
         return (
+            # "speaking" lasts from a reply's first audio to its end, including the gaps
+            # where the next sentence is still being synthesized
             self.policy.screening
-            and self._output.playing
+            and self._speaking()
             and not self._output.paused
             and speech is not None
             and speech.allow_interruptions

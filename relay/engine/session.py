@@ -54,6 +54,7 @@ from relay.engine.recording import StereoRecorder
 from relay.engine.speaking import Speaker
 from relay.engine.speech import CallVAD, EarlySTT, UtteranceTiming, local_stt, local_tts
 from relay.engine.turn import Turns
+from relay.engine.turn_end import sounds_unfinished
 from relay.engine.webhook import Action, ReplyPlan, WebhookLLM
 from relay.logs import get_logger
 from relay.turns import Brain, HostedBrain, WebhookBrain, hosted_backend
@@ -152,6 +153,7 @@ class CallSession:
             ),
             self.audio_out,
             playing=self._current_speech,
+            speaking=lambda: self._agent_state == "speaking",
             cut=self._cut,
             heard=self._backchannel,
         )
@@ -161,6 +163,8 @@ class CallSession:
             endpointing_delay=settings.endpointing_delay_ms / 1000,
             on_utterance=self._on_utterance,
             floor=self.floor,
+            unfinished=lambda text: sounds_unfinished(text, agent.language),
+            unfinished_hold=agent.unfinished_turn_ms / 1000,
         )
         self.session: AgentSession[None] = AgentSession(
             vad=vad,

@@ -29,7 +29,7 @@ import subprocess
 import time
 import wave
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -144,7 +144,7 @@ def transcribe(pcm: PCM, rate: int = RATE) -> str:
     return speech.whisper_transcribe_standard(resample(pcm, rate, 16000))[0]
 
 
-class _Line:
+class MediaLine:
     """The handset's side of one media socket: a paced sender and a receiver."""
 
     def __init__(self, ws: aiohttp.ClientWebSocketResponse, stream_sid: str) -> None:
@@ -155,6 +155,7 @@ class _Line:
         self.spoken = asyncio.Event()
         self.spoken.set()
         self.last_loud_sent = 0.0
+        self.loud_sent: list[float] = []
         self.received: list[tuple[float, PCM]] = []
         self.loud_received: list[float] = []
         self.clears: list[float] = []
@@ -188,6 +189,7 @@ class _Line:
             await self.ws.send_str(tp.media(self.sid, data))
             if loud:
                 self.last_loud_sent = time.perf_counter()
+                self.loud_sent.append(self.last_loud_sent)
             if not self.outbox:
                 self.spoken.set()
             # A phone never bursts: if we fell behind, we skip ahead rather than catch up.
@@ -301,7 +303,7 @@ class SimHandset:
             ws = await http.ws_connect(
                 self._media_url(placed), params={"token": placed["token"]}, autoping=True
             )
-            line = _Line(ws, "MZ" + secrets.token_hex(16))
+            line = MediaLine(ws, "MZ" + secrets.token_hex(16))
             started = time.perf_counter()
             await ws.send_str(json.dumps({"event": "connected", "protocol": "Call"}))
             await ws.send_str(_start_frame(line.sid, placed))
@@ -321,9 +323,32 @@ class SimHandset:
         await self._hearing(line, report, started)
         return report
 
+    @contextlib.asynccontextmanager
+    async def connected(self, number: str) -> AsyncIterator[tuple[str, MediaLine]]:
+        """Call ``number`` and hand over the line for a script of one's own (``bench/
+        quality.py``): ``(call id, line)``; the call is hung up on leaving."""
+        async with aiohttp.ClientSession() as http:
+            placed = await self._place(http, number)
+            ws = await http.ws_connect(
+                self._media_url(placed), params={"token": placed["token"]}, autoping=True
+            )
+            line = MediaLine(ws, "MZ" + secrets.token_hex(16))
+            await ws.send_str(json.dumps({"event": "connected", "protocol": "Call"}))
+            await ws.send_str(_start_frame(line.sid, placed))
+            tasks = [asyncio.create_task(line.send()), asyncio.create_task(line.receive())]
+            try:
+                yield placed["callId"], line
+            finally:
+                if not ws.closed:
+                    await ws.send_str(json.dumps({"event": "stop", "streamSid": line.sid}))
+                    await ws.close()
+                for task in tasks:
+                    task.cancel()
+                await asyncio.gather(*tasks, return_exceptions=True)
+
     async def _converse(
         self,
-        line: _Line,
+        line: MediaLine,
         audio: list[tuple[str, PCM | Dtmf]],
         report: CallReport,
         barge_in_after_ms: int | None,
@@ -357,7 +382,9 @@ class SimHandset:
         if line.closed.is_set():
             report.ended_by = "relay"
 
-    async def _first_agent_audio(self, line: _Line, since: float, within: float) -> float | None:
+    async def _first_agent_audio(
+        self, line: MediaLine, since: float, within: float
+    ) -> float | None:
         deadline = _now() + within
         while (first := line.first_loud_after(since)) is None:
             if line.closed.is_set() or _now() > deadline:
@@ -367,7 +394,9 @@ class SimHandset:
                 await asyncio.wait_for(line.heard_loud.wait(), 0.05)
         return first
 
-    async def _until_agent_done(self, line: _Line, *, since: float, first_within: float) -> None:
+    async def _until_agent_done(
+        self, line: MediaLine, *, since: float, first_within: float
+    ) -> None:
         """Wait for the agent's answer to start (at most ``first_within``), then to end."""
         if await self._first_agent_audio(line, since, first_within) is None:
             return
@@ -377,7 +406,7 @@ class SimHandset:
                 return
             await asyncio.sleep(0.05)
 
-    async def _hearing(self, line: _Line, report: CallReport, started: float) -> None:
+    async def _hearing(self, line: MediaLine, report: CallReport, started: float) -> None:
         """Per turn: when the answer started, and (``listen``) what it said. A turn's answer
         is what came in between its end of speech and the next one's."""
         loop = asyncio.get_running_loop()

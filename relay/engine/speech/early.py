@@ -136,6 +136,8 @@ class EarlySTT(stt.STT[Any]):
         endpointing_delay: float,
         on_utterance: Callable[[UtteranceTiming], None] | None = None,
         floor: Floor | None = None,
+        unfinished: Callable[[str], bool] | None = None,
+        unfinished_hold: float = 0.0,
     ) -> None:
         super().__init__(capabilities=stt.STTCapabilities(streaming=True, interim_results=False))
         self.recognizer = recognizer
@@ -143,6 +145,9 @@ class EarlySTT(stt.STT[Any]):
         self.endpointing_delay = endpointing_delay
         self.on_utterance = on_utterance
         self.floor = floor
+        # A transcript ``unfinished`` says the caller will go on waits this much longer.
+        self.unfinished = unfinished
+        self.unfinished_hold = unfinished_hold
 
     @property
     def model(self) -> str:
@@ -390,6 +395,11 @@ class _EarlyStream(stt.RecognizeStream):
         except Exception:  # a broken recognizer must not end the call: treat as silence
             text, confidence = "", 0.0
         timing.stt_done_at = max(timing.stt_done_at, time.perf_counter())
+        owner = self._owner
+        if owner.unfinished_hold and owner.unfinished is not None and owner.unfinished(text):
+            # Speech starting again cancels this task (see _speech_started).
+            hold = timing.speech_ended_at + owner.endpointing_delay + owner.unfinished_hold
+            await asyncio.sleep(max(0.0, hold - time.perf_counter()))
         if self._current is not utt:
             return
         self._current = None
