@@ -32,6 +32,7 @@ import json
 import os
 import platform
 import re
+import shutil
 import sys
 import tempfile
 import time
@@ -333,6 +334,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--sensitivity", choices=["low", "medium", "high"], default="medium")
     parser.add_argument("--unfinished-ms", type=int, default=700, help="unfinishedTurnMs (700)")
     parser.add_argument("--database-url", default=os.environ.get("RELAY_BENCH_DATABASE_URL"))
+    parser.add_argument("--relay-log", type=Path, help="keep the relay's log (INFO) here")
     return parser
 
 
@@ -350,6 +352,8 @@ def main(argv: list[str] | None = None) -> int:
             workdir = Path(tmp)
             port = harness._free_port()
             env = voice_bench.relay_env(url, schema, port, args)
+            if args.relay_log:
+                env["RELAY_LOG_LEVEL"] = "INFO"
             key = harness.create_key(env, workdir)
             server = harness.Server(env, port, workdir)
             try:
@@ -359,6 +363,8 @@ def main(argv: list[str] | None = None) -> int:
                 raise
             finally:
                 server.stop()
+                if args.relay_log:
+                    shutil.copyfile(server.log_path, args.relay_log)
     summary["load_average_end"] = round(os.getloadavg()[0], 2)
     b, v = summary["barge_in_ms"], summary["v2v_ms"]
     print(f"  barge-in reaction  p50 {b['p50']} ms  p90 {b['p90']} ms")

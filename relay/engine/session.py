@@ -274,6 +274,7 @@ class CallSession:
         if current is None or current.interrupted or not current.allow_interruptions:
             return False
         current.interrupt()
+        log.info("caller_interrupted", call_id=self.call_id)
         return True
 
     def _backchannel(self, text: str, timing: UtteranceTiming) -> None:
@@ -283,6 +284,7 @@ class CallSession:
         start = ms(now_wall - (now - timing.speech_started_at))
         end = ms(now_wall - (now - timing.speech_ended_at))
         self.history.segment("user", text, start, end, data={"backchannel": True})
+        log.info("caller_backchannel", call_id=self.call_id, text=text)
         self.activity.touch()
         if self.live is not None:
             self.live.live_event(

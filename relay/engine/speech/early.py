@@ -6,6 +6,10 @@ which time the transcript is usually ready. If the caller speaks again in betwee
 result is thrown away and the whole utterance is recognized again at the next silence. The
 end of speech is where the voice died away, not where Silero let go of it (100-200 ms
 later). :class:`UtteranceTiming` is how each utterance went, for the turn's metrics.
+
+Two judgements of an utterance are the call's, passed in: a :class:`Floor` screens speech
+that starts over the agent's reply (a backchannel is no turn at all), and ``unfinished``
+says a transcript stops mid-sentence, so its endpoint waits ``unfinished_hold`` longer.
 """
 
 from __future__ import annotations
@@ -37,6 +41,9 @@ SPEECH_FLOOR_DB = 30.0
 END_LOOKBACK_S = 0.3
 RESUME_GRACE_FRAMES = 8  # 20 ms each
 RESUME_WINDOW_FRAMES = 3  # the caller's last frames checked for speech starting again
+# The agent stays paused on screened speech at most this long after it ends: a recognizer
+# this slow is taken to mean the speech was more than an acknowledgement.
+SCREEN_TIMEOUT_S = 2.0
 
 
 @dataclass(slots=True)
@@ -311,16 +318,20 @@ class _EarlyStream(stt.RecognizeStream):
         agent go on and is no turn; anything else cuts the agent and is the next turn."""
         floor = self._owner.floor
         assert floor is not None and self._source is not None and utt.recognition is not None
+        text: str | None
         try:
-            text, _ = await utt.recognition
+            async with asyncio.timeout(SCREEN_TIMEOUT_S):
+                text, _ = await asyncio.shield(utt.recognition)
+        except TimeoutError:
+            text = None
         except asyncio.CancelledError:
             raise
         except Exception:
             text = ""
-        text = text.strip()
         if self._current is not utt:
             return
-        if not text or floor.acknowledges(text):
+        if text is not None and (not text.strip() or floor.acknowledges(text)):
+            text = text.strip()
             self._current = None
             self._source.drop()
             utt.timing.text = text
