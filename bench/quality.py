@@ -115,6 +115,7 @@ class Results:
     midpauses: int = 0
     false_turns: int = 0
     missed: int = 0  # rounds with no answer at all
+    unmeasured: int = 0  # interruptions that came when the agent was already quiet
 
 
 def pct(values: list[float], q: float) -> float | None:
@@ -170,6 +171,8 @@ async def say(line: MediaLine, pcm: np.ndarray) -> tuple[float, float]:
 def went_quiet(line: MediaLine, since: float) -> float | None:
     """The last loud agent frame after ``since`` followed by ``QUIET_S`` without one."""
     loud = [t for t in line.loud_received if t >= since]
+    if not loud:  # the agent was already quiet: no reaction to measure
+        return None
     for a, b in zip(loud, [*loud[1:], float("inf")], strict=True):
         if b - a >= QUIET_S:
             return a
@@ -232,7 +235,9 @@ class Quality:
         began, _ = await say(line, self.pcm(INTERRUPTION))
         await wait_done(line)
         quiet = went_quiet(line, began)
-        if quiet is not None:
+        if quiet is None:
+            self.r.unmeasured += 1
+        else:
             self.r.barge_in_ms.append(max(0.0, quiet - began) * 1000)
 
     async def backchannel(self, line: MediaLine, i: int) -> None:
@@ -313,6 +318,7 @@ async def run(server: harness.Server, key: str, args: argparse.Namespace) -> dic
         "rounds": args.rounds,
         "barge_in_ms": {"p50": pct(r.barge_in_ms, 50), "p90": pct(r.barge_in_ms, 90)},
         "barge_in_rounds": len(r.barge_in_ms),
+        "barge_in_agent_already_quiet": r.unmeasured,
         "backchannel_cut_rate": round(r.backchannel_cuts / r.backchannels, 3)
         if r.backchannels
         else None,
