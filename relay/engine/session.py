@@ -335,9 +335,15 @@ class CallSession:
             return
         item = said[-1]
         started = item.metrics.get("started_speaking_at")
-        stopped = item.metrics.get("stopped_speaking_at")
+        stopped = min(item.metrics.get("stopped_speaking_at") or 0.0, self._audio_stopped_at())
         spoken_ms = int((stopped - started) * 1000) if started and stopped else 0
         self.sink.agent_interrupted(plan.turn.turn_id, item.text_content or "", spoken_ms)
+
+    def _audio_stopped_at(self) -> float:
+        """When (wall clock) the last agent frame went to the line: a cut reply stopped
+        there, which is earlier than its interruption when it was paused first."""
+        last = self.audio_out.last_frame_at
+        return time.time() - (time.perf_counter() - last) + 0.02 if last else time.time()
 
     async def _run_actions(self, plan: ReplyPlan, *, interrupted: bool) -> None:
         for action, arg in plan.actions:
@@ -391,6 +397,8 @@ class CallSession:
         text = item.text_content or ""
         metrics = item.metrics
         end = metrics.get("stopped_speaking_at") or ev.created_at
+        if item.role == "assistant" and item.interrupted:
+            end = min(end, self._audio_stopped_at())
         start = metrics.get("started_speaking_at") or end
         ms = self.history.ms
         if item.role == "user":
