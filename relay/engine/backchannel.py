@@ -143,8 +143,8 @@ class Backchannels:
 
 class CallFloor:
     """A call's :class:`relay.engine.speech.Floor`: pauses and resumes the call's output,
-    cuts the playing speech (``cut`` says whether it could), and reports each backchannel
-    to ``heard``."""
+    cuts the playing speech (``cut`` says whether it could, and logs why), and reports each
+    backchannel to ``heard``."""
 
     def __init__(
         self,
@@ -153,7 +153,7 @@ class CallFloor:
         *,
         playing: Callable[[], SpeechHandle | None],
         speaking: Callable[[], bool],
-        cut: Callable[[], bool],
+        cut: Callable[[str], bool],
         heard: Callable[[str, UtteranceTiming], None],
     ) -> None:
         self.policy = policy
@@ -188,10 +188,10 @@ class CallFloor:
         if text:
             self._heard(text, timing)
 
-    def cut(self) -> None:
+    def cut(self, why: str) -> None:
         # An interrupted speech clears the output, which ends the pause without a frame
         # more; a speech that could not be cut plays on.
-        if not self._cut():
+        if not self._cut(why):
             self._output.release()
 
 

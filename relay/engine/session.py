@@ -269,12 +269,12 @@ class CallSession:
     def _current_speech(self) -> SpeechHandle | None:
         return self.session.current_speech
 
-    def _cut(self) -> bool:
+    def _cut(self, why: str) -> bool:
         current = self.session.current_speech
         if current is None or current.interrupted or not current.allow_interruptions:
             return False
         current.interrupt()
-        log.info("caller_interrupted", call_id=self.call_id)
+        log.info("caller_interrupted", call_id=self.call_id, why=why)
         return True
 
     def _backchannel(self, text: str, timing: UtteranceTiming) -> None:

@@ -125,7 +125,8 @@ class Floor(Protocol):
 
     def resume(self, text: str, timing: UtteranceTiming) -> None: ...
 
-    def cut(self) -> None: ...
+    def cut(self, why: str) -> None:
+        """``why``: the words that were not an acknowledgement, or what else decided it."""
 
 
 class EarlySTT(stt.STT[Any]):
@@ -301,13 +302,13 @@ class _EarlyStream(stt.RecognizeStream):
         if utt is None or not utt.screened or floor is None or not ev.speaking:
             return
         if utt.voiced_s + ev.speech_duration > floor.max_speech_s:
-            self._concede(utt)
+            self._concede(utt, "longer than an acknowledgement")
 
-    def _concede(self, utt: _Utterance) -> None:
+    def _concede(self, utt: _Utterance, why: str) -> None:
         """A real interruption: the agent stops, and the session hears the utterance."""
         assert self._owner.floor is not None and self._source is not None
         utt.screened = False
-        self._owner.floor.cut()
+        self._owner.floor.cut(why)
         self._source.release()
         held, utt.held = utt.held, []
         for event in held:
@@ -338,7 +339,7 @@ class _EarlyStream(stt.RecognizeStream):
             utt.timing.stt_done_at = time.perf_counter()
             floor.resume(text, utt.timing)
             return
-        self._concede(utt)
+        self._concede(utt, "no verdict in time" if text is None else text)
         await self._endpoint(utt)
 
     def _drop_pending(self, utt: _Utterance) -> None:
