@@ -33,6 +33,12 @@ class AgentConfig:
     model: str | None = None
     temperature: float | None = None
     interruptible: bool = True
+    # Turn-taking (relay.engine.backchannel): how readily caller speech cuts the agent, and
+    # the acknowledgements per language ("en": [...]) that never do; None: the defaults.
+    interruption_sensitivity: Literal["low", "medium", "high"] = "medium"
+    backchannel_words: dict[str, list[str]] | None = None
+    # How much longer a turn whose transcript stops mid-sentence waits (relay.engine.turn_end)
+    unfinished_turn_ms: int = 700
     max_duration_seconds: int | None = 3000
     inactivity_timeout_seconds: int | None = 30
     inactivity_action: InactivityAction = "reprompt"

@@ -12,6 +12,7 @@ from pydantic import (
     AfterValidator,
     AnyHttpUrl,
     Field,
+    StringConstraints,
     TypeAdapter,
     field_validator,
     model_validator,
@@ -149,6 +150,11 @@ def unique_tool_names(value: list[AgentTool] | None) -> list[AgentTool] | None:
     return value
 
 
+LanguageKey = Annotated[str, StringConstraints(pattern=r"^[a-z]{2,3}$")]
+BackchannelWord = Annotated[str, StringConstraints(min_length=1, max_length=40)]
+BackchannelList = Annotated[list[BackchannelWord], Field(min_length=1, max_length=200)]
+
+
 class AgentFields(APIModel):
     """Fields shared by create and update; every one optional here, defaults applied on create."""
 
@@ -171,6 +177,25 @@ class AgentFields(APIModel):
     model: str | None = Field(default=None, max_length=200)
     temperature: float | None = Field(default=None, ge=0, le=1)
     interruptible: bool | None = None
+    interruption_sensitivity: Literal["low", "medium", "high"] | None = Field(
+        default=None,
+        description="While the agent speaks: `high` lets any caller speech cut it; `medium` "
+        '(default) and `low` let acknowledgements ("mhm", "okay") of up to 1.0 / 1.6 s '
+        "pass without cutting it or becoming a turn.",
+    )
+    backchannel_words: dict[LanguageKey, BackchannelList] | None = Field(
+        default=None,
+        max_length=20,
+        description='The acknowledgements per language (`{"en": ["mhm", ...]}`), '
+        "replacing the built-in list for that language.",
+    )
+    unfinished_turn_ms: int | None = Field(
+        default=None,
+        ge=0,
+        le=3000,
+        description="How much longer the caller's turn waits when its transcript stops "
+        'mid-sentence ("a table for ... um"): default 700, 0 ends turns by silence alone.',
+    )
     max_duration_seconds: int | None = Field(default=None, ge=60, le=7200)
     inactivity_timeout_seconds: int | None = Field(default=None, ge=10, le=300)
     inactivity_action: Literal["reprompt", "hangup"] | None = None
@@ -239,6 +264,9 @@ class AgentOut(OutModel):
     model: str | None
     temperature: float | None
     interruptible: bool
+    interruption_sensitivity: str
+    backchannel_words: dict[str, list[str]] | None
+    unfinished_turn_ms: int
     max_duration_seconds: int
     inactivity_timeout_seconds: int
     inactivity_action: str

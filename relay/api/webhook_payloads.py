@@ -234,6 +234,13 @@ class BatchEventData(Payload):
     completed_at: AwareDatetime | None
 
 
+class AgentInterruptedData(Payload):
+    call_id: str
+    turn_id: str = Field(description="The turn whose reply was cut (its `agent.message`).")
+    heard: str = Field(description="What the caller heard of the reply before the cut.")
+    spoken_ms: int = Field(description="How long the reply had played.")
+
+
 class _Lifecycle(Payload):
     id: str = Field(description="The event's id; `webhook-id` is the delivery's.")
     timestamp: AwareDatetime
@@ -269,9 +276,15 @@ class BatchLifecycleEvent(_Lifecycle):
     data: BatchEventData
 
 
+class AgentInterruptedEvent(_Lifecycle):
+    type: Literal["agent.interrupted"]
+    data: AgentInterruptedData
+
+
 LIFECYCLE: dict[str, type[_Lifecycle]] = {
     **dict.fromkeys(get_args(CallEventType), CallLifecycleEvent),
     "transcript.ready": TranscriptReadyEvent,
+    "agent.interrupted": AgentInterruptedEvent,
     "recording.ready": RecordingReadyEvent,
     "call.analyzed": CallAnalyzedEvent,
     **dict.fromkeys(get_args(MessageEventType), MessageLifecycleEvent),

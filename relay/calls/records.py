@@ -173,6 +173,23 @@ class CallRecorder:
 
         self._put(write)
 
+    def agent_interrupted(self, turn_id: str, heard: str, spoken_ms: int) -> None:
+        async def write(session: AsyncSession) -> None:
+            await emit(
+                session,
+                project_id=self.project_id,
+                type="agent.interrupted",
+                ordering_key=self.call_id,
+                data={
+                    "callId": self.call_id,
+                    "turnId": turn_id,
+                    "heard": heard,
+                    "spokenMs": spoken_ms,
+                },
+            )
+
+        self._put(write)
+
     def conversation_state(self, state: dict[str, Any]) -> None:
         async def write(session: AsyncSession) -> None:
             call = await session.get(Call, self.call_id)

@@ -156,6 +156,7 @@ class CallAudioOutput(io.AudioOutput):
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._clear_task: asyncio.Task[None] | None = None
+        self._paused = False
         self.frames_sent = 0
         self.last_frame_at = 0.0
         self.tap: Callable[[PCM, int, float], None] | None = None
@@ -163,6 +164,19 @@ class CallAudioOutput(io.AudioOutput):
     @property
     def playing(self) -> bool:
         return bool(self._segments)
+
+    @property
+    def paused(self) -> bool:
+        return self._paused
+
+    def hold(self) -> None:
+        """Stop sending at the next frame, keeping the place (a backchannel is screened)."""
+        self._paused = True
+
+    def release(self) -> None:
+        """Go on from where :meth:`hold` stopped."""
+        self._paused = False
+        self._wake.set()
 
     async def capture_frame(self, frame: rtc.AudioFrame) -> None:
         await super().capture_frame(frame)
@@ -192,6 +206,7 @@ class CallAudioOutput(io.AudioOutput):
             self._wake.set()
 
     def clear_buffer(self) -> None:
+        self._paused = False
         had_audio = bool(self._segments)
         if self._open is not None:
             self._discard_until_flush = True
@@ -222,11 +237,11 @@ class CallAudioOutput(io.AudioOutput):
         size = self.frame_bytes
         while True:
             seg = self._segments[0] if self._segments else None
-            if seg is None or (len(seg.buf) - seg.pos < size and not seg.flushed):
+            if seg is None or self._paused or (len(seg.buf) - seg.pos < size and not seg.flushed):
                 self._wake.clear()
                 await self._wake.wait()
-                # The audio ran out (TTS behind, or between replies): the schedule starts
-                # again from now. Catching up would send the next frames in a burst.
+                # The audio ran out (TTS behind, between replies, paused): the schedule
+                # starts again from now. Catching up would send the next frames in a burst.
                 deadline = max(deadline, time.monotonic())
                 continue
             if seg.pos >= len(seg.buf):

@@ -113,6 +113,10 @@ class CallSink(Protocol):
     ) -> None:
         """One line of the call's event log."""
 
+    def agent_interrupted(self, turn_id: str, heard: str, spoken_ms: int) -> None:
+        """The caller cut the agent's reply to ``turn_id`` after ``spoken_ms`` of it, having
+        heard ``heard`` (the ``agent.interrupted`` lifecycle event)."""
+
     def conversation_state(self, state: dict[str, Any]) -> None:
         """The ``state`` the brain returned, echoed back next turn."""
 

@@ -46,6 +46,7 @@ from livekit.agents.voice.speech_handle import SpeechHandle
 from relay.config import Settings
 from relay.engine import speech, timers
 from relay.engine.audio_io import CallAudioInput, CallAudioOutput, session_rate
+from relay.engine.backchannel import Backchannels, CallFloor
 from relay.engine.codecs import PCM
 from relay.engine.history import History
 from relay.engine.ports import CallEnd, CallerLine, CallSetup, CallSink, LiveView
@@ -53,6 +54,7 @@ from relay.engine.recording import StereoRecorder
 from relay.engine.speaking import Speaker
 from relay.engine.speech import CallVAD, EarlySTT, UtteranceTiming, call_speech
 from relay.engine.turn import Turns
+from relay.engine.turn_end import sounds_unfinished
 from relay.engine.webhook import Action, ReplyPlan, WebhookLLM
 from relay.logs import get_logger
 from relay.turns import Brain, HostedBrain, WebhookBrain, hosted_backend
@@ -155,11 +157,24 @@ class CallSession:
             unspoken=lambda plan: self._spawn(self._run_actions(plan, interrupted=False)),
         )
         vad = CallVAD(speech.vad(min_silence_s=settings.early_stt_silence_ms / 1000))
+        self.floor = CallFloor(
+            Backchannels.for_agent(
+                agent.interruption_sensitivity, agent.language, agent.backchannel_words
+            ),
+            self.audio_out,
+            playing=self._current_speech,
+            speaking=lambda: self._agent_state == "speaking",
+            cut=self._cut,
+            heard=self._backchannel,
+        )
         self.stt = EarlySTT(
             recognizer,
             vad=vad,
             endpointing_delay=settings.endpointing_delay_ms / 1000,
             on_utterance=self._on_utterance,
+            floor=self.floor,
+            unfinished=lambda text: sounds_unfinished(text, agent.language),
+            unfinished_hold=agent.unfinished_turn_ms / 1000,
         )
         self.session: AgentSession[None] = AgentSession(
             vad=vad,
@@ -264,6 +279,29 @@ class CallSession:
     def _current_speech(self) -> SpeechHandle | None:
         return self.session.current_speech
 
+    def _cut(self, why: str) -> bool:
+        current = self.session.current_speech
+        if current is None or current.interrupted or not current.allow_interruptions:
+            return False
+        current.interrupt()
+        log.info("caller_interrupted", call_id=self.call_id, why=why)
+        return True
+
+    def _backchannel(self, text: str, timing: UtteranceTiming) -> None:
+        """An acknowledgement the agent talked on through: caller speech, but no turn."""
+        now_wall, now = time.time(), time.perf_counter()
+        ms = self.history.ms
+        start = ms(now_wall - (now - timing.speech_started_at))
+        end = ms(now_wall - (now - timing.speech_ended_at))
+        self.history.segment("user", text, start, end, data={"backchannel": True})
+        log.info("caller_backchannel", call_id=self.call_id, text=text)
+        self.activity.touch()
+        if self.live is not None:
+            self.live.live_event(
+                {"type": "transcript", "role": "user", "text": text, "final": True,
+                 "backchannel": True}
+            )  # fmt: skip
+
     def _busy(self) -> bool:
         return (
             self._user_speaking
@@ -291,9 +329,31 @@ class CallSession:
     def _after_speech(self, handle: SpeechHandle, plan: ReplyPlan) -> None:
         self.speaker.plans.pop(handle.id, None)
         self.speaker.store_turn(plan.turn)
+        if handle.interrupted and not self._ending:
+            self._report_cut(handle, plan)
         self.activity.touch()
         if plan.actions:
             self._spawn(self._run_actions(plan, interrupted=handle.interrupted))
+
+    def _report_cut(self, handle: SpeechHandle, plan: ReplyPlan) -> None:
+        said = [
+            item
+            for item in handle.chat_items
+            if isinstance(item, llm.ChatMessage) and item.role == "assistant"
+        ]
+        if not said:  # cut before a word of it played
+            return
+        item = said[-1]
+        started = item.metrics.get("started_speaking_at")
+        stopped = min(item.metrics.get("stopped_speaking_at") or 0.0, self._audio_stopped_at())
+        spoken_ms = int((stopped - started) * 1000) if started and stopped else 0
+        self.sink.agent_interrupted(plan.turn.turn_id, item.text_content or "", spoken_ms)
+
+    def _audio_stopped_at(self) -> float:
+        """When (wall clock) the last agent frame went to the line: a cut reply stopped
+        there, which is earlier than its interruption when it was paused first."""
+        last = self.audio_out.last_frame_at
+        return time.time() - (time.perf_counter() - last) + 0.02 if last else time.time()
 
     async def _run_actions(self, plan: ReplyPlan, *, interrupted: bool) -> None:
         for action, arg in plan.actions:
@@ -347,6 +407,8 @@ class CallSession:
         text = item.text_content or ""
         metrics = item.metrics
         end = metrics.get("stopped_speaking_at") or ev.created_at
+        if item.role == "assistant" and item.interrupted:
+            end = min(end, self._audio_stopped_at())
         start = metrics.get("started_speaking_at") or end
         ms = self.history.ms
         if item.role == "user":

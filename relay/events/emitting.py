@@ -28,6 +28,7 @@ EVENT_TYPES = (
     "call.completed",
     "call.failed",
     "transcript.ready",
+    "agent.interrupted",
     "recording.ready",
     "call.analyzed",
     "message.received",

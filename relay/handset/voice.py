@@ -29,7 +29,7 @@ import subprocess
 import time
 import wave
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -158,6 +158,7 @@ class MediaLine:
         self.spoken = asyncio.Event()
         self.spoken.set()
         self.last_loud_sent = 0.0
+        self.loud_sent: list[float] = []
         self.received: list[tuple[float, PCM]] = []
         self.loud_received: list[float] = []
         self.clears: list[float] = []
@@ -203,6 +204,7 @@ class MediaLine:
             await self.ws.send_str(self.media_frame(data))
             if loud:
                 self.last_loud_sent = time.perf_counter()
+                self.loud_sent.append(self.last_loud_sent)
             if not self.outbox:
                 self.spoken.set()
             # A phone never bursts: if we fell behind, we skip ahead rather than catch up.
@@ -363,6 +365,23 @@ class SimHandset:
     async def _hang_up(self, line: MediaLine) -> None:
         """The caller's side ends the stream (its protocol's ``stop``), before the close."""
         await line.ws.send_str(line.stop_frame())
+
+    @contextlib.asynccontextmanager
+    async def connected(self, number: str) -> AsyncIterator[tuple[str, MediaLine]]:
+        """Call ``number`` and hand over the line for a script of one's own (``bench/
+        quality.py``): ``(call id, line)``; the call is hung up on leaving."""
+        async with aiohttp.ClientSession() as http:
+            call_id, line = await self._connect(http, number)
+            tasks = [asyncio.create_task(line.send()), asyncio.create_task(line.receive())]
+            try:
+                yield call_id, line
+            finally:
+                if not line.ws.closed:
+                    await self._hang_up(line)
+                    await line.ws.close()
+                for task in tasks:
+                    task.cancel()
+                await asyncio.gather(*tasks, return_exceptions=True)
 
     async def _converse(
         self,

@@ -213,3 +213,28 @@ async def test_bad_cursor_and_limit_are_422(client, auth):
     resp = await client.get("/v1/agents", params={"limit": "500"}, headers=auth)
     assert resp.status == 422
     assert (await resp.json())["error"]["field"] == "limit"
+
+
+async def test_turn_taking_settings_are_kept_and_validated(client, auth):
+    created = await (await client.post("/v1/agents", json=AGENT, headers=auth)).json()
+    assert created["interruptionSensitivity"] == "medium"
+    assert created["backchannelWords"] is None
+    assert created["unfinishedTurnMs"] == 700
+    patch = {"interruptionSensitivity": "low", "backchannelWords": {"en": ["righto", "mhm"]}}
+    resp = await client.patch(f"/v1/agents/{created['id']}", json=patch, headers=auth)
+    assert resp.status == 200
+    body = await resp.json()
+    assert body["interruptionSensitivity"] == "low"
+    assert body["backchannelWords"] == {"en": ["righto", "mhm"]}
+    bad = {
+        "interruptionSensitivity": "deaf",
+        "backchannelWords": {"English!": [""]},
+        "unfinishedTurnMs": 99999,
+    }
+    resp = await client.patch(f"/v1/agents/{created['id']}", json=bad, headers=auth)
+    assert resp.status == 422
+    fields = {d["field"] for d in (await resp.json())["error"]["details"]}
+    assert {"interruptionSensitivity", "unfinishedTurnMs"} <= fields
+    assert any(f.startswith("backchannelWords") for f in fields), fields
+    got = await (await client.get(f"/v1/agents/{created['id']}", headers=auth)).json()
+    assert got["interruptionSensitivity"] == "low"

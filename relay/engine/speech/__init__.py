@@ -17,7 +17,7 @@ A new local engine is a new module and one line in :mod:`.registry`. Any other l
 plugin (Deepgram, ElevenLabs...) fits the same livekit seams.
 """
 
-from relay.engine.speech.early import EarlySTT, UtteranceTiming, acoustic_end, speech_floor
+from relay.engine.speech.early import EarlySTT, Floor, UtteranceTiming, acoustic_end, speech_floor
 from relay.engine.speech.espeak import EspeakTTS, espeak_binary, espeak_wav_to_pcm
 from relay.engine.speech.local import LocalSTT, LocalTTS
 from relay.engine.speech.piper import PiperTTS, piper_rate, piper_sentences
@@ -44,6 +44,7 @@ from relay.engine.speech.sphinx import PocketsphinxSTT, pocketsphinx_transcribe
 from relay.engine.speech.whisper import WhisperSTT, whisper_transcribe, whisper_transcribe_standard
 
 __all__ = [
+    "Floor",
     "INFERENCE_NICENESS",
     "STT_ENGINES",
     "TTS_ENGINES",

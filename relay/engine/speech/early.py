@@ -6,6 +6,10 @@ which time the transcript is usually ready. If the caller speaks again in betwee
 result is thrown away and the whole utterance is recognized again at the next silence. The
 end of speech is where the voice died away, not where Silero let go of it (100-200 ms
 later). :class:`UtteranceTiming` is how each utterance went, for the turn's metrics.
+
+Two judgements of an utterance are the call's, passed in: a :class:`Floor` screens speech
+that starts over the agent's reply (a backchannel is no turn at all), and ``unfinished``
+says a transcript stops mid-sentence, so its endpoint waits ``unfinished_hold`` longer.
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -25,7 +29,7 @@ from livekit.agents.types import NOT_GIVEN, NotGivenOr
 
 from relay.engine.codecs import PCM
 from relay.engine.speech.local import EN, LocalSTT, frame_pcm
-from relay.engine.speech.silero import CallVAD
+from relay.engine.speech.silero import CallVAD, VADSource
 
 MAX_UTTERANCE_S = 28.0  # Whisper sees 30 s at most
 PREFIX_S = 0.4  # audio kept from before the VAD noticed speech
@@ -37,6 +41,9 @@ SPEECH_FLOOR_DB = 30.0
 END_LOOKBACK_S = 0.3
 RESUME_GRACE_FRAMES = 8  # 20 ms each
 RESUME_WINDOW_FRAMES = 3  # the caller's last frames checked for speech starting again
+# The agent stays paused on screened speech at most this long after it ends: a recognizer
+# this slow is taken to mean the speech was more than an acknowledgement.
+SCREEN_TIMEOUT_S = 2.0
 
 
 @dataclass(slots=True)
@@ -100,6 +107,28 @@ def acoustic_end(
     return max(vad_end - END_LOOKBACK_S, energy_end), True
 
 
+class Floor(Protocol):
+    """The agent's side of caller speech that overlaps its reply (:mod:`relay.engine.backchannel`).
+
+    Speech that starts while :meth:`contested` is screened: :meth:`pause` at once, the
+    session hears nothing of it until it is known to be a real interruption (:meth:`cut`,
+    then the utterance goes on as a turn), or an acknowledgement (:meth:`resume`, and it is
+    no turn at all)."""
+
+    max_speech_s: float  # voiced speech past this is an interruption whatever its words
+
+    def contested(self) -> bool: ...
+
+    def acknowledges(self, text: str) -> bool: ...
+
+    def pause(self) -> None: ...
+
+    def resume(self, text: str, timing: UtteranceTiming) -> None: ...
+
+    def cut(self, why: str) -> None:
+        """``why``: the words that were not an acknowledgement, or what else decided it."""
+
+
 class EarlySTT(stt.STT[Any]):
     """Streaming STT over a whole-utterance recognizer, with early start and endpointing.
 
@@ -114,12 +143,19 @@ class EarlySTT(stt.STT[Any]):
         vad: vad.VAD,
         endpointing_delay: float,
         on_utterance: Callable[[UtteranceTiming], None] | None = None,
+        floor: Floor | None = None,
+        unfinished: Callable[[str], bool] | None = None,
+        unfinished_hold: float = 0.0,
     ) -> None:
         super().__init__(capabilities=stt.STTCapabilities(streaming=True, interim_results=False))
         self.recognizer = recognizer
         self._vad = vad
         self.endpointing_delay = endpointing_delay
         self.on_utterance = on_utterance
+        self.floor = floor
+        # A transcript ``unfinished`` says the caller will go on waits this much longer.
+        self.unfinished = unfinished
+        self.unfinished_hold = unfinished_hold
 
     @property
     def model(self) -> str:
@@ -155,6 +191,11 @@ class _Utterance:
     timing: UtteranceTiming = field(default_factory=UtteranceTiming)
     recognition: asyncio.Task[tuple[str, float]] | None = None
     endpoint: asyncio.Task[None] | None = None
+    # Screened (it began over the agent's speech): its events wait in ``held`` until it is
+    # known to interrupt; ``voiced_s`` is its speech before the current VAD segment.
+    screened: bool = False
+    held: list[stt.SpeechEvent] = field(default_factory=list)
+    voiced_s: float = 0.0
 
     def audio(self) -> PCM:
         pcm = np.concatenate(self.frames) if self.frames else np.zeros(0, np.int16)
@@ -171,11 +212,16 @@ class _EarlyStream(stt.RecognizeStream):
         self._rate = 0
         self._current: _Utterance | None = None
         self._last_frame_at = 0.0
+        self._source: VADSource | None = None
 
     async def _run(self) -> None:
         owner_vad = self._owner._vad
         # A call's VAD is heard by the session too: this stream feeds it (see CallVAD).
-        vad_stream = owner_vad.source() if isinstance(owner_vad, CallVAD) else owner_vad.stream()
+        vad_stream: Any
+        if isinstance(owner_vad, CallVAD):
+            vad_stream = self._source = owner_vad.source()
+        else:
+            vad_stream = owner_vad.stream()
 
         async def forward() -> None:
             async for item in self._input_ch:
@@ -192,6 +238,10 @@ class _EarlyStream(stt.RecognizeStream):
                     self._speech_started(ev)
                 elif ev.type == vad.VADEventType.END_OF_SPEECH:
                     self._speech_paused(ev)
+                elif ev.type == vad.VADEventType.INFERENCE_DONE:
+                    self._speech_going_on(ev)
+                if self._source is not None:
+                    self._source.publish(ev)
 
         tasks = [asyncio.create_task(forward()), asyncio.create_task(listen())]
         try:
@@ -200,6 +250,8 @@ class _EarlyStream(stt.RecognizeStream):
             await utils.aio.cancel_and_wait(*tasks)
             if self._current is not None:
                 self._drop_pending(self._current)
+                if self._current.screened and self._owner.floor is not None:
+                    self._owner.floor.resume("", self._current.timing)
             await vad_stream.aclose()
 
     def _keep(self, frame: rtc.AudioFrame) -> None:
@@ -227,11 +279,68 @@ class _EarlyStream(stt.RecognizeStream):
             self._ring_samples = 0
             utt.timing.speech_started_at = now - ev.speech_duration - ev.inference_duration
             self._current = utt
-            self._event_ch.send_nowait(stt.SpeechEvent(type=stt.SpeechEventType.START_OF_SPEECH))
+            floor = self._owner.floor
+            if floor is not None and self._source is not None and floor.contested():
+                utt.screened = True
+                floor.pause()
+                self._source.hold()
+            self._send(utt, stt.SpeechEvent(type=stt.SpeechEventType.START_OF_SPEECH))
             return
         if utt.endpoint is not None or utt.recognition is not None:
             utt.timing.discarded += 1
             self._drop_pending(utt)
+
+    def _send(self, utt: _Utterance, event: stt.SpeechEvent) -> None:
+        if utt.screened:
+            utt.held.append(event)
+        else:
+            self._event_ch.send_nowait(event)
+
+    def _speech_going_on(self, ev: vad.VADEvent) -> None:
+        utt = self._current
+        floor = self._owner.floor
+        if utt is None or not utt.screened or floor is None or not ev.speaking:
+            return
+        if utt.voiced_s + ev.speech_duration > floor.max_speech_s:
+            self._concede(utt, "longer than an acknowledgement")
+
+    def _concede(self, utt: _Utterance, why: str) -> None:
+        """A real interruption: the agent stops, and the session hears the utterance."""
+        assert self._owner.floor is not None and self._source is not None
+        utt.screened = False
+        self._owner.floor.cut(why)
+        self._source.release()
+        held, utt.held = utt.held, []
+        for event in held:
+            self._event_ch.send_nowait(event)
+
+    async def _screen(self, utt: _Utterance) -> None:
+        """The screened utterance paused: an acknowledgement (or nothing legible) lets the
+        agent go on and is no turn; anything else cuts the agent and is the next turn."""
+        floor = self._owner.floor
+        assert floor is not None and self._source is not None and utt.recognition is not None
+        text: str | None
+        try:
+            async with asyncio.timeout(SCREEN_TIMEOUT_S):
+                text, _ = await asyncio.shield(utt.recognition)
+        except TimeoutError:
+            text = None
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            text = ""
+        if self._current is not utt:
+            return
+        if text is not None and (not text.strip() or floor.acknowledges(text)):
+            text = text.strip()
+            self._current = None
+            self._source.drop()
+            utt.timing.text = text
+            utt.timing.stt_done_at = time.perf_counter()
+            floor.resume(text, utt.timing)
+            return
+        self._concede(utt, "no verdict in time" if text is None else text)
+        await self._endpoint(utt)
 
     def _drop_pending(self, utt: _Utterance) -> None:
         # The thread running a discarded recognition cannot be stopped; its result is ignored.
@@ -262,10 +371,15 @@ class _EarlyStream(stt.RecognizeStream):
         # Needed when the endpoint would confirm the turn: recognitions of other calls'
         # turns that end sooner go first.
         due = time.monotonic() + timing.speech_ended_at + self._owner.endpointing_delay - now
+        if utt.screened:  # the agent is paused on it: needed at once
+            due = time.monotonic()
+            utt.voiced_s += ev.speech_duration
         utt.recognition = asyncio.create_task(
             self._owner.recognizer.transcribe(audio, utt.rate, deadline=due)
         )
-        utt.endpoint = asyncio.create_task(self._endpoint(utt))
+        utt.endpoint = asyncio.create_task(
+            self._screen(utt) if utt.screened else self._endpoint(utt)
+        )
 
     def _resuming(self, utt: _Utterance) -> bool:
         if utt.floor is None or not utt.frames:
@@ -293,6 +407,11 @@ class _EarlyStream(stt.RecognizeStream):
         except Exception:  # a broken recognizer must not end the call: treat as silence
             text, confidence = "", 0.0
         timing.stt_done_at = max(timing.stt_done_at, time.perf_counter())
+        owner = self._owner
+        if owner.unfinished_hold and owner.unfinished is not None and owner.unfinished(text):
+            # Speech starting again cancels this task (see _speech_started).
+            hold = timing.speech_ended_at + owner.endpointing_delay + owner.unfinished_hold
+            await asyncio.sleep(max(0.0, hold - time.perf_counter()))
         if self._current is not utt:
             return
         self._current = None
@@ -300,17 +419,18 @@ class _EarlyStream(stt.RecognizeStream):
         timing.committed_at = time.perf_counter()
         end_wall = time.time() - (timing.committed_at - timing.speech_ended_at)
         if timing.text:
-            self._event_ch.send_nowait(
+            self._send(
+                utt,
                 stt.SpeechEvent(
                     type=stt.SpeechEventType.FINAL_TRANSCRIPT,
                     alternatives=[
                         stt.SpeechData(language=EN, text=timing.text, confidence=confidence)
                     ],
                     speech_end_time=end_wall,
-                )
+                ),
             )
-        self._event_ch.send_nowait(
-            stt.SpeechEvent(type=stt.SpeechEventType.END_OF_SPEECH, speech_end_time=end_wall)
+        self._send(
+            utt, stt.SpeechEvent(type=stt.SpeechEventType.END_OF_SPEECH, speech_end_time=end_wall)
         )
         if self._owner.on_utterance is not None:
             self._owner.on_utterance(timing)

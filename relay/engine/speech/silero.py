@@ -105,9 +105,9 @@ class CallVAD(agents_vad.VAD):
     def provider(self) -> str:
         return self._base.provider
 
-    def source(self) -> _Source:
+    def source(self) -> VADSource:
         """A new stream of the base VAD whose events also reach every listener."""
-        return _Source(self, self._base.stream())
+        return VADSource(self, self._base.stream())
 
     def stream(self) -> agents_vad.VADStream:
         listener = _Listener(self)
@@ -119,12 +119,28 @@ class CallVAD(agents_vad.VAD):
             listener._deliver(event)
 
 
-class _Source:
-    """The base stream, passing each event it yields on to the listeners."""
+class VADSource:
+    """The base stream; its reader passes each event on to the listeners (:meth:`publish`)
+    after acting on it, unless they are held: while caller speech is screened as a possible
+    backchannel, the session must not hear it start (it would cut the agent); the held
+    events are later released or dropped."""
 
     def __init__(self, owner: CallVAD, stream: agents_vad.VADStream) -> None:
         self._owner = owner
         self._stream = stream
+        self._held: list[agents_vad.VADEvent] | None = None
+
+    def hold(self) -> None:
+        if self._held is None:
+            self._held = []
+
+    def release(self) -> None:
+        held, self._held = self._held or [], None
+        for event in held:
+            self._owner._publish(event)
+
+    def drop(self) -> None:
+        self._held = None
 
     def push_frame(self, frame: rtc.AudioFrame) -> None:
         self._stream.push_frame(frame)
@@ -138,13 +154,18 @@ class _Source:
     async def aclose(self) -> None:
         await self._stream.aclose()
 
-    def __aiter__(self) -> _Source:
+    def __aiter__(self) -> VADSource:
         return self
 
     async def __anext__(self) -> agents_vad.VADEvent:
-        event = await self._stream.__anext__()
-        self._owner._publish(event)
-        return event
+        return await self._stream.__anext__()
+
+    def publish(self, event: agents_vad.VADEvent) -> None:
+        """Pass ``event`` on to the listeners (once its reader has seen it), or hold it."""
+        if self._held is not None:
+            self._held.append(event)
+        else:
+            self._owner._publish(event)
 
 
 class _Listener(agents_vad.VADStream):

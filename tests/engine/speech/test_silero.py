@@ -31,6 +31,8 @@ async def _events(stream, frames: list[rtc.AudioFrame]) -> list[tuple[str, int]]
     async def read() -> None:
         async for ev in stream:
             seen.append((ev.type.name, ev.samples_index))
+            if hasattr(stream, "publish"):  # a CallVAD source: its reader passes events on
+                stream.publish(ev)
 
     reader = asyncio.create_task(read())
     for frame in frames:
