@@ -934,7 +934,14 @@ async def test_a_restart_closes_the_calls_a_dead_node_left_and_dials_queued_ones
         assert await hold_call(session, dead["id"], "node-dead")
         assert await hold_call(session, alive["id"], "node-alive")
         session.add(RelayNode(id="node-dead", heartbeat_at=utcnow() - timedelta(hours=1)))
-        session.add(RelayNode(id="node-alive", heartbeat_at=utcnow() + timedelta(hours=1)))
+        # Alive, and up since before the calls were made: an unheld call may be its own.
+        session.add(
+            RelayNode(
+                id="node-alive",
+                started_at=utcnow() - timedelta(hours=1),
+                heartbeat_at=utcnow() + timedelta(hours=1),
+            )
+        )
         # An outbound call stored just before the crash, never dialled.
         queued = await session.get(Call, unheld["id"])
         never_dialled = Call(
