@@ -37,7 +37,6 @@ import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any
 
 import aiohttp
@@ -45,7 +44,8 @@ from aiohttp import web
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
-from relay.handset.voice import CallReport, Line, MediaLine, SimHandset
+from relay.handset.telnyx_line import TelnyxLine, now_iso
+from relay.handset.voice import CallReport, Line, SimHandset
 
 AUTH_FAILED = {
     "errors": [
@@ -59,10 +59,6 @@ AUTH_FAILED = {
 CALL_ENDED = {"errors": [{"code": "90018", "title": "Call has already ended"}]}
 # What a callee does when dialled: talk (a list of lines), or one of these.
 BUSY, NO_ANSWER, REJECT = "busy", "no_answer", "reject"
-
-
-def _now_iso() -> str:
-    return datetime.now(UTC).isoformat().replace("+00:00", "Z")
 
 
 def _error(status: int, code: str, title: str) -> web.Response:
@@ -108,55 +104,6 @@ class FakeCall:
     transfer_to: str | None = None
     error: str | None = None  # why its media stream failed, if it did
     arrived_at: float = field(default_factory=time.perf_counter)  # its dial or its ring
-
-
-class _TelnyxLine(MediaLine):
-    """The phone's side of a Telnyx media socket: Telnyx's frames, numbered."""
-
-    def __init__(self, ws: aiohttp.ClientWebSocketResponse, stream_id: str, ccid: str) -> None:
-        super().__init__(ws, stream_id)
-        self.ccid = ccid
-        self.seq = 1  # the start frame was 1
-        self.started = time.monotonic()
-
-    def _next(self) -> str:
-        self.seq += 1
-        return str(self.seq)
-
-    def media_frame(self, data: bytes) -> str:
-        seq = self._next()
-        media = {
-            "track": "inbound",
-            "chunk": seq,
-            "timestamp": str(int((time.monotonic() - self.started) * 1000)),
-            "payload": base64.b64encode(data).decode(),
-        }
-        frame = {"event": "media", "sequence_number": seq, "media": media, "stream_id": self.sid}
-        return json.dumps(frame)
-
-    def dtmf_frame(self, digit: str) -> str:
-        frame = {
-            "event": "dtmf",
-            "stream_id": self.sid,
-            "occurred_at": _now_iso(),
-            "sequence_number": self._next(),
-            "dtmf": {"digit": digit},
-        }
-        return json.dumps(frame)
-
-    def mark_frame(self, name: str) -> str:
-        frame = {
-            "event": "mark",
-            "sequence_number": self._next(),
-            "stream_id": self.sid,
-            "mark": {"name": name},
-        }
-        return json.dumps(frame)
-
-    def stop_frame(self) -> str:
-        stop = {"user_id": "fake-user", "call_control_id": self.ccid}
-        frame = {"event": "stop", "sequence_number": self._next(), "stop": stop}
-        return json.dumps({**frame, "stream_id": self.sid})
 
 
 @dataclass
@@ -456,7 +403,7 @@ class FakeTelnyx:
             "data": {
                 "event_type": event_type,
                 "id": str(uuid.uuid4()),
-                "occurred_at": _now_iso(),
+                "occurred_at": now_iso(),
                 "payload": payload,
                 "record_type": "event",
             },
@@ -566,7 +513,7 @@ class FakeTelnyx:
             ws = await http.ws_connect(self._rewrite(call.stream_url), autoping=True)
             call.ws = ws
             stream_id = str(uuid.uuid4())
-            line = _TelnyxLine(ws, stream_id, call.call_control_id)
+            line = TelnyxLine(ws, stream_id, call.call_control_id)
             await ws.send_str(json.dumps({"event": "connected", "version": "1.0.0"}))
             start = {
                 "user_id": "fake-user",
@@ -614,7 +561,7 @@ class FakeTelnyx:
             "text": text,
             "media": [],
             "messaging_profile_id": account.messaging_profile_id,
-            "received_at": _now_iso(),
+            "received_at": now_iso(),
         }
         return await self.post_webhook(
             account, account.message_webhook, "message.received", payload
