@@ -108,6 +108,15 @@ class ReplyChunk(Payload):
     """One object of your reply (the whole JSON body, or one NDJSON line). All optional."""
 
     text: str | None = Field(default=None, description="Words to speak (or to text back).")
+    play: str | None = Field(
+        default=None,
+        max_length=2048,
+        pattern=r"^https?://",
+        description=(
+            "An audio clip (WAV, MP3, Ogg or FLAC, up to 10 MiB and 120 s) played after the text"
+            " before it. Fetched once per project and cached; voice only."
+        ),
+    )
     interim: bool | None = Field(default=None, description="More chunks follow this one.")
     hangup: bool | None = Field(default=None, description="End the call after speaking.")
     transfer: str | None = Field(default=None, description="A number to transfer the call to.")

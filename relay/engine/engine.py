@@ -9,6 +9,7 @@ import aiohttp
 
 from relay.config import Settings
 from relay.engine import speech
+from relay.engine.playback import Clips
 from relay.engine.ports import CallerLine, CallHandle, CallSetup, CallSink
 from relay.engine.session import CallSession
 from relay.logs import get_logger
@@ -24,6 +25,7 @@ class VoiceEngine:
         self.settings = settings or Settings()
         self.active: dict[str, CallHandle] = {}
         self._sessions: dict[str, CallSession] = {}
+        self.clips = Clips()  # ``play`` clips, shared by the calls of each project
         speech.configure(
             inference_threads=self.settings.inference_threads,
             tts_cache_bytes=self.settings.tts_cache_mb * 1024 * 1024,
@@ -56,7 +58,7 @@ class VoiceEngine:
         if setup.voice_mode not in ("webhook", "hosted"):
             raise ValueError(f"unknown voice mode {setup.voice_mode!r}")
         setup = with_templates(setup)  # {{call.from}}, {{user.name}}... in prompt and greeting
-        session = CallSession(setup, line, sink, http, self.settings)
+        session = CallSession(setup, line, sink, http, self.settings, clips=self.clips)
         self.active[setup.call_id] = session
         self._sessions[setup.call_id] = session
         session._outcome.add_done_callback(lambda _: self._forget(setup.call_id))

@@ -49,6 +49,7 @@ from relay.engine.audio_io import CallAudioInput, CallAudioOutput, session_rate
 from relay.engine.backchannel import Backchannels, CallFloor
 from relay.engine.codecs import PCM
 from relay.engine.history import History
+from relay.engine.playback import PLAY_MARK, Clips, words_only
 from relay.engine.ports import CallEnd, CallerLine, CallSetup, CallSink, LiveView
 from relay.engine.recording import StereoRecorder
 from relay.engine.speaking import Speaker
@@ -86,6 +87,8 @@ class CallSession:
         sink: CallSink,
         http: aiohttp.ClientSession,
         settings: Settings,
+        *,
+        clips: Clips | None = None,
     ) -> None:
         self.call_id = setup.call_id
         self.setup = setup
@@ -136,7 +139,14 @@ class CallSession:
             sink.event("speech", speech_problem, level="warning", data={})
         # Hosted replies come in whole clauses (relay.turns.hosted.phrase): none to wait for.
         pause = 0.0 if setup.voice_mode == "hosted" else settings.text_pause_ms / 1000
-        self.speaker = Speaker(self.tts, sink, pause=pause, playing=self._current_speech)
+        clips = clips or Clips()
+        self.speaker = Speaker(
+            self.tts,
+            sink,
+            pause=pause,
+            playing=self._current_speech,
+            clip=lambda url, rate: clips.get(http, setup.project_id, url, rate),
+        )
         # A web page's line shows the call live: transcript lines, agent state, the end.
         self.live = line if isinstance(line, LiveView) else None
         self.audio_out = CallAudioOutput(
@@ -347,7 +357,8 @@ class CallSession:
         started = item.metrics.get("started_speaking_at")
         stopped = min(item.metrics.get("stopped_speaking_at") or 0.0, self._audio_stopped_at())
         spoken_ms = int((stopped - started) * 1000) if started and stopped else 0
-        self.sink.agent_interrupted(plan.turn.turn_id, item.text_content or "", spoken_ms)
+        heard = words_only(item.text_content or "")
+        self.sink.agent_interrupted(plan.turn.turn_id, heard, spoken_ms)
 
     def _audio_stopped_at(self) -> float:
         """When (wall clock) the last agent frame went to the line: a cut reply stopped
@@ -405,6 +416,10 @@ class CallSession:
         if not isinstance(item, llm.ChatMessage) or item.role not in ("user", "assistant"):
             return
         text = item.text_content or ""
+        if PLAY_MARK in text:  # a clip says no words: a reply of clips alone is no line
+            text = words_only(text)
+            if not text:
+                return
         metrics = item.metrics
         end = metrics.get("stopped_speaking_at") or ev.created_at
         if item.role == "assistant" and item.interrupted:

@@ -4,20 +4,24 @@ caller heard and which words they may interrupt.
 The session's ``tts_node`` is :meth:`Speaker.speak`. Each segment's first frame carries a
 marker; when :class:`~relay.engine.audio_io.CallAudioOutput` sends that frame to the line it
 calls :meth:`Speaker.on_marker`, which applies the reply's ``interruptible`` flag to the
-playing speech and, on a turn's first frame, stores the turn's metrics.
+playing speech and, on a turn's first frame, stores the turn's metrics. A ``play`` clip
+(:mod:`relay.engine.playback`) is spoken in its place among the segments, as they are.
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterable, AsyncIterator, Callable
 from typing import Any
 
+import numpy as np
 from livekit import rtc
 from livekit.agents import tts
 from livekit.agents.voice.speech_handle import SpeechHandle
 
-from relay.engine.ports import CallSink
+from relay.engine.playback import PLAY_MARK, ClipError
+from relay.engine.ports import FRAME_MS, PCM, CallSink
 from relay.engine.speech import LocalTTS
 from relay.engine.text import segments, speakable
 from relay.engine.webhook import ReplyPlan, TurnRecord
@@ -42,12 +46,18 @@ class Speaker:
         *,
         pause: float,
         playing: Callable[[], SpeechHandle | None],
+        clip: Callable[[str, int], asyncio.Future[PCM]] | None = None,
     ) -> None:
         self.tts = synthesizer
         self.sink = sink
         self.pause = pause  # a fragment without a sentence end waits this long for more
         self.plans: dict[str, ReplyPlan] = {}  # by livekit speech id
         self._playing = playing
+        self._clip = clip  # (URL, sample rate) -> the clip's audio, downloading
+
+    def fetch_clip(self, url: str) -> asyncio.Future[PCM] | None:
+        """Start getting a ``play`` clip now, so it is ready when the words before it end."""
+        return self._clip(url, self.tts.sample_rate) if self._clip is not None else None
 
     async def speak(self, text: AsyncIterable[str]) -> AsyncIterator[rtc.AudioFrame]:
         """Segments as early as possible, marked for the output."""
@@ -58,15 +68,24 @@ class Speaker:
         async for segment in segments(text, pause=self.pause, quick_start=True):
             start, offset = offset, offset + len(segment)
             words = segment.strip()
+            plan = self.plans.get(speech.id) if speech is not None else None
+            if segment == PLAY_MARK:
+                clip = await self._take_clip(plan)
+                if clip is not None:
+                    marker = self._marker(plan, "", start, offset)
+                    if plan is not None and plan.turn.tts_first_audio_at is None:
+                        plan.turn.tts_first_audio_at = time.perf_counter()
+                    for frame in self._clip_frames(clip):
+                        if playing_from is None:
+                            playing_from = time.monotonic()
+                        audio_s += frame.duration
+                        frame.userdata.update(marker)
+                        marker = {}
+                        yield frame
+                continue
             if not speakable(words):
                 continue
-            plan = self.plans.get(speech.id) if speech is not None else None
-            marker: dict[str, Any] = {"text": segment}
-            if plan is not None:
-                marker["interruptible"] = plan.interruptible(start, offset)
-                if plan.turn.tts_started_at is None:
-                    plan.turn.tts_started_at = time.perf_counter()
-                    marker["turn"] = plan.turn
+            marker = self._marker(plan, segment, start, offset)
             first = True
             # The first segment is what the caller waits for; each later one is needed
             # when the audio before it has played (earliest deadline first).
@@ -88,6 +107,53 @@ class Speaker:
                             plan.turn.tts_first_audio_at = time.perf_counter()
                         frame.userdata.update(marker)
                     yield frame
+
+    def _marker(self, plan: ReplyPlan | None, text: str, start: int, end: int) -> dict[str, Any]:
+        """What a segment's first frame carries to :meth:`on_marker`."""
+        marker: dict[str, Any] = {"text": text}
+        if plan is not None:
+            marker["interruptible"] = plan.interruptible(start, end)
+            if plan.turn.tts_started_at is None:
+                plan.turn.tts_started_at = time.perf_counter()
+                marker["turn"] = plan.turn
+        return marker
+
+    async def _take_clip(self, plan: ReplyPlan | None) -> PCM | None:
+        """The reply's next clip, once downloaded; None (and a ``webhook`` warning) if it
+        cannot be played: the reply goes on with what follows it."""
+        if plan is None or not plan.plays:
+            return None
+        url, download = plan.plays.popleft()
+        if download is None:
+            return None
+        try:
+            clip = await download
+        except ClipError as err:
+            self.sink.event(
+                "webhook",
+                f"the reply's audio clip was not played: {err.reason}: {err.detail}",
+                level="warning",
+                data={
+                    "turnId": plan.turn.turn_id,
+                    "reason": "play_failed",
+                    "cause": err.reason,
+                    "detail": err.detail,
+                    "url": url,
+                },
+            )
+            return None
+        return clip
+
+    def _clip_frames(self, pcm: PCM) -> list[rtc.AudioFrame]:
+        rate = self.tts.sample_rate
+        size = rate * FRAME_MS // 1000
+        whole = -(-len(pcm) // size) * size
+        padded = np.zeros(whole, np.int16)
+        padded[: len(pcm)] = pcm
+        return [
+            rtc.AudioFrame(padded[i : i + size].tobytes(), rate, 1, size)
+            for i in range(0, whole, size)
+        ]
 
     def on_marker(self, marker: dict[str, Any], sent_at: float) -> None:
         if "interruptible" in marker:

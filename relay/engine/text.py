@@ -6,6 +6,7 @@ silence. Here a segment is released the moment its sentence ends, and a fragment
 sentence end is released once the stream has been quiet for ``pause`` seconds. The first
 segment of a reply may be cut once more, after its first clause, so the caller hears the
 answer start while the rest is synthesized; segments with nothing to say are not spoken.
+A ``play`` clip's mark (:data:`~relay.turns.PLAY_MARK`) is always a segment of its own.
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ from __future__ import annotations
 import asyncio
 import re
 from collections.abc import AsyncIterable, AsyncIterator
+
+from relay.turns import PLAY_MARK
 
 SENTENCE_END = re.compile(r"[.!?…]+[\"')\]]*(?:\s+|$)")
 MAX_SEGMENT = 240  # a run-on sentence is cut at a comma or space near here
@@ -34,7 +37,18 @@ def join_chunk(previous: str, text: str) -> str:
 
 
 def split_ready(buffer: str) -> tuple[list[str], str]:
-    """Finished sentences at the front of ``buffer``, and the unfinished rest."""
+    """Finished sentences at the front of ``buffer``, and the unfinished rest. A clip's
+    :data:`PLAY_MARK` is a segment of its own, and ends the text before it."""
+    out: list[str] = []
+    while PLAY_MARK in buffer:
+        before, _, buffer = buffer.partition(PLAY_MARK)
+        ready, rest = _sentences(before)
+        out += [*ready, rest, PLAY_MARK] if rest else [*ready, PLAY_MARK]
+    ready, rest = _sentences(buffer)
+    return out + ready, rest
+
+
+def _sentences(buffer: str) -> tuple[list[str], str]:
     out: list[str] = []
     start = 0
     for match in SENTENCE_END.finditer(buffer):

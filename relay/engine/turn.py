@@ -31,7 +31,7 @@ from relay.engine.webhook import Action, Emit, ReplyPlan, TurnRecord
 from relay.ids import new_id
 from relay.logs import get_logger
 from relay.transfer import TransferRefused, allowed_destinations, check_transfer
-from relay.turns import Brain, TurnError, TurnRequest, agent_message
+from relay.turns import PLAY_MARK, Brain, TurnError, TurnRequest, agent_message
 
 log = get_logger("relay.engine.turn")
 
@@ -143,12 +143,17 @@ class Turns:
                         self.state = chunk.state
                         self.sink.conversation_state(chunk.state)
                     if chunk.text and room >= 0:
-                        text = chunk.text
+                        text = chunk.text.replace(PLAY_MARK, "")  # only ``play`` makes one
                         room -= len(text)
                         if room < 0:  # once: nothing more is taken after this
                             text = _cut(text, len(text) + room)
                             self._text_cut(turn)
                         say(text, chunk.interruptible)
+                    if chunk.play:
+                        plan.plays.append((chunk.play, self._fetch_clip(chunk.play)))
+                        plan.add_text(PLAY_MARK, chunk.interruptible)
+                        spoken += PLAY_MARK
+                        emit(PLAY_MARK)
                     if chunk.dtmf:
                         plan.actions.append((Action.DTMF, chunk.dtmf))
                     if chunk.transfer:
@@ -184,6 +189,9 @@ class Turns:
                 filler.cancel()
         if speech is None:
             self._unspoken(plan)
+
+    def _fetch_clip(self, url: str) -> asyncio.Future[Any] | None:
+        return self.speaker.fetch_clip(url) if self.speaker is not None else None
 
     def _transfer(self, plan: ReplyPlan, to: str) -> None:
         try:

@@ -2,13 +2,16 @@
 
 :class:`WebhookLLM` is a livekit ``llm.LLM`` whose stream hands each reply chunk's text to
 the session the moment it arrives. Everything a chunk carries besides text (``state``,
-``hangup``, ``transfer``, ``dtmf``, ``interruptible``) is collected in the turn's
-:class:`ReplyPlan`, which the call session carries out (see ``relay.engine.session``).
+``hangup``, ``transfer``, ``dtmf``, ``interruptible``, the ``play`` clips) is collected in
+the turn's :class:`ReplyPlan`, which the call session carries out (see
+``relay.engine.session``).
 """
 
 from __future__ import annotations
 
+import asyncio
 import uuid
+from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -17,6 +20,7 @@ from typing import Any
 from livekit.agents import DEFAULT_API_CONNECT_OPTIONS, APIConnectOptions, llm
 from livekit.agents.types import NOT_GIVEN, NotGivenOr
 
+from relay.engine.ports import PCM
 from relay.engine.speech import UtteranceTiming
 from relay.metrics import TURN_STAGES
 from relay.turns.protocol import TurnTiming
@@ -121,6 +125,9 @@ class ReplyPlan:
     marks: list[tuple[int, bool]] = field(default_factory=list)  # (text offset, interruptible)
     actions: list[tuple[Action, str]] = field(default_factory=list)  # (action, its argument)
     text: str = ""
+    # The reply's ``play`` clips in order, each (URL, its download); the text holds a
+    # PLAY_MARK where each one goes, and the speaker takes them in that order.
+    plays: deque[tuple[str, asyncio.Future[PCM] | None]] = field(default_factory=deque)
 
     def add_text(self, text: str, interruptible: bool | None) -> None:
         flag = self.default_interruptible if interruptible is None else interruptible

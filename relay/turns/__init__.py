@@ -14,11 +14,19 @@ worker both sit on top of it.
 from relay.turns.brain import Brain, WebhookBrain
 from relay.turns.envelope import HISTORY_LIMIT, agent_message
 from relay.turns.hosted import HostedBrain, hosted_backend, with_templates
-from relay.turns.protocol import Chunk, TurnError, TurnRequest, TurnTiming, stream_turn
+from relay.turns.protocol import (
+    PLAY_MARK,
+    Chunk,
+    TurnError,
+    TurnRequest,
+    TurnTiming,
+    stream_turn,
+)
 from relay.turns.setup import CallSetup
 
 __all__ = [
     "HISTORY_LIMIT",
+    "PLAY_MARK",
     "Brain",
     "CallSetup",
     "Chunk",

@@ -1,10 +1,10 @@
 """The webhook turn protocol: POST ``agent.message``, read the reply as it streams.
 
 A reply is ``application/json`` (one object) or ``application/x-ndjson`` (one object per
-line, each handed on the moment its line ends). Each object may carry ``text``, ``interim``,
-``hangup``, ``transfer``, ``dtmf``, ``state`` and ``interruptible``. In a stream, the first
-object without ``"interim": true`` closes the turn: later lines are not read (the turn's
-timing counts those that had arrived, ``ignored_lines``).
+line, each handed on the moment its line ends). Each object may carry ``text``, ``play``,
+``interim``, ``hangup``, ``transfer``, ``dtmf``, ``state`` and ``interruptible``. In a
+stream, the first object without ``"interim": true`` closes the turn: later lines are not
+read (the turn's timing counts those that had arrived, ``ignored_lines``).
 
     TurnError                        why a turn got no usable answer (``reason`` is stable)
     ├── reason "connection_failed"   refused, DNS failure, reset before any byte, or the
@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
+import yarl
 
 from relay.egress import describe
 from relay.signing import signature_headers
@@ -35,6 +36,11 @@ MAX_BODY_BYTES = 1024 * 1024
 # What one read takes off the socket: a reply is never buffered more than this past a limit.
 READ_BYTES = 64 * 1024
 USER_AGENT = "conversation-relay/0.1"
+MAX_PLAY_URL = 2048
+# Stands for a ``play`` clip in the text a reply hands to speech (relay.engine.playback): a
+# private-use code point, taken out of every reply's text (relay.engine.turn) so that only
+# ``play`` makes one.
+PLAY_MARK = "\ue000"
 
 
 class TurnError(Exception):
@@ -50,6 +56,7 @@ class Chunk:
     """One object of the webhook's reply."""
 
     text: str = ""
+    play: str | None = None  # an audio clip's http(s) URL, played after the text before it
     interim: bool = False
     hangup: bool = False
     transfer: str | None = None
@@ -64,6 +71,9 @@ class Chunk:
         text = obj.get("text", "")
         if not isinstance(text, str):
             raise ValueError("'text' must be a string")
+        play = obj.get("play")
+        if play is not None and not _valid_play(play):
+            raise ValueError(f"'play' must be an http(s) URL of at most {MAX_PLAY_URL} characters")
         state = obj.get("state")
         if state is not None and not isinstance(state, dict):
             raise ValueError("'state' must be an object")
@@ -76,6 +86,7 @@ class Chunk:
         interruptible = obj.get("interruptible")
         return cls(
             text=text,
+            play=play,
             interim=obj.get("interim") is True,
             hangup=obj.get("hangup") is True,
             transfer=transfer,
@@ -83,6 +94,16 @@ class Chunk:
             state=state,
             interruptible=interruptible if isinstance(interruptible, bool) else None,
         )
+
+
+def _valid_play(url: Any) -> bool:
+    if not isinstance(url, str) or not 0 < len(url) <= MAX_PLAY_URL:
+        return False
+    try:
+        parsed = yarl.URL(url)
+    except ValueError:
+        return False
+    return parsed.scheme in ("http", "https") and bool(parsed.host) and parsed.is_absolute()
 
 
 def _valid_dtmf(digits: str) -> bool:

@@ -6,6 +6,7 @@ import asyncio
 import time
 
 import pytest
+from aiohttp import web
 from sqlalchemy import select
 
 from relay.metrics import REGISTRY
@@ -328,8 +329,6 @@ async def test_hangup_chunk_ends_the_call_after_speaking(aiohttp_server, engine,
 
 
 def web_json(obj):
-    from aiohttp import web
-
     return web.json_response(obj)
 
 
@@ -395,3 +394,77 @@ async def test_a_segment_with_nothing_to_say_is_skipped_without_a_pause(
     assert "okay" in heard and "table" in heard and "friday" in heard
     problems = [e for e in await _events(sqlite_db, call_id) if e[1] in ("warning", "error")]
     assert problems == []
+
+
+async def test_a_play_chunk_plays_its_clip_between_the_words_around_it(
+    aiohttp_server, engine, sqlite_db, http
+):
+    """The clip comes from the developer's server (fetched once, then cached), is played
+    where its chunk was, and the words after it follow; the transcript keeps the words only;
+    a clip that cannot be played is skipped with one warning and the reply goes on."""
+    from tests.engine.test_playback import tone, wav_bytes
+
+    line = RecordingLine()
+    hits: list[str] = []
+
+    async def clip(request):
+        hits.append(request.match_info["name"])
+        if request.match_info["name"] != "chime.wav":
+            raise web.HTTPNotFound()
+        return web.Response(body=wav_bytes(tone(1000.0, 1.0)), content_type="audio/wav")
+
+    files = web.Application()
+    files.router.add_get("/{name}", clip)
+    server = await aiohttp_server(files)
+
+    async def reply(request, payload):
+        resp = await ndjson_start(request)
+        await ndjson_line(resp, {"text": "Please hold for the music.", "interim": True})
+        await ndjson_line(resp, {"play": str(server.make_url("/chime.wav")), "interim": True})
+        await ndjson_line(resp, {"play": str(server.make_url("/gone.wav")), "interim": True})
+        await ndjson_line(resp, {"text": "Thank you for holding."})
+        await resp.write_eof()
+        return resp
+
+    hook = Hook(reply)
+    url = await start_hook(aiohttp_server, hook)
+    call_id = await make_call(sqlite_db)
+    handle = await engine.start_call(call_setup(call_id, url, tts="piper"), line, sqlite_db, http)
+    for _ in range(2):  # the second reply's clip comes from the cache
+        pressed = time.perf_counter()
+        await _dtmf(handle, "#")
+        await line.wait_audio(pressed)
+        await line.wait_quiet(1.5)
+    await handle.end()
+
+    assert sorted(hits) == ["chime.wav", "gone.wav", "gone.wav"]  # the chime was fetched once
+    # Where the line carried the 1 kHz tone, and where it carried speech.
+    frames = line.loud_frames()
+    toned = [t for t, f in frames if _tone_share(f, 1000.0) > 0.8]
+    spoken = [t for t, f in frames if _tone_share(f, 1000.0) < 0.3]
+    assert 0.8 * 2 < len(toned) * 0.02 < 1.2 * 2  # two one-second chimes
+    first_chime = [t for t in toned if t < toned[0] + 1.5]
+    before = [t for t in spoken if t < first_chime[0]]
+    after = [t for t in spoken if first_chime[-1] < t < first_chime[-1] + 5.0]
+    assert before and after  # words, then the chime, then words
+    heard_before = transcribe(line.audio(0.0, first_chime[0])).lower()
+    heard_after = transcribe(line.audio(first_chime[-1] + 0.05, first_chime[-1] + 4.0)).lower()
+    assert "hold" in heard_before and "thank" in heard_after
+    async with sqlite_db.session() as s:
+        segs = (await s.scalars(select(TranscriptSegment).order_by(TranscriptSegment.seq))).all()
+    agent = [g.text for g in segs if g.speaker == "agent"]
+    assert agent == ["Please hold for the music. Thank you for holding."] * 2
+    failed = [e for e in await _events(sqlite_db, call_id) if e[1] == "warning"]
+    assert [(e[0], e[3]["reason"], e[3]["cause"]) for e in failed] == [
+        ("webhook", "play_failed", "http_status")
+    ] * 2
+
+
+def _tone_share(frame, hz, rate=8000):
+    """How much of a frame's energy is within 60 Hz of ``hz``."""
+    import numpy as np
+
+    spectrum = np.abs(np.fft.rfft(frame.astype(np.float64))) ** 2
+    freqs = np.fft.rfftfreq(len(frame), 1 / rate)
+    total = spectrum.sum()
+    return float(spectrum[np.abs(freqs - hz) < 60].sum() / total) if total else 0.0

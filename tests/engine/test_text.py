@@ -82,3 +82,12 @@ def test_plan_interruptible_by_text_range():
 def test_speakable_needs_a_letter_or_a_digit():
     assert not any(speakable(t) for t in (".", " ... ", "?!", "", "—"))
     assert all(speakable(t) for t in ("Okay.", "42", "Ça va?"))
+
+
+def test_a_clip_mark_is_a_segment_of_its_own_and_ends_the_text_before_it():
+    from relay.turns import PLAY_MARK
+
+    ready, rest = split_ready(f"Here it is{PLAY_MARK}And that was it. Then")
+    assert (ready, rest) == (["Here it is", PLAY_MARK, "And that was it. "], "Then")
+    ready, rest = split_ready(f"One. {PLAY_MARK}{PLAY_MARK}")
+    assert (ready, rest) == (["One. ", PLAY_MARK, PLAY_MARK], "")

@@ -168,3 +168,22 @@ async def test_lines_after_the_final_chunk_are_ignored_with_an_event(
     # The webhook is told what the call was created with.
     assert seen[0]["data"]["variables"] == {"customer": "Ann"}
     assert seen[0]["data"]["metadata"] == {"crm": 7}
+
+
+async def test_only_a_play_chunk_puts_a_clip_in_the_reply(aiohttp_server, sqlite_db, http):
+    """The character that stands for a clip is taken out of a reply's text: a webhook cannot
+    make the speaker wait for a clip it never asked for."""
+    from relay.turns import PLAY_MARK
+
+    async def reply(request, payload):
+        resp = await ndjson_start(request)
+        await ndjson_line(resp, {"text": f"One{PLAY_MARK} two.", "interim": True})
+        await ndjson_line(resp, {"play": "https://cdn.example.com/a.wav", "interim": True})
+        await ndjson_line(resp, {"text": "Three."})
+        await resp.write_eof()
+        return resp
+
+    plan, events, turns = await run_turn(aiohttp_server, sqlite_db, http, reply)
+    assert plan.text == f"One two.{PLAY_MARK}Three."
+    assert list(plan.plays) == [("https://cdn.example.com/a.wav", None)]  # no speaker here
+    assert events == [] and turns.failures == 0

@@ -353,3 +353,27 @@ async def test_a_stream_still_open_after_its_final_chunk_is_not_waited_for(aioht
     t = turn(await start(aiohttp_server, handler), timeout=5.0)
     chunks = await asyncio.wait_for(collect(t), 3)
     assert [c.text for c in chunks] == ["Done."] and t.timing.ignored_lines == 0
+
+
+def test_a_play_chunk_carries_an_http_url():
+    chunk = Chunk.parse({"play": "https://cdn.example.com/hold.wav", "interim": True})
+    assert (chunk.play, chunk.text, chunk.interim) == ("https://cdn.example.com/hold.wav", "", True)
+    assert Chunk.parse({"text": "hi"}).play is None
+
+
+@pytest.mark.parametrize(
+    "play",
+    [
+        "ftp://cdn.example.com/hold.wav",
+        "file:///etc/passwd",
+        "/hold.wav",
+        "https://",
+        "",
+        "https://cdn.example.com/" + "a" * 2048,
+        42,
+        ["https://cdn.example.com/hold.wav"],
+    ],
+)
+def test_a_play_chunk_that_is_not_an_http_url_is_refused(play):
+    with pytest.raises(ValueError, match="'play' must be an http"):
+        Chunk.parse({"play": play})
