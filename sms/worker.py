@@ -182,7 +182,8 @@ async def _conversation_free(session: AsyncSession, conversation_id: str) -> boo
     until the transaction ends. The conversation's row lock orders the nodes' claims (and
     waits for texts being stored, which take it too); then, in a statement of its own (a
     fresh snapshot), a claim younger than the sweeper's timeout means a node is at work,
-    and it answers in order what it claimed. Texts that reach another node meanwhile stay
+    and it answers in order what it claimed (a dead node's claims are put back by the node
+    that takes it over). Texts that reach another node meanwhile stay
     pending for the next claim."""
     await session.execute(
         select(_conversations.c.id).where(_conversations.c.id == conversation_id).with_for_update()
