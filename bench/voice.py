@@ -30,6 +30,14 @@ the first step that fails: capacity is the most calls whose voice-to-voice p90 s
     .venv/bin/python bench/voice.py --calls 8 --no-ramp
     .venv/bin/python bench/voice.py --quick               # 1 call, 1 turn: a smoke run
     .venv/bin/python bench/voice.py --carrier plivo       # the same over Plivo's protocol
+    .venv/bin/python bench/voice.py --workers 1 2         # relay serve --workers 1, then 2
+
+``--workers 1 2`` runs the whole benchmark once per count, in turn, in one run, each on a
+fresh PostgreSQL schema (``--database-url``, default the local test database; SQLite allows
+one worker): ``relay serve --workers N``, whose N nodes share the port. Each worker loads its
+speech models on its first call, so the warm-up places calls until every node has run one
+(``GET /v1/nodes`` says which node runs which). The relay's CPU and RSS are those of all its
+processes (the parent that only watches included; RSS counts pages they share once each).
 
 With ``--carrier plivo`` the number is a Plivo number of a project's carrier account at a
 fake Plivo in this process (:mod:`relay.handset.fake_plivo`): each call is asked of the
@@ -44,6 +52,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import gc
 import json
 import os
@@ -73,6 +82,10 @@ from relay.handset.fake_plivo import FakePlivo, PlivoHandset  # noqa: E402
 from relay.secretbox import new_key  # noqa: E402
 
 PLIVO_AUTH_ID, PLIVO_TOKEN = "MA" + "B" * 18, "benchplivotoken" + "0" * 20
+BENCH_PROJECT = "bench"  # the project harness.create_key makes the key in
+# Warm-up rounds (a call per worker each) before giving up on a worker the kernel never
+# handed a call: its first measured call then loads its models.
+WARM_ROUNDS = 6
 
 # The callers' lines. Piper pauses 320-440 ms at some commas ("Thank you, that is..."):
 # at 400 ms endpointing the relay rightly takes such a pause for the end of the turn, answers
@@ -277,7 +290,7 @@ class Bench:
         machine1 = harness._machine_cpu_seconds()
         if machine0 is not None and machine1 is not None:
             result.machine_cpu_pct = round(100 * (machine1 - machine0) / result.seconds, 1)
-        rss, peak = harness._rss_mib(pid)
+        rss, peak = relay_rss_mib(pid)
         result.relay_rss_mib, result.relay_peak_rss_mib = round(rss, 1), round(peak, 1)
 
         reports = [r for r in outcomes if isinstance(r, CallReport)]
@@ -331,6 +344,62 @@ class Bench:
         result.jitter_max_ms = round(max(jitter), 1) if jitter else None
         result.stalls = sum(g >= STALL_MS for g, _ in gaps)
         return result
+
+
+def relay_rss_mib(pid: int) -> tuple[float, float]:
+    """(current, peak) RSS of ``relay serve`` and its workers, summed."""
+    pids = [pid]
+    try:
+        import psutil
+    except ImportError:  # the one process, as bench/api.py reads it
+        psutil = None
+    if psutil is not None:
+        with contextlib.suppress(psutil.Error):
+            pids += [p.pid for p in psutil.Process(pid).children(recursive=True)]
+    rss = peak = 0.0
+    for each in pids:
+        try:
+            now, most = harness._rss_mib(each)
+        except OSError:  # a worker gone between the listing and the read
+            continue
+        rss, peak = rss + now, peak + most
+    return rss, peak
+
+
+async def nodes_running_calls(server: harness.Server, key: str, seen: set[str]) -> set[str]:
+    """Every node of the relay; adds to ``seen`` those that run a call, until cancelled."""
+    headers = {"Authorization": f"Bearer {key}"}
+    every: set[str] = set()
+    async with aiohttp.ClientSession(base_url=server.base, headers=headers) as http:
+        while True:
+            async with http.get("/v1/nodes") as resp:
+                if resp.status != 200:
+                    raise RuntimeError(f"GET /v1/nodes: {resp.status} {await resp.text()}")
+                for node in (await resp.json())["data"]:
+                    every.add(node["id"])
+                    if node["liveCalls"] > 0:
+                        seen.add(node["id"])
+            await asyncio.sleep(0.1)
+            if seen and seen >= every:
+                return every
+
+
+async def warm_up(bench: Bench, key: str, workers: int) -> str:
+    """The first call of each worker loads and warms its models: not counted. Returns what
+    was done, for the report."""
+    if workers == 1:
+        await bench.step(1, 1, 0.0)
+        return "warm-up call done"
+    seen: set[str] = set()
+    for round_ in range(1, WARM_ROUNDS + 1):
+        watch = asyncio.create_task(nodes_running_calls(bench.server, key, seen))
+        await bench.step(workers, 1, 0.0)
+        done = watch.done()
+        watch.cancel()
+        await asyncio.gather(watch, return_exceptions=True)
+        if done:
+            return f"warm-up: every one of {workers} workers ran a call ({round_} rounds)"
+    return f"warm-up: only {len(seen)} of {workers} workers got a call in {WARM_ROUNDS} rounds"
 
 
 # --- setup ----------------------------------------------------------------------------
@@ -397,9 +466,13 @@ async def provision(server: harness.Server, key: str, webhook_url: str, carrier:
         return number
 
 
-def relay_env(url: str, schema: str, port: int, args: argparse.Namespace) -> dict[str, str]:
-    env = harness._relay_env(url, schema, port)
+def relay_env(
+    url: str, schema: str, port: int, args: argparse.Namespace, workers: int = 1
+) -> dict[str, str]:
+    env = harness._relay_env(url, schema, port, workers)
     env.update(
+        # The bench's key may list the nodes, so the warm-up sees which worker ran a call.
+        RELAY_ADMIN_PROJECTS=BENCH_PROJECT,
         RELAY_ALLOW_PRIVATE_WEBHOOKS="true",
         RELAY_SIM_ENABLED="true",
         RELAY_ENDPOINTING_DELAY_MS=str(args.endpointing_ms),
@@ -422,7 +495,9 @@ async def fake_plivo(port: int) -> tuple[FakePlivo, web.AppRunner]:
     return fake, runner
 
 
-async def run(server: harness.Server, key: str, args: argparse.Namespace) -> dict[str, Any]:
+async def run(
+    server: harness.Server, key: str, args: argparse.Namespace, workers: int = 1
+) -> dict[str, Any]:
     hook = InstantWebhook()
     await hook.start()
     plivo, plivo_runner = (None, None)
@@ -436,9 +511,7 @@ async def run(server: harness.Server, key: str, args: argparse.Namespace) -> dic
             # garbage collections short, or they show up as the relay's jitter.
             gc.freeze()
             bench = Bench(server, key, number, wavs, hook, plivo)
-            # The first call of a process loads and warms the models: not counted.
-            await bench.step(1, 1, 0.0)
-            print("  (warm-up call done)", flush=True)
+            print(f"  ({await warm_up(bench, key, workers)})", flush=True)
             main = await bench.step(args.calls, args.turns, args.stagger)
             print_step("load", main, detail=True)
             ramp: list[Step] = []
@@ -464,6 +537,7 @@ async def run(server: harness.Server, key: str, args: argparse.Namespace) -> dic
             await plivo_runner.cleanup()
     return {
         "benchmark": "voice",
+        "workers": workers,
         "carrier": args.carrier,
         "endpointing_ms": args.endpointing_ms,
         "webhook_turns": hook.turns,
@@ -541,6 +615,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--relay-log", type=Path, help="keep the relay's log in this file")
     parser.add_argument("--quick", action="store_true", help="1 call, 1 turn, no ramp")
     parser.add_argument(
+        "--workers",
+        type=int,
+        nargs="+",
+        default=[1],
+        help="relay serve --workers, each in turn (e.g. 1 2: one then two, same run; "
+        "above 1 on PostgreSQL only)",
+    )
+    parser.add_argument(
         "--carrier",
         choices=["sim", "plivo"],
         default="sim",
@@ -555,6 +637,14 @@ def main(argv: list[str] | None = None) -> int:
         args.calls, args.turns, args.ramp = 1, 1, False
     if args.calls < 1 or args.turns < 1 or args.stagger < 0:
         print("error: --calls and --turns must be >= 1, --stagger >= 0", file=sys.stderr)
+        return 2
+    if max(args.workers) > 1:
+        if args.database_url and args.database_url.startswith("sqlite"):
+            print("error: --workers above 1 needs PostgreSQL (--database-url)", file=sys.stderr)
+            return 2
+        args.database_url = args.database_url or harness.DEFAULT_PG_DSN
+    if min(args.workers) < 1:
+        print("error: --workers must be >= 1", file=sys.stderr)
         return 2
     args.plivo_port = harness._free_port()
     cores = os.cpu_count() or 1
@@ -575,31 +665,68 @@ def main(argv: list[str] | None = None) -> int:
         "on the same cores, and so does anything else running here.",
         flush=True,
     )
+    summaries = [run_workers(args, workers) for workers in args.workers]
+    for summary in summaries:
+        if summary["capacity_calls"] is not None:
+            print(
+                f"\n  capacity, {summary['workers']} worker(s): "
+                f"{summary['capacity_calls']} simultaneous calls"
+            )
+        for step in [summary["load"], *summary["ramp"]]:
+            step.pop("latencies_ms", None)
+    if len(summaries) > 1:
+        print_comparison(summaries)
+        print(json.dumps({"benchmark": "voice", "runs": summaries}, separators=(",", ":")))
+    else:
+        print(json.dumps(summaries[0], separators=(",", ":")))
+    loads = [summary["load"] for summary in summaries]
+    return 1 if any(load["unanswered"] or load["failed_calls"] for load in loads) else 0
+
+
+def run_workers(args: argparse.Namespace, workers: int) -> dict[str, Any]:
+    """The benchmark against ``relay serve --workers workers`` on a fresh database."""
     with database(args.database_url) as (url, schema):
         with tempfile.TemporaryDirectory(prefix="relay-bench-") as tmp:
             workdir = Path(tmp)
             port = harness._free_port()
-            env = relay_env(url, schema, port, args)
-            key = harness.create_key(env, workdir)
-            print(f"  database {url}" + (f" (schema {schema})" if schema else ""), flush=True)
+            env = relay_env(url, schema, port, args, workers)
+            key = harness.create_key(env, workdir, project=BENCH_PROJECT)
+            where = url + (f" (schema {schema})" if schema else "")
+            print(f"\n[{workers} worker(s)] database {where}", flush=True)
             server = harness.Server(env, port, workdir)
             try:
-                summary = asyncio.run(run(server, key, args))
+                summary = asyncio.run(run(server, key, args, workers))
+                summary["load_average_end"] = round(os.getloadavg()[0], 2)
+                return summary
             except BaseException:
                 print(server.log_tail(), file=sys.stderr)
                 raise
             finally:
                 server.stop()
                 if args.relay_log:
-                    shutil.copyfile(server.log_path, args.relay_log)
-    if summary["capacity_calls"] is not None:
-        print(f"\n  capacity: {summary['capacity_calls']} simultaneous calls")
-    for step in [summary["load"], *summary["ramp"]]:
-        step.pop("latencies_ms", None)
-    summary["load_average_end"] = round(os.getloadavg()[0], 2)
-    print(json.dumps(summary, separators=(",", ":")))
-    main_step = summary["load"]
-    return 1 if main_step["unanswered"] or main_step["failed_calls"] else 0
+                    log = args.relay_log
+                    if len(args.workers) > 1:
+                        log = log.with_name(f"{log.stem}.{workers}w{log.suffix}")
+                    shutil.copyfile(server.log_path, log)
+
+
+def print_comparison(summaries: list[dict[str, Any]]) -> None:
+    """The worker counts side by side, each against the first."""
+    base = summaries[0]
+    print(f"\n  by workers (each against {base['workers']} worker(s), same run):")
+    for summary in summaries:
+        load = summary["load"]
+        line = (
+            f"    {summary['workers']} worker(s): load step {load['calls']} calls, voice to "
+            f"voice p50 {_ms(load['v2v_p50_ms']).strip()} ms, p90 "
+            f"{_ms(load['v2v_p90_ms']).strip()} ms; relay CPU {load['relay_cpu_pct']:.0f}%"
+        )
+        capacity, first = summary["capacity_calls"], base["capacity_calls"]
+        if capacity is not None:
+            line += f"; capacity {capacity} calls"
+            if first:
+                line += f" ({capacity / first:.2f}x)"
+        print(line, flush=True)
 
 
 if __name__ == "__main__":

@@ -56,6 +56,7 @@ from relay.calls.live import VoiceEngine
 from relay.calls.media import MEDIA, MediaRuntime
 from relay.calls.outbound import DIALLER, Dialler
 from relay.calls.recordings import RECORDINGS, RecordingWorker
+from relay.calls.recordings import abandon_claims as abandon_recordings
 from relay.calls.recovery import RECOVERY, Recovery
 from relay.carriers import CarrierRegistry
 from relay.carriers.plivo import PlivoCarrier
@@ -182,6 +183,8 @@ def _build_workers(
         take_over=(
             lambda dead: _deliveries_of(app, dead),
             lambda dead: release_analyses(db, dead),
+            lambda dead: app[SMS].take_over(dead),
+            lambda dead: abandon_recordings(db, settings, dead),
         ),
     )
     app[COMMANDS] = CommandBus(db, node_id, lambda kind, call_id: _command(app, kind, call_id))

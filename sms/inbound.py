@@ -40,6 +40,7 @@ class Receiving(Protocol):
     db: Database
     queues: ConversationQueues[SmsRow]
     read_ahead: dict[str, TurnInputs]
+    node_id: str
 
     @property
     def claims_on_receipt(self) -> bool: ...
@@ -112,6 +113,7 @@ async def receive(
         encoding=seg.encoding,
         work="claimed" if svc.claims_on_receipt else "pending",
         claimed_at=now if svc.claims_on_receipt else None,
+        claimed_by=svc.node_id if svc.claims_on_receipt else None,
         created_at=now,
         updated_at=now,
     )

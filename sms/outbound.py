@@ -51,6 +51,7 @@ class Sending(Protocol):
 
     db: Database
     carriers: dict[str, Carrier]
+    node_id: str  # what this process's claims name (RELAY_NODE_ID)
 
     def status_callback_url(self, msg: SmsRow) -> str | None: ...
     async def carrier_for(self, msg: SmsRow) -> TextCarrier | None: ...
@@ -90,9 +91,10 @@ def outbound_row(
     to_number: str,
     text: str,
     in_reply_to: str | None = None,
+    claimed_by: str,
 ) -> dict[str, Any]:
-    """A ``queued`` text's row, claimed by the caller (who delivers it right after
-    committing)."""
+    """A ``queued`` text's row, claimed by the caller, node ``claimed_by`` (who delivers it
+    right after committing)."""
     now = utcnow()
     seg = segment(text)
     return message_row(
@@ -114,6 +116,7 @@ def outbound_row(
         encoding=seg.encoding,
         work="claimed",
         claimed_at=now,
+        claimed_by=claimed_by,
         created_at=now,
         updated_at=now,
     )

@@ -5,11 +5,14 @@ The service sits above the paths it runs: ``sms.worker``, ``sms.inbound`` and
 ``sms.outbound`` each declare the little of it they use as a protocol (``Answering``,
 ``Receiving``, ``Sending``), so none of them imports this module.
 
-Recovery: work is ``pending`` until a worker claims it. At start-up every pending message is
-queued again, and so is every claimed one whose claim is older than
-:data:`CLAIM_TIMEOUT_SECONDS` (on SQLite, which one process owns, every claimed one: its
-claimer is gone). A clean shutdown puts unfinished claims back to ``pending`` itself. While
-running, the sweeper repeats this every :data:`SWEEP_SECONDS` for work other nodes left.
+Recovery: work is ``pending`` until a worker claims it; a claim names its node
+(``claimed_by``). At start-up every pending message is queued again, and so is every claimed
+one this node's previous life held or whose claim is older than :data:`CLAIM_TIMEOUT_SECONDS`
+(on SQLite, which one process owns, every claimed one: its claimer is gone). A clean shutdown
+puts unfinished claims back to ``pending`` itself. A node that dies has its claims put back
+by the survivor that takes it over (:meth:`SmsService.take_over`, within
+``RELAY_NODE_TIMEOUT_SECONDS``); the claim's age is the fallback, which the sweeper checks
+every :data:`SWEEP_SECONDS`.
 
 Overload: every text costs the relay CPU on its one event loop. When texts come faster than
 that loop can answer them, its callbacks run later and later (the loop's lag grows), and so
@@ -34,7 +37,7 @@ from datetime import timedelta
 
 import aiohttp
 from aiohttp import web
-from sqlalchemy import select, update
+from sqlalchemy import or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from relay.carriers import Carrier
@@ -90,6 +93,7 @@ class SmsService:
     ) -> None:
         self.settings = settings
         self.db = db
+        self.node_id = settings.effective_node_id()
         self.secret_box = secret_box or SecretBox(settings.encryption_key)
         # Project carrier accounts' Twilio clients, by (AccountSid, token): made on first use.
         self._accounts: dict[tuple[str, str], TwilioSms] = {}
@@ -237,11 +241,14 @@ class SmsService:
         stale = (
             now if startup and self.db.is_sqlite else now - timedelta(seconds=CLAIM_TIMEOUT_SECONDS)
         )
+        abandoned = Message.claimed_at <= stale
+        if startup:  # nothing here has claimed anything yet: what names us is a past life's
+            abandoned = or_(abandoned, Message.claimed_by == self.node_id)
         async with self.writing() as session:
             await session.execute(
                 update(Message)
-                .where(Message.work == "claimed", Message.claimed_at <= stale)
-                .values(work="pending", claimed_at=None)
+                .where(Message.work == "claimed", abandoned)
+                .values(work="pending", claimed_at=None, claimed_by=None)
             )
             pending = select(Message.conversation_id).where(Message.work == "pending")
             if not startup:
@@ -254,6 +261,22 @@ class SmsService:
         if conversations:
             log.info("sms_recovered", conversations=len(conversations), startup=startup)
         return len(conversations)
+
+    async def take_over(self, dead: str) -> int:
+        """Put the texts node ``dead`` had claimed back and answer them here (or wherever
+        their conversation is claimed next), in order. Returns how many."""
+        async with self.writing() as session:
+            rows = await session.execute(
+                update(Message)
+                .where(Message.work == "claimed", Message.claimed_by == dead)
+                .values(work="pending", claimed_at=None, claimed_by=None)
+                .returning(Message.conversation_id)
+                .execution_options(synchronize_session=False)
+            )
+            taken = list(rows.scalars())
+        for conversation_id in set(taken):
+            self.queues.notify(conversation_id)
+        return len(taken)
 
     @property
     def overloaded(self) -> bool:

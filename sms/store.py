@@ -80,6 +80,7 @@ class SmsRow:
     error_message: str | None
     work: str
     claimed_at: datetime | None
+    claimed_by: str | None
     created_at: datetime
     updated_at: datetime
     sent_at: datetime | None

@@ -141,7 +141,7 @@ async def drain(svc: Answering, conversation_id: str, pushed: list[SmsRow], look
     if look:
         async with svc.writing() as session:
             if svc.db.is_sqlite or await _conversation_free(session, conversation_id):
-                batch += await _claim_pending(session, conversation_id)
+                batch += await _claim_pending(session, conversation_id, svc.node_id)
             else:
                 svc.busy_elsewhere(conversation_id)
     # A pushed text whose claim went stale waiting (the sweeper put it back) is claimed
@@ -167,11 +167,11 @@ async def drain(svc: Answering, conversation_id: str, pushed: list[SmsRow], look
             await _give_up(svc, msg, exc)
 
 
-async def _claim_pending(session: AsyncSession, conversation_id: str) -> list[SmsRow]:
+async def _claim_pending(session: AsyncSession, conversation_id: str, node_id: str) -> list[SmsRow]:
     rows = await session.execute(
         update(_messages)
         .where(_messages.c.conversation_id == conversation_id, _messages.c.work == "pending")
-        .values(work="claimed", claimed_at=utcnow())
+        .values(work="claimed", claimed_at=utcnow(), claimed_by=node_id)
         .returning(*_messages.c)
     )
     return list(map(message_of, rows.mappings()))
@@ -182,7 +182,8 @@ async def _conversation_free(session: AsyncSession, conversation_id: str) -> boo
     until the transaction ends. The conversation's row lock orders the nodes' claims (and
     waits for texts being stored, which take it too); then, in a statement of its own (a
     fresh snapshot), a claim younger than the sweeper's timeout means a node is at work,
-    and it answers in order what it claimed. Texts that reach another node meanwhile stay
+    and it answers in order what it claimed (a dead node's claims are put back by the node
+    that takes it over). Texts that reach another node meanwhile stay
     pending for the next claim."""
     await session.execute(
         select(_conversations.c.id).where(_conversations.c.id == conversation_id).with_for_update()
@@ -219,7 +220,7 @@ async def release(svc: Answering, message_ids: list[str]) -> None:
             await session.execute(
                 update(Message)
                 .where(Message.id.in_(message_ids), Message.work == "claimed")
-                .values(work="pending", claimed_at=None)
+                .values(work="pending", claimed_at=None, claimed_by=None)
             )
 
 
@@ -446,6 +447,7 @@ async def _finish(svc: Answering, msg: SmsRow, outcome: Outcome) -> list[SmsRow]
                 to_number=msg.from_number,
                 text=text,
                 in_reply_to=msg.id,
+                claimed_by=svc.node_id,
             )
             insert_at_commit(session, _messages, reply)
             out.append(reply)

@@ -253,6 +253,7 @@ async def send_message(ctx: Context, body: MessageCreate) -> MessageOut:
             from_number=number.phone_number,
             to_number=to,
             text=body.text,
+            claimed_by=svc.node_id,
         )
         insert_at_commit(session, messages, row)
     msg = message_of(row)

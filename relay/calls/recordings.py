@@ -11,7 +11,10 @@ At the end of the call :func:`finish` encodes the file in a worker thread, then 
 Retention: each project keeps recordings ``recording_retention_days`` (30-365, default 90;
 ``PATCH /v1/project``). :class:`RecordingWorker` runs every ``RELAY_RECORDING_PURGE_SECONDS``
 on every node: it deletes older files and marks their rows ``expired``, and fails rows left
-``pending`` by a relay that died before it could encode them.
+``pending`` by a relay that died before it could encode them. A row names the node that
+spools and encodes it (``claimed_by``): when that node dies, the survivor that takes it over
+fails its pending rows at once (:func:`abandon_claims`; the audio spooled in the dead
+process cannot be finished elsewhere), the age check being the fallback.
 """
 
 from __future__ import annotations
@@ -71,6 +74,7 @@ async def open_row(
             status=PENDING,
             path=str(rec.output.relative_to(settings.data_dir)),
             sample_rate=rec.rate,
+            claimed_by=settings.effective_node_id(),
             created_at=utcnow(),
         )
     )
@@ -230,17 +234,35 @@ async def purge_once(db: Database, settings: Settings) -> tuple[int, int]:
                 )
             )
         )
-        for row in stale:
-            row.status, row.error = FAILED, ABANDONED
-            stem = absolute(settings, row).with_suffix("")
-            for leftover in (".agent.pcm", ".caller.pcm", ".ogg.part"):
-                with contextlib.suppress(FileNotFoundError):
-                    stem.with_name(stem.name + leftover).unlink()
-            await log_event(session, row.call_id, "engine", ABANDONED, level="error")
-        abandoned = len(stale)
+        abandoned = await _abandon(session, settings, stale)
     if expired or abandoned:
         log.info("recordings_purged", expired=expired, abandoned=abandoned)
     return expired, abandoned
+
+
+async def _abandon(session: AsyncSession, settings: Settings, rows: list[Recording]) -> int:
+    for row in rows:
+        row.status, row.error = FAILED, ABANDONED
+        stem = absolute(settings, row).with_suffix("")
+        for leftover in (".agent.pcm", ".caller.pcm", ".ogg.part"):
+            with contextlib.suppress(FileNotFoundError):
+                stem.with_name(stem.name + leftover).unlink()
+        await log_event(session, row.call_id, "engine", ABANDONED, level="error")
+    return len(rows)
+
+
+async def abandon_claims(db: Database, settings: Settings, node_id: str) -> int:
+    """Fail the recordings ``node_id`` (a dead node) was spooling or encoding. Returns how
+    many."""
+    async with db.session() as session:
+        rows = list(
+            await session.scalars(
+                select(Recording)
+                .where(Recording.status == PENDING, Recording.claimed_by == node_id)
+                .with_for_update(skip_locked=True)
+            )
+        )
+        return await _abandon(session, settings, rows)
 
 
 class RecordingWorker:

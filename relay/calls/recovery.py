@@ -17,8 +17,9 @@ On startup (:meth:`Recovery.start`) a node
 Then, every third of ``RELAY_NODE_TIMEOUT_SECONDS``, it beats its heartbeat and closes the
 calls of nodes that died since. Every close goes through the state machine, so each one is
 stored, logged and delivered as a ``call.failed`` webhook. A node whose heartbeat stopped
-is then taken over (:data:`TakeOver`: the webhook deliveries and post-call jobs it had
-claimed are due again at once, for any node) and its row removed, so this happens once.
+is then taken over (:data:`TakeOver`: the webhook deliveries, post-call jobs and texts it
+had claimed are due again at once, for any node; its recordings, whose audio died with it,
+are failed) and its row removed, so this happens once.
 """
 
 from __future__ import annotations

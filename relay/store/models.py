@@ -285,7 +285,7 @@ class Recording(Base):
 
     ``pending`` while the call runs and its audio is encoded, then ``ready`` or ``failed``;
     ``expired`` once the retention purge has deleted the file. ``path`` is relative to
-    ``RELAY_DATA_DIR``."""
+    ``RELAY_DATA_DIR``. ``claimed_by`` is the node whose engine spools and encodes it."""
 
     __tablename__ = "recordings"
     __table_args__ = (Index("ix_recordings_due", "status", "created_at"),)
@@ -300,6 +300,7 @@ class Recording(Base):
     duration_ms: Mapped[int | None] = mapped_column(Integer)
     size_bytes: Mapped[int | None] = mapped_column(Integer)
     error: Mapped[str | None] = mapped_column(Text)
+    claimed_by: Mapped[str | None] = mapped_column(String(100))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     ready_at: Mapped[datetime | None] = mapped_column()
     purged_at: Mapped[datetime | None] = mapped_column()
@@ -543,8 +544,9 @@ class Message(Base):
     """One text, either way. ``seq`` orders a conversation's messages as they arrived.
 
     ``work`` is the durable to-do flag: ``pending`` (an inbound text not yet answered, an
-    outbound one not yet handed to its carrier), ``claimed`` (a worker is on it since
-    ``claimed_at``) or ``done``. A restart picks up what is not ``done``."""
+    outbound one not yet handed to its carrier), ``claimed`` (node ``claimed_by`` is on it
+    since ``claimed_at``) or ``done``. A restart picks up what is not ``done``; a survivor
+    takes a dead node's claims over."""
 
     __tablename__ = "messages"
     __table_args__ = (
@@ -579,6 +581,7 @@ class Message(Base):
     error_message: Mapped[str | None] = mapped_column(Text)
     work: Mapped[str] = mapped_column(String(10), default="done")  # pending | claimed | done
     claimed_at: Mapped[datetime | None] = mapped_column()
+    claimed_by: Mapped[str | None] = mapped_column(String(100))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow)
     sent_at: Mapped[datetime | None] = mapped_column()

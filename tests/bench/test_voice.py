@@ -41,3 +41,28 @@ def test_quick_run_measures_one_answered_turn(database_url):
     # the relay heard the caller: the first line books a table
     assert any("table" in t.lower() for t in summary["sample_transcripts"])
     assert "voice to voice ms p50" in done.stdout
+
+
+def test_quick_run_with_two_workers_warms_both_and_compares_the_counts():
+    command = [sys.executable, str(ROOT / "bench" / "voice.py"), "--quick", "--workers", "1", "2"]
+    command += ["--database-url", PG_DSN]
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    summary = json.loads(done.stdout.strip().splitlines()[-1])
+
+    assert [run["workers"] for run in summary["runs"]] == [1, 2]
+    for run in summary["runs"]:
+        load = run["load"]
+        answered = (load["calls"], load["turns"], load["unanswered"], load["failed_calls"])
+        assert answered == (1, 1, 0, 0)
+        assert load["call_warnings"] == 0, load["errors"]
+    assert "every one of 2 workers ran a call" in done.stdout
+    assert "by workers (each against 1 worker(s), same run)" in done.stdout
+
+
+def test_several_workers_are_refused_on_sqlite():
+    command = [sys.executable, str(ROOT / "bench" / "voice.py"), "--quick", "--workers", "2"]
+    command += ["--database-url", "sqlite+aiosqlite:///unused.db"]
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2
+    assert "--workers above 1 needs PostgreSQL" in done.stderr

@@ -21,11 +21,11 @@ from relay.api.recordings import TOKEN_PURPOSE
 from relay.calls import recordings
 from relay.calls.inbound import MEDIA_TOKEN_PURPOSE
 from relay.calls.lifecycle import transition
-from relay.calls.recovery import lock_call
+from relay.calls.recovery import RECOVERY, lock_call
 from relay.config import Settings
 from relay.engine.recording import StereoRecorder
 from relay.state import APP_STATE
-from relay.store.models import Call, CallEvent, LifecycleEvent, Recording, utcnow
+from relay.store.models import Call, CallEvent, LifecycleEvent, Recording, RelayNode, utcnow
 
 RATE = 8000
 
@@ -332,6 +332,25 @@ async def test_a_recording_left_pending_by_a_dead_relay_is_failed(client, auth, 
     body = await get_recording(client, auth, call["id"])
     assert body["status"] == "failed" and body["error"] == recordings.ABANDONED
     assert not rec.left.path.exists() and not rec.right.path.exists()
+
+
+async def test_a_dead_nodes_recordings_are_failed_when_it_is_buried(client, auth, database):
+    call = await new_call(client, auth)
+    rec = await record(client, database, call["id"])  # spooled, never encoded: its node died
+    long_ago = utcnow() - timedelta(minutes=5)
+    async with database.session() as session:
+        row = await session.get(Recording, call["id"])
+        assert row.claimed_by == client.app[APP_STATE].settings.effective_node_id()
+        row.claimed_by = "node-dead"
+        session.add(RelayNode(id="node-dead", started_at=long_ago, heartbeat_at=long_ago))
+    other = await new_call(client, auth)
+    await record(client, database, other["id"])  # this live node's: left alone
+
+    assert await client.app[RECOVERY].bury() == ["node-dead"]
+    body = await get_recording(client, auth, call["id"])
+    assert body["status"] == "failed" and body["error"] == recordings.ABANDONED
+    assert not rec.left.path.exists() and not rec.right.path.exists()
+    assert (await get_recording(client, auth, other["id"]))["status"] == "pending"
 
 
 async def test_the_purge_worker_runs_with_the_app(database, app_client, raw_key, tmp_path):

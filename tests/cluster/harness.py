@@ -1,4 +1,6 @@
-"""Real ``relay serve`` processes on one PostgreSQL schema, for the tests of several nodes."""
+"""Real ``relay serve`` processes on one database, for the tests that start, kill and restart
+them: several nodes on one PostgreSQL schema (tests/cluster), or one node restarted on SQLite
+or PostgreSQL (tests/events/test_crash_recovery.py)."""
 
 from __future__ import annotations
 
@@ -30,10 +32,11 @@ async def node_env(database: Database, tmp_path: Path, **extra: str) -> dict[str
     """The environment every node of one deployment shares (the port is per node)."""
     out = {k: v for k, v in os.environ.items() if not k.startswith("RELAY_")}
     out["RELAY_DATABASE_URL"] = database.url
-    async with database.engine.connect() as conn:
-        out["RELAY_DATABASE_SCHEMA"] = (
-            await conn.execute(text("SELECT current_schema()"))
-        ).scalar_one()
+    if not database.is_sqlite:
+        async with database.engine.connect() as conn:
+            out["RELAY_DATABASE_SCHEMA"] = (
+                await conn.execute(text("SELECT current_schema()"))
+            ).scalar_one()
     out.update(
         RELAY_DATA_DIR=str(tmp_path / "data"),
         RELAY_ALLOW_PRIVATE_WEBHOOKS="true",
@@ -50,7 +53,8 @@ async def node_env(database: Database, tmp_path: Path, **extra: str) -> dict[str
 
 
 class Node:
-    """One ``relay serve`` (with its workers, if asked for) on a port of its own."""
+    """One ``relay serve`` (with its workers, if asked for) on a port of its own, which it
+    keeps when started again."""
 
     def __init__(self, env: dict[str, str], log: Path, name: str, *args: str) -> None:
         self.port = free_port()

@@ -4,118 +4,23 @@ every event arrives, duplicates carry the same webhook-id, live calls are closed
 from __future__ import annotations
 
 import asyncio
-import os
-import signal
-import socket
-import sys
 from collections import defaultdict
-from pathlib import Path
-from typing import Any
 
 import aiohttp
-import pytest
 from aiohttp import web
-from sqlalchemy import text
 
 from relay.auth import create_key
+from tests.cluster.harness import Node, api, node_env
 from tests.events.receiver import Received, Receiver
 
-RELAY_SCRIPT = Path(sys.executable).with_name("relay")
-RELAY = [str(RELAY_SCRIPT)] if RELAY_SCRIPT.exists() else [sys.executable, "-m", "relay.cli"]
 ORDER = ["call.queued", "call.connecting", "call.ringing", "call.in_progress", "call.failed"]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@pytest.fixture
-async def env(database, tmp_path) -> dict[str, str]:
-    out = {k: v for k, v in os.environ.items() if not k.startswith("RELAY_")}
-    out["RELAY_DATABASE_URL"] = database.url
-    if not database.is_sqlite:
-        async with database.engine.connect() as conn:
-            out["RELAY_DATABASE_SCHEMA"] = (
-                await conn.execute(text("SELECT current_schema()"))
-            ).scalar_one()
-    out.update(
-        RELAY_DATA_DIR=str(tmp_path / "data"),
-        RELAY_ALLOW_PRIVATE_WEBHOOKS="true",
-        RELAY_NODE_ID="node-under-test",
-        RELAY_WEBHOOK_RETRY_SCHEDULE="0,100ms,100ms,100ms,100ms,100ms",
-        RELAY_WEBHOOK_DELIVERY_TIMEOUT_SECONDS="60",
-        RELAY_OUTBOUND_RING_TIMEOUT_SECONDS="600",
-        RELAY_SIGNING_SECRET="kill-test",
-        RELAY_LOG_LEVEL="WARNING",
-        RELAY_PORT=str(free_port()),
-    )
-    return out
-
-
-class Relay:
-    def __init__(self, env: dict[str, str], log: Path) -> None:
-        self.env = env
-        self.log = log
-        self.base = f"http://127.0.0.1:{env['RELAY_PORT']}"
-        self.proc: asyncio.subprocess.Process | None = None
-
-    async def start(self) -> None:
-        with self.log.open("ab") as sink:
-            self.proc = await asyncio.create_subprocess_exec(
-                *RELAY, "serve", env=self.env, stdout=sink, stderr=sink
-            )
-        async with aiohttp.ClientSession() as http:
-            for _ in range(300):
-                assert self.proc.returncode is None, self.log.read_text()[-3000:]
-                try:
-                    async with http.get(f"{self.base}/healthz") as resp:
-                        if resp.status == 200:
-                            return
-                except aiohttp.ClientConnectionError:
-                    pass
-                await asyncio.sleep(0.1)
-        pytest.fail("relay serve did not start within 30 s")
-
-    async def kill(self) -> None:
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGKILL)
-        assert await asyncio.wait_for(self.proc.wait(), 10) == -signal.SIGKILL
-
-    async def stop(self) -> None:
-        if self.proc is not None and self.proc.returncode is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                await asyncio.wait_for(self.proc.wait(), 30)
-            except TimeoutError:
-                self.proc.kill()
-                await self.proc.wait()
-
-
-async def api(
-    http: aiohttp.ClientSession,
-    relay: Relay,
-    key: str,
-    method: str,
-    path: str,
-    body: Any = None,
-    status: int = 200,
-) -> Any:
-    async with http.request(
-        method, relay.base + path, json=body, headers={"Authorization": f"Bearer {key}"}
-    ) as resp:
-        assert resp.status == status, await resp.text()
-        return await resp.json()
 
 
 def arrived(got: list[Received], call_id: str, type_: str) -> bool:
     return any(r.call_id == call_id and r.type == type_ for r in got)
 
 
-async def test_a_relay_killed_mid_delivery_delivers_everything_after_restart(
-    env, database, tmp_path
-):
+async def test_a_relay_killed_mid_delivery_delivers_everything_after_restart(database, tmp_path):
     release = asyncio.Event()
     hold_failed: set[str] = set()  # calls whose call.failed delivery the receiver sits on
     known: set[str] | None = None  # once set, the first delivery of any other call is held
@@ -129,7 +34,10 @@ async def test_a_relay_killed_mid_delivery_delivers_everything_after_restart(
 
     receiver = Receiver(answer)
     await receiver.start()
-    relay = Relay(env, tmp_path / "relay.log")
+    # The delivery's own lease (2 x 60 + 5 s) would run out long after the test: what sends
+    # the held deliveries again is the restart's recovery.
+    env = await node_env(database, tmp_path, RELAY_WEBHOOK_DELIVERY_TIMEOUT_SECONDS="60")
+    relay = Node(env, tmp_path / "relay.log", "node-under-test")
     try:
         await relay.start()
         async with database.session() as session:

@@ -8,7 +8,8 @@ from datetime import timedelta
 
 from sqlalchemy import select, update
 
-from relay.store.models import Message, utcnow
+from relay.calls.recovery import RECOVERY
+from relay.store.models import Message, RelayNode, utcnow
 from tests.sms.conftest import HANDSET, eventually, make_agent, sim_text, sms_of
 
 
@@ -82,3 +83,50 @@ async def test_a_fresh_claim_of_another_node_is_left_alone(client, auth, hook, d
     svc.queues._closed = False
     assert await svc.recover() == 0  # a running sweep: the claim is young, its node is alive
     assert await work_of(database, got["messageId"]) == "claimed"
+
+
+async def test_a_dead_nodes_claims_are_taken_over_when_it_is_buried(client, auth, hook, database):
+    agent = await make_agent(client, auth, hook)
+    svc = sms_of(client)
+    svc.queues._closed = True
+    dead = await sim_text(client, auth, agent.number, "from the dead one", wait=0)
+    alive = await sim_text(  # another conversation, which a live node is answering
+        client, auth, agent.number, "held elsewhere", frm="+14155550199", wait=0
+    )
+    long_ago = utcnow() - timedelta(minutes=5)
+    async with database.session() as session:  # fresh claims: the lease would keep them 300 s
+        for got, node in ((dead, "node-dead"), (alive, "node-alive")):
+            await session.execute(
+                update(Message)
+                .where(Message.id == got["messageId"])
+                .values(work="claimed", claimed_at=utcnow(), claimed_by=node)
+            )
+        session.add(RelayNode(id="node-dead", started_at=long_ago, heartbeat_at=long_ago))
+    svc.queues._closed = False
+    assert await svc.recover() == 0  # the sweep alone leaves both: young claims
+
+    assert await client.app[RECOVERY].bury() == ["node-dead"]
+    await eventually(lambda: hook.texts() == ["from the dead one"])
+    await svc.queues.idle()
+    assert await work_of(database, dead["messageId"]) == "done"
+    assert await work_of(database, alive["messageId"]) == "claimed"  # its node is not dead
+
+
+async def test_a_restart_takes_back_its_own_claims_at_once(
+    client, auth, hook, database, app_client, settings
+):
+    agent = await make_agent(client, auth, hook)
+    sms_of(client).queues._closed = True
+    got = await sim_text(client, auth, agent.number, "still there?", wait=0)
+    async with database.session() as session:  # claimed a moment ago by this node, which died
+        await session.execute(
+            update(Message)
+            .where(Message.id == got["messageId"])
+            .values(work="claimed", claimed_at=utcnow(), claimed_by=settings.effective_node_id())
+        )
+    await client.close()
+
+    restarted = await app_client(settings)
+    await sms_of(restarted).queues.idle()
+    assert hook.texts() == ["still there?"]
+    assert await work_of(database, got["messageId"]) == "done"
