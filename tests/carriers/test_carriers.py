@@ -108,3 +108,18 @@ async def test_a_twilio_that_does_not_answer_in_time_fails_the_dial_network_time
         await twilio.close()
     assert caught.value.reason == "network_timeout"
     assert fake.requests == [("POST", f"/2010-04-01/Accounts/{fake.account_sid}/Calls.json")]
+
+
+async def test_the_sim_never_gives_an_agent_the_handsets_own_number():
+    """The handset texts and calls from +1 202 555 0142 by default: were an agent given that
+    number, a text from the handset would be a text to itself (a real flake, once)."""
+    from relay.carriers.base import ProvisionRequest
+    from relay.carriers.sim.carrier import DEFAULT_HANDSET, NoNumberAvailable, SimCarrier
+
+    carrier = SimCarrier()
+    taken: set[str] = set()
+    with pytest.raises(NoNumberAvailable):
+        for _ in range(101):
+            request = ProvisionRequest("US", "202", frozenset(taken))
+            taken.add((await carrier.provision(request)).phone_number)
+    assert len(taken) == 99 and DEFAULT_HANDSET not in taken

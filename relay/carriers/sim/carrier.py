@@ -61,7 +61,9 @@ def _candidates(country: str, area_code: str | None) -> list[str]:
         if area_code and not _nanp_area_code_of(country, area_code):
             return []
         codes = (area_code,) if area_code else (US_AREA_CODES if country == "US" else CA_AREA_CODES)
-        return [f"+1{code}5550{n:03d}" for code in codes if code for n in range(100, 200)]
+        numbers = [f"+1{code}5550{n:03d}" for code in codes if code for n in range(100, 200)]
+        # The handset's own number is never an agent's: a text from it would be to itself.
+        return [n for n in numbers if n != DEFAULT_HANDSET]
     if country == "GB":
         if area_code not in (None, "20"):
             return []
