@@ -91,7 +91,7 @@ _ours = and_(
     DELIVERIES.c.claimed_by == bindparam("b_node", type_=String), DELIVERIES.c.status == PENDING
 )
 _PENDING_IN_LANES = select(
-    DELIVERIES.c.id, DELIVERIES.c.endpoint_id, DELIVERIES.c.ordering_key
+    DELIVERIES.c.id, DELIVERIES.c.endpoint_id, DELIVERIES.c.ordering_key, DELIVERIES.c.claimed_by
 ).where(
     DELIVERIES.c.endpoint_id.in_(bindparam("b_endpoints", expanding=True)),
     DELIVERIES.c.ordering_key.in_(bindparam("b_keys", expanding=True)),
@@ -115,9 +115,10 @@ _DELIVERED = (
 
 def pending_in_lanes(
     session: Session, endpoint_ids: list[str], keys: list[str]
-) -> Result[str, str, str | None]:
-    """``(id, endpoint_id, ordering_key)`` of the pending deliveries of those endpoints and
-    keys. Two INs, not one of (endpoint, key) pairs: SQLite uses the index only for these."""
+) -> Result[str, str, str | None, str | None]:
+    """``(id, endpoint_id, ordering_key, claimed_by)`` of the pending deliveries of those
+    endpoints and keys. Two INs, not one of (endpoint, key) pairs: SQLite uses the index
+    only for these."""
     return session.execute(_PENDING_IN_LANES, {"b_endpoints": endpoint_ids, "b_keys": keys})
 
 

@@ -53,6 +53,7 @@ from relay.events.fanout import (
     fan_out_unsent,
     remove_worker,
 )
+from relay.events.nudge import Nudges
 from relay.events.wire import Job, Outcome, event_body, send
 from relay.events.writing import writing
 from relay.logs import get_logger
@@ -148,6 +149,7 @@ class DeliveryWorker:
         self._next_due = math.inf  # the earliest retry this process scheduled (monotonic)
         self._next_sweep = 0.0
         self._sweep_every = CLAIM_SWEEP_SECONDS
+        self._nudges: Nudges | None = None  # PostgreSQL: other nodes' word that work waits
         self._lanes: dict[tuple[str, str], Lane] = {}  # being sent by this node, in order
         self._settled: set[str] = set()  # answered 2xx, not yet recorded
         # Deliveries may be due that no transaction handed over (see ``_more_due``).
@@ -166,6 +168,9 @@ class DeliveryWorker:
     async def start(self) -> None:
         if self._http is None:
             self._http = client_session(self.settings, limit=self.concurrency, ttl_dns_cache=60)
+        if not self.db.is_sqlite:
+            self._nudges = Nudges(self.db, self.node_id, self._nudged)
+            await self._nudges.start()
         add_worker(self.db.engine.sync_engine, self)
         self._loop = asyncio.create_task(self._run(), name="webhook-delivery")
         log.info("delivery_worker_started", node_id=self.node_id, schedule=self.schedule)
@@ -175,6 +180,9 @@ class DeliveryWorker:
         have just emitted their events), record the outcomes, then stop. Whatever is left
         stays in the outbox for the next start."""
         remove_worker(self.db.engine.sync_engine, self)
+        if self._nudges is not None:
+            await self._nudges.stop()
+            self._nudges = None
         if self._loop is not None:
             # Never cancel a cycle half way through its transaction: ask the loop to stop.
             self._stopping = True
@@ -211,6 +219,12 @@ class DeliveryWorker:
         task = asyncio.create_task(self._send(key, lane), name=f"deliver:{chain[0].delivery_id}")
         self._sending.add(task)
         task.add_done_callback(self._sending.discard)
+
+    def _nudged(self) -> None:
+        """Another node made deliveries that wait behind one this node holds: record what is
+        answered and claim now (and again after each answer, while they wait)."""
+        self._more_due()
+        self.wake(claim=True)
 
     def _record_soon(self) -> None:
         self._record_timer = None
@@ -321,7 +335,8 @@ class DeliveryWorker:
                 reserved.single.append(self._claim_made(item, until))
             else:
                 left += 1
-        blocked = self._waiting(session, reserved, groups)
+        holders: set[str] = set()
+        blocked = self._waiting(session, reserved, groups, holders)
         for key, items in groups.items():
             res = reserved.lanes.get(key)
             if key not in blocked and res is None and key not in self._lanes:
@@ -341,12 +356,19 @@ class DeliveryWorker:
                 res.ids.add(job.delivery_id)
         if left:
             self._more_due()
+            if holders and self._nudges is not None:
+                self._nudges.send(session, holders)  # they free those lanes (relay.events.nudge)
         return left
 
     def _waiting(
-        self, session: Session, reserved: Reserved, groups: dict[tuple[str, str], list[Made]]
+        self,
+        session: Session,
+        reserved: Reserved,
+        groups: dict[tuple[str, str], list[Made]],
+        holders: set[str],
     ) -> set[tuple[str, str]]:
-        """The lanes of ``groups`` that something else waits in (see :meth:`reserve`)."""
+        """The lanes of ``groups`` that something else waits in (see :meth:`reserve`); adds
+        to ``holders`` the other nodes that hold what they wait behind."""
         blocked = {key for key in groups if _reserving.get(key, session) is not session}
         # A key that names a row this transaction inserts (the call it opens) has nothing
         # before it.
@@ -357,7 +379,7 @@ class DeliveryWorker:
         rows = outbox.pending_in_lanes(
             session, list({k[0] for k in check}), list({k[1] for k in check})
         )
-        for delivery_id, endpoint_id, ordering_key in rows:
+        for delivery_id, endpoint_id, ordering_key, claimed_by in rows:
             key = (endpoint_id, ordering_key or "")
             if key not in groups or delivery_id in self._settled:
                 continue
@@ -368,6 +390,8 @@ class DeliveryWorker:
             if lane is not None and delivery_id in lane.ids:
                 continue
             blocked.add(key)
+            if claimed_by is not None and claimed_by != self.node_id:
+                holders.add(claimed_by)
         return blocked
 
     def _claim_made(self, item: Made, until: datetime) -> Job:
