@@ -84,12 +84,8 @@ async def test_telnyx_numbers_need_a_carrier_account(client, auth):
     assert (await resp.json())["error"]["code"] == "carrier_account_required"
 
 
-@pytest.mark.parametrize(
-    ("status", "code"), [(500, "carrier_unavailable"), (422, "carrier_error")]
-)
-async def test_an_order_telnyx_refuses_stores_nothing(
-    client, auth, fake, account_a, status, code
-):
+@pytest.mark.parametrize(("status", "code"), [(500, "carrier_unavailable"), (422, "carrier_error")])
+async def test_an_order_telnyx_refuses_stores_nothing(client, auth, fake, account_a, status, code):
     account = await add_account(client, auth, fake, account_a)
     fake.phone_numbers.order_status = status
     refused = await provision(client, auth, account["id"], 502)
