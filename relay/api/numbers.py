@@ -185,7 +185,7 @@ async def _taken(ctx: Context) -> frozenset[str]:
     body=NumberCreate,
     response=NumberOut,
     status=201,
-    errors=(400, 401, 403, 404, 409, 415, 422, 429, 502),
+    errors=(400, 401, 403, 404, 409, 415, 422, 429, 502, 503),
 )
 async def create_number(ctx: Context, body: NumberCreate) -> NumberOut:
     """Provisions from ``provider`` (default ``sim``, the embedded carrier, whose numbers lie
