@@ -7,13 +7,13 @@ is given back."""
 from __future__ import annotations
 
 import pytest
-from sqlalchemy import text
+from sqlalchemy import select, text
 
 from relay.config import Settings
 from relay.state import APP_STATE
-from relay.store.models import Number
+from relay.store.models import Call, Number
 from relay_numbers.keys import telnyx_key
-from tests.carriers.telnyx_support import add_account
+from tests.carriers.telnyx_support import CALLER, add_account, deliver_to_relay
 
 
 @pytest.fixture
@@ -56,6 +56,26 @@ async def test_a_number_is_ordered_on_the_accounts_application_and_profile(
     async with client.app[APP_STATE].db.session() as session:
         row = await session.get(Number, number["id"])
     assert row.carrier_key == telnyx_key(account_a.connection_id)
+
+
+async def test_a_call_to_an_ordered_number_is_answered_for_its_agent(client, auth, fake, account_a):
+    """Ordered, the number is on the application: Telnyx's call.initiated for it is answered
+    with a stream to the relay, for the agent it was provisioned for."""
+    account = await add_account(client, auth, fake, account_a)
+    body = {"name": "Ava", "webhookUrl": "http://127.0.0.1:9/h"}
+    agent = await (await client.post("/v1/agents", json=body, headers=auth)).json()
+    number = await provision(client, auth, account["id"], agentId=agent["id"])
+    deliver_to_relay(fake, client)
+    call = await fake.place_call(account_a, CALLER, number["phoneNumber"], [])
+    [answer] = [p for m, p, _ in fake.requests if p.endswith("/actions/answer")]
+    assert answer == f"/v2/calls/{call.call_control_id}/actions/answer"
+    async with client.app[APP_STATE].db.session() as session:
+        [row] = (await session.execute(select(Call))).scalars().all()
+    assert (row.to_number, row.agent_id, row.connection_type) == (
+        number["phoneNumber"],
+        agent["id"],
+        "telnyx",
+    )
 
 
 async def test_a_toll_free_number_and_no_mobile_one(client, auth, fake, account_a):
