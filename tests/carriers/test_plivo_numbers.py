@@ -7,13 +7,13 @@ from __future__ import annotations
 
 import aiohttp
 import pytest
-from sqlalchemy import text
 
 from relay.config import Settings
 from relay.state import APP_STATE
 from relay.store.models import Number
 from relay_numbers import plivo_key
 from tests.carriers import plivo_support as pv
+from tests.carriers.numbers_support import numbers, provision, store_broken_by
 
 
 @pytest.fixture
@@ -21,21 +21,10 @@ def settings(plivo) -> Settings:
     return pv.plivo_settings(plivo[1], carrier_api_timeout_seconds=1.0)
 
 
-async def provision(client, auth, account_id, status=201, **body) -> dict:
-    body = {"provider": "plivo", "carrierAccountId": account_id, **body}
-    resp = await client.post("/v1/numbers", json=body, headers=auth)
-    assert resp.status == status, await resp.text()
-    return await resp.json()
-
-
-async def numbers(client, auth) -> list[dict]:
-    return (await (await client.get("/v1/numbers", headers=auth)).json())["data"]
-
-
 async def test_a_number_is_rented_on_the_accounts_relay_application(client, auth, plivo):
     fake = plivo[0]
     account = await pv.add_account(client, auth)
-    number = await provision(client, auth, account["id"], areaCode="212")
+    number = await provision(client, auth, "plivo", account["id"], areaCode="212")
     phone = number["phoneNumber"]
     assert phone.startswith("+1212555")
     assert (number["provider"], number["source"]) == ("plivo", "provisioned")
@@ -61,7 +50,7 @@ async def test_an_inbound_call_to_a_rented_number_reaches_its_agent(client, auth
             "/v1/agents", json={"name": "Ava", "webhookUrl": "http://127.0.0.1:9/h"}, headers=auth
         )
     ).json()
-    number = await provision(client, auth, account["id"], agentId=agent["id"])
+    number = await provision(client, auth, "plivo", account["id"], agentId=agent["id"])
     fake.deliver_to = (pv.PUBLIC_URL, pv.origin(client))
     plivo_account = fake.accounts[pv.AUTH_A]
     app = plivo_account.applications[plivo_account.number_apps[number["phoneNumber"]]]
@@ -73,9 +62,9 @@ async def test_an_inbound_call_to_a_rented_number_reaches_its_agent(client, auth
 
 async def test_a_toll_free_number_and_no_mobile_one(client, auth, plivo):
     account = await pv.add_account(client, auth)
-    number = await provision(client, auth, account["id"], type="toll_free")
+    number = await provision(client, auth, "plivo", account["id"], type="toll_free")
     assert number["phoneNumber"].startswith("+1800555")
-    refused = await provision(client, auth, account["id"], 409, type="mobile")
+    refused = await provision(client, auth, "plivo", account["id"], 409, type="mobile")
     assert refused["error"]["code"] == "no_number_available"
     assert "mobile" in refused["error"]["message"]
 
@@ -83,7 +72,7 @@ async def test_a_toll_free_number_and_no_mobile_one(client, auth, plivo):
 async def test_a_released_number_is_given_back_to_plivo(client, auth, plivo):
     fake = plivo[0]
     account = await pv.add_account(client, auth)
-    number = await provision(client, auth, account["id"])
+    number = await provision(client, auth, "plivo", account["id"])
     phone = number["phoneNumber"]
     resp = await client.delete(f"/v1/numbers/{number['id']}", headers=auth)
     assert resp.status == 200, await resp.text()
@@ -113,7 +102,7 @@ async def test_plivo_numbers_need_a_carrier_account(client, auth):
 async def test_a_rent_plivo_refuses_stores_nothing(client, auth, plivo, status, code):
     account = await pv.add_account(client, auth)
     plivo[0].phone_numbers.buy_status = status
-    refused = await provision(client, auth, account["id"], 502)
+    refused = await provision(client, auth, "plivo", account["id"], 502)
     assert refused["error"]["code"] == code
     assert await numbers(client, auth) == []
 
@@ -122,30 +111,21 @@ async def test_plivo_down_or_silent_stores_nothing(client, auth, plivo):
     fake = plivo[0]
     account = await pv.add_account(client, auth)
     fake.down = True
-    refused = await provision(client, auth, account["id"], 502)
+    refused = await provision(client, auth, "plivo", account["id"], 502)
     assert refused["error"]["code"] == "carrier_unavailable"
     fake.down, fake.phone_numbers.buy_stalls = False, True
-    refused = await provision(client, auth, account["id"], 502)
+    refused = await provision(client, auth, "plivo", account["id"], 502)
     assert refused["error"]["code"] == "carrier_unavailable"
     assert pv.TOKEN_A not in refused["error"]["message"]
     assert await numbers(client, auth) == []
 
 
-async def rename_numbers(client, to: str, back: str) -> None:
-    async with client.app[APP_STATE].db.session() as session:
-        await session.execute(text(f"ALTER TABLE {back} RENAME TO {to}"))
-
-
 async def test_a_number_that_cannot_be_stored_is_given_back(client, auth, plivo):
     fake = plivo[0]
     account = await pv.add_account(client, auth)
-
-    async def break_the_store(phone: str) -> None:
-        await rename_numbers(client, "numbers_away", "numbers")
-
-    fake.phone_numbers.before_buy_answer = break_the_store
-    refused = await provision(client, auth, account["id"], 503)
-    await rename_numbers(client, "numbers", "numbers_away")
+    async with store_broken_by(client) as break_it:
+        fake.phone_numbers.before_buy_answer = break_it
+        refused = await provision(client, auth, "plivo", account["id"], 503)
     [phone] = fake.phone_numbers.released
     assert refused["error"]["code"] == "number_not_stored"
     assert phone in refused["error"]["message"]
@@ -156,15 +136,16 @@ async def test_a_number_that_cannot_be_stored_is_given_back(client, auth, plivo)
 async def test_a_number_neither_stored_nor_given_back_is_named(client, auth, plivo):
     fake = plivo[0]
     account = await pv.add_account(client, auth)
+    async with store_broken_by(client) as break_it:
 
-    async def break_both(phone: str) -> None:
-        await rename_numbers(client, "numbers_away", "numbers")
-        fake.down = True
+        async def break_both(phone: str) -> None:
+            await break_it(phone)
+            fake.down = True  # the release that follows fails too
 
-    fake.phone_numbers.before_buy_answer = break_both
-    refused = await provision(client, auth, account["id"], 502)
-    await rename_numbers(client, "numbers", "numbers_away")
+        fake.phone_numbers.before_buy_answer = break_both
+        refused = await provision(client, auth, "plivo", account["id"], 502)
     [phone] = fake.phone_numbers.rented
     assert refused["error"]["code"] == "number_release_failed"
     assert phone in refused["error"]["message"]
+    assert "release it at Plivo" in refused["error"]["message"]
     assert await numbers(client, auth) == []

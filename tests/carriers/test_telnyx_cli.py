@@ -15,11 +15,10 @@ from aiohttp import web
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat
 
-from relay.config import Settings
 from relay.events import attach
 from relay.handset.fake_telnyx import FakeTelnyx
 from relay.store.db import Database
-from tests.carriers.telnyx_support import KEY, NUMBER_A, PUBLIC_URL, bound_number
+from tests.carriers.telnyx_support import NUMBER_A, PUBLIC_URL, bound_number
 from tests.carriers.test_sim_calls import RELAY, REPO, Hook
 from tests.transports.support import calls
 
@@ -71,23 +70,14 @@ async def telnyx_cli(relay_url: str, api_url: str, *args: str) -> tuple[int, str
 
 
 async def test_relay_phone_call_rings_a_telnyx_number_as_telnyx_would(
-    database, app_client, aiohttp_server, raw_key
+    database, app_client, aiohttp_server, raw_key, telnyx_settings
 ):
     hook = Hook({"weather": "It will be sunny all week."})
     app = web.Application()
     app.router.add_post("/hook", hook.handle)
     server = await aiohttp_server(app)
     api_url = f"http://127.0.0.1:{free_port()}"
-    client = await app_client(
-        Settings(
-            allow_private_webhooks=True,
-            rate_limit_per_second=1000,
-            rate_limit_burst=1000,
-            public_url=PUBLIC_URL,
-            encryption_key=KEY,
-            telnyx_api_base_url=api_url,
-        )
-    )
+    client = await app_client(telnyx_settings.model_copy(update={"telnyx_api_base_url": api_url}))
     auth = {"Authorization": f"Bearer {await raw_key('proj-a')}"}
     # Telnyx while the account is added and the number imported; the CLI is Telnyx after.
     fake = FakeTelnyx()

@@ -7,12 +7,13 @@ is given back."""
 from __future__ import annotations
 
 import pytest
-from sqlalchemy import select, text
+from sqlalchemy import select
 
 from relay.config import Settings
 from relay.state import APP_STATE
 from relay.store.models import Call, Number
 from relay_numbers.keys import telnyx_key
+from tests.carriers.numbers_support import numbers, provision, store_broken_by
 from tests.carriers.telnyx_support import CALLER, add_account, deliver_to_relay
 
 
@@ -21,22 +22,11 @@ def settings(telnyx_settings) -> Settings:
     return telnyx_settings.model_copy(update={"carrier_api_timeout_seconds": 1.0})
 
 
-async def provision(client, auth, account_id, status=201, **body) -> dict:
-    body = {"provider": "telnyx", "carrierAccountId": account_id, **body}
-    resp = await client.post("/v1/numbers", json=body, headers=auth)
-    assert resp.status == status, await resp.text()
-    return await resp.json()
-
-
-async def numbers(client, auth) -> list[dict]:
-    return (await (await client.get("/v1/numbers", headers=auth)).json())["data"]
-
-
 async def test_a_number_is_ordered_on_the_accounts_application_and_profile(
     client, auth, fake, account_a
 ):
     account = await add_account(client, auth, fake, account_a)
-    number = await provision(client, auth, account["id"], areaCode="212")
+    number = await provision(client, auth, "telnyx", account["id"], areaCode="212")
     phone = number["phoneNumber"]
     assert phone.startswith("+1212555")
     assert (number["provider"], number["source"]) == ("telnyx", "provisioned")
@@ -64,7 +54,7 @@ async def test_a_call_to_an_ordered_number_is_answered_for_its_agent(client, aut
     account = await add_account(client, auth, fake, account_a)
     body = {"name": "Ava", "webhookUrl": "http://127.0.0.1:9/h"}
     agent = await (await client.post("/v1/agents", json=body, headers=auth)).json()
-    number = await provision(client, auth, account["id"], agentId=agent["id"])
+    number = await provision(client, auth, "telnyx", account["id"], agentId=agent["id"])
     deliver_to_relay(fake, client)
     call = await fake.place_call(account_a, CALLER, number["phoneNumber"], [])
     [answer] = [p for m, p, _ in fake.requests if p.endswith("/actions/answer")]
@@ -80,16 +70,16 @@ async def test_a_call_to_an_ordered_number_is_answered_for_its_agent(client, aut
 
 async def test_a_toll_free_number_and_no_mobile_one(client, auth, fake, account_a):
     account = await add_account(client, auth, fake, account_a)
-    number = await provision(client, auth, account["id"], type="toll_free")
+    number = await provision(client, auth, "telnyx", account["id"], type="toll_free")
     assert number["phoneNumber"].startswith("+1800555")
-    refused = await provision(client, auth, account["id"], 409, type="mobile")
+    refused = await provision(client, auth, "telnyx", account["id"], 409, type="mobile")
     assert refused["error"]["code"] == "no_number_available"
     assert "mobile" in refused["error"]["message"]
 
 
 async def test_a_released_number_is_deleted_at_telnyx(client, auth, fake, account_a):
     account = await add_account(client, auth, fake, account_a)
-    number = await provision(client, auth, account["id"])
+    number = await provision(client, auth, "telnyx", account["id"])
     ordered = fake.phone_numbers.ordered[number["phoneNumber"]]
     resp = await client.delete(f"/v1/numbers/{number['id']}", headers=auth)
     assert resp.status == 200, await resp.text()
@@ -108,7 +98,7 @@ async def test_telnyx_numbers_need_a_carrier_account(client, auth):
 async def test_an_order_telnyx_refuses_stores_nothing(client, auth, fake, account_a, status, code):
     account = await add_account(client, auth, fake, account_a)
     fake.phone_numbers.order_status = status
-    refused = await provision(client, auth, account["id"], 502)
+    refused = await provision(client, auth, "telnyx", account["id"], 502)
     assert refused["error"]["code"] == code
     assert await numbers(client, auth) == []
 
@@ -116,10 +106,10 @@ async def test_an_order_telnyx_refuses_stores_nothing(client, auth, fake, accoun
 async def test_telnyx_down_or_silent_stores_nothing(client, auth, fake, account_a):
     account = await add_account(client, auth, fake, account_a)
     fake.down = True
-    refused = await provision(client, auth, account["id"], 502)
+    refused = await provision(client, auth, "telnyx", account["id"], 502)
     assert refused["error"]["code"] == "carrier_unavailable"
     fake.down, fake.phone_numbers.order_stalls = False, True
-    refused = await provision(client, auth, account["id"], 502)
+    refused = await provision(client, auth, "telnyx", account["id"], 502)
     assert refused["error"]["code"] == "carrier_unavailable"
     assert account_a.api_key not in refused["error"]["message"]
     assert await numbers(client, auth) == []
@@ -141,27 +131,18 @@ async def test_a_number_another_request_stored_meanwhile_stays_its_and_another_i
         assert resp.status == 201, await resp.text()
 
     fake.phone_numbers.before_order_answer = import_it
-    number = await provision(client, auth, account["id"], areaCode="212")
+    number = await provision(client, auth, "telnyx", account["id"], areaCode="212")
     [theirs] = await numbers(client, other)
     assert number["phoneNumber"] != theirs["phoneNumber"]
     assert set(fake.phone_numbers.ordered) == {number["phoneNumber"], theirs["phoneNumber"]}
     assert fake.phone_numbers.released == []
 
 
-async def rename_numbers(client, to: str, back: str) -> None:
-    async with client.app[APP_STATE].db.session() as session:
-        await session.execute(text(f"ALTER TABLE {back} RENAME TO {to}"))
-
-
 async def test_a_number_that_cannot_be_stored_is_given_back(client, auth, fake, account_a):
     account = await add_account(client, auth, fake, account_a)
-
-    async def break_the_store(phone: str) -> None:
-        await rename_numbers(client, "numbers_away", "numbers")
-
-    fake.phone_numbers.before_order_answer = break_the_store
-    refused = await provision(client, auth, account["id"], 503)
-    await rename_numbers(client, "numbers", "numbers_away")
+    async with store_broken_by(client) as break_it:
+        fake.phone_numbers.before_order_answer = break_it
+        refused = await provision(client, auth, "telnyx", account["id"], 503)
     [phone] = fake.phone_numbers.released
     assert refused["error"]["code"] == "number_not_stored"
     assert phone in refused["error"]["message"]
@@ -171,14 +152,14 @@ async def test_a_number_that_cannot_be_stored_is_given_back(client, auth, fake, 
 
 async def test_a_number_neither_stored_nor_given_back_is_named(client, auth, fake, account_a):
     account = await add_account(client, auth, fake, account_a)
+    async with store_broken_by(client) as break_it:
 
-    async def break_both(phone: str) -> None:
-        await rename_numbers(client, "numbers_away", "numbers")
-        fake.down = True  # the release that follows fails too
+        async def break_both(phone: str) -> None:
+            await break_it(phone)
+            fake.down = True  # the release that follows fails too
 
-    fake.phone_numbers.before_order_answer = break_both
-    refused = await provision(client, auth, account["id"], 502)
-    await rename_numbers(client, "numbers", "numbers_away")
+        fake.phone_numbers.before_order_answer = break_both
+        refused = await provision(client, auth, "telnyx", account["id"], 502)
     [phone] = fake.phone_numbers.ordered
     assert refused["error"]["code"] == "number_release_failed"
     assert phone in refused["error"]["message"]
