@@ -120,6 +120,28 @@ async def test_plivo_down_or_silent_stores_nothing(client, auth, plivo):
     assert await numbers(client, auth) == []
 
 
+async def test_a_number_another_request_stored_meanwhile_stays_and_another_is_rented(
+    client, auth, plivo, make_key
+):
+    """The same account in a second project imports the number while the first rents it:
+    the relay holds it (the import), so it stays rented, and the first gets another."""
+    fake = plivo[0]
+    other = await make_key("proj-b")
+    account = await pv.add_account(client, auth)
+    theirs = await pv.add_account(client, other)
+
+    async def import_it(phone: str) -> None:
+        fake.phone_numbers.before_buy_answer = None
+        await pv.import_number(client, other, phone, theirs["id"])
+
+    fake.phone_numbers.before_buy_answer = import_it
+    number = await provision(client, auth, "plivo", account["id"], areaCode="212")
+    [imported] = await numbers(client, other)
+    assert number["phoneNumber"] != imported["phoneNumber"]
+    assert set(fake.phone_numbers.rented) == {number["phoneNumber"], imported["phoneNumber"]}
+    assert fake.phone_numbers.released == []
+
+
 async def test_a_number_that_cannot_be_stored_is_given_back(client, auth, plivo):
     fake = plivo[0]
     account = await pv.add_account(client, auth)
