@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
+from multidict import MultiDictProxy
 
 TYPES = ("any", "local", "mobile", "tollfree", "fixed", "national")
 SERVICES = {"voice", "sms", "mms"}
@@ -40,6 +41,7 @@ def refusal(status: int, error: str) -> web.Response:
 class FakePlivoNumbers:
     rented: dict[str, tuple[str, str]] = field(default_factory=dict)  # E.164 -> auth id, app
     released: list[str] = field(default_factory=list)
+    searches: list[MultiDictProxy[str]] = field(default_factory=list)  # their queries
     # The account a request authenticated as (the fake's gate checked it).
     account_of: Callable[[web.Request], Any] = lambda request: None
     buy_status: int | None = None
@@ -63,6 +65,7 @@ class FakePlivoNumbers:
     async def search(self, request: web.Request) -> web.Response:
         auth_id = self.account_of(request).auth_id
         q = request.query
+        self.searches.append(q)
         country, kind = q.get("country_iso", ""), q.get("type", "any")
         pattern, limit = q.get("pattern", ""), q.get("limit", "20")
         services = {s for s in q.get("services", "voice").split(",") if s}

@@ -2,7 +2,7 @@
 what an account ordered, and giving a number back.
 
 ``GET    /v2/available_phone_numbers``  ``filter[country_code]``, ``filter[phone_number_type]``
-    (``local``, ``mobile``, ``toll_free``, ``national``, ``shared_cost``),
+    (``local``, ``mobile``, ``toll_free``, ``national``, ``shared_cost``), ``filter[features][]``,
     ``filter[national_destination_code]`` (an area code), ``filter[limit]`` (1-100). It offers
     numbers from ranges reserved for fiction: US and CA local ``+1 {NDC or 312} 555
     0100..0199``, toll-free ``+1 800 555 0100..0199``; no mobile ones (an empty list, as
@@ -29,10 +29,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
+from multidict import MultiDictProxy
 
 from relay.handset.telnyx_line import now_iso
 
 KINDS = ("local", "mobile", "toll_free", "national", "shared_cost")
+FEATURES = {"sms", "mms", "voice", "fax", "emergency", "hd_voice", "international_sms"}
 E164 = re.compile(r"^\+[1-9][0-9]{6,14}$")
 
 
@@ -69,6 +71,7 @@ class OrderedNumber:
 class FakeTelnyxNumbers:
     ordered: dict[str, OrderedNumber] = field(default_factory=dict)  # by E.164
     released: list[str] = field(default_factory=list)
+    searches: list[MultiDictProxy[str]] = field(default_factory=list)  # their queries
     # The account a request authenticated as (the fake's gate checked it).
     account_of: Callable[[web.Request], Any] = lambda request: None
     order_status: int | None = None
@@ -90,6 +93,7 @@ class FakeTelnyxNumbers:
 
     async def available(self, request: web.Request) -> web.Response:
         q = request.query
+        self.searches.append(q)
         country = q.get("filter[country_code]", "US")
         kind = q.get("filter[phone_number_type]", "local")
         ndc = q.get("filter[national_destination_code]")
@@ -100,6 +104,8 @@ class FakeTelnyxNumbers:
             return error(400, "10015", "Invalid filter", f"unknown phone_number_type {kind!r}")
         if ndc is not None and not ndc.isdigit():
             return error(400, "10015", "Invalid filter", "national_destination_code: digits")
+        if not set(q.getall("filter[features][]", [])) <= FEATURES:
+            return error(400, "10015", "Invalid filter", "unknown filter[features][]")
         if not limit.isdigit() or not 1 <= int(limit) <= 100:
             return error(400, "10015", "Invalid filter", "filter[limit] must be 1 to 100")
         items = [

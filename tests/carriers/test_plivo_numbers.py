@@ -33,7 +33,14 @@ async def test_a_number_is_rented_on_the_accounts_relay_application(client, auth
     app = plivo_account.applications[app_id]
     assert (app["answer_url"], app["message_url"]) == (pv.answer_url(), pv.message_url())
     assert fake.phone_numbers.rented[phone] == (pv.AUTH_A, app_id)
-    assert ("GET", f"/v1/Account/{pv.AUTH_A}/PhoneNumber/") in fake.requests
+    [search] = fake.phone_numbers.searches
+    assert dict(search) == {
+        "country_iso": "US",
+        "type": "local",
+        "pattern": "212",
+        "services": "voice,sms",
+        "limit": "20",
+    }
     assert ("POST", f"/v1/Account/{pv.AUTH_A}/PhoneNumber/{phone[1:]}/") in fake.requests
     async with client.app[APP_STATE].db.session() as session:
         row = await session.get(Number, number["id"])

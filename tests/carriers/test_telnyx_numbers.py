@@ -37,6 +37,12 @@ async def test_a_number_is_ordered_on_the_accounts_application_and_profile(
         account_a.connection_id,
         account_a.messaging_profile_id,
     )
+    [search] = fake.phone_numbers.searches
+    assert search.getall("filter[features][]") == ["voice", "sms"]
+    assert (search["filter[national_destination_code]"], search["filter[phone_number_type]"]) == (
+        "212",
+        "local",
+    )
     [order] = [body for m, p, body in fake.requests if (m, p) == ("POST", "/v2/number_orders")]
     assert order == {
         "phone_numbers": [{"phone_number": phone}],
