@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
-from multidict import MultiDictProxy
+from multidict import MultiMapping
 
 TYPES = ("any", "local", "mobile", "tollfree", "fixed", "national")
 SERVICES = {"voice", "sms", "mms"}
@@ -41,7 +41,7 @@ def refusal(status: int, error: str) -> web.Response:
 class FakePlivoNumbers:
     rented: dict[str, tuple[str, str]] = field(default_factory=dict)  # E.164 -> auth id, app
     released: list[str] = field(default_factory=list)
-    searches: list[MultiDictProxy[str]] = field(default_factory=list)  # their queries
+    searches: list[MultiMapping[str]] = field(default_factory=list)  # their queries
     # The account a request authenticated as (the fake's gate checked it).
     account_of: Callable[[web.Request], Any] = lambda request: None
     buy_status: int | None = None

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
-from multidict import MultiDictProxy
+from multidict import MultiMapping
 
 from relay.handset.telnyx_line import now_iso
 
@@ -71,7 +71,7 @@ class OrderedNumber:
 class FakeTelnyxNumbers:
     ordered: dict[str, OrderedNumber] = field(default_factory=dict)  # by E.164
     released: list[str] = field(default_factory=list)
-    searches: list[MultiDictProxy[str]] = field(default_factory=list)  # their queries
+    searches: list[MultiMapping[str]] = field(default_factory=list)  # their queries
     # The account a request authenticated as (the fake's gate checked it).
     account_of: Callable[[web.Request], Any] = lambda request: None
     order_status: int | None = None
