@@ -30,6 +30,7 @@ the first step that fails: capacity is the most calls whose voice-to-voice p90 s
     .venv/bin/python bench/voice.py --calls 8 --no-ramp
     .venv/bin/python bench/voice.py --quick               # 1 call, 1 turn: a smoke run
     .venv/bin/python bench/voice.py --carrier plivo       # the same over Plivo's protocol
+    .venv/bin/python bench/voice.py --carrier telnyx      # ... over Telnyx's media streaming
     .venv/bin/python bench/voice.py --workers 1 2         # relay serve --workers 1, then 2
 
 ``--workers 1 2`` runs the whole benchmark once per count, in turn, in one run, each on a
@@ -39,10 +40,10 @@ speech models on its first call, so the warm-up places calls until every node ha
 (``GET /v1/nodes`` says which node runs which). The relay's CPU and RSS are those of all its
 processes (the parent that only watches included; RSS counts pages they share once each).
 
-With ``--carrier plivo`` the number is a Plivo number of a project's carrier account at a
-fake Plivo in this process (:mod:`relay.handset.fake_plivo`): each call is asked of the
-relay's signed answer webhook and its audio flows over Plivo's audio stream protocol
-(``playAudio``/``clearAudio``), so the figures include that path.
+With ``--carrier plivo`` or ``telnyx`` the number is a number of a project's carrier account
+at a fake of that carrier in this process (``bench/voice_carriers.py``): each call reaches
+the relay as that carrier's signed webhook and its audio flows over that carrier's media
+protocol, so the figures include that path.
 
 Prints a readable report, then one line of JSON with the same numbers. The callers run in
 this process and share the machine's cores with the relay.
@@ -76,12 +77,11 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 import api as harness  # noqa: E402  (bench/api.py: the relay subprocess, stats)
+from voice_carriers import CarrierSide, carrier_side  # noqa: E402
 
 from relay.handset import CallReport, SimHandset, synthesize  # noqa: E402
-from relay.handset.fake_plivo import FakePlivo, PlivoHandset  # noqa: E402
 from relay.secretbox import new_key  # noqa: E402
 
-PLIVO_AUTH_ID, PLIVO_TOKEN = "MA" + "B" * 18, "benchplivotoken" + "0" * 20
 BENCH_PROJECT = "bench"  # the project harness.create_key makes the key in
 # Warm-up rounds (a call per worker each) before giving up on a worker the kernel never
 # handed a call: its first measured call then loads its models.
@@ -113,6 +113,13 @@ def reply(turn: int) -> list[dict[str, Any]]:
 
 
 GREETING = "Thanks for calling. How can I help?"
+# How the callers wait for the agent (relay.handset.SimHandset).
+TIMING: dict[str, Any] = {
+    "listen": False,
+    "answer_silence_ms": 1000,
+    "answer_timeout_s": 10.0,
+    "greeting_timeout_s": 10.0,
+}
 RAMP = [1, 2, 4, 8, 12, 16, 20, 24, 32]
 FRAME_MS = 20.0
 STALL_MS = 100.0
@@ -223,32 +230,21 @@ class Bench:
         number: str,
         wavs: list[Path],
         hook: InstantWebhook,
-        plivo: FakePlivo | None = None,
+        carrier: CarrierSide | None = None,
     ) -> None:
         self.server = server
         self.key = key
         self.number = number
         self.wavs = wavs
         self.hook = hook
-        self.plivo = plivo
+        self.carrier = carrier
 
     async def _one_call(self, delay: float, turns: int, offset: int) -> CallReport:
         await asyncio.sleep(delay)
         lines: list[str | Path] = [self.wavs[(offset + i) % len(self.wavs)] for i in range(turns)]
-        timing: dict[str, Any] = {
-            "listen": False,
-            "answer_silence_ms": 1000,
-            "answer_timeout_s": 10.0,
-            "greeting_timeout_s": 10.0,
-        }
-        handset: SimHandset
-        if self.plivo is not None:
-            answer = f"{self.server.base}/carriers/plivo/voice?authId={PLIVO_AUTH_ID}"
-            account = self.plivo.accounts[PLIVO_AUTH_ID]
-            handset = PlivoHandset(self.plivo, answer, account, **timing)
-        else:
-            handset = SimHandset(self.server.base, self.key, **timing)
-        return await handset.call(self.number, lines)
+        if self.carrier is not None:
+            return await self.carrier.call(self.server.base, self.number, lines, TIMING)
+        return await SimHandset(self.server.base, self.key, **TIMING).call(self.number, lines)
 
     async def _metrics(self, http: aiohttp.ClientSession, call_id: str, turns: int) -> list[Any]:
         """The engine's per-turn metrics of a call, once the call has stored them."""
@@ -436,34 +432,20 @@ def database(url: str | None) -> Iterator[tuple[str, str]]:
         yield made
 
 
-async def provision(server: harness.Server, key: str, webhook_url: str, carrier: str) -> str:
-    """An agent on the instant webhook, bound to a sim number (or a Plivo number imported
-    under a Plivo carrier account); returns the number."""
+async def provision(
+    server: harness.Server, key: str, webhook_url: str, carrier: CarrierSide | None
+) -> str:
+    """An agent on the instant webhook, bound to a sim number (or a number imported under a
+    project's account at the carrier); returns the number."""
     headers = {"Authorization": f"Bearer {key}"}
     async with aiohttp.ClientSession(base_url=server.base, headers=headers) as http:
         await server.wait_ready(http)
         body = {"name": "bench agent", "webhookUrl": webhook_url, "greeting": GREETING}
-        if carrier == "sim":
+        if carrier is None:
             return await harness.agent_with_number(http, body)
         async with http.post("/v1/agents", json=body) as resp:
             agent_id = (await resp.json())["id"]
-        creds = {"authId": PLIVO_AUTH_ID, "authToken": PLIVO_TOKEN}
-        account = {"provider": "plivo", "credentials": creds}
-        async with http.post("/v1/carrier-accounts", json=account) as resp:
-            if resp.status != 201:
-                raise RuntimeError(f"adding the Plivo account: {await resp.text()}")
-            account_id = (await resp.json())["id"]
-        number = "+14155550160"
-        imported = {
-            "provider": "plivo",
-            "phoneNumber": number,
-            "carrierAccountId": account_id,
-            "agentId": agent_id,
-        }
-        async with http.post("/v1/numbers/import", json=imported) as resp:
-            if resp.status != 201:
-                raise RuntimeError(f"importing the Plivo number: {await resp.text()}")
-        return number
+        return await carrier.number(http, agent_id)
 
 
 def relay_env(
@@ -478,21 +460,9 @@ def relay_env(
         RELAY_ENDPOINTING_DELAY_MS=str(args.endpointing_ms),
         RELAY_PUBLIC_URL=f"http://127.0.0.1:{port}",
     )
-    if args.carrier == "plivo":
-        env.update(
-            RELAY_ENCRYPTION_KEY=new_key(),
-            RELAY_PLIVO_API_BASE_URL=f"http://127.0.0.1:{args.plivo_port}",
-        )
+    if args.carrier_side is not None:
+        env.update(RELAY_ENCRYPTION_KEY=new_key(), **args.carrier_side.env())
     return env
-
-
-async def fake_plivo(port: int) -> tuple[FakePlivo, web.AppRunner]:
-    """Plivo's REST API on ``port``, holding the bench's account (it rents any number)."""
-    fake = FakePlivo(PLIVO_AUTH_ID, PLIVO_TOKEN)
-    runner = web.AppRunner(fake.app())
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
-    return fake, runner
 
 
 async def run(
@@ -500,17 +470,17 @@ async def run(
 ) -> dict[str, Any]:
     hook = InstantWebhook()
     await hook.start()
-    plivo, plivo_runner = (None, None)
-    if args.carrier == "plivo":
-        plivo, plivo_runner = await fake_plivo(args.plivo_port)
+    carrier: CarrierSide | None = args.carrier_side
+    if carrier is not None:
+        await carrier.start()
     try:
-        number = await provision(server, key, hook.url, args.carrier)
+        number = await provision(server, key, hook.url, carrier)
         with tempfile.TemporaryDirectory(prefix="relay-voice-") as tmp:
             wavs = await asyncio.get_running_loop().run_in_executor(None, caller_wavs, Path(tmp))
             # The callers' process holds Piper and the relay's modules too: keep its full
             # garbage collections short, or they show up as the relay's jitter.
             gc.freeze()
-            bench = Bench(server, key, number, wavs, hook, plivo)
+            bench = Bench(server, key, number, wavs, hook, carrier)
             print(f"  ({await warm_up(bench, key, workers)})", flush=True)
             main = await bench.step(args.calls, args.turns, args.stagger)
             print_step("load", main, detail=True)
@@ -533,8 +503,8 @@ async def run(
             transcripts = hook.transcripts[-3:]
     finally:
         await hook.stop()
-        if plivo_runner is not None:
-            await plivo_runner.cleanup()
+        if carrier is not None:
+            await carrier.stop()
     return {
         "benchmark": "voice",
         "workers": workers,
@@ -624,9 +594,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--carrier",
-        choices=["sim", "plivo"],
+        choices=["sim", "plivo", "telnyx"],
         default="sim",
-        help="sim (Twilio Media Streams) or plivo (a fake Plivo, its audio stream protocol)",
+        help="sim (Twilio Media Streams), plivo or telnyx (a fake of that carrier, its media "
+        "protocol)",
     )
     return parser
 
@@ -646,7 +617,7 @@ def main(argv: list[str] | None = None) -> int:
     if min(args.workers) < 1:
         print("error: --workers must be >= 1", file=sys.stderr)
         return 2
-    args.plivo_port = harness._free_port()
+    args.carrier_side = carrier_side(args.carrier, harness._free_port(), TIMING)
     cores = os.cpu_count() or 1
     load = os.getloadavg()[0]
     print("relay voice benchmark")
@@ -654,9 +625,12 @@ def main(argv: list[str] | None = None) -> int:
         f"  {platform.python_implementation()} {platform.python_version()}, {platform.system()} "
         f"{platform.release()}, {cores} CPU cores; load average at start {load:.1f}"
     )
-    path = "Plivo calls over its audio stream" if args.carrier == "plivo" else "sim calls"
+    path = {
+        "plivo": "Plivo calls over its audio stream",
+        "telnyx": "Telnyx calls over its media streaming",
+    }.get(args.carrier, "sim calls over Twilio Media Streams")
     print(
-        f"  {path if args.carrier == 'plivo' else path + ' over Twilio Media Streams'}, "
+        f"  {path}, "
         "Piper caller speech, instant NDJSON webhook; "
         f"endpointing {args.endpointing_ms} ms; calls start over {args.stagger:g} s"
     )

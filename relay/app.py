@@ -111,7 +111,9 @@ def create_app(settings: Settings | None = None, *, db: Database | None = None) 
     sim, twilio = SimCarrier(), TwilioCarrier.from_settings(settings)
     # Telnyx has no deployment account: this one only makes the projects' accounts' carriers.
     telnyx = TelnyxCarrier(
-        public_url=settings.effective_public_url(), api_base_url=settings.telnyx_api_base_url
+        public_url=settings.effective_public_url(),
+        api_base_url=settings.telnyx_api_base_url,
+        timeout=settings.carrier_api_timeout_seconds,
     )
     state = AppState(
         settings=settings,

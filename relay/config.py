@@ -49,6 +49,8 @@ class Settings(BaseSettings):
     telnyx_api_base_url: str = ""
     # Where Plivo's REST API is (a test double, a proxy); empty: api.plivo.com.
     plivo_api_base_url: str = ""
+    # How long a Telnyx or Plivo REST request may take before it counts as unreachable.
+    carrier_api_timeout_seconds: float = Field(default=10.0, gt=0, le=120)
     # Carrier accounts' credentials are stored encrypted with this Fernet key (several,
     # comma-separated, while rotating: the first encrypts). `relay keys encryption` makes one.
     encryption_key: str = Field(default="", repr=False)

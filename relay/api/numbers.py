@@ -9,8 +9,6 @@ projects. Numbers are routed by (carrier account, number): :mod:`relay_numbers.k
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal
@@ -27,10 +25,11 @@ from relay.api.carrier_accounts import (
     secret_box_error,
     twilio_of,
 )
+from relay.api.number_carriers import carrier_error, carrier_of, store_bought
 from relay.api.pagination import fetch_page, newest_first
 from relay.api.routing import Context, Router
 from relay.api.schema import APIModel, Deleted, OutModel, Page, PageQuery
-from relay.carriers import Carrier, CarrierError, NoNumberAvailable, ProvisionRequest
+from relay.carriers import CarrierError, ProvisionRequest
 from relay.carriers.plivo import SMS_PATH, VOICE_PATH, PlivoRest
 from relay.carriers.sim import SIM_RANGES, sim_country_of
 from relay.carriers.telnyx import TelnyxCarrier
@@ -68,15 +67,17 @@ class NumberCreate(APIModel):
     country: str = Field(default="US", min_length=2, max_length=2, description="ISO 3166 alpha-2.")
     area_code: str | None = Field(default=None, pattern=r"^[0-9]{1,5}$")
     type: Literal["local", "mobile", "toll_free"] = Field(
-        default="local", description="The kind of number to buy (``twilio``; the sim's are local)."
+        default="local",
+        description="The kind of number to buy (``twilio``, ``telnyx``, ``plivo``; the sim's "
+        "are local).",
     )
     provider: str = Field(default="sim", max_length=20, description="Carrier to provision from.")
     carrier_account_id: str | None = Field(
         default=None,
         max_length=60,
-        description="The carrier account to buy it with (``/v1/carrier-accounts``). Without "
-        "it: the project's sim account for ``sim``, the deployment's own Twilio account for "
-        "``twilio``.",
+        description="The carrier account to buy it with (``/v1/carrier-accounts``; required "
+        "for ``telnyx`` and ``plivo``). Without it: the project's sim account for ``sim``, "
+        "the deployment's own Twilio account for ``twilio``.",
     )
     agent_id: str | None = Field(default=None, max_length=60)
 
@@ -176,12 +177,6 @@ async def _taken(ctx: Context) -> frozenset[str]:
         return frozenset(r[0] for r in rows)
 
 
-def _carrier_error(exc: CarrierError) -> APIError:
-    err = APIError(str(exc), code=exc.code)
-    err.status = 409 if isinstance(exc, NoNumberAvailable) else 502
-    return err
-
-
 @router.route(
     "POST",
     "/v1/numbers",
@@ -190,13 +185,15 @@ def _carrier_error(exc: CarrierError) -> APIError:
     body=NumberCreate,
     response=NumberOut,
     status=201,
-    errors=(400, 401, 403, 404, 409, 415, 422, 429, 502),
+    errors=(400, 401, 403, 404, 409, 415, 422, 429, 502, 503),
 )
 async def create_number(ctx: Context, body: NumberCreate) -> NumberOut:
     """Provisions from ``provider`` (default ``sim``, the embedded carrier, whose numbers lie
     in ranges reserved for fiction). ``areaCode`` is honoured where the range allows. A
     ``twilio`` number is bought on the carrier account named (or the deployment's own), with
-    its voice and SMS webhooks already pointing at this relay."""
+    its voice and SMS webhooks already pointing at this relay; a ``telnyx`` one on the
+    account's Call Control Application and messaging profile; a ``plivo`` one on the
+    account's application for this relay. A number bought but not stored is given back."""
     if ctx.state.carriers.get(body.provider) is None:
         raise invalid_field(
             "provider",
@@ -210,7 +207,7 @@ async def create_number(ctx: Context, body: NumberCreate) -> NumberOut:
         if body.carrier_account_id is not None:
             account = await _account_for(ctx, session, body.carrier_account_id, body.provider)
     public_url = ctx.state.settings.effective_public_url()
-    async with _carrier_of(ctx, body.provider, account) as (carrier, carrier_key):
+    async with carrier_of(ctx, body.provider, account) as (carrier, carrier_key):
         for _attempt in range(5):
             request = ProvisionRequest(
                 body.country, body.area_code, await _taken(ctx), body.type, public_url
@@ -218,7 +215,7 @@ async def create_number(ctx: Context, body: NumberCreate) -> NumberOut:
             try:
                 got = await carrier.provision(request)
             except CarrierError as exc:
-                raise _carrier_error(exc) from exc
+                raise carrier_error(exc) from exc
             number = Number(
                 id=new_id("num"),
                 project_id=ctx.project_id,
@@ -233,12 +230,8 @@ async def create_number(ctx: Context, body: NumberCreate) -> NumberOut:
                 capabilities=list(got.capabilities),
                 created_at=utcnow(),
             )
-            try:
-                async with ctx.state.db.session() as session:
-                    session.add(number)
-            except IntegrityError:
-                continue  # another request took the same number at the same moment: pick again
-            return _out(number)
+            if await store_bought(ctx, carrier, got, number):
+                return _out(number)
     raise Conflict("Could not reserve a free number; try again.", code="no_number_available")
 
 
@@ -253,31 +246,6 @@ async def _account_for(
         message = WRONG_PROVIDER.format(id=account.id, provider=account.provider, wanted=provider)
         raise invalid_field("carrierAccountId", message, "carrier_account_mismatch")
     return account
-
-
-@asynccontextmanager
-async def _carrier_of(
-    ctx: Context, provider: str, account: CarrierAccount | None
-) -> AsyncIterator[tuple[Carrier, str]]:
-    """The carrier to reach ``provider`` with, on ``account`` (or the relay's own), and the
-    carrier key its numbers are routed by; a project account's client is closed after."""
-    base = ctx.state.carriers.get(provider)
-    assert base is not None
-    if provider == "sim":
-        yield base, sim_key(ctx.project_id)
-        return
-    if account is None:
-        settings = ctx.state.settings
-        if not (settings.twilio_account_sid and settings.twilio_auth_token):
-            raise invalid_field("carrierAccountId", NEEDS_ACCOUNT, "carrier_account_required")
-        yield base, TWILIO_DEPLOYMENT_KEY
-        return
-    creds = twilio_of(ctx, account)
-    carrier = base.for_account({"accountSid": creds.account_sid, "authToken": creds.auth_token})
-    try:
-        yield carrier, twilio_key(creds.account_sid)
-    finally:
-        await carrier.close()
 
 
 @router.route(
@@ -410,11 +378,11 @@ async def _configure(ctx: Context, provider: str, proof: _Proof, phone: str) -> 
         async with ctx.state.db.session() as session:
             account = await load_account(ctx, session, proof.account_id)
     public_url = ctx.state.settings.effective_public_url()
-    async with _carrier_of(ctx, provider, account) as (carrier, _key):
+    async with carrier_of(ctx, provider, account) as (carrier, _key):
         try:
             await carrier.configure(phone, proof.provider_sid, public_url)
         except CarrierError as exc:
-            raise _carrier_error(exc) from exc
+            raise carrier_error(exc) from exc
 
 
 async def _prove_telnyx(ctx: Context, account: CarrierAccount | None, phone: str) -> _Proof:
@@ -549,11 +517,11 @@ async def release_number(ctx: Context) -> Deleted:
         if number.carrier_account_id is not None:
             account = await session.get(CarrierAccount, number.carrier_account_id)
         if number.source == "provisioned" and ctx.state.carriers.get(number.provider) is not None:
-            async with _carrier_of(ctx, number.provider, account) as (carrier, _key):
+            async with carrier_of(ctx, number.provider, account) as (carrier, _key):
                 try:
                     await carrier.release(number.phone_number, number.provider_sid)
                 except CarrierError as exc:
-                    raise _carrier_error(exc) from exc
+                    raise carrier_error(exc) from exc
         number.released_at = utcnow()
         number.agent_id = None
     return Deleted(id=number.id, object="number")

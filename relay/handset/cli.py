@@ -19,6 +19,15 @@ answer webhook (``/carriers/plivo/voice?authId=...``), signed with the account's
 its audio flows over Plivo's audio stream protocol (:mod:`relay.handset.fake_plivo`). It
 needs no API key: the signature is what the relay checks. ``--public-url`` is the URL the
 relay signs against (``RELAY_PUBLIC_URL``) when it differs from ``--relay``.
+
+``--carrier telnyx`` is Telnyx's side of a call to a number of a project's Telnyx account:
+the handset serves a fake Telnyx REST API where the relay expects Telnyx
+(``--telnyx-api-url``, default ``RELAY_TELNYX_API_BASE_URL``, which must be a local
+``http://127.0.0.1:PORT``), sends ``call.initiated`` signed with the account's Ed25519 key
+(``--telnyx-signing-key``: the private key's 32 bytes, base64, whose public key the account
+was added with), and when the relay answers with Call Control it opens the media stream and
+talks Telnyx's media protocol (:mod:`relay.handset.fake_telnyx`). ``--telnyx-api-key`` and
+``--telnyx-connection-id`` are the account's (``TELNYX_*`` in the environment).
 """
 
 from __future__ import annotations
@@ -67,9 +76,9 @@ def add_phone_call_command(phone_sub: Any) -> None:
     call.add_argument("--key", help="a secret API key of the number's project (or RELAY_KEY)")
     call.add_argument(
         "--carrier",
-        choices=("sim", "twilio", "plivo"),
+        choices=("sim", "twilio", "plivo", "telnyx"),
         default="sim",
-        help="how the call reaches the relay: the sim carrier, or as Twilio or Plivo would",
+        help="how the call reaches the relay: the sim carrier, or as Twilio, Plivo or Telnyx would",
     )
     call.add_argument("--account-sid", help="twilio: the AccountSid (RELAY_TWILIO_ACCOUNT_SID)")
     call.add_argument("--auth-token", help="twilio: its auth token (RELAY_TWILIO_AUTH_TOKEN)")
@@ -83,6 +92,15 @@ def add_phone_call_command(phone_sub: Any) -> None:
     call.add_argument(
         "--plivo-auth-token", default=os.environ.get("PLIVO_AUTH_TOKEN", ""), help="its token"
     )
+    env = os.environ.get
+    call.add_argument("--telnyx-api-key", default=env("TELNYX_API_KEY", ""), help="telnyx")
+    call.add_argument(
+        "--telnyx-connection-id", default=env("TELNYX_CONNECTION_ID", ""), help="its app id"
+    )
+    call.add_argument(
+        "--telnyx-signing-key", default=env("TELNYX_SIGNING_KEY", ""), help="Ed25519, base64"
+    )
+    call.add_argument("--telnyx-api-url", help="where the relay reaches Telnyx (local)")
     call.add_argument("--public-url", help="the relay's RELAY_PUBLIC_URL (default: --relay)")
     call.set_defaults(func=cmd_phone_call, turns=[])
 
@@ -116,6 +134,22 @@ def cmd_phone_call(args: argparse.Namespace) -> int:
             print(f"calling {args.number} as Twilio through {relay_url}", flush=True)
         try:
             report = asyncio.run(_as_twilio(args, relay_url, sid, token, lines))
+        except HandsetError as exc:
+            print(f"error: {exc} ({exc.code})", file=sys.stderr)
+            return 2
+        return _print(report, args.json)
+    if args.carrier == "telnyx":
+        if not (args.telnyx_api_key and args.telnyx_connection_id and args.telnyx_signing_key):
+            print(TELNYX_NEEDS, file=sys.stderr)
+            return 2
+        api_url = args.telnyx_api_url or settings.telnyx_api_base_url
+        if not api_url:
+            print("error: give --telnyx-api-url (RELAY_TELNYX_API_BASE_URL)", file=sys.stderr)
+            return 2
+        if not args.json:
+            print(f"calling {args.number} as Telnyx through {relay_url}", flush=True)
+        try:
+            report = asyncio.run(_as_telnyx(args, relay_url, api_url, lines))
         except HandsetError as exc:
             print(f"error: {exc} ({exc.code})", file=sys.stderr)
             return 2
@@ -172,6 +206,79 @@ async def _as_twilio(
     if call.report is None:
         raise HandsetError("the media stream never opened", "no_media")
     return call.report
+
+
+async def _as_telnyx(
+    args: argparse.Namespace, relay_url: str, api_url: str, lines: list[Any]
+) -> Any:
+    """The call as Telnyx carries it: its REST API served where the relay reaches Telnyx,
+    ``call.initiated`` signed with the account's key, then its media stream."""
+    import base64
+    import binascii
+    from urllib.parse import urlsplit
+
+    import aiohttp
+    from aiohttp import web
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from relay.handset.fake_telnyx import FakeTelnyx, FakeTelnyxAccount
+    from relay.handset.voice import HandsetError, SimHandset
+
+    try:
+        seed = base64.b64decode(args.telnyx_signing_key, validate=True)
+        signing_key = Ed25519PrivateKey.from_private_bytes(seed)
+    except (binascii.Error, ValueError) as exc:
+        raise HandsetError("--telnyx-signing-key is no Ed25519 private key", "bad_key") from exc
+    where = urlsplit(api_url)
+    if where.hostname not in ("127.0.0.1", "localhost") or not where.port:
+        raise HandsetError(f"{api_url} is not a local http://127.0.0.1:PORT", "bad_api_url")
+    public = (args.public_url or relay_url).rstrip("/")
+    fake = FakeTelnyx(
+        handset=SimHandset("http://unused", "unused", voice=args.voice, listen=not args.no_listen)
+    )
+    local = relay_url.rstrip("/")
+    fake.deliver_to = [(public, local), (_ws(public), _ws(local))]
+    account = FakeTelnyxAccount(
+        args.telnyx_api_key,
+        args.telnyx_connection_id,
+        messaging_profile_id="",
+        signing_key=signing_key,
+        call_webhook=f"{public}/carriers/telnyx/call",
+    )
+    fake.accounts[account.api_key] = account
+    runner = web.AppRunner(fake.app())
+    await runner.setup()
+    try:
+        await web.TCPSite(runner, where.hostname, where.port).start()
+    except OSError as exc:
+        await runner.cleanup()
+        raise HandsetError(f"cannot serve Telnyx's API at {api_url}: {exc}", "port_busy") from exc
+    try:
+        call = await fake.place_call(account, args.from_number, args.number, lines)
+        await asyncio.wait_for(call.done.wait(), 600)
+        await fake.settle()
+    except (OSError, aiohttp.ClientError) as exc:
+        raise HandsetError(f"cannot reach the relay at {relay_url}: {exc}") from exc
+    finally:
+        await runner.cleanup()
+    refused = [s for event, _url, s in fake.webhooks if event == "call.initiated" and s != 200]
+    if refused:
+        code = "invalid_signature" if refused[0] == 403 else "call_refused"
+        raise HandsetError(f"the relay answered call.initiated with HTTP {refused[0]}", code)
+    if call.report is None:
+        why = call.error or f"the relay hung up ({call.hangup_cause})"
+        raise HandsetError(f"the media stream never opened: {why}", "no_media")
+    return call.report
+
+
+def _ws(url: str) -> str:
+    return url.replace("https://", "wss://", 1).replace("http://", "ws://", 1)
+
+
+TELNYX_NEEDS = (
+    "error: --carrier telnyx needs the account's --telnyx-api-key, --telnyx-connection-id "
+    "and --telnyx-signing-key (or TELNYX_API_KEY, TELNYX_CONNECTION_ID, TELNYX_SIGNING_KEY)"
+)
 
 
 def _print(report: Any, as_json: bool) -> int:

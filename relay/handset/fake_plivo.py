@@ -19,6 +19,8 @@ slash, HTTP Basic with the auth id and auth token, JSON bodies):
 ``POST   /v1/Account/{auth_id}/Number/{number}/``   point a rented number at an application
 ``DELETE /v1/Account/{auth_id}/Request/{uuid}/``    cancel a call still ringing (else 404)
 ``DELETE /v1/Account/{auth_id}/Call/{uuid}/``       hang up a live call (else 404)
+``GET PhoneNumber/``, ``POST PhoneNumber/{number}/``, ``DELETE Number/{number}/``: search,
+rent, give back (:mod:`relay.handset.fake_plivo_numbers`)
 
 Wrong credentials, or another account's path, answer 401; ``down`` answers every request 503.
 
@@ -55,6 +57,7 @@ from urllib.parse import parse_qsl, urlsplit
 import aiohttp
 from aiohttp import web
 
+from relay.handset.fake_plivo_numbers import FakePlivoNumbers
 from relay.handset.plivo_line import PlivoHandset, PlivoMediaLine
 from relay.transports import plivo_protocol as pp
 
@@ -128,6 +131,7 @@ class FakePlivo:
     placed: list[dict[str, Any]] = field(default_factory=list)  # JSON bodies of Call/
     callees: dict[str, PlivoMediaLine] = field(default_factory=dict)  # by request_uuid
     answered: dict[str, asyncio.Event] = field(default_factory=dict)  # by request_uuid
+    phone_numbers: FakePlivoNumbers = field(default_factory=FakePlivoNumbers)
     _ringing: dict[str, asyncio.Event] = field(default_factory=dict)  # set: cancelled
     _live: dict[str, PlivoMediaLine] = field(default_factory=dict)  # by CallUUID
     _tasks: set[asyncio.Task[None]] = field(default_factory=set)
@@ -150,6 +154,11 @@ class FakePlivo:
         app.router.add_get(base + "/", self._account)
         app.router.add_get(base + "/Number/{number}/", self._number)
         app.router.add_post(base + "/Number/{number}/", self._point_number)
+        numbers = self.phone_numbers
+        numbers.account_of = _account_of
+        app.router.add_delete(base + "/Number/{number}/", numbers.unrent)
+        app.router.add_get(base + "/PhoneNumber/", numbers.search)
+        app.router.add_post(base + "/PhoneNumber/{number}/", numbers.buy)
         app.router.add_get(base + "/Application/", self._applications)
         app.router.add_post(base + "/Application/", self._new_application)
         app.router.add_post(base + "/Message/", self._message)
@@ -533,6 +542,10 @@ def _read_answer(call: StreamedCall) -> None:
 
 def _ws(origin: str) -> str:
     return origin.replace("https://", "wss://", 1).replace("http://", "ws://", 1)
+
+
+def _account_of(request: web.Request) -> FakePlivoAccount:
+    return request[ACCOUNT]
 
 
 def _basic(account: FakePlivoAccount) -> str:

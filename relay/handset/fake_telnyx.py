@@ -11,6 +11,7 @@ Telnyx's error body, ``down`` answers 503 to everything):
 ``GET   /v2/phone_numbers?filter[phone_number]=``      the account's numbers with that value
 ``GET   /v2/available_phone_numbers``, ``POST /v2/number_orders``  search and buy
 ``DELETE /v2/phone_numbers/{id}``                      release
+(the numbers: :mod:`relay.handset.fake_telnyx_numbers`)
 ``POST  /v2/calls``                                    dial (with a bidirectional stream)
 ``POST  /v2/calls/{id}/actions/answer|hangup|transfer``
 ``POST  /v2/messages``                                 send a text
@@ -44,6 +45,7 @@ from aiohttp import web
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
+from relay.handset.fake_telnyx_numbers import FakeTelnyxNumbers, number_id
 from relay.handset.telnyx_line import TelnyxLine, now_iso
 from relay.handset.voice import CallReport, Line, SimHandset
 
@@ -127,6 +129,7 @@ class FakeTelnyx:
     requests: list[tuple[str, str, Any]] = field(default_factory=list)  # method, path, body
     webhooks: list[tuple[str, str, int]] = field(default_factory=list)  # event, url, status
     webhook_seconds: list[float] = field(default_factory=list)  # each one's round trip
+    phone_numbers: FakeTelnyxNumbers = field(default_factory=FakeTelnyxNumbers)
     _tasks: set[asyncio.Task[Any]] = field(default_factory=set)
 
     def add_account(self, numbers: set[str] | None = None) -> FakeTelnyxAccount:
@@ -158,11 +161,13 @@ class FakeTelnyx:
         r.add_patch("/v2/call_control_applications/{id}", self.update_application)
         r.add_patch("/v2/messaging_profiles/{id}", self.update_profile)
         r.add_get("/v2/phone_numbers", self.list_numbers)
-        r.add_delete("/v2/phone_numbers/{id}", self.delete_number)
+        numbers = self.phone_numbers
+        numbers.account_of = self._me
+        r.add_delete("/v2/phone_numbers/{id}", numbers.delete)
         r.add_patch("/v2/phone_numbers/{id}", self.update_number)
         r.add_patch("/v2/phone_numbers/{id}/messaging", self.update_number)
-        r.add_get("/v2/available_phone_numbers", self.available)
-        r.add_post("/v2/number_orders", self.order)
+        r.add_get("/v2/available_phone_numbers", numbers.available)
+        r.add_post("/v2/number_orders", numbers.order)
         r.add_post("/v2/calls", self.dial)
         r.add_post("/v2/calls/{id}/actions/{action}", self.action)
         r.add_post("/v2/messages", self.send_message)
@@ -239,10 +244,13 @@ class FakeTelnyx:
         account = self._me(request)
         wanted = request.query.get("filter[phone_number]", "")
         items = []
-        if wanted and account.owns(wanted):
+        ordered = self.phone_numbers.of(account.api_key, wanted)
+        if ordered is not None:
+            items.append(ordered.resource())
+        elif wanted and account.owns(wanted):
             items.append(
                 {
-                    "id": str(abs(hash((account.api_key, wanted))) % 10**18),
+                    "id": number_id(account.api_key, wanted),
                     "record_type": "phone_number",
                     "phone_number": wanted,
                     "status": "active",
@@ -267,33 +275,6 @@ class FakeTelnyx:
         if wrong:
             return _error(422, "10015", f"not this account's: {', '.join(sorted(wrong))}")
         return web.json_response({"data": {"id": request.match_info["id"], **body}})
-
-    async def delete_number(self, request: web.Request) -> web.Response:
-        return web.json_response({"data": {"id": request.match_info["id"], "status": "deleted"}})
-
-    async def available(self, request: web.Request) -> web.Response:
-        ndc = request.query.get("filter[national_destination_code]", "555")
-        items = [
-            {"record_type": "available_phone_number", "phone_number": f"+1{ndc}555{i:04d}"}
-            for i in range(1, 4)
-        ]
-        return web.json_response({"data": items, "meta": {"total_results": len(items)}})
-
-    async def order(self, request: web.Request) -> web.Response:
-        body = await request.json()
-        numbers = [
-            {
-                "id": str(secrets.randbelow(10**18)),
-                "phone_number": n["phone_number"],
-                "status": "pending",
-            }
-            for n in body.get("phone_numbers") or ()
-        ]
-        account = self._me(request)
-        if account.numbers is not None:
-            account.numbers.update(n["phone_number"] for n in numbers)
-        data = {"id": str(uuid.uuid4()), "record_type": "number_order", "status": "pending"}
-        return web.json_response({"data": {**data, "phone_numbers": numbers}})
 
     async def dial(self, request: web.Request) -> web.Response:
         arrived = time.perf_counter()

@@ -16,6 +16,7 @@ A number the account bought joins what it owns; one it was asked about
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -73,6 +74,8 @@ class FakeTwilioNumbers:
         self._owned = owned
         self.incoming: dict[str, FakeNumber] = {}
         self.released: list[str] = []
+        # Runs once a number is bought and before Twilio answers (a test's failing store).
+        self.before_buy_answer: Callable[[str], Awaitable[None]] | None = None
 
     def install(self, app: web.Application, base: str) -> None:
         app.router.add_get(base + "/AvailablePhoneNumbers/{country}/{kind}.json", self.available)
@@ -145,6 +148,8 @@ class FakeTwilioNumbers:
         owned = self._owned(account_sid)
         if owned is not None:
             owned.add(phone)
+        if self.before_buy_answer is not None:
+            await self.before_buy_answer(phone)
         return web.json_response(number.resource(), status=201)
 
     def _mine(self, request: web.Request) -> FakeNumber | None:

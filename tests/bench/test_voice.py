@@ -66,3 +66,20 @@ def test_several_workers_are_refused_on_sqlite():
     done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert done.returncode == 2
     assert "--workers above 1 needs PostgreSQL" in done.stderr
+
+
+@pytest.mark.parametrize("carrier", ["plivo", "telnyx"])
+def test_quick_run_over_a_carriers_media_protocol(carrier):
+    """The same call through a fake carrier: its signed webhook, its media protocol."""
+    command = [sys.executable, str(ROOT / "bench" / "voice.py"), "--quick", "--carrier", carrier]
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    summary = json.loads(done.stdout.strip().splitlines()[-1])
+    assert summary["carrier"] == carrier
+    load = summary["load"]
+    assert (load["turns"], load["unanswered"], load["failed_calls"]) == (1, 0, 0)
+    assert 0 < load["v2v_p50_ms"] < 10_000
+    # The engine's metrics were found under the relay's call id.
+    assert load["stages_ms"]["engine e2e"]["p50"] is not None
+    assert load["frames"] > 50 and load["call_warnings"] == 0, load["errors"]
+    assert any("table" in t.lower() for t in summary["sample_transcripts"])

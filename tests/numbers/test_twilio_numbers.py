@@ -10,6 +10,7 @@ from relay.secretbox import new_key
 from relay.state import APP_STATE
 from relay.store.models import Number
 from relay_numbers import TWILIO_DEPLOYMENT_KEY, twilio_key
+from tests.carriers.numbers_support import store_broken_by
 from tests.conftest import DEPLOYMENT_SID, deployment_twilio
 
 PUBLIC_URL = "https://relay.example.com"
@@ -133,3 +134,14 @@ async def test_an_import_may_leave_the_numbers_webhooks_alone(client, auth, fake
     [known] = fake.phone_numbers.incoming.values()
     assert known.config == {}
     assert not any(m == "POST" and "/IncomingPhoneNumbers/" in p for m, p in fake.requests)
+
+
+async def test_a_twilio_number_that_cannot_be_stored_is_released(client, auth, fake):
+    async with store_broken_by(client) as break_it:
+        fake.phone_numbers.before_buy_answer = break_it
+        refused = await provision(client, auth, 503)
+    [phone] = fake.phone_numbers.released
+    assert refused["error"]["code"] == "number_not_stored"
+    assert phone in refused["error"]["message"]
+    assert fake.phone_numbers.incoming == {}
+    assert (await (await client.get("/v1/numbers", headers=auth)).json())["data"] == []

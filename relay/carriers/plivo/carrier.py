@@ -3,8 +3,9 @@
 Texts both ways (:mod:`relay.carriers.plivo.sms`), inbound calls answered with a streaming
 XML document (:mod:`relay.carriers.plivo.voice`), outbound calls and hang-ups through the
 Call API (:mod:`relay.carriers.plivo.calls`), and the V3 signature check on every webhook
-(:mod:`relay.carriers.plivo.signature`). Plivo numbers are imported (the account must own
-them), not provisioned here. The relay has no Plivo account of its own: the registry's
+(:mod:`relay.carriers.plivo.signature`). Numbers are rented on the account's application
+for this relay and given back (:mod:`relay.carriers.plivo.numbers`), or imported (the account
+must own them). The relay has no Plivo account of its own: the registry's
 carrier has no credentials, and :meth:`PlivoCarrier.for_account` makes a project's.
 """
 
@@ -20,14 +21,13 @@ from relay.carriers.base import (
     ProvisionedNumber,
     ProvisionRequest,
 )
-from relay.carriers.plivo import calls
+from relay.carriers.plivo import calls, numbers
 from relay.carriers.plivo.rest import PlivoCredentials, PlivoRest
 from relay.carriers.plivo.signature import signature_is_valid
 from relay.carriers.plivo.sms import send_sms
 from relay.carriers.sms import OutgoingText, SentText
 from relay.config import Settings
 
-NOT_YET = "The plivo carrier cannot {what} from this relay yet."
 NO_ACCOUNT = "Plivo calls and texts go through a project's Plivo carrier account; none is set."
 
 
@@ -55,6 +55,7 @@ class PlivoCarrier:
             PlivoCredentials("", ""),
             api_base_url=settings.plivo_api_base_url,
             public_url=settings.effective_public_url(),
+            timeout=settings.carrier_api_timeout_seconds,
         )
 
     def for_account(self, credentials: Mapping[str, str]) -> PlivoCarrier:
@@ -65,10 +66,14 @@ class PlivoCarrier:
         )
 
     async def provision(self, request: ProvisionRequest) -> ProvisionedNumber:
-        raise CarrierError(NOT_YET.format(what="provision numbers (import them)"))
+        if not self.creds.auth_id:
+            raise CarrierError(NO_ACCOUNT)
+        return await numbers.provision(self.rest, request, self.public_url)
 
     async def release(self, phone_number: str, provider_sid: str | None) -> None:
-        return None  # none was provisioned here; an imported number stays its owner's
+        if not self.creds.auth_id:
+            raise CarrierError(NO_ACCOUNT)
+        await numbers.release(self.rest, phone_number)
 
     async def configure(
         self, phone_number: str, provider_sid: str | None, webhook_base_url: str
@@ -107,4 +112,4 @@ class PlivoCarrier:
         await self.rest.close()
 
 
-__all__ = ["NO_ACCOUNT", "NOT_YET", "PlivoCarrier"]
+__all__ = ["NO_ACCOUNT", "PlivoCarrier"]

@@ -15,6 +15,9 @@ use of it:
   DELETE Request/{request_uuid}/              cancel a call still ringing
   GET    Application/ , POST Application/     the account's applications (webhook URLs)
   POST   Number/{number}/                     point a number at an application
+  GET    PhoneNumber/?country_iso=&type=&pattern=   numbers to rent (relay.carriers.plivo.numbers)
+  POST   PhoneNumber/{number}/                rent one, on an application
+  DELETE Number/{number}/                     give a rented number back
 
 https://www.plivo.com/docs/voice/api/call/ and .../messaging/api/message/. Numbers are
 written without the ``+`` at Plivo. ``RELAY_PLIVO_API_BASE_URL`` points it elsewhere (a
@@ -153,6 +156,15 @@ class PlivoRest:
         account's application with exactly these URLs (made if it has none), attached to the
         number in one update, so the number switches from its old webhooks to these at once.
         Returns the application's id."""
+        app_id = await self.application(answer_url, message_url)
+        number = plivo_number(phone_number)
+        status, data = await self.request("POST", "Number", number, body={"app_id": app_id})
+        if status not in (200, 202):
+            raise self.refused(status, data)
+        return app_id
+
+    async def application(self, answer_url: str, message_url: str) -> str:
+        """The id of the account's application with exactly these URLs, made if it has none."""
         status, data = await self.request("GET", "Application", body={"limit": "20"})
         if status != 200:
             raise self.refused(status, data)
@@ -178,10 +190,6 @@ class PlivoRest:
             if status not in (200, 201) or not data.get("app_id"):
                 raise self.refused(status, data)
             app_id = str(data["app_id"])
-        number = plivo_number(phone_number)
-        status, data = await self.request("POST", "Number", number, body={"app_id": app_id})
-        if status not in (200, 202):
-            raise self.refused(status, data)
         return app_id
 
     async def close(self) -> None:

@@ -101,7 +101,7 @@ class TelnyxApi:
         path: str,
         *,
         json: dict[str, Any] | None = None,
-        params: dict[str, str] | None = None,
+        params: dict[str, str] | list[tuple[str, str]] | None = None,
     ) -> Any:
         """The answer's ``data`` (None for an empty answer)."""
         try:
@@ -164,14 +164,16 @@ class TelnyxApi:
     async def available(
         self, country: str, area_code: str | None, kind: str = "local", limit: int = 10
     ) -> list[str]:
-        params = {
-            "filter[country_code]": country,
-            "filter[phone_number_type]": kind,
-            "filter[features][]": "voice",
-            "filter[limit]": str(limit),
-        }
+        # Arrays as Telnyx's SDKs send them: the key repeated, with brackets.
+        params = [
+            ("filter[country_code]", country),
+            ("filter[phone_number_type]", kind),
+            ("filter[features][]", "voice"),
+            ("filter[features][]", "sms"),
+            ("filter[limit]", str(limit)),
+        ]
         if area_code:
-            params["filter[national_destination_code]"] = area_code
+            params.append(("filter[national_destination_code]", area_code))
         data = await self.request("GET", "/available_phone_numbers", params=params)
         return [str(d["phone_number"]) for d in data or () if isinstance(d, dict)]
 

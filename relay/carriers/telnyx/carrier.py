@@ -24,10 +24,18 @@ from relay.carriers.base import (
     ProvisionRequest,
 )
 from relay.carriers.sms import OutgoingText, SentText
-from relay.carriers.telnyx.api import StreamSpec, TelnyxApi, TelnyxCredentials, TelnyxTimeout
+from relay.carriers.telnyx.api import (
+    StreamSpec,
+    TelnyxApi,
+    TelnyxApiError,
+    TelnyxCredentials,
+    TelnyxTimeout,
+)
 from relay.carriers.telnyx.events import STATUSES
 from relay.carriers.telnyx.signature import signature_is_valid
 
+NONE_FREE = "Telnyx has no {kind} {country} number{where} to order."
+ORDER_FAILED = "Telnyx did not complete the order of {phone}; nothing was stored."
 NO_ACCOUNT = "Telnyx is used through a project's carrier account; this one has no credentials."
 CALL_PATH = "/carriers/telnyx/call"
 MESSAGE_PATH = "/carriers/telnyx/message"
@@ -94,27 +102,45 @@ class TelnyxCarrier:
         return self.credentials
 
     async def provision(self, request: ProvisionRequest) -> ProvisionedNumber:
+        """Search the kind asked for, order the first free one on the account's application
+        and messaging profile (its calls and texts reach the relay from the start)."""
         creds = self._creds()
-        free = [
-            n
-            for n in await self.api.available(request.country, request.area_code)
-            if n not in request.taken
-        ]
-        if not free:
-            where = f" in area code {request.area_code}" if request.area_code else ""
-            raise NoNumberAvailable(f"Telnyx has no {request.country} number{where} to order.")
-        order = await self.api.order(free[0], creds)
-        ordered = order.get("phone_numbers") or [{}]
-        number_id = ordered[0].get("id") if isinstance(ordered[0], dict) else None
-        return ProvisionedNumber(free[0], request.country, str(number_id) if number_id else None)
+        try:
+            offered = await self.api.available(
+                request.country, request.area_code, request.number_type
+            )
+            free = [n for n in offered if n not in request.taken]
+            if not free:
+                kind = request.number_type.replace("_", "-")
+                where = f" in area code {request.area_code}" if request.area_code else ""
+                raise NoNumberAvailable(
+                    NONE_FREE.format(kind=kind, country=request.country, where=where)
+                )
+            order = await self.api.order(free[0], creds)
+        except TelnyxApiError as exc:
+            raise CarrierError(f"{exc} (provisioning a number)") from exc
+        ordered = [n for n in order.get("phone_numbers") or () if isinstance(n, dict)]
+        mine = next((n for n in ordered if n.get("phone_number") == free[0]), None)
+        if mine is None or mine.get("status") in ("failure", "failed"):
+            raise CarrierError(ORDER_FAILED.format(phone=free[0]))
+        # The order's own ids name the order, not the number: release finds the number's id.
+        return ProvisionedNumber(free[0], request.country, None)
 
     async def release(self, phone_number: str, provider_sid: str | None) -> None:
+        """``DELETE /v2/phone_numbers/{id}``; a number the account no longer has is gone."""
         self._creds()
-        if provider_sid is None:
-            found = await self.api.phone_numbers(phone_number)
-            provider_sid = str(found[0]["id"]) if found and found[0].get("id") else None
-        if provider_sid is not None:
+        try:
+            if provider_sid is None:
+                found = await self.api.phone_numbers(phone_number)
+                mine = [n for n in found if n.get("phone_number") == phone_number and n.get("id")]
+                if not mine:
+                    return
+                provider_sid = str(mine[0]["id"])
             await self.api.delete_number(provider_sid)
+        except TelnyxApiError as exc:
+            if exc.status == 404:
+                return
+            raise CarrierError(f"{exc} (releasing {phone_number})") from exc
 
     async def configure(
         self, phone_number: str, provider_sid: str | None, webhook_base_url: str
