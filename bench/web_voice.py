@@ -284,7 +284,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--stagger", type=float, default=3.0)
     parser.add_argument("--endpointing-ms", type=int, default=400)
     parser.add_argument("--quick", action="store_true", help="1 call, 2 turns, no ramp")
-    # bench/voice.py's relay settings read its --carrier: a web call has none (sim numbers).
+    # bench/voice.py's relay settings read its --carrier (and its side): a web call has none.
     parser.set_defaults(carrier="sim", carrier_side=None)
     args = parser.parse_args(argv)
     if args.quick:
