@@ -29,13 +29,16 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from aiohttp import web
-from sqlalchemy import case, exists, func, or_, select
+from sqlalchemy import case, event, exists, func, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import Session
 
 from relay import calling_hours
 from relay.calls import batches
 from relay.calls.inbound import agent_snapshot
-from relay.calls.lifecycle import open_call
+from relay.calls.lifecycle import ENDED_OUTBOUND, open_call
+from relay.calls.outbound import Claimed, take
+from relay.calls.recovery import lock_call
 from relay.calls.snapshots import freeze
 from relay.events.writing import writing
 from relay.ids import new_id
@@ -64,7 +67,7 @@ UNCAPPED_CLAIM = 50
 # A recipient whose local time cannot be told is retried no sooner than this.
 UNKNOWN_ZONE_WAIT = timedelta(hours=1)
 
-Dial = Callable[[str], None]
+Dial = Callable[[Claimed], None]
 
 
 def retry_kind(reason: str | None) -> str:
@@ -131,8 +134,9 @@ async def stats(session: AsyncSession, project_id: str) -> Stats:
 
 class DialQueue:
     """This node's claimer: ``tick()`` settles ended calls, claims what may ring now and
-    hands it to ``dial``; ``start()`` runs it every ``interval`` seconds, or at once on
-    :meth:`wake`."""
+    hands it to ``dial``. ``start()`` runs it when woken (a call enqueued, :meth:`wake`; an
+    outbound call ended in this process, seen as its transaction commits) and, for what
+    no event here tells of (other nodes, due times, crashes), every ``interval`` seconds."""
 
     def __init__(
         self,
@@ -142,7 +146,7 @@ class DialQueue:
         *,
         node_id: str,
         node_timeout: float,
-        interval: float = 0.25,
+        interval: float = 1.0,
         dial_rate: float = 0.0,
     ) -> None:
         self.db = db
@@ -158,43 +162,79 @@ class DialQueue:
         self._stop = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._next_adoption = 0.0
+        # What woke the loop: projects with calls enqueued, and whether calls ended.
+        self._projects: set[str] = set()
+        self._ended = False
+        self._next_poll = 0.0  # the next durable poll (time.monotonic())
 
-    def wake(self) -> None:
+    def wake(self, project_id: str | None = None) -> None:
+        """Claim for ``project_id`` now (None: look at every project)."""
+        if project_id is None:
+            self._next_poll = 0.0
+        else:
+            self._projects.add(project_id)
         self._wake.set()
 
     def start(self) -> None:
         if self._task is None:
+            event.listen(self.db.session_class, "after_commit", self._committed)
             self._task = asyncio.create_task(self._loop(), name="dial-queue")
 
     async def stop(self) -> None:
         self._stop.set()  # not cancel(): a tick may be inside a transaction
         self._wake.set()
-        if self._task is not None:
-            await self._task
+        task, self._task = self._task, None
+        if task is not None:
+            await task
+            event.remove(self.db.session_class, "after_commit", self._committed)
+
+    def _committed(self, session: Session) -> None:
+        # Runs on the loop's thread (the async session's greenlet), inside the commit.
+        if session.info.pop(ENDED_OUTBOUND, None):
+            self._ended = True
+            self._wake.set()
 
     async def _loop(self) -> None:
         while not self._stop.is_set():
             self._wake.clear()
+            now = time.monotonic()
+            full = now >= self._next_poll
+            if full:
+                self._next_poll = now + self.interval
             try:
-                await self.tick()
+                await self.tick(full=full)
             except Exception as exc:  # the loop must outlive a database hiccup
                 log.warning("dial_queue_tick_failed", error=repr(exc))
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self.interval)
+                left = max(0.0, self._next_poll - time.monotonic())
+                await asyncio.wait_for(self._wake.wait(), left)
 
-    async def tick(self) -> list[str]:
-        """One round; returns the call ids handed to the dialler."""
-        await self.settle()
-        dialled: list[str] = []
+    async def tick(self, *, full: bool = True) -> list[str]:
+        """One round; returns the call ids handed to the dialler. ``full``: settle and look
+        at every project (the durable poll); else only what woke the queue."""
+        woken, self._projects = self._projects, set()
+        # The projects that just enqueued calls first: an API client waits on those.
+        dialled = await self._claim_for(woken)
+        more: set[str] = set()
+        if full or self._ended:
+            self._ended = False
+            more |= await self.settle()
         if time.monotonic() >= self._next_adoption:
             # Crash recovery, not the fast path: as often as the heartbeat.
             self._next_adoption = time.monotonic() + self.node_timeout / 3
-            dialled = await self.adopt()
-        for project_id in await self._due_projects():
+            dialled.extend(await self.adopt())
+        if full:
+            more |= set(await self._due_projects())
+        dialled.extend(await self._claim_for(more))
+        return dialled
+
+    async def _claim_for(self, projects: set[str]) -> list[str]:
+        dialled: list[str] = []
+        for project_id in sorted(projects):
             claimed = await self.claim(project_id)
-            for call_id in claimed:
-                self.dial(call_id)
-            dialled.extend(claimed)
+            for call in claimed:
+                self.dial(call)
+            dialled.extend(c.call_id for c in claimed)
         return dialled
 
     async def take_in(self, call_ids: Sequence[str]) -> None:
@@ -225,8 +265,10 @@ class DialQueue:
             )
             return list(rows.scalars())
 
-    async def claim(self, project_id: str) -> list[str]:
-        """Claim what ``project_id`` may dial now; returns the calls to dial."""
+    async def claim(self, project_id: str) -> list[Claimed]:
+        """Claim what ``project_id`` may dial now: in the same transaction, each call is
+        made (a batch recipient's), its lease held and moved to ``connecting``
+        (:func:`relay.calls.outbound.take`). Returns the calls to dial once it committed."""
         async with writing(self.db) as session:
             project = (
                 await session.execute(
@@ -241,7 +283,7 @@ class DialQueue:
             active = await _active_by_batch(session, project_id)
             cap = project.max_concurrent_calls
             room = UNCAPPED_CLAIM if cap is None else cap - sum(active.values())
-            out: list[str] = []
+            out: list[Claimed] = []
             for lane in await _lanes(session, project_id, now):
                 if room <= 0:
                     break
@@ -253,9 +295,9 @@ class DialQueue:
                 jobs = await _ready_jobs(session, project_id, lane, now, lane_room)
                 lane_of = await _lane_of(session, project, lane, jobs)
                 for job in jobs:
-                    call_id = await self._start(session, lane_of, job, now)
-                    if call_id is not None:
-                        out.append(call_id)
+                    claimed = await self._start(session, lane_of, job, now)
+                    if claimed is not None:
+                        out.append(claimed)
                         room -= 1
         if out:
             log.info("dial_queue_claimed", project_id=project_id, calls=len(out))
@@ -263,12 +305,12 @@ class DialQueue:
 
     async def _start(
         self, session: AsyncSession, lane: _Lane, job: DialJob, now: datetime
-    ) -> str | None:
+    ) -> Claimed | None:
         """Make ``job`` active with a call to dial, or tell why not (it waits or ends)."""
         job.updated_at = now
         batch = lane.batch
         if batch is None:
-            call = await session.get(Call, job.call_id) if job.call_id else None
+            call = await lock_call(session, job.call_id) if job.call_id else None
             if call is None or call.status != "queued":  # ended (or canceled) before its turn
                 _end(job, "completed" if call and call.status == "completed" else "failed")
                 job.outcome = call.failure_reason if call else "canceled"
@@ -276,7 +318,12 @@ class DialQueue:
             if not self._may_dial(call.connection_type):
                 return None
             job.state, job.node_id, job.attempts = ACTIVE, self.node_id, job.attempts + 1
-            return call.id
+            number = await session.get(Number, call.number_id) if call.number_id else None
+            claimed = await take(session, call, number, self.node_id)
+            if claimed is None and call.status == "failed":  # outside the calling hours
+                _end(job, "failed")
+                job.outcome = call.failure_reason
+            return claimed
         call = await _batch_call(session, lane, job, now, self._may_dial)
         if call is None:
             return None
@@ -284,7 +331,8 @@ class DialQueue:
         job.call_id = call.id
         job.call_ids = [*job.call_ids, call.id]
         await batches.started(session, batch, now)
-        return call.id
+        # The recipient's calling hours and window were checked by _batch_call, just now.
+        return await take(session, call, lane.number, self.node_id, new=True, check_hours=False)
 
     def _may_dial(self, carrier: str) -> bool:
         """Spend one of the carrier's dials for this second, if one is left."""
@@ -292,24 +340,15 @@ class DialQueue:
 
     # --- settling ----------------------------------------------------------------------
 
-    async def settle(self) -> int:
-        """Record the outcome of every job whose call ended; returns how many."""
-        async with self.db.session() as session:
-            rows = await session.execute(
-                select(DialJob.id)
-                .join(Call, Call.id == DialJob.call_id)
-                .where(DialJob.state.in_((WAITING, ACTIVE)), Call.status.in_(ENDED))
-                .limit(500)
-            )
-            ids = list(rows.scalars())
-        if not ids:
-            return 0
+    async def settle(self) -> set[str]:
+        """Record the outcome of every job whose call ended; returns their projects."""
         async with writing(self.db) as session:
             jobs = (
                 await session.execute(
                     select(DialJob, Call)
                     .join(Call, Call.id == DialJob.call_id)
-                    .where(DialJob.id.in_(ids), DialJob.state.in_((WAITING, ACTIVE)))
+                    .where(DialJob.state.in_((WAITING, ACTIVE)), Call.status.in_(ENDED))
+                    .limit(500)
                     .with_for_update(of=DialJob, skip_locked=True)
                 )
             ).all()
@@ -322,14 +361,17 @@ class DialQueue:
                     touched[batch.id] = batch
             for batch in touched.values():
                 await batches.finish_if_done(session, batch, now)
-        return len(jobs)
+        return {job.project_id for job, _ in jobs}
 
     # --- crashes -----------------------------------------------------------------------
 
     async def adopt(self) -> list[str]:
         """Dial the claimed calls that never left ``queued`` and that nobody holds, whose
-        claimer is dead (or is this node's previous life)."""
+        claimer is dead (or is this node's previous life). A claim moves its calls to
+        ``connecting`` in its own transaction, so only a relay before that change left
+        such calls."""
         since = utcnow() - timedelta(seconds=self.node_timeout)
+        out: list[Claimed] = []
         async with writing(self.db) as session:
             alive = select(RelayNode.id).where(
                 RelayNode.heartbeat_at >= since, RelayNode.id != self.node_id
@@ -345,17 +387,22 @@ class DialQueue:
                 )
                 .with_for_update(of=DialJob, skip_locked=True)
             )
-            out = []
-            for job in rows.scalars():
+            for job in rows.scalars().all():
                 if job.call_id is None or self.dialling(job.call_id):
                     continue
+                call = await lock_call(session, job.call_id)
+                if call is None or call.status != "queued":
+                    continue
                 job.node_id = self.node_id
-                out.append(job.call_id)
-        for call_id in out:
-            self.dial(call_id)
+                number = await session.get(Number, call.number_id) if call.number_id else None
+                claimed = await take(session, call, number, self.node_id)
+                if claimed is not None:
+                    out.append(claimed)
+        for claimed in out:
+            self.dial(claimed)
         if out:
             log.warning("dial_queue_adopted", calls=len(out))
-        return out
+        return [c.call_id for c in out]
 
 
 def _end(job: DialJob, state: str) -> None:
