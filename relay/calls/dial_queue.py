@@ -64,6 +64,8 @@ FINAL = ("completed", "failed", "skipped", "canceled")
 ENDED = ("completed", "failed")
 # How many jobs one claim takes for a project with no cap; the next tick takes more.
 UNCAPPED_CLAIM = 50
+# Session.info: the projects whose jobs settle_call settled in its transaction.
+_SETTLED = "relay_dial_jobs_settled"
 # A recipient whose local time cannot be told is retried no sooner than this.
 UNKNOWN_ZONE_WAIT = timedelta(hours=1)
 
@@ -190,8 +192,13 @@ class DialQueue:
 
     def _committed(self, session: Session) -> None:
         # Runs on the loop's thread (the async session's greenlet), inside the commit.
-        if session.info.pop(ENDED_OUTBOUND, None):
+        ended = session.info.pop(ENDED_OUTBOUND, None)
+        settled = session.info.pop(_SETTLED, None)
+        if ended:  # calls whose jobs are still open: settle, then claim
             self._ended = True
+        if settled:  # jobs settled with their calls: room to claim into
+            self._projects |= settled
+        if ended or settled:
             self._wake.set()
 
     async def _loop(self) -> None:
@@ -355,13 +362,34 @@ class DialQueue:
             touched: dict[str, Batch] = {}
             now = utcnow()
             for job, call in jobs:
-                batch = await session.get(Batch, job.batch_id) if job.batch_id else None
+                batch = await _batch_of(session, job)
                 _settle(job, call, batch, now)
                 if batch is not None:
                     touched[batch.id] = batch
             for batch in touched.values():
                 await batches.finish_if_done(session, batch, now)
         return {job.project_id for job, _ in jobs}
+
+    async def settle_call(self, session: AsyncSession, call: Call) -> None:
+        """Record the outcome of ``call``'s job in the transaction that just ended ``call``
+        (the dialler's), instead of in one more; the queue claims into the room once it
+        committed. A job another node is settling right now is left to it."""
+        job = (
+            await session.execute(
+                select(DialJob)
+                .where(DialJob.call_id == call.id, DialJob.state.in_((WAITING, ACTIVE)))
+                .with_for_update(skip_locked=True)
+            )
+        ).scalar_one_or_none()
+        if job is None:
+            return
+        now = utcnow()
+        batch = await _batch_of(session, job)
+        _settle(job, call, batch, now)
+        if batch is not None:
+            await batches.finish_if_done(session, batch, now)
+        session.info.get(ENDED_OUTBOUND, set()).discard(call.id)
+        session.info.setdefault(_SETTLED, set()).add(job.project_id)
 
     # --- crashes -----------------------------------------------------------------------
 
@@ -403,6 +431,14 @@ class DialQueue:
         if out:
             log.warning("dial_queue_adopted", calls=len(out))
         return [c.call_id for c in out]
+
+
+async def _batch_of(session: AsyncSession, job: DialJob) -> Batch | None:
+    """The job's batch, locked: two transactions settling its last two jobs at once (on
+    PostgreSQL) would each see the other's still open, and neither would complete it."""
+    if job.batch_id is None:
+        return None
+    return await session.get(Batch, job.batch_id, with_for_update=True)
 
 
 def _end(job: DialJob, state: str) -> None:

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, TypeVar
@@ -108,6 +108,9 @@ class Dialler:
         self.signing_key = signing_key
         self.public_url = public_url
         self.ring_timeout = ring_timeout
+        # Runs in the transaction that fails a call it dials: the dialling queue records the
+        # outcome there (relay.calls.dial_queue.DialQueue.settle_call), not in one more.
+        self.on_end: Callable[[AsyncSession, Call], Awaitable[None]] | None = None
         self._tasks: dict[str, asyncio.Task[None]] = {}
         # A stop request per call, resolved with the failure reason. Dialling is stopped
         # between steps, never by cancelling a task that may be inside a transaction.
@@ -228,13 +231,15 @@ class Dialler:
             if update.done():
                 ended = update.result()
                 raise DialFailed(ended.reason or "provider_error", ended.detail or ENDED_BY_CARRIER)
+            if deadline - loop.time() <= 0:
+                # No read first: _fail reads the call under its lock, and leaves an answered
+                # (or ended) one alone.
+                raise DialFailed("no_answer", NO_ANSWER.format(seconds=self.ring_timeout))
             status = await self._status(call_id)
             if status == "in_progress":
                 return
             if status not in ("connecting", "ringing"):
                 raise _Ended
-            if deadline - loop.time() <= 0:
-                raise DialFailed("no_answer", NO_ANSWER.format(seconds=self.ring_timeout))
 
     async def _status(self, call_id: str) -> str | None:
         async with self.db.session() as session:
@@ -280,6 +285,8 @@ class Dialler:
             await log_event(session, call_id, "telephony", detail, level="warning")
             await transition(session, call, "failed", reason=reason)
             await release_call(session, call_id)
+            if self.on_end is not None:
+                await self.on_end(session, call)
         log.info("dial_ended", call_id=call_id, reason=reason)
         if leg is not None:
             try:
