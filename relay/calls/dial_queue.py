@@ -29,9 +29,9 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from aiohttp import web
-from sqlalchemy import case, event, exists, func, or_, select
+from sqlalchemy import bindparam, case, event, exists, func, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, aliased
 
 from relay import calling_hours
 from relay.calls import batches
@@ -64,6 +64,8 @@ FINAL = ("completed", "failed", "skipped", "canceled")
 ENDED = ("completed", "failed")
 # How many jobs one claim takes for a project with no cap; the next tick takes more.
 UNCAPPED_CLAIM = 50
+# How long the queue, woken by a call's end, waits for more ends before it claims.
+GATHER_ENDS_SECONDS = 0.02
 # Session.info: the projects whose jobs settle_call settled in its transaction.
 _SETTLED = "relay_dial_jobs_settled"
 # A recipient whose local time cannot be told is retried no sooner than this.
@@ -168,6 +170,7 @@ class DialQueue:
         self._projects: set[str] = set()
         self._ended = False
         self._next_poll = 0.0  # the next durable poll (time.monotonic())
+        self._asked = True  # by wake(): an API client may be waiting, claim at once
 
     def wake(self, project_id: str | None = None) -> None:
         """Claim for ``project_id`` now (None: look at every project)."""
@@ -175,6 +178,7 @@ class DialQueue:
             self._next_poll = 0.0
         else:
             self._projects.add(project_id)
+        self._asked = True
         self._wake.set()
 
     def start(self) -> None:
@@ -203,7 +207,12 @@ class DialQueue:
 
     async def _loop(self) -> None:
         while not self._stop.is_set():
+            if not self._asked and not self._stop.is_set():
+                # Woken by calls ending: let the calls ending with it end too, and claim
+                # their room in one transaction rather than one each.
+                await asyncio.sleep(GATHER_ENDS_SECONDS)
             self._wake.clear()
+            self._asked = False
             now = time.monotonic()
             full = now >= self._next_poll
             if full:
@@ -232,6 +241,7 @@ class DialQueue:
             dialled.extend(await self.adopt())
         if full:
             more |= set(await self._due_projects())
+            await self.finish_batches()
         dialled.extend(await self._claim_for(more))
         return dialled
 
@@ -281,7 +291,10 @@ class DialQueue:
                 await session.execute(
                     select(Project)
                     .where(Project.id == project_id)
-                    .with_for_update(skip_locked=True)
+                    # NO KEY UPDATE: two claims exclude each other, but the key-share lock
+                    # every transaction writing a row of the project takes (its foreign
+                    # keys) does not make a claim skip the project.
+                    .with_for_update(skip_locked=True, key_share=True)
                 )
             ).scalar_one_or_none()
             if project is None:  # another node is claiming for it (or it is gone)
@@ -374,22 +387,40 @@ class DialQueue:
         """Record the outcome of ``call``'s job in the transaction that just ended ``call``
         (the dialler's), instead of in one more; the queue claims into the room once it
         committed. A job another node is settling right now is left to it."""
-        job = (
-            await session.execute(
-                select(DialJob)
-                .where(DialJob.call_id == call.id, DialJob.state.in_((WAITING, ACTIVE)))
-                .with_for_update(skip_locked=True)
-            )
-        ).scalar_one_or_none()
-        if job is None:
+        found = (await session.execute(_JOB_OF_CALL, {"b_call": call.id})).first()
+        if found is None:
             return
+        job, batch, others_wait = found
         now = utcnow()
-        batch = await _batch_of(session, job)
         _settle(job, call, batch, now)
-        if batch is not None:
-            await batches.finish_if_done(session, batch, now)
+        if batch is not None and not others_wait and job.state != WAITING:
+            await batches.finish_if_done(session, batch, now, none_waiting=True)
         session.info.get(ENDED_OUTBOUND, set()).discard(call.id)
         session.info.setdefault(_SETTLED, set()).add(job.project_id)
+
+    async def finish_batches(self) -> int:
+        """Complete the batches with no recipient open that are not completed yet: on
+        PostgreSQL, two transactions settling a batch's last two jobs at once each see the
+        other's still open, and neither completes it (locking the batch in each would
+        serialize every settle of a batch behind each other)."""
+        async with writing(self.db) as session:
+            open_job = exists().where(
+                DialJob.batch_id == Batch.id, DialJob.state.in_(batches.OPEN)
+            )
+            found = await session.execute(
+                select(Batch)
+                .where(
+                    Batch.completed_at.is_(None),
+                    Batch.state.in_((*batches.DIALLING, "canceled")),
+                    ~open_job,
+                )
+                .with_for_update(skip_locked=True)
+            )
+            done = 0
+            now = utcnow()
+            for batch in found.scalars().all():
+                done += await batches.finish_if_done(session, batch, now)
+        return done
 
     # --- crashes -----------------------------------------------------------------------
 
@@ -433,12 +464,25 @@ class DialQueue:
         return [c.call_id for c in out]
 
 
+_OTHER = aliased(DialJob)
+# A call's open job, its batch, and whether another recipient of the batch waits: one
+# statement for what settling it reads.
+_JOB_OF_CALL = (
+    select(
+        DialJob,
+        Batch,
+        exists().where(
+            _OTHER.batch_id == DialJob.batch_id, _OTHER.state == WAITING, _OTHER.id != DialJob.id
+        ),
+    )
+    .outerjoin(Batch, Batch.id == DialJob.batch_id)
+    .where(DialJob.call_id == bindparam("b_call"), DialJob.state.in_((WAITING, ACTIVE)))
+    .with_for_update(of=DialJob, skip_locked=True)
+)
+
+
 async def _batch_of(session: AsyncSession, job: DialJob) -> Batch | None:
-    """The job's batch, locked: two transactions settling its last two jobs at once (on
-    PostgreSQL) would each see the other's still open, and neither would complete it."""
-    if job.batch_id is None:
-        return None
-    return await session.get(Batch, job.batch_id, with_for_update=True)
+    return await session.get(Batch, job.batch_id) if job.batch_id else None
 
 
 def _end(job: DialJob, state: str) -> None:
