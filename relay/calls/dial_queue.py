@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from aiohttp import web
-from sqlalchemy import bindparam, case, event, exists, func, or_, select
+from sqlalchemy import and_, bindparam, case, event, exists, func, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session, aliased
 
@@ -170,7 +170,8 @@ class DialQueue:
         self._projects: set[str] = set()
         self._ended = False
         self._next_poll = 0.0  # the next durable poll (time.monotonic())
-        self._asked = True  # by wake(): an API client may be waiting, claim at once
+        self._asked = asyncio.Event()  # wake(): an API client may be waiting, claim at once
+        self._asked.set()
 
     def wake(self, project_id: str | None = None) -> None:
         """Claim for ``project_id`` now (None: look at every project)."""
@@ -178,7 +179,7 @@ class DialQueue:
             self._next_poll = 0.0
         else:
             self._projects.add(project_id)
-        self._asked = True
+        self._asked.set()
         self._wake.set()
 
     def start(self) -> None:
@@ -188,6 +189,7 @@ class DialQueue:
 
     async def stop(self) -> None:
         self._stop.set()  # not cancel(): a tick may be inside a transaction
+        self._asked.set()
         self._wake.set()
         task, self._task = self._task, None
         if task is not None:
@@ -207,12 +209,14 @@ class DialQueue:
 
     async def _loop(self) -> None:
         while not self._stop.is_set():
-            if not self._asked and not self._stop.is_set():
-                # Woken by calls ending: let the calls ending with it end too, and claim
-                # their room in one transaction rather than one each.
-                await asyncio.sleep(GATHER_ENDS_SECONDS)
+            if not self._asked.is_set():
+                # Woken by calls ending (or the poll): let the calls ending with it end too,
+                # and claim their room in one transaction rather than one each; a call just
+                # enqueued (wake) is claimed at once.
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._asked.wait(), GATHER_ENDS_SECONDS)
             self._wake.clear()
-            self._asked = False
+            self._asked.clear()
             now = time.monotonic()
             full = now >= self._next_poll
             if full:
@@ -251,6 +255,8 @@ class DialQueue:
             claimed = await self.claim(project_id)
             for call in claimed:
                 self.dial(call)
+            if claimed:  # let the dials reach their carriers before this round goes on
+                await asyncio.sleep(0)
             dialled.extend(c.call_id for c in claimed)
         return dialled
 
@@ -300,11 +306,11 @@ class DialQueue:
             if project is None:  # another node is claiming for it (or it is gone)
                 return []
             now = utcnow()
-            active = await _active_by_batch(session, project_id)
+            active, lanes = await _lanes(session, project_id, now)
             cap = project.max_concurrent_calls
             room = UNCAPPED_CLAIM if cap is None else cap - sum(active.values())
             out: list[Claimed] = []
-            for lane in await _lanes(session, project_id, now):
+            for lane in lanes:
                 if room <= 0:
                     break
                 lane_room = room
@@ -514,26 +520,29 @@ def _settle(job: DialJob, call: Call, batch: Batch | None, now: datetime) -> Non
     job.not_before = now + timedelta(seconds=float(policy.get("backoff", 0)))
 
 
-async def _active_by_batch(session: AsyncSession, project_id: str) -> dict[str | None, int]:
+async def _lanes(
+    session: AsyncSession, project_id: str, now: datetime
+) -> tuple[dict[str | None, int], list[Batch | None]]:
+    """The project's active jobs by batch, and its lanes with recipients due: single calls
+    first (``None``), then each dialling batch, oldest first. One grouped read for both."""
     rows = await session.execute(
-        select(DialJob.batch_id, func.count())
-        .where(DialJob.project_id == project_id, DialJob.state == ACTIVE)
-        .group_by(DialJob.batch_id)
-    )
-    return {batch_id: int(count) for batch_id, count in rows}
-
-
-async def _lanes(session: AsyncSession, project_id: str, now: datetime) -> list[Batch | None]:
-    """Single calls first (``None``), then each dialling batch with recipients due, oldest
-    first."""
-    rows = await session.execute(
-        select(DialJob.batch_id)
+        select(DialJob.batch_id, DialJob.state, func.count())
         .where(
-            DialJob.project_id == project_id, DialJob.state == WAITING, DialJob.not_before <= now
+            DialJob.project_id == project_id,
+            or_(
+                DialJob.state == ACTIVE,
+                and_(DialJob.state == WAITING, DialJob.not_before <= now),
+            ),
         )
-        .distinct()
+        .group_by(DialJob.batch_id, DialJob.state)
     )
-    ids = set(rows.scalars())
+    active: dict[str | None, int] = {}
+    ids: set[str | None] = set()
+    for batch_id, state, count in rows:
+        if state == ACTIVE:
+            active[batch_id] = int(count)
+        else:
+            ids.add(batch_id)
     lanes: list[Batch | None] = [None] if None in ids else []
     ids.discard(None)
     if ids:
@@ -545,7 +554,7 @@ async def _lanes(session: AsyncSession, project_id: str, now: datetime) -> list[
             .with_for_update(skip_locked=True)
         )
         lanes.extend(found.scalars())
-    return lanes
+    return active, lanes
 
 
 async def _ready_jobs(
