@@ -410,9 +410,7 @@ class DialQueue:
         other's still open, and neither completes it (locking the batch in each would
         serialize every settle of a batch behind each other)."""
         async with writing(self.db) as session:
-            open_job = exists().where(
-                DialJob.batch_id == Batch.id, DialJob.state.in_(batches.OPEN)
-            )
+            open_job = exists().where(DialJob.batch_id == Batch.id, DialJob.state.in_(batches.OPEN))
             found = await session.execute(
                 select(Batch)
                 .where(
