@@ -3,20 +3,26 @@
 A :class:`~relay.store.models.DialJob` is one recipient. It is ``waiting`` until its
 ``not_before``; a node *claims* it (``active``) when the project has room under its
 ``maxConcurrentCalls`` (and its batch under ``maxConcurrency``), in one transaction that
-locks the project row (``FOR UPDATE SKIP LOCKED`` on PostgreSQL: another node claiming for
-the same project skips it rather than waits; SQLite has one writer, so a plain claim). A batch
-recipient's call is created in that same transaction, after the calling hours (a recipient
-outside them waits for the next legal window) and the do-not-call list (skipped,
-``dnc_conflict``) were checked. The claiming node hands the call to its
-:class:`~relay.calls.outbound.Dialler`, whose call lease keeps it from being dialled twice.
+locks the project row (``FOR NO KEY UPDATE SKIP LOCKED`` on PostgreSQL: another node claiming
+for the same project skips it rather than waits; SQLite has one writer, so a plain claim). A
+batch recipient's call is created in that same transaction, after the calling hours (a
+recipient outside them waits for the next legal window) and the do-not-call list (skipped,
+``dnc_conflict``) were checked; and in that transaction each claimed call is taken for this
+node (:func:`relay.calls.outbound.take`: its lease held, ``connecting``), so no other node
+can dial it. Once it committed, the node's :class:`~relay.calls.outbound.Dialler` rings them.
 
-When the job's call ends, the queue records the outcome: ``completed``, or a retry by the
-batch's policy (``busy``, ``no_answer``, ``failed``), or ``failed``.
+When the job's call ends, its outcome (``completed``, a retry by the batch's policy on
+``busy``, ``no_answer``, ``failed``, or ``failed``) is recorded in the transaction that ended
+it when the dialler ended it (:meth:`DialQueue.settle_call`), else by :meth:`DialQueue.settle`.
 
-Crashes: a claimed job whose call never left ``queued`` and that no node holds (its claimer
-died between the claim and the dial) is dialled by a live node; a call that was ringing
-when its node died is closed by :mod:`relay.calls.recovery` (``relay_restart``) and counts as
-an attempt, retried only if the policy retries ``failed``.
+The queue claims when woken: a call or batch enqueued (:meth:`DialQueue.wake`), an outbound
+call ended in this process (seen as its transaction commits). Every ``interval`` it also
+polls for what no event here tells of: calls ended on other nodes, due retries and windows.
+
+Crashes: a call claimed by a node that died (ringing or not yet) is closed by
+:mod:`relay.calls.recovery` (``relay_restart``) and counts as an attempt, retried only if
+the policy retries ``failed``. A claimed job whose call is still ``queued`` and unheld (left
+by a relay from before claims took their calls) is dialled by a live node.
 """
 
 from __future__ import annotations
