@@ -324,6 +324,14 @@ class DialQueue:
                     lane_room = min(room, lane.max_concurrency - active.get(lane.id, 0))
                 if lane_room <= 0:
                     continue
+                if lane is None:
+                    singles = await _ready_singles(session, project_id, now, lane_room)
+                    for single in singles:
+                        claimed = await self._start_single(session, *single, now)
+                        if claimed is not None:
+                            out.append(claimed)
+                            room -= 1
+                    continue
                 jobs = await _ready_jobs(session, project_id, lane, now, lane_room)
                 lane_of = await _lane_of(session, project, lane, jobs)
                 for job in jobs:
@@ -335,27 +343,39 @@ class DialQueue:
             log.info("dial_queue_claimed", project_id=project_id, calls=len(out))
         return out
 
+    async def _start_single(
+        self,
+        session: AsyncSession,
+        job: DialJob,
+        call: Call,
+        number: Number | None,
+        held: str | None,
+        now: datetime,
+    ) -> Claimed | None:
+        """Make a single call's ``job`` active and take its call, or tell why not."""
+        job.updated_at = now
+        if call.status != "queued":  # ended (or canceled) before its turn
+            _end(job, "completed" if call.status == "completed" else "failed")
+            job.outcome = call.failure_reason
+            return None
+        if not self._may_dial(call.connection_type):
+            return None
+        job.state, job.node_id, job.attempts = ACTIVE, self.node_id, job.attempts + 1
+        # Held already (never by the queue's own claims): leave it to its holder.
+        claimed = None if held else await take(session, call, number, self.node_id, new=True)
+        if claimed is None and call.status == "failed":  # outside the calling hours
+            _end(job, "failed")
+            job.outcome = call.failure_reason
+        return claimed
+
     async def _start(
         self, session: AsyncSession, lane: _Lane, job: DialJob, now: datetime
     ) -> Claimed | None:
-        """Make ``job`` active with a call to dial, or tell why not (it waits or ends)."""
+        """Make a batch recipient's ``job`` active with a call to dial, or tell why not (it
+        waits or ends)."""
         job.updated_at = now
         batch = lane.batch
-        if batch is None:
-            call = await lock_call(session, job.call_id) if job.call_id else None
-            if call is None or call.status != "queued":  # ended (or canceled) before its turn
-                _end(job, "completed" if call and call.status == "completed" else "failed")
-                job.outcome = call.failure_reason if call else "canceled"
-                return None
-            if not self._may_dial(call.connection_type):
-                return None
-            job.state, job.node_id, job.attempts = ACTIVE, self.node_id, job.attempts + 1
-            number = await session.get(Number, call.number_id) if call.number_id else None
-            claimed = await take(session, call, number, self.node_id)
-            if claimed is None and call.status == "failed":  # outside the calling hours
-                _end(job, "failed")
-                job.outcome = call.failure_reason
-            return claimed
+        assert batch is not None
         call = await _batch_call(session, lane, job, now, self._may_dial)
         if call is None:
             return None
@@ -578,6 +598,37 @@ async def _ready_jobs(
         .with_for_update(skip_locked=True)
     )
     return list(rows.scalars())
+
+
+_SINGLES = (
+    select(DialJob, Call, Number, CallLease.node_id)
+    .join(Call, Call.id == DialJob.call_id)
+    .outerjoin(Number, Number.id == Call.number_id)
+    .outerjoin(CallLease, CallLease.call_id == Call.id)
+    .where(
+        DialJob.project_id == bindparam("b_project"),
+        DialJob.batch_id.is_(None),
+        DialJob.state == WAITING,
+        DialJob.not_before <= bindparam("b_now"),
+    )
+    .order_by(DialJob.not_before, DialJob.position, DialJob.id)
+    .limit(bindparam("b_limit"))
+    # The call locked with its job, as lock_call would: a call being ended right now (the
+    # API) waits for the next round.
+    .with_for_update(of=(DialJob, Call), skip_locked=True)
+)
+
+
+async def _ready_singles(
+    session: AsyncSession, project_id: str, now: datetime, limit: int
+) -> list[tuple[DialJob, Call, Number | None, str | None]]:
+    """The single calls due, with what claiming each needs (its call, number, and who holds
+    it, if anyone): one statement, not four per call."""
+    rows = await session.execute(
+        _SINGLES.execution_options(populate_existing=True),
+        {"b_project": project_id, "b_now": now, "b_limit": limit},
+    )
+    return [(job, call, number, held) for job, call, number, held in rows]
 
 
 @dataclass(slots=True)
