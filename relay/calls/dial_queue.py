@@ -238,22 +238,29 @@ class DialQueue:
     async def tick(self, *, full: bool = True) -> list[str]:
         """One round; returns the call ids handed to the dialler. ``full``: settle and look
         at every project (the durable poll); else only what woke the queue."""
-        woken, self._projects = self._projects, set()
-        # The projects that just enqueued calls first: an API client waits on those.
-        dialled = await self._claim_for(woken)
+        # The projects that just enqueued calls first, and again between the round's other
+        # steps: an API client waits on those.
+        dialled = await self._claim_woken()
         more: set[str] = set()
         if full or self._ended:
             self._ended = False
             more |= await self.settle()
+            dialled.extend(await self._claim_woken())
         if time.monotonic() >= self._next_adoption:
             # Crash recovery, not the fast path: as often as the heartbeat.
             self._next_adoption = time.monotonic() + self.node_timeout / 3
             dialled.extend(await self.adopt())
+            dialled.extend(await self._claim_woken())
         if full:
             more |= set(await self._due_projects())
             await self.finish_batches()
+            dialled.extend(await self._claim_woken())
         dialled.extend(await self._claim_for(more))
         return dialled
+
+    async def _claim_woken(self) -> list[str]:
+        woken, self._projects = self._projects, set()
+        return await self._claim_for(woken) if woken else []
 
     async def _claim_for(self, projects: set[str]) -> list[str]:
         dialled: list[str] = []
