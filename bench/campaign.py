@@ -176,7 +176,8 @@ def run_backend(backend: str, args: argparse.Namespace) -> Result:
         port = harness._free_port()
         env = harness._relay_env(url, schema, port)
         env["RELAY_OUTBOUND_RING_TIMEOUT_SECONDS"] = str(args.ring_ms / 1000)
-        env["RELAY_DIAL_QUEUE_INTERVAL_SECONDS"] = str(args.interval_ms / 1000)
+        if args.interval_ms is not None:
+            env["RELAY_DIAL_QUEUE_INTERVAL_SECONDS"] = str(args.interval_ms / 1000)
         key = harness.create_key(env, workdir)
         server = harness.Server(env, port, workdir)
         try:
@@ -216,8 +217,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--interval-ms",
         type=float,
-        default=50.0,
-        help="RELAY_DIAL_QUEUE_INTERVAL_SECONDS, in ms (default 50)",
+        default=None,
+        help="RELAY_DIAL_QUEUE_INTERVAL_SECONDS, in ms (default: the relay's own)",
     )
     parser.add_argument("--pg-dsn", default=harness.DEFAULT_PG_DSN)
     args = parser.parse_args(argv)

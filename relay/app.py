@@ -177,6 +177,7 @@ def _build_workers(
         interval=settings.dial_queue_interval_seconds,
         dial_rate=settings.dial_rate_per_second,
     )
+    app[DIALLER].on_end = app[DIAL_QUEUE].settle_call
     app[RECOVERY] = Recovery(
         db,
         node_id,

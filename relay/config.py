@@ -91,7 +91,7 @@ class Settings(BaseSettings):
     outbound_ring_timeout_seconds: float = Field(default=30.0, gt=0, le=600)
     # How often the dialling queue looks for calls that may start and calls that ended
     # (it also looks at once when a call or batch is created).
-    dial_queue_interval_seconds: float = Field(default=0.25, gt=0, le=10)
+    dial_queue_interval_seconds: float = Field(default=1.0, gt=0, le=10)
     # Outbound calls this relay starts per second on each carrier, at most (0: no limit):
     # set it to your carrier account's calls-per-second limit.
     dial_rate_per_second: float = Field(default=0.0, ge=0, le=1000)

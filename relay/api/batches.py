@@ -299,7 +299,7 @@ async def create_batch(ctx: Context, body: BatchCreate) -> BatchDetail:
         await session.flush()
         await batches.finish_if_done(session, batch, batch.created_at)
         detail = await _detail(session, batch)
-    ctx.request.app[DIAL_QUEUE].wake()
+    ctx.request.app[DIAL_QUEUE].wake(ctx.project_id)
     return detail
 
 
@@ -353,7 +353,7 @@ async def _change(ctx: Context, action: str) -> BatchDetail:
                 raise Conflict(ENDED.format(state=batch.state), code="batch_already_ended")
             await batches.cancel(session, batch)
         detail = await _detail(session, batch)
-    ctx.request.app[DIAL_QUEUE].wake()
+    ctx.request.app[DIAL_QUEUE].wake(ctx.project_id)
     return detail
 
 

@@ -339,7 +339,7 @@ async def create_call(ctx: Context, body: CallCreate) -> web.Response:
         )
         await open_call(session, call)
         await enqueue_call(session, call)
-    ctx.request.app[DIAL_QUEUE].wake()
+    ctx.request.app[DIAL_QUEUE].wake(ctx.project_id)
     return _created(call, 202)
 
 

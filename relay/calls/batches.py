@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import func, select, update
+from sqlalchemy import bindparam, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from relay.events import emit
@@ -152,14 +152,37 @@ async def started(session: AsyncSession, batch: Batch, now: datetime) -> None:
     )
 
 
-async def finish_if_done(session: AsyncSession, batch: Batch, now: datetime) -> bool:
-    """``completed`` (or stays ``canceled``) and ``batch.completed`` once nothing is open."""
+_JOB_IN = (
+    select(DialJob.id)
+    .where(
+        DialJob.batch_id == bindparam("b_batch"),
+        DialJob.state.in_(bindparam("b_states", expanding=True)),
+    )
+    .limit(1)
+)
+_LOCK = select(Batch.completed_at).where(Batch.id == bindparam("b_batch")).with_for_update()
+
+
+async def finish_if_done(
+    session: AsyncSession, batch: Batch, now: datetime, *, none_waiting: bool = False
+) -> bool:
+    """``completed`` (or stays ``canceled``) and ``batch.completed`` once nothing is open.
+    ``none_waiting``: the caller saw that no recipient waits (a cheap early no if one does)."""
     if batch.completed_at is not None or batch.state == "paused":
         return False
     await session.flush()
-    tally = await counts(session, batch.id)
-    if any(tally[state] for state in OPEN):
+    # Most calls that end leave recipients waiting: one indexed probe, not the counts.
+    waiting = {"b_batch": batch.id, "b_states": ["waiting"]}
+    if not none_waiting and (await session.execute(_JOB_IN, waiting)).first():
         return False
+    # Its last calls may end at once, each settled in a transaction of its own (PostgreSQL):
+    # the batch's row lock orders them, so the last to commit sees the others' ends.
+    locked = await session.execute(_LOCK, {"b_batch": batch.id})
+    if locked.scalar_one_or_none() is not None:  # another one completed it meanwhile
+        return False
+    if (await session.execute(_JOB_IN, {"b_batch": batch.id, "b_states": list(OPEN)})).first():
+        return False
+    tally = await counts(session, batch.id)
     batch.completed_at = now
     if batch.state != "canceled":
         batch.state = "completed"
@@ -198,6 +221,7 @@ async def cancel(session: AsyncSession, batch: Batch) -> None:
 __all__ = [
     "DIALLING",
     "LISTED_BY_PROJECT",
+    "OPEN",
     "JOB_STATES",
     "Recipient",
     "cancel",

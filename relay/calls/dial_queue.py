@@ -3,20 +3,26 @@
 A :class:`~relay.store.models.DialJob` is one recipient. It is ``waiting`` until its
 ``not_before``; a node *claims* it (``active``) when the project has room under its
 ``maxConcurrentCalls`` (and its batch under ``maxConcurrency``), in one transaction that
-locks the project row (``FOR UPDATE SKIP LOCKED`` on PostgreSQL: another node claiming for
-the same project skips it rather than waits; SQLite has one writer, so a plain claim). A batch
-recipient's call is created in that same transaction, after the calling hours (a recipient
-outside them waits for the next legal window) and the do-not-call list (skipped,
-``dnc_conflict``) were checked. The claiming node hands the call to its
-:class:`~relay.calls.outbound.Dialler`, whose call lease keeps it from being dialled twice.
+locks the project row (``FOR NO KEY UPDATE SKIP LOCKED`` on PostgreSQL: another node claiming
+for the same project skips it rather than waits; SQLite has one writer, so a plain claim). A
+batch recipient's call is created in that same transaction, after the calling hours (a
+recipient outside them waits for the next legal window) and the do-not-call list (skipped,
+``dnc_conflict``) were checked; and in that transaction each claimed call is taken for this
+node (:func:`relay.calls.outbound.take`: its lease held, ``connecting``), so no other node
+can dial it. Once it committed, the node's :class:`~relay.calls.outbound.Dialler` rings them.
 
-When the job's call ends, the queue records the outcome: ``completed``, or a retry by the
-batch's policy (``busy``, ``no_answer``, ``failed``), or ``failed``.
+When the job's call ends, its outcome (``completed``, a retry by the batch's policy on
+``busy``, ``no_answer``, ``failed``, or ``failed``) is recorded in the transaction that ended
+it when the dialler ended it (:meth:`DialQueue.settle_call`), else by :meth:`DialQueue.settle`.
 
-Crashes: a claimed job whose call never left ``queued`` and that no node holds (its claimer
-died between the claim and the dial) is dialled by a live node; a call that was ringing
-when its node died is closed by :mod:`relay.calls.recovery` (``relay_restart``) and counts as
-an attempt, retried only if the policy retries ``failed``.
+The queue claims when woken: a call or batch enqueued (:meth:`DialQueue.wake`), an outbound
+call ended in this process (seen as its transaction commits). Every ``interval`` it also
+polls for what no event here tells of: calls ended on other nodes, due retries and windows.
+
+Crashes: a call claimed by a node that died (ringing or not yet) is closed by
+:mod:`relay.calls.recovery` (``relay_restart``) and counts as an attempt, retried only if
+the policy retries ``failed``. A claimed job whose call is still ``queued`` and unheld (left
+by a relay from before claims took their calls) is dialled by a live node.
 """
 
 from __future__ import annotations
@@ -29,13 +35,16 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from aiohttp import web
-from sqlalchemy import case, exists, func, or_, select
+from sqlalchemy import and_, bindparam, case, event, exists, func, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import Session, aliased
 
 from relay import calling_hours
 from relay.calls import batches
 from relay.calls.inbound import agent_snapshot
-from relay.calls.lifecycle import open_call
+from relay.calls.lifecycle import ENDED_OUTBOUND, open_call
+from relay.calls.outbound import Claimed, take
+from relay.calls.recovery import lock_call
 from relay.calls.snapshots import freeze
 from relay.events.writing import writing
 from relay.ids import new_id
@@ -61,10 +70,14 @@ FINAL = ("completed", "failed", "skipped", "canceled")
 ENDED = ("completed", "failed")
 # How many jobs one claim takes for a project with no cap; the next tick takes more.
 UNCAPPED_CLAIM = 50
+# How long the queue, woken by a call's end, waits for more ends before it claims.
+GATHER_ENDS_SECONDS = 0.02
+# Session.info: the projects whose jobs settle_call settled in its transaction.
+_SETTLED = "relay_dial_jobs_settled"
 # A recipient whose local time cannot be told is retried no sooner than this.
 UNKNOWN_ZONE_WAIT = timedelta(hours=1)
 
-Dial = Callable[[str], None]
+Dial = Callable[[Claimed], None]
 
 
 def retry_kind(reason: str | None) -> str:
@@ -131,8 +144,9 @@ async def stats(session: AsyncSession, project_id: str) -> Stats:
 
 class DialQueue:
     """This node's claimer: ``tick()`` settles ended calls, claims what may ring now and
-    hands it to ``dial``; ``start()`` runs it every ``interval`` seconds, or at once on
-    :meth:`wake`."""
+    hands it to ``dial``. ``start()`` runs it when woken (a call enqueued, :meth:`wake`; an
+    outbound call ended in this process, seen as its transaction commits) and, for what
+    no event here tells of (other nodes, due times, crashes), every ``interval`` seconds."""
 
     def __init__(
         self,
@@ -142,7 +156,7 @@ class DialQueue:
         *,
         node_id: str,
         node_timeout: float,
-        interval: float = 0.25,
+        interval: float = 1.0,
         dial_rate: float = 0.0,
     ) -> None:
         self.db = db
@@ -158,43 +172,105 @@ class DialQueue:
         self._stop = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._next_adoption = 0.0
+        # What woke the loop: projects with calls enqueued, and whether calls ended.
+        self._projects: set[str] = set()
+        self._ended = False
+        self._next_poll = 0.0  # the next durable poll (time.monotonic())
+        self._asked = asyncio.Event()  # wake(): an API client may be waiting, claim at once
+        self._asked.set()
 
-    def wake(self) -> None:
+    def wake(self, project_id: str | None = None) -> None:
+        """Claim for ``project_id`` now (None: look at every project)."""
+        if project_id is None:
+            self._next_poll = 0.0
+        else:
+            self._projects.add(project_id)
+        self._asked.set()
         self._wake.set()
 
     def start(self) -> None:
         if self._task is None:
+            event.listen(self.db.session_class, "after_commit", self._committed)
             self._task = asyncio.create_task(self._loop(), name="dial-queue")
 
     async def stop(self) -> None:
         self._stop.set()  # not cancel(): a tick may be inside a transaction
+        self._asked.set()
         self._wake.set()
-        if self._task is not None:
-            await self._task
+        task, self._task = self._task, None
+        if task is not None:
+            await task
+            event.remove(self.db.session_class, "after_commit", self._committed)
+
+    def _committed(self, session: Session) -> None:
+        # Runs on the loop's thread (the async session's greenlet), inside the commit.
+        ended = session.info.pop(ENDED_OUTBOUND, None)
+        settled = session.info.pop(_SETTLED, None)
+        if ended:  # calls whose jobs are still open: settle, then claim
+            self._ended = True
+        if settled:  # jobs settled with their calls: room to claim into
+            self._projects |= settled
+        if ended or settled:
+            self._wake.set()
 
     async def _loop(self) -> None:
         while not self._stop.is_set():
+            if not self._asked.is_set():
+                # Woken by calls ending (or the poll): let the calls ending with it end too,
+                # and claim their room in one transaction rather than one each; a call just
+                # enqueued (wake) is claimed at once.
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._asked.wait(), GATHER_ENDS_SECONDS)
             self._wake.clear()
+            self._asked.clear()
+            now = time.monotonic()
+            full = now >= self._next_poll
+            if full:
+                self._next_poll = now + self.interval
             try:
-                await self.tick()
+                await self.tick(full=full)
             except Exception as exc:  # the loop must outlive a database hiccup
                 log.warning("dial_queue_tick_failed", error=repr(exc))
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self.interval)
+                left = max(0.0, self._next_poll - time.monotonic())
+                await asyncio.wait_for(self._wake.wait(), left)
 
-    async def tick(self) -> list[str]:
-        """One round; returns the call ids handed to the dialler."""
-        await self.settle()
-        dialled: list[str] = []
+    async def tick(self, *, full: bool = True) -> list[str]:
+        """One round; returns the call ids handed to the dialler. ``full``: settle and look
+        at every project (the durable poll); else only what woke the queue."""
+        # The projects that just enqueued calls first, and again between the round's other
+        # steps: an API client waits on those.
+        dialled = await self._claim_woken()
+        more: set[str] = set()
+        if full or self._ended:
+            self._ended = False
+            more |= await self.settle()
+            dialled.extend(await self._claim_woken())
         if time.monotonic() >= self._next_adoption:
             # Crash recovery, not the fast path: as often as the heartbeat.
             self._next_adoption = time.monotonic() + self.node_timeout / 3
-            dialled = await self.adopt()
-        for project_id in await self._due_projects():
+            dialled.extend(await self.adopt())
+            dialled.extend(await self._claim_woken())
+        if full:
+            more |= set(await self._due_projects())
+            await self.finish_batches()
+            dialled.extend(await self._claim_woken())
+        dialled.extend(await self._claim_for(more))
+        return dialled
+
+    async def _claim_woken(self) -> list[str]:
+        woken, self._projects = self._projects, set()
+        return await self._claim_for(woken) if woken else []
+
+    async def _claim_for(self, projects: set[str]) -> list[str]:
+        dialled: list[str] = []
+        for project_id in sorted(projects):
             claimed = await self.claim(project_id)
-            for call_id in claimed:
-                self.dial(call_id)
-            dialled.extend(claimed)
+            for call in claimed:
+                self.dial(call)
+            if claimed:  # let the dials reach their carriers before this round goes on
+                await asyncio.sleep(0)
+            dialled.extend(c.call_id for c in claimed)
         return dialled
 
     async def take_in(self, call_ids: Sequence[str]) -> None:
@@ -225,24 +301,29 @@ class DialQueue:
             )
             return list(rows.scalars())
 
-    async def claim(self, project_id: str) -> list[str]:
-        """Claim what ``project_id`` may dial now; returns the calls to dial."""
+    async def claim(self, project_id: str) -> list[Claimed]:
+        """Claim what ``project_id`` may dial now: in the same transaction, each call is
+        made (a batch recipient's), its lease held and moved to ``connecting``
+        (:func:`relay.calls.outbound.take`). Returns the calls to dial once it committed."""
         async with writing(self.db) as session:
             project = (
                 await session.execute(
                     select(Project)
                     .where(Project.id == project_id)
-                    .with_for_update(skip_locked=True)
+                    # NO KEY UPDATE: two claims exclude each other, but the key-share lock
+                    # every transaction writing a row of the project takes (its foreign
+                    # keys) does not make a claim skip the project.
+                    .with_for_update(skip_locked=True, key_share=True)
                 )
             ).scalar_one_or_none()
             if project is None:  # another node is claiming for it (or it is gone)
                 return []
             now = utcnow()
-            active = await _active_by_batch(session, project_id)
+            active, lanes = await _lanes(session, project_id, now)
             cap = project.max_concurrent_calls
             room = UNCAPPED_CLAIM if cap is None else cap - sum(active.values())
-            out: list[str] = []
-            for lane in await _lanes(session, project_id, now):
+            out: list[Claimed] = []
+            for lane in lanes:
                 if room <= 0:
                     break
                 lane_room = room
@@ -250,33 +331,58 @@ class DialQueue:
                     lane_room = min(room, lane.max_concurrency - active.get(lane.id, 0))
                 if lane_room <= 0:
                     continue
+                if lane is None:
+                    singles = await _ready_singles(session, project_id, now, lane_room)
+                    for single in singles:
+                        claimed = await self._start_single(session, *single, now)
+                        if claimed is not None:
+                            out.append(claimed)
+                            room -= 1
+                    continue
                 jobs = await _ready_jobs(session, project_id, lane, now, lane_room)
                 lane_of = await _lane_of(session, project, lane, jobs)
                 for job in jobs:
-                    call_id = await self._start(session, lane_of, job, now)
-                    if call_id is not None:
-                        out.append(call_id)
+                    claimed = await self._start(session, lane_of, job, now)
+                    if claimed is not None:
+                        out.append(claimed)
                         room -= 1
         if out:
             log.info("dial_queue_claimed", project_id=project_id, calls=len(out))
         return out
 
+    async def _start_single(
+        self,
+        session: AsyncSession,
+        job: DialJob,
+        call: Call,
+        number: Number | None,
+        held: str | None,
+        now: datetime,
+    ) -> Claimed | None:
+        """Make a single call's ``job`` active and take its call, or tell why not."""
+        job.updated_at = now
+        if call.status != "queued":  # ended (or canceled) before its turn
+            _end(job, "completed" if call.status == "completed" else "failed")
+            job.outcome = call.failure_reason
+            return None
+        if not self._may_dial(call.connection_type):
+            return None
+        job.state, job.node_id, job.attempts = ACTIVE, self.node_id, job.attempts + 1
+        # Held already (never by the queue's own claims): leave it to its holder.
+        claimed = None if held else await take(session, call, number, self.node_id, new=True)
+        if claimed is None and call.status == "failed":  # outside the calling hours
+            _end(job, "failed")
+            job.outcome = call.failure_reason
+        return claimed
+
     async def _start(
         self, session: AsyncSession, lane: _Lane, job: DialJob, now: datetime
-    ) -> str | None:
-        """Make ``job`` active with a call to dial, or tell why not (it waits or ends)."""
+    ) -> Claimed | None:
+        """Make a batch recipient's ``job`` active with a call to dial, or tell why not (it
+        waits or ends)."""
         job.updated_at = now
         batch = lane.batch
-        if batch is None:
-            call = await session.get(Call, job.call_id) if job.call_id else None
-            if call is None or call.status != "queued":  # ended (or canceled) before its turn
-                _end(job, "completed" if call and call.status == "completed" else "failed")
-                job.outcome = call.failure_reason if call else "canceled"
-                return None
-            if not self._may_dial(call.connection_type):
-                return None
-            job.state, job.node_id, job.attempts = ACTIVE, self.node_id, job.attempts + 1
-            return call.id
+        assert batch is not None
         call = await _batch_call(session, lane, job, now, self._may_dial)
         if call is None:
             return None
@@ -284,7 +390,8 @@ class DialQueue:
         job.call_id = call.id
         job.call_ids = [*job.call_ids, call.id]
         await batches.started(session, batch, now)
-        return call.id
+        # The recipient's calling hours and window were checked by _batch_call, just now.
+        return await take(session, call, lane.number, self.node_id, new=True, check_hours=False)
 
     def _may_dial(self, carrier: str) -> bool:
         """Spend one of the carrier's dials for this second, if one is left."""
@@ -292,44 +399,75 @@ class DialQueue:
 
     # --- settling ----------------------------------------------------------------------
 
-    async def settle(self) -> int:
-        """Record the outcome of every job whose call ended; returns how many."""
-        async with self.db.session() as session:
-            rows = await session.execute(
-                select(DialJob.id)
-                .join(Call, Call.id == DialJob.call_id)
-                .where(DialJob.state.in_((WAITING, ACTIVE)), Call.status.in_(ENDED))
-                .limit(500)
-            )
-            ids = list(rows.scalars())
-        if not ids:
-            return 0
+    async def settle(self) -> set[str]:
+        """Record the outcome of every job whose call ended; returns their projects."""
         async with writing(self.db) as session:
             jobs = (
                 await session.execute(
                     select(DialJob, Call)
                     .join(Call, Call.id == DialJob.call_id)
-                    .where(DialJob.id.in_(ids), DialJob.state.in_((WAITING, ACTIVE)))
+                    .where(DialJob.state.in_((WAITING, ACTIVE)), Call.status.in_(ENDED))
+                    .limit(500)
                     .with_for_update(of=DialJob, skip_locked=True)
                 )
             ).all()
             touched: dict[str, Batch] = {}
             now = utcnow()
             for job, call in jobs:
-                batch = await session.get(Batch, job.batch_id) if job.batch_id else None
+                batch = await _batch_of(session, job)
                 _settle(job, call, batch, now)
                 if batch is not None:
                     touched[batch.id] = batch
             for batch in touched.values():
                 await batches.finish_if_done(session, batch, now)
-        return len(jobs)
+        return {job.project_id for job, _ in jobs}
+
+    async def settle_call(self, session: AsyncSession, call: Call) -> None:
+        """Record the outcome of ``call``'s job in the transaction that just ended ``call``
+        (the dialler's), instead of in one more; the queue claims into the room once it
+        committed. A job another node is settling right now is left to it."""
+        found = (await session.execute(_JOB_OF_CALL, {"b_call": call.id})).first()
+        if found is None:
+            return
+        job, batch, others_wait = found
+        now = utcnow()
+        _settle(job, call, batch, now)
+        if batch is not None and not others_wait and job.state != WAITING:
+            await batches.finish_if_done(session, batch, now, none_waiting=True)
+        session.info.get(ENDED_OUTBOUND, set()).discard(call.id)
+        session.info.setdefault(_SETTLED, set()).add(job.project_id)
+
+    async def finish_batches(self) -> int:
+        """Complete the batches with no recipient open that are not completed yet: on
+        PostgreSQL, two transactions settling a batch's last two jobs at once each see the
+        other's still open, and neither completes it (locking the batch in each would
+        serialize every settle of a batch behind each other)."""
+        async with writing(self.db) as session:
+            open_job = exists().where(DialJob.batch_id == Batch.id, DialJob.state.in_(batches.OPEN))
+            found = await session.execute(
+                select(Batch)
+                .where(
+                    Batch.completed_at.is_(None),
+                    Batch.state.in_((*batches.DIALLING, "canceled")),
+                    ~open_job,
+                )
+                .with_for_update(skip_locked=True)
+            )
+            done = 0
+            now = utcnow()
+            for batch in found.scalars().all():
+                done += await batches.finish_if_done(session, batch, now)
+        return done
 
     # --- crashes -----------------------------------------------------------------------
 
     async def adopt(self) -> list[str]:
         """Dial the claimed calls that never left ``queued`` and that nobody holds, whose
-        claimer is dead (or is this node's previous life)."""
+        claimer is dead (or is this node's previous life). A claim moves its calls to
+        ``connecting`` in its own transaction, so only a relay before that change left
+        such calls."""
         since = utcnow() - timedelta(seconds=self.node_timeout)
+        out: list[Claimed] = []
         async with writing(self.db) as session:
             alive = select(RelayNode.id).where(
                 RelayNode.heartbeat_at >= since, RelayNode.id != self.node_id
@@ -345,17 +483,43 @@ class DialQueue:
                 )
                 .with_for_update(of=DialJob, skip_locked=True)
             )
-            out = []
-            for job in rows.scalars():
+            for job in rows.scalars().all():
                 if job.call_id is None or self.dialling(job.call_id):
                     continue
+                call = await lock_call(session, job.call_id)
+                if call is None or call.status != "queued":
+                    continue
                 job.node_id = self.node_id
-                out.append(job.call_id)
-        for call_id in out:
-            self.dial(call_id)
+                number = await session.get(Number, call.number_id) if call.number_id else None
+                claimed = await take(session, call, number, self.node_id)
+                if claimed is not None:
+                    out.append(claimed)
+        for claimed in out:
+            self.dial(claimed)
         if out:
             log.warning("dial_queue_adopted", calls=len(out))
-        return out
+        return [c.call_id for c in out]
+
+
+_OTHER = aliased(DialJob)
+# A call's open job, its batch, and whether another recipient of the batch waits: one
+# statement for what settling it reads.
+_JOB_OF_CALL = (
+    select(
+        DialJob,
+        Batch,
+        exists().where(
+            _OTHER.batch_id == DialJob.batch_id, _OTHER.state == WAITING, _OTHER.id != DialJob.id
+        ),
+    )
+    .outerjoin(Batch, Batch.id == DialJob.batch_id)
+    .where(DialJob.call_id == bindparam("b_call"), DialJob.state.in_((WAITING, ACTIVE)))
+    .with_for_update(of=DialJob, skip_locked=True)
+)
+
+
+async def _batch_of(session: AsyncSession, job: DialJob) -> Batch | None:
+    return await session.get(Batch, job.batch_id) if job.batch_id else None
 
 
 def _end(job: DialJob, state: str) -> None:
@@ -387,26 +551,29 @@ def _settle(job: DialJob, call: Call, batch: Batch | None, now: datetime) -> Non
     job.not_before = now + timedelta(seconds=float(policy.get("backoff", 0)))
 
 
-async def _active_by_batch(session: AsyncSession, project_id: str) -> dict[str | None, int]:
+async def _lanes(
+    session: AsyncSession, project_id: str, now: datetime
+) -> tuple[dict[str | None, int], list[Batch | None]]:
+    """The project's active jobs by batch, and its lanes with recipients due: single calls
+    first (``None``), then each dialling batch, oldest first. One grouped read for both."""
     rows = await session.execute(
-        select(DialJob.batch_id, func.count())
-        .where(DialJob.project_id == project_id, DialJob.state == ACTIVE)
-        .group_by(DialJob.batch_id)
-    )
-    return {batch_id: int(count) for batch_id, count in rows}
-
-
-async def _lanes(session: AsyncSession, project_id: str, now: datetime) -> list[Batch | None]:
-    """Single calls first (``None``), then each dialling batch with recipients due, oldest
-    first."""
-    rows = await session.execute(
-        select(DialJob.batch_id)
+        select(DialJob.batch_id, DialJob.state, func.count())
         .where(
-            DialJob.project_id == project_id, DialJob.state == WAITING, DialJob.not_before <= now
+            DialJob.project_id == project_id,
+            or_(
+                DialJob.state == ACTIVE,
+                and_(DialJob.state == WAITING, DialJob.not_before <= now),
+            ),
         )
-        .distinct()
+        .group_by(DialJob.batch_id, DialJob.state)
     )
-    ids = set(rows.scalars())
+    active: dict[str | None, int] = {}
+    ids: set[str | None] = set()
+    for batch_id, state, count in rows:
+        if state == ACTIVE:
+            active[batch_id] = int(count)
+        else:
+            ids.add(batch_id)
     lanes: list[Batch | None] = [None] if None in ids else []
     ids.discard(None)
     if ids:
@@ -418,7 +585,7 @@ async def _lanes(session: AsyncSession, project_id: str, now: datetime) -> list[
             .with_for_update(skip_locked=True)
         )
         lanes.extend(found.scalars())
-    return lanes
+    return active, lanes
 
 
 async def _ready_jobs(
@@ -438,6 +605,37 @@ async def _ready_jobs(
         .with_for_update(skip_locked=True)
     )
     return list(rows.scalars())
+
+
+_SINGLES = (
+    select(DialJob, Call, Number, CallLease.node_id)
+    .join(Call, Call.id == DialJob.call_id)
+    .outerjoin(Number, Number.id == Call.number_id)
+    .outerjoin(CallLease, CallLease.call_id == Call.id)
+    .where(
+        DialJob.project_id == bindparam("b_project"),
+        DialJob.batch_id.is_(None),
+        DialJob.state == WAITING,
+        DialJob.not_before <= bindparam("b_now"),
+    )
+    .order_by(DialJob.not_before, DialJob.position, DialJob.id)
+    .limit(bindparam("b_limit"))
+    # The call locked with its job, as lock_call would: a call being ended right now (the
+    # API) waits for the next round.
+    .with_for_update(of=(DialJob, Call), skip_locked=True)
+)
+
+
+async def _ready_singles(
+    session: AsyncSession, project_id: str, now: datetime, limit: int
+) -> list[tuple[DialJob, Call, Number | None, str | None]]:
+    """The single calls due, with what claiming each needs (its call, number, and who holds
+    it, if anyone): one statement, not four per call."""
+    rows = await session.execute(
+        _SINGLES.execution_options(populate_existing=True),
+        {"b_project": project_id, "b_now": now, "b_limit": limit},
+    )
+    return [(job, call, number, held) for job, call, number, held in rows]
 
 
 @dataclass(slots=True)

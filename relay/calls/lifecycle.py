@@ -31,6 +31,8 @@ TRANSITIONS: dict[str, frozenset[str]] = {
     "failed": frozenset(),
 }
 STATUSES = tuple(TRANSITIONS)
+# Session.info: the outbound calls that ended in its transaction (relay.calls.dial_queue).
+ENDED_OUTBOUND = "relay_outbound_calls_ended"
 LIVE = frozenset({"queued", "connecting", "ringing", "in_progress"})
 FAILURE_REASONS = frozenset(
     {
@@ -89,6 +91,8 @@ async def transition(
     if status in ("completed", "failed"):
         call.ended_at = now
         call.failure_reason = reason if status == "failed" else None
+        if call.direction == "outbound":  # the dialling queue wakes when this commits
+            session.info.setdefault(ENDED_OUTBOUND, set()).add(call.id)
     message = f"status -> {status}" + (f" ({reason})" if reason else "")
     session.add(
         CallEvent(

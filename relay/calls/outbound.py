@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, TypeVar
@@ -40,7 +40,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from relay import calling_hours, tokens
 from relay.calls.event_log import log_event
 from relay.calls.lifecycle import LIVE, TRANSITIONS, transition
-from relay.calls.recovery import hold_call, lock_call, release_call
+from relay.calls.recovery import hold_call, hold_new_call, lock_call, release_call
 from relay.carriers import CarrierError, DialFailed, DialRequest, LegUpdate, OutboundLeg
 from relay.events.writing import writing
 from relay.logs import get_logger
@@ -108,6 +108,9 @@ class Dialler:
         self.signing_key = signing_key
         self.public_url = public_url
         self.ring_timeout = ring_timeout
+        # Runs in the transaction that fails a call it dials: the dialling queue records the
+        # outcome there (relay.calls.dial_queue.DialQueue.settle_call), not in one more.
+        self.on_end: Callable[[AsyncSession, Call], Awaitable[None]] | None = None
         self._tasks: dict[str, asyncio.Task[None]] = {}
         # A stop request per call, resolved with the failure reason. Dialling is stopped
         # between steps, never by cancelling a task that may be inside a transaction.
@@ -117,13 +120,16 @@ class Dialler:
         self._updates: dict[str, asyncio.Future[LegUpdate]] = {}
         self._legs: dict[str, str] = {}
 
-    def dial(self, call_id: str) -> None:
+    def dial(self, claimed: Claimed) -> None:
+        """Ring a call the queue claimed for this node (:func:`take`), once its claim
+        committed."""
+        call_id = claimed.call_id
         if call_id in self._tasks:
             return
         loop = asyncio.get_running_loop()
         stop: asyncio.Future[str] = loop.create_future()
         update: asyncio.Future[LegUpdate] = loop.create_future()
-        task = asyncio.create_task(self._run(call_id, stop, update), name=f"dial:{call_id}")
+        task = asyncio.create_task(self._run(claimed, stop, update), name=f"dial:{call_id}")
         self._tasks[call_id] = task
         self._stops[call_id] = stop
         self._updates[call_id] = update
@@ -135,10 +141,6 @@ class Dialler:
             self._legs.pop(call_id, None)
 
         task.add_done_callback(forget)
-
-    async def redial(self, call_ids: list[str]) -> None:
-        for call_id in call_ids:
-            self.dial(call_id)
 
     def dialling(self, call_id: str) -> bool:
         return call_id in self._tasks
@@ -185,12 +187,11 @@ class Dialler:
         await self.carriers.close()
 
     async def _run(
-        self, call_id: str, stop: asyncio.Future[str], update: asyncio.Future[LegUpdate]
+        self, claimed: Claimed, stop: asyncio.Future[str], update: asyncio.Future[LegUpdate]
     ) -> None:
-        claimed = await self._claim(call_id)
-        if claimed is None:
-            return
-        request = claimed.dial
+        call_id = claimed.call_id
+        request = self._request(claimed)
+        log.info("dialling", call_id=call_id, carrier=claimed.carrier or None)
         leg: OutboundLeg | None = None
         try:
             carrier = await self.carriers.for_key(
@@ -221,56 +222,45 @@ class Dialler:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.ring_timeout
         while True:
+            # It was written ``ringing`` just now: wait before the first read.
+            left = deadline - loop.time()
+            waiters: list[asyncio.Future[Any]] = [stop, update]
+            await asyncio.wait(waiters, timeout=max(0.0, min(ANSWER_POLL_SECONDS, left)))
             if stop.done():
                 raise _Stopped(stop.result())
             if update.done():
                 ended = update.result()
                 raise DialFailed(ended.reason or "provider_error", ended.detail or ENDED_BY_CARRIER)
+            if deadline - loop.time() <= 0:
+                # No read first: _fail reads the call under its lock, and leaves an answered
+                # (or ended) one alone.
+                raise DialFailed("no_answer", NO_ANSWER.format(seconds=self.ring_timeout))
             status = await self._status(call_id)
             if status == "in_progress":
                 return
             if status not in ("connecting", "ringing"):
                 raise _Ended
-            left = deadline - loop.time()
-            if left <= 0:
-                raise DialFailed("no_answer", NO_ANSWER.format(seconds=self.ring_timeout))
-            waiters: list[asyncio.Future[Any]] = [stop, update]
-            await asyncio.wait(waiters, timeout=min(ANSWER_POLL_SECONDS, left))
 
     async def _status(self, call_id: str) -> str | None:
         async with self.db.session() as session:
             call = await session.get(Call, call_id, populate_existing=True)
             return call.status if call is not None else None
 
-    async def _claim(self, call_id: str) -> _Claimed | None:
-        async with writing(self.db) as session:
-            call = await lock_call(session, call_id)
-            if call is None or call.status != "queued":
-                return None
-            if not await hold_call(session, call_id, self.node_id):
-                return None
-            verdict = await _calling_hours(session, call)
-            if not verdict.allowed:
-                await _block(session, call, verdict)
-                return None
-            number = await session.get(Number, call.number_id) if call.number_id else None
-            await transition(session, call, "connecting")
-        token = tokens.issue(self.signing_key, call_id, MEDIA_TOKEN_PURPOSE, self.ring_timeout + 60)
-        log.info("dialling", call_id=call_id, carrier=number.provider if number else None)
-        dial = DialRequest(
-            call_id=call_id,
-            project_id=call.project_id,
-            carrier=number.provider if number is not None else "",
-            from_number=call.from_number or "",
-            to_number=call.to_number or "",
+    def _request(self, claimed: Claimed) -> DialRequest:
+        token = tokens.issue(
+            self.signing_key, claimed.call_id, MEDIA_TOKEN_PURPOSE, self.ring_timeout + 60
+        )
+        return DialRequest(
+            call_id=claimed.call_id,
+            project_id=claimed.project_id,
+            carrier=claimed.carrier,
+            from_number=claimed.from_number,
+            to_number=claimed.to_number,
             media_base_url=media_base_url(self.public_url),
             media_token=token,
             ring_timeout_seconds=self.ring_timeout,
             webhook_base_url=self.public_url,
         )
-        if number is None:
-            return _Claimed(dial, "", None)
-        return _Claimed(dial, number.carrier_key, number.carrier_account_id)
 
     async def _advance(self, call_id: str, status: str, carrier_call_id: str | None = None) -> None:
         """Move the call on unless it has moved there (or past it) already."""
@@ -295,6 +285,8 @@ class Dialler:
             await log_event(session, call_id, "telephony", detail, level="warning")
             await transition(session, call, "failed", reason=reason)
             await release_call(session, call_id)
+            if self.on_end is not None:
+                await self.on_end(session, call)
         log.info("dial_ended", call_id=call_id, reason=reason)
         if leg is not None:
             try:
@@ -304,10 +296,51 @@ class Dialler:
 
 
 @dataclass(frozen=True, slots=True)
-class _Claimed:
-    dial: DialRequest
+class Claimed:
+    """A call claimed for this node (``connecting``, its lease held): what dialling needs."""
+
+    call_id: str
+    project_id: str
+    carrier: str
+    from_number: str
+    to_number: str
     carrier_key: str  # the number's carrier account (relay_numbers.keys)
     account_id: str | None  # the project's carrier account it was imported under, if any
+
+
+async def take(
+    session: AsyncSession,
+    call: Call,
+    number: Number | None,
+    node_id: str,
+    *,
+    new: bool = False,
+    check_hours: bool = True,
+) -> Claimed | None:
+    """Claim ``call`` (``queued``, locked or made in this transaction) for ``node_id``: hold
+    its lease and move it to ``connecting``, in the caller's transaction (the queue's claim),
+    so a call is never dialled twice. None if another node holds it, or if it is outside the
+    calling hours (then it failed ``compliance_block`` here). ``new``: made in this
+    transaction, so nobody can hold it; ``check_hours=False``: the caller checked them."""
+    if new:
+        await hold_new_call(session, call.id, node_id)
+    elif not await hold_call(session, call.id, node_id):
+        return None
+    if check_hours:
+        verdict = await _calling_hours(session, call)
+        if not verdict.allowed:
+            await _block(session, call, verdict)
+            return None
+    await transition(session, call, "connecting")
+    return Claimed(
+        call_id=call.id,
+        project_id=call.project_id,
+        carrier=number.provider if number is not None else "",
+        from_number=call.from_number or "",
+        to_number=call.to_number or "",
+        carrier_key=number.carrier_key if number is not None else "",
+        account_id=number.carrier_account_id if number is not None else None,
+    )
 
 
 async def _calling_hours(session: AsyncSession, call: Call) -> calling_hours.Verdict:
@@ -340,5 +373,7 @@ DIALLER: web.AppKey[Dialler] = web.AppKey("relay_dialler", Dialler)
 
 __all__ = [
     "DIALLER",
+    "Claimed",
     "Dialler",
+    "take",
 ]

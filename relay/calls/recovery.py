@@ -94,12 +94,25 @@ async def hold_call(session: AsyncSession, call_id: str, node_id: str) -> bool:
     with the call locked (:func:`lock_call`), in the transaction that makes it live."""
     if await session.get(CallLease, call_id) is not None:
         return False
-    session.add(CallLease(call_id=call_id, node_id=node_id, created_at=utcnow()))
+    await hold_new_call(session, call_id, node_id)
     return True
 
 
+async def hold_new_call(session: AsyncSession, call_id: str, node_id: str) -> None:
+    """:func:`hold_call` for a call made in this transaction, which nobody can hold yet (no
+    read, which would flush what the transaction made so far)."""
+    session.add(CallLease(call_id=call_id, node_id=node_id, created_at=utcnow()))
+
+
+_RELEASE = (
+    delete(CallLease)
+    .where(CallLease.call_id == bindparam("b_id"))
+    .execution_options(synchronize_session=False)
+)
+
+
 async def release_call(session: AsyncSession, call_id: str) -> None:
-    await session.execute(delete(CallLease).where(CallLease.call_id == call_id))
+    await session.execute(_RELEASE, {"b_id": call_id})
 
 
 async def heartbeat(db: Database, node_id: str, *, starting: bool = False) -> None:
@@ -374,6 +387,7 @@ __all__ = [
     "Recovery",
     "expire_unconnected",
     "hold_call",
+    "hold_new_call",
     "lock_call",
     "orphaned_calls",
     "release_call",

@@ -1,6 +1,7 @@
 """The dialling queue's claims between relay nodes sharing one database (SQLite and
-PostgreSQL): a project's cap holds across nodes, no job is claimed twice, and a job a dead
-node claimed but never dialled is dialled by a live one."""
+PostgreSQL): a project's cap holds across nodes, no job is claimed twice, a claimed call is
+held by its claimer from the claim on, and a queued call a dead node left unheld is dialled by
+a live one."""
 
 from __future__ import annotations
 
@@ -8,13 +9,13 @@ import asyncio
 from datetime import timedelta
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import delete, func, select, update
 
 from relay.app import create_app
 from relay.calls import batches
 from relay.calls.dial_queue import DIAL_QUEUE, DialQueue
 from relay.config import Settings
-from relay.store.models import Call, DialJob, Project, RelayNode, utcnow
+from relay.store.models import Call, CallLease, DialJob, Project, RelayNode, utcnow
 from tests.api.test_calls import BASE, new_agent, new_number
 
 
@@ -34,7 +35,7 @@ class Node:
         self.dialled: list[str] = []
         self.queue = DialQueue(
             database,
-            self.dialled.append,
+            lambda claimed: self.dialled.append(claimed.call_id),
             lambda call_id: call_id in self.dialled,
             node_id=name,
             node_timeout=30,
@@ -75,7 +76,7 @@ async def test_two_nodes_never_claim_more_than_the_cap_or_a_job_twice(client, au
     claimed: list[str] = []
     for _ in range(3):
         for got in await asyncio.gather(*(n.queue.claim(project) for n in nodes)):
-            claimed.extend(got)
+            claimed.extend(c.call_id for c in got)
     assert len(claimed) == len(set(claimed)) == 7
     async with database.session() as session:
         active = (
@@ -95,15 +96,39 @@ async def test_a_batch_cap_holds_under_a_larger_project_cap(client, auth, databa
     assert len(node.dialled) == 3
 
 
-async def test_a_dead_nodes_claimed_calls_are_dialled_by_a_live_one(client, auth, database):
+async def test_a_claim_holds_its_calls_so_no_other_node_dials_them(client, auth, database):
     project = await batch_of(client, auth, database, 4)
-    dead, alive = Node(database, "node-dead"), Node(database, "node-alive")
+    async with database.session() as session:
+        session.add(RelayNode(id="node-dead", heartbeat_at=utcnow() - timedelta(minutes=5)))
+    dead = Node(database, "node-dead")
+    claimed = [c.call_id for c in await dead.queue.claim(project)]  # then it died
+    assert len(claimed) == 4
+    async with database.session() as session:
+        calls = (await session.execute(select(Call.status))).scalars().all()
+        holders = (await session.execute(select(CallLease.node_id))).scalars().all()
+    # Claimed and moved to connecting in one transaction: held by its claimer, so recovery
+    # (not another claimer) ends them if that node is dead.
+    assert calls == ["connecting"] * 4
+    assert holders == ["node-dead"] * 4
+    other = Node(database, "node-b")
+    assert await other.queue.adopt() == []
+    assert other.dialled == []
+
+
+async def test_a_dead_nodes_unheld_queued_calls_are_dialled_by_a_live_one(client, auth, database):
+    project = await batch_of(client, auth, database, 4)
+    dead = Node(database, "node-dead")
     async with database.session() as session:
         session.add(RelayNode(id="node-dead", heartbeat_at=utcnow() - timedelta(minutes=5)))
         session.add(RelayNode(id="node-alive", heartbeat_at=utcnow()))
         session.add(RelayNode(id="node-b", heartbeat_at=utcnow()))
-    claimed = await dead.queue.claim(project)  # it died before handing them to its dialler
+    claimed = [c.call_id for c in await dead.queue.claim(project)]
     assert len(claimed) == 4
+    async with database.session() as session:
+        # What a relay before claims held their calls left when it died between its claim
+        # and its dialler's: the job active, its call queued, nobody holding it.
+        await session.execute(delete(CallLease))
+        await session.execute(update(Call).values(status="queued"))
     other = Node(database, "node-b")
     assert sorted(await other.queue.adopt()) == sorted(claimed)
     assert sorted(other.dialled) == sorted(claimed)
@@ -113,6 +138,10 @@ async def test_a_dead_nodes_claimed_calls_are_dialled_by_a_live_one(client, auth
             .scalars()
             .all()
         )
+        leases = (await session.execute(select(CallLease.node_id))).scalars().all()
+        calls = (await session.execute(select(Call.status))).scalars().all()
     assert holders == {"node-b"}
+    assert leases == ["node-b"] * 4
+    assert calls == ["connecting"] * 4
     # Claimed by a node that is alive: nobody else touches them.
-    assert await alive.queue.adopt() == []
+    assert await Node(database, "node-alive").queue.adopt() == []
