@@ -14,18 +14,19 @@ from sqlalchemy import func, select
 from relay.auth import create_key
 from relay.store.models import Call, CallEvent
 from tests.api.test_batches import distinct_numbers
-from tests.events.test_crash_recovery import Relay, api, env  # noqa: F401  (env: a fixture)
+from tests.cluster.harness import Node, api, node_env
 
 BUSY = [f"+1{code}5550188" for code in ("415", "212", "312", "206", "617", "512")]
 
 
-async def test_a_relay_killed_mid_batch_finishes_it_after_restart(env, database, tmp_path):  # noqa: F811
-    env = {
-        **env,
-        "RELAY_OUTBOUND_RING_TIMEOUT_SECONDS": "0.3",
-        "RELAY_DIAL_QUEUE_INTERVAL_SECONDS": "0.05",
-    }
-    relay = Relay(env, tmp_path / "relay.log")
+async def test_a_relay_killed_mid_batch_finishes_it_after_restart(database, tmp_path):
+    env = await node_env(
+        database,
+        tmp_path,
+        RELAY_OUTBOUND_RING_TIMEOUT_SECONDS="0.3",
+        RELAY_DIAL_QUEUE_INTERVAL_SECONDS="0.05",
+    )
+    relay = Node(env, tmp_path / "relay.log", "node-under-test")
     numbers = BUSY + distinct_numbers(54)
     try:
         await relay.start()
