@@ -92,8 +92,8 @@ class Settings(BaseSettings):
     # How often the dialling queue looks for calls that may start and calls that ended
     # (it also looks at once when a call or batch is created).
     dial_queue_interval_seconds: float = Field(default=1.0, gt=0, le=10)
-    # Outbound calls this relay starts per second on each carrier, at most (0: no limit):
-    # set it to your carrier account's calls-per-second limit.
+    # Outbound calls the relays on this database start per second on each carrier, at most
+    # (0: no limit): set it to your carrier account's calls-per-second limit.
     dial_rate_per_second: float = Field(default=0.0, ge=0, le=1000)
 
     # Secret for signing short-lived URLs and media tokens. Generated per process if empty,

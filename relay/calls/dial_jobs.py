@@ -10,7 +10,7 @@ the statements a claim and a settle run (:mod:`relay.calls.dial_queue` runs them
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
@@ -272,7 +272,7 @@ async def batch_call(
     lane: Lane,
     job: DialJob,
     now: datetime,
-    may_dial: Callable[[str], bool],
+    may_dial: Callable[[str], Awaitable[bool]],
 ) -> Call | None:
     """Create the call of a batch recipient's attempt, or leave the job waiting (outside
     the calling hours, or past the carrier's rate) or ended (on the do-not-call list, agent
@@ -296,7 +296,7 @@ async def batch_call(
             job.not_before = verdict.next_allowed_at or now + UNKNOWN_ZONE_WAIT
             job.outcome = verdict.reason
             return None
-    if not may_dial(number.provider):
+    if not await may_dial(number.provider):
         return None
     call = Call(
         id=new_id("call"),

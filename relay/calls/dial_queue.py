@@ -59,12 +59,12 @@ from relay.calls.dial_jobs import (
     settle_job,
     stats,
 )
+from relay.calls.dial_rate import SharedRate
 from relay.calls.lifecycle import ENDED_OUTBOUND
 from relay.calls.outbound import Claimed, take
 from relay.calls.recovery import lock_call
 from relay.events.writing import writing
 from relay.logs import get_logger
-from relay.ratelimit import RateLimiter
 from relay.store.db import Database
 from relay.store.models import (
     Batch,
@@ -111,9 +111,9 @@ class DialQueue:
         self.node_id = node_id
         self.node_timeout = node_timeout
         self.interval = interval
-        # Calls this node starts per second and carrier, at most (0: no limit): a carrier
-        # account's calls-per-second limit. Per node, as the API's rate limits are.
-        self._rate = RateLimiter(dial_rate, max(1, int(dial_rate))) if dial_rate > 0 else None
+        # Calls started per second and carrier, at most, by all the relays on the database
+        # (0: no limit): a carrier account's calls-per-second limit (relay.calls.dial_rate).
+        self._rate = SharedRate(dial_rate)
         self._wake = asyncio.Event()
         self._stop = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -311,7 +311,7 @@ class DialQueue:
             end_job(job, "completed" if call.status == "completed" else "failed")
             job.outcome = call.failure_reason
             return None
-        if not self._may_dial(call.connection_type):
+        if not await self._rate.take(session, call.connection_type):
             return None
         job.state, job.node_id, job.attempts = ACTIVE, self.node_id, job.attempts + 1
         # Held already (never by the queue's own claims): leave it to its holder.
@@ -329,7 +329,9 @@ class DialQueue:
         job.updated_at = now
         batch = lane.batch
         assert batch is not None
-        call = await batch_call(session, lane, job, now, self._may_dial)
+        call = await batch_call(
+            session, lane, job, now, lambda carrier: self._rate.take(session, carrier)
+        )
         if call is None:
             return None
         job.state, job.node_id, job.attempts = ACTIVE, self.node_id, job.attempts + 1
@@ -338,10 +340,6 @@ class DialQueue:
         await batches.started(session, batch, now)
         # The recipient's calling hours and window were checked by batch_call, just now.
         return await take(session, call, lane.number, self.node_id, new=True, check_hours=False)
-
-    def _may_dial(self, carrier: str) -> bool:
-        """Spend one of the carrier's dials for this second, if one is left."""
-        return self._rate is None or self._rate.take(carrier) == 0.0
 
     # --- settling ----------------------------------------------------------------------
 

@@ -11,6 +11,7 @@ from sqlalchemy import (
     Boolean,
     DateTime,
     Dialect,
+    Float,
     ForeignKey,
     Index,
     Integer,
@@ -481,6 +482,16 @@ class Batch(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     started_at: Mapped[datetime | None] = mapped_column()
     completed_at: Mapped[datetime | None] = mapped_column()
+
+
+class DialRate(Base):
+    """A carrier's dial rate, shared by every relay on the database: the generic cell rate
+    algorithm's theoretical arrival time of the next dial (``tat``, seconds since the epoch)."""
+
+    __tablename__ = "dial_rates"
+
+    carrier: Mapped[str] = mapped_column(String(40), primary_key=True)
+    tat: Mapped[float] = mapped_column(Float)
 
 
 class DialJob(Base):

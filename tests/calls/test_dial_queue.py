@@ -6,6 +6,7 @@ a live one."""
 from __future__ import annotations
 
 import asyncio
+import time
 from datetime import timedelta
 
 import pytest
@@ -31,7 +32,7 @@ async def client(database, aiohttp_client):
 class Node:
     """A relay node's claimer, whose dialler only writes down what it was handed."""
 
-    def __init__(self, database, name: str) -> None:
+    def __init__(self, database, name: str, dial_rate: float = 0.0) -> None:
         self.dialled: list[str] = []
         self.queue = DialQueue(
             database,
@@ -39,6 +40,7 @@ class Node:
             lambda call_id: call_id in self.dialled,
             node_id=name,
             node_timeout=30,
+            dial_rate=dial_rate,
         )
 
 
@@ -85,6 +87,21 @@ async def test_two_nodes_never_claim_more_than_the_cap_or_a_job_twice(client, au
         calls = (await session.execute(select(func.count()).select_from(Call))).scalar_one()
     assert active == 7
     assert calls == 7  # a batch recipient's call exists once it is claimed, not before
+
+
+async def test_two_nodes_share_the_carriers_dial_rate(client, auth, database):
+    """2 calls a second, a burst of 2: in 2 s the deployment starts 5 calls, not 5 per node
+    (the limit is a row in the database, relay.calls.dial_rate)."""
+    project = await batch_of(client, auth, database, 30)
+    nodes = [Node(database, f"node-{i}", dial_rate=2) for i in range(2)]
+    claimed: list[str] = []
+    started = time.monotonic()
+    while time.monotonic() - started < 2.0:
+        for got in await asyncio.gather(*(n.queue.claim(project) for n in nodes)):
+            claimed.extend(c.call_id for c in got)
+        await asyncio.sleep(0.05)
+    assert len(claimed) == len(set(claimed))
+    assert 4 <= len(claimed) <= 6, len(claimed)  # one limit per node would allow 10
 
 
 async def test_a_batch_cap_holds_under_a_larger_project_cap(client, auth, database):
