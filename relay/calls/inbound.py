@@ -356,6 +356,16 @@ async def load_call(db: Database, call_id: str) -> Call | None:
     return call
 
 
+async def number_of_call(db: Database, call_id: str) -> Number | None:
+    """The number of ours a call came in on or went out from (None: a BYOT or web call)."""
+    async with db.session() as session:
+        call = await session.get(Call, call_id)
+        if call is None or call.number_id is None:
+            return None
+        number: Number | None = await session.get(Number, call.number_id)
+    return number
+
+
 async def telephony_event(
     db: Database,
     call_id: str,

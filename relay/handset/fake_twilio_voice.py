@@ -85,6 +85,10 @@ class FakeCall:
     ended: asyncio.Event = field(default_factory=asyncio.Event)
     hangup: asyncio.Event = field(default_factory=asyncio.Event)
     callbacks: list[tuple[str, int]] = field(default_factory=list)  # (CallStatus, HTTP status)
+    # The form of each ``POST Calls/{CallSid}.json`` the relay made, and whether the fake
+    # asked the ``<Connect action>`` (it does not once the REST API took the call over).
+    updates: list[dict[str, str]] = field(default_factory=list)
+    action_asked: bool = False
     # When the create request reached the fake, and each callback's round trip (perf_counter
     # seconds): what bench/twilio_dial.py measures the relay by.
     arrived_at: float = field(default_factory=time.perf_counter)
@@ -131,6 +135,8 @@ class FakeTwilioVoice:
         self.failing: set[str] = set()
         self.unanswered: set[str] = set()
         self.ring_seconds = 0.2
+        # Answer every Calls update with this HTTP error (Twilio's 5xx), when set.
+        self.update_error: int | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._placed = asyncio.Event()  # set whenever a call is placed
 
@@ -168,6 +174,9 @@ class FakeTwilioVoice:
         if call is None or call.account_sid != request.match_info["sid"]:
             return _error(404, 20404, "The requested resource was not found")
         form = {k: str(v) for k, v in (await request.post()).items()}
+        call.updates.append(form)
+        if self.update_error is not None:
+            return _error(self.update_error, 20500, "An internal server error has occurred")
         wanted = form.get("Status", "")
         if wanted and wanted not in ("canceled", "completed"):
             return _error(400, 21218, f"Invalid value for Status: {wanted}")
@@ -304,6 +313,7 @@ class FakeTwilioVoice:
         with contextlib.suppress(asyncio.CancelledError):
             call.report = await talk
         if action and not call.hangup.is_set():  # hung up through the API: no more TwiML
+            call.action_asked = True
             twiml = await self._ask(http, call, action)
             call.transfer_to = _dial_of(twiml)
 

@@ -18,6 +18,7 @@ from relay.engine.ports import PCM, CallHandle
 from relay.logs import get_logger
 from relay.transports import BadFrame, Handshake, Note
 from relay.transports import twilio_protocol as tp
+from relay.transports.control import CallControl, Controlled, ControlLookup
 
 log = get_logger("relay.transports.twilio")
 
@@ -54,10 +55,17 @@ class TwilioLine:
 
     sample_rate = RATE
 
-    def __init__(self, ws: web.WebSocketResponse, stream_sid: str, note: Note):
+    def __init__(
+        self,
+        ws: web.WebSocketResponse,
+        stream_sid: str,
+        note: Note,
+        call_sid: str = "",
+        control: CallControl | None = None,
+    ):
         self._ws = ws
         self._sid = stream_sid
-        self._note = note
+        self._carrier = Controlled(call_sid, note, control)
 
     async def _send(self, text: str) -> None:
         if not self._ws.closed:
@@ -72,15 +80,19 @@ class TwilioLine:
         await self._send(tp.clear(self._sid))
 
     async def send_dtmf(self, digits: str) -> None:
+        # In band even with Twilio's REST API at hand: a Calls update with <Play digits>
+        # replaces the running TwiML, which would end this very stream.
         await self.send_audio(dtmf_tones(digits))
 
     async def transfer(self, to: str) -> None:
-        """Recorded on the call; Twilio asks ``/carriers/twilio/voice/after`` once the stream
-        ends and is answered with a ``<Dial>`` to this number."""
-        await self._note("transfer", {"transfer": to})
+        """Twilio's Calls update with ``<Dial>`` TwiML (:mod:`relay.transports.control`);
+        without it (or if Twilio refused) the ``<Connect action>`` Twilio asks once the
+        stream ends is answered with the same ``<Dial>``."""
+        await self._carrier.transfer(to)
 
     async def hangup(self) -> None:
-        if not self._ws.closed:
+        if not self._ws.closed:  # a closed stream: Twilio's next verb hangs up already
+            await self._carrier.hangup()
             await self._ws.close()
 
 
@@ -116,8 +128,9 @@ class TwilioConnection:
 
     connection_types: tuple[str, ...] = ("twilio", "sim")
 
-    def __init__(self, ws: web.WebSocketResponse) -> None:
+    def __init__(self, ws: web.WebSocketResponse, controls: ControlLookup | None = None) -> None:
         self._ws = ws
+        self._controls = controls
         self._start: tp.Start | None = None
 
     async def handshake(self) -> Handshake | None:
@@ -140,7 +153,8 @@ class TwilioConnection:
 
     async def accept(self, call_id: str, note: Note) -> TwilioLine:
         assert self._start is not None, "accept() follows a handshake"
-        return TwilioLine(self._ws, self._start.stream_sid, note)
+        control = await self._controls(call_id) if self._controls is not None else None
+        return TwilioLine(self._ws, self._start.stream_sid, note, self._start.call_sid, control)
 
     async def pump(self, handle: CallHandle, bad_frame: BadFrame) -> None:
         call_id = handle.call_id

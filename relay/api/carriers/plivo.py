@@ -26,6 +26,7 @@ from sqlalchemy import select
 from relay import tokens
 from relay.api.limits import refuse_bad_text
 from relay.calls import inbound
+from relay.calls.inbound import number_of_call
 from relay.calls.media import MEDIA
 from relay.calls.outbound import DIALLER
 from relay.carriers.plivo import (
@@ -36,6 +37,7 @@ from relay.carriers.plivo import (
     SMS_PATH,
     UNAVAILABLE,
     VOICE_PATH,
+    PlivoCarrier,
     after_stream_xml,
     answer_xml,
     e164_of,
@@ -49,6 +51,7 @@ from relay.errors import BadRequest, Forbidden
 from relay.logs import get_logger
 from relay.state import APP_STATE
 from relay.store.models import Call, CallEvent, Number
+from relay.transports.control import CallControl
 from relay.urls import media_base_url
 from relay_numbers import plivo_key
 from relay_numbers.accounts import plivo_accounts
@@ -231,6 +234,43 @@ async def sms_status(request: web.Request) -> web.Response:
     return web.Response(status=204)
 
 
+class _PlivoControl:
+    """A live Plivo call's hang-up, transfer (to the relay's own ``<Dial>`` document, the
+    after-stream one, which reads the transfer the line noted) and digits."""
+
+    def __init__(self, carrier: PlivoCarrier, after_url: str) -> None:
+        self._carrier = carrier
+        self._after_url = after_url
+
+    async def hangup(self, carrier_call_id: str) -> None:
+        await self._carrier.hangup(carrier_call_id)
+
+    async def transfer(self, carrier_call_id: str, to: str) -> None:
+        await self._carrier.redirect(carrier_call_id, self._after_url)
+
+    async def send_digits(self, carrier_call_id: str, digits: str) -> None:
+        await self._carrier.send_digits(carrier_call_id, digits)
+
+
+async def control_for(app: web.Application, call_id: str) -> CallControl | None:
+    """The Plivo Call API of a live call of one of our Plivo numbers (its account's)."""
+    try:
+        number = await number_of_call(app[APP_STATE].db, call_id)
+        if number is None or number.provider != "plivo":
+            return None
+        carrier = await app[DIALLER].carriers.for_key(
+            number.provider, number.carrier_key, number.carrier_account_id
+        )
+    except Exception as exc:  # no control: the stream's end still hangs up (or dials)
+        log.warning("plivo_control_unavailable", call_id=call_id, error=repr(exc))
+        return None
+    if not isinstance(carrier, PlivoCarrier):
+        return None
+    public = app[APP_STATE].settings.effective_public_url()
+    auth_id = carrier.creds.auth_id
+    return _PlivoControl(carrier, f"{public}{AFTER_PATH}?authId={auth_id}&callId={call_id}")
+
+
 def install(app: web.Application) -> None:
     """Serve Plivo's webhooks (signed by whichever project's account the URL names)."""
     app.router.add_post(VOICE_PATH, voice_webhook)
@@ -241,4 +281,4 @@ def install(app: web.Application) -> None:
     app.router.add_post(PLIVO_STATUS_PATH, sms_status)
 
 
-__all__ = ["AFTER_PATH", "SMS_PATH", "VOICE_PATH", "install", "signed_form"]
+__all__ = ["AFTER_PATH", "SMS_PATH", "VOICE_PATH", "control_for", "install", "signed_form"]

@@ -33,7 +33,7 @@ from relay.errors import BadRequest, Forbidden
 from relay.logs import get_logger
 from relay.state import APP_STATE
 from relay.store.models import Call, Number
-from relay.transports.telnyx import CallControl
+from relay.transports.control import CallControl
 from relay.urls import media_base_url
 from relay_numbers.keys import telnyx_key
 from relay_numbers.telnyx_accounts import TelnyxCarriers

@@ -26,6 +26,7 @@ from sqlalchemy import select
 
 from relay.api.limits import refuse_bad_text
 from relay.calls import inbound
+from relay.calls.inbound import number_of_call
 from relay.calls.media import MEDIA
 from relay.calls.outbound import DIALLER
 from relay.carriers import InboundWebhook
@@ -51,6 +52,7 @@ from relay.errors import BadRequest, Forbidden
 from relay.logs import get_logger
 from relay.state import APP_STATE
 from relay.store.models import Call, CallEvent, Number
+from relay.transports.control import CallControl
 from relay.urls import media_base_url
 from relay_numbers import twilio_keys
 from relay_numbers.accounts import twilio_tokens
@@ -215,6 +217,22 @@ async def sms_status(request: web.Request) -> web.Response:
     return web.Response(status=204)
 
 
+async def control_for(app: web.Application, call_id: str) -> CallControl | None:
+    """How a live call of one of our Twilio numbers is hung up and transferred at Twilio
+    (its number's account); None for any other call (a sim call on the same socket)."""
+    try:
+        number = await number_of_call(app[APP_STATE].db, call_id)
+        if number is None or number.provider != "twilio":
+            return None
+        carrier = await app[DIALLER].carriers.for_key(
+            number.provider, number.carrier_key, number.carrier_account_id
+        )
+    except Exception as exc:  # no control: the stream's end still hangs up (or dials)
+        log.warning("twilio_control_unavailable", call_id=call_id, error=repr(exc))
+        return None
+    return carrier if isinstance(carrier, TwilioCarrier) else None
+
+
 def install(app: web.Application, carrier: TwilioCarrier) -> None:
     """Serve Twilio's webhooks, signed for ``carrier``'s account."""
     app[TWILIO] = carrier
@@ -231,6 +249,7 @@ __all__ = [
     "STATUS_PATH",
     "TWILIO",
     "VOICE_PATH",
+    "control_for",
     "install",
     "signed_form",
 ]

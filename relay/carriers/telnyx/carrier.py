@@ -167,6 +167,10 @@ class TelnyxCarrier:
         self._creds()
         await self.api.transfer(carrier_call_id, to)
 
+    async def send_digits(self, carrier_call_id: str, digits: str) -> None:
+        self._creds()
+        await self.api.send_dtmf(carrier_call_id, digits)
+
     async def send_sms(self, text: OutgoingText) -> SentText:
         self._creds()
         sent = await self.api.send_message(
