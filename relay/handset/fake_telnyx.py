@@ -12,7 +12,7 @@ Telnyx's error body, ``down`` answers 503 to everything):
 ``GET   /v2/available_phone_numbers``, ``POST /v2/number_orders``  search and buy
 ``DELETE /v2/phone_numbers/{id}``                      release
 ``POST  /v2/calls``                                    dial (with a bidirectional stream)
-``POST  /v2/calls/{id}/actions/answer|hangup|transfer``
+``POST  /v2/calls/{id}/actions/answer|hangup|transfer|send_dtmf``
 ``POST  /v2/messages``                                 send a text
 
 Its webhooks are JSON envelopes signed with the account's Ed25519 key
@@ -102,6 +102,7 @@ class FakeCall:
     ws: aiohttp.ClientWebSocketResponse | None = None
     done: asyncio.Event = field(default_factory=asyncio.Event)
     transfer_to: str | None = None
+    digits: list[str] = field(default_factory=list)  # what send_dtmf played into it
     error: str | None = None  # why its media stream failed, if it did
     arrived_at: float = field(default_factory=time.perf_counter)  # its dial or its ring
 
@@ -348,6 +349,10 @@ class FakeTelnyx:
             self._spawn(self._hang_up(call, cause, "caller"))
         elif action == "transfer":
             call.transfer_to = body.get("to")
+        elif action == "send_dtmf":
+            if not isinstance(body.get("digits"), str) or not body["digits"]:
+                return _error(422, "10002", "digits is required")
+            call.digits.append(body["digits"])
         else:
             return _error(404, "10005", f"no action {action}")
         return web.json_response({"data": {"result": "ok"}})
