@@ -267,6 +267,7 @@ class Dialler:
             media_token=token,
             ring_timeout_seconds=self.ring_timeout,
             webhook_base_url=self.public_url,
+            detect_machine=bool((call.agent_snapshot or {}).get("voicemail")),
         )
         if number is None:
             return _Claimed(dial, "", None)
