@@ -213,8 +213,9 @@ class TelnyxApi:
         stream: StreamSpec,
         timeout_secs: int,
         webhook_url: str,
+        answering_machine_detection: str | None = None,
     ) -> dict[str, Any]:
-        body = {
+        body: dict[str, Any] = {
             "connection_id": connection_id,
             "to": to,
             "from": from_,
@@ -223,6 +224,8 @@ class TelnyxApi:
             "webhook_url_method": "POST",
             **stream.fields(),
         }
+        if answering_machine_detection:
+            body["answering_machine_detection"] = answering_machine_detection
         data = await self.request("POST", "/calls", json=body)
         return data if isinstance(data, dict) else {}
 

@@ -142,6 +142,8 @@ class TelnyxCarrier:
                 # Telnyx stops ringing itself at the relay's own ring timeout.
                 timeout_secs=max(5, min(600, int(request.ring_timeout_seconds))),
                 webhook_url=f"{self.public_url}{CALL_PATH}",
+                # The verdict, then the beep: a message is left after the greeting.
+                answering_machine_detection="detect_beep" if request.detect_machine else None,
             )
         except TelnyxTimeout as exc:
             raise DialFailed("network_timeout", "Telnyx did not answer in time.") from exc
