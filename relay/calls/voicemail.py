@@ -19,6 +19,7 @@ stored. A verdict for a call not (yet) running anywhere is only stored.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Literal
@@ -37,6 +38,7 @@ from relay.store.models import Call
 
 log = get_logger("relay.calls.voicemail")
 
+START_WAIT_SECONDS = 3.0
 HUNG_UP = "voicemail: an answering machine answered; hung up"
 LEFT_MESSAGE = "voicemail: an answering machine answered; left the message and hung up"
 
@@ -95,9 +97,19 @@ async def report(
     await carry_out(db, live, call_id)
 
 
+async def _running(live: Mapping[str, LiveCall], call_id: str) -> LiveCall | None:
+    # A verdict may beat the engine's start by a few milliseconds (the socket is open, the
+    # engine not yet): wait that long, not more.
+    for _ in range(int(START_WAIT_SECONDS / 0.05)):
+        if (running := live.get(call_id)) is not None:
+            return running
+        await asyncio.sleep(0.05)
+    return live.get(call_id)
+
+
 async def carry_out(db: Database, live: Mapping[str, LiveCall], call_id: str) -> None:
     """Do what the call's ``voicemail`` setting says, now (the verdict is stored)."""
-    running = live.get(call_id)
+    running = await _running(live, call_id)
     if running is None:
         log.info("voicemail_call_not_running", call_id=call_id)
         return

@@ -13,7 +13,9 @@ slash, HTTP Basic with the auth id and auth token, JSON bodies):
                                                    unanswered or answered by the callee's
                                                    number (``busy``, ``unanswered``); answered,
                                                    Plivo asks ``answer_url`` and streams the
-                                                   callee; ``hangup_url`` hears the end
+                                                   callee; ``hangup_url`` hears the end;
+                                                   with ``machine_detection_url``, the verdict
+                                                   (``Machine``: true for ``machines``)
 ``GET    /v1/Account/{auth_id}/Application/``       the account's applications
 ``POST   /v1/Account/{auth_id}/Application/``       make one (its answer and message URLs)
 ``POST   /v1/Account/{auth_id}/Number/{number}/``   point a rented number at an application
@@ -133,6 +135,8 @@ class FakePlivo:
     call_error: int | None = None  # answer POST Call/ with this status instead
     call_delay: float = 0.0  # seconds before POST Call/ is answered
     control_error: int | None = None  # answer a live call's transfer, DTMF, hang-up with it
+    machines: set[str] = field(default_factory=set)  # callees an answering machine answers
+    amd_seconds: float = 0.3  # how long the detection takes after the answer
     placed: list[dict[str, Any]] = field(default_factory=list)  # JSON bodies of Call/
     callees: dict[str, PlivoMediaLine] = field(default_factory=dict)  # by request_uuid
     answered: dict[str, asyncio.Event] = field(default_factory=dict)  # by request_uuid
@@ -371,6 +375,13 @@ class FakePlivo:
                 line = await self.open_stream(http, call, account)
                 self.callees[rid] = self._live[call_uuid] = line
                 self.answered[rid].set()
+                if body.get("machine_detection") and body.get("machine_detection_url"):
+                    # Asynchronous detection: the verdict, while the call streams.
+                    await asyncio.sleep(self.amd_seconds)
+                    machine = "true" if callee in self.machines else "false"
+                    await callback(
+                        "machine_detection_url", Machine=machine, Event="MachineDetection"
+                    )
                 await line.receive()  # the callee hears the relay until the stream closes
                 self._live.pop(call_uuid, None)
                 await self.stream_ended(http, call, account)

@@ -25,11 +25,12 @@ from sqlalchemy import select
 
 from relay import tokens
 from relay.api.limits import refuse_bad_text
-from relay.calls import inbound
+from relay.calls import inbound, voicemail
 from relay.calls.inbound import number_of_call
 from relay.calls.media import MEDIA
 from relay.calls.outbound import DIALLER
 from relay.carriers.plivo import (
+    AMD_PATH,
     BAD_SIGNATURE,
     CALL_STATUS_PATH,
     NOT_IN_SERVICE,
@@ -43,6 +44,7 @@ from relay.carriers.plivo import (
     e164_of,
     parse_call_status,
     parse_inbound,
+    parse_machine,
     parse_status,
     reject_xml,
     signature_is_valid,
@@ -175,6 +177,21 @@ async def call_status(request: web.Request) -> web.Response:
     return web.Response(status=204)
 
 
+async def machine_detection(request: web.Request) -> web.Response:
+    """Plivo's asynchronous answering-machine verdict on a call the relay placed (from a
+    number of the account that signed)."""
+    form, key = await signed_form(request)
+    verdict = parse_machine(form)
+    call_id = request.query.get("callId", "")
+    if verdict is None or await _placed_by(request, call_id, key) is None:
+        log.info("plivo_amd_ignored", call_id=call_id[:60])
+        return web.Response(status=204)
+    state = request.app[APP_STATE]
+    node_id = state.settings.effective_node_id()
+    await voicemail.report(state.db, request.app[MEDIA].live, node_id, call_id, verdict)
+    return web.Response(status=204)
+
+
 async def after_stream(request: web.Request) -> web.Response:
     """The stream ended: carry out a transfer the agent asked for, else hang up."""
     await signed_form(request)  # the call id rides in the signed URL
@@ -277,6 +294,7 @@ def install(app: web.Application) -> None:
     app.router.add_post(AFTER_PATH, after_stream)
     app.router.add_post(OUTBOUND_ANSWER_PATH, outbound_answered)
     app.router.add_post(CALL_STATUS_PATH, call_status)
+    app.router.add_post(AMD_PATH, machine_detection)
     app.router.add_post(SMS_PATH, sms_inbound)
     app.router.add_post(PLIVO_STATUS_PATH, sms_status)
 
