@@ -14,7 +14,8 @@ detection (``DialRequest.detect_machine``). The carrier's signed callbacks becom
 
 The call runs on the node that holds its media socket: a verdict that lands elsewhere is
 sent there as a ``voicemail`` command (:mod:`relay.calls.commands`), which acts on what is
-stored. A verdict for a call not (yet) running anywhere is only stored.
+stored. A verdict that beats the engine's start waits for it (up to
+:data:`START_WAIT_SECONDS`); one for a call not running anywhere is only stored.
 """
 
 from __future__ import annotations
@@ -39,15 +40,16 @@ from relay.store.models import Call
 log = get_logger("relay.calls.voicemail")
 
 START_WAIT_SECONDS = 3.0
+# The events a call ends with (a completed call has no failure reason to say it).
 HUNG_UP = "voicemail: an answering machine answered; hung up"
 LEFT_MESSAGE = "voicemail: an answering machine answered; left the message and hung up"
-
-
 Verdict = MachineVerdict
 
 
 @dataclass(frozen=True, slots=True)
 class VoicemailSetting:
+    """An agent's ``voicemail``, as a call froze it."""
+
     action: Literal["hangup", "leave_message"]
     message: str | None = None
 

@@ -53,6 +53,11 @@ class Controlled:
         self._control = control if carrier_call_id else None
         self.handed_off = False  # hung up or transferred at the carrier: no longer ours
 
+    def carrier_ended_stream(self) -> None:
+        """The carrier stopped the stream (its caller hung up, or its document moved on):
+        the call is no longer the relay's to end or hand off."""
+        self.handed_off = True
+
     async def transfer(self, to: str) -> None:
         """Recorded first (the answer document's next verb reads it), then asked of the
         carrier; a refusal is raised after it is noted (the engine logs it too)."""

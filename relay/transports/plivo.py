@@ -70,6 +70,9 @@ class PlivoLine:
         refused) the answer's ``<Redirect>``, followed once the stream ends, dials."""
         await self._carrier.transfer(to)
 
+    def carrier_ended_stream(self) -> None:
+        self._carrier.carrier_ended_stream()
+
     async def hangup(self) -> None:
         if not self._ws.closed:  # a closed stream: Plivo's next verb hangs up already
             await self._carrier.hangup()
@@ -111,6 +114,7 @@ class PlivoConnection:
     def __init__(self, ws: web.WebSocketResponse, controls: ControlLookup | None = None) -> None:
         self._ws = ws
         self._controls = controls
+        self._line: PlivoLine | None = None
         self._start: pp.Start | None = None
 
     async def handshake(self) -> Handshake | None:
@@ -134,9 +138,17 @@ class PlivoConnection:
     async def accept(self, call_id: str, note: Note) -> PlivoLine:
         assert self._start is not None, "accept() follows a handshake"
         control = await self._controls(call_id) if self._controls is not None else None
-        return PlivoLine(self._ws, self._start.stream_id, note, self._start.call_id, control)
+        self._line = PlivoLine(self._ws, self._start.stream_id, note, self._start.call_id, control)
+        return self._line
 
     async def pump(self, handle: CallHandle, bad_frame: BadFrame) -> None:
+        await self._pump(handle, bad_frame)
+        # Stopped or closed (not cancelled: the relay ending the call cancels the pump):
+        # the call moves on in its answer document, no longer the relay's to end.
+        if self._line is not None:
+            self._line.carrier_ended_stream()
+
+    async def _pump(self, handle: CallHandle, bad_frame: BadFrame) -> None:
         call_id = handle.call_id
         async for msg in self._ws:
             if msg.type == WSMsgType.TEXT:

@@ -90,6 +90,9 @@ class TwilioLine:
         stream ends is answered with the same ``<Dial>``."""
         await self._carrier.transfer(to)
 
+    def carrier_ended_stream(self) -> None:
+        self._carrier.carrier_ended_stream()
+
     async def hangup(self) -> None:
         if not self._ws.closed:  # a closed stream: Twilio's next verb hangs up already
             await self._carrier.hangup()
@@ -131,6 +134,7 @@ class TwilioConnection:
     def __init__(self, ws: web.WebSocketResponse, controls: ControlLookup | None = None) -> None:
         self._ws = ws
         self._controls = controls
+        self._line: TwilioLine | None = None
         self._start: tp.Start | None = None
 
     async def handshake(self) -> Handshake | None:
@@ -154,9 +158,19 @@ class TwilioConnection:
     async def accept(self, call_id: str, note: Note) -> TwilioLine:
         assert self._start is not None, "accept() follows a handshake"
         control = await self._controls(call_id) if self._controls is not None else None
-        return TwilioLine(self._ws, self._start.stream_sid, note, self._start.call_sid, control)
+        self._line = TwilioLine(
+            self._ws, self._start.stream_sid, note, self._start.call_sid, control
+        )
+        return self._line
 
     async def pump(self, handle: CallHandle, bad_frame: BadFrame) -> None:
+        await self._pump(handle, bad_frame)
+        # Stopped or closed (not cancelled: the relay ending the call cancels the pump):
+        # the call moves on in its answer document, no longer the relay's to end.
+        if self._line is not None:
+            self._line.carrier_ended_stream()
+
+    async def _pump(self, handle: CallHandle, bad_frame: BadFrame) -> None:
         call_id = handle.call_id
         async for msg in self._ws:
             if msg.type == WSMsgType.TEXT:

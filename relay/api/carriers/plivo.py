@@ -26,7 +26,7 @@ from sqlalchemy import select
 from relay import tokens
 from relay.api.limits import refuse_bad_text
 from relay.calls import inbound, voicemail
-from relay.calls.inbound import number_of_call
+from relay.calls.inbound import carrier_of_call
 from relay.calls.media import MEDIA
 from relay.calls.outbound import DIALLER
 from relay.carriers.plivo import (
@@ -271,16 +271,8 @@ class _PlivoControl:
 
 async def control_for(app: web.Application, call_id: str) -> CallControl | None:
     """The Plivo Call API of a live call of one of our Plivo numbers (its account's)."""
-    try:
-        number = await number_of_call(app[APP_STATE].db, call_id)
-        if number is None or number.provider != "plivo":
-            return None
-        carrier = await app[DIALLER].carriers.for_key(
-            number.provider, number.carrier_key, number.carrier_account_id
-        )
-    except Exception as exc:  # no control: the stream's end still hangs up (or dials)
-        log.warning("plivo_control_unavailable", call_id=call_id, error=repr(exc))
-        return None
+    db, carriers = app[APP_STATE].db, app[DIALLER].carriers
+    carrier = await carrier_of_call(db, carriers, call_id, "plivo")
     if not isinstance(carrier, PlivoCarrier):
         return None
     public = app[APP_STATE].settings.effective_public_url()

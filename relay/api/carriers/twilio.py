@@ -26,7 +26,7 @@ from sqlalchemy import select
 
 from relay.api.limits import refuse_bad_text
 from relay.calls import inbound, voicemail
-from relay.calls.inbound import number_of_call
+from relay.calls.inbound import carrier_of_call
 from relay.calls.media import MEDIA
 from relay.calls.outbound import DIALLER
 from relay.carriers import InboundWebhook
@@ -238,16 +238,8 @@ async def sms_status(request: web.Request) -> web.Response:
 async def control_for(app: web.Application, call_id: str) -> CallControl | None:
     """How a live call of one of our Twilio numbers is hung up and transferred at Twilio
     (its number's account); None for any other call (a sim call on the same socket)."""
-    try:
-        number = await number_of_call(app[APP_STATE].db, call_id)
-        if number is None or number.provider != "twilio":
-            return None
-        carrier = await app[DIALLER].carriers.for_key(
-            number.provider, number.carrier_key, number.carrier_account_id
-        )
-    except Exception as exc:  # no control: the stream's end still hangs up (or dials)
-        log.warning("twilio_control_unavailable", call_id=call_id, error=repr(exc))
-        return None
+    db, carriers = app[APP_STATE].db, app[DIALLER].carriers
+    carrier = await carrier_of_call(db, carriers, call_id, "twilio")
     return carrier if isinstance(carrier, TwilioCarrier) else None
 
 
