@@ -56,6 +56,9 @@ class AgentConfig:
     transfer_destinations: list[str] | None = None
     # When its outbound calls may ring (relay.calling_hours); None: the project's policy.
     calling_hours: dict[str, Any] | None = None
+    # Outbound calls ask the carrier for answering-machine detection when set
+    # (relay.calls.voicemail): {"action": "hangup" | "leave_message", "message": ...}.
+    voicemail: dict[str, Any] | None = None
     tools: list[dict[str, Any]] | None = None
     # Frozen with a call, not part of Agent.config.
     name: str | None = None

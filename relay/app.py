@@ -48,7 +48,8 @@ from relay.api.recordings import router as recordings_router
 from relay.api.routing import Router
 from relay.api.voices import router as voices_router
 from relay.api.webhook_endpoints import router as webhook_endpoints_router
-from relay.calls.commands import COMMANDS, END, CommandBus
+from relay.calls import voicemail
+from relay.calls.commands import COMMANDS, END, VOICEMAIL, CommandBus
 from relay.calls.dial_queue import DIAL_QUEUE, DialQueue
 from relay.calls.intelligence import INTELLIGENCE, IntelligenceWorker
 from relay.calls.intelligence import release_claims as release_analyses
@@ -228,6 +229,8 @@ async def _command(app: web.Application, kind: str, call_id: str) -> None:
             await live.handle.end("completed")
         else:
             await app[DIALLER].cancel(call_id, "canceled")
+    elif kind == VOICEMAIL:
+        await voicemail.carry_out(app[APP_STATE].db, app[MEDIA].live, call_id)
 
 
 def _voice_engine(settings: Settings) -> VoiceEngine:

@@ -155,6 +155,34 @@ BackchannelWord = Annotated[str, StringConstraints(min_length=1, max_length=40)]
 BackchannelList = Annotated[list[BackchannelWord], Field(min_length=1, max_length=200)]
 
 
+VOICEMAIL_MESSAGE_REQUIRED = "voicemail.action 'leave_message' needs a message to leave."
+VOICEMAIL_MESSAGE_UNUSED = "voicemail.message goes with action 'leave_message' only."
+MAX_VOICEMAIL_MESSAGE = 1000
+
+
+class VoicemailSettings(APIModel):
+    """What an outbound call does when the carrier's answering-machine detection says a
+    machine answered (Twilio, Telnyx, Plivo; README "Carriers")."""
+
+    action: Literal["hangup", "leave_message"] = Field(
+        description="`hangup`: end the call at once. `leave_message`: after the greeting "
+        "(the beep, where the carrier detects it), speak `message` and hang up."
+    )
+    message: str | None = Field(
+        default=None,
+        max_length=MAX_VOICEMAIL_MESSAGE,
+        description="Spoken with the call's voice, not interruptible.",
+    )
+
+    @model_validator(mode="after")
+    def _message(self) -> VoicemailSettings:
+        if self.action == "leave_message" and not (self.message or "").strip():
+            raise PydanticCustomError("voicemail_message_required", VOICEMAIL_MESSAGE_REQUIRED)
+        if self.action == "hangup" and self.message is not None:
+            raise PydanticCustomError("voicemail_message_unused", VOICEMAIL_MESSAGE_UNUSED)
+        return self
+
+
 class AgentFields(APIModel):
     """Fields shared by create and update; every one optional here, defaults applied on create."""
 
@@ -234,6 +262,11 @@ class AgentFields(APIModel):
         default=None,
         description="When its outbound calls may ring (callee local time); else the project's.",
     )
+    voicemail: VoicemailSettings | None = Field(
+        default=None,
+        description="Outbound calls ask the carrier to detect answering machines; this is "
+        "what happens when one answers. Unset: no detection (`answeredBy` stays null).",
+    )
     tools: list[AgentTool] | None = Field(
         default=None, max_length=32, description="Functions the hosted LLM may call."
     )
@@ -282,6 +315,7 @@ class AgentOut(OutModel):
     help_text: str | None
     transfer_destinations: list[str] | None
     calling_hours: CallingHoursOut | None
+    voicemail: dict[str, Any] | None
     tools: list[AgentToolOut] | None
     number_ids: list[str]
     created_at: datetime

@@ -57,6 +57,10 @@ class CallOut(OutModel):
     to: str | None
     status: str
     failure_reason: str | None
+    answered_by: Literal["human", "machine", "unknown"] | None = Field(
+        description="Who picked up an outbound call, by the carrier's answering-machine "
+        "detection (asked when the agent has `voicemail`); null when not asked or not known yet."
+    )
     voice_mode: str
     metadata: dict[str, Any]
     variables: dict[str, Any]
@@ -105,6 +109,7 @@ def call_out(call: Call, cls: type[CallOut] = CallOut, **extra: Any) -> Any:
         to=call.to_number,
         status=call.status,
         failure_reason=call.failure_reason,
+        answered_by=call.answered_by,
         voice_mode=call.voice_mode,
         metadata=call.call_metadata or {},
         variables=(call.agent_snapshot or {}).get("variables") or {},

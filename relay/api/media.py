@@ -12,11 +12,13 @@ in :mod:`relay.api.carriers`.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
 from relay import tokens
+from relay.api.carriers import plivo as plivo_hooks
+from relay.api.carriers import twilio as twilio_hooks
 from relay.api.carriers.telnyx import control_for
 from relay.calls import inbound, media
 from relay.calls.media import MEDIA
@@ -25,6 +27,7 @@ from relay.errors import Forbidden, RateLimited
 from relay.state import APP_STATE
 from relay.store.models import Call
 from relay.transports import BadFrame, Handshake, MediaConnection, Note
+from relay.transports.control import CallControl, ControlLookup
 from relay.transports.plivo import PlivoConnection
 from relay.transports.telnyx import TelnyxConnection
 from relay.transports.twilio import TwilioConnection
@@ -90,8 +93,10 @@ class _CountedUntilNamed(TwilioConnection):
     """A Twilio socket without a token in its URL: it holds its place in
     :class:`Unauthenticated` until its ``start`` frame has been read (or it gave up)."""
 
-    def __init__(self, ws: web.WebSocketResponse, leave: Callable[[], None]) -> None:
-        super().__init__(ws)
+    def __init__(
+        self, ws: web.WebSocketResponse, leave: Callable[[], None], controls: ControlLookup
+    ) -> None:
+        super().__init__(ws, controls)
         self._leave = leave
 
     async def handshake(self) -> Handshake | None:
@@ -99,6 +104,16 @@ class _CountedUntilNamed(TwilioConnection):
             return await super().handshake()
         finally:
             self._leave()
+
+
+def _controls(
+    request: web.Request,
+    control_for: Callable[[web.Application, str], Awaitable[CallControl | None]],
+) -> ControlLookup:
+    """A live call's carrier API (hang-up, transfer, digits), looked up once the socket has
+    named its call."""
+    app = request.app
+    return lambda call_id: control_for(app, call_id)
 
 
 def _socket() -> web.WebSocketResponse:
@@ -148,7 +163,8 @@ async def twilio_media(request: web.Request) -> web.StreamResponse:
         deps = request.app[MEDIA].deps()
         ws = _socket()
         await ws.prepare(request)
-        await request.app[MEDIA].serve(media.serve(deps, TwilioConnection(ws), call_id))
+        conn = TwilioConnection(ws, _controls(request, twilio_hooks.control_for))
+        await request.app[MEDIA].serve(media.serve(deps, conn, call_id))
         return ws
     if not web.WebSocketResponse().can_prepare(request).ok:
         raise Forbidden(MEDIA_TOKEN_REFUSED.format(why="no token"), code="invalid_media_token")
@@ -157,7 +173,7 @@ async def twilio_media(request: web.Request) -> web.StreamResponse:
         deps = request.app[MEDIA].deps()
         ws = _socket()
         await ws.prepare(request)
-        conn = _CountedUntilNamed(ws, leave)
+        conn = _CountedUntilNamed(ws, leave, _controls(request, twilio_hooks.control_for))
         await request.app[MEDIA].serve(media.serve(deps, conn, None))
     finally:
         leave()
@@ -230,7 +246,7 @@ async def plivo_media(request: web.Request) -> web.StreamResponse:
         deps = request.app[MEDIA].deps()
         ws = _socket()
         await ws.prepare(request)
-        conn: MediaConnection = PlivoConnection(ws)
+        conn: MediaConnection = PlivoConnection(ws, _controls(request, plivo_hooks.control_for))
         if call_id is None:
             conn = _Unnamed(conn, leave)
         await request.app[MEDIA].serve(media.serve(deps, conn, call_id))

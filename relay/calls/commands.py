@@ -33,7 +33,9 @@ from relay.store.models import CallLease, NodeCommand, utcnow
 log = get_logger("relay.calls.commands")
 
 END = "end"
-KINDS = (END,)
+# Carry out the call's ``voicemail`` setting on the verdict stored (relay.calls.voicemail).
+VOICEMAIL = "voicemail"
+KINDS = (END, VOICEMAIL)
 # The fallback: how often a node takes its commands with no notification.
 POLL_SECONDS = 2.0
 # A command its node never took (the node died; recovery closes its calls) is dropped.

@@ -34,6 +34,7 @@ from relay.agent_config import STORED_DEFAULTS, AgentConfig
 from relay.calls.event_log import log_event
 from relay.calls.lifecycle import open_call, transition
 from relay.calls.recovery import hold_call, lock_call
+from relay.carriers import Carrier
 from relay.engine.ports import CallSetup
 from relay.ids import new_id
 from relay.logs import get_logger
@@ -41,6 +42,7 @@ from relay.state import AppState
 from relay.store.db import Database
 from relay.store.models import Agent, Call, Number, utcnow
 from relay.urls import media_base_url
+from relay_numbers.accounts import AccountCarriers
 from relay_numbers.routing import number_for_inbound, project_number
 
 log = get_logger("relay.calls.inbound")
@@ -354,6 +356,24 @@ async def load_call(db: Database, call_id: str) -> Call | None:
     async with db.session() as session:
         call: Call | None = await session.get(Call, call_id)
     return call
+
+
+async def carrier_of_call(
+    db: Database, carriers: AccountCarriers, call_id: str, provider: str
+) -> Carrier | None:
+    """The ``provider`` carrier, on its account, of the number of ours a call came in on or
+    went out from; None for a call of no such number (BYOT, web, sim) or an unreadable
+    account. Never raises: a call without it only loses its carrier-side commands."""
+    try:
+        async with db.session() as session:
+            call = await session.get(Call, call_id)
+            number = await session.get(Number, call.number_id) if call and call.number_id else None
+        if number is None or number.provider != provider:
+            return None
+        return await carriers.for_key(provider, number.carrier_key, number.carrier_account_id)
+    except Exception as exc:
+        log.warning("call_carrier_unavailable", call_id=call_id, error=repr(exc))
+        return None
 
 
 async def telephony_event(

@@ -71,6 +71,9 @@ class LiveCall:
     async def end(self, reason: str = "completed") -> None:
         await self.handle.end(reason)
 
+    async def leave(self, message: str | None, detail: str) -> None:
+        await self.handle.leave(message, detail)
+
     async def wait(self) -> tuple[str, str | None]:
         end = await self.handle.wait()
         await self.record(end)

@@ -260,6 +260,7 @@ class Dialler:
             media_token=token,
             ring_timeout_seconds=self.ring_timeout,
             webhook_base_url=self.public_url,
+            detect_machine=bool((call.agent_snapshot or {}).get("voicemail")),
         )
 
     async def _advance(self, call_id: str, status: str, carrier_call_id: str | None = None) -> None:

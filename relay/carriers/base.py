@@ -80,6 +80,9 @@ class DialRequest:
     # The relay's public URL: the carrier's status callbacks go to its own path under it
     # (a path of the vendor's folder), with ``call_id`` in the signed URL.
     webhook_base_url: str = ""
+    # Ask the carrier's answering-machine detection (the agent has ``voicemail``); its
+    # verdicts come back through the carrier's signed callbacks (relay.calls.voicemail).
+    detect_machine: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,6 +98,16 @@ class LegUpdate:
     status: Literal["ringing", "ended"]
     reason: str = ""
     detail: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class MachineVerdict:
+    """What a carrier's answering-machine detection said about an answered outbound call:
+    who picked up and, for a machine, whether its greeting is over (a message left now is
+    recorded: the beep, or the end of the greeting)."""
+
+    answered_by: Literal["human", "machine", "unknown"]
+    greeting_over: bool = False
 
 
 class OutboundLeg(Protocol):
@@ -182,6 +195,7 @@ __all__ = [
     "DialRequest",
     "InboundWebhook",
     "LegUpdate",
+    "MachineVerdict",
     "NoNumberAvailable",
     "OutboundLeg",
     "ProvisionRequest",

@@ -96,6 +96,10 @@ class CallHandle(Protocol):
     async def end(self, reason: str = "completed") -> None:
         """End from the API or the relay; returns once the call has stopped."""
 
+    async def leave(self, message: str | None, detail: str) -> None:
+        """Cut whatever is being said, speak ``message`` (if any; the caller cannot barge
+        in), then end the call ``completed`` with ``detail`` in its event log."""
+
     async def wait(self) -> CallEnd:
         """Wait for the end; the engine writes nothing about it, its caller does."""
 

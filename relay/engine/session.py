@@ -233,6 +233,18 @@ class CallSession:
             CallEnd("completed") if reason == "completed" else CallEnd("failed", reason)
         )
 
+    async def leave(self, message: str | None, detail: str) -> None:
+        if self._ending:
+            return
+        if message:
+            self.sink.event("engine", "leaving a message", data={"text": message})
+            with contextlib.suppress(Exception):
+                await self.session.interrupt(force=True)
+            speech = self.session.say(message, allow_interruptions=False)
+            with contextlib.suppress(Exception):
+                await speech.wait_for_playout()
+        await self._finish(CallEnd("completed", detail=detail))
+
     async def wait(self) -> CallEnd:
         return await asyncio.shield(self._outcome)
 

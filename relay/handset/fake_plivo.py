@@ -13,7 +13,9 @@ slash, HTTP Basic with the auth id and auth token, JSON bodies):
                                                    unanswered or answered by the callee's
                                                    number (``busy``, ``unanswered``); answered,
                                                    Plivo asks ``answer_url`` and streams the
-                                                   callee; ``hangup_url`` hears the end
+                                                   callee; ``hangup_url`` hears the end;
+                                                   with ``machine_detection_url``, the verdict
+                                                   (``Machine``: true for ``machines``)
 ``GET    /v1/Account/{auth_id}/Application/``       the account's applications
 ``POST   /v1/Account/{auth_id}/Application/``       make one (its answer and message URLs)
 ``POST   /v1/Account/{auth_id}/Number/{number}/``   point a rented number at an application
@@ -21,6 +23,10 @@ slash, HTTP Basic with the auth id and auth token, JSON bodies):
 ``DELETE /v1/Account/{auth_id}/Call/{uuid}/``       hang up a live call (else 404)
 ``GET PhoneNumber/``, ``POST PhoneNumber/{number}/``, ``DELETE Number/{number}/``: search,
 rent, give back (:mod:`relay.handset.fake_plivo_numbers`)
+``POST   /v1/Account/{auth_id}/Call/{uuid}/``       transfer a live call (``legs=aleg``): the
+                                                   fake asks ``aleg_url`` (signed), keeps its
+                                                   XML and ends the stream; 202
+``POST   /v1/Account/{auth_id}/Call/{uuid}/DTMF/``  play ``digits`` to the caller; 202
 
 Wrong credentials, or another account's path, answer 401; ``down`` answers every request 503.
 
@@ -106,6 +112,9 @@ class StreamedCall:
     after: str | None = None  # the XML the redirect was answered with
     checkpoints: list[str] = field(default_factory=list)
     clears: int = 0
+    transferred: bool = False  # the Call API moved it to another document (``after``)
+    hung_up: bool = False  # the Call API ended it: no more XML runs
+    digits: list[str] = field(default_factory=list)  # sent through the Call API's DTMF
 
 
 @dataclass
@@ -128,6 +137,9 @@ class FakePlivo:
     unanswered: set[str] = field(default_factory=set)  # callees that never pick up
     call_error: int | None = None  # answer POST Call/ with this status instead
     call_delay: float = 0.0  # seconds before POST Call/ is answered
+    control_error: int | None = None  # answer a live call's transfer, DTMF, hang-up with it
+    machines: set[str] = field(default_factory=set)  # callees an answering machine answers
+    amd_seconds: float = 0.3  # how long the detection takes after the answer
     placed: list[dict[str, Any]] = field(default_factory=list)  # JSON bodies of Call/
     callees: dict[str, PlivoMediaLine] = field(default_factory=dict)  # by request_uuid
     answered: dict[str, asyncio.Event] = field(default_factory=dict)  # by request_uuid
@@ -165,6 +177,8 @@ class FakePlivo:
         app.router.add_post(base + "/Call/", self._call)
         app.router.add_delete(base + "/Request/{uuid}/", self._cancel)
         app.router.add_delete(base + "/Call/{uuid}/", self._hang_up)
+        app.router.add_post(base + "/Call/{uuid}/", self._transfer)
+        app.router.add_post(base + "/Call/{uuid}/DTMF/", self._dtmf)
         app.on_cleanup.append(self._drain)
         return app
 
@@ -370,6 +384,13 @@ class FakePlivo:
                 line = await self.open_stream(http, call, account)
                 self.callees[rid] = self._live[call_uuid] = line
                 self.answered[rid].set()
+                if body.get("machine_detection") and body.get("machine_detection_url"):
+                    # Asynchronous detection: the verdict, while the call streams.
+                    await asyncio.sleep(self.amd_seconds)
+                    machine = "true" if callee in self.machines else "false"
+                    await callback(
+                        "machine_detection_url", Machine=machine, Event="MachineDetection"
+                    )
                 await line.receive()  # the callee hears the relay until the stream closes
                 self._live.pop(call_uuid, None)
                 await self.stream_ended(http, call, account)
@@ -398,11 +419,52 @@ class FakePlivo:
         return web.Response(status=204)
 
     async def _hang_up(self, request: web.Request) -> web.Response:
-        line = self._live.get(request.match_info["uuid"])
-        if line is None:
+        live = self._live_call(request)
+        if self.control_error is not None:
+            return web.json_response({"error": "internal error"}, status=self.control_error)
+        if live is None:
             return web.json_response({"error": "not found"}, status=404)
-        await line.ws.close()
+        live[1].hung_up = True
+        await live[0].ws.close()
         return web.Response(status=204)
+
+    def _live_call(self, request: web.Request) -> tuple[PlivoMediaLine, StreamedCall] | None:
+        call_uuid = request.match_info["uuid"]
+        line = self._live.get(call_uuid)
+        call = next((c for c in self.calls if c.call_uuid == call_uuid), None)
+        return (line, call) if line is not None and call is not None else None
+
+    async def _transfer(self, request: web.Request) -> web.Response:
+        live = self._live_call(request)
+        if self.control_error is not None:
+            return web.json_response({"error": "internal error"}, status=self.control_error)
+        if live is None:
+            return web.json_response({"error": "call not found"}, status=404)
+        body = await request.json()
+        if body.get("legs", "aleg") != "aleg" or not body.get("aleg_url"):
+            return web.json_response({"error": "aleg_url is required for aleg"}, status=400)
+        line, call = live
+        form = {"CallUUID": call.call_uuid, "CallStatus": "in-progress", "Event": "Transfer"}
+        _, call.after = await self.post_for_text(str(body["aleg_url"]), form, request[ACCOUNT])
+        call.transferred = True
+        await line.ws.close()  # the call leaves its stream for the new document
+        return web.json_response(
+            {"api_id": str(uuid.uuid4()), "message": "call transferred"}, status=202
+        )
+
+    async def _dtmf(self, request: web.Request) -> web.Response:
+        live = self._live_call(request)
+        if self.control_error is not None:
+            return web.json_response({"error": "internal error"}, status=self.control_error)
+        if live is None:
+            return web.json_response({"error": "call not found"}, status=404)
+        body = await request.json()
+        if not body.get("digits"):
+            return web.json_response({"error": "digits is required"}, status=400)
+        live[1].digits.append(str(body["digits"]))
+        return web.json_response(
+            {"api_id": str(uuid.uuid4()), "message": "digits sent"}, status=202
+        )
 
     async def _drain(self, _app: web.Application) -> None:
         for task in list(self._tasks):
@@ -518,13 +580,16 @@ class FakePlivo:
             "extra_headers": json.dumps(call.extra_headers),
         }
         await ws.send_str(json.dumps(start))
+        self._live[call.call_uuid] = line
         return line
 
     async def stream_ended(
         self, http: aiohttp.ClientSession, call: StreamedCall, account: FakePlivoAccount
     ) -> None:
-        """``keepCallAlive`` is over: follow the ``<Redirect>`` and keep its answer."""
-        if call.redirect:
+        """``keepCallAlive`` is over: follow the ``<Redirect>`` and keep its answer (unless
+        the Call API hung up or transferred the call)."""
+        self._live.pop(call.call_uuid, None)
+        if call.redirect and not (call.transferred or call.hung_up):
             form = {"CallUUID": call.call_uuid, "CallStatus": "in-progress"}
             _, call.after = await self.post_for_text(call.redirect, form, account, http=http)
 

@@ -13,7 +13,7 @@ Telnyx's error body, ``down`` answers 503 to everything):
 ``DELETE /v2/phone_numbers/{id}``                      release
 (the numbers: :mod:`relay.handset.fake_telnyx_numbers`)
 ``POST  /v2/calls``                                    dial (with a bidirectional stream)
-``POST  /v2/calls/{id}/actions/answer|hangup|transfer``
+``POST  /v2/calls/{id}/actions/answer|hangup|transfer|send_dtmf``
 ``POST  /v2/messages``                                 send a text
 
 Its webhooks are JSON envelopes signed with the account's Ed25519 key
@@ -104,6 +104,8 @@ class FakeCall:
     ws: aiohttp.ClientWebSocketResponse | None = None
     done: asyncio.Event = field(default_factory=asyncio.Event)
     transfer_to: str | None = None
+    digits: list[str] = field(default_factory=list)  # what send_dtmf played into it
+    amd: str | None = None  # the answering_machine_detection it was dialled with
     error: str | None = None  # why its media stream failed, if it did
     arrived_at: float = field(default_factory=time.perf_counter)  # its dial or its ring
 
@@ -113,12 +115,16 @@ class FakeTelnyx:
     """``handset``: how the people on the phone speak and listen (a :class:`SimHandset`
     whose relay URL is unused). ``callees``: what a dialled number does (lines to say once
     it answers, or ``busy`` / ``no_answer`` / ``reject``; not listed: it rings on).
-    ``dial_fails``: numbers whose ``POST /v2/calls`` answers 500; ``dial_hangs``: never."""
+    ``dial_fails``: numbers whose ``POST /v2/calls`` answers 500; ``dial_hangs``: never.
+    ``machines``: numbers an answering machine answers (for a call dialled with
+    ``answering_machine_detection``)."""
 
     deliver_to: list[tuple[str, str]] = field(default_factory=list)
     handset: SimHandset | None = None
     down: bool = False
     ring_seconds: float = 0.2
+    machines: set[str] = field(default_factory=set)
+    amd_seconds: float = 0.3
     callees: dict[str, Sequence[Line] | str] = field(default_factory=dict)
     dial_fails: set[str] = field(default_factory=set)
     dial_hangs: set[str] = field(default_factory=set)  # POST /v2/calls never answers
@@ -299,6 +305,7 @@ class FakeTelnyx:
             client_state=body.get("client_state"),
             stream_url=body.get("stream_url"),
             arrived_at=arrived,
+            amd=body.get("answering_machine_detection"),
         )
         self.calls[call.call_control_id] = call
         self._spawn(self._ring(call, int(body.get("timeout_secs") or 30)))
@@ -329,6 +336,10 @@ class FakeTelnyx:
             self._spawn(self._hang_up(call, cause, "caller"))
         elif action == "transfer":
             call.transfer_to = body.get("to")
+        elif action == "send_dtmf":
+            if not isinstance(body.get("digits"), str) or not body["digits"]:
+                return _error(422, "10002", "digits is required")
+            call.digits.append(body["digits"])
         else:
             return _error(404, "10005", f"no action {action}")
         return web.json_response({"data": {"result": "ok"}})
@@ -474,9 +485,25 @@ class FakeTelnyx:
             await self._call_event(call, "call.answered")
             await self._answered(call, script)
 
+    async def _detect(self, call: FakeCall) -> None:
+        """Answering-machine detection: the verdict ``amd_seconds`` after the answer (a
+        machine for a number in ``machines``); with ``detect_beep``, a machine's beep next."""
+        await asyncio.sleep(self.amd_seconds)
+        if not call.alive:
+            return
+        machine = call.to_number in self.machines
+        result = "machine" if machine else "human"
+        await self._call_event(call, "call.machine.detection.ended", result=result)
+        if machine and call.amd == "detect_beep":
+            await asyncio.sleep(self.amd_seconds)
+            if call.alive:
+                await self._call_event(call, "call.machine.greeting.ended", result="beep_detected")
+
     async def _answered(self, call: FakeCall, lines: Sequence[Line]) -> None:
         """The call is up: open the media stream to the relay and let the person talk."""
         call.answered = True
+        if call.amd:
+            self._spawn(self._detect(call))
         if self.handset is None:
             return  # nobody on the phone: the test plays Telnyx's side of the socket itself
         if call.stream_url:

@@ -16,6 +16,11 @@ Call resource (status ``queued``), then the call runs:
    ``<Connect action>`` URL for what comes next (a ``<Dial>`` is recorded as a transfer);
 4. ``completed`` (with the final ``CallStatus`` and ``CallDuration``).
 
+Answering-machine detection: a call created with ``MachineDetection`` and ``AsyncAmd=true``
+streams at once and, ``amd_seconds`` after the answer, POSTs the signed
+``AsyncAmdStatusCallback``: ``AnsweredBy=machine_end_beep`` for a To in ``machines`` (with
+``DetectMessageEnd``; ``machine_start`` with ``Enable``), ``human`` for any other.
+
 ``POST Calls/{CallSid}.json`` with ``Status=canceled`` ends a queued or ringing call
 (``canceled``) and leaves an answered one alone; ``Status=completed`` hangs up an answered
 call (its media socket closes) and, as the fake's choice, cancels one still ringing;
@@ -85,6 +90,11 @@ class FakeCall:
     ended: asyncio.Event = field(default_factory=asyncio.Event)
     hangup: asyncio.Event = field(default_factory=asyncio.Event)
     callbacks: list[tuple[str, int]] = field(default_factory=list)  # (CallStatus, HTTP status)
+    # The form of each ``POST Calls/{CallSid}.json`` the relay made, and whether the fake
+    # asked the ``<Connect action>`` (it does not once the REST API took the call over).
+    updates: list[dict[str, str]] = field(default_factory=list)
+    action_asked: bool = False
+    amd_callbacks: list[tuple[str, int]] = field(default_factory=list)  # (AnsweredBy, HTTP)
     # When the create request reached the fake, and each callback's round trip (perf_counter
     # seconds): what bench/twilio_dial.py measures the relay by.
     arrived_at: float = field(default_factory=time.perf_counter)
@@ -130,7 +140,11 @@ class FakeTwilioVoice:
         self.busy: set[str] = set()
         self.failing: set[str] = set()
         self.unanswered: set[str] = set()
+        self.machines: set[str] = set()  # answered by an answering machine
+        self.amd_seconds = 0.3
         self.ring_seconds = 0.2
+        # Answer every Calls update with this HTTP error (Twilio's 5xx), when set.
+        self.update_error: int | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._placed = asyncio.Event()  # set whenever a call is placed
 
@@ -168,6 +182,9 @@ class FakeTwilioVoice:
         if call is None or call.account_sid != request.match_info["sid"]:
             return _error(404, 20404, "The requested resource was not found")
         form = {k: str(v) for k, v in (await request.post()).items()}
+        call.updates.append(form)
+        if self.update_error is not None:
+            return _error(self.update_error, 20500, "An internal server error has occurred")
         wanted = form.get("Status", "")
         if wanted and wanted not in ("canceled", "completed"):
             return _error(400, 21218, f"Invalid value for Status: {wanted}")
@@ -234,7 +251,34 @@ class FakeTwilioVoice:
         call.status = "in-progress"
         call.answered_at = time.monotonic()
         await self._callback(http, call, "answered")
+        if call.form.get("MachineDetection") and call.form.get("AsyncAmd") == "true":
+            self._spawn(self._detect(call))
         await self._connect(http, call)
+
+    async def _detect(self, call: FakeCall) -> None:
+        """The asynchronous AMD verdict, once the greeting (or a human's hello) is over."""
+        await asyncio.sleep(self.amd_seconds)
+        url = call.form.get("AsyncAmdStatusCallback")
+        if call.status != "in-progress" or not url:
+            return
+        if call.form["To"] not in self.machines:
+            answered_by = "human"
+        elif call.form["MachineDetection"] == "DetectMessageEnd":
+            answered_by = "machine_end_beep"
+        else:
+            answered_by = "machine_start"
+        params = {
+            "AccountSid": call.account_sid,
+            "CallSid": call.sid,
+            "AnsweredBy": answered_by,
+            "MachineDetectionDuration": str(int(self.amd_seconds * 1000)),
+        }
+        async with aiohttp.ClientSession() as http:
+            try:
+                async with self.cloud.signed_post(http, url, params, call.account_sid) as resp:
+                    call.amd_callbacks.append((answered_by, resp.status))
+            except aiohttp.ClientError:
+                call.amd_callbacks.append((answered_by, 0))
 
     async def call_in(
         self,
@@ -304,6 +348,7 @@ class FakeTwilioVoice:
         with contextlib.suppress(asyncio.CancelledError):
             call.report = await talk
         if action and not call.hangup.is_set():  # hung up through the API: no more TwiML
+            call.action_asked = True
             twiml = await self._ask(http, call, action)
             call.transfer_to = _dial_of(twiml)
 

@@ -233,6 +233,8 @@ class Call(Base):
     call_metadata: Mapped[dict[str, Any]] = mapped_column("metadata", JSON, default=dict)
     conversation_state: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     carrier_call_id: Mapped[str | None] = mapped_column(String(100))
+    # The carrier's answering-machine detection: human | machine | unknown (None: not asked).
+    answered_by: Mapped[str | None] = mapped_column(String(16))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     started_at: Mapped[datetime | None] = mapped_column()
     ended_at: Mapped[datetime | None] = mapped_column()

@@ -3,7 +3,8 @@
 The media token arrives in the URL's query (``?token=``, checked before the upgrade) or in
 the ``start`` event's ``extra_headers`` (the answer XML puts it in both). Audio back goes
 out as ``playAudio`` frames of 20 ms; a barge-in is a ``clearAudio``. Plivo's stream
-carries no out-of-band digits the other way, so DTMF to the caller is played as tones.
+carries no out-of-band digits the other way, so DTMF to the caller goes through Plivo's
+Call API (:mod:`relay.transports.control`), or is played as tones on a call without it.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from relay.engine.ports import PCM, CallHandle
 from relay.logs import get_logger
 from relay.transports import BadFrame, Handshake, Note
 from relay.transports import plivo_protocol as pp
+from relay.transports.control import CallControl, Controlled, ControlLookup
 from relay.transports.twilio import dtmf_tones
 
 log = get_logger("relay.transports.plivo")
@@ -32,10 +34,17 @@ class PlivoLine:
 
     sample_rate = RATE
 
-    def __init__(self, ws: web.WebSocketResponse, stream_id: str, note: Note):
+    def __init__(
+        self,
+        ws: web.WebSocketResponse,
+        stream_id: str,
+        note: Note,
+        call_uuid: str = "",
+        control: CallControl | None = None,
+    ):
         self._ws = ws
         self._id = stream_id
-        self._note = note
+        self._carrier = Controlled(call_uuid, note, control)
 
     async def _send(self, text: str) -> None:
         if not self._ws.closed:
@@ -50,15 +59,23 @@ class PlivoLine:
         await self._send(pp.clear_audio(self._id))
 
     async def send_dtmf(self, digits: str) -> None:
+        """Plivo's ``Call/{uuid}/DTMF/`` when the call is one of our numbers', else tones."""
+        await self._carrier.send_digits(digits, self._tones)
+
+    async def _tones(self, digits: str) -> None:
         await self.send_audio(dtmf_tones(digits))
 
     async def transfer(self, to: str) -> None:
-        """Recorded on the call; once the stream ends Plivo follows the answer's
-        ``<Redirect>`` to ``/carriers/plivo/voice/after``, answered with a ``<Dial>``."""
-        await self._note("transfer", {"transfer": to})
+        """Plivo's Call transfer to the relay's ``<Dial>`` document; without it (or if Plivo
+        refused) the answer's ``<Redirect>``, followed once the stream ends, dials."""
+        await self._carrier.transfer(to)
+
+    def carrier_ended_stream(self) -> None:
+        self._carrier.carrier_ended_stream()
 
     async def hangup(self) -> None:
-        if not self._ws.closed:
+        if not self._ws.closed:  # a closed stream: Plivo's next verb hangs up already
+            await self._carrier.hangup()
             await self._ws.close()
 
 
@@ -94,8 +111,10 @@ class PlivoConnection:
 
     connection_types: tuple[str, ...] = ("plivo",)
 
-    def __init__(self, ws: web.WebSocketResponse) -> None:
+    def __init__(self, ws: web.WebSocketResponse, controls: ControlLookup | None = None) -> None:
         self._ws = ws
+        self._controls = controls
+        self._line: PlivoLine | None = None
         self._start: pp.Start | None = None
 
     async def handshake(self) -> Handshake | None:
@@ -118,9 +137,18 @@ class PlivoConnection:
 
     async def accept(self, call_id: str, note: Note) -> PlivoLine:
         assert self._start is not None, "accept() follows a handshake"
-        return PlivoLine(self._ws, self._start.stream_id, note)
+        control = await self._controls(call_id) if self._controls is not None else None
+        self._line = PlivoLine(self._ws, self._start.stream_id, note, self._start.call_id, control)
+        return self._line
 
     async def pump(self, handle: CallHandle, bad_frame: BadFrame) -> None:
+        await self._pump(handle, bad_frame)
+        # Stopped or closed (not cancelled: the relay ending the call cancels the pump):
+        # the call moves on in its answer document, no longer the relay's to end.
+        if self._line is not None:
+            self._line.carrier_ended_stream()
+
+    async def _pump(self, handle: CallHandle, bad_frame: BadFrame) -> None:
         call_id = handle.call_id
         async for msg in self._ws:
             if msg.type == WSMsgType.TEXT:

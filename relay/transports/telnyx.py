@@ -1,15 +1,14 @@
 """Telnyx media streaming transport: a call's audio over Telnyx's bidirectional websocket.
 
 The media token is in the stream URL's query, checked before the upgrade. Closing the socket
-does not end a Telnyx call (the call outlives its stream), so the line's hang-up and transfer
-go through Call Control (``control``, given by whoever opened the socket; a BYOT call has
-none: its Telnyx call is its developer's).
+does not end a Telnyx call (the call outlives its stream), so the line's hang-up, transfer
+and DTMF go through Call Control (:mod:`relay.transports.control`; ``control`` is given by
+whoever opened the socket; a BYOT call has none: its Telnyx call is its developer's).
 """
 
 from __future__ import annotations
 
 import asyncio
-from typing import Protocol
 
 from aiohttp import WSCloseCode, WSMsgType, web
 
@@ -18,6 +17,7 @@ from relay.engine.ports import PCM, CallHandle
 from relay.logs import get_logger
 from relay.transports import BadFrame, Handshake, Note
 from relay.transports import telnyx_protocol as tp
+from relay.transports.control import CallControl, Controlled
 from relay.transports.twilio import dtmf_tones
 
 log = get_logger("relay.transports.telnyx")
@@ -25,13 +25,6 @@ log = get_logger("relay.transports.telnyx")
 RATE = 8000
 FRAME_BYTES = RATE * 20 // 1000  # 160 mu-law bytes = 20 ms
 START_TIMEOUT_SECONDS = 10.0
-
-
-class CallControl(Protocol):
-    """Telnyx Call Control commands on one call, by its ``call_control_id``."""
-
-    async def hangup(self, carrier_call_id: str) -> None: ...
-    async def transfer(self, carrier_call_id: str, to: str) -> None: ...
 
 
 class TelnyxLine:
@@ -47,10 +40,7 @@ class TelnyxLine:
         control: CallControl | None,
     ) -> None:
         self._ws = ws
-        self._ccid = call_control_id
-        self._note = note
-        self._control = control
-        self._ended = False  # hung up, or handed to another number: not ours to end
+        self._carrier = Controlled(call_control_id, note, control)
 
     async def _send(self, text: str) -> None:
         if not self._ws.closed:
@@ -65,24 +55,20 @@ class TelnyxLine:
         await self._send(tp.clear())
 
     async def send_dtmf(self, digits: str) -> None:
+        """Call Control's ``send_dtmf`` on a call of our numbers, else tones."""
+        await self._carrier.send_digits(digits, self._tones)
+
+    async def _tones(self, digits: str) -> None:
         await self.send_audio(dtmf_tones(digits))
 
     async def transfer(self, to: str) -> None:
         """Telnyx dials ``to`` and bridges the caller to it; this stream ends."""
-        await self._note("transfer", {"transfer": to})
-        if self._control is not None and self._ccid and not self._ended:
-            await self._control.transfer(self._ccid, to)
-            self._ended = True
+        await self._carrier.transfer(to)
 
     async def hangup(self) -> None:
         if not self._ws.closed:
             await self._ws.close()
-        if self._control is not None and self._ccid and not self._ended:
-            self._ended = True
-            try:
-                await self._control.hangup(self._ccid)
-            except Exception as exc:  # the carrier ends a call without media itself, later
-                log.warning("telnyx_hangup_failed", error=repr(exc))
+        await self._carrier.hangup()  # the call outlives its stream: always at Telnyx
 
 
 class StartRefused(Exception):

@@ -18,6 +18,7 @@ from relay.engine.ports import PCM, CallHandle
 from relay.logs import get_logger
 from relay.transports import BadFrame, Handshake, Note
 from relay.transports import twilio_protocol as tp
+from relay.transports.control import CallControl, Controlled, ControlLookup
 
 log = get_logger("relay.transports.twilio")
 
@@ -54,10 +55,17 @@ class TwilioLine:
 
     sample_rate = RATE
 
-    def __init__(self, ws: web.WebSocketResponse, stream_sid: str, note: Note):
+    def __init__(
+        self,
+        ws: web.WebSocketResponse,
+        stream_sid: str,
+        note: Note,
+        call_sid: str = "",
+        control: CallControl | None = None,
+    ):
         self._ws = ws
         self._sid = stream_sid
-        self._note = note
+        self._carrier = Controlled(call_sid, note, control)
 
     async def _send(self, text: str) -> None:
         if not self._ws.closed:
@@ -72,15 +80,22 @@ class TwilioLine:
         await self._send(tp.clear(self._sid))
 
     async def send_dtmf(self, digits: str) -> None:
+        # In band even with Twilio's REST API at hand: a Calls update with <Play digits>
+        # replaces the running TwiML, which would end this very stream.
         await self.send_audio(dtmf_tones(digits))
 
     async def transfer(self, to: str) -> None:
-        """Recorded on the call; Twilio asks ``/carriers/twilio/voice/after`` once the stream
-        ends and is answered with a ``<Dial>`` to this number."""
-        await self._note("transfer", {"transfer": to})
+        """Twilio's Calls update with ``<Dial>`` TwiML (:mod:`relay.transports.control`);
+        without it (or if Twilio refused) the ``<Connect action>`` Twilio asks once the
+        stream ends is answered with the same ``<Dial>``."""
+        await self._carrier.transfer(to)
+
+    def carrier_ended_stream(self) -> None:
+        self._carrier.carrier_ended_stream()
 
     async def hangup(self) -> None:
-        if not self._ws.closed:
+        if not self._ws.closed:  # a closed stream: Twilio's next verb hangs up already
+            await self._carrier.hangup()
             await self._ws.close()
 
 
@@ -116,8 +131,10 @@ class TwilioConnection:
 
     connection_types: tuple[str, ...] = ("twilio", "sim")
 
-    def __init__(self, ws: web.WebSocketResponse) -> None:
+    def __init__(self, ws: web.WebSocketResponse, controls: ControlLookup | None = None) -> None:
         self._ws = ws
+        self._controls = controls
+        self._line: TwilioLine | None = None
         self._start: tp.Start | None = None
 
     async def handshake(self) -> Handshake | None:
@@ -140,9 +157,20 @@ class TwilioConnection:
 
     async def accept(self, call_id: str, note: Note) -> TwilioLine:
         assert self._start is not None, "accept() follows a handshake"
-        return TwilioLine(self._ws, self._start.stream_sid, note)
+        control = await self._controls(call_id) if self._controls is not None else None
+        self._line = TwilioLine(
+            self._ws, self._start.stream_sid, note, self._start.call_sid, control
+        )
+        return self._line
 
     async def pump(self, handle: CallHandle, bad_frame: BadFrame) -> None:
+        await self._pump(handle, bad_frame)
+        # Stopped or closed (not cancelled: the relay ending the call cancels the pump):
+        # the call moves on in its answer document, no longer the relay's to end.
+        if self._line is not None:
+            self._line.carrier_ended_stream()
+
+    async def _pump(self, handle: CallHandle, bad_frame: BadFrame) -> None:
         call_id = handle.call_id
         async for msg in self._ws:
             if msg.type == WSMsgType.TEXT:

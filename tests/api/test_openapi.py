@@ -237,3 +237,14 @@ async def test_a_body_that_breaks_the_schema_is_caught(client):
     assert body_errors(doc, "agent.message", {**sms, "channel": "fax"})
     assert body_errors(doc, "agent.message", {**sms, "data": {**sms["data"], "text": 5}})
     assert chunk_errors(doc, reply_schema(doc), {"dtmf": "12x"})
+
+
+async def test_the_document_shows_voicemail_and_answered_by(client):
+    doc = await (await client.get("/openapi.json")).json()
+    schemas = doc["components"]["schemas"]
+    voicemail = schemas["VoicemailSettings"]["properties"]
+    assert voicemail["action"]["enum"] == ["hangup", "leave_message"]
+    assert voicemail["message"]["anyOf"][0]["maxLength"] == 1000
+    assert "voicemail" in schemas["AgentCreate"]["properties"]
+    answered = schemas["CallOut"]["properties"]["answeredBy"]
+    assert {"enum": ["human", "machine", "unknown"], "type": "string"} in answered["anyOf"]

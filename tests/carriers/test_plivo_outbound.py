@@ -128,12 +128,17 @@ async def test_a_dialled_call_rings_is_answered_and_streams_the_callee(phone, au
     row = await call_row(database, call_id)
     assert row.carrier_call_id == placed["request_uuid"]
 
-    await scripted.line.hangup()  # the agent ends the call: the stream closes
+    await scripted.line.hangup()  # the agent ends the call: hung up through the Call API
     await scripted.end()
     await wait_for(lambda: any(f.get("CallStatus") == "completed" for _, f, _ in fake.callbacks))
     [answered] = [c for c in fake.calls if c.call_uuid]
-    assert answered.after is not None and "<Hangup" in answered.after
-    assert (await call_row(database, call_id)).status == "completed"
+    assert answered.hung_up and answered.after is None
+    assert ("DELETE", f"/v1/Account/{AUTH_A}/Call/{answered.call_uuid}/") in fake.requests
+
+    async def completed() -> bool:
+        return (await call_row(database, call_id)).status == "completed"
+
+    await wait_for(completed)
 
 
 @pytest.mark.parametrize(("callee_set", "reason"), [("busy", "busy"), ("unanswered", "no_answer")])
@@ -222,3 +227,53 @@ async def test_an_answer_with_a_forged_token_streams_nothing(phone, auth, fake, 
 def test_plivos_call_statuses_map_onto_failure_reasons(form, expected):
     update = parse_call_status(form)
     assert (None if update is None else (update.status, update.reason)) == expected
+
+
+async def voicemail_call(phone, auth, fake, database, setting):
+    fake.machines.add(CALLEE)
+    agent = await plivo_agent(phone, auth, voicemail=setting)
+    resp = await phone.post("/v1/calls", json={"agentId": agent["id"], "to": CALLEE}, headers=auth)
+    assert resp.status == 202, await resp.text()
+    call_id = (await resp.json())["id"]
+
+    async def completed() -> bool:
+        return (await call_row(database, call_id)).status == "completed"
+
+    await wait_for(completed, within=10)
+    return await call_row(database, call_id), phone.app[MEDIA].engine.calls[0]
+
+
+async def test_plivo_is_asked_for_amd_and_a_machine_is_hung_up_on(phone, auth, fake, database):
+    from relay.calls.voicemail import HUNG_UP
+
+    row, scripted = await voicemail_call(phone, auth, fake, database, {"action": "hangup"})
+    [placed] = fake.placed
+    assert (placed["machine_detection"], placed["machine_detection_method"]) == ("true", "POST")
+    query = f"authId={AUTH_A}&callId={row.id}"
+    assert placed["machine_detection_url"] == f"{PUBLIC_URL}/carriers/plivo/voice/amd?{query}"
+    [verdict] = [f for u, f, _ in fake.callbacks if u == placed["machine_detection_url"]]
+    assert verdict["Machine"] == "true"
+    assert (row.answered_by, scripted.left) == ("machine", (None, HUNG_UP))
+
+
+async def test_a_message_is_left_on_a_plivo_machine(phone, auth, fake, database):
+    from relay.calls.voicemail import LEFT_MESSAGE
+
+    setting = {"action": "leave_message", "message": "Please call the clinic back."}
+    row, scripted = await voicemail_call(phone, auth, fake, database, setting)
+    assert scripted.left == ("Please call the clinic back.", LEFT_MESSAGE)
+
+
+async def test_a_plivo_amd_verdict_from_another_account_is_ignored(phone, auth, fake, database):
+    from tests.carriers.plivo_support import AUTH_B, TOKEN_B, add_account
+
+    fake.unanswered.add(CALLEE)
+    call_id = await place(phone, auth)
+    await wait_for(lambda: bool(fake.placed), within=10)
+    await add_account(phone, auth, AUTH_B, TOKEN_B)
+    # Account B (known to the relay) signs a verdict naming account A's call.
+    url = f"{PUBLIC_URL}/carriers/plivo/voice/amd?authId={AUTH_B}&callId={call_id}"
+    assert await fake.post(url, {"Machine": "true"}, fake.accounts[AUTH_B]) == 204
+    unsigned = url.replace(AUTH_B, AUTH_A)  # A's URL, B's signature: refused outright
+    assert await fake.post(unsigned, {"Machine": "true"}, fake.accounts[AUTH_B]) == 403
+    assert (await call_row(database, call_id)).answered_by is None

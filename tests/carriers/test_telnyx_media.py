@@ -183,6 +183,23 @@ async def test_a_transfer_is_handed_to_telnyx_and_the_call_is_not_hung_up(
     assert actions == ["answer", "transfer"]  # not hung up: Telnyx bridges it on
 
 
+async def test_digits_go_through_call_controls_send_dtmf(
+    client, auth, fake, account_a, engine, database
+):
+    call, path = await answered_call(client, auth, fake, account_a)
+    ws = await client.ws_connect(path)
+    await ws.send_str('{"event":"connected","version":"1.0.0"}')
+    await ws.send_str(start_frame(call.call_control_id))
+    await asyncio.wait_for(engine.started.wait(), 5)
+    await engine.calls[0].line.send_dtmf("1w2#")
+    assert call.digits == ["1w2#"]
+    [(_, sent)] = [(p, b) for _, p, b in fake.requests if p.endswith("/actions/send_dtmf")]
+    assert sent == {"digits": "1w2#", "duration_millis": 250}
+    with pytest.raises(TimeoutError):  # no tones in the stream besides
+        await ws.receive(timeout=0.3)
+    await engine.calls[0].end("completed")
+
+
 async def test_a_byot_call_streams_over_the_telnyx_socket(client, auth, engine, database):
     body = {"name": "Ava", "webhookUrl": "http://127.0.0.1:9/h"}
     agent = await (await client.post("/v1/agents", json=body, headers=auth)).json()

@@ -146,3 +146,66 @@ async def test_an_answered_call_goes_in_progress_on_its_media_socket(phone, auth
     await until(phone, auth, call["id"], "completed")
     [placed] = fake.calls.values()
     await wait_for(lambda: hangups(fake) == [f"/v2/calls/{placed.call_control_id}/actions/hangup"])
+
+
+async def voicemail_call(phone, auth, fake, account_a, setting: dict[str, Any]):
+    """An outbound call answered by the number's answering machine, whose agent has
+    ``voicemail``: (the call once completed, the scripted engine's call, Telnyx's record)."""
+    from relay.handset import SimHandset
+
+    fake.handset = SimHandset("http://unused", "unused", listen=False, voice="espeak")
+    fake.callees[CALLEE] = []
+    fake.machines.add(CALLEE)
+    agent, _, _ = await bound_number(phone, auth, fake, account_a, NUMBER_A)
+    resp = await phone.patch(f"/v1/agents/{agent['id']}", json={"voicemail": setting}, headers=auth)
+    assert resp.status == 200, await resp.text()
+    call = await place(phone, auth, agent["id"])
+    done = await until(phone, auth, call["id"], "completed")
+    [placed] = fake.calls.values()
+    return done, phone.app[MEDIA].engine.calls[0], placed
+
+
+async def test_a_machine_answering_a_telnyx_call_is_hung_up_on(phone, auth, fake, account_a):
+    from relay.calls.voicemail import HUNG_UP
+
+    done, scripted, placed = await voicemail_call(
+        phone, auth, fake, account_a, {"action": "hangup"}
+    )
+    [dial] = dials(fake)
+    assert dial["answering_machine_detection"] == "detect_beep"
+    assert done["answeredBy"] == "machine" and scripted.left == (None, HUNG_UP)
+    await wait_for(lambda: hangups(fake) == [f"/v2/calls/{placed.call_control_id}/actions/hangup"])
+
+
+async def test_a_message_is_left_on_a_telnyx_machine_after_the_beep(phone, auth, fake, account_a):
+    from relay.calls.voicemail import LEFT_MESSAGE
+
+    setting = {"action": "leave_message", "message": "Please call the clinic back."}
+    done, scripted, _ = await voicemail_call(phone, auth, fake, account_a, setting)
+    assert scripted.left == ("Please call the clinic back.", LEFT_MESSAGE)
+    events = [e["message"] for e in done["events"] if e["source"] == "telephony"]
+    # The verdict alone does not leave it: the greeting's end (the beep) does.
+    assert events[:2] == [
+        "answering machine detection: machine",
+        "answering machine detection: machine (greeting over)",
+    ]
+    received = [w[0] for w in fake.webhooks]
+    assert received.index("call.machine.greeting.ended") > received.index(
+        "call.machine.detection.ended"
+    )
+
+
+async def test_a_telnyx_amd_event_for_another_leg_changes_nothing(phone, auth, fake, account_a):
+    agent, _, _ = await bound_number(phone, auth, fake, account_a, NUMBER_A)
+    fake.callees[CALLEE] = NO_ANSWER
+    call = await place(phone, auth, agent["id"])
+    await until(phone, auth, call["id"], "ringing")
+    payload = {
+        "call_control_id": "v3:another-leg",
+        "connection_id": account_a.connection_id,
+        "client_state": base64.b64encode(call["id"].encode()).decode(),
+        "result": "machine",
+    }
+    url = "https://relay.example.com/carriers/telnyx/call"
+    assert await fake.post_webhook(account_a, url, "call.machine.detection.ended", payload) == 200
+    assert (await until(phone, auth, call["id"], "ringing"))["answeredBy"] is None

@@ -206,27 +206,74 @@ async def test_an_answered_call_goes_in_progress_when_its_media_socket_opens(
     [scripted] = engine.calls
     assert scripted.setup.direction == "outbound" and scripted.setup.to_number == CALLEE
     assert [s for s, _ in placed.callbacks] == ["initiated", "ringing", "in-progress"]
-    # Hung up through the API: the media socket closes, Twilio asks what next and hangs up.
+    # Hung up through the API: through Twilio's Calls update, not by the stream's end.
     resp = await phone.post(f"/v1/calls/{call['id']}/end", headers=auth)
     assert resp.status == 200
     await asyncio.wait_for(placed.ended.wait(), 8)
     assert placed.status == "completed" and placed.callbacks[-1] == ("completed", 204)
+    assert placed.updates == [{"Status": "completed"}] and not placed.action_asked
     assert placed.transfer_to is None
     assert (await call_of(phone, auth, call["id"]))["status"] == "completed"
 
 
-async def test_an_answered_call_transfers_when_its_stream_ends(phone, auth, fake):
+async def test_a_live_transfer_goes_through_twilios_calls_update_with_a_dial(phone, auth, fake):
     agent, _ = await agent_with_number(phone, auth)
-    await place(phone, auth, agent["id"])
+    call = await place(phone, auth, agent["id"])
     engine = phone.app[MEDIA].engine
     await asyncio.wait_for(engine.started.wait(), 8)
     [scripted] = engine.calls
-    # What the engine does for a webhook's ``transfer``: note it, then end the stream.
+    # What the engine does for a webhook's ``transfer``: the line's transfer, then the call
+    # ends without hanging up (the recorder's final hang-up must not end the new leg).
     await scripted.line.transfer("+14155550188")
-    await scripted.line.hangup()
+    await scripted.end()
     [placed] = fake.voice.calls.values()
     await asyncio.wait_for(placed.ended.wait(), 8)
-    assert placed.transfer_to == "+14155550188"
+    [update] = placed.updates
+    dial = ET.fromstring(update["Twiml"]).find("Dial")
+    assert dial is not None and dial.text == "+14155550188"
+    assert placed.transfer_to == "+14155550188" and not placed.action_asked
+    await until(phone, auth, call["id"], "completed")
+
+
+async def test_a_transfer_twilio_refuses_is_logged_and_dialled_when_the_stream_ends(
+    phone, auth, fake
+):
+    agent, _ = await agent_with_number(phone, auth)
+    call = await place(phone, auth, agent["id"])
+    engine = phone.app[MEDIA].engine
+    await asyncio.wait_for(engine.started.wait(), 8)
+    [scripted] = engine.calls
+    fake.voice.update_error = 500
+    with pytest.raises(Exception, match="Twilio"):
+        await scripted.line.transfer("+14155550188")
+    await scripted.end()
+    [placed] = fake.voice.calls.values()
+    await asyncio.wait_for(placed.ended.wait(), 8)
+    # Twilio's <Connect action> after the stream carries the transfer out instead.
+    assert placed.action_asked and placed.transfer_to == "+14155550188"
+    done = await until(phone, auth, call["id"], "completed")
+    telephony = [e["message"] for e in done["events"] if e["source"] == "telephony"]
+    assert telephony[0] == "transfer"
+    assert telephony[1].startswith("the carrier refused transfer: Twilio")
+
+
+async def test_a_hangup_twilio_refuses_is_logged_and_the_call_still_ends(phone, auth, fake):
+    agent, _ = await agent_with_number(phone, auth)
+    call = await place(phone, auth, agent["id"])
+    engine = phone.app[MEDIA].engine
+    await asyncio.wait_for(engine.started.wait(), 8)
+    await until(phone, auth, call["id"], "in_progress")
+    fake.voice.update_error = 503
+    resp = await phone.post(f"/v1/calls/{call['id']}/end", headers=auth)
+    assert resp.status == 200
+    [placed] = fake.voice.calls.values()
+    await asyncio.wait_for(placed.ended.wait(), 8)
+    assert placed.updates == [{"Status": "completed"}]
+    # The stream closed anyway; Twilio asked what next and was told to hang up.
+    assert placed.action_asked and placed.transfer_to is None
+    done = await until(phone, auth, call["id"], "completed")
+    telephony = [e["message"] for e in done["events"] if e["source"] == "telephony"]
+    assert [m for m in telephony if m.startswith("the carrier refused hangup")], telephony
 
 
 async def test_a_status_callback_with_a_bad_signature_is_refused(phone, auth, fake):

@@ -102,6 +102,7 @@ async def test_an_outbound_twilio_call_carries_speech_both_ways(
     assert "table" in data["transcript"].lower()
     assert [s for s, _ in placed.callbacks] == ["initiated", "ringing", "in-progress", "completed"]
     assert all(code == 204 for _, code in placed.callbacks)
+    assert placed.updates == []  # the callee hung up: nothing for the relay to end at Twilio
 
     for _ in range(100):
         detail = await (await client.get(f"/v1/calls/{call_id}", headers=auth)).json()

@@ -125,6 +125,7 @@ class ScriptedCall:
         self.dtmf: list[str] = []
         self.hung_up = asyncio.Event()
         self.heard = asyncio.Event()
+        self.left: tuple[str | None, str] | None = None  # what leave() was asked
         self._end: asyncio.Future[CallEnd] = asyncio.get_running_loop().create_future()
 
     def push_audio(self, pcm: PCM, sample_rate: int) -> None:
@@ -140,6 +141,10 @@ class ScriptedCall:
 
     async def end(self, reason: str = "completed") -> None:
         self._finish(CallEnd("completed") if reason == "completed" else CallEnd("failed", reason))
+
+    async def leave(self, message: str | None, detail: str) -> None:
+        self.left = (message, detail)
+        self._finish(CallEnd("completed", detail=detail))
 
     def _finish(self, result: CallEnd) -> None:
         if not self._end.done():

@@ -199,16 +199,30 @@ async def test_bad_frames_are_logged_on_the_call_and_dropped(
     await line.ws.close()
 
 
-async def test_when_the_engine_hangs_up_the_stream_closes_and_plivo_hangs_up(
+async def test_when_the_engine_hangs_up_plivo_hangs_up_through_its_call_api(
     phone, engine, auth, database, fake, http
 ):
     call, line = await opened(phone, auth, fake, http, engine)
     call_id = call.extra_headers["callId"]
     await engine.calls[0].line.hangup()
     await engine.calls[0].end()
-    assert (await line.ws.receive()).type == aiohttp.WSMsgType.CLOSE
+    assert (await line.ws.receive()).type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED)
     await ended(database, call_id)
     assert await status_of(database, call_id) == "completed"
+    assert ("DELETE", f"/v1/Account/{AUTH_A}/Call/{call.call_uuid}/") in fake[0].requests
+    assert call.hung_up
+    await fake[0].stream_ended(http, call, fake[0].accounts[AUTH_A])
+    assert call.after is None  # hung up: the <Redirect> is not followed
+
+
+async def test_without_plivos_call_api_the_redirect_hangs_up(
+    phone, engine, auth, database, fake, http
+):
+    call, line = await opened(phone, auth, fake, http, engine)
+    fake[0].control_error = 500
+    await engine.calls[0].line.hangup()
+    await engine.calls[0].end()
+    await ended(database, call.extra_headers["callId"])
     await fake[0].stream_ended(http, call, fake[0].accounts[AUTH_A])
     assert [c.tag for c in ET.fromstring(call.after or "")] == ["Hangup"]
 

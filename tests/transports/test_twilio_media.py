@@ -18,6 +18,7 @@ import pytest
 from relay import tokens
 from relay.api.media import UNAUTHENTICATED
 from relay.calls.media import MEDIA
+from relay.carriers import CarrierError
 from relay.engine.codecs import ulaw_decode, ulaw_encode
 from relay.state import APP_STATE
 from relay.transports.twilio import dtmf_tones
@@ -324,12 +325,14 @@ async def test_dtmf_to_the_caller_is_played_as_tones(phone, engine, auth):
     await ws.close()
 
 
-async def test_a_transfer_is_recorded_and_dialled_when_the_stream_ends(
+async def test_a_transfer_twilio_cannot_take_is_dialled_when_the_stream_ends(
     phone, engine, auth, database
 ):
     call_id, token = await new_call(phone, auth)
     ws = await connect(phone, engine, token)
-    await engine.calls[0].line.transfer("+61255501234")
+    # No Twilio REST API answers here: the transfer is refused, logged, and still recorded.
+    with pytest.raises(CarrierError):
+        await engine.calls[0].line.transfer("+61255501234")
     await engine.calls[0].line.hangup()
     await engine.calls[0].end()
     await ended(database, call_id)

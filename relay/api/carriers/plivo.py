@@ -25,10 +25,12 @@ from sqlalchemy import select
 
 from relay import tokens
 from relay.api.limits import refuse_bad_text
-from relay.calls import inbound
+from relay.calls import inbound, voicemail
+from relay.calls.inbound import carrier_of_call
 from relay.calls.media import MEDIA
 from relay.calls.outbound import DIALLER
 from relay.carriers.plivo import (
+    AMD_PATH,
     BAD_SIGNATURE,
     CALL_STATUS_PATH,
     NOT_IN_SERVICE,
@@ -36,11 +38,13 @@ from relay.carriers.plivo import (
     SMS_PATH,
     UNAVAILABLE,
     VOICE_PATH,
+    PlivoCarrier,
     after_stream_xml,
     answer_xml,
     e164_of,
     parse_call_status,
     parse_inbound,
+    parse_machine,
     parse_status,
     reject_xml,
     signature_is_valid,
@@ -49,6 +53,7 @@ from relay.errors import BadRequest, Forbidden
 from relay.logs import get_logger
 from relay.state import APP_STATE
 from relay.store.models import Call, CallEvent, Number
+from relay.transports.control import CallControl
 from relay.urls import media_base_url
 from relay_numbers import plivo_key
 from relay_numbers.accounts import plivo_accounts
@@ -172,6 +177,21 @@ async def call_status(request: web.Request) -> web.Response:
     return web.Response(status=204)
 
 
+async def machine_detection(request: web.Request) -> web.Response:
+    """Plivo's asynchronous answering-machine verdict on a call the relay placed (from a
+    number of the account that signed)."""
+    form, key = await signed_form(request)
+    verdict = parse_machine(form)
+    call_id = request.query.get("callId", "")
+    if verdict is None or await _placed_by(request, call_id, key) is None:
+        log.info("plivo_amd_ignored", call_id=call_id[:60])
+        return web.Response(status=204)
+    state = request.app[APP_STATE]
+    node_id = state.settings.effective_node_id()
+    await voicemail.report(state.db, request.app[MEDIA].live, node_id, call_id, verdict)
+    return web.Response(status=204)
+
+
 async def after_stream(request: web.Request) -> web.Response:
     """The stream ended: carry out a transfer the agent asked for, else hang up."""
     await signed_form(request)  # the call id rides in the signed URL
@@ -231,14 +251,44 @@ async def sms_status(request: web.Request) -> web.Response:
     return web.Response(status=204)
 
 
+class _PlivoControl:
+    """A live Plivo call's hang-up, transfer (to the relay's own ``<Dial>`` document, the
+    after-stream one, which reads the transfer the line noted) and digits."""
+
+    def __init__(self, carrier: PlivoCarrier, after_url: str) -> None:
+        self._carrier = carrier
+        self._after_url = after_url
+
+    async def hangup(self, carrier_call_id: str) -> None:
+        await self._carrier.hangup(carrier_call_id)
+
+    async def transfer(self, carrier_call_id: str, to: str) -> None:
+        await self._carrier.redirect(carrier_call_id, self._after_url)
+
+    async def send_digits(self, carrier_call_id: str, digits: str) -> None:
+        await self._carrier.send_digits(carrier_call_id, digits)
+
+
+async def control_for(app: web.Application, call_id: str) -> CallControl | None:
+    """The Plivo Call API of a live call of one of our Plivo numbers (its account's)."""
+    db, carriers = app[APP_STATE].db, app[DIALLER].carriers
+    carrier = await carrier_of_call(db, carriers, call_id, "plivo")
+    if not isinstance(carrier, PlivoCarrier):
+        return None
+    public = app[APP_STATE].settings.effective_public_url()
+    auth_id = carrier.creds.auth_id
+    return _PlivoControl(carrier, f"{public}{AFTER_PATH}?authId={auth_id}&callId={call_id}")
+
+
 def install(app: web.Application) -> None:
     """Serve Plivo's webhooks (signed by whichever project's account the URL names)."""
     app.router.add_post(VOICE_PATH, voice_webhook)
     app.router.add_post(AFTER_PATH, after_stream)
     app.router.add_post(OUTBOUND_ANSWER_PATH, outbound_answered)
     app.router.add_post(CALL_STATUS_PATH, call_status)
+    app.router.add_post(AMD_PATH, machine_detection)
     app.router.add_post(SMS_PATH, sms_inbound)
     app.router.add_post(PLIVO_STATUS_PATH, sms_status)
 
 
-__all__ = ["AFTER_PATH", "SMS_PATH", "VOICE_PATH", "install", "signed_form"]
+__all__ = ["AFTER_PATH", "SMS_PATH", "VOICE_PATH", "control_for", "install", "signed_form"]

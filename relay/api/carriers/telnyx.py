@@ -23,17 +23,17 @@ from aiohttp import web
 from sqlalchemy import select
 
 from relay.api.limits import refuse_bad_text
-from relay.calls import inbound
+from relay.calls import inbound, voicemail
 from relay.calls.media import MEDIA
 from relay.calls.outbound import DIALLER
-from relay.carriers import CarrierError, InboundWebhook, LegUpdate
+from relay.carriers import CarrierError, InboundWebhook, LegUpdate, MachineVerdict
 from relay.carriers.telnyx import BAD_SIGNATURE, CALL_PATH, MESSAGE_PATH, TelnyxCarrier
 from relay.carriers.telnyx import events as te
 from relay.errors import BadRequest, Forbidden
 from relay.logs import get_logger
 from relay.state import APP_STATE
 from relay.store.models import Call, Number
-from relay.transports.telnyx import CallControl
+from relay.transports.control import CallControl
 from relay.urls import media_base_url
 from relay_numbers.keys import telnyx_key
 from relay_numbers.telnyx_accounts import TelnyxCarriers
@@ -93,7 +93,24 @@ async def call_webhook(request: web.Request) -> web.Response:
         await _answer(request, carrier, event)
     elif hook.event_type == "call.hangup" and event.direction == "outgoing" and event.client_state:
         await _leg_ended(request, event)
+    elif (verdict := te.machine_verdict(hook)) is not None and event.client_state:
+        await _machine(request, event, verdict)
     return web.json_response({})
+
+
+async def _machine(request: web.Request, event: te.CallEvent, verdict: MachineVerdict) -> None:
+    """Answering-machine detection on an outbound call. The signer's call only: any account
+    can sign a ``client_state`` naming any call id, not the call's ``call_control_id``."""
+    state = request.app[APP_STATE]
+    call_id = event.client_state or ""
+    async with state.db.session() as session:
+        call = await session.get(Call, call_id)
+        ours = call is not None and call.carrier_call_id == event.call_control_id
+    if not ours:
+        log.info("telnyx_amd_ignored", call_id=call_id[:60])
+        return
+    node_id = state.settings.effective_node_id()
+    await voicemail.report(state.db, request.app[MEDIA].live, node_id, call_id, verdict)
 
 
 async def _answer(request: web.Request, carrier: TelnyxCarrier, event: te.CallEvent) -> None:

@@ -25,12 +25,14 @@ from aiohttp import web
 from sqlalchemy import select
 
 from relay.api.limits import refuse_bad_text
-from relay.calls import inbound
+from relay.calls import inbound, voicemail
+from relay.calls.inbound import carrier_of_call
 from relay.calls.media import MEDIA
 from relay.calls.outbound import DIALLER
 from relay.carriers import InboundWebhook
 from relay.carriers.twilio import (
     AFTER_PATH,
+    AMD_PATH,
     BAD_SIGNATURE,
     EMPTY_TWIML,
     NOT_IN_SERVICE,
@@ -41,6 +43,7 @@ from relay.carriers.twilio import (
     TwilioCarrier,
     after_stream_twiml,
     answer_twiml,
+    parse_answered_by,
     parse_call_status,
     parse_inbound,
     parse_status,
@@ -51,6 +54,7 @@ from relay.errors import BadRequest, Forbidden
 from relay.logs import get_logger
 from relay.state import APP_STATE
 from relay.store.models import Call, CallEvent, Number
+from relay.transports.control import CallControl
 from relay.urls import media_base_url
 from relay_numbers import twilio_keys
 from relay_numbers.accounts import twilio_tokens
@@ -177,6 +181,22 @@ async def voice_status(request: web.Request) -> web.Response:
     return web.Response(status=204)
 
 
+async def machine_detection(request: web.Request) -> web.Response:
+    """Twilio's asynchronous answering-machine verdict on an outbound call."""
+    form, keys = await signed_form(request)
+    verdict = parse_answered_by(form)
+    call_id = request.query.get("callId", "")
+    if verdict is None or not call_id:
+        return web.Response(status=204)
+    if not await _signers_call(request, call_id, keys):
+        log.info("twilio_amd_ignored", call_id=call_id, answered_by=form.get("AnsweredBy"))
+        return web.Response(status=204)
+    state = request.app[APP_STATE]
+    node_id = state.settings.effective_node_id()
+    await voicemail.report(state.db, request.app[MEDIA].live, node_id, call_id, verdict)
+    return web.Response(status=204)
+
+
 async def sms_inbound(request: web.Request) -> web.Response:
     """A text to one of our numbers: stored and handed to its conversation's worker."""
     form, keys = await signed_form(request)
@@ -215,12 +235,21 @@ async def sms_status(request: web.Request) -> web.Response:
     return web.Response(status=204)
 
 
+async def control_for(app: web.Application, call_id: str) -> CallControl | None:
+    """How a live call of one of our Twilio numbers is hung up and transferred at Twilio
+    (its number's account); None for any other call (a sim call on the same socket)."""
+    db, carriers = app[APP_STATE].db, app[DIALLER].carriers
+    carrier = await carrier_of_call(db, carriers, call_id, "twilio")
+    return carrier if isinstance(carrier, TwilioCarrier) else None
+
+
 def install(app: web.Application, carrier: TwilioCarrier) -> None:
     """Serve Twilio's webhooks, signed for ``carrier``'s account."""
     app[TWILIO] = carrier
     app.router.add_post(VOICE_PATH, voice_webhook)
     app.router.add_post(AFTER_PATH, after_stream)
     app.router.add_post(STATUS_PATH, voice_status)
+    app.router.add_post(AMD_PATH, machine_detection)
     app.router.add_post(SMS_PATH, sms_inbound)
     app.router.add_post(STATUS_CALLBACK_PATH, sms_status)
 
@@ -231,6 +260,7 @@ __all__ = [
     "STATUS_PATH",
     "TWILIO",
     "VOICE_PATH",
+    "control_for",
     "install",
     "signed_form",
 ]

@@ -6,12 +6,14 @@ Plivo's webhooks are served by :mod:`relay.api.carriers.plivo`; its audio stream
 """
 
 from relay.carriers.plivo.calls import (
+    AMD_PATH,
     CALL_STATUS_PATH,
     OUTBOUND_ANSWER_PATH,
     SMS_PATH,
     VOICE_PATH,
     PlivoLeg,
     parse_call_status,
+    parse_machine,
 )
 from relay.carriers.plivo.carrier import PlivoCarrier
 from relay.carriers.plivo.rest import (
@@ -35,12 +37,14 @@ from relay.carriers.plivo.voice import (
 __all__ = [
     "AUTH_ID",
     "BAD_SIGNATURE",
+    "AMD_PATH",
     "CALL_STATUS_PATH",
     "OUTBOUND_ANSWER_PATH",
     "SMS_PATH",
     "VOICE_PATH",
     "PlivoLeg",
     "parse_call_status",
+    "parse_machine",
     "NOT_IN_SERVICE",
     "UNAVAILABLE",
     "OwnedNumber",

@@ -8,6 +8,11 @@ call's own ``CallUUID``, with ``CallStatus`` (ringing, in-progress, completed, b
 timeout, no-answer, cancel) and, on hang-up, ``HangupCause``.
 https://www.plivo.com/docs/voice/api/call/make-a-call
 
+With ``detect_machine``: ``machine_detection=true`` and ``machine_detection_url`` (Plivo's
+asynchronous detection: the call streams at once, and Plivo POSTs the verdict there with
+``Machine`` true or false). Plivo reports no beep: a machine's verdict is taken as the
+greeting being over.
+
 A leg still ringing is cancelled with ``DELETE Request/{request_uuid}/``; an answered call
 ends when the relay closes its audio stream (or ``DELETE Call/{call_uuid}/``).
 """
@@ -21,11 +26,13 @@ from relay.carriers.base import (
     DialFailed,
     DialRequest,
     LegUpdate,
+    MachineVerdict,
 )
 from relay.carriers.plivo.rest import PlivoRest, plivo_number
 
 OUTBOUND_ANSWER_PATH = "/carriers/plivo/voice/outbound"
 CALL_STATUS_PATH = "/carriers/plivo/voice/status"
+AMD_PATH = "/carriers/plivo/voice/amd"
 # Where a number's calls and texts reach the relay (relay.api.carriers.plivo serves them).
 VOICE_PATH = "/carriers/plivo/voice"
 SMS_PATH = "/carriers/plivo/sms"
@@ -66,6 +73,16 @@ def parse_call_status(form: Mapping[str, str]) -> LegUpdate | None:
     return LegUpdate(request_uuid, "ended", reason, detail)
 
 
+def parse_machine(form: Mapping[str, str]) -> MachineVerdict | None:
+    """A ``machine_detection_url`` callback as a verdict; None if it carries none."""
+    machine = form.get("Machine", "").lower()
+    if machine == "true":
+        return MachineVerdict("machine", greeting_over=True)
+    if machine == "false":
+        return MachineVerdict("human")
+    return None
+
+
 class PlivoLeg:
     """One outbound call Plivo accepted to place, named by its ``request_uuid``."""
 
@@ -88,7 +105,7 @@ async def dial(rest: PlivoRest, request: DialRequest, webhook_base_url: str) -> 
     auth_id = rest.creds.auth_id
     query = f"authId={auth_id}&callId={request.call_id}"
     ring = int(min(max(request.ring_timeout_seconds, MIN_RING), MAX_RING))
-    body = {
+    body: dict[str, str | int] = {
         "from": plivo_number(request.from_number),
         "to": plivo_number(request.to_number),
         "answer_url": f"{webhook_base_url}{OUTBOUND_ANSWER_PATH}?{query}"
@@ -100,6 +117,10 @@ async def dial(rest: PlivoRest, request: DialRequest, webhook_base_url: str) -> 
         "hangup_method": "POST",
         "ring_timeout": ring,
     }
+    if request.detect_machine:
+        body["machine_detection"] = "true"
+        body["machine_detection_url"] = f"{webhook_base_url}{AMD_PATH}?{query}"
+        body["machine_detection_method"] = "POST"
     try:
         status, data = await rest.request("POST", "Call", body=body)
     except CarrierUnavailable as exc:
@@ -116,6 +137,7 @@ async def dial(rest: PlivoRest, request: DialRequest, webhook_base_url: str) -> 
 
 
 __all__ = [
+    "AMD_PATH",
     "SMS_PATH",
     "VOICE_PATH",
     "CALL_STATUS_PATH",
@@ -124,4 +146,5 @@ __all__ = [
     "PlivoLeg",
     "dial",
     "parse_call_status",
+    "parse_machine",
 ]

@@ -99,6 +99,21 @@ class PlivoCarrier:
         if status not in (200, 202, 204, 404):
             raise self.rest.refused(status, data)
 
+    async def redirect(self, carrier_call_id: str, url: str) -> None:
+        """Plivo's Call transfer: the live call (its A leg) leaves its stream and runs the
+        XML ``url`` answers (signed by Plivo like every callback)."""
+        body = {"legs": "aleg", "aleg_url": url, "aleg_method": "POST"}
+        status, data = await self.rest.request("POST", "Call", carrier_call_id, body=body)
+        if status not in (200, 202):
+            raise self.rest.refused(status, data)
+
+    async def send_digits(self, carrier_call_id: str, digits: str) -> None:
+        """``POST Call/{uuid}/DTMF/``: Plivo plays ``digits`` to the caller (the A leg)."""
+        body = {"digits": digits, "leg": "aleg"}
+        status, data = await self.rest.request("POST", "Call", carrier_call_id, "DTMF", body=body)
+        if status not in (200, 202):
+            raise self.rest.refused(status, data)
+
     async def send_sms(self, text: OutgoingText) -> SentText:
         return await send_sms(self.rest, text)
 

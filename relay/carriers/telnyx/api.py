@@ -28,6 +28,8 @@ REFUSED = "Telnyx refused the API key (HTTP {status})."
 UNREACHABLE = "Telnyx could not be reached: {why}."
 # Telnyx's code for a command on a call that has already ended.
 CALL_ENDED = "90018"
+# How long each DTMF digit plays (Telnyx takes 100..500 ms; 250 is its default).
+DTMF_MILLIS = 250
 
 
 @dataclass(frozen=True, slots=True)
@@ -213,8 +215,9 @@ class TelnyxApi:
         stream: StreamSpec,
         timeout_secs: int,
         webhook_url: str,
+        answering_machine_detection: str | None = None,
     ) -> dict[str, Any]:
-        body = {
+        body: dict[str, Any] = {
             "connection_id": connection_id,
             "to": to,
             "from": from_,
@@ -223,6 +226,8 @@ class TelnyxApi:
             "webhook_url_method": "POST",
             **stream.fields(),
         }
+        if answering_machine_detection:
+            body["answering_machine_detection"] = answering_machine_detection
         data = await self.request("POST", "/calls", json=body)
         return data if isinstance(data, dict) else {}
 
@@ -236,6 +241,11 @@ class TelnyxApi:
 
     async def transfer(self, call_control_id: str, to: str) -> None:
         await self.request("POST", f"/calls/{call_control_id}/actions/transfer", json={"to": to})
+
+    async def send_dtmf(self, call_control_id: str, digits: str) -> None:
+        """Telnyx plays ``digits`` (0-9, A-D, *, #; ``w`` waits 0.5 s) into the call."""
+        body = {"digits": digits, "duration_millis": DTMF_MILLIS}
+        await self.request("POST", f"/calls/{call_control_id}/actions/send_dtmf", json=body)
 
     async def send_message(
         self, *, from_: str, to: str, text: str, webhook_url: str | None

@@ -168,6 +168,8 @@ class TelnyxCarrier:
                 # Telnyx stops ringing itself at the relay's own ring timeout.
                 timeout_secs=max(5, min(600, int(request.ring_timeout_seconds))),
                 webhook_url=f"{self.public_url}{CALL_PATH}",
+                # The verdict, then the beep: a message is left after the greeting.
+                answering_machine_detection="detect_beep" if request.detect_machine else None,
             )
         except TelnyxTimeout as exc:
             raise DialFailed("network_timeout", "Telnyx did not answer in time.") from exc
@@ -192,6 +194,10 @@ class TelnyxCarrier:
     async def transfer(self, carrier_call_id: str, to: str) -> None:
         self._creds()
         await self.api.transfer(carrier_call_id, to)
+
+    async def send_digits(self, carrier_call_id: str, digits: str) -> None:
+        self._creds()
+        await self.api.send_dtmf(carrier_call_id, digits)
 
     async def send_sms(self, text: OutgoingText) -> SentText:
         self._creds()

@@ -2,7 +2,8 @@
 "occurred_at", "payload": {...}}, "meta": {...}}``, parsed once at the edge.
 
 Call Control events (``call.initiated``, ``call.answered``, ``call.hangup``,
-``streaming.started``...) carry the call's ``call_control_id``; messaging events
+``streaming.started``, answering-machine detection's ``call.machine.detection.ended`` and
+``call.machine.greeting.ended``...) carry the call's ``call_control_id``; messaging events
 (``message.received``, ``message.sent``, ``message.finalized``) carry the message.
 https://developers.telnyx.com/docs/voice/programmable-voice/receiving-webhooks
 https://developers.telnyx.com/docs/messaging/messages/receiving-webhooks
@@ -16,6 +17,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+from relay.carriers.base import MachineVerdict
 from relay.carriers.sms import DeliveryStatus, IncomingText
 
 # Telnyx's per-recipient message statuses, folded into ours.
@@ -35,6 +37,17 @@ HANGUP_REASONS = {
     "timeout": "no_answer",
     "no_answer": "no_answer",
     "originator_cancel": "canceled",
+}
+
+
+# answering_machine_detection=detect_beep: the verdict, then (a machine's) greeting's end.
+# https://developers.telnyx.com/docs/voice/programmable-voice/answering-machine-detection
+DETECTION_ENDED = "call.machine.detection.ended"
+GREETING_ENDED = "call.machine.greeting.ended"
+DETECTION_RESULTS: dict[str, MachineVerdict] = {
+    "human": MachineVerdict("human"),
+    "machine": MachineVerdict("machine"),
+    "not_sure": MachineVerdict("unknown"),
 }
 
 
@@ -122,6 +135,18 @@ def call_event(hook: Webhook) -> CallEvent:
     )
 
 
+def machine_verdict(hook: Webhook) -> MachineVerdict | None:
+    """An answering-machine detection event as a verdict; None for any other event (or a
+    result this relay does not know)."""
+    result = hook.payload.get("result")
+    if hook.event_type == DETECTION_ENDED and isinstance(result, str):
+        return DETECTION_RESULTS.get(result)
+    if hook.event_type == GREETING_ENDED:
+        # beep_detected, ended or not_sure: whichever, the greeting is over.
+        return MachineVerdict("machine", greeting_over=True)
+    return None
+
+
 def _number(value: Any) -> str:
     if isinstance(value, dict):
         value = value.get("phone_number")
@@ -173,6 +198,7 @@ __all__ = [
     "WebhookInvalid",
     "call_event",
     "incoming_text",
+    "machine_verdict",
     "parse",
     "status_report",
 ]

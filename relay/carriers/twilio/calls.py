@@ -7,6 +7,12 @@
 ``CallStatus``: queued, initiated, ringing, in-progress, completed, busy, no-answer,
 failed, canceled (https://www.twilio.com/docs/voice/api/call-resource#statuscallback).
 
+With ``detect_machine``: ``MachineDetection=DetectMessageEnd`` and ``AsyncAmd=true`` (the
+call streams at once; detection runs beside it) with ``AsyncAmdStatusCallback``: a signed
+form with ``AnsweredBy`` human, machine_end_beep|silence|other (the greeting is over),
+machine_start, fax or unknown
+(https://www.twilio.com/docs/voice/answering-machine-detection).
+
 A leg is ended with ``POST Calls/{CallSid}.json``: ``Status=canceled`` while it is queued or
 ringing; a call already answered ignores that and needs ``Status=completed``
 (https://www.twilio.com/docs/voice/api/call-resource#update-a-call-resource).
@@ -20,9 +26,9 @@ import aiohttp
 from twilio.base import values
 from twilio.base.exceptions import TwilioException, TwilioRestException
 
-from relay.carriers.base import CarrierError, DialFailed, DialRequest, LegUpdate
+from relay.carriers.base import CarrierError, DialFailed, DialRequest, LegUpdate, MachineVerdict
 from relay.carriers.twilio.rest import TwilioRest
-from relay.carriers.twilio.voice import AFTER_PATH, STATUS_PATH, answer_twiml
+from relay.carriers.twilio.voice import AFTER_PATH, AMD_PATH, STATUS_PATH, answer_twiml
 
 STATUS_EVENTS = ["initiated", "ringing", "answered", "completed"]
 # Twilio's Timeout accepts 5..600 seconds.
@@ -37,6 +43,21 @@ ENDED: dict[str, str] = {
     "completed": "provider_error",
 }
 TWILIO_ENDED = "Twilio reported the call {status}."
+# Twilio's AnsweredBy; a fax is no one to talk to: a machine.
+ANSWERED_BY: dict[str, MachineVerdict] = {
+    "human": MachineVerdict("human"),
+    "machine_start": MachineVerdict("machine"),
+    "machine_end_beep": MachineVerdict("machine", greeting_over=True),
+    "machine_end_silence": MachineVerdict("machine", greeting_over=True),
+    "machine_end_other": MachineVerdict("machine", greeting_over=True),
+    "fax": MachineVerdict("machine"),
+    "unknown": MachineVerdict("unknown"),
+}
+
+
+def parse_answered_by(form: Mapping[str, str]) -> MachineVerdict | None:
+    """An AsyncAmdStatusCallback as a verdict; None if it is not one."""
+    return ANSWERED_BY.get(form.get("AnsweredBy", "").lower())
 
 
 def parse_call_status(form: Mapping[str, str]) -> LegUpdate | None:
@@ -89,6 +110,14 @@ class TwilioCalls:
             f"{base}{AFTER_PATH}?callId={request.call_id}",
         )
         timeout = int(min(max(request.ring_timeout_seconds, MIN_TIMEOUT), MAX_TIMEOUT))
+        amd: dict[str, str] = {}
+        if request.detect_machine:
+            amd = {
+                "machine_detection": "DetectMessageEnd",
+                "async_amd": "true",
+                "async_amd_status_callback": f"{base}{AMD_PATH}?callId={request.call_id}",
+                "async_amd_status_callback_method": "POST",
+            }
         try:
             call = await self.rest.client().calls.create_async(
                 to=request.to_number,
@@ -98,6 +127,7 @@ class TwilioCalls:
                 status_callback=f"{base}{STATUS_PATH}?callId={request.call_id}",
                 status_callback_event=STATUS_EVENTS,
                 status_callback_method="POST",
+                **amd,
             )
         except TwilioRestException as exc:
             raise _refused(exc) from exc
@@ -130,4 +160,12 @@ class TwilioCalls:
 
 _UNSET = values.unset
 
-__all__ = ["ENDED", "STATUS_EVENTS", "TwilioCalls", "TwilioLeg", "parse_call_status"]
+__all__ = [
+    "ANSWERED_BY",
+    "ENDED",
+    "STATUS_EVENTS",
+    "TwilioCalls",
+    "TwilioLeg",
+    "parse_answered_by",
+    "parse_call_status",
+]

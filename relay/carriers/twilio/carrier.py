@@ -25,6 +25,7 @@ from relay.carriers.twilio.calls import TwilioCalls
 from relay.carriers.twilio.numbers import TwilioNumbers
 from relay.carriers.twilio.signature import signature_is_valid
 from relay.carriers.twilio.sms import NOT_CONFIGURED, TwilioSms
+from relay.carriers.twilio.voice import after_stream_twiml
 from relay.config import Settings
 
 
@@ -90,6 +91,11 @@ class TwilioCarrier:
 
     async def hangup(self, carrier_call_id: str) -> None:
         await self.calls.update(carrier_call_id, Status="completed")
+
+    async def transfer(self, carrier_call_id: str, to: str) -> None:
+        """Cold transfer of a live call: its TwiML becomes a ``<Dial>`` (the running
+        ``<Connect><Stream>`` ends, its ``action`` is not asked)."""
+        await self.calls.update(carrier_call_id, Twiml=after_stream_twiml(to))
 
     async def send_sms(self, text: OutgoingText) -> SentText:
         return await self.sms.send_sms(text)

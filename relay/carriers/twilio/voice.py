@@ -18,6 +18,7 @@ VOICE_PATH = "/carriers/twilio/voice"
 SMS_PATH = "/carriers/twilio/sms"
 AFTER_PATH = "/carriers/twilio/voice/after"
 STATUS_PATH = "/carriers/twilio/voice/status"
+AMD_PATH = "/carriers/twilio/voice/amd"
 NOT_IN_SERVICE = "Sorry, the number you have called is not in service. Goodbye."
 UNAVAILABLE = "Sorry, no one is available to take your call right now. Please try again later."
 
@@ -56,6 +57,7 @@ def after_stream_twiml(transfer_to: str | None) -> str:
 
 __all__ = [
     "AFTER_PATH",
+    "AMD_PATH",
     "NOT_IN_SERVICE",
     "SMS_PATH",
     "STATUS_PATH",
