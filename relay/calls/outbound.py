@@ -260,7 +260,7 @@ class Dialler:
             media_token=token,
             ring_timeout_seconds=self.ring_timeout,
             webhook_base_url=self.public_url,
-            detect_machine=bool((call.agent_snapshot or {}).get("voicemail")),
+            detect_machine=claimed.detect_machine,
         )
 
     async def _advance(self, call_id: str, status: str, carrier_call_id: str | None = None) -> None:
@@ -307,6 +307,7 @@ class Claimed:
     to_number: str
     carrier_key: str  # the number's carrier account (relay_numbers.keys)
     account_id: str | None  # the project's carrier account it was imported under, if any
+    detect_machine: bool = False  # its agent has a ``voicemail`` setting: ask for AMD
 
 
 async def take(
@@ -341,6 +342,7 @@ async def take(
         to_number=call.to_number or "",
         carrier_key=number.carrier_key if number is not None else "",
         account_id=number.carrier_account_id if number is not None else None,
+        detect_machine=bool((call.agent_snapshot or {}).get("voicemail")),
     )
 
 
