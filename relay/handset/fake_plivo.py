@@ -63,6 +63,7 @@ from urllib.parse import parse_qsl, urlsplit
 import aiohttp
 from aiohttp import web
 
+from relay.handset.fake_plivo_control import PlivoLiveControl
 from relay.handset.fake_plivo_numbers import FakePlivoNumbers
 from relay.handset.plivo_line import PlivoHandset, PlivoMediaLine
 from relay.transports import plivo_protocol as pp
@@ -145,7 +146,7 @@ class FakePlivo:
     answered: dict[str, asyncio.Event] = field(default_factory=dict)  # by request_uuid
     phone_numbers: FakePlivoNumbers = field(default_factory=FakePlivoNumbers)
     _ringing: dict[str, asyncio.Event] = field(default_factory=dict)  # set: cancelled
-    _live: dict[str, PlivoMediaLine] = field(default_factory=dict)  # by CallUUID
+    live: dict[str, PlivoMediaLine] = field(default_factory=dict)  # by CallUUID
     _tasks: set[asyncio.Task[None]] = field(default_factory=set)
 
     def __post_init__(self) -> None:
@@ -176,9 +177,10 @@ class FakePlivo:
         app.router.add_post(base + "/Message/", self._message)
         app.router.add_post(base + "/Call/", self._call)
         app.router.add_delete(base + "/Request/{uuid}/", self._cancel)
-        app.router.add_delete(base + "/Call/{uuid}/", self._hang_up)
-        app.router.add_post(base + "/Call/{uuid}/", self._transfer)
-        app.router.add_post(base + "/Call/{uuid}/DTMF/", self._dtmf)
+        control = PlivoLiveControl(self)
+        app.router.add_delete(base + "/Call/{uuid}/", control.hang_up)
+        app.router.add_post(base + "/Call/{uuid}/", control.transfer)
+        app.router.add_post(base + "/Call/{uuid}/DTMF/", control.dtmf)
         app.on_cleanup.append(self._drain)
         return app
 
@@ -382,7 +384,7 @@ class FakePlivo:
             call.call_uuid = call_uuid
             if call.stream_url:
                 line = await self.open_stream(http, call, account)
-                self.callees[rid] = self._live[call_uuid] = line
+                self.callees[rid] = self.live[call_uuid] = line
                 self.answered[rid].set()
                 if body.get("machine_detection") and body.get("machine_detection_url"):
                     # Asynchronous detection: the verdict, while the call streams.
@@ -392,7 +394,7 @@ class FakePlivo:
                         "machine_detection_url", Machine=machine, Event="MachineDetection"
                     )
                 await line.receive()  # the callee hears the relay until the stream closes
-                self._live.pop(call_uuid, None)
+                self.live.pop(call_uuid, None)
                 await self.stream_ended(http, call, account)
         done = {"CallStatus": "completed", "HangupCause": "NORMAL_CLEARING"}
         await callback("hangup_url", **done, Event="Hangup")
@@ -417,54 +419,6 @@ class FakePlivo:
             return web.json_response({"error": "not found"}, status=404)
         ringing.set()
         return web.Response(status=204)
-
-    async def _hang_up(self, request: web.Request) -> web.Response:
-        live = self._live_call(request)
-        if self.control_error is not None:
-            return web.json_response({"error": "internal error"}, status=self.control_error)
-        if live is None:
-            return web.json_response({"error": "not found"}, status=404)
-        live[1].hung_up = True
-        await live[0].ws.close()
-        return web.Response(status=204)
-
-    def _live_call(self, request: web.Request) -> tuple[PlivoMediaLine, StreamedCall] | None:
-        call_uuid = request.match_info["uuid"]
-        line = self._live.get(call_uuid)
-        call = next((c for c in self.calls if c.call_uuid == call_uuid), None)
-        return (line, call) if line is not None and call is not None else None
-
-    async def _transfer(self, request: web.Request) -> web.Response:
-        live = self._live_call(request)
-        if self.control_error is not None:
-            return web.json_response({"error": "internal error"}, status=self.control_error)
-        if live is None:
-            return web.json_response({"error": "call not found"}, status=404)
-        body = await request.json()
-        if body.get("legs", "aleg") != "aleg" or not body.get("aleg_url"):
-            return web.json_response({"error": "aleg_url is required for aleg"}, status=400)
-        line, call = live
-        form = {"CallUUID": call.call_uuid, "CallStatus": "in-progress", "Event": "Transfer"}
-        _, call.after = await self.post_for_text(str(body["aleg_url"]), form, request[ACCOUNT])
-        call.transferred = True
-        await line.ws.close()  # the call leaves its stream for the new document
-        return web.json_response(
-            {"api_id": str(uuid.uuid4()), "message": "call transferred"}, status=202
-        )
-
-    async def _dtmf(self, request: web.Request) -> web.Response:
-        live = self._live_call(request)
-        if self.control_error is not None:
-            return web.json_response({"error": "internal error"}, status=self.control_error)
-        if live is None:
-            return web.json_response({"error": "call not found"}, status=404)
-        body = await request.json()
-        if not body.get("digits"):
-            return web.json_response({"error": "digits is required"}, status=400)
-        live[1].digits.append(str(body["digits"]))
-        return web.json_response(
-            {"api_id": str(uuid.uuid4()), "message": "digits sent"}, status=202
-        )
 
     async def _drain(self, _app: web.Application) -> None:
         for task in list(self._tasks):
@@ -580,7 +534,7 @@ class FakePlivo:
             "extra_headers": json.dumps(call.extra_headers),
         }
         await ws.send_str(json.dumps(start))
-        self._live[call.call_uuid] = line
+        self.live[call.call_uuid] = line
         return line
 
     async def stream_ended(
@@ -588,7 +542,7 @@ class FakePlivo:
     ) -> None:
         """``keepCallAlive`` is over: follow the ``<Redirect>`` and keep its answer (unless
         the Call API hung up or transferred the call)."""
-        self._live.pop(call.call_uuid, None)
+        self.live.pop(call.call_uuid, None)
         if call.redirect and not (call.transferred or call.hung_up):
             form = {"CallUUID": call.call_uuid, "CallStatus": "in-progress"}
             _, call.after = await self.post_for_text(call.redirect, form, account, http=http)
