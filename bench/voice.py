@@ -65,7 +65,7 @@ import time
 import wave
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -78,6 +78,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 import api as harness  # noqa: E402  (bench/api.py: the relay subprocess, stats)
 from voice_carriers import CarrierSide, carrier_side  # noqa: E402
+from voice_report import STAGES, Step, passes, pct, print_comparison, print_step  # noqa: E402
 
 from relay.handset import CallReport, SimHandset, synthesize  # noqa: E402
 from relay.secretbox import new_key  # noqa: E402
@@ -123,23 +124,6 @@ TIMING: dict[str, Any] = {
 RAMP = [1, 2, 4, 8, 12, 16, 20, 24, 32]
 FRAME_MS = 20.0
 STALL_MS = 100.0
-STAGES = [  # (label, key in the engine's per-turn metrics)
-    ("endpointing", "endpointingMs"),
-    ("STT", "sttMs"),
-    ("STT wait", "sttWaitMs"),
-    ("webhook 1st chunk", "webhookFirstChunkMs"),
-    ("TTS 1st audio", "ttsFirstAudioMs"),
-    ("relay overhead", "relayOverheadMs"),
-    ("engine e2e", "e2eMs"),
-]
-
-
-def pct(values: list[float], q: float) -> float | None:
-    """The ``q``-th percentile (nearest rank), ``None`` for no values."""
-    if not values:
-        return None
-    ordered = sorted(values)
-    return round(harness._percentile(ordered, q), 1)
 
 
 # --- the instant webhook --------------------------------------------------------------
@@ -165,39 +149,6 @@ class InstantWebhook(harness.LocalHook):
 
 
 # --- results --------------------------------------------------------------------------
-
-
-@dataclass
-class Step:
-    calls: int
-    turns_per_call: int
-    turns: int = 0
-    unanswered: int = 0
-    failed_calls: int = 0
-    call_warnings: int = 0  # warnings and errors in the calls' event logs
-    v2v_p50_ms: float | None = None
-    v2v_p90_ms: float | None = None
-    v2v_p99_ms: float | None = None
-    v2v_max_ms: float | None = None
-    stages_ms: dict[str, dict[str, float | None]] = field(default_factory=dict)
-    # the relay overhead's parts: transcript -> session -> reply -> request, chunk -> TTS,
-    # audio -> line (relay.engine.webhook.TurnRecord._overhead)
-    overhead_parts_ms: dict[str, dict[str, float | None]] = field(default_factory=dict)
-    overhead_p99_ms: float | None = None
-    jitter_p99_ms: float | None = None
-    jitter_max_ms: float | None = None
-    stalls: int = 0  # gaps of 100 ms or more inside an answer
-    premature_turns: int = 0  # webhook turns beyond the lines spoken: a pause taken for an end
-    worst_gap: str = ""
-    frames: int = 0
-    relay_cpu_pct: float = 0.0
-    callers_cpu_pct: float = 0.0  # this process
-    machine_cpu_pct: float | None = None  # all cores, everything running here
-    relay_rss_mib: float = 0.0
-    relay_peak_rss_mib: float = 0.0
-    seconds: float = 0.0
-    errors: list[str] = field(default_factory=list)
-    latencies_ms: list[float] = field(default_factory=list, repr=False)
 
 
 def pacing_gaps(report: CallReport) -> list[tuple[float, str]]:
@@ -460,8 +411,10 @@ def relay_env(
         RELAY_ENDPOINTING_DELAY_MS=str(args.endpointing_ms),
         RELAY_PUBLIC_URL=f"http://127.0.0.1:{port}",
     )
-    if args.carrier_side is not None:
-        env.update(RELAY_ENCRYPTION_KEY=new_key(), **args.carrier_side.env())
+    # The sibling benches (web_voice.py, quality.py) reach no carrier: they have no side.
+    carrier: CarrierSide | None = getattr(args, "carrier_side", None)
+    if carrier is not None:
+        env.update(RELAY_ENCRYPTION_KEY=new_key(), **carrier.env())
     return env
 
 
@@ -516,52 +469,6 @@ async def run(
         "ramp": [asdict(s) for s in ramp],
         "capacity_calls": capacity,
     }
-
-
-def passes(step: Step, base: Step, factor: float) -> bool:
-    if step.unanswered or step.failed_calls or step.v2v_p90_ms is None:
-        return False
-    return base.v2v_p90_ms is not None and step.v2v_p90_ms <= factor * base.v2v_p90_ms
-
-
-# --- output ---------------------------------------------------------------------------
-
-
-def _ms(value: float | None) -> str:
-    return "   -  " if value is None else f"{value:6.0f}"
-
-
-def print_step(name: str, s: Step, *, detail: bool = False, verdict: str = "") -> None:
-    print(
-        f"  {name}: {s.calls} calls x {s.turns_per_call} turns: answered "
-        f"{s.turns - s.unanswered}/{s.calls * s.turns_per_call}; voice to voice ms p50 "
-        f"{_ms(s.v2v_p50_ms)} p90 {_ms(s.v2v_p90_ms)} p99 {_ms(s.v2v_p99_ms)}; overhead p99 "
-        f"{s.overhead_p99_ms} ms; jitter p99 {s.jitter_p99_ms} ms (max {s.jitter_max_ms}, "
-        f"{s.stalls} stalls); premature turn ends {s.premature_turns}; "
-        f"call log warnings {s.call_warnings}; "
-        f"relay CPU {s.relay_cpu_pct:.0f}%, RSS {s.relay_rss_mib:.0f} MiB; callers CPU "
-        f"{s.callers_cpu_pct:.0f}%, machine {s.machine_cpu_pct or 0:.0f}%"
-        + (f"  [{verdict}]" if verdict else ""),
-        flush=True,
-    )
-    if s.errors:
-        print(f"    errors: {s.errors}", flush=True)
-    if s.stalls:
-        print(f"    longest gap {s.worst_gap}", flush=True)
-    if detail:
-        print("    breakdown (engine, ms)      p50     p90     p99")
-        for label, _ in STAGES:
-            st = s.stages_ms.get(label, {})
-            print(
-                f"    {label:<24} {_ms(st.get('p50'))}  {_ms(st.get('p90'))}  {_ms(st.get('p99'))}"
-            )
-        for part, st in s.overhead_parts_ms.items():
-            print(f"      {part:<22} {st.get('p50')}  {st.get('p90')}  {st.get('p99')}")
-        print(
-            f"    {s.frames} agent frames at the callers, {s.seconds:g} s, peak RSS "
-            f"{s.relay_peak_rss_mib:.0f} MiB",
-            flush=True,
-        )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -682,25 +589,6 @@ def run_workers(args: argparse.Namespace, workers: int) -> dict[str, Any]:
                     if len(args.workers) > 1:
                         log = log.with_name(f"{log.stem}.{workers}w{log.suffix}")
                     shutil.copyfile(server.log_path, log)
-
-
-def print_comparison(summaries: list[dict[str, Any]]) -> None:
-    """The worker counts side by side, each against the first."""
-    base = summaries[0]
-    print(f"\n  by workers (each against {base['workers']} worker(s), same run):")
-    for summary in summaries:
-        load = summary["load"]
-        line = (
-            f"    {summary['workers']} worker(s): load step {load['calls']} calls, voice to "
-            f"voice p50 {_ms(load['v2v_p50_ms']).strip()} ms, p90 "
-            f"{_ms(load['v2v_p90_ms']).strip()} ms; relay CPU {load['relay_cpu_pct']:.0f}%"
-        )
-        capacity, first = summary["capacity_calls"], base["capacity_calls"]
-        if capacity is not None:
-            line += f"; capacity {capacity} calls"
-            if first:
-                line += f" ({capacity / first:.2f}x)"
-        print(line, flush=True)
 
 
 if __name__ == "__main__":

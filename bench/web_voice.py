@@ -45,7 +45,8 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 import api as harness  # noqa: E402  (bench/api.py: the relay subprocess, stats)
-import voice as phone_bench  # noqa: E402  (bench/voice.py: the webhook, lines, percentiles)
+import voice as phone_bench  # noqa: E402  (bench/voice.py: the webhook, lines)
+import voice_report  # noqa: E402  (bench/voice_report.py: percentiles, figures)
 
 from relay.engine import speech  # noqa: E402
 from relay.engine.codecs import resample  # noqa: E402
@@ -197,7 +198,7 @@ class Bench:
         # The greeting is spoken, not a webhook turn; a turn ended inside a line is one more.
         result.premature_turns = max(0, self.hook.turns - webhook_turns - result.turns)
         lat = result.latencies_ms
-        pct = phone_bench.pct
+        pct = voice_report.pct
         result.engine_e2e_p50_ms, result.engine_e2e_p90_ms = pct(engine, 50), pct(engine, 90)
         result.v2v_p50_ms, result.v2v_p90_ms = pct(lat, 50), pct(lat, 90)
         result.v2v_p99_ms = pct(lat, 99)
@@ -212,7 +213,7 @@ def passes(step: Step, base: Step, factor: float) -> bool:
 
 
 def print_step(name: str, s: Step, verdict: str = "") -> None:
-    ms = phone_bench._ms
+    ms = voice_report.ms
     print(
         f"  {name}: {s.calls} calls x {s.turns_per_call} turns: answered "
         f"{s.turns - s.unanswered}/{s.calls * s.turns_per_call}; voice to voice at the page ms "
@@ -284,8 +285,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--stagger", type=float, default=3.0)
     parser.add_argument("--endpointing-ms", type=int, default=400)
     parser.add_argument("--quick", action="store_true", help="1 call, 2 turns, no ramp")
-    # bench/voice.py's relay settings read its --carrier (and its side): a web call has none.
-    parser.set_defaults(carrier="sim", carrier_side=None)
     args = parser.parse_args(argv)
     if args.quick:
         args.calls, args.turns, args.ramp = 1, 2, False
