@@ -16,7 +16,10 @@ Four kinds of round, each on a call of its own (``--rounds`` of each), after the
 * ``midpause``: "I'd like a table for ... two people ..." with a 700 ms pause mid-sentence.
   A false turn: the webhook got the first half as a turn of its own.
 
-The webhook answers at once (a local NDJSON server): every millisecond is the relay's.
+The webhook answers at once (a local NDJSON server): every millisecond is the relay's;
+``--webhook-delay-ms`` makes it think first. ``--speculative`` sets the agent's
+``speculativeTurns`` (the turn starts on the early transcript; a superseded request is not
+counted as a turn).
 
     .venv/bin/python bench/quality.py                 # 5 rounds of each
     .venv/bin/python bench/quality.py --rounds 2      # quicker
@@ -86,15 +89,29 @@ def answer(turn: int) -> str:
 
 
 class Webhook(harness.LocalHook):
-    """The developer's server at its fastest, keeping every transcript it was sent."""
+    """The developer's server (at once, or after ``delay`` s of thinking), keeping every
+    transcript it was sent; a speculative turn counts when it is not superseded."""
 
-    def __init__(self) -> None:
+    def __init__(self, delay: float = 0.0) -> None:
+        self.delay = delay
         self.transcripts: list[str] = []
+        self.turn_ids: list[str] = []
+        self.speculative = 0
+        self.answers: list[str] = []  # every reply sent, superseded or not
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         event = await request.json()
-        self.transcripts.append(event.get("data", {}).get("transcript") or "")
-        text = answer(len(self.transcripts))
+        data = event.get("data", {})
+        if data.get("supersedes") in self.turn_ids:  # the caller went on: not a turn
+            del self.transcripts[self.turn_ids.index(data["supersedes"])]
+            self.turn_ids.remove(data["supersedes"])
+        self.speculative += bool(data.get("speculative"))
+        self.transcripts.append(data.get("transcript") or "")
+        self.turn_ids.append(data.get("turnId") or "")
+        if self.delay:
+            await asyncio.sleep(self.delay)
+        text = answer(len(self.answers) + 1)
+        self.answers.append(text)
         resp = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
         await resp.prepare(request)
         await resp.write(json.dumps({"text": text}).encode() + b"\n")
@@ -223,7 +240,7 @@ class Quality:
         heard = await asyncio.get_running_loop().run_in_executor(
             None, transcribe, line.audio_between(first - 0.05, last + 0.05)
         )
-        return lost_words(answer(len(self.hook.transcripts)), heard)
+        return lost_words(self.hook.answers[-1], heard)
 
     async def interrupt(self, line: MediaLine, i: int) -> None:
         _, end = await say(line, self.pcm(QUESTIONS[i % len(QUESTIONS)]))
@@ -285,7 +302,7 @@ KINDS = {  # a kind of round: the method that plays it
 
 
 async def run(server: harness.Server, key: str, args: argparse.Namespace) -> dict[str, Any]:
-    hook = Webhook()
+    hook = Webhook(args.webhook_delay_ms / 1000)
     await hook.start()
     try:
         headers = {"Authorization": f"Bearer {key}"}
@@ -297,6 +314,7 @@ async def run(server: harness.Server, key: str, args: argparse.Namespace) -> dic
                 "greeting": GREETING,
                 "interruptionSensitivity": args.sensitivity,
                 "unfinishedTurnMs": args.unfinished_ms,
+                "speculativeTurns": args.speculative,
             }
             number = await harness.agent_with_number(http, body)
         handset = SimHandset(server.base, key, listen=False)
@@ -315,6 +333,9 @@ async def run(server: harness.Server, key: str, args: argparse.Namespace) -> dic
         "endpointing_ms": args.endpointing_ms,
         "sensitivity": args.sensitivity,
         "unfinished_turn_ms": args.unfinished_ms,
+        "speculative_turns": args.speculative,
+        "webhook_delay_ms": args.webhook_delay_ms,
+        "speculative_requests": hook.speculative,
         "rounds": args.rounds,
         "barge_in_ms": {"p50": pct(r.barge_in_ms, 50), "p90": pct(r.barge_in_ms, 90)},
         "barge_in_rounds": len(r.barge_in_ms),
@@ -339,8 +360,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--endpointing-ms", type=int, default=400)
     parser.add_argument("--sensitivity", choices=["low", "medium", "high"], default="medium")
     parser.add_argument("--unfinished-ms", type=int, default=700, help="unfinishedTurnMs (700)")
+    parser.add_argument(
+        "--speculative", action="store_true", help="the agent sets speculativeTurns: true"
+    )
+    parser.add_argument(
+        "--webhook-delay-ms", type=int, default=0, help="the webhook thinks this long (0)"
+    )
     parser.add_argument("--database-url", default=os.environ.get("RELAY_BENCH_DATABASE_URL"))
     parser.add_argument("--relay-log", type=Path, help="keep the relay's log (INFO) here")
+    parser.set_defaults(carrier="twilio")  # the sim handset's protocol (voice.relay_env)
     return parser
 
 
@@ -350,7 +378,9 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"  {platform.python_implementation()} {platform.python_version()}, "
         f"{os.cpu_count()} CPU cores; load average at start {os.getloadavg()[0]:.1f}; "
-        f"endpointing {args.endpointing_ms} ms; interruptionSensitivity {args.sensitivity}",
+        f"endpointing {args.endpointing_ms} ms; interruptionSensitivity {args.sensitivity}; "
+        f"speculativeTurns {str(args.speculative).lower()}; "
+        f"webhook delay {args.webhook_delay_ms} ms",
         flush=True,
     )
     with voice_bench.database(args.database_url) as (url, schema):
