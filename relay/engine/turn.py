@@ -8,7 +8,10 @@ plans the call's end (``failed`` / ``webhook_error``). If the brain is slow to s
 ``fillerText`` is spoken once after ``fillerAfterMs``. A reply's text past ``MAX_TURN_TEXT``
 characters is not spoken (one ``webhook`` event says so); the call goes on. A ``transfer`` to
 a destination the agent does not list (:mod:`relay.transfer`) is not planned: one
-``telephony`` event says why, and the caller stays with the agent.
+``telephony`` event says why, and the caller stays with the agent. A turn may have been
+started on the early transcript (:meth:`Turns.speculate`, :mod:`relay.engine.speculation`):
+if its words are this turn's, that reply is this turn's; otherwise it is superseded, and the
+next request names it (``data.supersedes``).
 """
 
 from __future__ import annotations
@@ -203,7 +206,9 @@ class Turns:
             if same_words(early.text, text):
                 return
             self._supersede(early)
-        turn = TurnRecord(turn_id=new_id("turn"), kind="speech", input_at=time.perf_counter())
+        turn = TurnRecord(
+            turn_id=new_id("turn"), kind="speech", input_at=time.perf_counter(), speculative=True
+        )
         request = self._request(turn, "speech", text, confidence, set(), speculative=True)
         self._speculation = Speculation(self.brain, request, turn, text)
         log.info("turn_speculating", call_id=self.setup.call_id, turn_id=turn.turn_id)

@@ -75,10 +75,11 @@ async def _segments(db: Any, call_id: str) -> list[TranscriptSegment]:
         return list(rows.all())
 
 
-async def _turn_ids(db: Any, call_id: str) -> list[str]:
+async def _turns(db: Any, call_id: str) -> dict[str, dict[str, Any]]:
+    """The stored turns' metrics by turn id."""
     async with db.session() as s:
         rows = await s.scalars(select(TurnMetrics).where(TurnMetrics.call_id == call_id))
-        return [row.turn_id for row in rows.all()]
+        return {row.turn_id: row.values for row in rows.all()}
 
 
 async def _until(condition: Any, within: float) -> bool:
@@ -130,7 +131,7 @@ async def test_a_speculative_turn_is_superseded_when_the_caller_goes_on(
     assert "sunday" not in first["transcript"].lower()
     assert second["supersedes"] == first["turnId"] and "sunday" in second["transcript"].lower()
     # Only the turn that was spoken is stored.
-    assert await _turn_ids(sqlite_db, call_id) == [second["turnId"]]
+    assert list(await _turns(sqlite_db, call_id)) == [second["turnId"]]
 
 
 async def test_a_confirmed_speculative_turn_speaks_its_reply_once(
@@ -159,7 +160,10 @@ async def test_a_confirmed_speculative_turn_speaks_its_reply_once(
     assert len(line.bursts()) == 1
     heard = transcribe(line.audio()).lower()
     assert heard.count("breakfast") == 1, heard
-    assert await _turn_ids(sqlite_db, call_id) == [hook.requests[0]["data"]["turnId"]]
+    turns = await _turns(sqlite_db, call_id)
+    assert list(turns) == [hook.requests[0]["data"]["turnId"]]
+    [values] = turns.values()
+    assert values["speculative"] is True and values["e2e_ms"] > 0
 
 
 async def test_hosted_mode_speaks_the_early_answer_and_forgets_a_superseded_one(
