@@ -10,6 +10,8 @@ is withdrawn: its request is abandoned (closing the reply aborts a webhook reque
 stops the hosted LLM), nothing of it is spoken or stored, and the next ``agent.message``
 says which turn it ``supersedes``.
 
+The first words of the reply are synthesized while the turn is unconfirmed (``on_words``,
+:meth:`relay.engine.speaking.Speaker.prefetch`), so a confirmed turn starts speaking at once.
 Side effects wait: the request's ``confirmed`` event is set only when the turn is confirmed,
 and the hosted brain calls no tool before it (a webhook is told with ``speculative: true``).
 """
@@ -18,7 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Callable
 
 from relay.engine.webhook import TurnRecord
 from relay.turns import Brain, Chunk, TurnRequest
@@ -32,8 +34,16 @@ def same_words(a: str, b: str) -> bool:
 class Speculation:
     """One early reply: its chunks as they come, kept until the turn is confirmed or not."""
 
-    def __init__(self, brain: Brain, request: TurnRequest, turn: TurnRecord, text: str) -> None:
+    def __init__(
+        self,
+        brain: Brain,
+        request: TurnRequest,
+        turn: TurnRecord,
+        text: str,
+        on_words: Callable[[str], None] | None = None,
+    ) -> None:
         self.brain = brain
+        self.on_words = on_words  # the reply's first text, as soon as it comes
         self.request = request
         self.turn = turn
         self.text = text
@@ -48,6 +58,9 @@ class Speculation:
         try:
             async with contextlib.aclosing(self.brain.reply(self.request)) as chunks:
                 async for chunk in chunks:
+                    if chunk.text and self.on_words is not None:
+                        self.on_words(chunk.text)
+                        self.on_words = None
                     self.chunks.append(chunk)
                     self._more.set()
         except asyncio.CancelledError:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import time
 from collections.abc import Callable
 from typing import Any
@@ -210,7 +211,8 @@ class Turns:
             turn_id=new_id("turn"), kind="speech", input_at=time.perf_counter(), speculative=True
         )
         request = self._request(turn, "speech", text, confidence, set(), speculative=True)
-        self._speculation = Speculation(self.brain, request, turn, text)
+        prefetch = functools.partial(self.speaker.prefetch, turn.turn_id)
+        self._speculation = Speculation(self.brain, request, turn, text, prefetch)
         log.info("turn_speculating", call_id=self.setup.call_id, turn_id=turn.turn_id)
 
     def withdraw(self) -> None:
@@ -224,10 +226,12 @@ class Turns:
         early, self._speculation = self._speculation, None
         if early is not None:
             early.withdraw()
+            self.speaker.drop_prefetched()
             await early.cancel()
 
     def _supersede(self, early: Speculation) -> None:
         early.withdraw()
+        self.speaker.drop_prefetched(early.turn.turn_id)
         self.superseded = early.turn.turn_id
         log.info("turn_superseded", call_id=self.setup.call_id, turn_id=early.turn.turn_id)
 

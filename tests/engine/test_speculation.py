@@ -164,6 +164,8 @@ async def test_a_confirmed_speculative_turn_speaks_its_reply_once(
     assert list(turns) == [hook.requests[0]["data"]["turnId"]]
     [values] = turns.values()
     assert values["speculative"] is True and values["e2e_ms"] > 0
+    # Its first sentence was synthesized while the turn was unconfirmed: no TTS wait.
+    assert values["tts_first_audio_ms"] < 20, values
 
 
 async def test_hosted_mode_speaks_the_early_answer_and_forgets_a_superseded_one(
