@@ -131,6 +131,7 @@ class Results:
     resumed_late: int = 0
     midpauses: int = 0
     false_turns: int = 0
+    false_turn_transcripts: list[list[str]] = field(default_factory=list)
     missed: int = 0  # rounds with no answer at all
     unmeasured: int = 0  # interruptions that came when the agent was already quiet
 
@@ -211,7 +212,8 @@ class Quality:
 
     def pcm(self, text: str) -> np.ndarray:
         if text not in self.audio:
-            self.audio[text] = synthesize(text)
+            # The same audio every run: runs with different settings hear the same caller.
+            self.audio[text] = synthesize(text, steady=True)
         return self.audio[text]
 
     def midpause(self) -> np.ndarray:
@@ -289,6 +291,7 @@ class Quality:
         new = self.hook.transcripts[turns:]
         if len(new) > 1 or (new and "table" not in new[0].lower()):
             self.r.false_turns += 1
+            self.r.false_turn_transcripts.append(new)
         if first is None:
             self.r.missed += 1
 
@@ -348,6 +351,7 @@ async def run(server: harness.Server, key: str, args: argparse.Namespace) -> dic
         "backchannel_pause_ms": [round(p) for p in r.pause_ms],
         "backchannel_resumed_late": r.resumed_late,
         "midpause_false_turn_rate": round(r.false_turns / r.midpauses, 3) if r.midpauses else None,
+        "false_turn_transcripts": r.false_turn_transcripts,
         "v2v_ms": {"p50": pct(r.v2v_ms, 50), "p90": pct(r.v2v_ms, 90)},
         "missed_answers": r.missed,
     }
