@@ -16,7 +16,10 @@ Four kinds of round, each on a call of its own (``--rounds`` of each), after the
 * ``midpause``: "I'd like a table for ... two people ..." with a 700 ms pause mid-sentence.
   A false turn: the webhook got the first half as a turn of its own.
 
-The webhook answers at once (a local NDJSON server): every millisecond is the relay's.
+The webhook answers at once (a local NDJSON server): every millisecond is the relay's;
+``--webhook-delay-ms`` makes it think first. ``--speculative`` sets the agent's
+``speculativeTurns`` (the turn starts on the early transcript; a superseded request is not
+counted as a turn).
 
     .venv/bin/python bench/quality.py                 # 5 rounds of each
     .venv/bin/python bench/quality.py --rounds 2      # quicker
@@ -86,15 +89,29 @@ def answer(turn: int) -> str:
 
 
 class Webhook(harness.LocalHook):
-    """The developer's server at its fastest, keeping every transcript it was sent."""
+    """The developer's server (at once, or after ``delay`` s of thinking), keeping every
+    transcript it was sent; a speculative turn counts when it is not superseded."""
 
-    def __init__(self) -> None:
+    def __init__(self, delay: float = 0.0) -> None:
+        self.delay = delay
         self.transcripts: list[str] = []
+        self.turn_ids: list[str] = []
+        self.speculative = 0
+        self.answers: list[str] = []  # every reply sent, superseded or not
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         event = await request.json()
-        self.transcripts.append(event.get("data", {}).get("transcript") or "")
-        text = answer(len(self.transcripts))
+        data = event.get("data", {})
+        if data.get("supersedes") in self.turn_ids:  # the caller went on: not a turn
+            del self.transcripts[self.turn_ids.index(data["supersedes"])]
+            self.turn_ids.remove(data["supersedes"])
+        self.speculative += bool(data.get("speculative"))
+        self.transcripts.append(data.get("transcript") or "")
+        self.turn_ids.append(data.get("turnId") or "")
+        if self.delay:
+            await asyncio.sleep(self.delay)
+        text = answer(len(self.answers) + 1)
+        self.answers.append(text)
         resp = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
         await resp.prepare(request)
         await resp.write(json.dumps({"text": text}).encode() + b"\n")
@@ -114,6 +131,7 @@ class Results:
     resumed_late: int = 0
     midpauses: int = 0
     false_turns: int = 0
+    false_turn_transcripts: list[list[str]] = field(default_factory=list)
     missed: int = 0  # rounds with no answer at all
     unmeasured: int = 0  # interruptions that came when the agent was already quiet
 
@@ -194,7 +212,8 @@ class Quality:
 
     def pcm(self, text: str) -> np.ndarray:
         if text not in self.audio:
-            self.audio[text] = synthesize(text)
+            # The same audio every run: runs with different settings hear the same caller.
+            self.audio[text] = synthesize(text, steady=True)
         return self.audio[text]
 
     def midpause(self) -> np.ndarray:
@@ -223,7 +242,7 @@ class Quality:
         heard = await asyncio.get_running_loop().run_in_executor(
             None, transcribe, line.audio_between(first - 0.05, last + 0.05)
         )
-        return lost_words(answer(len(self.hook.transcripts)), heard)
+        return lost_words(self.hook.answers[-1], heard)
 
     async def interrupt(self, line: MediaLine, i: int) -> None:
         _, end = await say(line, self.pcm(QUESTIONS[i % len(QUESTIONS)]))
@@ -272,6 +291,7 @@ class Quality:
         new = self.hook.transcripts[turns:]
         if len(new) > 1 or (new and "table" not in new[0].lower()):
             self.r.false_turns += 1
+            self.r.false_turn_transcripts.append(new)
         if first is None:
             self.r.missed += 1
 
@@ -285,7 +305,7 @@ KINDS = {  # a kind of round: the method that plays it
 
 
 async def run(server: harness.Server, key: str, args: argparse.Namespace) -> dict[str, Any]:
-    hook = Webhook()
+    hook = Webhook(args.webhook_delay_ms / 1000)
     await hook.start()
     try:
         headers = {"Authorization": f"Bearer {key}"}
@@ -297,6 +317,7 @@ async def run(server: harness.Server, key: str, args: argparse.Namespace) -> dic
                 "greeting": GREETING,
                 "interruptionSensitivity": args.sensitivity,
                 "unfinishedTurnMs": args.unfinished_ms,
+                "speculativeTurns": args.speculative,
             }
             number = await harness.agent_with_number(http, body)
         handset = SimHandset(server.base, key, listen=False)
@@ -315,6 +336,9 @@ async def run(server: harness.Server, key: str, args: argparse.Namespace) -> dic
         "endpointing_ms": args.endpointing_ms,
         "sensitivity": args.sensitivity,
         "unfinished_turn_ms": args.unfinished_ms,
+        "speculative_turns": args.speculative,
+        "webhook_delay_ms": args.webhook_delay_ms,
+        "speculative_requests": hook.speculative,
         "rounds": args.rounds,
         "barge_in_ms": {"p50": pct(r.barge_in_ms, 50), "p90": pct(r.barge_in_ms, 90)},
         "barge_in_rounds": len(r.barge_in_ms),
@@ -327,6 +351,7 @@ async def run(server: harness.Server, key: str, args: argparse.Namespace) -> dic
         "backchannel_pause_ms": [round(p) for p in r.pause_ms],
         "backchannel_resumed_late": r.resumed_late,
         "midpause_false_turn_rate": round(r.false_turns / r.midpauses, 3) if r.midpauses else None,
+        "false_turn_transcripts": r.false_turn_transcripts,
         "v2v_ms": {"p50": pct(r.v2v_ms, 50), "p90": pct(r.v2v_ms, 90)},
         "missed_answers": r.missed,
     }
@@ -339,6 +364,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--endpointing-ms", type=int, default=400)
     parser.add_argument("--sensitivity", choices=["low", "medium", "high"], default="medium")
     parser.add_argument("--unfinished-ms", type=int, default=700, help="unfinishedTurnMs (700)")
+    parser.add_argument(
+        "--speculative", action="store_true", help="the agent sets speculativeTurns: true"
+    )
+    parser.add_argument(
+        "--webhook-delay-ms", type=int, default=0, help="the webhook thinks this long (0)"
+    )
     parser.add_argument("--database-url", default=os.environ.get("RELAY_BENCH_DATABASE_URL"))
     parser.add_argument("--relay-log", type=Path, help="keep the relay's log (INFO) here")
     return parser
@@ -350,7 +381,9 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"  {platform.python_implementation()} {platform.python_version()}, "
         f"{os.cpu_count()} CPU cores; load average at start {os.getloadavg()[0]:.1f}; "
-        f"endpointing {args.endpointing_ms} ms; interruptionSensitivity {args.sensitivity}",
+        f"endpointing {args.endpointing_ms} ms; interruptionSensitivity {args.sensitivity}; "
+        f"speculativeTurns {str(args.speculative).lower()}; "
+        f"webhook delay {args.webhook_delay_ms} ms",
         flush=True,
     )
     with voice_bench.database(args.database_url) as (url, schema):

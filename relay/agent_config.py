@@ -39,6 +39,9 @@ class AgentConfig:
     backchannel_words: dict[str, list[str]] | None = None
     # How much longer a turn whose transcript stops mid-sentence waits (relay.engine.turn_end)
     unfinished_turn_ms: int = 700
+    # Webhook mode: start the turn on the early transcript (relay.engine.speculation); the
+    # webhook opts in because a request may then be superseded. Hosted mode always does.
+    speculative_turns: bool = False
     max_duration_seconds: int | None = 3000
     inactivity_timeout_seconds: int | None = 30
     inactivity_action: InactivityAction = "reprompt"

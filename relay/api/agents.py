@@ -224,6 +224,13 @@ class AgentFields(APIModel):
         description="How much longer the caller's turn waits when its transcript stops "
         'mid-sentence ("a table for ... um"): default 700, 0 ends turns by silence alone.',
     )
+    speculative_turns: bool | None = Field(
+        default=None,
+        description="Webhook mode: send the turn on the caller's early transcript, before "
+        "endpointing confirms it (`data.speculative: true`); if the caller goes on, that "
+        "reply is never spoken and the next request names it in `data.supersedes`. "
+        "Default false; hosted mode always does this (its tools wait for the turn).",
+    )
     max_duration_seconds: int | None = Field(default=None, ge=60, le=7200)
     inactivity_timeout_seconds: int | None = Field(default=None, ge=10, le=300)
     inactivity_action: Literal["reprompt", "hangup"] | None = None
@@ -300,6 +307,7 @@ class AgentOut(OutModel):
     interruption_sensitivity: str
     backchannel_words: dict[str, list[str]] | None
     unfinished_turn_ms: int
+    speculative_turns: bool
     max_duration_seconds: int
     inactivity_timeout_seconds: int
     inactivity_action: str

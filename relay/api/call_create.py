@@ -137,6 +137,11 @@ class InlineCallCreate(APIModel):
     temperature: float = Field(default=0, ge=0, le=1)
     first_speaker: Literal["agent", "user"] = "agent"
     interruptible: bool = False
+    speculative_turns: bool = Field(
+        default=False,
+        description="With `webhookUrl`: turns start on the early transcript and may be "
+        "superseded (as the agent setting `speculativeTurns`).",
+    )
     max_duration: int = Field(default=3000, ge=60, le=7200, description="Seconds.")
     inactivity_timeout: int = Field(default=30, ge=10, le=300, description="Seconds.")
     inactivity_action: Literal["reprompt", "hangup"] = "reprompt"
@@ -423,6 +428,7 @@ async def create_inline_call(ctx: Context, body: InlineCallCreate) -> web.Respon
         "model": body.model,
         "temperature": body.temperature,
         "interruptible": body.interruptible,
+        "speculative_turns": body.speculative_turns,
         "max_duration_seconds": body.max_duration,
         "inactivity_timeout_seconds": body.inactivity_timeout,
         "inactivity_action": body.inactivity_action,

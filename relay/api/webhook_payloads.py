@@ -58,6 +58,18 @@ class VoiceTurn(Payload):
     transcript: str | None = Field(default=None, description="What speech-to-text heard.")
     confidence: float | None = None
     dtmf: str | None = Field(default=None, description="Keys pressed (instead of a transcript).")
+    speculative: bool | None = Field(
+        default=None,
+        description="Present (true) only for agents with `speculativeTurns`: sent on the "
+        "early transcript, before the caller's turn is confirmed. Your reply is spoken if it "
+        "is; if the caller goes on, it never is, and a later request names this `turnId` in "
+        "`supersedes`. Hold back side effects until then.",
+    )
+    supersedes: str | None = Field(
+        default=None,
+        description="The `turnId` of the speculative request this one replaces (the caller "
+        "went on speaking): undo or ignore what that request did; its reply was not spoken.",
+    )
     metadata: dict[str, Any] = Field(description="The call's metadata, as it was created.")
     variables: dict[str, Any] = Field(description="The call's variables, as it was created.")
 

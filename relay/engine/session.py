@@ -186,6 +186,10 @@ class CallSession:
             unfinished=lambda text: sounds_unfinished(text, agent.language),
             unfinished_hold=agent.unfinished_turn_ms / 1000,
         )
+        # Hosted replies have no side effects before they are confirmed; a webhook's may.
+        if setup.voice_mode == "hosted" or agent.speculative_turns:
+            self.stt.speculate = self._speculate
+            self.stt.withdraw = self.turns.withdraw
         self.session: AgentSession[None] = AgentSession(
             vad=vad,
             stt=self.stt,
@@ -323,6 +327,12 @@ class CallSession:
                 {"type": "transcript", "role": "user", "text": text, "final": True,
                  "backchannel": True}
             )  # fmt: skip
+
+    def _speculate(self, text: str, confidence: float) -> None:
+        """An early transcript while the agent is silent: start its reply speculatively."""
+        if self._ending or self._dtmf or self.session.current_speech is not None:
+            return
+        self.turns.speculate(text, confidence)
 
     def _busy(self) -> bool:
         return (
@@ -534,6 +544,7 @@ class CallSession:
             for task in list(self._tasks):
                 if task is not current:
                     task.cancel()
+            await self.turns.aclose()
             await self.brain.aclose()
             for turn in self.turns.records:
                 self.speaker.store_turn(turn)

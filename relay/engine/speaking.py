@@ -5,14 +5,17 @@ The session's ``tts_node`` is :meth:`Speaker.speak`. Each segment's first frame 
 marker; when :class:`~relay.engine.audio_io.CallAudioOutput` sends that frame to the line it
 calls :meth:`Speaker.on_marker`, which applies the reply's ``interruptible`` flag to the
 playing speech and, on a turn's first frame, stores the turn's metrics. A ``play`` clip
-(:mod:`relay.engine.playback`) is spoken in its place among the segments, as they are.
+(:mod:`relay.engine.playback`) is spoken in its place among the segments, as they are. The
+first segment of a speculative turn's reply is synthesized ahead (:meth:`Speaker.prefetch`),
+and spoken from there if the turn is confirmed with it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
-from collections.abc import AsyncIterable, AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Callable
 from typing import Any
 
 import numpy as np
@@ -23,7 +26,7 @@ from livekit.agents.voice.speech_handle import SpeechHandle
 from relay.engine.playback import PLAY_MARK, ClipError
 from relay.engine.ports import FRAME_MS, PCM, CallSink
 from relay.engine.speech import LocalTTS
-from relay.engine.text import segments, speakable
+from relay.engine.text import first_clause, segments, speakable, split_ready
 from relay.engine.webhook import ReplyPlan, TurnRecord
 
 # A later sentence of a reply is due this long before the audio ahead of it runs out.
@@ -54,6 +57,63 @@ class Speaker:
         self.plans: dict[str, ReplyPlan] = {}  # by livekit speech id
         self._playing = playing
         self._clip = clip  # (URL, sample rate) -> the clip's audio, downloading
+        # A speculative turn's first segment, synthesized while the turn is unconfirmed:
+        # (turn id, its words, the audio).
+        self._early: tuple[str, str, asyncio.Task[list[rtc.AudioFrame]]] | None = None
+
+    def prefetch(self, turn_id: str, text: str) -> None:
+        """Synthesize the first segment of ``text`` (the start of a speculative turn's
+        reply), so that if the turn is confirmed its audio is ready at once."""
+        ready, rest = split_ready(text)
+        words = first_clause(ready[0] if ready else rest)[0].strip()
+        self.drop_prefetched()
+        if speakable(words):
+            self._early = (turn_id, words, asyncio.create_task(self._render(words)))
+
+    def drop_prefetched(self, turn_id: str | None = None) -> None:
+        """Forget the prefetched audio (of ``turn_id`` only, if given)."""
+        if self._early is not None and turn_id in (None, self._early[0]):
+            self._early[2].cancel()
+            self._early = None
+
+    async def _render(self, words: str) -> list[rtc.AudioFrame]:
+        async with self.tts.synthesize(words) as stream:
+            return [event.frame async for event in stream]
+
+    def _take_early(
+        self, plan: ReplyPlan | None, words: str
+    ) -> asyncio.Task[list[rtc.AudioFrame]] | None:
+        if self._early is None or plan is None or plan.turn.turn_id != self._early[0]:
+            return None
+        _, early_words, task = self._early
+        self._early = None
+        if early_words == words:
+            return task
+        task.cancel()
+        return None
+
+    async def _frames(
+        self, words: str, due: float | None, early: asyncio.Task[list[rtc.AudioFrame]] | None
+    ) -> AsyncGenerator[rtc.AudioFrame, None]:
+        try:
+            if early is not None:
+                if not early.done():
+                    await asyncio.wait({early})
+                if not early.cancelled() and early.exception() is None:
+                    for frame in early.result():
+                        yield frame
+                    return
+            synthesis: tts.ChunkedStream
+            if due is not None and isinstance(self.tts, LocalTTS):
+                synthesis = self.tts.synthesize(words, deadline=due)
+            else:
+                synthesis = self.tts.synthesize(words)
+            async with synthesis as stream:
+                async for event in stream:
+                    yield event.frame
+        finally:
+            if early is not None and not early.done():
+                early.cancel()
 
     def fetch_clip(self, url: str) -> asyncio.Future[PCM] | None:
         """Start getting a ``play`` clip now, so it is ready when the words before it end."""
@@ -87,17 +147,13 @@ class Speaker:
                 continue
             marker = self._marker(plan, segment, start, offset)
             first = True
-            # The first segment is what the caller waits for; each later one is needed
-            # when the audio before it has played (earliest deadline first).
-            synthesis: tts.ChunkedStream
-            if playing_from is not None and isinstance(self.tts, LocalTTS):
-                due = playing_from + audio_s - SYNTHESIS_MARGIN_S
-                synthesis = self.tts.synthesize(words, deadline=due)
-            else:
-                synthesis = self.tts.synthesize(words)
-            async with synthesis as stream:
-                async for event in stream:
-                    frame = event.frame
+            # The first segment is what the caller waits for (and may have been made
+            # already: prefetch); each later one is needed when the audio before it has
+            # played (earliest deadline first).
+            early = self._take_early(plan, words) if start == 0 else None
+            due = None if playing_from is None else playing_from + audio_s - SYNTHESIS_MARGIN_S
+            async with contextlib.aclosing(self._frames(words, due, early)) as frames:
+                async for frame in frames:
                     if playing_from is None:
                         playing_from = time.monotonic()
                     audio_s += frame.duration

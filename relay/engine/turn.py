@@ -8,13 +8,17 @@ plans the call's end (``failed`` / ``webhook_error``). If the brain is slow to s
 ``fillerText`` is spoken once after ``fillerAfterMs``. A reply's text past ``MAX_TURN_TEXT``
 characters is not spoken (one ``webhook`` event says so); the call goes on. A ``transfer`` to
 a destination the agent does not list (:mod:`relay.transfer`) is not planned: one
-``telephony`` event says why, and the caller stays with the agent.
+``telephony`` event says why, and the caller stays with the agent. A turn may have been
+started on the early transcript (:meth:`Turns.speculate`, :mod:`relay.engine.speculation`):
+if its words are this turn's, that reply is this turn's; otherwise it is superseded, and the
+next request names it (``data.supersedes``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import time
 from collections.abc import Callable
 from typing import Any
@@ -25,6 +29,7 @@ from livekit.agents.voice.speech_handle import SpeechHandle
 from relay.engine.history import History
 from relay.engine.ports import CallSetup, CallSink
 from relay.engine.speaking import Speaker, current_speech
+from relay.engine.speculation import Speculation, same_words
 from relay.engine.speech import UtteranceTiming
 from relay.engine.text import join_chunk
 from relay.engine.webhook import Action, Emit, ReplyPlan, TurnRecord
@@ -79,9 +84,13 @@ class Turns:
         self.last_utterance: UtteranceTiming | None = None
         self._after_speech = after_speech
         self._unspoken = unspoken
+        # The reply started on an early transcript (relay.engine.speculation), and the id
+        # of the last one the caller went on past, told to the next request (``supersedes``).
+        self._speculation: Speculation | None = None
+        self.superseded: str | None = None
 
     async def run(self, chat_ctx: llm.ChatContext, emit: Emit) -> None:
-        """One agent.message round trip."""
+        """One agent.message round trip (or the speculative one, if it asked the same)."""
         speech = current_speech()
         pending, self.pending_input = self.pending_input, None
         user_item = next((m for m in reversed(chat_ctx.messages()) if m.role == "user"), None)
@@ -93,20 +102,31 @@ class Turns:
             kind, value = "speech", (user_item.text_content or "") if user_item else ""
             utterance = self.last_utterance
             input_at = utterance.speech_ended_at if utterance else time.perf_counter()
-        turn = TurnRecord(
-            turn_id=new_id("turn"),
-            kind=kind,
-            input_at=input_at,
-            utterance=utterance,
-            started_at=time.perf_counter(),
-        )
+        early, self._speculation = self._speculation, None
+        if early is not None and not (kind == "speech" and same_words(early.text, value)):
+            self._supersede(early)
+            early = None
+        if early is not None:
+            turn = early.turn
+            turn.input_at, turn.utterance = input_at, utterance
+            turn.started_at = time.perf_counter()
+            request = early.request
+        else:
+            turn = TurnRecord(
+                turn_id=new_id("turn"),
+                kind=kind,
+                input_at=input_at,
+                utterance=utterance,
+                started_at=time.perf_counter(),
+            )
+            exclude = {user_item.id} if user_item is not None and kind == "speech" else set()
+            confidence = utterance.confidence if utterance else None
+            request = self._request(turn, kind, value, confidence, exclude)
         self.records.append(turn)
         plan = ReplyPlan(turn=turn, default_interruptible=self.interruptible_default)
         if speech is not None:
             self.speaker.plans[speech.id] = plan
             speech.add_done_callback(lambda handle: self._after_speech(handle, plan))
-        exclude = {user_item.id} if user_item is not None and kind == "speech" else set()
-        payload = self._payload(turn, kind, value, utterance, exclude)
         if kind == "dtmf":
             self.history.remember("user", value, dtmf=True)
         spoken = ""
@@ -122,19 +142,14 @@ class Turns:
                 emit(piece)
 
         setup = self.setup
-        request = TurnRequest(
-            url=setup.webhook_url or "",
-            secrets=setup.webhook_secrets,
-            timeout_s=setup.webhook_timeout_ms / 1000,
-            payload=payload,
-        )
         turn.webhook = request.timing
         filler = None
         if self.filler_after_ms:
             filler = asyncio.create_task(self._filler(self.filler_after_ms / 1000, say, request))
         room = MAX_TURN_TEXT
         try:
-            async with contextlib.aclosing(self.brain.reply(request)) as chunks:
+            replies = early.replay() if early is not None else self.brain.reply(request)
+            async with contextlib.aclosing(replies) as chunks:
                 async for chunk in chunks:
                     if filler is not None:
                         filler.cancel()
@@ -193,6 +208,59 @@ class Turns:
     def _fetch_clip(self, url: str) -> asyncio.Future[Any] | None:
         return self.speaker.fetch_clip(url) if self.speaker is not None else None
 
+    def speculate(self, text: str, confidence: float) -> None:
+        """Start the brain on ``text``, the early transcript of a turn not yet confirmed."""
+        early = self._speculation
+        if early is not None:
+            if same_words(early.text, text):
+                return
+            self._supersede(early)
+        turn = TurnRecord(
+            turn_id=new_id("turn"), kind="speech", input_at=time.perf_counter(), speculative=True
+        )
+        request = self._request(turn, "speech", text, confidence, set(), speculative=True)
+        prefetch = functools.partial(self.speaker.prefetch, turn.turn_id)
+        self._speculation = Speculation(self.brain, request, turn, text, prefetch)
+        log.info("turn_speculating", call_id=self.setup.call_id, turn_id=turn.turn_id)
+
+    def withdraw(self) -> None:
+        """The caller went on speaking: the speculative reply is not this turn's."""
+        early, self._speculation = self._speculation, None
+        if early is not None:
+            self._supersede(early)
+
+    async def aclose(self) -> None:
+        """The call is over: a speculative request still running is abandoned."""
+        early, self._speculation = self._speculation, None
+        if early is not None:
+            early.withdraw()
+            self.speaker.drop_prefetched()
+            await early.cancel()
+
+    def _supersede(self, early: Speculation) -> None:
+        early.withdraw()
+        self.speaker.drop_prefetched(early.turn.turn_id)
+        self.superseded = early.turn.turn_id
+        log.info("turn_superseded", call_id=self.setup.call_id, turn_id=early.turn.turn_id)
+
+    def _request(
+        self,
+        turn: TurnRecord,
+        kind: str,
+        value: str,
+        confidence: float | None,
+        exclude: set[str],
+        *,
+        speculative: bool = False,
+    ) -> TurnRequest:
+        setup = self.setup
+        return TurnRequest(
+            url=setup.webhook_url or "",
+            secrets=setup.webhook_secrets,
+            timeout_s=setup.webhook_timeout_ms / 1000,
+            payload=self._payload(turn, kind, value, confidence, exclude, speculative),
+        )
+
     def _transfer(self, plan: ReplyPlan, to: str) -> None:
         try:
             plan.actions.append((Action.TRANSFER, check_transfer(to, self.transfer_allowed)))
@@ -230,8 +298,9 @@ class Turns:
         turn: TurnRecord,
         kind: str,
         value: str,
-        utterance: UtteranceTiming | None,
+        confidence: float | None,
         exclude: set[str],
+        speculative: bool,
     ) -> dict[str, Any]:
         setup = self.setup
         data: dict[str, Any] = {
@@ -246,7 +315,11 @@ class Turns:
             data["dtmf"] = value
         else:
             data["transcript"] = value
-            data["confidence"] = utterance.confidence if utterance else None
+            data["confidence"] = confidence
+        if speculative:
+            data["speculative"] = True
+        if self.superseded is not None:
+            data["supersedes"], self.superseded = self.superseded, None
         # What the call was created with, so a webhook need not look the call up.
         data["metadata"] = setup.metadata
         data["variables"] = setup.agent.variables

@@ -53,6 +53,17 @@ class TurnRecord:
     first_frame_at: float | None = None
     error: str | None = None
     stored: bool = False
+    speculative: bool = False  # its request went out on the early transcript
+
+    def _brain_wait(self, first_chunk: float | None) -> float | None:
+        """How long the turn waited for the brain's first chunk: a speculative request's
+        time before the turn was confirmed cost the caller nothing."""
+        hook = self.webhook
+        if not self.speculative or hook is None or hook.first_chunk_at is None:
+            return first_chunk
+        if self.started_at is None:
+            return first_chunk
+        return round(max(0.0, hook.first_chunk_at - self.started_at) * 1000, 1)
 
     def values(self) -> dict[str, Any]:
         """The TurnMetrics row: milliseconds, ``None`` where a stage did not run."""
@@ -73,7 +84,8 @@ class TurnRecord:
         e2e = ms(self.input_at, self.first_frame_at)
         overhead = None
         if e2e is not None:
-            overhead = e2e - sum(v or 0.0 for v in (endpointing, stt_wait, first_chunk, tts_first))
+            waits = (endpointing, stt_wait, self._brain_wait(first_chunk), tts_first)
+            overhead = e2e - sum(v or 0.0 for v in waits)
             overhead = round(overhead, 1)
         return {
             "kind": self.kind,
@@ -84,6 +96,7 @@ class TurnRecord:
             "early_stt_saved_ms": saved,
             "early_stt_discarded": utt.discarded if utt is not None else None,
             "webhook_first_chunk_ms": first_chunk,
+            "speculative": self.speculative,
             "tts_first_audio_ms": tts_first,
             "relay_overhead_ms": overhead,
             "e2e_ms": e2e,
@@ -99,11 +112,15 @@ class TurnRecord:
 
         utt, hook = self.utterance, self.webhook
         ready = max(utt.endpoint_at, utt.stt_done_at) if utt is not None else None
+        sent = hook.sent_at if hook is not None and not self.speculative else None
+        chunk_at = hook.first_chunk_at if hook is not None else None
+        if self.speculative and chunk_at is not None and self.started_at is not None:
+            chunk_at = max(chunk_at, self.started_at)  # kept chunks go when the turn starts
         return {
             "transcript_to_session": ms(ready, utt.committed_at) if utt is not None else None,
             "session_to_reply": ms(utt.committed_at if utt else None, self.started_at),
-            "reply_to_request": ms(self.started_at, hook.sent_at if hook else None),
-            "chunk_to_tts": ms(hook.first_chunk_at if hook else None, self.tts_started_at),
+            "reply_to_request": ms(self.started_at, sent),
+            "chunk_to_tts": ms(chunk_at, self.tts_started_at),
             "audio_to_line": ms(self.tts_first_audio_at, self.first_frame_at),
         }
 

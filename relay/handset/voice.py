@@ -109,8 +109,9 @@ def _rms(pcm: PCM) -> float:
     return float(np.sqrt(np.mean(pcm.astype(np.float64) ** 2))) if len(pcm) else 0.0
 
 
-def synthesize(text: str, voice: str = "piper") -> PCM:
-    """Caller speech at 8 kHz with the local TTS (``piper`` or ``espeak``)."""
+def synthesize(text: str, voice: str = "piper", *, steady: bool = False) -> PCM:
+    """Caller speech at 8 kHz with the local TTS (``piper`` or ``espeak``); ``steady``: the
+    same audio every run (Piper without its sampling noise), for comparing runs."""
     if voice == "espeak":
         wav = subprocess.run(
             [speech.espeak_binary(), "--stdout", "-v", "en-us", "-s", "160", text],
@@ -119,7 +120,7 @@ def synthesize(text: str, voice: str = "piper") -> PCM:
         ).stdout
         pcm, rate = speech.espeak_wav_to_pcm(wav)
         return resample(pcm, rate, RATE)
-    sentences = speech.piper_sentences(text)
+    sentences = speech.piper_sentences(text, steady=steady)
     pause = np.zeros(speech.piper_rate() // 5, dtype=np.int16)
     joined = np.concatenate([part for s in sentences for part in (s, pause)][:-1])
     return resample(joined, speech.piper_rate(), RATE)

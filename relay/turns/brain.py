@@ -2,7 +2,8 @@
 
 A brain takes one ``agent.message`` turn and yields the reply's chunks as they come; the
 caller (a voice call, an SMS conversation) does the same with them whoever answered.
-Closing the iterator early (barge-in) abandons the turn.
+Closing the iterator early (barge-in) abandons the turn. A speculative turn the caller
+went on past is :meth:`Brain.forget`-ten: nothing of it may stay in the conversation.
 """
 
 from __future__ import annotations
@@ -23,6 +24,9 @@ class Brain(Protocol):
     def start(self) -> None:
         """The conversation began (a brain may read its prompt ahead of the first turn)."""
 
+    def forget(self, request: TurnRequest) -> None:
+        """``request`` (the latest one) was speculative and is superseded: drop it."""
+
     async def aclose(self) -> None:
         """The conversation is over."""
 
@@ -38,6 +42,9 @@ class WebhookBrain:
 
     def start(self) -> None:
         pass
+
+    def forget(self, request: TurnRequest) -> None:
+        pass  # the next request tells the webhook (``supersedes``)
 
     async def aclose(self) -> None:
         pass

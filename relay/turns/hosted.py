@@ -236,6 +236,9 @@ class HostedBrain:
         if agent.first_speaker == "agent" and greeting:
             self._say(greeting)
         self._warm_task: asyncio.Task[None] | None = None
+        # The conversation as it was before the latest turn, until that turn is known to
+        # stand: a speculative turn the caller went on past is rolled back to it.
+        self._before: tuple[TurnRequest, list[Message], _Turn] | None = None
 
     def start(self) -> None:
         """Read the prompt into the model's cache now, while the greeting plays."""
@@ -258,6 +261,9 @@ class HostedBrain:
     async def reply(self, request: TurnRequest) -> AsyncGenerator[Chunk, None]:
         """Answer one ``agent.message`` turn; raises :class:`TurnError` like a webhook."""
         payload = request.payload
+        if request.confirmed is not None:
+            turn = _Turn(self._turn.start, list(self._turn.texts))
+            self._before = (request, [dict(m) for m in self.messages], turn)
         self._sync_heard(payload.get("recentHistory") or [])
         data = payload["data"]
         if data.get("dtmf"):
@@ -299,6 +305,8 @@ class HostedBrain:
             if not calls:
                 self._say(text)
                 break
+            if request.confirmed is not None:  # a tool may do anything: not on speculation
+                await request.confirmed.wait()
             outcomes = [
                 await self._call_tool(call, str(data.get("turnId") or "")) for call in calls
             ]
@@ -309,6 +317,12 @@ class HostedBrain:
                     yield chunk
                 break
         timing.done_at = time.perf_counter()
+
+    def forget(self, request: TurnRequest) -> None:
+        """Roll the conversation back to before the speculative ``request``."""
+        if self._before is not None and self._before[0] is request:
+            _, self.messages, self._turn = self._before
+        self._before = None
 
     # ------------------------------------------------------------------ the history
 

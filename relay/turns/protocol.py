@@ -126,6 +126,9 @@ class TurnRequest:
     timeout_s: float
     payload: dict[str, Any]
     timing: TurnTiming = field(default_factory=TurnTiming)
+    # A speculative turn's (relay.engine.speculation): set once the turn is confirmed;
+    # a brain does nothing with side effects before it. None: an ordinary turn.
+    confirmed: asyncio.Event | None = None
 
 
 async def stream_turn(

@@ -220,21 +220,28 @@ async def test_turn_taking_settings_are_kept_and_validated(client, auth):
     assert created["interruptionSensitivity"] == "medium"
     assert created["backchannelWords"] is None
     assert created["unfinishedTurnMs"] == 700
-    patch = {"interruptionSensitivity": "low", "backchannelWords": {"en": ["righto", "mhm"]}}
+    assert created["speculativeTurns"] is False
+    patch = {
+        "interruptionSensitivity": "low",
+        "backchannelWords": {"en": ["righto", "mhm"]},
+        "speculativeTurns": True,
+    }
     resp = await client.patch(f"/v1/agents/{created['id']}", json=patch, headers=auth)
     assert resp.status == 200
     body = await resp.json()
     assert body["interruptionSensitivity"] == "low"
     assert body["backchannelWords"] == {"en": ["righto", "mhm"]}
+    assert body["speculativeTurns"] is True
     bad = {
         "interruptionSensitivity": "deaf",
         "backchannelWords": {"English!": [""]},
         "unfinishedTurnMs": 99999,
+        "speculativeTurns": "sometimes",
     }
     resp = await client.patch(f"/v1/agents/{created['id']}", json=bad, headers=auth)
     assert resp.status == 422
     fields = {d["field"] for d in (await resp.json())["error"]["details"]}
-    assert {"interruptionSensitivity", "unfinishedTurnMs"} <= fields
+    assert {"interruptionSensitivity", "unfinishedTurnMs", "speculativeTurns"} <= fields
     assert any(f.startswith("backchannelWords") for f in fields), fields
     got = await (await client.get(f"/v1/agents/{created['id']}", headers=auth)).json()
     assert got["interruptionSensitivity"] == "low"

@@ -297,6 +297,7 @@ async def test_inline_webhook_call_carries_the_whole_config(client, auth, databa
         "inactivityTimeout": 20,
         "inactivityAction": "hangup",
         "recordingEnabled": True,
+        "speculativeTurns": True,
         "connectionType": "websocket",
         "webhookUrl": HOOK,
         "variables": {"venue": "Luigi's", "name": "Sam"},
@@ -326,6 +327,7 @@ async def test_inline_webhook_call_carries_the_whole_config(client, auth, databa
     async with database.session() as session:
         row = await session.get(Call, call["id"])
     assert row.agent_snapshot["webhook_secret"] == call["webhookSecret"]
+    assert row.agent_snapshot["speculative_turns"] is True
 
 
 async def test_inline_hosted_call_defaults(client, auth):
@@ -340,6 +342,7 @@ async def test_inline_hosted_call_defaults(client, auth):
     assert agent["temperature"] == 0
     assert agent["interruptible"] is False
     assert agent["recordingEnabled"] is True  # as the inline-call reference defaults it
+    assert agent["speculativeTurns"] is False
 
 
 async def test_an_inline_hosted_call_takes_tools_checked_like_an_agents(client, auth):

@@ -10,11 +10,15 @@ later). :class:`UtteranceTiming` is how each utterance went, for the turn's metr
 Two judgements of an utterance are the call's, passed in: a :class:`Floor` screens speech
 that starts over the agent's reply (a backchannel is no turn at all), and ``unfinished``
 says a transcript stops mid-sentence, so its endpoint waits ``unfinished_hold`` longer.
+With ``speculate``, a transcript ready before its endpoint (and not unfinished) is handed
+over at once, so the brain can start on it (:mod:`relay.engine.speculation`); ``withdraw``
+says the caller spoke again before the endpoint, and it is not the turn after all.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from collections import deque
 from collections.abc import Callable
@@ -146,6 +150,8 @@ class EarlySTT(stt.STT[Any]):
         floor: Floor | None = None,
         unfinished: Callable[[str], bool] | None = None,
         unfinished_hold: float = 0.0,
+        speculate: Callable[[str, float], None] | None = None,
+        withdraw: Callable[[], None] | None = None,
     ) -> None:
         super().__init__(capabilities=stt.STTCapabilities(streaming=True, interim_results=False))
         self.recognizer = recognizer
@@ -156,6 +162,8 @@ class EarlySTT(stt.STT[Any]):
         # A transcript ``unfinished`` says the caller will go on waits this much longer.
         self.unfinished = unfinished
         self.unfinished_hold = unfinished_hold
+        self.speculate = speculate
+        self.withdraw = withdraw
 
     @property
     def model(self) -> str:
@@ -196,6 +204,7 @@ class _Utterance:
     screened: bool = False
     held: list[stt.SpeechEvent] = field(default_factory=list)
     voiced_s: float = 0.0
+    speculated: bool = False  # its early transcript was handed to ``speculate``
 
     def audio(self) -> PCM:
         pcm = np.concatenate(self.frames) if self.frames else np.zeros(0, np.int16)
@@ -250,6 +259,7 @@ class _EarlyStream(stt.RecognizeStream):
             await utils.aio.cancel_and_wait(*tasks)
             if self._current is not None:
                 self._drop_pending(self._current)
+                self._withdraw(self._current)
                 if self._current.screened and self._owner.floor is not None:
                     self._owner.floor.resume("", self._current.timing)
             await vad_stream.aclose()
@@ -289,6 +299,7 @@ class _EarlyStream(stt.RecognizeStream):
         if utt.endpoint is not None or utt.recognition is not None:
             utt.timing.discarded += 1
             self._drop_pending(utt)
+            self._withdraw(utt)
 
     def _send(self, utt: _Utterance, event: stt.SpeechEvent) -> None:
         if utt.screened:
@@ -377,9 +388,30 @@ class _EarlyStream(stt.RecognizeStream):
         utt.recognition = asyncio.create_task(
             self._owner.recognizer.transcribe(audio, utt.rate, deadline=due)
         )
+        if not utt.screened and self._owner.speculate is not None:
+            utt.recognition.add_done_callback(functools.partial(self._recognized, utt))
         utt.endpoint = asyncio.create_task(
             self._screen(utt) if utt.screened else self._endpoint(utt)
         )
+
+    def _recognized(self, utt: _Utterance, task: asyncio.Task[tuple[str, float]]) -> None:
+        """The transcript is ready: if the endpoint is still to come, the brain may start."""
+        owner = self._owner
+        if task.cancelled() or task.exception() is not None or owner.speculate is None:
+            return
+        if self._current is not utt or utt.screened or utt.timing.endpoint_at:
+            return  # gone, screened, or the endpoint is already here: nothing to win
+        text, confidence = task.result()
+        text = text.strip()
+        if not text or (owner.unfinished_hold and owner.unfinished and owner.unfinished(text)):
+            return  # the caller is likely to go on
+        utt.speculated = True
+        owner.speculate(text, confidence)
+
+    def _withdraw(self, utt: _Utterance) -> None:
+        if utt.speculated and self._owner.withdraw is not None:
+            utt.speculated = False
+            self._owner.withdraw()
 
     def _resuming(self, utt: _Utterance) -> bool:
         if utt.floor is None or not utt.frames:
