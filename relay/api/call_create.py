@@ -20,16 +20,14 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from relay import tokens
 from relay.agent_config import STORED_DEFAULTS
-from relay.api.agents import (
+from relay.api.agent_settings import (
     MAX_DESTINATIONS,
     AgentTool,
     PostCallConfig,
     TransferDestination,
-    check_mode,
-    load_agent,
-    new_webhook_secret,
     unique_tool_names,
 )
+from relay.api.agents import check_mode, load_agent, new_webhook_secret
 from relay.api.calls import TAG, CallOut, call_out
 from relay.api.limits import KEYS_SCHEMA, Metadata, cap, json_size
 from relay.api.routing import Context, Router

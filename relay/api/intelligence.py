@@ -9,7 +9,7 @@ from pydantic import Field
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from relay.api.agents import PostCallConfig
+from relay.api.agent_settings import PostCallConfig
 from relay.api.routing import Context, Router
 from relay.api.schema import APIModel, OutModel
 from relay.calls import intelligence
