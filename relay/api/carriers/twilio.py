@@ -21,6 +21,9 @@ account: routing is by (AccountSid, To).
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
+from typing import TypeVar
+
 from aiohttp import web
 from sqlalchemy import select
 
@@ -62,6 +65,8 @@ from sms.inbound import receive
 from sms.outbound import set_status
 from sms.service import SMS, STATUS_CALLBACK_PATH
 from sms.store import message_of, messages
+
+T = TypeVar("T")
 
 log = get_logger("relay.api.carriers.twilio")
 
@@ -169,32 +174,37 @@ async def after_stream(request: web.Request) -> web.Response:
 
 async def voice_status(request: web.Request) -> web.Response:
     """Progress of an outbound call: the dialler learns it rings, or why it ended."""
-    form, keys = await signed_form(request)
-    update = parse_call_status(form)
-    call_id = request.query.get("callId", "")
-    if update is None or not call_id:
-        return web.Response(status=204)
-    if not await _signers_call(request, call_id, keys):
-        log.info("twilio_call_status_ignored", call_id=call_id, status=form.get("CallStatus"))
-        return web.Response(status=204)
-    await request.app[DIALLER].report(call_id, update)
+    got = await _call_callback(request, parse_call_status, "CallStatus")
+    if got is not None:
+        await request.app[DIALLER].report(*got)
     return web.Response(status=204)
 
 
 async def machine_detection(request: web.Request) -> web.Response:
     """Twilio's asynchronous answering-machine verdict on an outbound call."""
-    form, keys = await signed_form(request)
-    verdict = parse_answered_by(form)
-    call_id = request.query.get("callId", "")
-    if verdict is None or not call_id:
-        return web.Response(status=204)
-    if not await _signers_call(request, call_id, keys):
-        log.info("twilio_amd_ignored", call_id=call_id, answered_by=form.get("AnsweredBy"))
-        return web.Response(status=204)
-    state = request.app[APP_STATE]
-    node_id = state.settings.effective_node_id()
-    await voicemail.report(state.db, request.app[MEDIA].live, node_id, call_id, verdict)
+    got = await _call_callback(request, parse_answered_by, "AnsweredBy")
+    if got is not None:
+        state = request.app[APP_STATE]
+        node_id = state.settings.effective_node_id()
+        await voicemail.report(state.db, request.app[MEDIA].live, node_id, *got)
     return web.Response(status=204)
+
+
+async def _call_callback(
+    request: web.Request, parse: Callable[[Mapping[str, str]], T | None], field: str
+) -> tuple[str, T] | None:
+    """A signed callback about one of our outbound calls (``?callId=``): the call and what
+    ``parse`` reads of the form, or None when there is nothing to act on, or the call is not
+    one the signing account may reach (logged with the form's ``field``)."""
+    form, keys = await signed_form(request)
+    value = parse(form)
+    call_id = request.query.get("callId", "")
+    if value is None or not call_id:
+        return None
+    if not await _signers_call(request, call_id, keys):
+        log.info("twilio_callback_ignored", call_id=call_id, **{field: form.get(field)})
+        return None
+    return call_id, value
 
 
 async def sms_inbound(request: web.Request) -> web.Response:
